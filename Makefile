@@ -1,0 +1,71 @@
+# eddy — stream processor daemon.  One Makefile; targets: all run test asan bench.
+#
+# ---- options ---------------------------------------------------------------
+# CC        compiler (gcc by default; `make asan` uses clang-compatible flags too)
+# OPT       optimisation flags for the normal build
+# SAN       extra flags for the sanitizer build (set by `make asan`)
+# BUILD     object directory (build/ normally, build-asan/ for `make asan`)
+# EXAMPLE   the config `make run` runs
+# ---------------------------------------------------------------------------
+CC      ?= cc
+OPT     ?= -O2 -g
+SAN     ?=
+BUILD   ?= build
+BIN     ?= bin/eddy
+EXAMPLE ?= examples/wordcount/eddy.conf.lua
+
+PKGS    := luajit libevent_pthreads rdkafka rocksdb msgpack jansson libcrypto
+CFLAGS  += $(OPT) $(SAN) -std=gnu11 -Wall -Wextra -Werror -MMD -MP -D_GNU_SOURCE \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/luajit-2.1 -iquote core
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent -lcsv -lpthread -lm -ldl
+LDFLAGS += $(SAN) -Wl,-E
+
+SRCS    := $(wildcard core/*.c)
+OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o)
+LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
+CTESTS  := $(patsubst spec/c/%.c,$(BUILD)/spec/%,$(wildcard spec/c/test_*.c))
+
+.PHONY: all run test asan bench deps clean ctests
+all: $(BIN)
+
+$(BIN): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: core/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/spec/%: spec/c/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -iquote spec/c $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
+
+ctests: $(CTESTS)
+
+deps:
+	@scripts/install-deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BIN) run $(EXAMPLE)
+
+test: deps
+	@$(MAKE) --no-print-directory all ctests
+	@EDDY_BIN=$(BIN) BUILD=$(BUILD) scripts/test.sh
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/eddy CC=clang \
+	  OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all ctests
+	@EDDY_BIN=build-asan/eddy BUILD=build-asan EDDY_ASAN=1 \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  scripts/test.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	scripts/bench.sh
+
+clean:
+	rm -rf build build-asan bin/eddy
+
+-include $(OBJS:.o=.d) $(OBJS:$(BUILD)/%.o=build-asan/%.d)

@@ -1,0 +1,45 @@
+/* codec — Lua values <-> MessagePack bytes (msgpack-c), the one encoding of
+ * values that leave a VM: records crossing a shuffle, and later keyed state.
+ * Integers stay integers, floats stay floats; cjson.null (a NULL lightuserdata)
+ * round-trips as msgpack nil inside tables.  Calls msgpack-c and the Lua C API. */
+#ifndef EDDY_CODEC_H
+#define EDDY_CODEC_H
+
+#include <stddef.h>
+#include <lua.h>
+
+/* A growable byte buffer; owned by whoever declared it. */
+typedef struct buf {
+    char *data;
+    size_t len, cap;
+} buf;
+
+void buf_init(buf *b);
+void buf_free(buf *b);                       /* frees data; b may be reused after buf_init */
+int buf_reserve(buf *b, size_t extra);       /* 0, or -1 on allocation failure */
+int buf_append(buf *b, const void *p, size_t n);
+
+/* Tables nested deeper than this are refused.  It is msgpack-c's decoder limit
+ * (MSGPACK_EMBED_STACK_SIZE, compiled into libmsgpackc as 32): anything deeper
+ * would pack here and then fail to unpack on the far side of a shuffle. */
+#define CODEC_MAX_DEPTH 32
+
+/* Packs the Lua value at stack index idx (not popped) and appends it to out.
+ * A number that is integral and fits int64 packs as an integer (except -0.0),
+ * any other as float64.  A table whose keys are exactly 1..n (n >= 1) packs as
+ * an array, any other table -- including the empty table -- as a map whose keys
+ * are strings, numbers or booleans.  Refuses functions, userdata (except
+ * cjson.null), threads, cdata, cyclic tables and nesting deeper than
+ * CODEC_MAX_DEPTH: returns -1 with err ("cannot encode a function at
+ * value.handler").  On error out->len is restored.  Stack unchanged. */
+int codec_pack(lua_State *L, int idx, buf *out, char *err, size_t errlen);
+
+/* Unpacks one value from data[0..len) and pushes it (stack +1).  Returns the
+ * number of bytes consumed, or -1 (nothing pushed) with err on malformed data.
+ * msgpack nil is nil at top level and cjson.null inside arrays and maps; bin
+ * unpacks as a string; ext types, and map keys that are not strings, numbers
+ * or booleans, are errors.  Keeps one msgpack zone per lua_State (in its
+ * registry, freed by lua_close), so steady-state calls do not allocate in C. */
+long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,523 @@
+#include "daemon.h"
+#include "admin.h"
+#include "config.h"
+#include "log.h"
+#include "metrics.h"
+#include "pipeline.h"
+#include "sched.h"
+#include "task.h"
+#include "vm.h"
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define WATCHDOG_TICK_MS 50
+#define WATCHDOG_ARM_MS 100      /* a call this long gets the instruction-count hook */
+#define POLL_TICK_MS 100         /* followed files and stdin are read again this often */
+
+typedef struct daemon_state {
+    config *cfg;
+    plan *p;
+    task_shared sh;
+    task **tasks; int ntasks;
+    channel **chans; int nchans;
+    sched *s;
+    struct event_base *base;
+    struct event *done_ev, *wd_ev, *poll_ev, *sig_ev[3];
+    admin *adm;
+    atomic_int ended;             /* tasks done or failed */
+    atomic_int failed;
+    int64_t started_ms;
+    char poison_path[PATH_MAX];
+} daemon_state;
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *daemon_lua_dir(void) {
+    static char dir[PATH_MAX];
+    if (dir[0]) return dir;
+    const char *env = getenv("EDDY_LUA_DIR");
+    if (env && *env) { snprintf(dir, sizeof dir, "%s", env); return dir; }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) { snprintf(dir, sizeof dir, "lua"); return dir; }
+    exe[n] = 0;
+    snprintf(dir, sizeof dir, "%s/../lua", dirname(exe));
+    char real[PATH_MAX];
+    if (realpath(dir, real)) snprintf(dir, sizeof dir, "%s", real);
+    return dir;
+}
+
+static int mkdirs(const char *path) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *q = tmp + 1; *q; q++) {
+        if (*q != '/') continue;
+        *q = 0;
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+        *q = '/';
+    }
+    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* ---- checking ---------------------------------------------------------- */
+
+/* A file is a pipeline script (not a config) when it requires "eddy". */
+static int looks_like_pipeline(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    for (char *q = strstr(buf, "require"); q; q = strstr(q + 1, "require")) {
+        char *r = q + 7;
+        while (*r == ' ' || *r == '(' || *r == '\t') r++;
+        if ((*r == '"' || *r == '\'') && strncmp(r + 1, "eddy", 4) == 0 && r[5] == *r) return 1;
+    }
+    return 0;
+}
+
+int daemon_check(const char *path) {
+    char err[2048];
+    config *cfg = looks_like_pipeline(path) ? config_default_for_pipeline(path, err, sizeof err)
+                                            : config_load(path, err, sizeof err);
+    if (!cfg) { fprintf(stderr, "eddy: %s\n", err); return 2; }
+    log_setup(cfg->log_level, cfg->log_format == LOGFMT_JSON);
+    plan *p = plan_create(cfg, daemon_lua_dir(), err, sizeof err);
+    if (!p) { fprintf(stderr, "eddy: %s\n", err); config_destroy(cfg); return 2; }
+    /* every task's VM must build too: the same script, its own sandbox */
+    plan_print(p, cfg, stdout);
+    plan_destroy(p);
+    config_destroy(cfg);
+    return 0;
+}
+
+/* ---- poison records ---------------------------------------------------- */
+
+static void poison_load(daemon_state *d) {
+    json_error_t je;
+    json_t *j = json_load_file(d->poison_path, 0, &je);
+    if (!j) return;
+    poison *ps = calloc(1, sizeof *ps);
+    const char *src = json_string_value(json_object_get(j, "source"));
+    const char *msg = json_string_value(json_object_get(j, "error"));
+    if (!ps || !src) { free(ps); json_decref(j); return; }
+    ps->source = strdup(src);
+    ps->partition = (int)json_integer_value(json_object_get(j, "partition"));
+    ps->offset = json_integer_value(json_object_get(j, "offset"));
+    char m[1024];
+    snprintf(m, sizeof m, "an earlier run stopped here: %s", msg ? msg : "the record's call could not be interrupted");
+    ps->message = strdup(m);
+    d->sh.poison = ps;
+    log_warn("%s names a record an earlier run hung on (source %s, partition %d, byte %lld); "
+             "it goes to the error policy this time", d->poison_path, ps->source, ps->partition,
+             (long long)ps->offset);
+    json_decref(j);
+}
+
+static void poison_free(poison *ps) {
+    if (!ps) return;
+    free(ps->source);
+    free(ps->message);
+    free(ps);
+}
+
+/* ---- watchdog ---------------------------------------------------------- */
+
+static const node *node_by_id(const plan *p, int id) {
+    return id >= 1 && id <= p->nnodes ? &p->nodes[id - 1] : NULL;
+}
+
+static void describe_position(const daemon_state *d, const eddy_rec *r, char *out, size_t n) {
+    const source_info *si = r->source < (uint32_t)d->p->nsources ? &d->p->sources[r->source] : NULL;
+    const char *file = si && r->partition >= 0 && r->partition < si->nfiles ? si->files[r->partition] : "?";
+    snprintf(out, n, "%s %s:%lld (byte %lld)", si ? si->name : "?", file, (long long)r->line, (long long)r->offset);
+}
+
+static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
+    const eddy_rec *r = &t->io.recs[t->io.cur];
+    const node *nd = node_by_id(d->p, t->io.cur_node);
+    char pos[1024], msg[2048];
+    describe_position(d, r, pos, sizeof pos);
+    snprintf(msg, sizeof msg,
+             "operator %s (uid %s, %s) has run for %lld ms on input %s and cannot be interrupted "
+             "(a loop the JIT compiled runs no hooks)",
+             nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)elapsed, pos);
+    json_t *j = json_pack("{s:s, s:s?, s:i, s:I, s:I, s:s?, s:s?, s:s}", "task", t->name,
+                          "source", r->source < (uint32_t)d->p->nsources ? d->p->sources[r->source].name : NULL,
+                          "partition", (int)r->partition, "offset", (json_int_t)r->offset,
+                          "line", (json_int_t)r->line, "operator", nd ? nd->uid : NULL,
+                          "where", nd ? nd->where : NULL, "error", msg);
+    int saved = j && json_dump_file(j, d->poison_path, JSON_INDENT(2)) == 0;
+    json_decref(j);
+    log_task_error(t->name, "%s; stopping. %s", msg,
+                   saved ? "The next start hands this record to the error policy (the position is in state.dir/poison.json)."
+                         : "Could not write state.dir/poison.json.");
+    fflush(stderr);
+    _exit(1);
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    int64_t now = mono_ms();
+    int64_t limit = d->cfg->limit_time_ms;
+    int64_t grace = limit > 1000 ? limit : 1000;
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (!t->io.in_call) { t->wd_seq = -1; continue; }
+        int64_t seq = (int64_t)t->io.seq;
+        int32_t cur = t->io.cur;
+        if (seq != t->wd_seq || cur != t->wd_cur) {
+            t->wd_seq = seq; t->wd_cur = cur; t->wd_since_ms = now;
+            t->wd_armed = t->wd_interrupted = 0;
+            continue;
+        }
+        int64_t elapsed = now - t->wd_since_ms;
+        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->vm); }
+        if (elapsed >= limit && !t->wd_interrupted) {
+            char reason[128];
+            snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
+            t->wd_interrupted = 1;
+            vm_interrupt(t->vm, reason);
+        }
+        if (elapsed >= limit + grace) watchdog_fatal(d, t, elapsed);
+    }
+}
+
+static void on_poll(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    for (int i = 0; i < d->ntasks; i++)
+        if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
+static void on_task_done(void *ud, task *t) {
+    daemon_state *d = ud;
+    if (atomic_load(&t->status) == TASK_FAILED && atomic_fetch_add(&d->failed, 1) == 0)
+        atomic_store(&d->sh.aborting, 1);
+    atomic_fetch_add(&d->ended, 1);
+    event_active(d->done_ev, EV_READ, 0);
+}
+
+static void on_done_check(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    if (atomic_load(&d->failed)) {
+        /* wake everything so the rest end quickly */
+        for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+        event_base_loopbreak(d->base);
+        return;
+    }
+    if (atomic_load(&d->ended) == d->ntasks) event_base_loopbreak(d->base);
+}
+
+static void stop_gracefully(daemon_state *d, const char *why) {
+    if (atomic_exchange(&d->sh.stopping, 1)) {
+        log_warn("%s again: stopping now without draining", why);
+        atomic_store(&d->sh.aborting, 1);
+        event_base_loopbreak(d->base);
+        return;
+    }
+    log_info("%s: stopping (sources end, everything in flight is drained and written)", why);
+    for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    (void)what;
+    daemon_state *d = arg;
+    if (sig == SIGHUP) { log_warn("SIGHUP: reloading is not supported by this version of eddy; ignored"); return; }
+    stop_gracefully(d, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- admin ------------------------------------------------------------- */
+
+static int h_health(void *ud, char *reason, size_t len) {
+    daemon_state *d = ud;
+    for (int i = 0; i < d->ntasks; i++)
+        if (atomic_load(&d->tasks[i]->status) == TASK_FAILED) {
+            snprintf(reason, len, "task %s failed: %s", d->tasks[i]->name, d->tasks[i]->error);
+            return 0;
+        }
+    return 1;
+}
+
+static const char *status_name(int s) {
+    return s == TASK_DONE ? "done" : s == TASK_FAILED ? "failed" : "running";
+}
+
+static json_t *h_status(void *ud) {
+    daemon_state *d = ud;
+    json_t *tasks = json_array();
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "name", t->name, "stage", t->st->name, "index", t->index,
+            "status", status_name(atomic_load(&t->status)),
+            "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
+            "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
+            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_memory(t->vm));
+        if (t->source >= 0) {
+            const source_info *si = &d->p->sources[t->source];
+            json_object_set_new(jt, "source", json_string(si->name));
+            json_object_set_new(jt, "partition", json_integer(t->index));
+            json_object_set_new(jt, "file", json_string(si->files[t->index]));
+            json_object_set_new(jt, "position", json_integer(t->position));
+        } else {
+            int depth = 0;
+            for (int c = 0; c < t->nin; c++) depth += channel_depth(t->in[c]);
+            json_object_set_new(jt, "queue", json_integer(depth));
+        }
+        if (t->error[0]) json_object_set_new(jt, "error", json_string(t->error));
+        json_array_append_new(tasks, jt);
+    }
+    char hash[13];
+    snprintf(hash, sizeof hash, "%.12s", d->p->hash);
+    return json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:n}, s:s, s:I, s:o, s:n}",
+        "app", d->cfg->name,
+        "pipeline", "path", d->p->script, "version", d->sh.version, "hash", hash, "sha256", d->p->hash,
+        "last_reload_error",
+        "state", atomic_load(&d->sh.stopping) ? "stopping" : "running",
+        "uptime_ms", (json_int_t)(mono_ms() - d->started_ms),
+        "tasks", tasks, "last_checkpoint");
+}
+
+static void h_metrics(void *ud, struct evbuffer *out) {
+    daemon_state *d = ud;
+    const plan *p = d->p;
+    struct { const char *name, *help; int which; } per_task[] = {
+        {"eddy_records_in_total", "Records a task took in.", 0},
+        {"eddy_records_out_total", "Records a task sent to keyed stages.", 1},
+        {"eddy_errors_total", "Records whose processing raised an error.", 2},
+        {"eddy_records_skipped_total", "Records skipped by on_error = \"skip\".", 3},
+        {"eddy_dead_letters_total", "Records written to the dead-letter file.", 4},
+        {"eddy_vm_memory_bytes", "Bytes held by a task's Lua VM.", 5},
+    };
+    for (size_t m = 0; m < sizeof per_task / sizeof per_task[0]; m++) {
+        metrics_family(out, per_task[m].name, per_task[m].which == 5 ? "gauge" : "counter", per_task[m].help);
+        for (int i = 0; i < d->ntasks; i++) {
+            task *t = d->tasks[i];
+            double v = 0;
+            switch (per_task[m].which) {
+            case 0: v = (double)t->records_in; break;
+            case 1: v = (double)t->records_out; break;
+            case 2: v = (double)t->io.errors; break;
+            case 3: v = (double)t->io.skipped; break;
+            case 4: v = (double)t->io.dead_letters; break;
+            default: v = (double)vm_memory(t->vm); break;
+            }
+            const char *labels[] = {"task", t->name, NULL};
+            metrics_sample(out, per_task[m].name, labels, v);
+        }
+    }
+    for (int dir = 0; dir < 2; dir++) {
+        const char *name = dir == 0 ? "eddy_operator_records_in_total" : "eddy_operator_records_out_total";
+        metrics_family(out, name, "counter", dir == 0 ? "Records into an operator, per task." : "Records out of an operator, per task.");
+        for (int i = 0; i < d->ntasks; i++) {
+            task *t = d->tasks[i];
+            for (int k = 0; k < t->st->nnodes; k++) {
+                const node *nd = &p->nodes[t->st->nodes[k] - 1];
+                const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
+                metrics_sample(out, name, labels, (double)(dir == 0 ? t->node_in[nd->id] : t->node_out[nd->id]));
+            }
+        }
+    }
+    metrics_family(out, "eddy_channel_queue_depth", "gauge", "Batches waiting in a channel between two tasks.");
+    for (int c = 0; c < d->nchans; c++) {
+        channel *ch = d->chans[c];
+        const char *labels[] = {"from", ch->producer->name, "to", ch->consumer->name, NULL};
+        metrics_sample(out, "eddy_channel_queue_depth", labels, channel_depth(ch));
+    }
+    metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
+    int counts[3] = {0, 0, 0};
+    for (int i = 0; i < d->ntasks; i++) counts[atomic_load(&d->tasks[i]->status)]++;
+    for (int s = 0; s < 3; s++) {
+        const char *labels[] = {"state", status_name(s), NULL};
+        metrics_sample(out, "eddy_tasks", labels, counts[s]);
+    }
+}
+
+/* ---- building ---------------------------------------------------------- */
+
+static int build_tasks(daemon_state *d, char *err, size_t errlen) {
+    const plan *p = d->p;
+    d->tasks = calloc(p->ntasks, sizeof *d->tasks);
+    int *first = calloc(p->nstages, sizeof *first);       /* first task id of each stage */
+    int rc = -1;
+    if (!d->tasks || !first) { snprintf(err, errlen, "out of memory"); goto err; }
+    for (int s = 0; s < p->nstages; s++) {
+        first[s] = d->ntasks;
+        for (int i = 0; i < p->stages[s].ntasks; i++) {
+            task *t = task_create(&d->sh, &p->stages[s], i, d->ntasks, err, errlen);
+            if (!t) goto err;
+            d->tasks[d->ntasks++] = t;
+        }
+    }
+    /* channels: every task of a stage holding a key_by into stage D, to every task of D */
+    for (int u = 0; u < p->nstages; u++) {
+        for (int ds = 0; ds < p->nstages; ds++) {
+            int feeds = 0;
+            for (int k = 0; k < p->stages[u].nnodes; k++) {
+                const node *nd = &p->nodes[p->stages[u].nodes[k] - 1];
+                if (nd->kind == NODE_KEY_BY && nd->stage_out == ds) feeds = 1;
+            }
+            if (!feeds) continue;
+            int nt = p->stages[ds].ntasks;
+            for (int ui = 0; ui < p->stages[u].ntasks; ui++) {
+                task *up = d->tasks[first[u] + ui];
+                channel **targets = calloc(nt, sizeof *targets);
+                if (!targets) { snprintf(err, errlen, "out of memory"); goto err; }
+                for (int di = 0; di < nt; di++) {
+                    task *down = d->tasks[first[ds] + di];
+                    channel *c = channel_create((int)d->cfg->channel_capacity, up, down);
+                    channel **cs = realloc(d->chans, sizeof *cs * (d->nchans + 1));
+                    if (!c || !cs) { channel_destroy(c); free(targets); snprintf(err, errlen, "out of memory"); goto err; }
+                    d->chans = cs;
+                    d->chans[d->nchans++] = c;
+                    targets[di] = c;
+                    if (task_add_input(down, c) < 0) { free(targets); snprintf(err, errlen, "out of memory"); goto err; }
+                }
+                if (task_add_output(up, ds, targets, nt) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
+            }
+        }
+    }
+    for (int i = 0; i < d->ntasks; i++) {
+        char terr[2048];
+        if (task_start(d->tasks[i], terr, sizeof terr) < 0) {
+            snprintf(err, errlen, "task %s: %s", d->tasks[i]->name, terr);
+            goto err;
+        }
+    }
+    rc = 0;
+err:
+    free(first);
+    return rc;
+}
+
+static void daemon_free(daemon_state *d) {
+    if (d->adm) admin_destroy(d->adm);
+    for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);
+    if (d->done_ev) event_free(d->done_ev);
+    if (d->wd_ev) event_free(d->wd_ev);
+    if (d->poll_ev) event_free(d->poll_ev);
+    sched_destroy(d->s);
+    for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
+    free(d->tasks);
+    for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
+    free(d->chans);
+    if (d->base) event_base_free(d->base);
+    if (d->sh.dead_letter) fclose(d->sh.dead_letter);
+    pthread_mutex_destroy(&d->sh.dead_letter_mu);
+    pthread_mutex_destroy(&d->sh.stdout_mu);
+    poison_free(d->sh.poison);
+    plan_destroy(d->p);
+    config_destroy(d->cfg);
+}
+
+int daemon_run(const char *config_path) {
+    daemon_state d;
+    memset(&d, 0, sizeof d);
+    pthread_mutex_init(&d.sh.dead_letter_mu, NULL);
+    pthread_mutex_init(&d.sh.stdout_mu, NULL);
+    char err[4096];
+    int code = 2;
+    d.started_ms = mono_ms();
+    d.cfg = config_load(config_path, err, sizeof err);
+    if (!d.cfg) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    log_setup(d.cfg->log_level, d.cfg->log_format == LOGFMT_JSON);
+    d.p = plan_create(d.cfg, daemon_lua_dir(), err, sizeof err);
+    if (!d.p) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    if (mkdirs(d.cfg->state_dir) < 0) {
+        fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
+        goto out;
+    }
+    snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
+    poison_load(&d);
+    d.sh.cfg = d.cfg;
+    d.sh.p = d.p;
+    d.sh.lua_dir = daemon_lua_dir();
+    d.sh.version = 1;
+    vm_global_init();
+    if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+
+    code = 1;
+    evthread_use_pthreads();
+    d.base = event_base_new();
+    if (!d.base) { log_error("cannot create the event loop"); goto out; }
+    d.done_ev = event_new(d.base, -1, 0, on_done_check, &d);
+    struct timeval wd = { 0, WATCHDOG_TICK_MS * 1000 }, pt = { 0, POLL_TICK_MS * 1000 };
+    d.wd_ev = event_new(d.base, -1, EV_PERSIST, on_watchdog, &d);
+    d.poll_ev = event_new(d.base, -1, EV_PERSIST, on_poll, &d);
+    event_add(d.wd_ev, &wd);
+    event_add(d.poll_ev, &pt);
+    int sigs[3] = { SIGTERM, SIGINT, SIGHUP };
+    for (int i = 0; i < 3; i++) {
+        d.sig_ev[i] = evsignal_new(d.base, sigs[i], on_signal, &d);
+        event_add(d.sig_ev[i], NULL);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (d.cfg->admin_enabled) {
+        admin_handlers h = { .ud = &d, .health = h_health, .status = h_status, .metrics = h_metrics };
+        char addr_file[PATH_MAX];
+        snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d.cfg->state_dir);
+        d.adm = admin_create(d.base, d.cfg->admin_listen, addr_file, &h, err, sizeof err);
+        if (!d.adm) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+    }
+    d.s = sched_create(d.cfg->threads, on_task_done, &d);
+    for (int i = 0; i < d.ntasks; i++) d.tasks[i]->se.s = d.s;
+    if (!d.s || sched_start(d.s, err, sizeof err) < 0) { log_error("%s", err); goto out; }
+    log_info("running %s: %d tasks on %d threads (pipeline %s, sha256 %.12s)", d.cfg->name, d.ntasks,
+             d.cfg->threads, d.p->script, d.p->hash);
+    for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
+    event_base_dispatch(d.base);
+
+    atomic_store(&d.sh.aborting, atomic_load(&d.failed) ? 1 : atomic_load(&d.sh.aborting));
+    if (atomic_load(&d.sh.aborting)) for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
+    sched_stop(d.s);
+    int sink_failed = 0;
+    for (int i = 0; i < d.ntasks; i++)
+        if (task_close_sinks(d.tasks[i]) < 0) sink_failed = 1;
+    if (atomic_load(&d.failed)) {
+        for (int i = 0; i < d.ntasks; i++)
+            if (atomic_load(&d.tasks[i]->status) == TASK_FAILED) {
+                fprintf(stderr, "eddy: task %s failed: %s\n", d.tasks[i]->name, d.tasks[i]->error);
+                break;
+            }
+        code = 1;
+    } else if (sink_failed || (atomic_load(&d.sh.aborting) && !atomic_load(&d.sh.stopping))) {
+        code = 1;
+    } else {
+        code = atomic_load(&d.sh.aborting) ? 1 : 0;
+        if (d.sh.poison && atomic_load(&d.sh.poison->hit)) unlink(d.poison_path);
+        long in = 0;
+        for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;
+        log_info("finished: %ld records read in %.3f s", in, (mono_ms() - d.started_ms) / 1000.0);
+    }
+    (void)wall_ms;
+out:
+    daemon_free(&d);
+    return code;
+}

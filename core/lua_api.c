@@ -1,0 +1,138 @@
+#include "lua_api.h"
+#include "codec.h"
+#include "keygroup.h"
+#include "log.h"
+#include "sink.h"
+#include "task.h"
+#include <lauxlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- FFI exports (ffi_api.h) ------------------------------------------- */
+
+int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
+    task *t = tp;
+    if (idx < 0 || idx >= t->nsinks) return -1;
+    if (sink_write(t->sinks[idx], p, n) < 0) {
+        log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
+        return -1;
+    }
+    return 0;
+}
+
+int eddy_dead_letter(void *tp, const char *p, size_t n) {
+    task *t = tp;
+    task_shared *sh = t->sh;
+    int rc = 0;
+    pthread_mutex_lock(&sh->dead_letter_mu);
+    if (!sh->dead_letter) {
+        sh->dead_letter = fopen(sh->cfg->dead_letter_file, "a");
+        if (!sh->dead_letter) {
+            log_task_error(t->name, "cannot open the dead-letter file %s (dead_letter.file): %m",
+                           sh->cfg->dead_letter_file);
+            rc = -1;
+        }
+    }
+    if (sh->dead_letter) {
+        if (fwrite(p, 1, n, sh->dead_letter) != n || fputc('\n', sh->dead_letter) == EOF ||
+            fflush(sh->dead_letter) != 0) {
+            log_task_error(t->name, "write to the dead-letter file %s failed: %m", sh->cfg->dead_letter_file);
+            rc = -1;
+        }
+    }
+    pthread_mutex_unlock(&sh->dead_letter_mu);
+    return rc;
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void eddy_log(void *tp, int32_t level, int32_t limited, const char *msg) {
+    task *t = tp;
+    if (level < log_level_current) return;
+    if (limited && level < LOG_ERROR) {
+        if (!log_ratelimited(&t->log_window, &t->log_count, 5)) return;
+    }
+    (void)now_ms;
+    log_write(level, t->name, "%s", msg);
+}
+
+/* ---- classic functions ------------------------------------------------- */
+
+/* unpack(i) -> value of record i of the current batch.
+ * Stack: i -> i value */
+static int l_unpack(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int i = (int)luaL_checkinteger(L, 1);
+    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
+    const eddy_rec *r = &t->io.recs[i];
+    char err[256];
+    if (codec_unpack(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
+        return luaL_error(L, "cannot decode a record: %s", err);
+    return 1;
+}
+
+/* shuffle(port, key, value): packs value and appends it to the batch for the
+ * keyed task that owns key's key group.  Stack: port key value -> (none) */
+static int l_shuffle(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int port = (int)luaL_checkinteger(L, 1);
+    size_t klen;
+    const char *key = luaL_checklstring(L, 2, &klen);
+    if (port < 1 || port > t->sh->p->nnodes || t->out_of_node[port] < 0)
+        return luaL_error(L, "no output for node %d", port);
+    out_port *op = &t->outs[t->out_of_node[port]];
+    int maxp = t->sh->cfg->max_parallelism;
+    uint32_t kg = keygroup_of(key, klen, maxp);
+    int target = keygroup_task(kg, maxp, op->ntargets);
+    batch *b = op->pending[target];
+    if (!b) {
+        b = op->pending[target] = batch_create((int)t->sh->cfg->batch_size);
+        if (!b) return luaL_error(L, "out of memory");
+    }
+    buf *tmp = &t->packbuf;
+    tmp->len = 0;
+    char err[256];
+    if (codec_pack(L, 3, tmp, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    eddy_rec *r = batch_add(b, key, klen, tmp->data, tmp->len);
+    if (!r) return luaL_error(L, "out of memory");
+    const eddy_rec *in = &t->io.recs[t->io.cur];
+    r->ts = in->ts;
+    r->wm = in->wm;
+    r->offset = in->offset;
+    r->line = in->line;
+    r->partition = in->partition;
+    r->source = in->source;
+    r->port = (int16_t)port;
+    r->kg = kg;
+    r->flags = EDDY_REC_PACKED;
+    return 0;
+}
+
+void lua_api_push_native(lua_State *L, task *t) {
+    lua_createtable(L, 0, 2);                      /* native */
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_shuffle, 1);
+    lua_setfield(L, -2, "shuffle");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_unpack, 1);
+    lua_setfield(L, -2, "unpack");
+}
+
+int lua_api_flush_outputs(task *t) {
+    for (int o = 0; o < t->nouts; o++) {
+        out_port *op = &t->outs[o];
+        for (int i = 0; i < op->ntargets; i++) {
+            batch *b = op->pending[i];
+            if (!b || b->n == 0) continue;
+            op->pending[i] = NULL;
+            t->records_out += b->n;
+            if (channel_push(op->ch[i], CH_BATCH, b, 0) < 0) return -1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,71 @@
+/* pipeline — the plan: loads the user's script in a control VM (through
+ * eddy.runtime.plan), reads back its operator graph, merges the config's
+ * per-source and per-sink overrides, and cuts it into stages (a key_by ends
+ * a stage), each with its tasks: one per source partition, or `parallelism`
+ * for a keyed stage.  Operators of a stage are chained in its tasks; a
+ * stateless operator after a union of two stages runs in both.  Calls vm,
+ * config and LuaJIT; `eddy check` prints what it builds. */
+#ifndef EDDY_PIPELINE_H
+#define EDDY_PIPELINE_H
+
+#include <stdio.h>
+#include "config.h"
+
+typedef enum { NODE_SOURCE, NODE_MAP, NODE_FILTER, NODE_FLAT_MAP, NODE_KEY_BY,
+               NODE_UNION, NODE_SINK } node_kind;
+
+typedef struct node {
+    int id;                 /* 1-based, as in the script */
+    node_kind kind;
+    char *kind_name;
+    char *name;             /* sources and sinks */
+    char *uid;
+    char *where;            /* "pipeline.lua:12" */
+    int *inputs; int ninputs;
+    opt_list opts;          /* scalar options, config overrides applied */
+    int stage_out;          /* key_by: the keyed stage it feeds */
+    unsigned char *in_stage;/* [nstages]: 1 when the node runs in that stage */
+} node;
+
+typedef enum { SRC_FILE, SRC_STDIN } source_kind;
+
+typedef struct source_info {
+    int node;               /* node id */
+    char *name;
+    source_kind kind;
+    char *format;           /* json, lines, raw, csv */
+    char **files; int nfiles;   /* one partition per file */
+    int follow, header;
+    char delimiter;
+} source_info;
+
+typedef struct stage {
+    int id;
+    int keyed;
+    int source;             /* source stage: index into plan.sources, else -1 */
+    int ntasks;
+    char *name;             /* source name, or "keyed<N>" */
+    int *roots; int nroots; /* source node, or the key_by nodes feeding it */
+    int *nodes; int nnodes; /* every node that runs in it */
+} stage;
+
+typedef struct plan {
+    char *script;           /* absolute path */
+    char *script_rel;       /* as the user knows it: relative to dir */
+    char *dir;              /* the pipeline's folder */
+    char hash[65];          /* sha-256 of the script, hex */
+    node *nodes; int nnodes;     /* nodes[id - 1] */
+    stage *stages; int nstages;
+    source_info *sources; int nsources;
+    int ntasks;
+} plan;
+
+/* Plans the pipeline the config names.  Returns an owned plan, or NULL with
+ * err naming the file:line or config key at fault. */
+plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen);
+void plan_destroy(plan *p);          /* NULL is a no-op */
+void plan_print(const plan *p, const config *cfg, FILE *out);
+const char *node_opt(const node *n, const char *key);   /* string value or NULL */
+int node_opt_bool(const node *n, const char *key);
+
+#endif

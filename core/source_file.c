@@ -1,0 +1,269 @@
+#include "source_file.h"
+#include <csv.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <msgpack.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define READ_CHUNK (1 << 20)
+
+struct source_reader {
+    int fd;
+    int is_stdin;
+    int follow;
+    int csv;
+    int header;
+    int source_index, partition;
+    char *buf;
+    size_t len, pos, cap;     /* buffered bytes are buf[pos..len) */
+    int64_t offset;           /* file offset of buf[pos] */
+    int64_t line;             /* lines consumed so far */
+    int input_ended;          /* read() returned 0 and no follow */
+    /* csv */
+    struct csv_parser parser;
+    msgpack_sbuffer fields;   /* fields of the record being parsed, packed */
+    int nfields;
+    char **header_names; int nheader; int header_done;
+    char **cur; int ncur, capcur;   /* fields of the current record */
+    size_t *curlen;
+    int record_done;
+    int in_record;            /* a csv record has started but not ended */
+    int64_t rec_offset, rec_line;   /* where it started */
+};
+
+source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
+    source_reader *r = calloc(1, sizeof *r);
+    if (!r) { snprintf(err, errlen, "out of memory"); return NULL; }
+    r->source_index = source_index;
+    r->partition = partition;
+    r->follow = si->follow;
+    r->csv = strcmp(si->format, "csv") == 0;
+    r->header = si->header;
+    r->cap = READ_CHUNK * 2;
+    r->buf = malloc(r->cap);
+    if (!r->buf) { snprintf(err, errlen, "out of memory"); free(r); return NULL; }
+    if (si->kind == SRC_STDIN) {
+        r->fd = 0;
+        r->is_stdin = 1;
+    } else {
+        r->fd = open(si->files[partition], O_RDONLY | O_CLOEXEC);
+        if (r->fd < 0) {
+            snprintf(err, errlen, "source '%s': cannot open %s: %s", si->name, si->files[partition], strerror(errno));
+            free(r->buf);
+            free(r);
+            return NULL;
+        }
+    }
+    if (r->csv) {
+        csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+        csv_set_delim(&r->parser, (unsigned char)si->delimiter);
+    }
+    return r;
+}
+
+void source_close(source_reader *r) {
+    if (!r) return;
+    if (!r->is_stdin && r->fd >= 0) close(r->fd);
+    if (r->csv) csv_free(&r->parser);
+    msgpack_sbuffer_destroy(&r->fields);
+    for (int i = 0; i < r->nheader; i++) free(r->header_names[i]);
+    free(r->header_names);
+    for (int i = 0; i < r->capcur; i++) free(r->cur[i]);
+    free(r->cur);
+    free(r->curlen);
+    free(r->buf);
+    free(r);
+}
+
+int64_t source_position(const source_reader *r) { return r->offset; }
+
+/* Fills the buffer.  Returns bytes read, 0 when nothing is available now or
+ * at end of input (r->input_ended tells which), -1 on error. */
+static long fill(source_reader *r, char *err, size_t errlen) {
+    if (r->pos > 0) {
+        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
+        r->len -= r->pos;
+        r->pos = 0;
+    }
+    if (r->cap - r->len < READ_CHUNK) {
+        size_t ncap = r->cap * 2;
+        char *nb = realloc(r->buf, ncap);
+        if (!nb) { snprintf(err, errlen, "out of memory"); return -1; }
+        r->buf = nb;
+        r->cap = ncap;
+    }
+    if (r->is_stdin) {
+        struct pollfd pfd = { .fd = r->fd, .events = POLLIN };
+        if (poll(&pfd, 1, 0) == 0) return 0;
+    }
+    ssize_t n;
+    do n = read(r->fd, r->buf + r->len, r->cap - r->len); while (n < 0 && errno == EINTR);
+    if (n < 0) { snprintf(err, errlen, "read error: %s", strerror(errno)); return -1; }
+    if (n == 0 && !r->follow) r->input_ended = 1;
+    r->len += (size_t)n;
+    return n;
+}
+
+/* ---- csv ---------------------------------------------------------------- */
+
+static void on_field(void *data, size_t len, void *ud) {
+    source_reader *r = ud;
+    if (r->ncur == r->capcur) {
+        int nc = r->capcur ? r->capcur * 2 : 16;
+        char **c = realloc(r->cur, sizeof *c * nc);
+        size_t *l = realloc(r->curlen, sizeof *l * nc);
+        if (c) r->cur = c;
+        if (l) r->curlen = l;
+        if (!c || !l) return;
+        for (int i = r->capcur; i < nc; i++) r->cur[i] = NULL;
+        r->capcur = nc;
+    }
+    char *s = realloc(r->cur[r->ncur], len + 1);
+    if (!s) return;
+    if (len) memcpy(s, data, len);
+    s[len] = 0;
+    r->cur[r->ncur] = s;
+    r->curlen[r->ncur] = data ? len : (size_t)-1;   /* -1: empty unquoted field */
+    r->ncur++;
+}
+
+static void on_record(int c, void *ud) {
+    (void)c;
+    source_reader *r = ud;
+    r->record_done = 1;
+}
+
+static int pack_csv(source_reader *r, batch *b, int64_t offset, int64_t line) {
+    msgpack_sbuffer_clear(&r->fields);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &r->fields, msgpack_sbuffer_write);
+    int named = r->header && r->header_done;
+    if (named) msgpack_pack_map(&pk, r->ncur);
+    else msgpack_pack_array(&pk, r->ncur);
+    for (int i = 0; i < r->ncur; i++) {
+        if (named) {
+            const char *h = i < r->nheader ? r->header_names[i] : NULL;
+            if (h) { msgpack_pack_str(&pk, strlen(h)); msgpack_pack_str_body(&pk, h, strlen(h)); }
+            else msgpack_pack_int(&pk, i + 1);
+        }
+        size_t l = r->curlen[i] == (size_t)-1 ? 0 : r->curlen[i];
+        msgpack_pack_str(&pk, l);
+        msgpack_pack_str_body(&pk, r->cur[i], l);
+    }
+    eddy_rec *rec = batch_add(b, NULL, 0, r->fields.data, r->fields.size);
+    if (!rec) return -1;
+    rec->flags = EDDY_REC_PACKED;
+    rec->offset = offset;
+    rec->line = line;
+    rec->partition = r->partition;
+    rec->source = (uint32_t)r->source_index;
+    return 0;
+}
+
+static int add_malformed(source_reader *r, batch *b, const char *raw, size_t rawlen, const char *msg,
+                         int64_t offset, int64_t line) {
+    eddy_rec *rec = batch_add(b, msg, strlen(msg), raw, rawlen);
+    if (!rec) return -1;
+    rec->flags = EDDY_REC_MALFORMED;
+    rec->offset = offset;
+    rec->line = line;
+    rec->partition = r->partition;
+    rec->source = (uint32_t)r->source_index;
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen) {
+    int n = 0;
+    *eof = 0;
+    while (n < max) {
+        char *start = r->buf + r->pos;
+        size_t avail = r->len - r->pos;
+        char *nl = avail ? memchr(start, '\n', avail) : NULL;
+        size_t linelen;      /* without the newline */
+        size_t consumed;
+        if (nl) {
+            linelen = (size_t)(nl - start);
+            consumed = linelen + 1;
+        } else if (r->input_ended && avail > 0) {
+            linelen = consumed = avail;      /* a last line with no newline */
+        } else if (r->input_ended) {
+            if (r->csv && r->in_record) {
+                /* an unterminated quoted field at end of input */
+                add_malformed(r, b, "", 0, "csv: unterminated quoted field at end of input",
+                              r->rec_offset, r->rec_line);
+                r->ncur = 0;
+                r->in_record = 0;
+                n++;
+            }
+            *eof = 1;
+            break;
+        } else {
+            long got = fill(r, err, errlen);
+            if (got < 0) return -1;
+            if (got == 0 && !r->input_ended) break;     /* nothing more now */
+            continue;
+        }
+        if (!r->csv) {
+            if (linelen == 0 && nl) {        /* blank line: skipped, but counted */
+                r->pos += consumed; r->offset += consumed; r->line++;
+                continue;
+            }
+            eddy_rec *rec = batch_add(b, NULL, 0, start, linelen);
+            if (!rec) { snprintf(err, errlen, "out of memory"); return -1; }
+            rec->offset = r->offset;
+            rec->line = r->line + 1;
+            rec->partition = r->partition;
+            rec->source = (uint32_t)r->source_index;
+            r->pos += consumed; r->offset += consumed; r->line++;
+            n++;
+            continue;
+        }
+        /* csv: feed one line (with its newline) and see whether a record ended */
+        if (!r->in_record && (linelen == 0 || (linelen == 1 && start[0] == '\r'))) {   /* blank line */
+            r->pos += consumed; r->offset += consumed; r->line++;
+            continue;
+        }
+        if (!r->in_record) { r->rec_offset = r->offset; r->rec_line = r->line + 1; r->in_record = 1; }
+        size_t fed = csv_parse(&r->parser, start, consumed, on_field, on_record, r);
+        int bad = fed < consumed;
+        if (!nl && !bad) csv_fini(&r->parser, on_field, on_record, r);
+        r->pos += consumed; r->offset += consumed; r->line++;
+        if (bad) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "csv: %s", csv_strerror(csv_error(&r->parser)));
+            size_t rawlen = (size_t)(r->offset - r->rec_offset);
+            const char *raw = r->buf + r->pos - rawlen;
+            if (r->pos < rawlen) { raw = start; rawlen = consumed; }   /* its start was in an earlier buffer */
+            if (add_malformed(r, b, raw, rawlen, msg, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
+            n++;
+            csv_free(&r->parser);
+            csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+            r->ncur = 0;
+            r->record_done = 0;
+            r->in_record = 0;
+            continue;
+        }
+        if (r->record_done) {
+            r->record_done = 0;
+            r->in_record = 0;
+            if (r->ncur == 0) continue;
+            if (r->header && !r->header_done) {
+                r->header_names = calloc(r->ncur, sizeof *r->header_names);
+                for (int i = 0; i < r->ncur; i++) r->header_names[i] = strdup(r->cur[i]);
+                r->nheader = r->ncur;
+                r->header_done = 1;
+            } else {
+                if (pack_csv(r, b, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
+                n++;
+            }
+            r->ncur = 0;
+        }
+    }
+    return n;
+}

@@ -1,0 +1,24 @@
+/* source_file — reads one partition of a file source (one file, or stdin)
+ * into record batches: splits lines for json/lines/raw, parses CSV records
+ * (quoted fields, embedded newlines) with libcsv and packs their fields as a
+ * MessagePack array (or map, with header = true).  Every record carries its
+ * byte offset and line number.  Calls batch, msgpack-c and libcsv. */
+#ifndef EDDY_SOURCE_FILE_H
+#define EDDY_SOURCE_FILE_H
+
+#include <stdint.h>
+#include "batch.h"
+#include "pipeline.h"
+
+typedef struct source_reader source_reader;
+
+/* Opens partition `partition` of source `si`.  Returns an owned reader or NULL with err. */
+source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen);
+/* Appends up to max records to b.  Returns the number appended (0 when nothing
+ * is available now), or -1 with err.  Sets *eof once the input has ended
+ * (never for follow = true).  The last line of a file needs no newline. */
+int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen);
+int64_t source_position(const source_reader *r);   /* bytes consumed */
+void source_close(source_reader *r);                /* NULL is a no-op */
+
+#endif

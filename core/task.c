@@ -1,0 +1,340 @@
+#include "task.h"
+#include "log.h"
+#include "lua_api.h"
+#include "sink.h"
+#include "source_file.h"
+#include "vm.h"
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+sched_entry *task_sched_entry(task *t) { return &t->se; }
+
+int task_pollable(const task *t) {
+    if (t->source < 0) return 0;
+    const source_info *si = &t->sh->p->sources[t->source];
+    return si->follow || si->kind == SRC_STDIN;
+}
+
+static const char *sink_ext(const char *format) {
+    return strcmp(format, "json") == 0 ? "jsonl" : "txt";
+}
+
+task *task_create(task_shared *sh, const stage *st, int index, int id, char *err, size_t errlen) {
+    const plan *p = sh->p;
+    task *t = calloc(1, sizeof *t);
+    if (!t) { snprintf(err, errlen, "out of memory"); return NULL; }
+    t->sh = sh;
+    t->st = st;
+    t->index = index;
+    t->id = id;
+    t->source = st->keyed ? -1 : st->source;
+    t->on_batch_ref = LUA_NOREF;
+    snprintf(t->name, sizeof t->name, "%s-%d", st->name, index);
+    buf_init(&t->packbuf);
+    t->node_in = calloc(p->nnodes + 1, sizeof *t->node_in);
+    t->node_out = calloc(p->nnodes + 1, sizeof *t->node_out);
+    t->out_of_node = malloc(sizeof *t->out_of_node * (p->nnodes + 1));
+    t->sink_of_node = malloc(sizeof *t->sink_of_node * (p->nnodes + 1));
+    t->sinks = calloc(p->nnodes + 1, sizeof *t->sinks);
+    if (!t->node_in || !t->node_out || !t->out_of_node || !t->sink_of_node || !t->sinks) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    for (int i = 0; i <= p->nnodes; i++) t->out_of_node[i] = t->sink_of_node[i] = -1;
+    t->io.node_in = t->node_in;
+    t->io.node_out = t->node_out;
+    /* sinks chained in this task */
+    for (int i = 0; i < st->nnodes; i++) {
+        const node *nd = &p->nodes[st->nodes[i] - 1];
+        if (nd->kind != NODE_SINK) continue;
+        const char *file = node_opt(nd, "file");
+        const char *format = node_opt(nd, "format") ? node_opt(nd, "format") : "json";
+        char dir[4096];
+        if (file && file[0] != '/') snprintf(dir, sizeof dir, "%s/%s", p->dir, file);
+        else if (file) snprintf(dir, sizeof dir, "%s", file);
+        sink *s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
+                              &sh->stdout_mu, err, errlen);
+        if (!s) goto err;
+        t->sink_of_node[nd->id] = t->nsinks;
+        t->sinks[t->nsinks++] = s;
+    }
+    if (!st->keyed) {
+        t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
+        if (!t->src) goto err;
+        t->inbatch = batch_create((int)sh->cfg->batch_size);
+        if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
+    }
+    return t;
+err:
+    task_destroy(t);
+    return NULL;
+}
+
+int task_add_input(task *t, channel *c) {
+    channel **in = realloc(t->in, sizeof *in * (t->nin + 1));
+    if (!in) return -1;
+    t->in = in;
+    t->in[t->nin++] = c;
+    return 0;
+}
+
+int task_add_output(task *t, int stage, channel **targets, int ntargets) {
+    out_port *outs = realloc(t->outs, sizeof *outs * (t->nouts + 1));
+    if (!outs) return -1;
+    t->outs = outs;
+    out_port *op = &t->outs[t->nouts];
+    op->stage = stage;
+    op->ntargets = ntargets;
+    op->ch = targets;
+    op->pending = calloc(ntargets, sizeof *op->pending);
+    if (!op->pending) return -1;
+    const plan *p = t->sh->p;
+    for (int i = 0; i < t->st->nnodes; i++) {
+        const node *nd = &p->nodes[t->st->nodes[i] - 1];
+        if (nd->kind == NODE_KEY_BY && nd->stage_out == stage) t->out_of_node[nd->id] = t->nouts;
+    }
+    t->nouts++;
+    return 0;
+}
+
+/* Pushes a Lua array of ints.  Stack: +1 */
+static void push_int_array(lua_State *L, const int *a, int n) {
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushinteger(L, a[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+static const char *on_error_name(int e) {
+    return e == ON_ERROR_SKIP ? "skip" : e == ON_ERROR_DEAD_LETTER ? "dead_letter" : "fail";
+}
+
+int task_start(task *t, char *err, size_t errlen) {
+    const task_shared *sh = t->sh;
+    const plan *p = sh->p;
+    const config *cfg = sh->cfg;
+    vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
+                   .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
+    t->vm = vm_create(&vo, err, errlen);
+    if (!t->vm) return -1;
+    lua_State *L = vm_state(t->vm);
+    lua_getglobal(L, "require");                               /* require */
+    lua_pushstring(L, "eddy.runtime");
+    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime | err */
+        snprintf(err, errlen, "cannot load the eddy runtime: %s", vm_errstr(L, -1));
+        lua_settop(L, 0);
+        return -1;
+    }
+    lua_getfield(L, -1, "task");                               /* runtime task */
+    lua_createtable(L, 0, 20);                                 /* runtime task args */
+    lua_pushstring(L, p->script_rel);      lua_setfield(L, -2, "script");
+    lua_pushstring(L, p->dir);             lua_setfield(L, -2, "dir");
+    lua_pushboolean(L, cfg->sandbox_ffi);  lua_setfield(L, -2, "ffi");
+    lua_pushboolean(L, cfg->sandbox_os);   lua_setfield(L, -2, "os");
+    lua_pushlightuserdata(L, t);           lua_setfield(L, -2, "task");
+    lua_pushlightuserdata(L, &t->io);      lua_setfield(L, -2, "io");
+    lua_pushstring(L, t->name);            lua_setfield(L, -2, "name");
+    lua_pushboolean(L, t->st->keyed);      lua_setfield(L, -2, "keyed");
+    lua_pushstring(L, on_error_name(cfg->on_error)); lua_setfield(L, -2, "on_error");
+    lua_pushinteger(L, sh->version);       lua_setfield(L, -2, "version");
+    push_int_array(L, t->st->nodes, t->st->nnodes); lua_setfield(L, -2, "stage_nodes");
+    push_int_array(L, t->st->roots, t->st->nroots); lua_setfield(L, -2, "roots");
+    lua_createtable(L, 0, t->nsinks);                          /* ... args sinks */
+    for (int id = 1; id <= p->nnodes; id++) {
+        if (t->sink_of_node[id] < 0) continue;
+        lua_pushinteger(L, t->sink_of_node[id]);
+        lua_rawseti(L, -2, id);
+    }
+    lua_setfield(L, -2, "sinks");
+    lua_createtable(L, p->nsources, 0);                        /* ... args sources */
+    for (int s = 0; s < p->nsources; s++) {
+        const source_info *si = &p->sources[s];
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, si->name);   lua_setfield(L, -2, "name");
+        lua_pushstring(L, si->format); lua_setfield(L, -2, "format");
+        lua_createtable(L, si->nfiles, 0);
+        for (int j = 0; j < si->nfiles; j++) {
+            lua_pushstring(L, si->files[j]);
+            lua_rawseti(L, -2, j + 1);
+        }
+        lua_setfield(L, -2, "files");
+        lua_rawseti(L, -2, s + 1);
+    }
+    lua_setfield(L, -2, "sources");
+    lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
+    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime on_batch | err */
+        snprintf(err, errlen, "%s", vm_errstr(L, -1));
+        lua_settop(L, 0);
+        return -1;
+    }
+    t->on_batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* runtime */
+    lua_settop(L, 0);
+    return 0;
+}
+
+static void task_fail(task *t, const char *fmt, const char *msg) {
+    snprintf(t->error, sizeof t->error, fmt, msg);
+    log_task_error(t->name, "%s", t->error);
+    atomic_store(&t->status, TASK_FAILED);
+}
+
+/* Runs the Lua function over the batch b.  0, or -1 after failing the task. */
+static int run_batch(task *t, const batch *b) {
+    lua_State *L = vm_state(t->vm);
+    t->io.recs = b->recs;
+    t->io.data = b->data;
+    t->io.n = b->n;
+    t->io.cur = 0;
+    t->io.seq++;
+    t->io.in_call = 1;
+    vm_enter(t->vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->on_batch_ref);        /* on_batch */
+    int rc = lua_pcall(L, 0, 0, 0);                            /* | err */
+    vm_leave(t->vm);
+    t->io.in_call = 0;
+    t->records_in += b->n;
+    t->batches++;
+    if (rc != 0) {
+        task_fail(t, "%s", vm_errstr(L, -1));
+        lua_settop(L, 0);
+        return -1;
+    }
+    for (int i = 0; i < t->nsinks; i++) {
+        if (sink_flush(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return -1; }
+    }
+    if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return -1; }
+    return 0;
+}
+
+static int outputs_blocked(task *t) {
+    for (int o = 0; o < t->nouts; o++)
+        for (int i = 0; i < t->outs[o].ntargets; i++)
+            if (channel_full(t->outs[o].ch[i])) return 1;
+    return 0;
+}
+
+/* End of this task's input: flush, close sinks, tell downstream. */
+static step_result finish(task *t) {
+    for (int i = 0; i < t->nsinks; i++) {
+        if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
+    }
+    if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
+    for (int o = 0; o < t->nouts; o++)
+        for (int i = 0; i < t->outs[o].ntargets; i++)
+            channel_push(t->outs[o].ch[i], CH_EOS, NULL, INT64_MAX);
+    atomic_store(&t->status, TASK_DONE);
+    log_task_debug(t->name, "done: %ld records in, %ld out", (long)t->records_in, (long)t->records_out);
+    return STEP_DONE;
+}
+
+/* Marks the record an earlier run hung on, so the error policy handles it. */
+static void mark_poison(task *t, batch *b) {
+    poison *ps = t->sh->poison;
+    if (!ps || atomic_load(&ps->hit) || strcmp(ps->source, t->sh->p->sources[t->source].name) != 0 ||
+        ps->partition != t->index)
+        return;
+    for (int i = 0; i < b->n; i++) {
+        eddy_rec *r = &b->recs[i];
+        if (r->offset != ps->offset) continue;
+        /* rebuild it as a malformed record carrying the watchdog's message */
+        batch *nb = batch_create(b->n);
+        if (!nb) return;
+        for (int j = 0; j < b->n; j++) {
+            eddy_rec *o = &b->recs[j];
+            const char *msg = j == i ? ps->message : b->data + o->key_off;
+            size_t mlen = j == i ? strlen(ps->message) : o->key_len;
+            eddy_rec *c = batch_add(nb, msg, mlen, b->data + o->val_off, o->val_len);
+            if (!c) { batch_destroy(nb); return; }
+            uint32_t ko = c->key_off, kl = c->key_len, vo = c->val_off, vl = c->val_len;
+            *c = *o;
+            c->key_off = ko; c->key_len = kl; c->val_off = vo; c->val_len = vl;
+            if (j == i) c->flags = EDDY_REC_MALFORMED;
+        }
+        batch_destroy(t->inbatch);
+        t->inbatch = nb;
+        atomic_store(&ps->hit, 1);
+        return;
+    }
+}
+
+static step_result step_source(task *t) {
+    task_shared *sh = t->sh;
+    if (atomic_load(&sh->stopping)) return finish(t);
+    batch_clear(t->inbatch);
+    int eof = 0;
+    char err[512];
+    int n = source_read(t->src, t->inbatch, (int)sh->cfg->batch_size, &eof, err, sizeof err);
+    if (n < 0) {
+        char msg[700];
+        snprintf(msg, sizeof msg, "source '%s' %s: %s", sh->p->sources[t->source].name,
+                 sh->p->sources[t->source].files[t->index], err);
+        task_fail(t, "%s", msg);
+        return STEP_FAILED;
+    }
+    t->position = source_position(t->src);
+    if (n > 0) {
+        if (sh->poison) mark_poison(t, t->inbatch);
+        if (run_batch(t, t->inbatch) < 0) return STEP_FAILED;
+        return STEP_PROGRESS;
+    }
+    if (eof) return finish(t);
+    return STEP_IDLE;
+}
+
+static step_result step_keyed(task *t) {
+    msg *m = NULL;
+    for (int k = 0; k < t->nin && !m; k++) {
+        int idx = (t->rr + k) % t->nin;
+        m = channel_pop(t->in[idx]);
+        if (m) t->rr = idx + 1;
+    }
+    if (!m) return STEP_IDLE;
+    step_result r = STEP_PROGRESS;
+    if (m->kind == CH_BATCH) {
+        if (run_batch(t, m->b) < 0) r = STEP_FAILED;
+    } else if (m->kind == CH_EOS) {
+        if (++t->eos == t->nin) r = finish(t);
+    }
+    msg_free(m);
+    return r;
+}
+
+step_result task_step(task *t) {
+    int st = atomic_load(&t->status);
+    if (st == TASK_FAILED) return STEP_FAILED;
+    if (st == TASK_DONE) return STEP_DONE;
+    if (atomic_load(&t->sh->aborting)) { atomic_store(&t->status, TASK_DONE); return STEP_DONE; }
+    if (outputs_blocked(t)) return STEP_BLOCKED;
+    return t->st->keyed ? step_keyed(t) : step_source(t);
+}
+
+int task_close_sinks(task *t) {
+    int rc = 0;
+    for (int i = 0; i < t->nsinks; i++)
+        if (sink_close(t->sinks[i]) < 0) rc = -1;
+    return rc;
+}
+
+void task_destroy(task *t) {
+    if (!t) return;
+    for (int i = 0; i < t->nsinks; i++) sink_destroy(t->sinks[i]);
+    free(t->sinks);
+    vm_destroy(t->vm);
+    source_close(t->src);
+    batch_destroy(t->inbatch);
+    for (int o = 0; o < t->nouts; o++) {
+        for (int i = 0; i < t->outs[o].ntargets; i++) batch_destroy(t->outs[o].pending[i]);
+        free(t->outs[o].pending);
+        free(t->outs[o].ch);
+    }
+    free(t->outs);
+    free(t->in);
+    free(t->node_in);
+    free(t->node_out);
+    free(t->out_of_node);
+    free(t->sink_of_node);
+    buf_free(&t->packbuf);
+    free(t);
+}

@@ -1,0 +1,107 @@
+/* task — one task of a stage: its VM, its inputs (a file or stdin for a
+ * source task, channels for a keyed task), its outputs (channels to keyed
+ * stages, sinks chained in it).  task_step() runs at most one batch: read or
+ * pop it, hand it to the task's Lua function once, and route what comes out.
+ * Calls vm, channel, source, sink, sched and the Lua runtime. */
+#ifndef EDDY_TASK_H
+#define EDDY_TASK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include "batch.h"
+#include "channel.h"
+#include "codec.h"
+#include "config.h"
+#include "ffi_api.h"
+#include "pipeline.h"
+#include "sched.h"
+
+struct vm;
+struct sink;
+struct source_reader;
+
+typedef enum { STEP_PROGRESS, STEP_IDLE, STEP_BLOCKED, STEP_DONE, STEP_FAILED } step_result;
+enum { TASK_RUNNING = 0, TASK_DONE = 1, TASK_FAILED = 2 };
+
+/* What every task shares; owned by the daemon. */
+typedef struct task_shared {
+    const config *cfg;
+    const plan *p;
+    const char *lua_dir;
+    pthread_mutex_t dead_letter_mu;
+    FILE *dead_letter;          /* opened on first use */
+    pthread_mutex_t stdout_mu;  /* the stdout sink writes whole batches under it */
+    atomic_int stopping;        /* graceful stop: sources end at their next step */
+    atomic_int aborting;        /* a task failed: everything stops at once */
+    int version;                /* pipeline version number */
+    struct poison *poison;      /* a record an earlier run hung on, or NULL */
+} task_shared;
+
+/* A record an earlier run hung on (state.dir/poison.json). */
+typedef struct poison {
+    char *source;
+    int partition;
+    int64_t offset;
+    char *message;
+    atomic_int hit;
+} poison;
+
+/* Channels to one downstream keyed stage: one per downstream task. */
+typedef struct out_port {
+    int stage;
+    int ntargets;
+    channel **ch;
+    batch **pending;            /* the batch being filled for each target */
+} out_port;
+
+typedef struct task {
+    sched_entry se;             /* first: sched reaches it through task_sched_entry */
+    int id;                     /* 0..ntasks-1, global */
+    char name[96];
+    task_shared *sh;
+    const stage *st;
+    int index;                  /* within its stage */
+    struct vm *vm;
+    int on_batch_ref;
+    eddy_io io;
+    uint64_t *node_in, *node_out;   /* [nnodes + 1] */
+
+    channel **in; int nin;      /* keyed task inputs */
+    int eos;                    /* inputs that have ended */
+    int rr;                     /* round-robin start */
+    out_port *outs; int nouts;
+    int *out_of_node;           /* key_by node id -> outs index, [nnodes + 1] */
+    struct sink **sinks; int nsinks;
+    int *sink_of_node;          /* sink node id -> sinks index, [nnodes + 1] */
+
+    struct source_reader *src;  /* source tasks */
+    int source;                 /* source index, or -1 */
+    batch *inbatch;             /* source tasks: the batch being read into */
+    buf packbuf;                /* reused to pack shuffled values */
+
+    atomic_int status;          /* TASK_* */
+    char error[2048];
+    atomic_long records_in, records_out, batches;
+    atomic_long position;       /* source tasks: byte offset read up to */
+    int64_t log_window; int log_count;   /* rate limit of per-record messages */
+    int64_t wd_seq; int32_t wd_cur; int64_t wd_since_ms; int wd_armed, wd_interrupted;  /* watchdog */
+} task;
+
+/* Creates task `index` of stage `st` with its VM and the user's functions
+ * loaded.  Channels are attached afterwards (task_add_input/task_add_output).
+ * Returns an owned task, or NULL with err. */
+task *task_create(task_shared *sh, const stage *st, int index, int id, char *err, size_t errlen);
+void task_destroy(task *t);     /* NULL is a no-op */
+int task_add_input(task *t, channel *c);
+/* Registers the channels to a downstream stage (takes ownership of the array, not the channels). */
+int task_add_output(task *t, int stage, channel **targets, int ntargets);
+/* Loads the VM and the operator chain (after channels are attached). */
+int task_start(task *t, char *err, size_t errlen);
+step_result task_step(task *t);
+/* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
+int task_close_sinks(task *t);
+sched_entry *task_sched_entry(task *t);
+int task_pollable(const task *t);   /* a source that may have more input later (follow, stdin) */
+
+#endif

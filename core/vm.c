@@ -1,0 +1,149 @@
+#include "vm.h"
+#include <lauxlib.h>
+#include <lualib.h>
+#include <luajit.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct vm {
+    lua_State *L;
+    _Atomic size_t used;
+    size_t limit;
+    int unlimited;
+    int64_t instructions;
+    int64_t hook_count;          /* instructions counted since the hook was armed */
+    _Atomic(pthread_t) thread;
+    atomic_int running;
+    char reason[256];
+    atomic_int interrupt;        /* 1 once vm_interrupt asked */
+    int armed;                   /* the count hook is set (VM thread only) */
+};
+
+static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
+
+#define HOOK_STEP 1000
+
+static void *vm_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+    vm *v = ud;
+    if (nsize == 0) {
+        if (p) { free(p); atomic_fetch_sub(&v->used, osize); }
+        return NULL;
+    }
+    size_t cur = p ? osize : 0;
+    if (nsize > cur && v->limit && !v->unlimited &&
+        atomic_load(&v->used) + (nsize - cur) > v->limit)
+        return NULL;                                  /* LuaJIT raises "not enough memory" */
+    void *np = realloc(p, nsize);
+    if (!np) return NULL;
+    if (nsize >= cur) atomic_fetch_add(&v->used, nsize - cur);
+    else atomic_fetch_sub(&v->used, cur - nsize);
+    return np;
+}
+
+static int panic(lua_State *L) {
+    fprintf(stderr, "eddy: unprotected Lua error: %s\n", vm_errstr(L, -1));
+    abort();
+}
+
+vm *vm_create(const vm_opts *o, char *err, size_t errlen) {
+    vm *v = calloc(1, sizeof *v);
+    if (!v) { snprintf(err, errlen, "out of memory"); return NULL; }
+    v->limit = o->memory_limit > 0 ? (size_t)o->memory_limit : 0;
+    v->instructions = o->instructions > 0 ? o->instructions : 10000000;
+    v->unlimited = 1;
+    v->L = lua_newstate(vm_alloc, v);
+    if (!v->L) { snprintf(err, errlen, "cannot create a Lua state"); free(v); return NULL; }
+    lua_atpanic(v->L, panic);
+    lua_State *L = v->L;
+    luaL_openlibs(L);
+    /* package.path: the install's lua/ first, then the pipeline's folder */
+    lua_getglobal(L, "package");                               /* package */
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua", o->lua_dir, o->lua_dir,
+                    o->pipeline_dir ? o->pipeline_dir : o->lua_dir);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);                                             /* */
+    v->unlimited = 0;
+    return v;
+}
+
+void vm_destroy(vm *v) {
+    if (!v) return;
+    if (v->L) lua_close(v->L);
+    free(v);
+}
+
+lua_State *vm_state(vm *v) { return v->L; }
+size_t vm_memory(const vm *v) { return atomic_load(&((vm *)v)->used); }
+void vm_unlimited(vm *v, int on) { v->unlimited = on; }
+
+static void hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    vm *v = current_vm;
+    if (!v) return;
+    v->hook_count += HOOK_STEP;
+    if (atomic_load(&v->interrupt) || v->hook_count >= v->instructions) {
+        lua_sethook(L, NULL, 0, 0);
+        v->armed = 0;
+        int timed_out = atomic_exchange(&v->interrupt, 0);
+        if (!timed_out)
+            luaL_error(L, "used more than %d instructions (limits.instructions)", (int)v->instructions);
+        luaL_error(L, "%s", v->reason);
+    }
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    vm *v = current_vm;
+    if (v && atomic_load(&v->running) && !v->armed) {
+        v->armed = 1;
+        v->hook_count = 0;
+        lua_sethook(v->L, hook, LUA_MASKCOUNT, HOOK_STEP);
+    }
+}
+
+void vm_global_init(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR2, &sa, NULL);
+}
+
+void vm_enter(vm *v) {
+    current_vm = v;
+    atomic_store(&v->thread, pthread_self());
+    atomic_store(&v->interrupt, 0);
+    v->reason[0] = 0;
+    atomic_store(&v->running, 1);
+}
+
+void vm_leave(vm *v) {
+    atomic_store(&v->running, 0);
+    if (v->armed) lua_sethook(v->L, NULL, 0, 0);
+    v->armed = 0;
+    atomic_store(&v->interrupt, 0);
+    current_vm = NULL;
+}
+
+void vm_arm(vm *v) {
+    if (!atomic_load(&v->running)) return;
+    pthread_kill(atomic_load(&v->thread), SIGUSR2);
+}
+
+void vm_interrupt(vm *v, const char *reason) {
+    if (!atomic_load(&v->running)) return;
+    snprintf(v->reason, sizeof v->reason, "%s", reason);
+    atomic_store(&v->interrupt, 1);
+    pthread_kill(atomic_load(&v->thread), SIGUSR2);
+}
+
+const char *vm_errstr(lua_State *L, int idx) {
+    const char *s = lua_tostring(L, idx);
+    if (s) return s;
+    if (lua_isnil(L, idx)) return "nil";
+    return luaL_typename(L, idx);
+}

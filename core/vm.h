@@ -1,0 +1,52 @@
+/* vm — one LuaJIT state: its allocator (which enforces limits.memory), the
+ * module paths (lua/ of the install and the pipeline's folder), and the
+ * runaway-code brake: a watchdog on another thread may call vm_interrupt(),
+ * which arms a count hook from inside the VM's own thread (through a signal,
+ * as LuaJIT's lua.c does), so hooks stay off on the hot path.  The sandbox
+ * the user's code runs in is built by lua/eddy/sandbox.lua.  Calls LuaJIT. */
+#ifndef EDDY_VM_H
+#define EDDY_VM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <lua.h>
+
+typedef struct vm vm;
+
+typedef struct vm_opts {
+    int64_t memory_limit;       /* bytes; 0 = none */
+    int64_t instructions;       /* budget once the hook is armed */
+    const char *lua_dir;        /* the install's lua/ folder */
+    const char *pipeline_dir;   /* the user's folder (require looks only here) */
+} vm_opts;
+
+/* Returns an owned VM with the standard libraries open and package.path set,
+ * or NULL with err. */
+vm *vm_create(const vm_opts *o, char *err, size_t errlen);
+void vm_destroy(vm *v);          /* NULL is a no-op */
+lua_State *vm_state(vm *v);
+size_t vm_memory(const vm *v);   /* bytes the VM holds now */
+/* While 1, allocations ignore the limit (used while the runtime itself sets up). */
+void vm_unlimited(vm *v, int on);
+
+/* Marks the VM as running on the calling thread (before a call into Lua) and
+ * clears that mark (after).  vm_interrupt needs to know the thread. */
+void vm_enter(vm *v);
+void vm_leave(vm *v);
+/* Any thread: arms the instruction-count hook for the call running now, so
+ * it fails once it passes limits.instructions.  The watchdog calls it when a
+ * call overruns its soft bound. */
+void vm_arm(vm *v);
+/* Any thread: asks the VM to abort its current call with a Lua error carrying
+ * `reason`.  Takes effect at the VM's next interpreted instruction; a loop
+ * the JIT compiled never sees it (the watchdog's last resort is to fail). */
+void vm_interrupt(vm *v, const char *reason);
+/* Installs the signal handler vm_interrupt relies on; once per process. */
+void vm_global_init(void);
+
+/* Reports a Lua error value at the top of the stack as a string (borrowed
+ * from the stack); never NULL. */
+const char *vm_errstr(lua_State *L, int idx);
+
+#endif

@@ -1,0 +1,175 @@
+-- eddy — the pipeline API.  A pipeline script builds a graph of operator
+-- nodes with these functions and returns it; the runtime (eddy.runtime) plans
+-- stages from the graph and runs each task's part of it in the task's VM.
+-- Nothing here processes records: it only records what the user asked for,
+-- checks it, and remembers where in the script each operator was declared.
+
+local M = { VERSION = "0.1.0" }
+
+local Pipeline = {}
+Pipeline.__index = Pipeline
+local Stream = {}
+Stream.__index = Stream
+
+local FORMATS_IN = { json = true, lines = true, raw = true, csv = true }
+local FORMATS_OUT = { json = true, lines = true, raw = true }
+
+-- where: "pipeline.lua:12" of the user's call that declared an operator.
+local function where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  if not info then return "?" end
+  local src = info.source or "?"
+  if src:sub(1, 1) == "@" then src = src:sub(2) end
+  return src .. ":" .. tostring(info.currentline or 0)
+end
+
+-- Raises an error that points at the user's line (the caller of the API function).
+local function fail(msg)
+  error("eddy: " .. msg, 3)
+end
+
+local function check_name(kind, name)
+  if type(name) ~= "string" or name == "" or not name:match("^[%w_%.%-]+$") then
+    fail(kind .. " name must be a non-empty string of letters, digits, '_', '.', '-', got " .. tostring(name))
+  end
+end
+
+local function add(p, kind, inputs, fields)
+  local node = fields or {}
+  node.id = #p.nodes + 1
+  node.kind = kind
+  node.inputs = inputs
+  node.where = where(3)
+  node.opts = node.opts or {}
+  p.nodes[node.id] = node
+  return setmetatable({ p = p, node = node }, Stream)
+end
+
+function M.pipeline()
+  return setmetatable({ nodes = {}, names = {}, is_pipeline = true }, Pipeline)
+end
+
+function M.is_pipeline(x)
+  return type(x) == "table" and getmetatable(x) == Pipeline
+end
+
+local SOURCE_OPTS = { file = "string", stdin = "boolean", kafka = "any", format = "string",
+  key = "any", follow = "boolean", header = "boolean", delimiter = "string",
+  timestamp = "any", watermark = "any", idle = "any", start = "string" }
+local SINK_OPTS = { file = "string", stdout = "boolean", kafka = "any", format = "string", key = "any" }
+
+local function check_opts(kind, name, opts, allowed)
+  if type(opts) ~= "table" then fail(kind .. " '" .. name .. "': options must be a table") end
+  for k, v in pairs(opts) do
+    local t = allowed[k]
+    if not t then fail(kind .. " '" .. name .. "': unknown option '" .. tostring(k) .. "'") end
+    if t ~= "any" and type(v) ~= t then
+      fail(kind .. " '" .. name .. "': option '" .. k .. "' must be a " .. t .. ", got " .. type(v))
+    end
+  end
+end
+
+-- Options that need a later part of eddy are refused, never silently ignored.
+local function refuse_unsupported(kind, name, opts, list)
+  for _, k in ipairs(list) do
+    if opts[k] ~= nil then fail(kind .. " '" .. name .. "': option '" .. k .. "' is not supported by this version of eddy") end
+  end
+end
+
+function Pipeline:source(name, opts)
+  check_name("source", name)
+  opts = opts or {}
+  check_opts("source", name, opts, SOURCE_OPTS)
+  if self.names["source:" .. name] then fail("source '" .. name .. "' is declared twice") end
+  self.names["source:" .. name] = true
+  local n = (opts.file and 1 or 0) + (opts.stdin and 1 or 0) + (opts.kafka and 1 or 0)
+  if n ~= 1 then fail("source '" .. name .. "' needs exactly one of file, stdin, kafka") end
+  if opts.kafka then fail("source '" .. name .. "': kafka sources are not supported by this version of eddy") end
+  refuse_unsupported("source", name, opts, { "timestamp", "watermark", "idle", "start" })
+  local format = opts.format or "json"
+  if not FORMATS_IN[format] then fail("source '" .. name .. "': unknown format '" .. tostring(format) .. "' (json, lines, raw, csv)") end
+  if opts.delimiter and #opts.delimiter ~= 1 then fail("source '" .. name .. "': delimiter must be one character") end
+  local key = opts.key
+  if key ~= nil and type(key) ~= "string" and type(key) ~= "function" then
+    fail("source '" .. name .. "': key must be a field name or a function")
+  end
+  local s = add(self, "source", {}, { name = name, uid = name, opts = {
+      file = opts.file, stdin = opts.stdin, format = format, follow = opts.follow or false,
+      header = opts.header or false, delimiter = opts.delimiter or ",",
+    }, key = key })
+  return s
+end
+
+local function check_fn(what, fn)
+  if type(fn) ~= "function" then fail(what .. " needs a function, got " .. type(fn)) end
+end
+
+function Stream:map(fn) check_fn("map", fn); local s = add(self.p, "map", { self.node.id }, { fn = fn }); return s end
+function Stream:filter(fn) check_fn("filter", fn); local s = add(self.p, "filter", { self.node.id }, { fn = fn }); return s end
+function Stream:flat_map(fn) check_fn("flat_map", fn); local s = add(self.p, "flat_map", { self.node.id }, { fn = fn }); return s end
+
+function Stream:key_by(key, opts)
+  if type(key) ~= "string" and type(key) ~= "function" then
+    fail("key_by needs a field name or a function, got " .. type(key))
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then fail("key_by options must be a table") end
+  for k in pairs(opts) do
+    if k ~= "parallelism" then fail("key_by: unknown option '" .. tostring(k) .. "'") end
+  end
+  local par = opts.parallelism
+  if par ~= nil and (type(par) ~= "number" or par < 1 or par % 1 ~= 0) then
+    fail("key_by: parallelism must be a positive integer")
+  end
+  local s = add(self.p, "key_by", { self.node.id }, {
+    key = key, opts = { field = type(key) == "string" and key or nil, parallelism = par } })
+  return s
+end
+
+function Stream:union(...)
+  local inputs = { self.node.id }
+  for i = 1, select("#", ...) do
+    local other = select(i, ...)
+    if getmetatable(other) ~= Stream or other.p ~= self.p then fail("union needs streams of the same pipeline") end
+    inputs[#inputs + 1] = other.node.id
+  end
+  if #inputs < 2 then fail("union needs at least one other stream") end
+  local s = add(self.p, "union", inputs, {})
+  return s
+end
+
+function Stream:uid(s)
+  if type(s) ~= "string" or s == "" then fail("uid needs a non-empty string") end
+  for _, node in ipairs(self.p.nodes) do
+    if node.uid == s and node ~= self.node then fail("uid '" .. s .. "' is used twice") end
+  end
+  self.node.uid = s
+  return self
+end
+
+function Stream:sink(name, opts)
+  check_name("sink", name)
+  opts = opts or {}
+  check_opts("sink", name, opts, SINK_OPTS)
+  if self.p.names["sink:" .. name] then fail("sink '" .. name .. "' is declared twice") end
+  self.p.names["sink:" .. name] = true
+  local n = (opts.file and 1 or 0) + (opts.stdout and 1 or 0) + (opts.kafka and 1 or 0)
+  if n ~= 1 then fail("sink '" .. name .. "' needs exactly one of file, stdout, kafka") end
+  if opts.kafka then fail("sink '" .. name .. "': kafka sinks are not supported by this version of eddy") end
+  refuse_unsupported("sink", name, opts, { "key" })
+  local format = opts.format or "json"
+  if not FORMATS_OUT[format] then fail("sink '" .. name .. "': unknown format '" .. tostring(format) .. "' (json, lines, raw)") end
+  add(self.p, "sink", { self.node.id }, { name = name, uid = name,
+    opts = { file = opts.file, stdout = opts.stdout, format = format } })
+  return self
+end
+
+-- Operators that later parts of eddy add are refused with a clear message.
+for _, op in ipairs({ "window", "process", "dedup", "to_table", "join" }) do
+  Stream[op] = function() fail(op .. " is not supported by this version of eddy") end
+end
+for _, op in ipairs({ "side", "table", "global_table" }) do
+  Pipeline[op] = function() fail(op .. " is not supported by this version of eddy") end
+end
+
+return M

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # functions run indirectly, as "bench_$b"
+# Benchmarks behind `make bench`.  Each benchmark is a function bench_NAME
+# that adds rows to the table: a plain-LuaJIT baseline doing the same work,
+# then eddy runs of scripts/bench/NAME/ with different thread counts.
+#
+#   EDDY_BIN        the eddy binary (default bin/eddy)
+#   BENCH_RECORDS   records per input file (default 1000000; 2 files)
+#   BENCH_ONLY      space-separated benchmarks to run (default: all)
+#   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
+#
+# Work happens in bench-out/ (git-ignored): input/ is generated once per
+# record count; each run gets its own folder with its config, log and out/.
+# Exit 1 if a run failed or wrote a different number of records than its
+# baseline.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+EDDY_BIN=$(abs "${EDDY_BIN:-$ROOT/bin/eddy}")
+BENCH_RECORDS=${BENCH_RECORDS:-1000000}
+BENCH_FILES=2
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-1800}
+OUT=$ROOT/bench-out
+INPUT=$OUT/input
+RECORDS=$((BENCH_RECORDS * BENCH_FILES))
+cd "$ROOT"
+
+rows=()        # tab-separated: name, records/s, peak RSS MB, ratio, note
+status=0
+base_wall=""   # wall seconds of the current benchmark's baseline
+base_lines=""  # its output line count: what every eddy run must match
+
+generate() {
+    if [ "$(cat "$INPUT/.records" 2>/dev/null)" = "$BENCH_RECORDS" ]; then
+        return
+    fi
+    rm -rf "$INPUT" && mkdir -p "$INPUT"
+    echo "bench: generating $BENCH_FILES x $BENCH_RECORDS records in ${INPUT#"$ROOT"/}/"
+    for i in $(seq 1 "$BENCH_FILES"); do
+        luajit scripts/bench-gen.lua "$INPUT/part-$i.jsonl" "$BENCH_RECORDS" "$i"
+    done
+    echo "$BENCH_RECORDS" > "$INPUT/.records"
+}
+
+# measure DIR CMD...: runs CMD in DIR (stdout+stderr to DIR/run.log) and
+# sets rc, wall (seconds) and rss_kb (peak resident set size).  GNU time
+# reports the peak of the process tree under it, so `timeout` in between is
+# fine.  The python3 fallback over-reports small processes: a child's peak
+# RSS starts at the size of the Python process it was forked from (~14 MB).
+measure() {
+    local dir=$1; shift
+    local tf=$dir/time.txt
+    rm -f "$tf"
+    rc=0
+    if [ -x /usr/bin/time ]; then
+        (cd "$dir" && /usr/bin/time -o "$tf" -f "%e %M" \
+            timeout -k 10 "$BENCH_TIMEOUT" "$@" >run.log 2>&1) || rc=$?
+    else
+        (cd "$dir" && python3 - "$tf" timeout -k 10 "$BENCH_TIMEOUT" "$@" >run.log 2>&1 <<'PY'
+import resource, subprocess, sys, time
+t0 = time.monotonic()
+rc = subprocess.call(sys.argv[2:])
+wall = time.monotonic() - t0
+with open(sys.argv[1], "w") as f:
+    f.write("%.2f %d\n" % (wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)
+PY
+        ) || rc=$?
+    fi
+    # GNU time writes "Command exited with non-zero status N" first; the
+    # numbers are on the last line.
+    read -r wall rss_kb < <(tail -n 1 "$tf" 2>/dev/null || echo "0 0")
+}
+
+# row NAME LINES: adds the table row for the run measure just timed and
+# checks it against the baseline's line count.
+row() {
+    local name=$1 lines=$2 note="" failed=""
+    if [ "$rc" -ne 0 ]; then
+        note="FAILED: exit status $rc (see ${dir#"$ROOT"/}/run.log)"
+        [ "$rc" -eq 124 ] && note="FAILED: timed out after ${BENCH_TIMEOUT}s"
+        status=1 failed=1
+        tail -n 20 "$dir/run.log" | sed "s|^|  $name: |" >&2
+    elif [ -n "$base_lines" ] && [ "$lines" != "$base_lines" ]; then
+        note="FAILED: $lines output records, baseline wrote $base_lines"
+        status=1
+    fi
+    rows+=("$(awk -v n="$name" -v r="$RECORDS" -v w="$wall" -v m="$rss_kb" -v b="${base_wall:-$wall}" \
+        -v failed="$failed" -v note="$note" 'BEGIN {
+            if (failed) { printf "%s\t-\t-\t-\t%s", n, note; exit }
+            if (w <= 0) w = 0.01; if (b <= 0) b = 0.01
+            printf "%s\t%.0f\t%.1f\t%.2fx\t%s", n, r / w, m / 1024, b / w, note }')")
+}
+
+# baseline NAME: runs scripts/bench/baseline.lua over the input; its wall
+# time and line count become the reference for the rows that follow.
+baseline() {
+    local name=$1
+    dir=$OUT/$name-baseline
+    rm -rf "$dir" && mkdir -p "$dir"
+    base_wall="" base_lines=""
+    measure "$dir" luajit "$ROOT/scripts/bench/baseline.lua" "$INPUT"/part-*.jsonl "$dir/out.jsonl"
+    local lines
+    lines=$(wc -l 2>/dev/null < "$dir/out.jsonl" || echo 0)
+    row "$name/baseline" "$lines"
+    if [ "$rc" -ne 0 ] || [ "$lines" -eq 0 ]; then
+        echo "bench: $name baseline failed or wrote nothing; eddy runs are not compared" >&2
+        status=1
+    else
+        base_wall=$wall base_lines=$lines
+    fi
+}
+
+# eddy_run NAME THREADS: copies scripts/bench/NAME/ into its own folder next
+# to a link to the input, sets `threads`, runs `eddy run` from there, and
+# counts the lines of the part files in out/.
+eddy_run() {
+    local name=$1 threads=$2
+    dir=$OUT/$name-t$threads
+    rm -rf "$dir" && mkdir -p "$dir/out"
+    cp "$ROOT/scripts/bench/$name/pipeline.lua" "$dir/"
+    sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" \
+        "$ROOT/scripts/bench/$name/eddy.conf.lua" > "$dir/eddy.conf.lua"
+    grep -Eq "^[[:space:]]*threads[[:space:]]*=[[:space:]]*$threads," "$dir/eddy.conf.lua" ||
+        { echo "bench: could not set threads in scripts/bench/$name/eddy.conf.lua" >&2; exit 1; }
+    ln -s ../input "$dir/input"
+    measure "$dir" "$EDDY_BIN" run eddy.conf.lua
+    local lines
+    lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
+    row "$name/eddy threads=$threads" "$lines"
+}
+
+# ---- benchmarks --------------------------------------------------------------
+
+# stateless: json decode, filter amount >= 10, map to a new table, json encode.
+bench_stateless() {
+    baseline stateless
+    eddy_run stateless 1
+    eddy_run stateless 2
+}
+
+# ------------------------------------------------------------------------------
+
+[ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
+mkdir -p "$OUT"
+generate
+for b in ${BENCH_ONLY:-$(declare -F | sed -n 's/^declare -f bench_//p')}; do
+    declare -F "bench_$b" >/dev/null || { echo "bench: unknown benchmark '$b'" >&2; exit 2; }
+    echo "bench: $b"
+    "bench_$b"
+done
+
+echo
+echo "$RECORDS input records ($BENCH_FILES files x $BENCH_RECORDS); ratio = throughput vs the baseline"
+{
+    printf 'name\trecords/s\tpeak RSS MB\tvs baseline\t\n'
+    printf '%s\n' "${rows[@]}"
+} | awk -F '\t' '{ printf "%-28s %12s %12s %12s  %s\n", $1, $2, $3, $4, $5 }'
+exit "$status"

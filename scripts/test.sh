@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The test runner behind `make test` and `make asan`.
+#
+#   EDDY_BIN      the eddy binary under test (default bin/eddy)
+#   BUILD         object dir; C test binaries are $BUILD/spec/test_*
+#   TEST_TIMEOUT  seconds one suite may run before it is killed (default 1200)
+#
+# Runs the C unit tests, then busted over spec/unit and spec/e2e, shows each
+# suite's output, and ends with one line "N passed, N failed[, N skipped]".
+# Exit 1 when anything failed.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+EDDY_BIN=$(abs "${EDDY_BIN:-$ROOT/bin/eddy}")
+BUILD=$(abs "${BUILD:-$ROOT/build}")
+TEST_TIMEOUT=${TEST_TIMEOUT:-1200}
+cd "$ROOT" || exit 1
+
+export EDDY_BIN
+export EDDY_ROOT=$ROOT
+export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;${LUA_PATH:-;}"
+
+passed=0 failed=0 skipped=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# run NAME CMD...: runs one suite with its output in $log, then shows it.
+# The output goes to a file rather than through a pipe, so a daemon a failed
+# spec left behind cannot keep the runner waiting for end of file.
+run() {
+    local name=$1; shift
+    echo "=== $name"
+    # (bash's own "Aborted" job report is dropped: the verdict line says it)
+    { timeout -k 10 "$TEST_TIMEOUT" "$@" >"$log" 2>&1; rc=$?; } 2>/dev/null
+    cat "$log"
+    if [ "$rc" -eq 124 ]; then
+        why="timed out after ${TEST_TIMEOUT}s"
+    elif [ "$rc" -gt 128 ]; then
+        why="killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))"
+    else
+        why="exit status $rc"
+    fi
+    return 0
+}
+
+# C unit tests: trust the binary's own summary line; a crash, a missing
+# summary, or a non-zero exit with "0 failed" (a sanitizer report at exit)
+# counts as one failure named after the binary.
+for t in "$BUILD"/spec/test_*; do
+    case "$t" in *.d|*.o) continue ;; esac    # -MMD leaves test_x.d beside test_x
+    if [ ! -f "$t" ] || [ ! -x "$t" ]; then continue; fi
+    name=$(basename "$t")
+    # stdbuf: line-buffered stdout keeps the ok lines a crash or a leak
+    # report at exit would otherwise lose with the stdio buffer
+    run "$name" stdbuf -oL "$t"
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+    if [ -n "$summary" ]; then
+        read -r p _ f _ <<<"${summary//,/}"
+        passed=$((passed + p)) failed=$((failed + f))
+        if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+            echo "not ok $name ($why after all tests passed)"
+            failed=$((failed + 1))
+        fi
+    else
+        echo "not ok $name ($why, no summary line)"
+        failed=$((failed + 1))
+    fi
+done
+
+# Lua specs: count TAP lines; "ok N - # SKIP" is a skip.  A run that fails
+# without reporting a failing test (a spec file that does not load, busted
+# itself broken) counts as one failure.
+for dir in spec/unit spec/e2e; do
+    compgen -G "$dir/*_spec.lua" >/dev/null || continue
+    run "$dir" busted --lua=luajit -o TAP "$dir"
+    s=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")
+    p=$(grep -cE '^ok [0-9]+' "$log")
+    f=$(grep -cE '^not ok [0-9]+' "$log")
+    passed=$((passed + p - s)) failed=$((failed + f)) skipped=$((skipped + s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "not ok $dir (busted: $why, no failing test reported)"
+        failed=$((failed + 1))
+    fi
+done
+
+line="$passed passed, $failed failed"
+[ "$skipped" -gt 0 ] && line="$line, $skipped skipped"
+echo "$line"
+[ "$failed" -eq 0 ]
