@@ -20,6 +20,7 @@ struct vm {
     char reason[256];
     atomic_int interrupt;        /* 1 once vm_interrupt asked */
     int armed;                   /* the count hook is set (VM thread only) */
+    int flushed;                 /* traces were flushed for this call */
 };
 
 static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
@@ -83,14 +84,24 @@ static void hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     vm *v = current_vm;
     if (!v) return;
+    if (!v->flushed) {
+        /* First hook after arming: drop the VM's compiled traces (as jit.flush()
+         * does from Lua; a hook runs at the same kind of safe point) so the rest
+         * of the runaway call is interpreted, and so counted. */
+        v->flushed = 1;
+        luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);   /* no new traces either */
+        luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+    }
     v->hook_count += HOOK_STEP;
     if (atomic_load(&v->interrupt) || v->hook_count >= v->instructions) {
         lua_sethook(L, NULL, 0, 0);
         v->armed = 0;
         int timed_out = atomic_exchange(&v->interrupt, 0);
         if (!timed_out)
-            luaL_error(L, "used more than %d instructions (limits.instructions)", (int)v->instructions);
-        luaL_error(L, "%s", v->reason);
+            lua_pushfstring(L, "used more than %d instructions (limits.instructions)", (int)v->instructions);
+        else
+            lua_pushstring(L, v->reason);
+        lua_error(L);
     }
 }
 
@@ -99,6 +110,7 @@ static void on_signal(int sig) {
     vm *v = current_vm;
     if (v && atomic_load(&v->running) && !v->armed) {
         v->armed = 1;
+        v->flushed = 0;
         v->hook_count = 0;
         lua_sethook(v->L, hook, LUA_MASKCOUNT, HOOK_STEP);
     }
@@ -124,7 +136,9 @@ void vm_enter(vm *v) {
 void vm_leave(vm *v) {
     atomic_store(&v->running, 0);
     if (v->armed) lua_sethook(v->L, NULL, 0, 0);
+    if (v->flushed) luaJIT_setmode(v->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
     v->armed = 0;
+    v->flushed = 0;
     atomic_store(&v->interrupt, 0);
     current_vm = NULL;
 }

@@ -89,6 +89,8 @@ function M.task(args)
   local cin, cout = {}, {}
   for _, n in ipairs(nodes) do cin[n.id] = 0; cout[n.id] = 0 end
 
+  local DECODING = -1           -- tio.cur_node while a source decodes its input
+  local src_node, decode_error_prefix
   local recs, data             -- the batch being processed
   local cur                    -- its record index
   local cur_key                -- key of the current record, when the source sets one
@@ -206,13 +208,10 @@ function M.task(args)
     local root = build(sid)
     local fmt = src.opts.format
     local skey = src.key
+    src_node = DECODING
+    decode_error_prefix = "malformed " .. fmt .. ": "
     local decode
-    if fmt == "json" then
-      decode = function(s)
-        local ok, v = pcall(cjson_decode, s)
-        if not ok then error("malformed json: " .. tostring(v):gsub("^[^:]*:%d+: ", ""), 0) end
-        return v
-      end
+    if fmt == "json" then decode = cjson_decode
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
     process = function(i)
@@ -223,7 +222,11 @@ function M.task(args)
       end
       local v
       if band(r.flags, effi.REC_PACKED) ~= 0 then v = unpack_value(i)
-      else v = decode(ffi_string(data + r.val_off, r.val_len)) end
+      else
+        tio.cur_node = DECODING
+        v = decode(ffi_string(data + r.val_off, r.val_len))
+        tio.cur_node = sid
+      end
       if skey ~= nil then
         local k
         if type(skey) == "function" then k = skey(v, ctx) elseif type(v) == "table" then k = v[skey] end
@@ -237,8 +240,10 @@ function M.task(args)
   -- error policy
   local policy = args.on_error
   local last_tb
+  local OOM = "not enough memory"
   local function handler(e)
-    if type(e) ~= "table" then last_tb = debug.traceback(tostring(e), 2) end
+    -- no traceback for a memory error: building one would need the memory that ran out
+    if type(e) == "string" and e ~= OOM then last_tb = debug.traceback(e, 2) end
     return e
   end
   local function node_desc(id)
@@ -257,9 +262,16 @@ function M.task(args)
   end
   local function on_error(err, i)
     if type(err) == "table" and err.fatal then error(err.fatal, 0) end
+    -- LuaJIT has no emergency collection: free what the failed call left behind
+    -- before this handler allocates anything
+    if err == OOM then collectgarbage("collect"); err = OOM .. " (limits.memory)" end
     local msg = tostring(err)
+    if tio.cur_node == src_node and decode_error_prefix then
+      msg = decode_error_prefix .. msg:gsub("^[^:]*:%d+: ", "")
+    end
     local r = recs[i]
     local id = tio.cur_node
+    if id == DECODING then id = args.roots[1]; tio.cur_node = id; last_tb = nil end
     tio.errors = tio.errors + 1
     if policy == "fail" then
       error("operator " .. node_desc(id) .. " failed on input " .. position(r) .. ": " .. msg, 0)
@@ -287,7 +299,7 @@ function M.task(args)
     else
       tio.skipped = tio.skipped + 1
     end
-    log(2, true, "record skipped (" .. policy .. "): operator " .. node_desc(id) .. " on input " .. position(r) .. ": " .. msg)
+    log(2, true, (policy == "skip" and "record skipped" or "record dead-lettered") .. ": operator " .. node_desc(id) .. " on input " .. position(r) .. ": " .. msg)
   end
 
   local node_in, node_out = tio.node_in, tio.node_out
