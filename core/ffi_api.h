@@ -25,17 +25,40 @@ typedef struct eddy_rec {
 } eddy_rec;
 
 typedef struct eddy_io {
-    const eddy_rec *recs;   /* the batch being processed */
+    eddy_rec *recs;         /* the batch being processed (sources write ts and wm) */
     const char *data;       /* its bytes */
     int32_t n;              /* records in it */
     int32_t cur;            /* index of the record being processed */
     int32_t cur_node;       /* node id of the operator being called */
     int32_t in_call;        /* 1 while Lua runs a batch */
+    int32_t channel;        /* keyed tasks: index of the input channel the batch came from */
     uint64_t seq;           /* bumped per record: the watchdog's progress mark */
     uint64_t *node_in;      /* records into each node, indexed by node id */
     uint64_t *node_out;     /* records out of each node */
     uint64_t errors, skipped, dead_letters;
 } eddy_io;
+
+/* A window that fired (see window.h). */
+typedef struct eddy_fired {
+    const char *key;
+    size_t klen;
+    int64_t start, end;   /* [start, end) in ms */
+    double count, sum, min, max;
+} eddy_fired;
+
+/* Window operators of a task, by node id (created at task start). */
+void *eddy_window_open(void *task, int32_t node, int64_t size, int64_t advance, int64_t offset);
+int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
+int32_t eddy_window_advance(void *w, int64_t wm);
+const eddy_fired *eddy_window_fired(void *w, int32_t i);
+
+/* Wall-clock time in ms since the epoch (timestamp = "ingest"). */
+int64_t eddy_now_ms(void);
+/* Durations as the config spells them ("5s", "1m", 250): 0 and *ms, or -1. */
+int eddy_parse_duration(const char *s, int64_t *ms);
+/* An ISO-8601 date-time ("2026-11-21T15:09:17.123Z", "+02:00" offsets) to
+ * ms since the epoch: 0 and *ms, or -1. */
+int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
 /* Appends one encoded value and a newline to sink `sink` of `task`.  Returns 0,
  * or -1 when the sink failed (the task then fails). */

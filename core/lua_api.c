@@ -4,6 +4,8 @@
 #include "log.h"
 #include "sink.h"
 #include "task.h"
+#include "window.h"
+#include "config.h"
 #include <lauxlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -76,8 +78,9 @@ static int l_unpack(lua_State *L) {
     return 1;
 }
 
-/* shuffle(port, key, value): packs value and appends it to the batch for the
- * keyed task that owns key's key group.  Stack: port key value -> (none) */
+/* shuffle(port, key, value, ts, wm): packs value and appends it to the batch
+ * for the keyed task that owns key's key group, with its event time and the
+ * watermark after it.  Stack: port key value ts wm -> (none) */
 static int l_shuffle(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     int port = (int)luaL_checkinteger(L, 1);
@@ -100,13 +103,17 @@ static int l_shuffle(lua_State *L) {
     if (codec_pack(L, 3, tmp, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     eddy_rec *r = batch_add(b, key, klen, tmp->data, tmp->len);
     if (!r) return luaL_error(L, "out of memory");
-    const eddy_rec *in = &t->io.recs[t->io.cur];
-    r->ts = in->ts;
-    r->wm = in->wm;
-    r->offset = in->offset;
-    r->line = in->line;
-    r->partition = in->partition;
-    r->source = in->source;
+    r->ts = (int64_t)luaL_optnumber(L, 4, (lua_Number)TS_NONE);
+    r->wm = (int64_t)luaL_optnumber(L, 5, (lua_Number)TS_NONE);
+    if (t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n) {   /* where the record came from */
+        const eddy_rec *in = &t->io.recs[t->io.cur];
+        r->offset = in->offset;
+        r->line = in->line;
+        r->partition = in->partition;
+        r->source = in->source;
+    } else {
+        r->source = UINT32_MAX;     /* a window's result at end of input: no input record */
+    }
     r->port = (int16_t)port;
     r->kg = kg;
     r->flags = EDDY_REC_PACKED;
@@ -134,5 +141,73 @@ int lua_api_flush_outputs(task *t) {
             if (channel_push(op->ch[i], CH_BATCH, b, 0) < 0) return -1;
         }
     }
+    return 0;
+}
+
+/* ---- windows, time ------------------------------------------------------ */
+
+void *eddy_window_open(void *tp, int32_t node, int64_t size, int64_t advance, int64_t offset) {
+    task *t = tp;
+    if (node < 1 || node > t->sh->p->nnodes) return NULL;
+    if (!t->windows[node]) t->windows[node] = window_create(size, advance, offset);
+    return t->windows[node];
+}
+
+int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x) {
+    return window_add(w, key, klen, ts, x);
+}
+
+int32_t eddy_window_advance(void *w, int64_t wm) { return window_advance(w, wm); }
+
+const eddy_fired *eddy_window_fired(void *w, int32_t i) { return window_fired(w, i); }
+
+int64_t eddy_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int eddy_parse_duration(const char *s, int64_t *ms) { return config_parse_duration(s, ms); }
+
+/* ISO-8601 through strptime: "YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM|+HHMM]", or a date alone. */
+int eddy_parse_time(const char *s, size_t n, int64_t *ms) {
+    char tmp[64];
+    if (n == 0 || n >= sizeof tmp) return -1;
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *rest = strptime(tmp, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (!rest) rest = strptime(tmp, "%Y-%m-%d %H:%M:%S", &tm);
+    if (!rest) {
+        memset(&tm, 0, sizeof tm);
+        rest = strptime(tmp, "%Y-%m-%d", &tm);
+        if (!rest || *rest) return -1;
+    }
+    int64_t frac = 0;
+    if (*rest == '.' || *rest == ',') {
+        int digits = 0;
+        rest++;
+        while (*rest >= '0' && *rest <= '9') {
+            if (digits < 3) { frac = frac * 10 + (*rest - '0'); digits++; }
+            rest++;
+        }
+        if (digits == 0) return -1;
+        while (digits++ < 3) frac *= 10;
+    }
+    int64_t off = 0;
+    if (*rest == 'Z' || *rest == 'z') {
+        rest++;
+    } else if (*rest == '+' || *rest == '-') {
+        struct tm z;
+        memset(&z, 0, sizeof z);
+        const char *e = strptime(rest, "%z", &z);
+        if (!e) return -1;
+        off = z.tm_gmtoff;
+        rest = e;
+    }
+    if (*rest) return -1;
+    time_t secs = timegm(&tm);
+    *ms = ((int64_t)secs - off) * 1000 + frac;
     return 0;
 }

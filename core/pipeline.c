@@ -74,7 +74,7 @@ static node_kind kind_of(const char *k, int *ok) {
     static const struct { const char *name; node_kind kind; } kinds[] = {
         {"source", NODE_SOURCE}, {"map", NODE_MAP}, {"filter", NODE_FILTER},
         {"flat_map", NODE_FLAT_MAP}, {"key_by", NODE_KEY_BY}, {"union", NODE_UNION},
-        {"sink", NODE_SINK},
+        {"sink", NODE_SINK}, {"window", NODE_WINDOW},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(k, kinds[i].name) == 0) { *ok = 1; return kinds[i].kind; }
@@ -325,6 +325,17 @@ static int build_stages(plan *p, const config *cfg, char *err, size_t errlen) {
     }
 #undef R
     free(stage_of_origin);
+    /* keyed operators need a keyed stage */
+    for (int id = 1; id <= n; id++) {
+        node *nd = &p->nodes[id - 1];
+        if (nd->kind != NODE_WINDOW) continue;
+        for (int s = 0; s < p->nstages; s++)
+            if (nd->in_stage[s] && !p->stages[s].keyed) {
+                snprintf(err, errlen, "%s: a window needs a keyed stream: add key_by before it "
+                         "(records from source '%s' reach it unkeyed)", nd->where, p->stages[s].name);
+                goto err;
+            }
+    }
     for (int s = 0; s < p->nstages; s++) p->ntasks += p->stages[s].ntasks;
     rc = 0;
 err:
@@ -410,6 +421,12 @@ static void print_node(const plan *p, const node *nd, FILE *out) {
         const char *f = node_opt(nd, "file");
         fprintf(out, " %s", f ? f : "stdout");
         fprintf(out, " format=%s", node_opt(nd, "format") ? node_opt(nd, "format") : "json");
+    }
+    if (nd->kind == NODE_WINDOW) {
+        const char *adv = node_opt(nd, "advance"), *size = node_opt(nd, "size");
+        fprintf(out, " %s(%s%s%s) %s", node_opt(nd, "assigner"), size,
+                adv && size && strcmp(adv, size) ? ", " : "", adv && size && strcmp(adv, size) ? adv : "",
+                node_opt(nd, "agg"));
     }
     if (nd->kind == NODE_KEY_BY) {
         const char *k = node_opt(nd, "key");

@@ -4,6 +4,7 @@
 #include "sink.h"
 #include "source_file.h"
 #include "vm.h"
+#include "window.h"
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->index = index;
     t->id = id;
     t->source = st->keyed ? -1 : st->source;
-    t->on_batch_ref = LUA_NOREF;
+    t->on_batch_ref = t->on_channel_end_ref = t->on_finish_ref = LUA_NOREF;
     snprintf(t->name, sizeof t->name, "%s-%d", st->name, index);
     buf_init(&t->packbuf);
     t->node_in = calloc(p->nnodes + 1, sizeof *t->node_in);
@@ -37,7 +38,8 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->out_of_node = malloc(sizeof *t->out_of_node * (p->nnodes + 1));
     t->sink_of_node = malloc(sizeof *t->sink_of_node * (p->nnodes + 1));
     t->sinks = calloc(p->nnodes + 1, sizeof *t->sinks);
-    if (!t->node_in || !t->node_out || !t->out_of_node || !t->sink_of_node || !t->sinks) {
+    t->windows = calloc(p->nnodes + 1, sizeof *t->windows);
+    if (!t->windows || !t->node_in || !t->node_out || !t->out_of_node || !t->sink_of_node || !t->sinks) {
         snprintf(err, errlen, "out of memory");
         goto err;
     }
@@ -137,6 +139,7 @@ int task_start(task *t, char *err, size_t errlen) {
     lua_pushlightuserdata(L, &t->io);      lua_setfield(L, -2, "io");
     lua_pushstring(L, t->name);            lua_setfield(L, -2, "name");
     lua_pushboolean(L, t->st->keyed);      lua_setfield(L, -2, "keyed");
+    lua_pushinteger(L, t->nin);            lua_setfield(L, -2, "ninputs");
     lua_pushstring(L, on_error_name(cfg->on_error)); lua_setfield(L, -2, "on_error");
     lua_pushinteger(L, sh->version);       lua_setfield(L, -2, "version");
     push_int_array(L, t->st->nodes, t->st->nnodes); lua_setfield(L, -2, "stage_nodes");
@@ -164,12 +167,17 @@ int task_start(task *t, char *err, size_t errlen) {
     }
     lua_setfield(L, -2, "sources");
     lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime on_batch | err */
+    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime fns | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         lua_settop(L, 0);
         return -1;
     }
-    t->on_batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* runtime */
+    lua_getfield(L, -1, "batch");                              /* runtime fns batch */
+    t->on_batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* runtime fns */
+    lua_getfield(L, -1, "channel_end");
+    t->on_channel_end_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "finish");
+    t->on_finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     return 0;
 }
@@ -180,22 +188,28 @@ static void task_fail(task *t, const char *fmt, const char *msg) {
     atomic_store(&t->status, TASK_FAILED);
 }
 
-/* Runs the Lua function over the batch b.  0, or -1 after failing the task. */
-static int run_batch(task *t, const batch *b) {
+/* Calls one of the Lua entry points: over the batch b (ref = on_batch), or
+ * with no batch and an optional integer argument (channel_end, finish); then
+ * routes what came out.  0, or -1 after failing the task. */
+static int call_lua(task *t, int ref, batch *b, int arg) {
     lua_State *L = vm_state(t->vm);
-    t->io.recs = b->recs;
-    t->io.data = b->data;
-    t->io.n = b->n;
+    t->io.recs = b ? b->recs : NULL;
+    t->io.data = b ? b->data : NULL;
+    t->io.n = b ? b->n : 0;
     t->io.cur = 0;
     t->io.seq++;
     t->io.in_call = 1;
     vm_enter(t->vm);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->on_batch_ref);        /* on_batch */
-    int rc = lua_pcall(L, 0, 0, 0);                            /* | err */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
+    int nargs = 0;
+    if (arg >= 0) { lua_pushinteger(L, arg); nargs = 1; }      /* fn [arg] */
+    int rc = lua_pcall(L, nargs, 0, 0);                        /* | err */
     vm_leave(t->vm);
     t->io.in_call = 0;
-    t->records_in += b->n;
-    t->batches++;
+    t->io.recs = NULL;
+    t->io.data = NULL;
+    t->io.n = 0;
+    if (b) { t->records_in += b->n; t->batches++; }
     if (rc != 0) {
         task_fail(t, "%s", vm_errstr(L, -1));
         lua_settop(L, 0);
@@ -215,8 +229,9 @@ static int outputs_blocked(task *t) {
     return 0;
 }
 
-/* End of this task's input: flush, close sinks, tell downstream. */
+/* End of this task's input: fire what is left, flush, close sinks, tell downstream. */
 static step_result finish(task *t) {
+    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->on_finish_ref, NULL, -1) < 0) return STEP_FAILED;
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
     }
@@ -276,7 +291,7 @@ static step_result step_source(task *t) {
     t->position = source_position(t->src);
     if (n > 0) {
         if (sh->poison) mark_poison(t, t->inbatch);
-        if (run_batch(t, t->inbatch) < 0) return STEP_FAILED;
+        if (call_lua(t, t->on_batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
         return STEP_PROGRESS;
     }
     if (eof) return finish(t);
@@ -293,9 +308,12 @@ static step_result step_keyed(task *t) {
     if (!m) return STEP_IDLE;
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
-        if (run_batch(t, m->b) < 0) r = STEP_FAILED;
+        t->io.channel = t->rr - 1;
+        if (call_lua(t, t->on_batch_ref, m->b, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_EOS) {
-        if (++t->eos == t->nin) r = finish(t);
+        t->eos++;
+        if (call_lua(t, t->on_channel_end_ref, NULL, t->rr - 1) < 0) r = STEP_FAILED;
+        else if (t->eos == t->nin) r = finish(t);
     }
     msg_free(m);
     return r;
@@ -321,6 +339,9 @@ void task_destroy(task *t) {
     if (!t) return;
     for (int i = 0; i < t->nsinks; i++) sink_destroy(t->sinks[i]);
     free(t->sinks);
+    if (t->windows)
+        for (int i = 0; i <= t->sh->p->nnodes; i++) window_destroy(t->windows[i]);
+    free(t->windows);
     vm_destroy(t->vm);
     source_close(t->src);
     batch_destroy(t->inbatch);

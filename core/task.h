@@ -63,7 +63,8 @@ typedef struct task {
     const stage *st;
     int index;                  /* within its stage */
     struct vm *vm;
-    int on_batch_ref;
+    int on_batch_ref, on_channel_end_ref, on_finish_ref;   /* the Lua runtime's entry points */
+    struct window_op **windows; /* by node id, [nnodes + 1]: window operators' state */
     eddy_io io;
     uint64_t *node_in, *node_out;   /* [nnodes + 1] */
 

@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential pkg-config clang
       libluajit-5.1-dev luajit
-      librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev
+      librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev uthash-dev libssl-dev
       lua-busted lua-cjson
       kcat curl python3 procps time valgrind"
 

@@ -19,17 +19,34 @@ typedef struct eddy_rec {
 } eddy_rec;
 
 typedef struct eddy_io {
-    const eddy_rec *recs;
+    eddy_rec *recs;
     const char *data;
     int32_t n;
     int32_t cur;
     int32_t cur_node;
     int32_t in_call;
+    int32_t channel;
     uint64_t seq;
     uint64_t *node_in;
     uint64_t *node_out;
     uint64_t errors, skipped, dead_letters;
 } eddy_io;
+
+typedef struct eddy_fired {
+    const char *key;
+    size_t klen;
+    int64_t start, end;
+    double count, sum, min, max;
+} eddy_fired;
+
+void *eddy_window_open(void *task, int32_t node, int64_t size, int64_t advance, int64_t offset);
+int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
+int32_t eddy_window_advance(void *w, int64_t wm);
+const eddy_fired *eddy_window_fired(void *w, int32_t i);
+
+int64_t eddy_now_ms(void);
+int eddy_parse_duration(const char *s, int64_t *ms);
+int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
 int eddy_dead_letter(void *task, const char *p, size_t n);

@@ -6,6 +6,15 @@
 
 local M = { VERSION = "0.1.0" }
 
+local Watermark = {}
+Watermark.__index = Watermark
+local Assigner = {}
+Assigner.__index = Assigner
+local Trigger = {}
+Trigger.__index = Trigger
+local Windowed = {}
+Windowed.__index = Windowed
+
 local Pipeline = {}
 Pipeline.__index = Pipeline
 local Stream = {}
@@ -85,7 +94,17 @@ function Pipeline:source(name, opts)
   local n = (opts.file and 1 or 0) + (opts.stdin and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("source '" .. name .. "' needs exactly one of file, stdin, kafka") end
   if opts.kafka then fail("source '" .. name .. "': kafka sources are not supported by this version of eddy") end
-  refuse_unsupported("source", name, opts, { "timestamp", "watermark", "idle", "start" })
+  refuse_unsupported("source", name, opts, { "idle", "start" })
+  local ts = opts.timestamp
+  if ts ~= nil and type(ts) ~= "string" and type(ts) ~= "function" then
+    fail("source '" .. name .. "': timestamp must be a field name, a function, or \"ingest\"")
+  end
+  if ts == "kafka" then fail("source '" .. name .. "': timestamp = \"kafka\" needs a kafka source") end
+  local wm = opts.watermark
+  if wm ~= nil and getmetatable(wm) ~= Watermark then
+    fail("source '" .. name .. "': watermark must be eddy.watermark.bounded(d) or eddy.watermark.monotonic()")
+  end
+  if wm ~= nil and ts == nil then fail("source '" .. name .. "': a watermark needs a timestamp option") end
   local format = opts.format or "json"
   if not FORMATS_IN[format] then fail("source '" .. name .. "': unknown format '" .. tostring(format) .. "' (json, lines, raw, csv)") end
   if opts.delimiter and #opts.delimiter ~= 1 then fail("source '" .. name .. "': delimiter must be one character") end
@@ -96,7 +115,9 @@ function Pipeline:source(name, opts)
   local s = add(self, "source", {}, { name = name, uid = name, opts = {
       file = opts.file, stdin = opts.stdin, format = format, follow = opts.follow or false,
       header = opts.header or false, delimiter = opts.delimiter or ",",
-    }, key = key })
+      timestamp = type(ts) == "string" and ts or nil,
+      watermark_bound = wm and wm.bound or (ts ~= nil and "0" or nil),
+    }, key = key, timestamp = ts })
   return s
 end
 
@@ -164,8 +185,86 @@ function Stream:sink(name, opts)
   return self
 end
 
+-- Durations are kept as written ("5s", 250) and converted by the runtime,
+-- which uses the same parser as the config file.
+local function check_duration(what, d)
+  if type(d) == "number" then
+    if d < 0 or d % 1 ~= 0 then fail(what .. " must be a whole, non-negative number of ms") end
+    return tostring(d)
+  end
+  if type(d) ~= "string" or not d:match("^%d+%.?%d*%a*$") then
+    fail(what .. ": expected a duration like \"10s\", got " .. tostring(d))
+  end
+  return d
+end
+
+M.watermark = {}
+function M.watermark.bounded(d)
+  return setmetatable({ bound = check_duration("eddy.watermark.bounded", d) }, Watermark)
+end
+function M.watermark.monotonic() return setmetatable({ bound = "0" }, Watermark) end
+
+M.window = {}
+function M.window.tumbling(size, offset)
+  return setmetatable({ kind = "tumbling", size = check_duration("eddy.window.tumbling size", size),
+    advance = nil, offset = offset ~= nil and check_duration("eddy.window.tumbling offset", offset) or "0" }, Assigner)
+end
+function M.window.hopping(size, advance)
+  return setmetatable({ kind = "hopping", size = check_duration("eddy.window.hopping size", size),
+    advance = check_duration("eddy.window.hopping advance", advance), offset = "0" }, Assigner)
+end
+for _, kind in ipairs({ "sliding", "session", "global", "count" }) do
+  M.window[kind] = function() fail("eddy.window." .. kind .. " is not supported by this version of eddy") end
+end
+
+M.trigger = {}
+function M.trigger.event_time() return setmetatable({ kind = "event_time" }, Trigger) end
+for _, kind in ipairs({ "processing_time", "count", "every" }) do
+  M.trigger[kind] = function() fail("eddy.trigger." .. kind .. " is not supported by this version of eddy") end
+end
+
+function Stream:window(assigner, opts)
+  if getmetatable(assigner) ~= Assigner then
+    fail("window needs an assigner such as eddy.window.tumbling(\"1m\")")
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then fail("window options must be a table") end
+  for k, v in pairs(opts) do
+    if k == "trigger" then
+      if getmetatable(v) ~= Trigger then fail("window: trigger must be an eddy.trigger value") end
+    elseif k == "lateness" or k == "late" then
+      fail("window: option '" .. k .. "' is not supported by this version of eddy")
+    else
+      fail("window: unknown option '" .. tostring(k) .. "'")
+    end
+  end
+  return setmetatable({ stream = self, assigner = assigner, where = where(2) }, Windowed)
+end
+
+local function aggregate(w, agg, f)
+  if agg ~= "count" and type(f) ~= "string" and type(f) ~= "function" and f ~= nil then
+    fail(agg .. " needs a field name or a function (or nothing, for numeric values)")
+  end
+  local a = w.assigner
+  local s = add(w.stream.p, "window", { w.stream.node.id }, {
+    fn = type(f) == "function" and f or nil,
+    opts = { assigner = a.kind, size = a.size, advance = a.advance or a.size, offset = a.offset,
+             agg = agg, field = type(f) == "string" and f or nil } })
+  return s
+end
+for _, agg in ipairs({ "count", "sum", "min", "max", "avg" }) do
+  Windowed[agg] = function(self, f)
+    local s = aggregate(self, agg, f)
+    s.node.where = where(2)
+    return s
+  end
+end
+for _, agg in ipairs({ "reduce", "aggregate", "apply" }) do
+  Windowed[agg] = function() fail("window:" .. agg .. " is not supported by this version of eddy") end
+end
+
 -- Operators that later parts of eddy add are refused with a clear message.
-for _, op in ipairs({ "window", "process", "dedup", "to_table", "join" }) do
+for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
   Stream[op] = function() fail(op .. " is not supported by this version of eddy") end
 end
 for _, op in ipairs({ "side", "table", "global_table" }) do

@@ -1,9 +1,11 @@
 -- eddy.runtime — what C calls in a VM.  plan(): load the user's script in a
 -- sandbox and describe its graph as plain data for core/pipeline.c.
 -- task(): build one task's operator chain (closures, no queues between
--- chained operators) and return the function C calls once per batch; it
--- walks the batch through the FFI, calls the user's functions, and applies
--- the error policy record by record.
+-- chained operators) and return the functions C calls: once per batch, when
+-- an input channel ends, and when all input has ended.  They walk the batch
+-- through the FFI, stamp event time and watermarks at sources, merge input
+-- watermarks at keyed tasks, fire windows, and apply the error policy
+-- record by record.
 
 local ffi = require("ffi")
 local cjson = require("cjson")
@@ -15,6 +17,11 @@ local C = ffi.C
 local M = {}
 local ffi_string, band = ffi.string, bit.band
 local cjson_decode, cjson_encode = cjson.decode, cjson.encode
+local tonumber, type, tostring, error, xpcall = tonumber, type, tostring, error, xpcall
+
+local NONE = -2 ^ 63          -- no timestamp / no watermark yet (INT64_MIN)
+local INF = 2 ^ 62            -- the watermark once input has ended
+M.NONE, M.INF = NONE, INF
 
 local function load_pipeline(args)
   local env, load_user_file = sandbox.new({ dir = args.dir, ffi = args.ffi, os = args.os,
@@ -35,17 +42,43 @@ local function load_pipeline(args)
   return p, env
 end
 
+local ms_box = ffi.new("int64_t[1]")
+-- "5s" -> 5000, through the config's parser; raises naming where it was written.
+local function duration_ms(spec, what, where)
+  if spec == nil then return nil end
+  if C.eddy_parse_duration(tostring(spec), ms_box) ~= 0 then
+    error(where .. ": " .. what .. ": expected a duration like \"10s\", got " .. tostring(spec), 0)
+  end
+  return tonumber(ms_box[0])
+end
+
+-- Converts the durations a node was given into ms (in place).
+local function resolve_durations(n)
+  local o = n.opts
+  if n.kind == "window" then
+    o.size_ms = duration_ms(o.size, "window size", n.where)
+    o.advance_ms = duration_ms(o.advance, "window advance", n.where)
+    o.offset_ms = duration_ms(o.offset, "window offset", n.where)
+    if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
+    if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
+  elseif n.kind == "source" and o.watermark_bound then
+    o.bound_ms = duration_ms(o.watermark_bound, "watermark bound", n.where)
+  end
+end
+
 -- The graph as plain data: { {id, kind, name, uid, where, inputs = {..}, opts = {scalars}} }.
 function M.plan(args)
   local p = load_pipeline(args)
   local out = {}
   for i, n in ipairs(p.nodes) do
+    resolve_durations(n)
     local opts = {}
     for k, v in pairs(n.opts) do
       local t = type(v)
       if t == "string" or t == "number" or t == "boolean" then opts[k] = v end
     end
     if n.key ~= nil then opts.key = type(n.key) == "function" and "<function>" or tostring(n.key) end
+    if type(n.timestamp) == "function" then opts.timestamp = "<function>" end
     out[i] = { id = n.id, kind = n.kind, name = n.name, uid = n.uid, where = n.where,
                inputs = n.inputs, opts = opts }
   end
@@ -65,10 +98,30 @@ local function key_string(k)
 end
 M.key_string = key_string
 
+-- A timestamp value → ms since the epoch, or nil.  Numbers below 1e11 are
+-- seconds (1e11 ms is 1973; 1e11 s is the year 5138), strings are numbers or
+-- ISO-8601 date-times.
+local function to_ms(x)
+  local t = type(x)
+  if t == "number" then
+    if x ~= x or x == math.huge or x == -math.huge then return nil end
+    if x < 1e11 and x > -1e11 then x = x * 1000 end
+    return math.floor(x)
+  end
+  if t == "string" then
+    local n = tonumber(x)
+    if n then return to_ms(n) end
+    if C.eddy_parse_time(x, #x, ms_box) == 0 then return tonumber(ms_box[0]) end
+  end
+  return nil
+end
+M.to_ms = to_ms
+
 -- args: script, dir, ffi, os, task (lightuserdata), io (lightuserdata),
 -- name (task name), stage_nodes = {ids}, roots = {ids}, keyed = bool,
--- sinks = {[node id] = sink index}, sources = {[index] = {name, format, files}},
--- source_index (source tasks), on_error, version, native = {shuffle, unpack}
+-- ninputs (keyed tasks), sinks = {[node id] = sink index},
+-- sources = {[index] = {name, format, files}}, on_error, version,
+-- native = {shuffle, unpack}.  Returns { batch = fn, channel_end = fn(ch), finish = fn }.
 function M.task(args)
   local task = args.task
   local tio = ffi.cast("eddy_io *", args.io)
@@ -81,6 +134,7 @@ function M.task(args)
   local inset, children = {}, {}
   for _, id in ipairs(args.stage_nodes) do inset[id] = true end
   for _, n in ipairs(nodes) do
+    resolve_durations(n)
     for _, i in ipairs(n.inputs) do
       children[i] = children[i] or {}
       table.insert(children[i], n.id)
@@ -90,27 +144,37 @@ function M.task(args)
   for _, n in ipairs(nodes) do cin[n.id] = 0; cout[n.id] = 0 end
 
   local DECODING = -1           -- tio.cur_node while a source decodes its input
-  local src_node, decode_error_prefix
-  local recs, data             -- the batch being processed
-  local cur                    -- its record index
-  local cur_key                -- key of the current record, when the source sets one
+  local recs, data              -- the batch being processed
+  local cur                     -- its record index, or nil outside a record
+  local cur_key                 -- key of the current record, when the source sets one
+  local cur_ts = NONE           -- event time of what is being processed
+  local wm = NONE               -- this task's watermark
+  local firing                  -- while a window's result goes downstream: {key, window}
   local ctx = {}
   local getters = {
-    ts = function() local ts = recs[cur].ts; if ts == -9223372036854775807LL - 1 then return nil end return tonumber(ts) end,
-    partition = function() return tonumber(recs[cur].partition) end,
-    offset = function() return tonumber(recs[cur].offset) end,
-    line = function() local l = recs[cur].line; if l == 0 then return nil end return tonumber(l) end,
-    source = function() local s = args.sources[tonumber(recs[cur].source) + 1]; return s and s.name end,
+    ts = function() if cur_ts == NONE then return nil end return cur_ts end,
+    partition = function() if cur then return tonumber(recs[cur].partition) end end,
+    offset = function() if cur then return tonumber(recs[cur].offset) end end,
+    line = function() if cur then local l = recs[cur].line; if l > 0 then return tonumber(l) end end end,
+    source = function()
+      if not cur then return nil end
+      local s = args.sources[tonumber(recs[cur].source) + 1]
+      return s and s.name
+    end,
     key = function()
-      if args.keyed then local r = recs[cur]; return ffi_string(data + r.key_off, r.key_len) end
+      if firing then return firing.key end
+      if args.keyed and cur then local r = recs[cur]; return ffi_string(data + r.key_off, r.key_len) end
       return cur_key
     end,
+    window = function() return firing and firing.window end,
+    watermark = function() if wm == NONE then return nil end return wm end,
     headers = function() return {} end,
     version = function() return args.version end,
     task = function() return args.name end,
   }
   setmetatable(ctx, { __index = function(_, k) local g = getters[k]; if g then return g() end end })
 
+  local windows = {}            -- { {w = handle, id = node id, emit = fn} }
   local build
   local function op(id)
     local node = nodes[id]
@@ -154,8 +218,41 @@ function M.task(args)
           k = kfn(v, ctx)
           if k == nil then error("key_by: the key function returned nil", 0) end
         end
-        shuffle(id, key_string(k), v)
+        shuffle(id, key_string(k), v, cur_ts, wm)
         cout[id] = cout[id] + 1
+      end
+    elseif kind == "window" then
+      local o = node.opts
+      local w = C.eddy_window_open(task, id, o.size_ms, o.advance_ms, o.offset_ms)
+      local agg, field, xfn = o.agg, o.field, node.fn
+      local nxt = build(id)
+      local result
+      if agg == "count" then result = function(f) return f.count end
+      elseif agg == "sum" then result = function(f) return f.sum end
+      elseif agg == "min" then result = function(f) return f.min end
+      elseif agg == "max" then result = function(f) return f.max end
+      else result = function(f) return f.sum / f.count end end
+      windows[#windows + 1] = { w = w, id = id, emit = function(f)
+        local start, stop = tonumber(f.start), tonumber(f["end"])
+        firing = { key = ffi_string(f.key, f.klen), window = { start = start, ["end"] = stop, firing = "on_time" } }
+        cur_ts = stop - 1
+        cout[id] = cout[id] + 1
+        nxt(result(f))
+      end }
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        if cur_ts == NONE then
+          error("a window needs event time: set the timestamp option of the source", 0)
+        end
+        local x = 1
+        if agg ~= "count" then
+          if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
+          if type(x) ~= "number" then
+            error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
+          end
+        end
+        local k = ctx.key
+        C.eddy_window_add(w, k, #k, cur_ts, x)
       end
     elseif kind == "sink" then
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
@@ -194,6 +291,7 @@ function M.task(args)
 
   -- what one input record goes through
   local process
+  local decode_error_prefix
   if args.keyed then
     local roots = {}
     for _, id in ipairs(args.roots) do roots[id] = build(id) end
@@ -208,12 +306,32 @@ function M.task(args)
     local root = build(sid)
     local fmt = src.opts.format
     local skey = src.key
-    src_node = DECODING
-    decode_error_prefix = "malformed " .. fmt .. ": "
+    local tsopt = src.timestamp
+    local bound = src.opts.bound_ms or 0
+    local maxts = NONE
     local decode
+    decode_error_prefix = "malformed " .. fmt .. ": "
     if fmt == "json" then decode = cjson_decode
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
+    local stamp
+    if tsopt == "ingest" then
+      stamp = function() return tonumber(C.eddy_now_ms()) end
+    elseif type(tsopt) == "string" then
+      stamp = function(v)
+        local raw = type(v) == "table" and v[tsopt] or nil
+        local ms = to_ms(raw)
+        if not ms then error("no usable timestamp in field '" .. tsopt .. "' (got " .. tostring(raw) .. ")", 0) end
+        return ms
+      end
+    elseif type(tsopt) == "function" then
+      stamp = function(v)
+        local raw = tsopt(v, ctx)
+        local ms = to_ms(raw)
+        if not ms then error("the timestamp function returned no usable timestamp (got " .. tostring(raw) .. ")", 0) end
+        return ms
+      end
+    end
     process = function(i)
       local r = recs[i]
       tio.cur_node = sid; cin[sid] = cin[sid] + 1
@@ -231,6 +349,14 @@ function M.task(args)
         local k
         if type(skey) == "function" then k = skey(v, ctx) elseif type(v) == "table" then k = v[skey] end
         cur_key = k ~= nil and key_string(k) or nil
+      end
+      if stamp then
+        local ts = stamp(v)
+        cur_ts = ts
+        if ts > maxts then maxts = ts end
+        if maxts - bound > wm then wm = maxts - bound end
+        r.ts = ts
+        r.wm = wm
       end
       cout[sid] = cout[sid] + 1
       root(v)
@@ -253,6 +379,12 @@ function M.task(args)
     return label .. " (uid " .. n.uid .. ", " .. n.where .. ")"
   end
   local function position(r)
+    if not r then
+      if firing then
+        return "window [" .. firing.window.start .. ", " .. firing.window["end"] .. ") of key " .. firing.key
+      end
+      return "(end of input)"
+    end
     local s = args.sources[tonumber(r.source) + 1]
     local pos = s and s.name or "?"
     local file = s and s.files and s.files[tonumber(r.partition) + 1]
@@ -260,36 +392,38 @@ function M.task(args)
     if r.line > 0 then pos = pos .. ":" .. tostring(tonumber(r.line)) end
     return pos .. " (byte " .. tostring(tonumber(r.offset)) .. ")"
   end
+  -- i: index of the input record at fault, or nil (a window firing at the end)
   local function on_error(err, i)
     if type(err) == "table" and err.fatal then error(err.fatal, 0) end
     -- LuaJIT has no emergency collection: free what the failed call left behind
     -- before this handler allocates anything
     if err == OOM then collectgarbage("collect"); err = OOM .. " (limits.memory)" end
     local msg = tostring(err)
-    if tio.cur_node == src_node and decode_error_prefix then
-      msg = decode_error_prefix .. msg:gsub("^[^:]*:%d+: ", "")
-    end
-    local r = recs[i]
     local id = tio.cur_node
-    if id == DECODING then id = args.roots[1]; tio.cur_node = id; last_tb = nil end
+    if id == DECODING then
+      msg = decode_error_prefix .. msg:gsub("^[^:]*:%d+: ", "")
+      id = args.roots[1]; tio.cur_node = id; last_tb = nil
+    end
+    local r = i and recs[i] or nil
     tio.errors = tio.errors + 1
     if policy == "fail" then
       error("operator " .. node_desc(id) .. " failed on input " .. position(r) .. ": " .. msg, 0)
     end
     if policy == "dead_letter" then
-      local s = args.sources[tonumber(r.source) + 1]
+      local s = r and args.sources[tonumber(r.source) + 1]
       local raw
-      if band(r.flags, effi.REC_PACKED) ~= 0 then
+      if r and band(r.flags, effi.REC_PACKED) ~= 0 then
         local ok, v = pcall(unpack_value, i)
         raw = ok and (select(2, pcall(cjson_encode, v))) or nil
-      else
+      elseif r then
         raw = ffi_string(data + r.val_off, r.val_len)
       end
       local line = cjson_encode({
-        time = os.time() * 1000, task = args.name,
+        time = tonumber(C.eddy_now_ms()), task = args.name,
         source = s and s.name, file = s and s.files and s.files[tonumber(r.partition) + 1],
-        partition = tonumber(r.partition), offset = tonumber(r.offset),
-        line = r.line > 0 and tonumber(r.line) or nil,
+        partition = r and tonumber(r.partition), offset = r and tonumber(r.offset),
+        line = r and r.line > 0 and tonumber(r.line) or nil,
+        window = firing and firing.window, key = firing and firing.key,
         operator = nodes[id] and nodes[id].uid, operator_kind = nodes[id] and nodes[id].kind,
         operator_where = nodes[id] and nodes[id].where,
         error = msg, traceback = last_tb, record = raw,
@@ -299,23 +433,77 @@ function M.task(args)
     else
       tio.skipped = tio.skipped + 1
     end
-    log(2, true, (policy == "skip" and "record skipped" or "record dead-lettered") .. ": operator " .. node_desc(id) .. " on input " .. position(r) .. ": " .. msg)
+    log(2, true, (policy == "skip" and "record skipped" or "record dead-lettered") .. ": operator "
+      .. node_desc(id) .. " on input " .. position(r) .. ": " .. msg)
+  end
+
+  -- fires what the watermark completed; i is the record that moved it (or nil)
+  local function advance(i)
+    for k = 1, #windows do
+      local win = windows[k]
+      local n = C.eddy_window_advance(win.w, wm)
+      for j = 0, n - 1 do
+        last_tb = nil
+        local ok, err = xpcall(win.emit, handler, C.eddy_window_fired(win.w, j))
+        if not ok then on_error(err, i) end
+      end
+      firing = nil
+    end
+  end
+
+  -- keyed tasks: the watermark of each input channel; the task's is their minimum
+  local cw = {}
+  for c = 0, (args.ninputs or 1) - 1 do cw[c] = NONE end
+  local function merge_watermark()
+    local m = INF
+    for c = 0, (args.ninputs or 1) - 1 do if cw[c] < m then m = cw[c] end end
+    if m > wm then wm = m; return true end
+    return false
   end
 
   local node_in, node_out = tio.node_in, tio.node_out
-  local xpcall = xpcall
-  return function()
+  local keyed, has_windows = args.keyed, #windows > 0
+  local function flush_counts()
+    for id = 1, #nodes do node_in[id] = cin[id]; node_out[id] = cout[id] end
+  end
+
+  local function batch()
     recs, data = tio.recs, tio.data
     local n = tio.n
+    local ch = tio.channel
     for i = 0, n - 1 do
       cur = i
       tio.cur = i
       last_tb = nil
+      local r = recs[i]
+      if keyed then cur_ts = tonumber(r.ts) end
       local ok, err = xpcall(process, handler, i)
       if not ok then on_error(err, i) end
+      if keyed then
+        local w = tonumber(r.wm)
+        if w > cw[ch] then
+          cw[ch] = w
+          if merge_watermark() and has_windows then advance(i) end
+        end
+      end
     end
-    for id = 1, #nodes do node_in[id] = cin[id]; node_out[id] = cout[id] end
+    cur = nil
+    flush_counts()
   end
+
+  local function channel_end(ch)
+    cw[ch] = INF
+    if merge_watermark() and has_windows then advance(nil) end
+    flush_counts()
+  end
+
+  local function finish()
+    wm = INF
+    if has_windows then advance(nil) end
+    flush_counts()
+  end
+
+  return { batch = batch, channel_end = channel_end, finish = finish }
 end
 
 return M

@@ -228,6 +228,10 @@ end
 
 -- ---- configs ----------------------------------------------------------------
 
+local KEYWORDS = {}
+for w in ("and break do else elseif end false for function goto if in local nil not or "
+    .. "repeat return then true until while"):gmatch("%a+") do KEYWORDS[w] = true end
+
 -- lua_literal(v): v (strings, numbers, booleans, tables of these) as Lua source
 local function lua_literal(v, indent)
   indent = indent or ""
@@ -240,7 +244,7 @@ local function lua_literal(v, indent)
   table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
   local parts = {}
   for _, k in ipairs(keys) do
-    local ks = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or ("[" .. lua_literal(k) .. "]")
+    local ks = type(k) == "string" and k:match("^[%a_][%w_]*$") and not KEYWORDS[k] and k or ("[" .. lua_literal(k) .. "]")
     parts[#parts + 1] = indent .. "  " .. ks .. " = " .. lua_literal(v[k], indent .. "  ")
   end
   if #parts == 0 then return "{}" end

@@ -1,0 +1,555 @@
+-- lua/eddy/init.lua: the pipeline API builds a graph of operator nodes, checks
+-- what the user asked for, refuses what this version cannot do, and reports
+-- mistakes at the line of the user's call.
+
+local eddy = require("eddy")
+
+local THIS = debug.getinfo(1, "S").source:gsub("^@", "")
+
+-- the line this is called from
+local function here() return debug.getinfo(2, "l").currentline end
+
+-- fn must raise; returns the message
+local function err_of(fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert(not ok, "expected an error, got none")
+  return tostring(e)
+end
+
+-- fn must raise a message that contains text (plain)
+local function raises(text, fn, ...)
+  local e = err_of(fn, ...)
+  assert(e:find(text, 1, true), "expected an error containing \"" .. text .. "\", got \"" .. e .. "\"")
+  return e
+end
+
+local function noop(v) return v end
+
+local function src(p, name) return p:source(name or "in", { file = "in.jsonl" }) end
+
+describe("eddy.pipeline", function()
+  it("returns an empty pipeline that is_pipeline recognises", function()
+    local p = eddy.pipeline()
+    assert.is_true(eddy.is_pipeline(p))
+    assert.same({}, p.nodes)
+  end)
+
+  it("gives each call a new pipeline", function()
+    local a, b = eddy.pipeline(), eddy.pipeline()
+    src(a)
+    assert.are_not.equal(a, b)
+    assert.equal(0, #b.nodes)
+    src(b) -- the same source name in another pipeline is fine
+    assert.equal(1, #b.nodes)
+  end)
+
+  it("is_pipeline is false for other values, including a stream", function()
+    assert.is_false(eddy.is_pipeline(nil))
+    assert.is_false(eddy.is_pipeline({}))
+    assert.is_false(eddy.is_pipeline({ nodes = {}, is_pipeline = true }))
+    assert.is_false(eddy.is_pipeline(src(eddy.pipeline())))
+  end)
+
+  it("has a version string", function()
+    assert.is_string(eddy.VERSION)
+  end)
+end)
+
+describe("p:source", function()
+  local p
+  before_each(function() p = eddy.pipeline() end)
+
+  it("adds a source node with defaults for format, follow, header, delimiter", function()
+    src(p, "words")
+    local n = p.nodes[1]
+    assert.equal(1, n.id)
+    assert.equal("source", n.kind)
+    assert.equal("words", n.name)
+    assert.equal("words", n.uid)
+    assert.same({}, n.inputs)
+    assert.same({ file = "in.jsonl", format = "json", follow = false, header = false, delimiter = "," }, n.opts)
+    assert.is_nil(n.key)
+  end)
+
+  it("accepts stdin = true", function()
+    p:source("in", { stdin = true, format = "lines" })
+    assert.same({ stdin = true, format = "lines", follow = false, header = false, delimiter = "," }, p.nodes[1].opts)
+  end)
+
+  it("counts a false stdin as absent", function()
+    p:source("in", { file = "x", stdin = false })
+    assert.equal("x", p.nodes[1].opts.file)
+  end)
+
+  it("accepts the formats json, lines, raw and csv", function()
+    for _, f in ipairs({ "json", "lines", "raw", "csv" }) do
+      p:source("in-" .. f, { file = "x", format = f })
+      assert.equal(f, p.nodes[#p.nodes].opts.format)
+    end
+  end)
+
+  it("keeps follow, header and a one-character delimiter", function()
+    p:source("in", { file = "x.csv", format = "csv", follow = true, header = true, delimiter = ";" })
+    local o = p.nodes[1].opts
+    assert.is_true(o.follow)
+    assert.is_true(o.header)
+    assert.equal(";", o.delimiter)
+  end)
+
+  it("keeps a key that is a field name or a function", function()
+    local f = function(v) return v.id end
+    p:source("a", { file = "x", key = "id" })
+    p:source("b", { file = "x", key = f })
+    assert.equal("id", p.nodes[1].key)
+    assert.equal(f, p.nodes[2].key)
+  end)
+
+  it("accepts names of letters, digits, '_', '.', '-'", function()
+    p:source("A-b_c.9", { file = "x" })
+    assert.equal("A-b_c.9", p.nodes[1].name)
+  end)
+
+  it("refuses a name that is not a non-empty string of letters, digits, '_', '.', '-'", function()
+    raises("source name must be a non-empty string", function() eddy.pipeline():source(1, { file = "x" }) end)
+    raises("source name must be a non-empty string", function() eddy.pipeline():source("", { file = "x" }) end)
+    raises("source name must be a non-empty string", function() eddy.pipeline():source("a b", { file = "x" }) end)
+    raises("source name must be a non-empty string", function() eddy.pipeline():source("a/b", { file = "x" }) end)
+    raises("source name must be a non-empty string", function() eddy.pipeline():source(nil, { file = "x" }) end)
+  end)
+
+  it("refuses options that are not a table", function()
+    raises("source 'in': options must be a table", function() eddy.pipeline():source("in", "in.jsonl") end)
+  end)
+
+  it("refuses an unknown option", function()
+    raises("source 'in': unknown option 'bogus'", function() eddy.pipeline():source("in", { file = "x", bogus = 1 }) end)
+    raises("source 'in': unknown option '1'", function() eddy.pipeline():source("in", { "x", file = "x" }) end)
+  end)
+
+  it("refuses an option of the wrong type", function()
+    raises("source 'in': option 'file' must be a string, got number", function() eddy.pipeline():source("in", { file = 1 }) end)
+    raises("option 'stdin' must be a boolean, got string", function() eddy.pipeline():source("in", { stdin = "yes" }) end)
+    raises("option 'follow' must be a boolean, got number", function() eddy.pipeline():source("in", { file = "x", follow = 1 }) end)
+    raises("option 'format' must be a string, got table", function() eddy.pipeline():source("in", { file = "x", format = {} }) end)
+    raises("option 'delimiter' must be a string", function() eddy.pipeline():source("in", { file = "x", delimiter = 44 }) end)
+    raises("option 'start' must be a string", function() eddy.pipeline():source("in", { file = "x", start = 0 }) end)
+  end)
+
+  it("needs exactly one of file, stdin, kafka", function()
+    local msg = "source 'in' needs exactly one of file, stdin, kafka"
+    raises(msg, function() eddy.pipeline():source("in", {}) end)
+    raises(msg, function() eddy.pipeline():source("in") end)
+    raises(msg, function() eddy.pipeline():source("in", { format = "lines" }) end)
+    raises(msg, function() eddy.pipeline():source("in", { file = "x", stdin = true }) end)
+    raises(msg, function() eddy.pipeline():source("in", { file = "x", kafka = "t" }) end)
+  end)
+
+  it("refuses kafka sources in this version", function()
+    raises("source 'in': kafka sources are not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { kafka = "words" }) end)
+    raises("kafka sources are not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { kafka = { "a", "b" } }) end)
+  end)
+
+  it("refuses idle and start as not supported by this version", function()
+    raises("source 'in': option 'idle' is not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { file = "x", idle = "1m" }) end)
+    raises("source 'in': option 'start' is not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { file = "x", start = "earliest" }) end)
+  end)
+
+  -- 0.1.0 has no event time; this changes when timestamps and watermarks land.
+  it("refuses timestamp and watermark as not supported by this version", function()
+    raises("source 'in': option 'timestamp' is not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { file = "x", timestamp = "ts" }) end)
+    raises("source 'in': option 'watermark' is not supported by this version of eddy",
+      function() eddy.pipeline():source("in", { file = "x", watermark = function() end }) end)
+  end)
+
+  it("refuses an unknown format", function()
+    raises("source 'in': unknown format 'xml' (json, lines, raw, csv)",
+      function() eddy.pipeline():source("in", { file = "x", format = "xml" }) end)
+  end)
+
+  it("refuses a delimiter that is not one character", function()
+    raises("source 'in': delimiter must be one character", function() eddy.pipeline():source("in", { file = "x", delimiter = ";;" }) end)
+    raises("source 'in': delimiter must be one character", function() eddy.pipeline():source("in", { file = "x", delimiter = "" }) end)
+  end)
+
+  it("refuses a key that is neither a field name nor a function", function()
+    raises("source 'in': key must be a field name or a function", function() eddy.pipeline():source("in", { file = "x", key = 1 }) end)
+    raises("source 'in': key must be a field name or a function", function() eddy.pipeline():source("in", { file = "x", key = {} }) end)
+  end)
+
+  it("refuses a source name declared twice", function()
+    src(p, "in")
+    raises("source 'in' is declared twice", function() p:source("in", { file = "y" }) end)
+    assert.equal(1, #p.nodes)
+  end)
+
+  it("adds no node when it refuses", function()
+    pcall(p.source, p, "in", { kafka = "t" })
+    pcall(p.source, p, "in", { file = "x", bogus = true })
+    assert.equal(0, #p.nodes)
+  end)
+
+  it("leaves the name of a refused source free", function()
+    pcall(p.source, p, "in", { kafka = "t" })
+    local ok, e = pcall(p.source, p, "in", { file = "x" })
+    assert(ok, e)
+    assert.equal(1, #p.nodes)
+  end)
+end)
+
+describe("map, filter, flat_map", function()
+  for _, op in ipairs({ "map", "filter", "flat_map" }) do
+    it(op .. " adds a node fed by the stream it is called on and returns a new stream", function()
+      local p = eddy.pipeline()
+      local s = src(p)
+      local f = function() end
+      local t = s[op](s, f)
+      assert.are_not.equal(s, t)
+      local n = p.nodes[2]
+      assert.equal(2, n.id)
+      assert.equal(op, n.kind)
+      assert.equal(f, n.fn)
+      assert.same({ 1 }, n.inputs)
+      assert.same({}, n.opts)
+      assert.equal(n, t.node)
+    end)
+
+    it(op .. " needs a function", function()
+      local p = eddy.pipeline()
+      local s = src(p)
+      raises(op .. " needs a function, got number", function() s[op](s, 1) end)
+      raises(op .. " needs a function, got nil", function() s[op](s) end)
+      raises(op .. " needs a function, got string", function() s[op](s, "v.x > 1") end)
+      raises(op .. " needs a function, got table", function() s[op](s, {}) end)
+      assert.equal(1, #p.nodes)
+    end)
+  end
+
+  it("lets a stream feed several operators (fan-out)", function()
+    local p = eddy.pipeline()
+    local s = src(p)
+    s:map(noop)
+    s:filter(noop)
+    assert.same({ 1 }, p.nodes[2].inputs)
+    assert.same({ 1 }, p.nodes[3].inputs)
+  end)
+
+  it("chains: each node's input is the node before it", function()
+    local p = eddy.pipeline()
+    src(p):map(noop):filter(noop):flat_map(noop)
+    for i = 2, 4 do assert.same({ i - 1 }, p.nodes[i].inputs) end
+    assert.same({ "source", "map", "filter", "flat_map" },
+      { p.nodes[1].kind, p.nodes[2].kind, p.nodes[3].kind, p.nodes[4].kind })
+  end)
+end)
+
+describe("key_by", function()
+  local p, s
+  before_each(function() p = eddy.pipeline(); s = src(p) end)
+
+  it("by field name: keeps the field in opts and as the key", function()
+    s:key_by("word")
+    local n = p.nodes[2]
+    assert.equal("key_by", n.kind)
+    assert.equal("word", n.key)
+    assert.same({ field = "word" }, n.opts)
+    assert.same({ 1 }, n.inputs)
+  end)
+
+  it("by function: keeps the function and no field", function()
+    local f = function(v) return v.w end
+    s:key_by(f)
+    local n = p.nodes[2]
+    assert.equal(f, n.key)
+    assert.is_nil(n.opts.field)
+  end)
+
+  it("keeps a parallelism option", function()
+    s:key_by("word", { parallelism = 4 })
+    assert.equal(4, p.nodes[2].opts.parallelism)
+  end)
+
+  it("accepts empty options", function()
+    s:key_by("word", {})
+    assert.is_nil(p.nodes[2].opts.parallelism)
+  end)
+
+  it("needs a field name or a function", function()
+    raises("key_by needs a field name or a function, got number", function() s:key_by(1) end)
+    raises("key_by needs a field name or a function, got nil", function() s:key_by() end)
+    raises("key_by needs a field name or a function, got table", function() s:key_by({ "a" }) end)
+  end)
+
+  it("refuses options that are not a table", function()
+    raises("key_by options must be a table", function() s:key_by("k", 4) end)
+  end)
+
+  it("refuses an unknown option", function()
+    raises("key_by: unknown option 'parallel'", function() s:key_by("k", { parallel = 2 }) end)
+  end)
+
+  it("refuses a parallelism that is not a positive integer", function()
+    for _, bad in ipairs({ 0, -1, 1.5, "2", true, 0 / 0 }) do
+      raises("key_by: parallelism must be a positive integer", function() s:key_by("k", { parallelism = bad }) end)
+    end
+  end)
+end)
+
+describe("union", function()
+  it("adds a node whose inputs are this stream and the others, in order", function()
+    local p = eddy.pipeline()
+    local a, b, c = src(p, "a"), src(p, "b"), src(p, "c")
+    local u = a:union(b, c)
+    local n = p.nodes[4]
+    assert.equal("union", n.kind)
+    assert.same({ 1, 2, 3 }, n.inputs)
+    assert.equal(n, u.node)
+  end)
+
+  it("needs at least one other stream", function()
+    local p = eddy.pipeline()
+    local a = src(p)
+    raises("union needs at least one other stream", function() a:union() end)
+  end)
+
+  it("refuses a stream of another pipeline and values that are not streams", function()
+    local p, q = eddy.pipeline(), eddy.pipeline()
+    local a, b = src(p), src(q)
+    raises("union needs streams of the same pipeline", function() a:union(b) end)
+    raises("union needs streams of the same pipeline", function() a:union({}) end)
+    raises("union needs streams of the same pipeline", function() a:union(nil) end)
+    raises("union needs streams of the same pipeline", function() a:union(p) end)
+  end)
+end)
+
+describe("uid", function()
+  it("names the node of the stream it is called on and returns that stream", function()
+    local p = eddy.pipeline()
+    local m = src(p):map(noop)
+    assert.equal(m, m:uid("parse"))
+    assert.equal("parse", p.nodes[2].uid)
+  end)
+
+  it("leaves other nodes without a uid (the runtime derives one)", function()
+    local p = eddy.pipeline()
+    src(p):map(noop)
+    assert.is_nil(p.nodes[2].uid)
+  end)
+
+  it("may be set again on the same node", function()
+    local p = eddy.pipeline()
+    local m = src(p):map(noop):uid("a")
+    m:uid("a")
+    m:uid("b")
+    assert.equal("b", p.nodes[2].uid)
+  end)
+
+  it("needs a non-empty string", function()
+    local p = eddy.pipeline()
+    local m = src(p):map(noop)
+    raises("uid needs a non-empty string", function() m:uid("") end)
+    raises("uid needs a non-empty string", function() m:uid(1) end)
+    raises("uid needs a non-empty string", function() m:uid() end)
+  end)
+
+  it("refuses a uid that another node has, including a source's name", function()
+    local p = eddy.pipeline()
+    local s = src(p, "in")
+    s:map(noop):uid("parse")
+    local m2 = s:map(noop)
+    raises("uid 'parse' is used twice", function() m2:uid("parse") end)
+    raises("uid 'in' is used twice", function() m2:uid("in") end)
+    assert.is_nil(p.nodes[3].uid)
+  end)
+end)
+
+describe("sink", function()
+  local p, s
+  before_each(function() p = eddy.pipeline(); s = src(p) end)
+
+  it("adds a sink node and returns the stream it was called on", function()
+    local m = s:map(noop)
+    local r = m:sink("out", { file = "out" })
+    assert.equal(m, r)
+    local n = p.nodes[3]
+    assert.equal("sink", n.kind)
+    assert.equal("out", n.name)
+    assert.equal("out", n.uid)
+    assert.same({ 2 }, n.inputs)
+    assert.same({ file = "out", format = "json" }, n.opts)
+  end)
+
+  it("chains: several sinks on one stream", function()
+    s:sink("a", { stdout = true }):sink("b", { file = "dir" })
+    assert.same({ 1 }, p.nodes[2].inputs)
+    assert.same({ 1 }, p.nodes[3].inputs)
+    assert.same({ stdout = true, format = "json" }, p.nodes[2].opts)
+  end)
+
+  it("accepts the formats json, lines and raw", function()
+    for _, f in ipairs({ "json", "lines", "raw" }) do
+      s:sink("out-" .. f, { stdout = true, format = f })
+      assert.equal(f, p.nodes[#p.nodes].opts.format)
+    end
+  end)
+
+  it("refuses a bad name", function()
+    raises("sink name must be a non-empty string", function() src(eddy.pipeline()):sink("", { stdout = true }) end)
+    raises("sink name must be a non-empty string", function() src(eddy.pipeline()):sink("a b", { stdout = true }) end)
+    raises("sink name must be a non-empty string", function() src(eddy.pipeline()):sink(nil, { stdout = true }) end)
+  end)
+
+  it("refuses options that are not a table", function()
+    raises("sink 'out': options must be a table", function() src(eddy.pipeline()):sink("out", "dir") end)
+  end)
+
+  it("refuses an unknown option", function()
+    raises("sink 'out': unknown option 'path'", function() src(eddy.pipeline()):sink("out", { path = "x" }) end)
+    raises("sink 'out': unknown option 'follow'", function() src(eddy.pipeline()):sink("out", { file = "x", follow = true }) end)
+  end)
+
+  it("refuses an option of the wrong type", function()
+    raises("sink 'out': option 'stdout' must be a boolean, got string", function() src(eddy.pipeline()):sink("out", { stdout = "yes" }) end)
+    raises("sink 'out': option 'file' must be a string, got boolean", function() src(eddy.pipeline()):sink("out", { file = true }) end)
+  end)
+
+  it("needs exactly one of file, stdout, kafka", function()
+    local msg = "sink 'out' needs exactly one of file, stdout, kafka"
+    raises(msg, function() src(eddy.pipeline()):sink("out", {}) end)
+    raises(msg, function() src(eddy.pipeline()):sink("out") end)
+    raises(msg, function() src(eddy.pipeline()):sink("out", { file = "x", stdout = true }) end)
+  end)
+
+  it("refuses kafka sinks in this version", function()
+    raises("sink 'out': kafka sinks are not supported by this version of eddy",
+      function() src(eddy.pipeline()):sink("out", { kafka = "topic" }) end)
+  end)
+
+  it("refuses key as not supported by this version", function()
+    raises("sink 'out': option 'key' is not supported by this version of eddy",
+      function() src(eddy.pipeline()):sink("out", { stdout = true, key = "id" }) end)
+  end)
+
+  it("refuses csv and unknown formats", function()
+    raises("sink 'out': unknown format 'csv' (json, lines, raw)", function() src(eddy.pipeline()):sink("out", { stdout = true, format = "csv" }) end)
+    raises("sink 'out': unknown format 'xml' (json, lines, raw)", function() src(eddy.pipeline()):sink("out", { stdout = true, format = "xml" }) end)
+  end)
+
+  it("refuses a sink name declared twice", function()
+    s:sink("out", { stdout = true })
+    raises("sink 'out' is declared twice", function() s:map(noop):sink("out", { file = "x" }) end)
+  end)
+
+  it("leaves the name of a refused sink free", function()
+    pcall(s.sink, s, "out", { kafka = "t" })
+    local ok, e = pcall(s.sink, s, "out", { stdout = true })
+    assert(ok, e)
+    assert.equal(2, #p.nodes)
+  end)
+end)
+
+describe("operators of later versions", function()
+  -- 0.1.0 has no windows; this changes when they land.
+  it("stream:window is refused as not supported by this version", function()
+    local p = eddy.pipeline()
+    local s = src(p)
+    raises("window is not supported by this version of eddy", function() s:window({}) end)
+    assert.equal(1, #p.nodes)
+  end)
+  for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
+    it("stream:" .. op .. " is refused as not supported by this version", function()
+      local p = eddy.pipeline()
+      local s = src(p)
+      raises(op .. " is not supported by this version of eddy", function() s[op](s, {}) end)
+      assert.equal(1, #p.nodes)
+    end)
+  end
+  for _, op in ipairs({ "side", "table", "global_table" }) do
+    it("p:" .. op .. " is refused as not supported by this version", function()
+      local p = eddy.pipeline()
+      raises(op .. " is not supported by this version of eddy", function() p[op](p, "x", {}) end)
+      assert.equal(0, #p.nodes)
+    end)
+  end
+end)
+
+describe("node ids, inputs and where", function()
+  it("numbers nodes 1, 2, 3 ... in declaration order", function()
+    local p = eddy.pipeline()
+    local a = src(p, "a")
+    local b = src(p, "b")
+    a:union(b):key_by("k"):map(noop):sink("out", { stdout = true })
+    for i, n in ipairs(p.nodes) do assert.equal(i, n.id) end
+    assert.same({ "source", "source", "union", "key_by", "map", "sink" },
+      (function() local k = {} for i, n in ipairs(p.nodes) do k[i] = n.kind end return k end)())
+    assert.same({ 3 }, p.nodes[4].inputs)
+    assert.same({ 5 }, p.nodes[6].inputs)
+  end)
+
+  it("records where each operator was declared: the caller's file and line", function()
+    local p = eddy.pipeline()
+    local s = p:source("in", { file = "x" }); local l1 = here()
+    local m = s:map(noop); local l2 = here()
+    m:key_by("k", { parallelism = 2 }); local l3 = here()
+    m:filter(noop):sink("out", { stdout = true }); local l4 = here()
+    s:union(m); local l5 = here()
+    assert.equal(THIS .. ":" .. l1, p.nodes[1].where)
+    assert.equal(THIS .. ":" .. l2, p.nodes[2].where)
+    assert.equal(THIS .. ":" .. l3, p.nodes[3].where)
+    assert.equal(THIS .. ":" .. l4, p.nodes[4].where)
+    assert.equal(THIS .. ":" .. l4, p.nodes[5].where)
+    assert.equal(THIS .. ":" .. l5, p.nodes[6].where)
+  end)
+end)
+
+-- Every refusal raises with level 3, so the message starts with the file and
+-- line of the user's call: "<file>:<line>: eddy: ...".  Each case below calls
+-- the API on the line its function is defined on.
+describe("errors point at the caller's line", function()
+  local cases = {
+    { "a bad source name", function(p) p:source("a b", { file = "x" }) end },
+    { "source options that are not a table", function(p) p:source("in", "x") end },
+    { "an unknown source option", function(p) p:source("in", { file = "x", bogus = 1 }) end },
+    { "a source option of the wrong type", function(p) p:source("in", { file = 1 }) end },
+    { "a source without file, stdin or kafka", function(p) p:source("in", {}) end },
+    { "a kafka source", function(p) p:source("in", { kafka = "t" }) end },
+    { "a source idle option", function(p) p:source("in", { file = "x", idle = "1m" }) end },
+    { "a source start option", function(p) p:source("in", { file = "x", start = "earliest" }) end },
+    { "a bad source format", function(p) p:source("in", { file = "x", format = "xml" }) end },
+    { "a bad delimiter", function(p) p:source("in", { file = "x", delimiter = ";;" }) end },
+    { "a bad source key", function(p) p:source("in", { file = "x", key = 1 }) end },
+    { "a duplicate source", function(p) src(p); p:source("in", { file = "y" }) end },
+    { "map without a function", function(p) src(p):map(1) end },
+    { "filter without a function", function(p) src(p):filter(nil) end },
+    { "flat_map without a function", function(p) src(p):flat_map("x") end },
+    { "key_by without a key", function(p) src(p):key_by(1) end },
+    { "a bad key_by option", function(p) src(p):key_by("k", { bogus = 1 }) end },
+    { "a bad parallelism", function(p) src(p):key_by("k", { parallelism = 0 }) end },
+    { "union without streams", function(p) src(p):union() end },
+    { "an empty uid", function(p) src(p):map(noop):uid("") end },
+    { "a duplicate uid", function(p) src(p):uid("u"); src(p, "b"):uid("u") end },
+    { "a bad sink name", function(p) src(p):sink("", { stdout = true }) end },
+    { "an unknown sink option", function(p) src(p):sink("out", { path = "x" }) end },
+    { "a sink option of the wrong type", function(p) src(p):sink("out", { stdout = "yes" }) end },
+    { "a sink without file, stdout or kafka", function(p) src(p):sink("out", {}) end },
+    { "a kafka sink", function(p) src(p):sink("out", { kafka = "t" }) end },
+    { "a sink key", function(p) src(p):sink("out", { stdout = true, key = "k" }) end },
+    { "a bad sink format", function(p) src(p):sink("out", { stdout = true, format = "csv" }) end },
+    { "a duplicate sink", function(p) src(p):sink("o", { stdout = true }):sink("o", { stdout = true }) end },
+    { "process", function(p) src(p):process({}) end },
+    { "p:side", function(p) p:side("late") end },
+    { "p:table", function(p) p:table("t", {}) end },
+  }
+  for _, c in ipairs(cases) do
+    local desc, fn = c[1], c[2]
+    it("for " .. desc, function()
+      local e = err_of(fn, eddy.pipeline())
+      local want = THIS .. ":" .. debug.getinfo(fn, "S").linedefined .. ": eddy: "
+      assert.equal(want, e:sub(1, #want))
+    end)
+  end
+end)
