@@ -1,0 +1,74 @@
+-- The examples under examples/ run as shipped and give their golden outputs
+-- (spec/fixtures/).  They are what `make run` and the README show.
+local cjson = require("cjson")
+local root = assert(os.getenv("EDDY_ROOT"), "EDDY_ROOT must be set")
+local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function run(cmd)
+  local p = io.popen(cmd .. "; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return rc, (out:gsub("rc=%d+%s*$", ""))
+end
+
+describe("examples", function()
+  it("wordcount prints the per-minute counts of its sample input and exits 0", function()
+    local rc, out = run(string.format("cd %s && %s run examples/wordcount/eddy.conf.lua 2>/dev/null", root, eddy_bin))
+    assert.are.equal(0, rc)
+    assert.are.equal(read(root .. "/spec/fixtures/wordcount.out"), out)
+  end)
+
+  it("wordcount gives the same counts with 4 keyed tasks and 1 thread", function()
+    local tmp = os.tmpname()
+    local conf = read(root .. "/examples/wordcount/eddy.conf.lua")
+      :gsub("parallelism = 1,", "parallelism = 4,"):gsub("threads = 2,", "threads = 1,")
+      :gsub('pipeline = "pipeline.lua"', 'pipeline = "' .. root .. '/examples/wordcount/pipeline.lua"')
+    local f = assert(io.open(tmp, "w"))
+    f:write(conf)
+    f:close()
+    local rc, out = run(string.format("%s run %s 2>/dev/null | sort", eddy_bin, tmp))
+    os.remove(tmp)
+    assert.are.equal(0, rc)
+    local expected = {}
+    for l in read(root .. "/spec/fixtures/wordcount.out"):gmatch("[^\n]+") do expected[#expected + 1] = l end
+    table.sort(expected)
+    assert.are.equal(table.concat(expected, "\n") .. "\n", out)
+  end)
+
+  it("filter-enrich writes the enriched purchases and dead-letters the two bad records", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(run(string.format("cp -r %s/examples/filter-enrich %s && rm -rf %s/out %s/state", root, dir, dir, dir)) == 0)
+    local rc = run(string.format("cd %s && %s run eddy.conf.lua 2>/dev/null", dir, eddy_bin))
+    assert.are.equal(0, rc)
+    local rows = {}
+    local _, parts = run("cat " .. dir .. "/out/part-*")
+    for l in parts:gmatch("[^\n]+") do
+      local v = cjson.decode(l)
+      rows[#rows + 1] = string.format("%s %d %s %s %d %s", v.user, v.ts, v.country, v.region, v.cents, v.user_key)
+    end
+    table.sort(rows)
+    assert.are.equal(read(root .. "/spec/fixtures/filter-enrich.out"), table.concat(rows, "\n") .. "\n")
+    local dead = {}
+    for l in read(dir .. "/out/dead-letter.jsonl"):gmatch("[^\n]+") do dead[#dead + 1] = cjson.decode(l) end
+    table.sort(dead, function(a, b) return a.line < b.line end)
+    assert.are.equal(2, #dead)
+    assert.are.equal("events", dead[1].operator)          -- events-2.jsonl:3, a broken JSON line
+    assert.truthy(dead[1].error:find("^malformed json"))
+    assert.are.equal(3, dead[1].line)
+    assert.are.equal("map-3", dead[2].operator)           -- events-1.jsonl:6, country XX
+    assert.are.equal(6, dead[2].line)
+    assert.truthy(dead[2].error:find("pipeline.lua:13: unknown country code XX", 1, true))
+    assert.truthy(dead[2].record:find('"user":"dan"', 1, true))
+    assert.truthy(dead[2].traceback:find("stack traceback", 1, true))
+    run("rm -rf " .. dir)
+  end)
+end)
