@@ -158,12 +158,50 @@ describe("p:source", function()
       function() eddy.pipeline():source("in", { file = "x", start = "earliest" }) end)
   end)
 
-  -- 0.1.0 has no event time; this changes when timestamps and watermarks land.
-  it("refuses timestamp and watermark as not supported by this version", function()
-    raises("source 'in': option 'timestamp' is not supported by this version of eddy",
-      function() eddy.pipeline():source("in", { file = "x", timestamp = "ts" }) end)
-    raises("source 'in': option 'watermark' is not supported by this version of eddy",
-      function() eddy.pipeline():source("in", { file = "x", watermark = function() end }) end)
+  it("keeps a timestamp field with a watermark bound, as written", function()
+    p:source("in", { file = "x", timestamp = "ts", watermark = eddy.watermark.bounded("5s") })
+    local n = p.nodes[1]
+    assert.equal("ts", n.opts.timestamp)
+    assert.equal("ts", n.timestamp)
+    assert.equal("5s", n.opts.watermark_bound)
+  end)
+
+  it("keeps a timestamp function out of opts, and a timestamp alone gets a bound of 0", function()
+    local f = function(v) return v.t end
+    p:source("in", { file = "x", timestamp = f })
+    assert.equal(f, p.nodes[1].timestamp)
+    assert.is_nil(p.nodes[1].opts.timestamp)
+    assert.equal("0", p.nodes[1].opts.watermark_bound)
+    p:source("in2", { file = "x", timestamp = "ingest", watermark = eddy.watermark.monotonic() })
+    assert.equal("ingest", p.nodes[2].opts.timestamp)
+    assert.equal("0", p.nodes[2].opts.watermark_bound)
+  end)
+
+  it("leaves timestamp and watermark_bound out without a timestamp", function()
+    src(p)
+    assert.is_nil(p.nodes[1].opts.timestamp)
+    assert.is_nil(p.nodes[1].opts.watermark_bound)
+  end)
+
+  it("refuses a timestamp that is not a field name or a function", function()
+    raises("source 'in': timestamp must be a field name, a function, or \"ingest\"",
+      function() eddy.pipeline():source("in", { file = "x", timestamp = 5 }) end)
+  end)
+
+  it("refuses timestamp = \"kafka\" on a source that is not kafka", function()
+    raises("source 'in': timestamp = \"kafka\" needs a kafka source",
+      function() eddy.pipeline():source("in", { file = "x", timestamp = "kafka" }) end)
+  end)
+
+  it("refuses a watermark that is not an eddy.watermark value", function()
+    local msg = "source 'in': watermark must be eddy.watermark.bounded(d) or eddy.watermark.monotonic()"
+    raises(msg, function() eddy.pipeline():source("in", { file = "x", timestamp = "ts", watermark = "5s" }) end)
+    raises(msg, function() eddy.pipeline():source("in", { file = "x", timestamp = "ts", watermark = function() end }) end)
+  end)
+
+  it("refuses a watermark without a timestamp", function()
+    raises("source 'in': a watermark needs a timestamp option",
+      function() eddy.pipeline():source("in", { file = "x", watermark = eddy.watermark.bounded("1s") }) end)
   end)
 
   it("refuses an unknown format", function()
@@ -296,6 +334,66 @@ describe("key_by", function()
     for _, bad in ipairs({ 0, -1, 1.5, "2", true, 0 / 0 }) do
       raises("key_by: parallelism must be a positive integer", function() s:key_by("k", { parallelism = bad }) end)
     end
+  end)
+end)
+
+describe("window", function()
+  local p, s
+  before_each(function() p = eddy.pipeline(); s = src(p) end)
+
+  it("tumbling + count adds one window node fed by the stream, declared at the aggregate's line", function()
+    local w = s:window(eddy.window.tumbling("1m")); local out = w:count(); local l = here()
+    local n = p.nodes[2]
+    assert.equal(n, out.node)
+    assert.equal("window", n.kind)
+    assert.same({ 1 }, n.inputs)
+    assert.same({ assigner = "tumbling", size = "1m", advance = "1m", offset = "0", agg = "count" }, n.opts)
+    assert.equal(THIS .. ":" .. l, n.where)
+  end)
+
+  it("hopping keeps size and advance; sum, min, max, avg take a field or a function", function()
+    local f = function(v) return v.x end
+    s:window(eddy.window.hopping("10s", "5s")):sum("amount")
+    s:window(eddy.window.tumbling(60000, 1000)):min(f)
+    s:window(eddy.window.tumbling("1h")):avg()
+    assert.same({ assigner = "hopping", size = "10s", advance = "5s", offset = "0", agg = "sum", field = "amount" }, p.nodes[2].opts)
+    assert.same({ assigner = "tumbling", size = "60000", advance = "60000", offset = "1000", agg = "min" }, p.nodes[3].opts)
+    assert.equal(f, p.nodes[3].fn)
+    assert.equal("avg", p.nodes[4].opts.agg)
+    assert.is_nil(p.nodes[4].fn)
+  end)
+
+  it("accepts the event_time trigger", function()
+    s:window(eddy.window.tumbling("1m"), { trigger = eddy.trigger.event_time() }):max("v")
+    assert.equal("max", p.nodes[2].opts.agg)
+  end)
+
+  it("adds no node until an aggregate is chosen", function()
+    s:window(eddy.window.tumbling("1m"))
+    assert.equal(1, #p.nodes)
+  end)
+
+  it("needs an assigner", function()
+    raises("window needs an assigner such as eddy.window.tumbling(\"1m\")", function() s:window("1m") end)
+    raises("window needs an assigner", function() s:window() end)
+  end)
+
+  it("refuses options that are not a table, unknown options, and a trigger that is not an eddy.trigger", function()
+    raises("window options must be a table", function() s:window(eddy.window.tumbling("1m"), "x") end)
+    raises("window: unknown option 'size'", function() s:window(eddy.window.tumbling("1m"), { size = 1 }) end)
+    raises("window: trigger must be an eddy.trigger value", function() s:window(eddy.window.tumbling("1m"), { trigger = "event_time" }) end)
+  end)
+
+  it("refuses an aggregate argument that is not a field name or a function", function()
+    local w = s:window(eddy.window.tumbling("1m"))
+    raises("sum needs a field name or a function", function() w:sum(5) end)
+  end)
+
+  it("refuses durations that are not like \"10s\" or a whole number of ms", function()
+    raises("eddy.window.tumbling size: expected a duration like \"10s\", got ten", function() eddy.window.tumbling("ten") end)
+    raises("eddy.window.hopping advance: expected a duration like \"10s\", got nil", function() eddy.window.hopping("10s") end)
+    raises("eddy.watermark.bounded must be a whole, non-negative number of ms", function() eddy.watermark.bounded(-1) end)
+    raises("eddy.watermark.bounded must be a whole, non-negative number of ms", function() eddy.watermark.bounded(1.5) end)
   end)
 end)
 
@@ -453,13 +551,31 @@ describe("sink", function()
 end)
 
 describe("operators of later versions", function()
-  -- 0.1.0 has no windows; this changes when they land.
-  it("stream:window is refused as not supported by this version", function()
-    local p = eddy.pipeline()
-    local s = src(p)
-    raises("window is not supported by this version of eddy", function() s:window({}) end)
-    assert.equal(1, #p.nodes)
+  it("window lateness and late are refused as not supported by this version", function()
+    for _, opt in ipairs({ "lateness", "late" }) do
+      local s = src(eddy.pipeline())
+      raises("window: option '" .. opt .. "' is not supported by this version of eddy",
+        function() s:window(eddy.window.tumbling("1m"), { [opt] = "30s" }) end)
+    end
   end)
+  for _, kind in ipairs({ "sliding", "session", "global", "count" }) do
+    it("eddy.window." .. kind .. " is refused as not supported by this version", function()
+      raises("eddy.window." .. kind .. " is not supported by this version of eddy", function() eddy.window[kind]("1m") end)
+    end)
+  end
+  for _, kind in ipairs({ "processing_time", "count", "every" }) do
+    it("eddy.trigger." .. kind .. " is refused as not supported by this version", function()
+      raises("eddy.trigger." .. kind .. " is not supported by this version of eddy", function() eddy.trigger[kind]("1m") end)
+    end)
+  end
+  for _, agg in ipairs({ "reduce", "aggregate", "apply" }) do
+    it("window:" .. agg .. " is refused as not supported by this version", function()
+      local p = eddy.pipeline()
+      local w = src(p):window(eddy.window.tumbling("1m"))
+      raises("window:" .. agg .. " is not supported by this version of eddy", function() w[agg](w, function() end) end)
+      assert.equal(1, #p.nodes)
+    end)
+  end
   for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
     it("stream:" .. op .. " is refused as not supported by this version", function()
       local p = eddy.pipeline()
@@ -540,6 +656,16 @@ describe("errors point at the caller's line", function()
     { "a sink key", function(p) src(p):sink("out", { stdout = true, key = "k" }) end },
     { "a bad sink format", function(p) src(p):sink("out", { stdout = true, format = "csv" }) end },
     { "a duplicate sink", function(p) src(p):sink("o", { stdout = true }):sink("o", { stdout = true }) end },
+    { "window without an assigner", function(p) src(p):window("1m") end },
+    { "an unknown window option", function(p) src(p):window(eddy.window.tumbling("1m"), { size = 1 }) end },
+    { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "1s" }) end },
+    { "eddy.window.session", function() eddy.window.session("5m") end },
+    { "eddy.trigger.every", function() eddy.trigger.every("5s") end },
+    { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce(noop) end },
+    { "a bad window aggregate argument", function(p) src(p):window(eddy.window.tumbling("1m")):sum(5) end },
+    { "a bad window size", function() eddy.window.tumbling("ten") end },
+    { "a bad watermark bound", function() eddy.watermark.bounded(-1) end },
+    { "a watermark without a timestamp", function(p) p:source("in", { file = "x", watermark = eddy.watermark.monotonic() }) end },
     { "process", function(p) src(p):process({}) end },
     { "p:side", function(p) p:side("late") end },
     { "p:table", function(p) p:table("t", {}) end },

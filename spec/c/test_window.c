@@ -1,0 +1,102 @@
+/* window.c: assignment, aggregates, firing order and late records. */
+#include "test.h"
+#include "window.h"
+#include "ffi_api.h"
+#include <stdint.h>
+
+static int add(window_op *w, const char *k, int64_t ts, double x) {
+    return window_add(w, k, strlen(k), ts, x);
+}
+
+TEST(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one) {
+    window_op *w = window_create(60000, 60000, 0);
+    CHECK(add(w, "a", 1000, 1) == 0);
+    CHECK(add(w, "a", 59999, 1) == 0);
+    CHECK(add(w, "a", 60000, 1) == 0);          /* next window */
+    CHECK(window_advance(w, 59998) == 0);       /* end - 1 = 59999 not reached */
+    CHECK(window_advance(w, 59999) == 1);
+    const eddy_fired *f = window_fired(w, 0);
+    CHECK(f && f->start == 0 && f->end == 60000 && f->count == 2);
+    CHECK(window_open_count(w) == 1);
+    CHECK(window_advance(w, INT64_MAX / 2) == 1);
+    CHECK(window_fired(w, 0)->start == 60000);
+    window_destroy(w);
+}
+
+TEST(builtin_aggregates) {
+    window_op *w = window_create(10, 10, 0);
+    add(w, "k", 1, 5);
+    add(w, "k", 2, -3);
+    add(w, "k", 3, 10);
+    CHECK(window_advance(w, 100) == 1);
+    const eddy_fired *f = window_fired(w, 0);
+    CHECK(f->count == 3 && f->sum == 12 && f->min == -3 && f->max == 10);
+    window_destroy(w);
+}
+
+TEST(fires_in_end_then_key_order) {
+    window_op *w = window_create(10, 10, 0);
+    add(w, "zeta", 15, 1);
+    add(w, "beta", 5, 1);
+    add(w, "alpha", 7, 1);
+    add(w, "alp", 12, 1);
+    CHECK(window_advance(w, 1000) == 4);
+    CHECK(memcmp(window_fired(w, 0)->key, "alpha", 5) == 0 && window_fired(w, 0)->end == 10);
+    CHECK(memcmp(window_fired(w, 1)->key, "beta", 4) == 0);
+    CHECK(window_fired(w, 2)->klen == 3 && window_fired(w, 2)->end == 20);   /* "alp" < "zeta" */
+    CHECK(memcmp(window_fired(w, 3)->key, "zeta", 4) == 0);
+    CHECK(window_fired(w, 4) == NULL);
+    window_destroy(w);
+}
+
+TEST(hopping_windows_overlap) {
+    window_op *w = window_create(10, 5, 0);      /* [0,10) [5,15) [10,20) ... */
+    add(w, "k", 7, 1);                           /* in [0,10) and [5,15) */
+    CHECK(window_open_count(w) == 2);
+    CHECK(window_advance(w, 9) == 1);
+    CHECK(window_fired(w, 0)->start == 0);
+    CHECK(window_advance(w, 14) == 1);
+    CHECK(window_fired(w, 0)->start == 5);
+    window_destroy(w);
+}
+
+TEST(a_record_for_fired_windows_is_late_and_counted) {
+    window_op *w = window_create(10, 10, 0);
+    add(w, "k", 3, 1);
+    CHECK(window_advance(w, 9) == 1);
+    CHECK(add(w, "k", 4, 1) == 1);
+    CHECK(window_late_dropped(w) == 1);
+    CHECK(window_open_count(w) == 0);
+    window_destroy(w);
+}
+
+TEST(offset_and_negative_times) {
+    window_op *w = window_create(10, 10, 3);     /* [..., -7,3) [3,13) ... */
+    add(w, "k", 2, 1);
+    add(w, "k", -8, 1);                          /* [-17,-7) */
+    CHECK(window_advance(w, 100) == 2);
+    CHECK(window_fired(w, 0)->start == -17 && window_fired(w, 0)->end == -7);
+    CHECK(window_fired(w, 1)->start == -7 && window_fired(w, 1)->end == 3);
+    window_destroy(w);
+}
+
+TEST(the_watermark_never_goes_back) {
+    window_op *w = window_create(10, 10, 0);
+    add(w, "k", 25, 1);
+    CHECK(window_advance(w, 30) == 1);
+    CHECK(window_advance(w, 5) == 0);
+    CHECK(add(w, "k", 12, 1) == 1);              /* still late: the watermark stays at 30 */
+    window_destroy(w);
+    window_destroy(NULL);
+}
+
+int main(void) {
+    RUN(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one);
+    RUN(builtin_aggregates);
+    RUN(fires_in_end_then_key_order);
+    RUN(hopping_windows_overlap);
+    RUN(a_record_for_fired_windows_is_late_and_counted);
+    RUN(offset_and_negative_times);
+    RUN(the_watermark_never_goes_back);
+    return TEST_END();
+}
