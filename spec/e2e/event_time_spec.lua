@@ -1,0 +1,117 @@
+-- Event time: timestamps from fields (ms, seconds, ISO-8601), watermarks that
+-- advance record by record, tumbling windows that fire when the watermark
+-- reaches end - 1, and results that do not depend on batch size or threads.
+local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function run(cmd)
+  local p = io.popen(cmd .. "; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+end
+
+local PIPELINE = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.bounded("%s") })
+ :key_by("k")
+ :window(eddy.window.tumbling("10s"))
+ :%s
+ :map(function(n, ctx) return ctx.key .. " " .. (ctx.window.start - 1700000000000) .. " " .. n end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]]
+
+describe("event time", function()
+  local dir
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+  end)
+  after_each(function() os.execute("rm -rf " .. dir) end)
+
+  local function go(input, bound, agg, conf)
+    write(dir .. "/in.jsonl", input)
+    write(dir .. "/pipeline.lua", string.format(PIPELINE, bound, agg or "count()"))
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false, on_error = 'skip', "
+      .. (conf or "") .. " }")
+    return run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+  end
+
+  -- one partition: a record 12 s behind the newest is late once the watermark
+  -- (newest - 1s) has passed its window's end
+  local input = table.concat({
+    '{"t":1700000001000,"k":"a"}', '{"t":1700000004000,"k":"a"}', '{"t":1700000009500,"k":"b"}',
+    '{"t":1700000012000,"k":"a"}',   -- watermark 11000: window [0,10000) fires
+    '{"t":1700000008000,"k":"a"}',    -- late: its window fired
+    '{"t":1700000010500,"k":"b"}', '{"t":1700000025000,"k":"a"}', "" }, "\n")
+
+  it("fires windows by the watermark and drops a record whose window has fired", function()
+    local rc, out = go(input, "1s")
+    assert.are.equal(0, rc)
+    assert.are.equal("a 0 2\nb 0 1\na 10000 1\nb 10000 1\na 20000 1\n", out)
+  end)
+
+  it("gives the same output, late records included, for batches of 1 and 1000 records and 1 or 2 threads", function()
+    local _, a = go(input, "1s", nil, "tuning = { batch = 1 }, threads = 1")
+    local _, b = go(input, "1s", nil, "tuning = { batch = 1000 }, threads = 2, parallelism = 2")
+    local sorted = function(s)
+      local t = {}
+      for l in s:gmatch("[^\n]+") do t[#t + 1] = l end
+      table.sort(t)
+      return table.concat(t, "\n")
+    end
+    assert.are.equal(sorted(a), sorted(b))
+  end)
+
+  it("a larger bound keeps the out-of-order record in its window", function()
+    local rc, out = go(input, "5s")
+    assert.are.equal(0, rc)
+    assert.are.equal("a 0 3\nb 0 1\na 10000 1\nb 10000 1\na 20000 1\n", out)
+  end)
+
+  it("reads timestamps in seconds and ISO-8601, and sums a field", function()
+    local rc, out = go(table.concat({
+      '{"t":1700000001,"k":"a","x":2}', '{"t":"2023-11-14T22:13:25.500Z","k":"a","x":3}',
+      '{"t":"2023-11-14T23:13:32+01:00","k":"a","x":4}', "" }, "\n"), "0s", "sum('x')")
+    assert.are.equal(0, rc)
+    assert.are.equal("a 0 5\na 10000 4\n", out)
+  end)
+
+  it("sends a record without a usable timestamp to the error policy", function()
+    local rc, out = go('{"k":"a"}\n{"t":"yesterday","k":"a"}\n{"t":1700000003000,"k":"a"}\n', "0s")
+    assert.are.equal(0, rc)
+    assert.are.equal("a 0 1\n", out)
+    local f = io.open(dir .. "/err.log")
+    local log = f:read("*a")
+    f:close()
+    assert.truthy(log:find("no usable timestamp in field 't' (got nil)", 1, true))
+    assert.truthy(log:find("no usable timestamp in field 't' (got yesterday)", 1, true))
+  end)
+
+  it("refuses a window on an unkeyed stream before processing", function()
+    write(dir .. "/in.jsonl", '{"t":1700000000001}\n')
+    write(dir .. "/pipeline.lua", [[
+      local eddy = require("eddy")
+      local p = eddy.pipeline()
+      p:source("ev", { file = "in.jsonl", timestamp = "t" })
+       :window(eddy.window.tumbling("10s")):count()
+       :sink("out", { stdout = true, format = "lines" })
+      return p
+    ]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+    local rc = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(2, rc)
+    local f = io.open(dir .. "/err.log")
+    local log = f:read("*a")
+    f:close()
+    assert.truthy(log:find("pipeline.lua:4: a window needs a keyed stream", 1, true))
+  end)
+end)
