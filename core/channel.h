@@ -26,7 +26,7 @@ typedef struct channel {
     pthread_mutex_t mu;
     msg *head, *tail;
     int depth;           /* messages queued */
-    int capacity;        /* batches before the channel counts as full */
+    int capacity;        /* messages (batches and marks) before the channel counts as full */
     struct task *producer, *consumer;
     int64_t pushed, popped;   /* batches, for metrics */
 } channel;

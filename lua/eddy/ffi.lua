@@ -53,7 +53,8 @@ int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 ]]
 
-ffi.cdef(M.cdef)
+-- once per VM: a second load (busted reloads modules) must not redefine the types
+if not pcall(ffi.typeof, "eddy_rec") then ffi.cdef(M.cdef) end
 M.REC_MALFORMED = 1
 M.REC_PACKED = 2
 return M

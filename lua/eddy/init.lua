@@ -23,18 +23,31 @@ Stream.__index = Stream
 local FORMATS_IN = { json = true, lines = true, raw = true, csv = true }
 local FORMATS_OUT = { json = true, lines = true, raw = true }
 
+local THIS = debug.getinfo(1, "S").source
+
+-- The stack level (counted from the caller of this function) of the first
+-- frame outside this file: the user's line that called the API.
+local function user_level()
+  for level = 3, 50 do
+    local info = debug.getinfo(level, "S")
+    if not info then return 2 end
+    if info.source ~= THIS then return level - 1 end
+  end
+  return 2
+end
+
 -- where: "pipeline.lua:12" of the user's call that declared an operator.
-local function where(level)
-  local info = debug.getinfo(level + 1, "Sl")
+local function where()
+  local info = debug.getinfo(user_level(), "Sl")
   if not info then return "?" end
   local src = info.source or "?"
   if src:sub(1, 1) == "@" then src = src:sub(2) end
   return src .. ":" .. tostring(info.currentline or 0)
 end
 
--- Raises an error that points at the user's line (the caller of the API function).
+-- Raises an error that points at the user's line that called the API.
 local function fail(msg)
-  error("eddy: " .. msg, 3)
+  error("eddy: " .. msg, user_level())
 end
 
 local function check_name(kind, name)
@@ -48,7 +61,7 @@ local function add(p, kind, inputs, fields)
   node.id = #p.nodes + 1
   node.kind = kind
   node.inputs = inputs
-  node.where = where(3)
+  node.where = where()
   node.opts = node.opts or {}
   p.nodes[node.id] = node
   return setmetatable({ p = p, node = node }, Stream)
@@ -90,7 +103,6 @@ function Pipeline:source(name, opts)
   opts = opts or {}
   check_opts("source", name, opts, SOURCE_OPTS)
   if self.names["source:" .. name] then fail("source '" .. name .. "' is declared twice") end
-  self.names["source:" .. name] = true
   local n = (opts.file and 1 or 0) + (opts.stdin and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("source '" .. name .. "' needs exactly one of file, stdin, kafka") end
   if opts.kafka then fail("source '" .. name .. "': kafka sources are not supported by this version of eddy") end
@@ -112,6 +124,7 @@ function Pipeline:source(name, opts)
   if key ~= nil and type(key) ~= "string" and type(key) ~= "function" then
     fail("source '" .. name .. "': key must be a field name or a function")
   end
+  self.names["source:" .. name] = true
   local s = add(self, "source", {}, { name = name, uid = name, opts = {
       file = opts.file, stdin = opts.stdin, format = format, follow = opts.follow or false,
       header = opts.header or false, delimiter = opts.delimiter or ",",
@@ -173,13 +186,13 @@ function Stream:sink(name, opts)
   opts = opts or {}
   check_opts("sink", name, opts, SINK_OPTS)
   if self.p.names["sink:" .. name] then fail("sink '" .. name .. "' is declared twice") end
-  self.p.names["sink:" .. name] = true
   local n = (opts.file and 1 or 0) + (opts.stdout and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("sink '" .. name .. "' needs exactly one of file, stdout, kafka") end
   if opts.kafka then fail("sink '" .. name .. "': kafka sinks are not supported by this version of eddy") end
   refuse_unsupported("sink", name, opts, { "key" })
   local format = opts.format or "json"
   if not FORMATS_OUT[format] then fail("sink '" .. name .. "': unknown format '" .. tostring(format) .. "' (json, lines, raw)") end
+  self.p.names["sink:" .. name] = true
   add(self.p, "sink", { self.node.id }, { name = name, uid = name,
     opts = { file = opts.file, stdout = opts.stdout, format = format } })
   return self
@@ -238,7 +251,7 @@ function Stream:window(assigner, opts)
       fail("window: unknown option '" .. tostring(k) .. "'")
     end
   end
-  return setmetatable({ stream = self, assigner = assigner, where = where(2) }, Windowed)
+  return setmetatable({ stream = self, assigner = assigner, where = where() }, Windowed)
 end
 
 local function aggregate(w, agg, f)
@@ -255,7 +268,7 @@ end
 for _, agg in ipairs({ "count", "sum", "min", "max", "avg" }) do
   Windowed[agg] = function(self, f)
     local s = aggregate(self, agg, f)
-    s.node.where = where(2)
+    s.node.where = where()
     return s
   end
 end

@@ -34,9 +34,15 @@ local function load_pipeline(args)
     error(args.script .. ": the script must end with 'return p', returning the pipeline it built", 0)
   end
   local has_source = false
+  local seen = {}
   for _, n in ipairs(p.nodes) do
     if n.kind == "source" then has_source = true end
     n.uid = n.uid or (n.kind .. "-" .. n.id)
+    local other = seen[n.uid]
+    if other then
+      error(n.where .. ": uid '" .. n.uid .. "' is already the uid of the " .. other.kind .. " at " .. other.where, 0)
+    end
+    seen[n.uid] = n
   end
   if not has_source then error(args.script .. ": the pipeline has no source", 0) end
   return p, env

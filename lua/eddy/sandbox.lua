@@ -91,7 +91,7 @@ function M.new(opts)
     if not fh then return nil, "cannot open " .. rel end
     local src = fh:read("*a")
     fh:close()
-    local f, err = loadstring(src, "@" .. rel)
+    local f, err = load(src, "@" .. rel, "t")   -- text only: LuaJIT does not verify bytecode
     if not f then return nil, err end
     return setfenv(f, env)
   end
@@ -122,12 +122,12 @@ function M.new(opts)
     return m
   end
   base.loadstring = function(s, chunkname)
-    local f, err = loadstring(s, chunkname)
+    local f, err = load(s, chunkname, "t")
     if not f then return nil, err end
     return setfenv(f, env)
   end
   base.load = function(chunk, chunkname)
-    local f, err = load(chunk, chunkname)
+    local f, err = load(chunk, chunkname, "t")
     if not f then return nil, err end
     return setfenv(f, env)
   end
