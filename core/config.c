@@ -598,6 +598,9 @@ static int opt_add_lua(lua_State *L, int kidx, int idx, const char *path, opt_li
     char *resolved = NULL;
     const char *k = lua_tostring(L, kidx);
     opt *o = NULL;
+    if (dir && (strcmp(k, "file") == 0 || strcmp(k, "dir") == 0) && lua_type(L, idx) != LUA_TSTRING)
+        return fail(err, n, "%s: expected a path (a string), got %s", path,
+                    describe(L, idx, LUA_TSTRING, d, sizeof d));
     switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
         const char *s = lua_tostring(L, idx);

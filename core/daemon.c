@@ -454,6 +454,14 @@ int daemon_run(const char *config_path) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
     }
+    if (d.cfg->on_error == ON_ERROR_DEAD_LETTER) {
+        char dlw[PATH_MAX];
+        snprintf(dlw, sizeof dlw, "%s", d.cfg->dead_letter_file);
+        if (mkdirs(dirname(dlw)) < 0 || !(d.sh.dead_letter = fopen(d.cfg->dead_letter_file, "a"))) {
+            fprintf(stderr, "eddy: dead_letter.file: cannot open %s: %s\n", d.cfg->dead_letter_file, strerror(errno));
+            goto out;
+        }
+    }
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);
     d.sh.cfg = d.cfg;

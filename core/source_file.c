@@ -33,6 +33,7 @@ struct source_reader {
     int record_done;
     int in_record;            /* a csv record has started but not ended */
     int64_t rec_offset, rec_line;   /* where it started */
+    size_t rec_buf;           /* and where its bytes start in buf (kept across refills) */
 };
 
 source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
@@ -84,10 +85,12 @@ int64_t source_position(const source_reader *r) { return r->offset; }
 /* Fills the buffer.  Returns bytes read, 0 when nothing is available now or
  * at end of input (r->input_ended tells which), -1 on error. */
 static long fill(source_reader *r, char *err, size_t errlen) {
-    if (r->pos > 0) {
-        memmove(r->buf, r->buf + r->pos, r->len - r->pos);
-        r->len -= r->pos;
-        r->pos = 0;
+    size_t keep = r->csv && r->in_record ? r->rec_buf : r->pos;   /* first byte still needed */
+    if (keep > 0) {
+        memmove(r->buf, r->buf + keep, r->len - keep);
+        r->len -= keep;
+        r->pos -= keep;
+        if (r->csv && r->in_record) r->rec_buf -= keep;
     }
     if (r->cap - r->len < READ_CHUNK) {
         size_t ncap = r->cap * 2;
@@ -195,8 +198,8 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
         } else if (r->input_ended) {
             if (r->csv && r->in_record) {
                 /* an unterminated quoted field at end of input */
-                add_malformed(r, b, "", 0, "csv: unterminated quoted field at end of input",
-                              r->rec_offset, r->rec_line);
+                add_malformed(r, b, r->buf + r->rec_buf, r->pos - r->rec_buf,
+                              "csv: unterminated quoted field at end of input", r->rec_offset, r->rec_line);
                 r->ncur = 0;
                 r->in_record = 0;
                 n++;
@@ -229,7 +232,9 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             r->pos += consumed; r->offset += consumed; r->line++;
             continue;
         }
-        if (!r->in_record) { r->rec_offset = r->offset; r->rec_line = r->line + 1; r->in_record = 1; }
+        if (!r->in_record) {
+            r->rec_offset = r->offset; r->rec_line = r->line + 1; r->rec_buf = r->pos; r->in_record = 1;
+        }
         size_t fed = csv_parse(&r->parser, start, consumed, on_field, on_record, r);
         int bad = fed < consumed;
         if (!nl && !bad) csv_fini(&r->parser, on_field, on_record, r);
@@ -237,9 +242,8 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
         if (bad) {
             char msg[160];
             snprintf(msg, sizeof msg, "csv: %s", csv_strerror(csv_error(&r->parser)));
-            size_t rawlen = (size_t)(r->offset - r->rec_offset);
-            const char *raw = r->buf + r->pos - rawlen;
-            if (r->pos < rawlen) { raw = start; rawlen = consumed; }   /* its start was in an earlier buffer */
+            const char *raw = r->buf + r->rec_buf;
+            size_t rawlen = r->pos - r->rec_buf;
             if (add_malformed(r, b, raw, rawlen, msg, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
             n++;
             csv_free(&r->parser);

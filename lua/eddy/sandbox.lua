@@ -88,7 +88,7 @@ function M.new(opts)
   local function load_user_file(rel)
     local path = dir .. "/" .. rel
     local fh = io.open(path, "r")
-    if not fh then return nil, "cannot open " .. rel end
+    if not fh then return nil, "cannot open " .. rel, "missing" end
     local src = fh:read("*a")
     fh:close()
     local f, err = load(src, "@" .. rel, "t")   -- text only: LuaJIT does not verify bytecode
@@ -114,8 +114,9 @@ function M.new(opts)
     end
     if not name:match("^[%w_]+[%w_%.]*$") then error("bad module name '" .. name .. "'", 2) end
     local rel = name:gsub("%.", "/") .. ".lua"
-    local f, err = load_user_file(rel)
-    if not f then error("module '" .. name .. "' not found in the pipeline's folder (" .. err .. ")", 2) end
+    local f, err, missing = load_user_file(rel)
+    if not f and missing then error("module '" .. name .. "' not found in the pipeline's folder (" .. err .. ")", 2) end
+    if not f then error(err, 2) end   -- "pipeline.lua:2: helper.lua:4: ..."
     local m = f(name)
     if m == nil then m = true end
     loaded[name] = m
