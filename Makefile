@@ -58,7 +58,7 @@ asan: deps
 	  OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all ctests
 	@EDDY_BIN=build-asan/eddy BUILD=build-asan EDDY_ASAN=1 \
-	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:quarantine_size_mb=8 UBSAN_OPTIONS=print_stacktrace=1 \
 	  scripts/test.sh
 
 bench: deps

@@ -158,8 +158,10 @@ int window_advance(window_op *w, int64_t wm) {
         }
         qsort(w->fired + first, w->nfired - first, sizeof *w->fired, by_key);
     }
-    memmove(w->buckets, w->buckets + nb, sizeof *w->buckets * (w->nbuckets - nb));
-    w->nbuckets -= nb;
+    if (nb > 0) {
+        memmove(w->buckets, w->buckets + nb, sizeof *w->buckets * (w->nbuckets - nb));
+        w->nbuckets -= nb;
+    }
     return w->nfired;
 }
 
