@@ -141,15 +141,15 @@ static void serve_metrics(admin *a, struct evhttp_request *req, const char *path
 }
 
 /* POST /reload and /savepoint share one shape: a status and a JSON body. */
-static void serve_action(struct evhttp_request *req, const char *path,
-                         json_t *(*fn)(void *, int *), void *ud)
+static void serve_action(struct evhttp_request *req, const char *path, const char *query,
+                         json_t *(*fn)(void *, const char *, int *), void *ud)
 {
     if (!fn) {
         send_error(req, 501, "%s is not available", path);
         return;
     }
     int code = 200;
-    json_t *body = fn(ud, &code);
+    json_t *body = fn(ud, query ? query : "", &code);
     if (!body) {
         send_error(req, 500, "%s failed without saying why", path);
         return;
@@ -160,15 +160,15 @@ static void serve_action(struct evhttp_request *req, const char *path,
 static void serve_reload(admin *a, struct evhttp_request *req, const char *path,
                          const char *rest, const char *query)
 {
-    (void)rest, (void)query;
-    serve_action(req, path, a->h.reload, a->h.ud);
+    (void)rest;
+    serve_action(req, path, query, a->h.reload, a->h.ud);
 }
 
 static void serve_savepoint(admin *a, struct evhttp_request *req, const char *path,
                             const char *rest, const char *query)
 {
-    (void)rest, (void)query;
-    serve_action(req, path, a->h.savepoint, a->h.ud);
+    (void)rest;
+    serve_action(req, path, query, a->h.savepoint, a->h.ud);
 }
 
 /* GET /explain/UID, /state/UID/KEY, /state/UID?prefix=... */

@@ -21,11 +21,12 @@ typedef struct admin_handlers {
     json_t *(*status)(void *ud);
     /* Appends the Prometheus text of every metric to out. */
     void (*metrics)(void *ud, struct evbuffer *out);
-    /* POST /reload: returns an HTTP status (200, 422, 503) and an owned
+    /* POST /reload (query: the raw query string, "" when none): returns an
+     * HTTP status (200, 422, 503) and an owned
      * json_t body; NULL handler answers 501. */
-    json_t *(*reload)(void *ud, int *http_status);
+    json_t *(*reload)(void *ud, const char *query, int *http_status);
     /* POST /savepoint: same shape as reload; NULL handler answers 501. */
-    json_t *(*savepoint)(void *ud, int *http_status);
+    json_t *(*savepoint)(void *ud, const char *query, int *http_status);
     /* Any GET under /explain/ or /state/: path is the whole request path and
      * query the raw query string ("" when none), both still percent-encoded
      * (split path on '/' first, then evhttp_uridecode each segment, so a KEY

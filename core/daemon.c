@@ -4,6 +4,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "reload.h"
 #include "sched.h"
 #include "task.h"
 #include "vm.h"
@@ -35,6 +36,12 @@ typedef struct daemon_state {
     struct event_base *base;
     struct event *done_ev, *wd_ev, *poll_ev, *sig_ev[3];
     admin *adm;
+    reload_watch *watch;
+    plan **plans; int nplans;     /* every version's plan: tasks borrow them until exit */
+    int version;                  /* the newest version offered to the tasks */
+    int64_t loaded_at_ms;         /* wall clock of that version's load */
+    char last_reload_error[2048];
+    long reloads_ok, reloads_failed;
     atomic_int ended;             /* tasks done or failed */
     atomic_int failed;
     int64_t started_ms;
@@ -195,12 +202,12 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg) {
             continue;
         }
         int64_t elapsed = now - t->wd_since_ms;
-        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->vm); }
+        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->cur.vm); }
         if (elapsed >= limit && !t->wd_interrupted) {
             char reason[128];
             snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
             t->wd_interrupted = 1;
-            vm_interrupt(t->vm, reason);
+            vm_interrupt(t->cur.vm, reason);
         }
         if (elapsed >= limit + grace) watchdog_fatal(d, t, elapsed);
     }
@@ -212,6 +219,9 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
 }
+
+static int request_reload(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len);
+static int reload_in_progress(daemon_state *d);
 
 /* ---- lifecycle --------------------------------------------------------- */
 
@@ -249,8 +259,84 @@ static void stop_gracefully(daemon_state *d, const char *why) {
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
     (void)what;
     daemon_state *d = arg;
-    if (sig == SIGHUP) { log_warn("SIGHUP: reloading is not supported by this version of eddy; ignored"); return; }
+    if (sig == SIGHUP) {
+        char msg[2048];
+        request_reload(d, "SIGHUP", 0, msg, sizeof msg);
+        return;
+    }
     stop_gracefully(d, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* ---- reload ------------------------------------------------------------ */
+
+/* A reload is in progress while a running task has not reached the newest version. */
+static int reload_in_progress(daemon_state *d) {
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (atomic_load(&t->status) == TASK_RUNNING && task_version(t) != d->version) return 1;
+    }
+    return 0;
+}
+
+/* Validates the pipeline script as it is on disk now and, when it is good,
+ * offers the new version to every task.  Returns an HTTP-like status (200,
+ * 422 refused, 503 busy or stopping) with msg. */
+static int request_reload(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len) {
+    if (atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting)) {
+        snprintf(msg, len, "eddy is stopping: no reload");
+        return 503;
+    }
+    if (reload_in_progress(d)) {
+        snprintf(msg, len, "version %d is still being rolled out to the tasks; try again", d->version);
+        return 503;
+    }
+    int version = d->version + 1;
+    task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
+    plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
+    if (!tvs || !plans) { free(tvs); snprintf(msg, len, "out of memory"); return 503; }
+    d->plans = plans;
+    char err[2048];
+    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), d->plans[d->nplans - 1], d->tasks, d->ntasks, version,
+                             allow_dropped_state, tvs, err, sizeof err);
+    if (!p) {
+        free(tvs);
+        d->reloads_failed++;
+        snprintf(d->last_reload_error, sizeof d->last_reload_error, "%s", err);
+        log_error("reload (%s) refused, version %d keeps running: %s", trigger, d->version, err);
+        snprintf(msg, len, "%s", err);
+        return 422;
+    }
+    d->plans[d->nplans++] = p;
+    d->version = version;
+    d->loaded_at_ms = wall_ms();
+    d->last_reload_error[0] = 0;
+    d->reloads_ok++;
+    /* every task gets its version first; then the sources start the barrier */
+    for (int i = 0; i < d->ntasks; i++) {
+        if (atomic_load(&d->tasks[i]->status) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
+        else task_vm_destroy(tvs[i]);
+    }
+    free(tvs);
+    for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+    log_info("reload (%s): version %d (sha256 %.12s) is rolling out", trigger, version, p->hash);
+    snprintf(msg, len, "%d", version);
+    return 200;
+}
+
+static void on_file_changed(void *ud, const char *file) {
+    char msg[2048];
+    char trigger[300];
+    snprintf(trigger, sizeof trigger, "%s changed", file);
+    request_reload(ud, trigger, 0, msg, sizeof msg);
+}
+
+static json_t *h_reload(void *ud, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    char msg[2048];
+    int force = query && strstr(query, "allow_dropped_state=1") != NULL;
+    *http_status = request_reload(d, "POST /reload", force, msg, sizeof msg);
+    if (*http_status == 200) return json_pack("{s:i, s:s}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash);
+    return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
 }
 
 /* ---- admin ------------------------------------------------------------- */
@@ -279,7 +365,10 @@ static json_t *h_status(void *ud) {
             "status", status_name(atomic_load(&t->status)),
             "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
             "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
-            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_memory(t->vm));
+            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_memory(t->cur.vm));
+        json_object_set_new(jt, "version", json_integer(task_version(t)));
+        json_object_set_new(jt, "last_reload_pause_ms", json_real((double)t->last_pause_us / 1000.0));
+        if (t->io.wm != TS_NONE) json_object_set_new(jt, "watermark", json_integer(t->io.wm));
         if (t->source >= 0) {
             const source_info *si = &d->p->sources[t->source];
             json_object_set_new(jt, "source", json_string(si->name));
@@ -295,11 +384,13 @@ static json_t *h_status(void *ud) {
         json_array_append_new(tasks, jt);
     }
     char hash[13];
-    snprintf(hash, sizeof hash, "%.12s", d->p->hash);
-    return json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:n}, s:s, s:I, s:o, s:n}",
+    const plan *cur = d->plans[d->nplans - 1];
+    snprintf(hash, sizeof hash, "%.12s", cur->hash);
+    json_t *err = d->last_reload_error[0] ? json_string(d->last_reload_error) : json_null();
+    return json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:n}",
         "app", d->cfg->name,
-        "pipeline", "path", d->p->script, "version", d->sh.version, "hash", hash, "sha256", d->p->hash,
-        "last_reload_error",
+        "pipeline", "path", cur->script, "version", d->version, "hash", hash, "sha256", cur->hash,
+        "loaded_at", (json_int_t)d->loaded_at_ms, "last_reload_error", err, "reloading", reload_in_progress(d),
         "state", atomic_load(&d->sh.stopping) ? "stopping" : "running",
         "uptime_ms", (json_int_t)(mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint");
@@ -307,7 +398,6 @@ static json_t *h_status(void *ud) {
 
 static void h_metrics(void *ud, struct evbuffer *out) {
     daemon_state *d = ud;
-    const plan *p = d->p;
     struct { const char *name, *help; int which; } per_task[] = {
         {"eddy_records_in_total", "Records a task took in.", 0},
         {"eddy_records_out_total", "Records a task sent to keyed stages.", 1},
@@ -327,7 +417,7 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             case 2: v = (double)t->io.errors; break;
             case 3: v = (double)t->io.skipped; break;
             case 4: v = (double)t->io.dead_letters; break;
-            default: v = (double)vm_memory(t->vm); break;
+            default: v = (double)vm_memory(t->cur.vm); break;
             }
             const char *labels[] = {"task", t->name, NULL};
             metrics_sample(out, per_task[m].name, labels, v);
@@ -338,10 +428,11 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         metrics_family(out, name, "counter", dir == 0 ? "Records into an operator, per task." : "Records out of an operator, per task.");
         for (int i = 0; i < d->ntasks; i++) {
             task *t = d->tasks[i];
-            for (int k = 0; k < t->st->nnodes; k++) {
-                const node *nd = &p->nodes[t->st->nodes[k] - 1];
+            const plan *tp = t->cur.p;
+            for (int k = 0; k < t->cur.st->nnodes; k++) {
+                const node *nd = &tp->nodes[t->cur.st->nodes[k] - 1];
                 const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
-                metrics_sample(out, name, labels, (double)(dir == 0 ? t->node_in[nd->id] : t->node_out[nd->id]));
+                metrics_sample(out, name, labels, (double)(dir == 0 ? t->cur.node_in[nd->id] : t->cur.node_out[nd->id]));
             }
         }
     }
@@ -350,6 +441,21 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         channel *ch = d->chans[c];
         const char *labels[] = {"from", ch->producer->name, "to", ch->consumer->name, NULL};
         metrics_sample(out, "eddy_channel_queue_depth", labels, channel_depth(ch));
+    }
+    metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
+    const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
+    metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
+    metrics_sample(out, "eddy_reloads_total", err_l, (double)d->reloads_failed);
+    metrics_family(out, "eddy_pipeline_version", "gauge", "The pipeline version each task runs.");
+    for (int i = 0; i < d->ntasks; i++) {
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_pipeline_version", labels, task_version(d->tasks[i]));
+    }
+    metrics_family(out, "eddy_reload_pause_seconds", "gauge",
+                   "Last reload: time between a task's last record on the old version and its first on the new.");
+    for (int i = 0; i < d->ntasks; i++) {
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_reload_pause_seconds", labels, (double)d->tasks[i]->last_pause_us / 1e6);
     }
     metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
     int counts[3] = {0, 0, 0};
@@ -419,6 +525,7 @@ err:
 
 static void daemon_free(daemon_state *d) {
     if (d->adm) admin_destroy(d->adm);
+    reload_watch_destroy(d->watch);
     for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);
     if (d->done_ev) event_free(d->done_ev);
     if (d->wd_ev) event_free(d->wd_ev);
@@ -433,7 +540,9 @@ static void daemon_free(daemon_state *d) {
     pthread_mutex_destroy(&d->sh.dead_letter_mu);
     pthread_mutex_destroy(&d->sh.stdout_mu);
     poison_free(d->sh.poison);
-    plan_destroy(d->p);
+    for (int i = 0; i < d->nplans; i++) plan_destroy(d->plans[i]);
+    free(d->plans);
+    if (!d->nplans) plan_destroy(d->p);
     config_destroy(d->cfg);
 }
 
@@ -468,6 +577,11 @@ int daemon_run(const char *config_path) {
     d.sh.p = d.p;
     d.sh.lua_dir = daemon_lua_dir();
     d.sh.version = 1;
+    d.version = 1;
+    d.loaded_at_ms = wall_ms();
+    d.plans = malloc(sizeof *d.plans);
+    if (!d.plans) goto out;
+    d.plans[d.nplans++] = d.p;
     vm_global_init();
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
 
@@ -488,11 +602,16 @@ int daemon_run(const char *config_path) {
     }
     signal(SIGPIPE, SIG_IGN);
     if (d.cfg->admin_enabled) {
-        admin_handlers h = { .ud = &d, .health = h_health, .status = h_status, .metrics = h_metrics };
+        admin_handlers h = { .ud = &d, .health = h_health, .status = h_status, .metrics = h_metrics,
+                             .reload = h_reload };
         char addr_file[PATH_MAX];
         snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d.cfg->state_dir);
         d.adm = admin_create(d.base, d.cfg->admin_listen, addr_file, &h, err, sizeof err);
         if (!d.adm) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+    }
+    if (d.cfg->reload_watch) {
+        d.watch = reload_watch_create(d.base, d.p->dir, 200, on_file_changed, &d, err, sizeof err);
+        if (!d.watch) log_warn("%s: the pipeline will not reload on file changes", err);
     }
     d.s = sched_create(d.cfg->threads, on_task_done, &d);
     for (int i = 0; i < d.ntasks; i++) d.tasks[i]->se.s = d.s;
@@ -524,7 +643,6 @@ int daemon_run(const char *config_path) {
         for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;
         log_info("finished: %ld records read in %.3f s", in, (mono_ms() - d.started_ms) / 1000.0);
     }
-    (void)wall_ms;
 out:
     daemon_free(&d);
     return code;

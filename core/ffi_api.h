@@ -33,9 +33,10 @@ typedef struct eddy_io {
     int32_t in_call;        /* 1 while Lua runs a batch */
     int32_t channel;        /* keyed tasks: index of the input channel the batch came from */
     uint64_t seq;           /* bumped per record: the watchdog's progress mark */
-    uint64_t *node_in;      /* records into each node, indexed by node id */
-    uint64_t *node_out;     /* records out of each node */
     uint64_t errors, skipped, dead_letters;
+    int64_t *chan_wm;       /* keyed tasks: the watermark of each input channel */
+    int64_t wm;             /* the task's watermark (sources: their partition's) */
+    int64_t maxts;          /* sources: the largest timestamp seen */
 } eddy_io;
 
 /* A window that fired (see window.h). */
@@ -46,8 +47,8 @@ typedef struct eddy_fired {
     double count, sum, min, max;
 } eddy_fired;
 
-/* Window operators of a task, by node id (created at task start). */
-void *eddy_window_open(void *task, int32_t node, int64_t size, int64_t advance, int64_t offset);
+/* Window operators of a task, by uid: their state outlives the VM (reloads). */
+void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);

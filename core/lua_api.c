@@ -8,6 +8,7 @@
 #include "config.h"
 #include <lauxlib.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -86,9 +87,9 @@ static int l_shuffle(lua_State *L) {
     int port = (int)luaL_checkinteger(L, 1);
     size_t klen;
     const char *key = luaL_checklstring(L, 2, &klen);
-    if (port < 1 || port > t->sh->p->nnodes || t->out_of_node[port] < 0)
+    if (port < 1 || port > t->cur.p->nnodes || t->cur.out_of_node[port] < 0)
         return luaL_error(L, "no output for node %d", port);
-    out_port *op = &t->outs[t->out_of_node[port]];
+    out_port *op = &t->outs[t->cur.out_of_node[port]];
     int maxp = t->sh->cfg->max_parallelism;
     uint32_t kg = keygroup_of(key, klen, maxp);
     int target = keygroup_task(kg, maxp, op->ntargets);
@@ -146,11 +147,29 @@ int lua_api_flush_outputs(task *t) {
 
 /* ---- windows, time ------------------------------------------------------ */
 
-void *eddy_window_open(void *tp, int32_t node, int64_t size, int64_t advance, int64_t offset) {
+/* The window state of operator `uid` in this task, created on first use.
+ * NULL when the uid's state was made with another assigner (a reload refuses
+ * that before it gets here) or on allocation failure. */
+void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance, int64_t offset) {
     task *t = tp;
-    if (node < 1 || node > t->sh->p->nnodes) return NULL;
-    if (!t->windows[node]) t->windows[node] = window_create(size, advance, offset);
-    return t->windows[node];
+    for (int i = 0; i < t->nwins; i++) {
+        task_window *tw = &t->wins[i];
+        if (strcmp(tw->uid, uid) != 0) continue;
+        if (tw->size != size || tw->advance != advance || tw->offset != offset) return NULL;
+        return tw->w;
+    }
+    task_window *wins = realloc(t->wins, sizeof *wins * (t->nwins + 1));
+    if (!wins) return NULL;
+    t->wins = wins;
+    task_window *tw = &t->wins[t->nwins];
+    tw->uid = strdup(uid);
+    tw->w = window_create(size, advance, offset);
+    if (!tw->uid || !tw->w) { free(tw->uid); window_destroy(tw->w); return NULL; }
+    tw->size = size;
+    tw->advance = advance;
+    tw->offset = offset;
+    t->nwins++;
+    return tw->w;
 }
 
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x) {

@@ -457,3 +457,107 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
         for (int i = 0; i < st->nnodes; i++) print_node(p, &p->nodes[st->nodes[i] - 1], out);
     }
 }
+
+/* ---- reload compatibility ------------------------------------------------ */
+
+static int same_str(const char *a, const char *b) {
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static const node *find_uid(const plan *p, const char *uid) {
+    for (int i = 0; i < p->nnodes; i++)
+        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) return &p->nodes[i];
+    return NULL;
+}
+
+/* 1 when stage s of p has a sink named name with the same options as nd. */
+static int stage_has_sink(const plan *p, int s, const node *nd) {
+    for (int i = 0; i < p->stages[s].nnodes; i++) {
+        const node *x = &p->nodes[p->stages[s].nodes[i] - 1];
+        if (x->kind == NODE_SINK && strcmp(x->name, nd->name) == 0 && same_str(node_opt(x, "file"), node_opt(nd, "file")) &&
+            node_opt_bool(x, "stdout") == node_opt_bool(nd, "stdout") && same_str(node_opt(x, "format"), node_opt(nd, "format")))
+            return 1;
+    }
+    return 0;
+}
+
+static int count_kind(const plan *p, int s, node_kind k) {
+    int n = 0;
+    for (int i = 0; i < p->stages[s].nnodes; i++) if (p->nodes[p->stages[s].nodes[i] - 1].kind == k) n++;
+    return n;
+}
+
+int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, char *err, size_t errlen) {
+    if (old->nsources != p->nsources) {
+        snprintf(err, errlen, "the sources changed (%d before, %d now): that needs a restart", old->nsources, p->nsources);
+        return -1;
+    }
+    for (int s = 0; s < old->nsources; s++) {
+        const source_info *a = &old->sources[s], *b = &p->sources[s];
+        const node *bn = &p->nodes[b->node - 1];
+        if (strcmp(a->name, b->name) != 0 || a->kind != b->kind || a->nfiles != b->nfiles ||
+            strcmp(a->format, b->format) != 0 || a->follow != b->follow || a->header != b->header ||
+            a->delimiter != b->delimiter) {
+            snprintf(err, errlen, "%s: source '%s' changed its input (name, files, format or follow): that needs a restart",
+                     bn->where, b->name);
+            return -1;
+        }
+        for (int j = 0; j < a->nfiles; j++)
+            if (strcmp(a->files[j], b->files[j]) != 0) {
+                snprintf(err, errlen, "%s: source '%s' now reads other files: that needs a restart", bn->where, b->name);
+                return -1;
+            }
+    }
+    if (old->nstages != p->nstages) {
+        snprintf(err, errlen, "the stages changed (%d before, %d now; a key_by added or removed): that needs a restart",
+                 old->nstages, p->nstages);
+        return -1;
+    }
+    for (int s = 0; s < p->nstages; s++) {
+        const stage *a = &old->stages[s], *b = &p->stages[s];
+        if (a->keyed != b->keyed || a->ntasks != b->ntasks) {
+            snprintf(err, errlen, "stage %d changed its kind or parallelism: that needs a restart", s);
+            return -1;
+        }
+        for (int d = 0; d < p->nstages; d++) {
+            int fa = 0, fb = 0;
+            for (int i = 0; i < a->nnodes; i++) { const node *x = &old->nodes[a->nodes[i] - 1]; if (x->kind == NODE_KEY_BY && x->stage_out == d) fa = 1; }
+            for (int i = 0; i < b->nnodes; i++) { const node *x = &p->nodes[b->nodes[i] - 1]; if (x->kind == NODE_KEY_BY && x->stage_out == d) fb = 1; }
+            if (fa != fb) {
+                snprintf(err, errlen, "stage %d now %s stage %d: the channels would change, that needs a restart",
+                         s, fb ? "feeds" : "no longer feeds", d);
+                return -1;
+            }
+        }
+        if (count_kind(old, s, NODE_SINK) != count_kind(p, s, NODE_SINK)) {
+            snprintf(err, errlen, "stage %d changed its sinks: adding or removing a sink needs a restart", s);
+            return -1;
+        }
+        for (int i = 0; i < b->nnodes; i++) {
+            const node *x = &p->nodes[b->nodes[i] - 1];
+            if (x->kind == NODE_SINK && !stage_has_sink(old, s, x)) {
+                snprintf(err, errlen, "%s: sink '%s' is new or changed its options: that needs a restart", x->where, x->name);
+                return -1;
+            }
+        }
+    }
+    for (int i = 0; i < old->nnodes; i++) {
+        const node *a = &old->nodes[i];
+        if (a->kind != NODE_WINDOW) continue;
+        const node *b = find_uid(p, a->uid);
+        if (!b || b->kind != NODE_WINDOW) {
+            if (allow_dropped_state) continue;
+            snprintf(err, errlen, "the window with uid '%s' (%s before) is gone, and its state with it; "
+                     "keep the uid, or reload with allow_dropped_state", a->uid, a->where);
+            return -1;
+        }
+        if (!same_str(node_opt(a, "size_ms"), node_opt(b, "size_ms")) ||
+            !same_str(node_opt(a, "advance_ms"), node_opt(b, "advance_ms")) ||
+            !same_str(node_opt(a, "offset_ms"), node_opt(b, "offset_ms"))) {
+            snprintf(err, errlen, "%s: the window with uid '%s' changed its size, advance or offset; its state "
+                     "cannot carry over: give it a new uid (and reload with allow_dropped_state)", b->where, b->uid);
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -64,6 +64,10 @@ typedef struct plan {
  * err naming the file:line or config key at fault. */
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen);
 void plan_destroy(plan *p);          /* NULL is a no-op */
+/* Whether a running plan `old` can swap to `p` by a reload: the same sources
+ * (files, formats), stages, channels and sinks; every window uid of old kept
+ * with the same assigner unless allow_dropped_state.  0, or -1 with err. */
+int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, char *err, size_t errlen);
 void plan_print(const plan *p, const config *cfg, FILE *out);
 const char *node_opt(const node *n, const char *key);   /* string value or NULL */
 int node_opt_bool(const node *n, const char *key);

@@ -8,14 +8,23 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 sched_entry *task_sched_entry(task *t) { return &t->se; }
 
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int task_pollable(const task *t) {
     if (t->source < 0) return 0;
-    const source_info *si = &t->sh->p->sources[t->source];
+    const source_info *si = &t->cur.p->sources[t->source];
     return si->follow || si->kind == SRC_STDIN;
 }
+
+int task_version(const task *t) { return t->cur.version; }
 
 static const char *sink_ext(const char *format) {
     return strcmp(format, "json") == 0 ? "jsonl" : "txt";
@@ -30,23 +39,13 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->index = index;
     t->id = id;
     t->source = st->keyed ? -1 : st->source;
-    t->on_batch_ref = t->on_channel_end_ref = t->on_finish_ref = LUA_NOREF;
+    t->cur.p = p;
+    t->cur.st = st;
     snprintf(t->name, sizeof t->name, "%s-%d", st->name, index);
     buf_init(&t->packbuf);
-    t->node_in = calloc(p->nnodes + 1, sizeof *t->node_in);
-    t->node_out = calloc(p->nnodes + 1, sizeof *t->node_out);
-    t->out_of_node = malloc(sizeof *t->out_of_node * (p->nnodes + 1));
-    t->sink_of_node = malloc(sizeof *t->sink_of_node * (p->nnodes + 1));
     t->sinks = calloc(p->nnodes + 1, sizeof *t->sinks);
-    t->windows = calloc(p->nnodes + 1, sizeof *t->windows);
-    if (!t->windows || !t->node_in || !t->node_out || !t->out_of_node || !t->sink_of_node || !t->sinks) {
-        snprintf(err, errlen, "out of memory");
-        goto err;
-    }
-    for (int i = 0; i <= p->nnodes; i++) t->out_of_node[i] = t->sink_of_node[i] = -1;
-    t->io.node_in = t->node_in;
-    t->io.node_out = t->node_out;
-    /* sinks chained in this task */
+    if (!t->sinks) { snprintf(err, errlen, "out of memory"); goto err; }
+    /* sinks chained in this task: they belong to the task, not to a version */
     for (int i = 0; i < st->nnodes; i++) {
         const node *nd = &p->nodes[st->nodes[i] - 1];
         if (nd->kind != NODE_SINK) continue;
@@ -58,7 +57,6 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         sink *s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
                               &sh->stdout_mu, err, errlen);
         if (!s) goto err;
-        t->sink_of_node[nd->id] = t->nsinks;
         t->sinks[t->nsinks++] = s;
     }
     if (!st->keyed) {
@@ -67,6 +65,8 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
     }
+    t->io.wm = TS_NONE;
+    t->io.maxts = TS_NONE;
     return t;
 err:
     task_destroy(t);
@@ -74,10 +74,21 @@ err:
 }
 
 int task_add_input(task *t, channel *c) {
-    channel **in = realloc(t->in, sizeof *in * (t->nin + 1));
-    if (!in) return -1;
-    t->in = in;
-    t->in[t->nin++] = c;
+    int n = t->nin + 1;
+    channel **in = realloc(t->in, sizeof *in * n);
+    if (in) t->in = in;
+    unsigned char *ended = realloc(t->ended, n), *held = realloc(t->held, n);
+    if (ended) t->ended = ended;
+    if (held) t->held = held;
+    int64_t *wm = realloc(t->chan_wm, sizeof *wm * n);
+    if (wm) t->chan_wm = wm;
+    if (!in || !ended || !held || !wm) return -1;
+    t->in[t->nin] = c;
+    t->ended[t->nin] = 0;
+    t->held[t->nin] = 0;
+    t->chan_wm[t->nin] = TS_NONE;
+    t->nin = n;
+    t->io.chan_wm = t->chan_wm;
     return 0;
 }
 
@@ -91,11 +102,6 @@ int task_add_output(task *t, int stage, channel **targets, int ntargets) {
     op->ch = targets;
     op->pending = calloc(ntargets, sizeof *op->pending);
     if (!op->pending) return -1;
-    const plan *p = t->sh->p;
-    for (int i = 0; i < t->st->nnodes; i++) {
-        const node *nd = &p->nodes[t->st->nodes[i] - 1];
-        if (nd->kind == NODE_KEY_BY && nd->stage_out == stage) t->out_of_node[nd->id] = t->nouts;
-    }
     t->nouts++;
     return 0;
 }
@@ -113,21 +119,70 @@ static const char *on_error_name(int e) {
     return e == ON_ERROR_SKIP ? "skip" : e == ON_ERROR_DEAD_LETTER ? "dead_letter" : "fail";
 }
 
-int task_start(task *t, char *err, size_t errlen) {
+void task_vm_destroy(task_vm *tv) {
+    if (!tv) return;
+    vm_destroy(tv->vm);
+    free(tv->sink_of_node);
+    free(tv->out_of_node);
+    free(tv->node_in);
+    free(tv->node_out);
+    free(tv);
+}
+
+/* Maps plan p's sink and key_by nodes of this task's stage to the task's
+ * sinks (by name) and outputs (by downstream stage). */
+static int map_nodes(task *t, task_vm *tv, char *err, size_t errlen) {
+    const plan *p = tv->p;
+    tv->sink_of_node = malloc(sizeof *tv->sink_of_node * (p->nnodes + 1));
+    tv->out_of_node = malloc(sizeof *tv->out_of_node * (p->nnodes + 1));
+    tv->node_in = calloc(p->nnodes + 1, sizeof *tv->node_in);
+    tv->node_out = calloc(p->nnodes + 1, sizeof *tv->node_out);
+    if (!tv->sink_of_node || !tv->out_of_node || !tv->node_in || !tv->node_out) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i <= p->nnodes; i++) tv->sink_of_node[i] = tv->out_of_node[i] = -1;
+    for (int i = 0; i < tv->st->nnodes; i++) {
+        const node *nd = &p->nodes[tv->st->nodes[i] - 1];
+        if (nd->kind == NODE_SINK) {
+            for (int s = 0; s < t->nsinks; s++)
+                if (strcmp(sink_name(t->sinks[s]), nd->name) == 0) tv->sink_of_node[nd->id] = s;
+            if (tv->sink_of_node[nd->id] < 0) {
+                snprintf(err, errlen, "sink '%s' (%s) is new: adding a sink needs a restart", nd->name, nd->where);
+                return -1;
+            }
+        } else if (nd->kind == NODE_KEY_BY) {
+            for (int o = 0; o < t->nouts; o++)
+                if (t->outs[o].stage == nd->stage_out) tv->out_of_node[nd->id] = o;
+            if (tv->out_of_node[nd->id] < 0) {
+                snprintf(err, errlen, "key_by (%s) feeds a stage this task has no channels to", nd->where);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t errlen) {
     const task_shared *sh = t->sh;
-    const plan *p = sh->p;
     const config *cfg = sh->cfg;
+    task_vm *tv = calloc(1, sizeof *tv);
+    if (!tv) { snprintf(err, errlen, "out of memory"); return NULL; }
+    tv->p = p;
+    tv->st = &p->stages[t->st->id];
+    tv->version = version;
+    tv->batch_ref = tv->channel_end_ref = tv->finish_ref = LUA_NOREF;
+    if (map_nodes(t, tv, err, errlen) < 0) goto err;
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
-    t->vm = vm_create(&vo, err, errlen);
-    if (!t->vm) return -1;
-    lua_State *L = vm_state(t->vm);
+    tv->vm = vm_create(&vo, err, errlen);
+    if (!tv->vm) goto err;
+    lua_State *L = vm_state(tv->vm);
     lua_getglobal(L, "require");                               /* require */
     lua_pushstring(L, "eddy.runtime");
     if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime | err */
         snprintf(err, errlen, "cannot load the eddy runtime: %s", vm_errstr(L, -1));
-        lua_settop(L, 0);
-        return -1;
+        goto err;
     }
     lua_getfield(L, -1, "task");                               /* runtime task */
     lua_createtable(L, 0, 20);                                 /* runtime task args */
@@ -137,17 +192,19 @@ int task_start(task *t, char *err, size_t errlen) {
     lua_pushboolean(L, cfg->sandbox_os);   lua_setfield(L, -2, "os");
     lua_pushlightuserdata(L, t);           lua_setfield(L, -2, "task");
     lua_pushlightuserdata(L, &t->io);      lua_setfield(L, -2, "io");
+    lua_pushlightuserdata(L, tv->node_in);  lua_setfield(L, -2, "node_in");
+    lua_pushlightuserdata(L, tv->node_out); lua_setfield(L, -2, "node_out");
     lua_pushstring(L, t->name);            lua_setfield(L, -2, "name");
-    lua_pushboolean(L, t->st->keyed);      lua_setfield(L, -2, "keyed");
+    lua_pushboolean(L, tv->st->keyed);     lua_setfield(L, -2, "keyed");
     lua_pushinteger(L, t->nin);            lua_setfield(L, -2, "ninputs");
     lua_pushstring(L, on_error_name(cfg->on_error)); lua_setfield(L, -2, "on_error");
-    lua_pushinteger(L, sh->version);       lua_setfield(L, -2, "version");
-    push_int_array(L, t->st->nodes, t->st->nnodes); lua_setfield(L, -2, "stage_nodes");
-    push_int_array(L, t->st->roots, t->st->nroots); lua_setfield(L, -2, "roots");
+    lua_pushinteger(L, version);           lua_setfield(L, -2, "version");
+    push_int_array(L, tv->st->nodes, tv->st->nnodes); lua_setfield(L, -2, "stage_nodes");
+    push_int_array(L, tv->st->roots, tv->st->nroots); lua_setfield(L, -2, "roots");
     lua_createtable(L, 0, t->nsinks);                          /* ... args sinks */
     for (int id = 1; id <= p->nnodes; id++) {
-        if (t->sink_of_node[id] < 0) continue;
-        lua_pushinteger(L, t->sink_of_node[id]);
+        if (tv->sink_of_node[id] < 0) continue;
+        lua_pushinteger(L, tv->sink_of_node[id]);
         lua_rawseti(L, -2, id);
     }
     lua_setfield(L, -2, "sinks");
@@ -169,17 +226,50 @@ int task_start(task *t, char *err, size_t errlen) {
     lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
     if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime fns | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
-        lua_settop(L, 0);
-        return -1;
+        goto err;
     }
     lua_getfield(L, -1, "batch");                              /* runtime fns batch */
-    t->on_batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);          /* runtime fns */
+    tv->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);            /* runtime fns */
     lua_getfield(L, -1, "channel_end");
-    t->on_channel_end_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    tv->channel_end_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "finish");
-    t->on_finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    tv->finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
+    return tv;
+err:
+    if (tv->vm) lua_settop(vm_state(tv->vm), 0);
+    task_vm_destroy(tv);
+    return NULL;
+}
+
+int task_start(task *t, char *err, size_t errlen) {
+    task_vm *tv = task_prepare(t, t->sh->p, t->sh->version, err, errlen);
+    if (!tv) return -1;
+    t->cur = *tv;
+    free(tv);
     return 0;
+}
+
+void task_offer(task *t, task_vm *tv) {
+    task_vm *old = atomic_exchange(&t->next, tv);
+    task_vm_destroy(old);       /* a version offered earlier and never reached: superseded */
+}
+
+/* Makes the offered version current (on the task's own worker). */
+static void swap_version(task *t) {
+    task_vm *tv = atomic_exchange(&t->next, NULL);
+    if (!tv) return;
+    vm_destroy(t->cur.vm);
+    free(t->cur.sink_of_node);
+    free(t->cur.out_of_node);
+    free(t->cur.node_in);
+    free(t->cur.node_out);
+    t->cur = *tv;
+    free(tv);
+    t->st = t->cur.st;
+    t->swapped_at_us = now_us();
+    t->reloads++;
+    log_task_debug(t->name, "now on version %d", t->cur.version);
 }
 
 static void task_fail(task *t, const char *fmt, const char *msg) {
@@ -188,28 +278,35 @@ static void task_fail(task *t, const char *fmt, const char *msg) {
     atomic_store(&t->status, TASK_FAILED);
 }
 
-/* Calls one of the Lua entry points: over the batch b (ref = on_batch), or
+/* Calls one of the Lua entry points: over the batch b (ref = batch), or
  * with no batch and an optional integer argument (channel_end, finish); then
  * routes what came out.  0, or -1 after failing the task. */
 static int call_lua(task *t, int ref, batch *b, int arg) {
-    lua_State *L = vm_state(t->vm);
+    lua_State *L = vm_state(t->cur.vm);
+    if (t->swapped_at_us && b) {
+        /* first records on a new version: the pause is measured from the last
+         * records on the old one (or from the swap, when input was idle) */
+        int64_t from = t->last_call_end_us > 0 ? t->last_call_end_us : t->swapped_at_us;
+        t->last_pause_us = now_us() - from;
+        t->swapped_at_us = 0;
+    }
     t->io.recs = b ? b->recs : NULL;
     t->io.data = b ? b->data : NULL;
     t->io.n = b ? b->n : 0;
     t->io.cur = 0;
     t->io.seq++;
     t->io.in_call = 1;
-    vm_enter(t->vm);
+    vm_enter(t->cur.vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
     int nargs = 0;
     if (arg >= 0) { lua_pushinteger(L, arg); nargs = 1; }      /* fn [arg] */
     int rc = lua_pcall(L, nargs, 0, 0);                        /* | err */
-    vm_leave(t->vm);
+    vm_leave(t->cur.vm);
     t->io.in_call = 0;
     t->io.recs = NULL;
     t->io.data = NULL;
     t->io.n = 0;
-    if (b) { t->records_in += b->n; t->batches++; }
+    if (b) { t->records_in += b->n; t->batches++; t->last_call_end_us = now_us(); }
     if (rc != 0) {
         task_fail(t, "%s", vm_errstr(L, -1));
         lua_settop(L, 0);
@@ -229,16 +326,20 @@ static int outputs_blocked(task *t) {
     return 0;
 }
 
+static void push_all(task *t, msg_kind kind, int64_t value) {
+    for (int o = 0; o < t->nouts; o++)
+        for (int i = 0; i < t->outs[o].ntargets; i++)
+            channel_push(t->outs[o].ch[i], kind, NULL, value);
+}
+
 /* End of this task's input: fire what is left, flush, close sinks, tell downstream. */
 static step_result finish(task *t) {
-    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->on_finish_ref, NULL, -1) < 0) return STEP_FAILED;
+    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->cur.finish_ref, NULL, -1) < 0) return STEP_FAILED;
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
     }
     if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
-    for (int o = 0; o < t->nouts; o++)
-        for (int i = 0; i < t->outs[o].ntargets; i++)
-            channel_push(t->outs[o].ch[i], CH_EOS, NULL, INT64_MAX);
+    push_all(t, CH_EOS, INT64_MAX);
     atomic_store(&t->status, TASK_DONE);
     log_task_debug(t->name, "done: %ld records in, %ld out", (long)t->records_in, (long)t->records_out);
     return STEP_DONE;
@@ -247,7 +348,7 @@ static step_result finish(task *t) {
 /* Marks the record an earlier run hung on, so the error policy handles it. */
 static void mark_poison(task *t, batch *b) {
     poison *ps = t->sh->poison;
-    if (!ps || atomic_load(&ps->hit) || strcmp(ps->source, t->sh->p->sources[t->source].name) != 0 ||
+    if (!ps || atomic_load(&ps->hit) || strcmp(ps->source, t->cur.p->sources[t->source].name) != 0 ||
         ps->partition != t->index)
         return;
     for (int i = 0; i < b->n; i++) {
@@ -276,6 +377,13 @@ static void mark_poison(task *t, batch *b) {
 
 static step_result step_source(task *t) {
     task_shared *sh = t->sh;
+    if (atomic_load(&t->next)) {
+        /* between two batches: every record before this point was processed by
+         * the old version, every one after it will be by the new one */
+        swap_version(t);
+        push_all(t, CH_BARRIER, t->cur.version);
+    }
+    if (outputs_blocked(t)) return STEP_BLOCKED;
     if (atomic_load(&sh->stopping)) return finish(t);
     batch_clear(t->inbatch);
     int eof = 0;
@@ -283,37 +391,54 @@ static step_result step_source(task *t) {
     int n = source_read(t->src, t->inbatch, (int)sh->cfg->batch_size, &eof, err, sizeof err);
     if (n < 0) {
         char msg[700];
-        snprintf(msg, sizeof msg, "source '%s' %s: %s", sh->p->sources[t->source].name,
-                 sh->p->sources[t->source].files[t->index], err);
+        snprintf(msg, sizeof msg, "source '%s' %s: %s", t->cur.p->sources[t->source].name,
+                 t->cur.p->sources[t->source].files[t->index], err);
         task_fail(t, "%s", msg);
         return STEP_FAILED;
     }
     t->position = source_position(t->src);
     if (n > 0) {
         if (sh->poison) mark_poison(t, t->inbatch);
-        if (call_lua(t, t->on_batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
+        if (call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
         return STEP_PROGRESS;
     }
     if (eof) return finish(t);
     return STEP_IDLE;
 }
 
+/* Every input has delivered the barrier (or ended): swap, pass it on. */
+static void barrier_aligned(task *t, int64_t version) {
+    swap_version(t);
+    memset(t->held, 0, t->nin);
+    t->nheld = 0;
+    push_all(t, CH_BARRIER, version);
+}
+
 static step_result step_keyed(task *t) {
+    if (outputs_blocked(t)) return STEP_BLOCKED;
     msg *m = NULL;
+    int idx = -1;
     for (int k = 0; k < t->nin && !m; k++) {
-        int idx = (t->rr + k) % t->nin;
+        idx = (t->rr + k) % t->nin;
+        if (t->held[idx]) continue;          /* aligning: wait for the other inputs' barriers */
         m = channel_pop(t->in[idx]);
-        if (m) t->rr = idx + 1;
     }
     if (!m) return STEP_IDLE;
+    t->rr = idx + 1;
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
-        t->io.channel = t->rr - 1;
-        if (call_lua(t, t->on_batch_ref, m->b, -1) < 0) r = STEP_FAILED;
+        t->io.channel = idx;
+        if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
+    } else if (m->kind == CH_BARRIER) {
+        t->held[idx] = 1;
+        t->barrier_version = m->value;
+        if (++t->nheld + t->eos == t->nin) barrier_aligned(t, m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
-        if (call_lua(t, t->on_channel_end_ref, NULL, t->rr - 1) < 0) r = STEP_FAILED;
+        t->ended[idx] = 1;
+        if (call_lua(t, t->cur.channel_end_ref, NULL, idx) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
+        else if (t->nheld > 0 && t->nheld + t->eos == t->nin) barrier_aligned(t, t->barrier_version);
     }
     msg_free(m);
     return r;
@@ -324,7 +449,6 @@ step_result task_step(task *t) {
     if (st == TASK_FAILED) return STEP_FAILED;
     if (st == TASK_DONE) return STEP_DONE;
     if (atomic_load(&t->sh->aborting)) { atomic_store(&t->status, TASK_DONE); return STEP_DONE; }
-    if (outputs_blocked(t)) return STEP_BLOCKED;
     return t->st->keyed ? step_keyed(t) : step_source(t);
 }
 
@@ -339,10 +463,14 @@ void task_destroy(task *t) {
     if (!t) return;
     for (int i = 0; i < t->nsinks; i++) sink_destroy(t->sinks[i]);
     free(t->sinks);
-    if (t->windows)
-        for (int i = 0; i <= t->sh->p->nnodes; i++) window_destroy(t->windows[i]);
-    free(t->windows);
-    vm_destroy(t->vm);
+    for (int i = 0; i < t->nwins; i++) { free(t->wins[i].uid); window_destroy(t->wins[i].w); }
+    free(t->wins);
+    vm_destroy(t->cur.vm);
+    free(t->cur.sink_of_node);
+    free(t->cur.out_of_node);
+    free(t->cur.node_in);
+    free(t->cur.node_out);
+    task_vm_destroy(atomic_load(&t->next));
     source_close(t->src);
     batch_destroy(t->inbatch);
     for (int o = 0; o < t->nouts; o++) {
@@ -352,10 +480,9 @@ void task_destroy(task *t) {
     }
     free(t->outs);
     free(t->in);
-    free(t->node_in);
-    free(t->node_out);
-    free(t->out_of_node);
-    free(t->sink_of_node);
+    free(t->ended);
+    free(t->held);
+    free(t->chan_wm);
     buf_free(&t->packbuf);
     free(t);
 }

@@ -55,6 +55,27 @@ typedef struct out_port {
     batch **pending;            /* the batch being filled for each target */
 } out_port;
 
+/* One version of a task's logic: its VM and what depends on the plan it was
+ * built from.  A reload prepares a new one off the hot path and the task
+ * swaps to it at a barrier. */
+typedef struct task_vm {
+    struct vm *vm;
+    int batch_ref, channel_end_ref, finish_ref;   /* the Lua runtime's entry points */
+    const plan *p;              /* borrowed: the daemon keeps every plan until exit */
+    const stage *st;            /* this task's stage in p */
+    int version;
+    int *sink_of_node;          /* sink node id -> sinks index, [p->nnodes + 1] */
+    int *out_of_node;           /* key_by node id -> outs index, [p->nnodes + 1] */
+    uint64_t *node_in, *node_out;   /* records per node, [p->nnodes + 1] */
+} task_vm;
+
+/* The state of one window operator, by uid: it outlives VMs. */
+typedef struct task_window {
+    char *uid;
+    int64_t size, advance, offset;
+    struct window_op *w;
+} task_window;
+
 typedef struct task {
     sched_entry se;             /* first: sched reaches it through task_sched_entry */
     int id;                     /* 0..ntasks-1, global */
@@ -62,19 +83,21 @@ typedef struct task {
     task_shared *sh;
     const stage *st;
     int index;                  /* within its stage */
-    struct vm *vm;
-    int on_batch_ref, on_channel_end_ref, on_finish_ref;   /* the Lua runtime's entry points */
-    struct window_op **windows; /* by node id, [nnodes + 1]: window operators' state */
+    task_vm cur;                /* the version running */
+    _Atomic(task_vm *) next;    /* a prepared version waiting for its barrier */
+    task_window *wins; int nwins;
     eddy_io io;
-    uint64_t *node_in, *node_out;   /* [nnodes + 1] */
 
     channel **in; int nin;      /* keyed task inputs */
     int eos;                    /* inputs that have ended */
+    unsigned char *ended;       /* [nin]: input c has ended */
+    unsigned char *held;        /* [nin]: input c delivered a barrier and waits for the others */
+    int nheld;
+    int64_t barrier_version;    /* the version the held barrier announces */
+    int64_t *chan_wm;           /* [nin]: watermark of each input (survives reloads) */
     int rr;                     /* round-robin start */
     out_port *outs; int nouts;
-    int *out_of_node;           /* key_by node id -> outs index, [nnodes + 1] */
     struct sink **sinks; int nsinks;
-    int *sink_of_node;          /* sink node id -> sinks index, [nnodes + 1] */
 
     struct source_reader *src;  /* source tasks */
     int source;                 /* source index, or -1 */
@@ -87,6 +110,10 @@ typedef struct task {
     atomic_long position;       /* source tasks: byte offset read up to */
     int64_t log_window; int log_count;   /* rate limit of per-record messages */
     int64_t wd_seq; int32_t wd_cur; int64_t wd_since_ms; int wd_armed, wd_interrupted;  /* watchdog */
+    int64_t last_call_end_us;   /* when the last batch call ended (monotonic) */
+    int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */
+    atomic_long last_pause_us;  /* last record on the old version -> first on the new */
+    atomic_long reloads;        /* versions swapped in */
 } task;
 
 /* Creates task `index` of stage `st` with its VM and the user's functions
@@ -97,8 +124,16 @@ void task_destroy(task *t);     /* NULL is a no-op */
 int task_add_input(task *t, channel *c);
 /* Registers the channels to a downstream stage (takes ownership of the array, not the channels). */
 int task_add_output(task *t, int stage, channel **targets, int ntargets);
-/* Loads the VM and the operator chain (after channels are attached). */
+/* Loads the VM and the operator chain of plan p (after channels are attached). */
 int task_start(task *t, char *err, size_t errlen);
+/* Builds the task's logic for plan p as version `version`, off the hot path
+ * (any thread; the task keeps running).  Returns an owned task_vm or NULL with err. */
+task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t errlen);
+void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
+/* Hands t a prepared version (takes ownership); t swaps to it at its next
+ * batch boundary (sources) or once a barrier arrived on every input (keyed). */
+void task_offer(task *t, task_vm *tv);
+int task_version(const task *t);
 step_result task_step(task *t);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);

@@ -27,9 +27,10 @@ typedef struct eddy_io {
     int32_t in_call;
     int32_t channel;
     uint64_t seq;
-    uint64_t *node_in;
-    uint64_t *node_out;
     uint64_t errors, skipped, dead_letters;
+    int64_t *chan_wm;
+    int64_t wm;
+    int64_t maxts;
 } eddy_io;
 
 typedef struct eddy_fired {
@@ -39,7 +40,7 @@ typedef struct eddy_fired {
     double count, sum, min, max;
 } eddy_fired;
 
-void *eddy_window_open(void *task, int32_t node, int64_t size, int64_t advance, int64_t offset);
+void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);

@@ -154,7 +154,8 @@ function M.task(args)
   local cur                     -- its record index, or nil outside a record
   local cur_key                 -- key of the current record, when the source sets one
   local cur_ts = NONE           -- event time of what is being processed
-  local wm = NONE               -- this task's watermark
+  local wm = NONE               -- this task's watermark, and a source's largest timestamp:
+  local maxts = NONE            -- both kept in C (tio.wm, tio.maxts) so they survive reloads
   local firing                  -- while a window's result goes downstream: {key, window}
   local ctx = {}
   local getters = {
@@ -229,7 +230,8 @@ function M.task(args)
       end
     elseif kind == "window" then
       local o = node.opts
-      local w = C.eddy_window_open(task, id, o.size_ms, o.advance_ms, o.offset_ms)
+      local w = C.eddy_window_open(task, node.uid, o.size_ms, o.advance_ms, o.offset_ms)
+      if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
       local agg, field, xfn = o.agg, o.field, node.fn
       local nxt = build(id)
       local result
@@ -314,7 +316,6 @@ function M.task(args)
     local skey = src.key
     local tsopt = src.timestamp
     local bound = src.opts.bound_ms or 0
-    local maxts = NONE
     local decode
     decode_error_prefix = "malformed " .. fmt .. ": "
     if fmt == "json" then decode = cjson_decode
@@ -359,8 +360,8 @@ function M.task(args)
       if stamp then
         local ts = stamp(v)
         cur_ts = ts
-        if ts > maxts then maxts = ts end
-        if maxts - bound > wm then wm = maxts - bound end
+        if ts > maxts then maxts = ts; tio.maxts = ts end
+        if maxts - bound > wm then wm = maxts - bound; tio.wm = wm end
         r.ts = ts
         r.wm = wm
       end
@@ -457,17 +458,18 @@ function M.task(args)
     end
   end
 
-  -- keyed tasks: the watermark of each input channel; the task's is their minimum
-  local cw = {}
-  for c = 0, (args.ninputs or 1) - 1 do cw[c] = NONE end
+  -- keyed tasks: the watermark of each input channel (kept in C); the task's is their minimum
+  local ninputs = args.ninputs or 0
+  local cw = tio.chan_wm
   local function merge_watermark()
     local m = INF
-    for c = 0, (args.ninputs or 1) - 1 do if cw[c] < m then m = cw[c] end end
-    if m > wm then wm = m; return true end
+    for c = 0, ninputs - 1 do local w = tonumber(cw[c]); if w < m then m = w end end
+    if m > wm then wm = m; tio.wm = m; return true end
     return false
   end
 
-  local node_in, node_out = tio.node_in, tio.node_out
+  local node_in = ffi.cast("uint64_t *", args.node_in)
+  local node_out = ffi.cast("uint64_t *", args.node_out)
   local keyed, has_windows = args.keyed, #windows > 0
   local function flush_counts()
     for id = 1, #nodes do node_in[id] = cin[id]; node_out[id] = cout[id] end
@@ -475,6 +477,7 @@ function M.task(args)
 
   local function batch()
     recs, data = tio.recs, tio.data
+    wm, maxts = tonumber(tio.wm), tonumber(tio.maxts)
     local n = tio.n
     local ch = tio.channel
     for i = 0, n - 1 do
@@ -487,7 +490,7 @@ function M.task(args)
       if not ok then on_error(err, i) end
       if keyed then
         local w = tonumber(r.wm)
-        if w > cw[ch] then
+        if w > tonumber(cw[ch]) then
           cw[ch] = w
           if merge_watermark() and has_windows then advance(i) end
         end
@@ -498,6 +501,7 @@ function M.task(args)
   end
 
   local function channel_end(ch)
+    wm = tonumber(tio.wm)
     cw[ch] = INF
     if merge_watermark() and has_windows then advance(nil) end
     flush_counts()
@@ -505,6 +509,7 @@ function M.task(args)
 
   local function finish()
     wm = INF
+    tio.wm = INF
     if has_windows then advance(nil) end
     flush_counts()
   end

@@ -47,9 +47,10 @@ static void fake_metrics(void *ud, struct evbuffer *out)
     metrics_sample(out, "eddy_records_in_total", labels, 42);
 }
 
-static json_t *fake_reload(void *ud, int *http_status)
+static json_t *fake_reload(void *ud, const char *query, int *http_status)
 {
     struct fake *f = ud;
+    (void)query;
     f->reloads++;
     *http_status = f->reload_status;
     if (f->reload_status == 200)
