@@ -1,6 +1,7 @@
 /* main — the command line: run, check, version, help (and the subcommands
  * later parts of eddy add).  Exit codes: 0 success, 1 runtime failure, 2
  * usage, configuration or pipeline-script error. */
+#include "client.h"
 #include "daemon.h"
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +15,8 @@ static void usage(FILE *out) {
         "usage:\n"
         "  eddy run CONFIG                 run the pipeline the config names\n"
         "  eddy check CONFIG|PIPELINE.lua  compile and plan; print the topology\n"
+        "  eddy reload [--admin HOST:PORT] [--allow-dropped-state]\n"
+        "                                  ask a running daemon to reload its pipeline\n"
         "  eddy version                    print the version\n"
         "  eddy help                       this text\n"
         "\n"
@@ -43,6 +46,17 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "check") == 0) {
         if (argc != 3) { fprintf(stderr, "eddy check: needs one CONFIG or PIPELINE.lua\n"); return 2; }
         return daemon_check(argv[2]);
+    }
+    if (strcmp(cmd, "reload") == 0) {
+        const char *admin = "127.0.0.1:8600";
+        const char *path = "/reload";
+        for (int i = 2; i < argc; i++) {
+            if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
+            else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
+            else if (strcmp(argv[i], "--allow-dropped-state") == 0) path = "/reload?allow_dropped_state=1";
+            else { fprintf(stderr, "eddy reload: unknown argument '%s'\n", argv[i]); return 2; }
+        }
+        return client_post(admin, path);
     }
     fprintf(stderr, "eddy: unknown command '%s' (eddy help lists them)\n", cmd);
     return 2;

@@ -52,15 +52,36 @@ static void opts_free(opt_list *l) {
     l->n = 0;
 }
 
-static int hash_file(const char *path, char hex[65], char *err, size_t errlen) {
+static void digest_file(EVP_MD_CTX *md, const char *path) {
     FILE *f = fopen(path, "rb");
-    if (!f) { snprintf(err, errlen, "%s: cannot open the pipeline script", path); return -1; }
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    if (!f) return;
     char buf[65536];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(md, buf, n);
     fclose(f);
+}
+
+/* The version's content hash: the script, then every .lua file beside it
+ * (the modules it may require) in name order, each preceded by its name. */
+static int hash_file(const char *path, char hex[65], char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { snprintf(err, errlen, "%s: cannot open the pipeline script", path); return -1; }
+    fclose(f);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    digest_file(md, path);
+    char *tmp = strdup(path), pattern[PATH_MAX];
+    snprintf(pattern, sizeof pattern, "%s/*.lua", dirname(tmp));
+    free(tmp);
+    glob_t g;
+    if (glob(pattern, 0, NULL, &g) == 0) {
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            if (strcmp(g.gl_pathv[i], path) == 0) continue;
+            EVP_DigestUpdate(md, g.gl_pathv[i], strlen(g.gl_pathv[i]) + 1);
+            digest_file(md, g.gl_pathv[i]);
+        }
+        globfree(&g);
+    }
     unsigned char d[32];
     unsigned int dl = 0;
     EVP_DigestFinal_ex(md, d, &dl);

@@ -1,0 +1,74 @@
+#include "client.h"
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct answer {
+    int code;
+    char *body;
+};
+
+static void on_done(struct evhttp_request *req, void *arg) {
+    struct answer *a = arg;
+    if (!req) return;
+    a->code = evhttp_request_get_response_code(req);
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(in);
+    a->body = malloc(n + 1);
+    if (a->body) {
+        evbuffer_remove(in, a->body, n);
+        a->body[n] = 0;
+    }
+}
+
+int client_post(const char *admin, const char *path) {
+    char host[256];
+    const char *colon = strrchr(admin, ':');
+    int port = colon ? atoi(colon + 1) : 0;
+    if (!colon || port <= 0 || port > 65535 || (size_t)(colon - admin) >= sizeof host || colon == admin) {
+        fprintf(stderr, "eddy: --admin: expected HOST:PORT, got '%s'\n", admin);
+        return 2;
+    }
+    memcpy(host, admin, colon - admin);
+    host[colon - admin] = 0;
+    if (host[0] == '[') {                         /* [::1] */
+        memmove(host, host + 1, strlen(host));
+        host[strlen(host) - 1] = 0;
+    }
+    struct answer a = { 0, NULL };
+    struct event_base *base = event_base_new();
+    struct evhttp_connection *conn = base ? evhttp_connection_base_new(base, NULL, host, (unsigned short)port) : NULL;
+    struct evhttp_request *req = conn ? evhttp_request_new(on_done, &a) : NULL;
+    int rc = 1;
+    if (!req) { fprintf(stderr, "eddy: cannot set up an HTTP request\n"); goto out; }
+    evhttp_connection_set_timeout(conn, 60);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
+    if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, path) != 0) {
+        fprintf(stderr, "eddy: cannot send the request to %s\n", admin);
+        goto out;
+    }
+    event_base_dispatch(base);
+    if (a.code == 0) {
+        fprintf(stderr, "eddy: no answer from %s (is eddy running with admin.listen = \"%s\"?)\n", admin, admin);
+        goto out;
+    }
+    json_error_t je;
+    json_t *j = a.body ? json_loads(a.body, 0, &je) : NULL;
+    const char *err = j ? json_string_value(json_object_get(j, "error")) : NULL;
+    if (a.code >= 200 && a.code < 300) {
+        printf("%s\n", a.body ? a.body : "");
+        rc = 0;
+    } else {
+        fprintf(stderr, "eddy: %s answered %d: %s\n", admin, a.code, err ? err : (a.body ? a.body : ""));
+    }
+    json_decref(j);
+out:
+    free(a.body);
+    if (conn) evhttp_connection_free(conn);
+    if (base) event_base_free(base);
+    return rc;
+}

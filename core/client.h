@@ -1,0 +1,11 @@
+/* client — the subcommands that talk to a running daemon over its admin
+ * HTTP API (`eddy reload`), through libevent's HTTP client.  Calls libevent
+ * and jansson; nothing of the runtime. */
+#ifndef EDDY_CLIENT_H
+#define EDDY_CLIENT_H
+
+/* POSTs to http://admin/path (admin is "host:port") and prints the answer.
+ * Returns the exit code: 0 on a 2xx answer, 1 otherwise (2 for a bad address). */
+int client_post(const char *admin, const char *path);
+
+#endif
