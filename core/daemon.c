@@ -24,7 +24,7 @@
 
 #define WATCHDOG_TICK_MS 50
 #define WATCHDOG_ARM_MS 100      /* a call this long gets the instruction-count hook */
-#define POLL_TICK_MS 100         /* followed files and stdin are read again this often */
+#define POLL_TICK_MS 10          /* followed files and stdin are read again this often */
 
 typedef struct daemon_state {
     config *cfg;

@@ -259,11 +259,12 @@ void task_offer(task *t, task_vm *tv) {
 static void swap_version(task *t) {
     task_vm *tv = atomic_exchange(&t->next, NULL);
     if (!tv) return;
-    vm_destroy(t->cur.vm);
-    free(t->cur.sink_of_node);
-    free(t->cur.out_of_node);
-    free(t->cur.node_in);
-    free(t->cur.node_out);
+    /* closing a VM can take milliseconds: keep the old one until the first
+     * batch on the new version has gone through */
+    task_vm_destroy(t->retired);
+    t->retired = malloc(sizeof *t->retired);
+    if (t->retired) *t->retired = t->cur;
+    else { vm_destroy(t->cur.vm); free(t->cur.sink_of_node); free(t->cur.out_of_node); free(t->cur.node_in); free(t->cur.node_out); }
     t->cur = *tv;
     free(tv);
     t->st = t->cur.st;
@@ -307,6 +308,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     t->io.data = NULL;
     t->io.n = 0;
     if (b) { t->records_in += b->n; t->batches++; t->last_call_end_us = now_us(); }
+    if (b && t->retired) { task_vm_destroy(t->retired); t->retired = NULL; }
     if (rc != 0) {
         task_fail(t, "%s", vm_errstr(L, -1));
         lua_settop(L, 0);
@@ -471,6 +473,7 @@ void task_destroy(task *t) {
     free(t->cur.node_in);
     free(t->cur.node_out);
     task_vm_destroy(atomic_load(&t->next));
+    task_vm_destroy(t->retired);
     source_close(t->src);
     batch_destroy(t->inbatch);
     for (int o = 0; o < t->nouts; o++) {

@@ -85,6 +85,7 @@ typedef struct task {
     int index;                  /* within its stage */
     task_vm cur;                /* the version running */
     _Atomic(task_vm *) next;    /* a prepared version waiting for its barrier */
+    task_vm *retired;           /* the version swapped out: closed after the first batch on the new one */
     task_window *wins; int nwins;
     eddy_io io;
 

@@ -27,6 +27,7 @@ RECORDS=$((BENCH_RECORDS * BENCH_FILES))
 cd "$ROOT"
 
 rows=()        # tab-separated: name, records/s, peak RSS MB, ratio, note
+notes=()       # lines printed after the table (benchmarks that are not throughput)
 status=0
 base_wall=""   # wall seconds of the current benchmark's baseline
 base_lines=""  # its output line count: what every eddy run must match
@@ -140,6 +141,20 @@ bench_stateless() {
     eddy_run stateless 2
 }
 
+# reload: 50 hot reloads of a 4-task pipeline under load; the pause each
+# task spends between its last record on the old version and its first on
+# the new (p50 / p99), and exactly-once across the reloads.
+bench_reload() {
+    local out
+    if out=$(python3 "$ROOT/scripts/reload-pause.py" "$EDDY_BIN" "$OUT/reload" "${BENCH_RELOADS:-50}" 2>&1); then
+        :
+    else
+        status=1
+        out="$out"$'\n'"reload: FAILED (see bench-out/reload/run.log)"
+    fi
+    while IFS= read -r line; do notes+=("$line"); done <<< "$out"
+}
+
 # ------------------------------------------------------------------------------
 
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
@@ -157,4 +172,8 @@ echo "$RECORDS input records ($BENCH_FILES files x $BENCH_RECORDS); ratio = thro
     printf 'name\trecords/s\tpeak RSS MB\tvs baseline\t\n'
     printf '%s\n' "${rows[@]}"
 } | awk -F '\t' '{ printf "%-28s %12s %12s %12s  %s\n", $1, $2, $3, $4, $5 }'
+if [ ${#notes[@]} -gt 0 ]; then
+    echo
+    printf '%s\n' "${notes[@]}"
+fi
 exit "$status"
