@@ -8,6 +8,7 @@
 #include "sched.h"
 #include "task.h"
 #include "vm.h"
+#include "window.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -441,6 +442,28 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         channel *ch = d->chans[c];
         const char *labels[] = {"from", ch->producer->name, "to", ch->consumer->name, NULL};
         metrics_sample(out, "eddy_channel_queue_depth", labels, channel_depth(ch));
+    }
+    metrics_family(out, "eddy_late_records_dropped_total", "counter",
+                   "Records too late for every window of an operator, with no side output to take them.");
+    for (int i = 0; i < d->ntasks; i++)
+        for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
+            metrics_sample(out, "eddy_late_records_dropped_total", labels, (double)window_late_dropped(d->tasks[i]->wins[k].w));
+        }
+    metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
+    for (int i = 0; i < d->ntasks; i++)
+        for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
+            metrics_sample(out, "eddy_open_windows", labels, (double)window_open_count(d->tasks[i]->wins[k].w));
+        }
+    metrics_family(out, "eddy_watermark_lag_ms", "gauge",
+                   "Wall-clock time minus a task's event-time watermark (tasks that have one).");
+    int64_t now = wall_ms();
+    for (int i = 0; i < d->ntasks; i++) {
+        int64_t wm = d->tasks[i]->io.wm;
+        if (wm == TS_NONE || wm >= ((int64_t)1 << 62)) continue;
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_watermark_lag_ms", labels, (double)(now - wm));
     }
     metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};

@@ -47,9 +47,14 @@ typedef struct eddy_fired {
     double count, sum, min, max;
 } eddy_fired;
 
-/* Window operators of a task, by uid: their state outlives the VM (reloads). */
-void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset);
+/* Window operators of a task, by uid: their state outlives the VM (reloads).
+ * eddy_window_add returns the number of late firings it caused, or -2 when
+ * the record is past every window's lateness (see window.h); the runtime then
+ * sends it to the side output or calls eddy_window_drop_late to count it. */
+void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset,
+                       int64_t lateness);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
+void eddy_window_drop_late(void *w);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

@@ -150,12 +150,12 @@ int lua_api_flush_outputs(task *t) {
 /* The window state of operator `uid` in this task, created on first use.
  * NULL when the uid's state was made with another assigner (a reload refuses
  * that before it gets here) or on allocation failure. */
-void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance, int64_t offset) {
+void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance, int64_t offset, int64_t lateness) {
     task *t = tp;
     for (int i = 0; i < t->nwins; i++) {
         task_window *tw = &t->wins[i];
         if (strcmp(tw->uid, uid) != 0) continue;
-        if (tw->size != size || tw->advance != advance || tw->offset != offset) return NULL;
+        if (tw->size != size || tw->advance != advance || tw->offset != offset || tw->lateness != lateness) return NULL;
         return tw->w;
     }
     task_window *wins = realloc(t->wins, sizeof *wins * (t->nwins + 1));
@@ -163,11 +163,12 @@ void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance,
     t->wins = wins;
     task_window *tw = &t->wins[t->nwins];
     tw->uid = strdup(uid);
-    tw->w = window_create(size, advance, offset);
+    tw->w = window_create(size, advance, offset, lateness);
     if (!tw->uid || !tw->w) { free(tw->uid); window_destroy(tw->w); return NULL; }
     tw->size = size;
     tw->advance = advance;
     tw->offset = offset;
+    tw->lateness = lateness;
     t->nwins++;
     return tw->w;
 }
@@ -175,6 +176,8 @@ void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance,
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x) {
     return window_add(w, key, klen, ts, x);
 }
+
+void eddy_window_drop_late(void *w) { window_count_dropped(w); }
 
 int32_t eddy_window_advance(void *w, int64_t wm) { return window_advance(w, wm); }
 

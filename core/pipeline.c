@@ -95,7 +95,7 @@ static node_kind kind_of(const char *k, int *ok) {
     static const struct { const char *name; node_kind kind; } kinds[] = {
         {"source", NODE_SOURCE}, {"map", NODE_MAP}, {"filter", NODE_FILTER},
         {"flat_map", NODE_FLAT_MAP}, {"key_by", NODE_KEY_BY}, {"union", NODE_UNION},
-        {"sink", NODE_SINK}, {"window", NODE_WINDOW},
+        {"sink", NODE_SINK}, {"window", NODE_WINDOW}, {"side", NODE_SIDE},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(k, kinds[i].name) == 0) { *ok = 1; return kinds[i].kind; }
@@ -573,9 +573,10 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
             return -1;
         }
         if (!same_str(node_opt(a, "size_ms"), node_opt(b, "size_ms")) ||
+            !same_str(node_opt(a, "lateness_ms"), node_opt(b, "lateness_ms")) ||
             !same_str(node_opt(a, "advance_ms"), node_opt(b, "advance_ms")) ||
             !same_str(node_opt(a, "offset_ms"), node_opt(b, "offset_ms"))) {
-            snprintf(err, errlen, "%s: the window with uid '%s' changed its size, advance or offset; its state "
+            snprintf(err, errlen, "%s: the window with uid '%s' changed its size, advance, offset or lateness; its state "
                      "cannot carry over: give it a new uid (and reload with allow_dropped_state)", b->where, b->uid);
             return -1;
         }

@@ -72,7 +72,7 @@ typedef struct task_vm {
 /* The state of one window operator, by uid: it outlives VMs. */
 typedef struct task_window {
     char *uid;
-    int64_t size, advance, offset;
+    int64_t size, advance, offset, lateness;
     struct window_op *w;
 } task_window;
 

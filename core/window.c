@@ -6,8 +6,9 @@
 
 typedef struct entry {
     UT_hash_handle hh;
-    struct entry *next;          /* in its end bucket */
+    struct entry *next;          /* in its end bucket, or in the graveyard */
     eddy_fired f;
+    int fired;                   /* fired on time already: changes fire late */
     size_t hlen;
     char hkey[];                 /* start (8 bytes) then the key: the hash key */
 } entry;
@@ -18,34 +19,40 @@ typedef struct bucket {
 } bucket;
 
 struct window_op {
-    int64_t size, advance, offset;
+    int64_t size, advance, offset, lateness;
     entry *table;                /* uthash: (start, key) -> entry */
     bucket *buckets;             /* open windows by end, ascending */
     int nbuckets, capbuckets;
     int64_t wm;                  /* the highest watermark seen */
-    entry **fired; int nfired, capfired;
+    eddy_fired *fired; int nfired, capfired;   /* copies; keys point into entries */
+    entry *graveyard;            /* freed windows, kept until their firings were read */
     int64_t late_dropped, open;
     char *scratch; size_t scratch_cap;
 };
 
-window_op *window_create(int64_t size, int64_t advance, int64_t offset) {
+window_op *window_create(int64_t size, int64_t advance, int64_t offset, int64_t lateness) {
     window_op *w = calloc(1, sizeof *w);
     if (!w) return NULL;
     w->size = size;
     w->advance = advance > 0 ? advance : size;
     w->offset = offset;
+    w->lateness = lateness > 0 ? lateness : 0;
     w->wm = INT64_MIN;
     return w;
 }
 
-static void free_fired(window_op *w) {
-    for (int i = 0; i < w->nfired; i++) free(w->fired[i]);
+static void bury(window_op *w) {
+    while (w->graveyard) {
+        entry *e = w->graveyard;
+        w->graveyard = e->next;
+        free(e);
+    }
     w->nfired = 0;
 }
 
 void window_destroy(window_op *w) {
     if (!w) return;
-    free_fired(w);
+    bury(w);
     entry *e, *tmp;
     HASH_ITER(hh, w->table, e, tmp) {
         HASH_DEL(w->table, e);
@@ -60,6 +67,11 @@ void window_destroy(window_op *w) {
 static int64_t floor_div(int64_t a, int64_t b) {
     int64_t q = a / b;
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+/* end - 1 + lateness <= wm, without overflow near the ends of int64 */
+static int expired(const window_op *w, int64_t end, int64_t wm) {
+    return wm != INT64_MIN && end - 1 <= wm - w->lateness;
 }
 
 static bucket *bucket_for(window_op *w, int64_t end) {
@@ -83,7 +95,20 @@ static bucket *bucket_for(window_op *w, int64_t end) {
     return &w->buckets[lo];
 }
 
+static int push_fired(window_op *w, const entry *e) {
+    if (w->nfired == w->capfired) {
+        int nc = w->capfired ? w->capfired * 2 : 64;
+        eddy_fired *nf = realloc(w->fired, sizeof *nf * nc);
+        if (!nf) return -1;
+        w->fired = nf;
+        w->capfired = nc;
+    }
+    w->fired[w->nfired++] = e->f;
+    return 0;
+}
+
 int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x) {
+    bury(w);
     size_t hlen = sizeof(int64_t) + klen;
     if (hlen > w->scratch_cap) {
         char *s = realloc(w->scratch, hlen);
@@ -96,7 +121,7 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x)
     int added = 0;
     for (int64_t start = last; start > ts - w->size; start -= w->advance) {
         int64_t end = start + w->size;
-        if (end - 1 <= w->wm) continue;          /* this window already fired */
+        if (expired(w, end, w->wm)) continue;      /* past its lateness: this window is gone */
         memcpy(w->scratch, &start, sizeof start);
         entry *e;
         HASH_FIND(hh, w->table, w->scratch, hlen, e);
@@ -111,6 +136,8 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x)
             e->f.end = end;
             e->f.min = x;
             e->f.max = x;
+            /* a window created after the watermark passed its end fires late at once */
+            e->fired = w->wm != INT64_MIN && end - 1 <= w->wm;
             bucket *b = bucket_for(w, end);
             if (!b) { free(e); return -1; }
             e->next = b->head;
@@ -122,41 +149,47 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x)
         e->f.sum += x;
         if (x < e->f.min) e->f.min = x;
         if (x > e->f.max) e->f.max = x;
+        if (e->fired && push_fired(w, e) < 0) return -1;
         added = 1;
     }
-    if (!added) { w->late_dropped++; return 1; }
-    return 0;
+    if (!added) return WINDOW_TOO_LATE;
+    return w->nfired;
 }
 
 static int by_key(const void *a, const void *b) {
-    const entry *x = *(entry *const *)a, *y = *(entry *const *)b;
-    size_t n = x->f.klen < y->f.klen ? x->f.klen : y->f.klen;
-    int c = memcmp(x->f.key, y->f.key, n);
+    const eddy_fired *x = a, *y = b;
+    size_t n = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, n);
     if (c) return c;
-    return x->f.klen < y->f.klen ? -1 : x->f.klen > y->f.klen;
+    return x->klen < y->klen ? -1 : x->klen > y->klen;
 }
 
 int window_advance(window_op *w, int64_t wm) {
-    free_fired(w);
+    bury(w);
     if (wm <= w->wm) return 0;
     w->wm = wm;
     int nb = 0;
-    while (nb < w->nbuckets && w->buckets[nb].end - 1 <= wm) nb++;
-    for (int b = 0; b < nb; b++) {
+    for (int b = 0; b < w->nbuckets && w->buckets[b].end - 1 <= wm; b++) {
         int first = w->nfired;
         for (entry *e = w->buckets[b].head; e; e = e->next) {
-            if (w->nfired == w->capfired) {
-                int nc = w->capfired ? w->capfired * 2 : 64;
-                entry **nf = realloc(w->fired, sizeof *nf * nc);
-                if (!nf) return -1;
-                w->fired = nf;
-                w->capfired = nc;
-            }
-            HASH_DEL(w->table, e);
-            w->open--;
-            w->fired[w->nfired++] = e;
+            if (e->fired) continue;
+            e->fired = 1;
+            if (push_fired(w, e) < 0) return -1;
         }
         qsort(w->fired + first, w->nfired - first, sizeof *w->fired, by_key);
+        if (expired(w, w->buckets[b].end, wm)) {
+            /* can no longer change: free it once its firing has been read */
+            entry *e = w->buckets[b].head;
+            while (e) {
+                entry *next = e->next;
+                HASH_DEL(w->table, e);
+                w->open--;
+                e->next = w->graveyard;
+                w->graveyard = e;
+                e = next;
+            }
+            nb = b + 1;
+        }
     }
     if (nb > 0) {
         memmove(w->buckets, w->buckets + nb, sizeof *w->buckets * (w->nbuckets - nb));
@@ -166,8 +199,16 @@ int window_advance(window_op *w, int64_t wm) {
 }
 
 const eddy_fired *window_fired(const window_op *w, int i) {
-    return i >= 0 && i < w->nfired ? &w->fired[i]->f : NULL;
+    return i >= 0 && i < w->nfired ? &w->fired[i] : NULL;
 }
 
+void window_count_dropped(window_op *w) { w->late_dropped++; }
 int64_t window_late_dropped(const window_op *w) { return w->late_dropped; }
 int64_t window_open_count(const window_op *w) { return w->open; }
+
+int64_t window_next_end(const window_op *w) {
+    for (int b = 0; b < w->nbuckets; b++)
+        for (entry *e = w->buckets[b].head; e; e = e->next)
+            if (!e->fired) return w->buckets[b].end;
+    return INT64_MAX;
+}

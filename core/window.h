@@ -1,9 +1,11 @@
 /* window — the state of one window operator in one keyed task: assigning a
  * record to its tumbling or hopping windows, the built-in aggregates (count,
- * sum, min, max, avg) kept in C, and firing every window whose end the
- * watermark has reached (end - 1 <= watermark), in end then key order, so a
- * run's output does not depend on batching.  Kept in memory for now; the
- * RocksDB store replaces the table behind the same functions.  Calls uthash. */
+ * sum, min, max, avg) kept in C, firing every window whose end the
+ * watermark has reached (end - 1 <= watermark) in end then key order, so a
+ * run's output does not depend on batching, late firings for records within
+ * the allowed lateness, and freeing a window once the watermark passes
+ * end - 1 + lateness.  Kept in memory for now; the RocksDB store replaces
+ * the table behind the same functions.  Calls uthash. */
 #ifndef EDDY_WINDOW_H
 #define EDDY_WINDOW_H
 
@@ -15,19 +17,28 @@ typedef struct window_op window_op;
 /* A fired window, as the Lua runtime reads it through the FFI (ffi_api.h). */
 typedef struct eddy_fired eddy_fired;
 
-/* size, advance (= size for tumbling) and offset in ms.  Returns an owned
- * operator, or NULL on allocation failure. */
-window_op *window_create(int64_t size, int64_t advance, int64_t offset);
+#define WINDOW_TOO_LATE (-2)
+
+/* size, advance (= size for tumbling), offset and lateness in ms.  Returns
+ * an owned operator, or NULL on allocation failure. */
+window_op *window_create(int64_t size, int64_t advance, int64_t offset, int64_t lateness);
 void window_destroy(window_op *w);     /* NULL is a no-op */
-/* Adds x to every window of key that contains ts.  Returns 0, or 1 when the
- * record is late (all its windows already fired) and was not added, or -1
- * on allocation failure. */
+/* Adds x to every window of key that contains ts and is not past its
+ * lateness.  Returns the number of late firings it caused (windows that had
+ * fired and now changed; read them with window_fired), WINDOW_TOO_LATE when
+ * every window of the record is past its lateness (nothing added), or -1 on
+ * allocation failure. */
 int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x);
-/* Fires every window with end - 1 <= wm; returns how many are ready to read
- * with window_fired (valid until the next window_advance). */
+/* Fires every window with end - 1 <= wm that has not fired, and frees those
+ * with end - 1 + lateness <= wm.  Returns how many fired; read them with
+ * window_fired (valid until the next window_add or window_advance). */
 int window_advance(window_op *w, int64_t wm);
 const eddy_fired *window_fired(const window_op *w, int i);
+/* Counts a too-late record that went nowhere (no side output took it). */
+void window_count_dropped(window_op *w);
 int64_t window_late_dropped(const window_op *w);
 int64_t window_open_count(const window_op *w);
+/* The earliest end among windows that have not fired yet, or INT64_MAX. */
+int64_t window_next_end(const window_op *w);
 
 #endif

@@ -245,13 +245,17 @@ function Stream:window(assigner, opts)
   for k, v in pairs(opts) do
     if k == "trigger" then
       if getmetatable(v) ~= Trigger then fail("window: trigger must be an eddy.trigger value") end
-    elseif k == "lateness" or k == "late" then
-      fail("window: option '" .. k .. "' is not supported by this version of eddy")
+    elseif k == "lateness" then
+      check_duration("window lateness", v)
+    elseif k == "late" then
+      if type(v) ~= "string" or v == "" then fail("window: late must be the name of a side output") end
     else
       fail("window: unknown option '" .. tostring(k) .. "'")
     end
   end
-  return setmetatable({ stream = self, assigner = assigner, where = where() }, Windowed)
+  return setmetatable({ stream = self, assigner = assigner, where = where(),
+    lateness = opts.lateness ~= nil and check_duration("window lateness", opts.lateness) or "0",
+    late = opts.late }, Windowed)
 end
 
 local function aggregate(w, agg, f)
@@ -262,7 +266,7 @@ local function aggregate(w, agg, f)
   local s = add(w.stream.p, "window", { w.stream.node.id }, {
     fn = type(f) == "function" and f or nil,
     opts = { assigner = a.kind, size = a.size, advance = a.advance or a.size, offset = a.offset,
-             agg = agg, field = type(f) == "string" and f or nil } })
+             agg = agg, field = type(f) == "string" and f or nil, lateness = w.lateness, late = w.late } })
   return s
 end
 for _, agg in ipairs({ "count", "sum", "min", "max", "avg" }) do
@@ -280,7 +284,15 @@ end
 for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
   Stream[op] = function() fail(op .. " is not supported by this version of eddy") end
 end
-for _, op in ipairs({ "side", "table", "global_table" }) do
+-- The stream of a side output: records too late for a window whose `late`
+-- option names it.  Declare it after that window.
+function Pipeline:side(name)
+  check_name("side output", name)
+  local s = add(self, "side", {}, { name = name, uid = "side-" .. name })
+  return s
+end
+
+for _, op in ipairs({ "table", "global_table" }) do
   Pipeline[op] = function() fail(op .. " is not supported by this version of eddy") end
 end
 

@@ -33,6 +33,24 @@ local function load_pipeline(args)
   if not eddy.is_pipeline(p) then
     error(args.script .. ": the script must end with 'return p', returning the pipeline it built", 0)
   end
+  -- a side output's inputs are the windows that send their late records to it
+  for _, n in ipairs(p.nodes) do
+    if n.kind == "side" then
+      for _, w in ipairs(p.nodes) do
+        if w.kind == "window" and w.opts.late == n.name then
+          if w.id > n.id then
+            error(n.where .. ": p:side(\"" .. n.name .. "\") must come after the window that sends late records to it ("
+              .. w.where .. ")", 0)
+          end
+          n.inputs[#n.inputs + 1] = w.id
+        end
+      end
+      if #n.inputs == 0 then
+        error(n.where .. ": no window sends late records to side output '" .. n.name .. "' (window option late = \""
+          .. n.name .. "\")", 0)
+      end
+    end
+  end
   local has_source = false
   local seen = {}
   for _, n in ipairs(p.nodes) do
@@ -65,6 +83,7 @@ local function resolve_durations(n)
     o.size_ms = duration_ms(o.size, "window size", n.where)
     o.advance_ms = duration_ms(o.advance, "window advance", n.where)
     o.offset_ms = duration_ms(o.offset, "window offset", n.where)
+    o.lateness_ms = duration_ms(o.lateness, "window lateness", n.where)
     if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
   elseif n.kind == "source" and o.watermark_bound then
@@ -209,7 +228,7 @@ function M.task(args)
           for i = 1, #arr do cout[id] = cout[id] + 1; nxt(arr[i]) end
         end
       end
-    elseif kind == "union" then
+    elseif kind == "union" or kind == "side" then
       local nxt = build(id)
       return function(v) cin[id] = cin[id] + 1; cout[id] = cout[id] + 1; nxt(v) end
     elseif kind == "key_by" then
@@ -230,23 +249,28 @@ function M.task(args)
       end
     elseif kind == "window" then
       local o = node.opts
-      local w = C.eddy_window_open(task, node.uid, o.size_ms, o.advance_ms, o.offset_ms)
+      local w = C.eddy_window_open(task, node.uid, o.size_ms, o.advance_ms, o.offset_ms, o.lateness_ms)
       if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
       local agg, field, xfn = o.agg, o.field, node.fn
       local nxt = build(id)
+      local late_out                 -- the side output's chain, when this task runs it
+      for _, c in ipairs(children[id] or {}) do
+        if nodes[c].kind == "side" and inset[c] then late_out = op(c) end
+      end
       local result
       if agg == "count" then result = function(f) return f.count end
       elseif agg == "sum" then result = function(f) return f.sum end
       elseif agg == "min" then result = function(f) return f.min end
       elseif agg == "max" then result = function(f) return f.max end
       else result = function(f) return f.sum / f.count end end
-      windows[#windows + 1] = { w = w, id = id, emit = function(f)
+      local function emit(f, how)
         local start, stop = tonumber(f.start), tonumber(f["end"])
-        firing = { key = ffi_string(f.key, f.klen), window = { start = start, ["end"] = stop, firing = "on_time" } }
+        firing = { key = ffi_string(f.key, f.klen), window = { start = start, ["end"] = stop, firing = how } }
         cur_ts = stop - 1
         cout[id] = cout[id] + 1
         nxt(result(f))
-      end }
+      end
+      windows[#windows + 1] = { w = w, id = id, emit = emit }
       return function(v)
         tio.cur_node = id; cin[id] = cin[id] + 1
         if cur_ts == NONE then
@@ -260,7 +284,17 @@ function M.task(args)
           end
         end
         local k = ctx.key
-        C.eddy_window_add(w, k, #k, cur_ts, x)
+        local r = C.eddy_window_add(w, k, #k, cur_ts, x)
+        if r > 0 then
+          -- the record changed windows that had fired: each fires again, late
+          local ts = cur_ts
+          for j = 0, r - 1 do emit(C.eddy_window_fired(w, j), "late") end
+          firing, cur_ts = nil, ts
+        elseif r == -2 then
+          if late_out then late_out(v) else C.eddy_window_drop_late(w) end
+        elseif r < 0 then
+          error("out of memory in window " .. node.uid, 0)
+        end
       end
     elseif kind == "sink" then
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
@@ -290,7 +324,7 @@ function M.task(args)
   build = function(id)
     local fns = {}
     for _, c in ipairs(children[id] or {}) do
-      if inset[c] then fns[#fns + 1] = op(c) end
+      if inset[c] and nodes[c].kind ~= "side" then fns[#fns + 1] = op(c) end
     end
     if #fns == 0 then return function() end end
     if #fns == 1 then return fns[1] end
@@ -451,7 +485,7 @@ function M.task(args)
       local n = C.eddy_window_advance(win.w, wm)
       for j = 0, n - 1 do
         last_tb = nil
-        local ok, err = xpcall(win.emit, handler, C.eddy_window_fired(win.w, j))
+        local ok, err = xpcall(win.emit, handler, C.eddy_window_fired(win.w, j), "on_time")
         if not ok then on_error(err, i) end
       end
       firing = nil

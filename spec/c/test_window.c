@@ -9,7 +9,7 @@ static int add(window_op *w, const char *k, int64_t ts, double x) {
 }
 
 TEST(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one) {
-    window_op *w = window_create(60000, 60000, 0);
+    window_op *w = window_create(60000, 60000, 0, 0);
     CHECK(add(w, "a", 1000, 1) == 0);
     CHECK(add(w, "a", 59999, 1) == 0);
     CHECK(add(w, "a", 60000, 1) == 0);          /* next window */
@@ -24,7 +24,7 @@ TEST(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one) {
 }
 
 TEST(builtin_aggregates) {
-    window_op *w = window_create(10, 10, 0);
+    window_op *w = window_create(10, 10, 0, 0);
     add(w, "k", 1, 5);
     add(w, "k", 2, -3);
     add(w, "k", 3, 10);
@@ -35,7 +35,7 @@ TEST(builtin_aggregates) {
 }
 
 TEST(fires_in_end_then_key_order) {
-    window_op *w = window_create(10, 10, 0);
+    window_op *w = window_create(10, 10, 0, 0);
     add(w, "zeta", 15, 1);
     add(w, "beta", 5, 1);
     add(w, "alpha", 7, 1);
@@ -50,7 +50,7 @@ TEST(fires_in_end_then_key_order) {
 }
 
 TEST(hopping_windows_overlap) {
-    window_op *w = window_create(10, 5, 0);      /* [0,10) [5,15) [10,20) ... */
+    window_op *w = window_create(10, 5, 0, 0);      /* [0,10) [5,15) [10,20) ... */
     add(w, "k", 7, 1);                           /* in [0,10) and [5,15) */
     CHECK(window_open_count(w) == 2);
     CHECK(window_advance(w, 9) == 1);
@@ -60,18 +60,46 @@ TEST(hopping_windows_overlap) {
     window_destroy(w);
 }
 
-TEST(a_record_for_fired_windows_is_late_and_counted) {
-    window_op *w = window_create(10, 10, 0);
+TEST(a_record_for_fired_windows_is_too_late_without_lateness) {
+    window_op *w = window_create(10, 10, 0, 0);
     add(w, "k", 3, 1);
     CHECK(window_advance(w, 9) == 1);
-    CHECK(add(w, "k", 4, 1) == 1);
+    CHECK(window_open_count(w) == 0);           /* freed: it can no longer change */
+    CHECK(add(w, "k", 4, 1) == WINDOW_TOO_LATE);
+    CHECK(window_late_dropped(w) == 0);          /* the caller counts what it drops */
+    window_count_dropped(w);
     CHECK(window_late_dropped(w) == 1);
+    window_destroy(w);
+}
+
+TEST(within_lateness_a_record_fires_a_late_update_at_once) {
+    window_op *w = window_create(10, 10, 0, 5);  /* kept until wm >= 9 + 5 */
+    add(w, "k", 3, 1);
+    CHECK(window_advance(w, 9) == 1);            /* on time: count 1 */
+    CHECK(window_fired(w, 0)->count == 1);
+    CHECK(window_open_count(w) == 1);
+    CHECK(add(w, "k", 4, 1) == 1);               /* late firing: count 2 */
+    CHECK(window_fired(w, 0)->count == 2 && window_fired(w, 0)->start == 0);
+    CHECK(window_advance(w, 13) == 0);
+    CHECK(window_open_count(w) == 1);
+    CHECK(window_advance(w, 14) == 0);           /* end - 1 + lateness: freed, nothing fires again */
     CHECK(window_open_count(w) == 0);
+    CHECK(add(w, "k", 5, 1) == WINDOW_TOO_LATE);
+    window_destroy(w);
+}
+
+TEST(a_first_record_for_a_window_the_watermark_passed_fires_late) {
+    window_op *w = window_create(10, 10, 0, 100);
+    add(w, "k", 25, 1);
+    CHECK(window_advance(w, 30) == 1);           /* [20,30) */
+    CHECK(add(w, "k", 5, 1) == 1);               /* [0,10) never had a record: it fires late now */
+    CHECK(window_fired(w, 0)->start == 0 && window_fired(w, 0)->count == 1);
+    CHECK(window_next_end(w) == INT64_MAX);
     window_destroy(w);
 }
 
 TEST(offset_and_negative_times) {
-    window_op *w = window_create(10, 10, 3);     /* [..., -7,3) [3,13) ... */
+    window_op *w = window_create(10, 10, 3, 0);     /* [..., -7,3) [3,13) ... */
     add(w, "k", 2, 1);
     add(w, "k", -8, 1);                          /* [-17,-7) */
     CHECK(window_advance(w, 100) == 2);
@@ -81,11 +109,11 @@ TEST(offset_and_negative_times) {
 }
 
 TEST(the_watermark_never_goes_back) {
-    window_op *w = window_create(10, 10, 0);
+    window_op *w = window_create(10, 10, 0, 0);
     add(w, "k", 25, 1);
     CHECK(window_advance(w, 30) == 1);
     CHECK(window_advance(w, 5) == 0);
-    CHECK(add(w, "k", 12, 1) == 1);              /* still late: the watermark stays at 30 */
+    CHECK(add(w, "k", 12, 1) == WINDOW_TOO_LATE);   /* still late: the watermark stays at 30 */
     window_destroy(w);
     window_destroy(NULL);
 }
@@ -95,7 +123,9 @@ int main(void) {
     RUN(builtin_aggregates);
     RUN(fires_in_end_then_key_order);
     RUN(hopping_windows_overlap);
-    RUN(a_record_for_fired_windows_is_late_and_counted);
+    RUN(a_record_for_fired_windows_is_too_late_without_lateness);
+    RUN(within_lateness_a_record_fires_a_late_update_at_once);
+    RUN(a_first_record_for_a_window_the_watermark_passed_fires_late);
     RUN(offset_and_negative_times);
     RUN(the_watermark_never_goes_back);
     return TEST_END();

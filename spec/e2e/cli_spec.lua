@@ -62,6 +62,17 @@ describe("eddy command line", function()
     end
   end)
 
+  it("eddy run given a pipeline script instead of a config exits 2 before processing", function()
+    local dir = E.tmpdir()
+    E.write(dir .. "/in.txt", "x\n")
+    E.write(dir .. "/pipeline.lua", 'local eddy = require("eddy")\nlocal p = eddy.pipeline()\n'
+      .. 'p:source("in", { file = "in.txt", format = "lines" }):sink("out", { file = "out" })\nreturn p\n')
+    local r = E.run({ "run", dir .. "/pipeline.lua" })
+    assert.are.equal(2, r.code)
+    assert.matches("pipeline.lua", r.stderr, 1, true)
+    assert.is_false(E.exists(dir .. "/out"))
+  end)
+
   describe("eddy check", function()
     local dir, conf
 

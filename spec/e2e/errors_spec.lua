@@ -99,6 +99,30 @@ describe("on_error", function()
       assert.is_false(E.exists(dir .. "/state/spec/dead-letter.jsonl"))
     end)
 
+    it("under 'dead_letter' the default file is <state.dir>/dead-letter.jsonl, state.dir relative to the config's folder", function()
+      local r = setup(FAILING, { ["in.jsonl"] = INPUT }, { on_error = "dead_letter", state = { dir = "my-state" } })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(1, #dead_letters(dir .. "/my-state/dead-letter.jsonl"))
+      assert.is_false(E.exists(dir .. "/state"))
+    end)
+
+    it("with log.format = \"json\" every log line is a JSON object, the skipped record's with its task", function()
+      local r = setup(FAILING, { ["in.jsonl"] = INPUT }, { on_error = "skip", log = { format = "json" } })
+      assert.are.equal(0, r.code, r.stderr)
+      local found
+      for _, line in ipairs(E.lines(r.stderr)) do
+        local ok, obj = pcall(cjson.decode, line)
+        assert.is_true(ok and type(obj) == "table", "not a JSON line: " .. line)
+        assert.is_string(obj.ts)
+        assert.is_string(obj.level)
+        assert.is_string(obj.msg)
+        if obj.msg:find("zero is not allowed", 1, true) then found = obj end
+      end
+      assert.is_table(found, r.stderr)
+      assert.are.equal("warn", found.level)
+      assert.are.equal("in-0", found.task)
+    end)
+
     it("a dead_letter.file in a folder that does not exist is created (or refused before processing), not a failure mid-run", function()
       local r = setup(FAILING, { ["in.jsonl"] = INPUT },
         { on_error = "dead_letter", dead_letter = { file = "missing/records.jsonl" } })
@@ -348,6 +372,16 @@ s:sink("out", { file = cfg.dir })]]))
       assert.is_nil(r.stderr:find("init.lua", 1, true), "the error points into eddy's own code: " .. r.stderr)
     end)
   end
+
+  it("a sink folder that cannot be made (a file is in the way) exits 2 naming the sink before processing", function()
+    E.write(dir .. "/out", "a file, not a folder\n")
+    E.write(dir .. "/pipeline.lua", pipeline([[
+p:source("in", { file = "in.jsonl" }):sink("results", { file = "out" })]]))
+    local r = E.run_config(dir)
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("sink 'results'", r.stderr, 1, true)
+    assert.are.equal("a file, not a folder\n", E.read(dir .. "/out"))
+  end)
 
   it("a script that does not return the pipeline exits 2 saying 'return p'", function()
     E.write(dir .. "/pipeline.lua", 'local eddy = require("eddy")\nlocal p = eddy.pipeline()\n'

@@ -96,6 +96,90 @@ describe("event time", function()
     assert.truthy(log:find("no usable timestamp in field 't' (got yesterday)", 1, true))
   end)
 
+  describe("allowed lateness", function()
+    local LATE = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.bounded("1s") })
+ :key_by("k")
+ :window(eddy.window.tumbling("10s"), { lateness = "5s"%s })
+ :count()
+ :map(function(n, ctx)
+   return ctx.key .. " " .. (ctx.window.start - 1700000000000) .. " " .. n .. " " .. ctx.window.firing
+ end)
+ :sink("out", { file = "out", format = "lines" })
+%s
+return p
+]]
+    local lines = {
+      '{"t":1700000001000,"k":"a"}', '{"t":1700000004000,"k":"a"}',
+      '{"t":1700000012000,"k":"a"}',   -- watermark 11000: [0,10s) fires on time with 2
+      '{"t":1700000008000,"k":"a"}',   -- within lateness (until 9999 + 5000): fires late with 3
+      '{"t":1700000016000,"k":"a"}',   -- watermark 15000: [0,10s) is freed
+      '{"t":1700000009000,"k":"a"}',   -- too late: the side output, or dropped
+      '{"t":1700000030000,"k":"a"}', "" }
+
+    local function read_dir(d)
+      local _, out = run("cat " .. d .. "/part-* 2>/dev/null")
+      return out
+    end
+
+    it("fires on time, then late for a record within the lateness, and sends later records to the side output", function()
+      write(dir .. "/in.jsonl", table.concat(lines, "\n"))
+      write(dir .. "/pipeline.lua", string.format(LATE, ', late = "too-late"', [[
+p:side("too-late")
+ :map(function(v, ctx) return "late " .. (v.t - 1700000000000) .. " " .. ctx.key end)
+ :sink("late", { file = "late", format = "lines" })]]))
+      write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+      local rc = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+      assert.are.equal(0, rc)
+      assert.are.equal("a 0 2 on_time\na 0 3 late\na 10000 2 on_time\na 30000 1 on_time\n", read_dir(dir .. "/out"))
+      assert.are.equal("late 9000 a\n", read_dir(dir .. "/late"))
+    end)
+
+    it("drops a record past the lateness when no side output takes it, and counts it", function()
+      write(dir .. "/in.jsonl", table.concat(lines, "\n"))
+      write(dir .. "/pipeline.lua", (string.format(LATE, "", ""):gsub('file = "in.jsonl"', 'file = "in.jsonl", follow = true')))
+      write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', name = 'late', state = { dir = 'state' }, "
+        .. "parallelism = 1, admin = { listen = '127.0.0.1:0' } }")
+      assert(os.execute("cd " .. dir .. " && (" .. eddy_bin .. " run eddy.conf.lua 2>err.log; echo $? > rc) &") == 0
+        or true)
+      local addr
+      for _ = 1, 100 do
+        local f = io.open(dir .. "/state/admin.addr")
+        if f then addr = f:read("*l"); f:close() end
+        if addr then break end
+        os.execute("sleep 0.05")
+      end
+      assert.truthy(addr, "the daemon did not start")
+      local metrics
+      for _ = 1, 100 do
+        local _, m = run("curl -s http://" .. addr .. "/metrics")
+        metrics = m
+        if m:find('eddy_late_records_dropped_total{task="keyed1%-0",operator="window%-3"} 1') then break end
+        os.execute("sleep 0.05")
+      end
+      run("pkill -TERM -f '" .. eddy_bin .. " run eddy.conf.lua'")
+      for _ = 1, 100 do
+        local f = io.open(dir .. "/rc")
+        if f then f:close(); break end
+        os.execute("sleep 0.05")
+      end
+      assert.truthy(metrics:find('eddy_late_records_dropped_total{task="keyed1-0",operator="window-3"} 1', 1, true), metrics)
+      assert.truthy(metrics:find('eddy_open_windows{task="keyed1-0",operator="window-3"}', 1, true))
+      assert.truthy(metrics:find("eddy_watermark_lag_ms{task=\"keyed1-0\"}", 1, true))
+    end)
+
+    it("refuses a side output that no window feeds, and one declared before its window", function()
+      write(dir .. "/in.jsonl", table.concat(lines, "\n"))
+      write(dir .. "/pipeline.lua", string.format(LATE, "", 'p:side("nobody"):sink("x", { stdout = true })'))
+      write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+      local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " check eddy.conf.lua 2>&1")
+      assert.are.equal(2, rc)
+      assert.truthy(out:find("pipeline.lua:11: no window sends late records to side output 'nobody'", 1, true), out)
+    end)
+  end)
+
   it("refuses a window on an unkeyed stream before processing", function()
     write(dir .. "/in.jsonl", '{"t":1700000000001}\n')
     write(dir .. "/pipeline.lua", [[

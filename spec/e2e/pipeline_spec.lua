@@ -53,6 +53,21 @@ p:source("in", { file = "in.jsonl" }):sink("out", { file = "out" })
       assert.are.same(E.canon_all({ doc }), E.sink_json(dir .. "/out"))
     end)
 
+    it("json: an empty array stays an array from a json source to a json sink", function()
+      go([[
+p:source("in", { file = "in.jsonl" }):sink("out", { file = "out" })
+]], { ["in.jsonl"] = '{"tags":[]}\n[]\n' })
+      assert.are.same(E.sorted({ '{"tags":[]}', '[]' }), E.sink_lines(dir .. "/out"))
+    end)
+
+    it("json: integers up to 2^53 keep every digit from a json source to a json sink", function()
+      go([[
+p:source("in", { file = "in.jsonl" }):sink("out", { file = "out" })
+]], { ["in.jsonl"] = '{"id":1234567890123456}\n{"id":9007199254740992}\n{"id":123456789012345}\n' })
+      assert.are.same(E.sorted({ '{"id":1234567890123456}', '{"id":9007199254740992}', '{"id":123456789012345}' }),
+        E.sink_lines(dir .. "/out"))
+    end)
+
     it("lines: each line as a string with a trailing \\r stripped", function()
       go([[
 p:source("in", { file = "in.txt", format = "lines" })
@@ -133,6 +148,15 @@ p:source("in", { file = "in.txt", format = "lines" })
       assert.are.same({ "42", "a!", "b c!" }, E.sink_lines(dir .. "/out"))
     end)
 
+    it("a lines sink writes an integer number with all its digits", function()
+      go([[
+p:source("in", { file = "in.txt", format = "lines" })
+ :map(function(v) return tonumber(v) end)
+ :sink("out", { file = "out", format = "lines" })
+]], { ["in.txt"] = "7\n123456789012345\n1700000000000000\n" })
+      assert.are.same(E.sorted({ "7", "123456789012345", "1700000000000000" }), E.sink_lines(dir .. "/out"))
+    end)
+
     it("a sink folder relative to the pipeline's folder, not the working directory", function()
       E.write(dir .. "/sub/pipeline.lua", pipeline([[
 p:source("in", { file = "in.txt", format = "lines" }):sink("out", { file = "out", format = "lines" })
@@ -143,6 +167,23 @@ p:source("in", { file = "in.txt", format = "lines" }):sink("out", { file = "out"
       assert.are.equal(0, r.code, r.stderr)
       assert.are.same({ "x" }, E.sink_lines(dir .. "/sub/out"))
       assert.is_false(E.exists(dir .. "/out"))
+    end)
+
+    it("two file sinks writing to the same folder do not overwrite each other (or are refused before processing)", function()
+      E.write(dir .. "/pipeline.lua", pipeline([[
+local s = p:source("in", { file = "in.txt", format = "lines" })
+s:map(function(v) return "a:" .. v end):sink("a", { file = "out", format = "lines" })
+s:map(function(v) return "b:" .. v end):sink("b", { file = "out", format = "lines" })
+]]))
+      E.write(dir .. "/in.txt", "1\n2\n3\n")
+      E.write_config(dir, {})
+      local r = E.run_config(dir)
+      if r.code == 2 then
+        assert.matches("out", r.stderr, 1, true)
+      else
+        assert.are.equal(0, r.code, r.stderr)
+        assert.are.same({ "a:1", "a:2", "a:3", "b:1", "b:2", "b:3" }, E.sink_lines(dir .. "/out"))
+      end
     end)
 
     it("a stdout sink writes one line per value to stdout, and logs go to stderr", function()
@@ -379,8 +420,14 @@ p:source("in", { file = "in.txt", format = "lines" }):sink("out", { file = "out"
       return exp
     end
 
-    for _, threads in ipairs({ 1, 2 }) do
-      it("threads = " .. threads .. " writes exactly the expected lines", function()
+    for _, case in ipairs({
+      { threads = 1 }, { threads = 2 },
+      -- tiny batches and one-batch channels: backpressure everywhere
+      { threads = 2, tuning = { batch = 7, channel = 1 } },
+    }) do
+      local threads = case.threads
+      it("threads = " .. threads .. (case.tuning and " with tuning.batch = 7, tuning.channel = 1" or "")
+          .. " writes exactly the expected lines", function()
         expected = generate(dir)
         go([[
 p:source("in", { file = "in/part-*.jsonl" })
@@ -396,7 +443,7 @@ p:source("in", { file = "in/part-*.jsonl" })
    return ctx.key .. " " .. v.n .. " " .. (v.n * 3) .. " " .. v.p
  end)
  :sink("out", { file = "out", format = "lines" })
-]], {}, { threads = threads })
+]], {}, { threads = threads, tuning = case.tuning })
         local got = E.sink_lines(dir .. "/out")
         assert.are.equal(#expected, #got)
         assert.is_true(expected[1] == got[1] and expected[#expected] == got[#got])

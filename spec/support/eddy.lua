@@ -169,6 +169,11 @@ end
 -- compares as strings whatever order lua-cjson wrote the keys in
 local function canon(v)
   local t = type(v)
+  if t == "number" then
+    -- all the digits (cjson.encode keeps only 14 significant ones)
+    if v == math.floor(v) and math.abs(v) < 2^63 then return string.format("%d", v) end
+    return string.format("%.17g", v)
+  end
   if t ~= "table" then return cjson.encode(v) end
   local n = #v
   local keys, isarray = {}, true
@@ -321,21 +326,34 @@ Daemon.__index = Daemon
 -- start(args[, opts]): starts eddy in the background.  Returns a daemon
 -- object: d.pid, d:stdout(), d:stderr(), d:alive(), d:kill(sig),
 -- d:wait(timeout) → exit code (nil on timeout), d:stop() (SIGKILL + reap).
--- opts: stdin (a string), timeout (seconds the process may live, default
--- RUN_TIMEOUT: a daemon a failed spec left behind dies by itself).
+-- opts: stdin (a string), stdin_open (standard input is a pipe that gives
+-- opts.stdin and stays open until eddy ends), timeout (seconds the process
+-- may live, default RUN_TIMEOUT: a daemon a failed spec left behind dies by
+-- itself).
 function M.start(args, opts)
   opts = opts or {}
   local work = M.capture("mktemp -d /tmp/eddy-run.XXXXXXXX"):gsub("%s+$", "")
   assert(work:match("^/tmp/eddy%-run%."))
   local input = "/dev/null"
   if opts.stdin then input = M.write(work .. "/stdin", opts.stdin) end
+  local T = opts.timeout or M.RUN_TIMEOUT
+  -- stdin_open: standard input is a pipe that gives opts.stdin and then stays
+  -- open (as `tail -f x | eddy` would) until eddy ends
+  local writer = ""
+  if opts.stdin_open then
+    local fifo = work .. "/stdin.fifo"
+    writer = string.format("mkfifo %s; sh -c %s >%s & echo $! >%s/writer; ", q(fifo),
+      q("cat " .. q(input) .. "; exec sleep " .. T), q(fifo), q(work))
+    input = fifo
+  end
   -- timeout(1) bounds its life; the inner shell records its pid and then
   -- becomes eddy (exec), so the pid is eddy's; the outer shell records the
   -- exit status.  The whole thing is detached from us.
-  local exec = string.format("echo $$ >%s/pid.tmp; mv %s/pid.tmp %s/pid; exec %s %s <%s >%s/stdout 2>%s/stderr",
-    q(work), q(work), q(work), q(M.bin), cmdline(args), q(input), q(work), q(work))
-  local inner = string.format("timeout -k 5 %d sh -c %s; echo $? >%s/rc.tmp; mv %s/rc.tmp %s/rc",
-    opts.timeout or M.RUN_TIMEOUT, q(exec), q(work), q(work), q(work))
+  local exec = string.format("%secho $$ >%s/pid.tmp; mv %s/pid.tmp %s/pid; exec %s %s <%s >%s/stdout 2>%s/stderr",
+    writer, q(work), q(work), q(work), q(M.bin), cmdline(args), q(input), q(work), q(work))
+  local inner = string.format("timeout -k 5 %d sh -c %s; echo $? >%s/rc.tmp; "
+      .. "[ -f %s/writer ] && kill $(cat %s/writer); mv %s/rc.tmp %s/rc",
+    T, q(exec), q(work), q(work), q(work), q(work), q(work))
   os.execute("sh -c " .. q(inner) .. " >/dev/null 2>&1 </dev/null &")
   local pidtext = M.wait_for(function() return M.read(work .. "/pid") end, 10)
   local d = setmetatable({ work = work, pid = tonumber(pidtext and pidtext:match("%d+")) }, Daemon)

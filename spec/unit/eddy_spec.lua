@@ -347,7 +347,7 @@ describe("window", function()
     assert.equal(n, out.node)
     assert.equal("window", n.kind)
     assert.same({ 1 }, n.inputs)
-    assert.same({ assigner = "tumbling", size = "1m", advance = "1m", offset = "0", agg = "count" }, n.opts)
+    assert.same({ assigner = "tumbling", size = "1m", advance = "1m", offset = "0", agg = "count", lateness = "0" }, n.opts)
     assert.equal(THIS .. ":" .. l, n.where)
   end)
 
@@ -356,8 +356,10 @@ describe("window", function()
     s:window(eddy.window.hopping("10s", "5s")):sum("amount")
     s:window(eddy.window.tumbling(60000, 1000)):min(f)
     s:window(eddy.window.tumbling("1h")):avg()
-    assert.same({ assigner = "hopping", size = "10s", advance = "5s", offset = "0", agg = "sum", field = "amount" }, p.nodes[2].opts)
-    assert.same({ assigner = "tumbling", size = "60000", advance = "60000", offset = "1000", agg = "min" }, p.nodes[3].opts)
+    assert.same({ assigner = "hopping", size = "10s", advance = "5s", offset = "0", agg = "sum", field = "amount",
+                  lateness = "0" }, p.nodes[2].opts)
+    assert.same({ assigner = "tumbling", size = "60000", advance = "60000", offset = "1000", agg = "min",
+                  lateness = "0" }, p.nodes[3].opts)
     assert.equal(f, p.nodes[3].fn)
     assert.equal("avg", p.nodes[4].opts.agg)
     assert.is_nil(p.nodes[4].fn)
@@ -551,12 +553,15 @@ describe("sink", function()
 end)
 
 describe("operators of later versions", function()
-  it("window lateness and late are refused as not supported by this version", function()
-    for _, opt in ipairs({ "lateness", "late" }) do
-      local s = src(eddy.pipeline())
-      raises("window: option '" .. opt .. "' is not supported by this version of eddy",
-        function() s:window(eddy.window.tumbling("1m"), { [opt] = "30s" }) end)
-    end
+  it("window lateness and late are kept on the window node; p:side adds a side node", function()
+    local p = eddy.pipeline()
+    src(p):key_by("k"):window(eddy.window.tumbling("1m"), { lateness = "30s", late = "late" }):count()
+    local side = p:side("late")
+    assert.equal("30s", p.nodes[3].opts.lateness)
+    assert.equal("late", p.nodes[3].opts.late)
+    assert.equal("side", side.node.kind)
+    assert.equal("late", side.node.name)
+    assert.same({}, side.node.inputs)
   end)
   for _, kind in ipairs({ "sliding", "session", "global", "count" }) do
     it("eddy.window." .. kind .. " is refused as not supported by this version", function()
@@ -584,7 +589,7 @@ describe("operators of later versions", function()
       assert.equal(1, #p.nodes)
     end)
   end
-  for _, op in ipairs({ "side", "table", "global_table" }) do
+  for _, op in ipairs({ "table", "global_table" }) do
     it("p:" .. op .. " is refused as not supported by this version", function()
       local p = eddy.pipeline()
       raises(op .. " is not supported by this version of eddy", function() p[op](p, "x", {}) end)
@@ -658,7 +663,7 @@ describe("errors point at the caller's line", function()
     { "a duplicate sink", function(p) src(p):sink("o", { stdout = true }):sink("o", { stdout = true }) end },
     { "window without an assigner", function(p) src(p):window("1m") end },
     { "an unknown window option", function(p) src(p):window(eddy.window.tumbling("1m"), { size = 1 }) end },
-    { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "1s" }) end },
+    { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "soon" }) end },
     { "eddy.window.session", function() eddy.window.session("5m") end },
     { "eddy.trigger.every", function() eddy.trigger.every("5s") end },
     { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce(noop) end },
@@ -667,7 +672,7 @@ describe("errors point at the caller's line", function()
     { "a bad watermark bound", function() eddy.watermark.bounded(-1) end },
     { "a watermark without a timestamp", function(p) p:source("in", { file = "x", watermark = eddy.watermark.monotonic() }) end },
     { "process", function(p) src(p):process({}) end },
-    { "p:side", function(p) p:side("late") end },
+    { "p:side", function(p) p:side(5) end },
     { "p:table", function(p) p:table("t", {}) end },
   }
   for _, c in ipairs(cases) do
