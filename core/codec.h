@@ -42,4 +42,22 @@ int codec_pack(lua_State *L, int idx, buf *out, char *err, size_t errlen);
  * registry, freed by lua_close), so steady-state calls do not allocate in C. */
 long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t errlen);
 
+/* Encodes the Lua value at stack index idx as compact JSON text through
+ * jansson and appends it to out.  Integral numbers up to 2^63 are written
+ * exactly (lua-cjson's encoder keeps only 14 digits); other numbers with 14
+ * significant digits, as cjson does; cjson.null is null; a table with keys
+ * 1..n is an array, other tables objects (number keys become strings).
+ * Returns 0, or -1 with err (functions, userdata, invalid UTF-8, nesting
+ * deeper than CODEC_MAX_DEPTH).  Stack unchanged. */
+int codec_json(lua_State *L, int idx, buf *out, char *err, size_t errlen);
+
+/* The metatable that marks an empty Lua table as an empty JSON array (in the
+ * registry under this name); codec_json writes such a table as []. */
+#define CODEC_ARRAY_MT "eddy.array_mt"
+
+/* Decodes JSON text through jansson and pushes the value (stack +1): objects
+ * and arrays become tables, an empty array gets CODEC_ARRAY_MT, null inside
+ * them is cjson.null.  Returns 0, or -1 (nothing pushed) with err. */
+int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+
 #endif

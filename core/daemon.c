@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/http.h>
 #include <event2/thread.h>
 #include <jansson.h>
 #include <libgen.h>
@@ -48,6 +49,10 @@ typedef struct daemon_state {
     int64_t started_ms;
     char poison_path[PATH_MAX];
 } daemon_state;
+
+static int holding_input(const task *t);
+static json_t *wm_json(int64_t wm);
+static json_t *input_json(const daemon_state *d, const task *t, int c);
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -268,6 +273,57 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     stop_gracefully(d, sig == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
+/* GET /explain/UID: why the oldest open window of operator UID has not
+ * fired, per task that runs it. */
+static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    (void)query;
+    if (strncmp(path, "/explain/", 9) != 0) { *http_status = 404; return NULL; }
+    char *uid = evhttp_uridecode(path + 9, 0, NULL);
+    json_t *tasks = json_array();
+    int found = 0;
+    for (int i = 0; uid && i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        for (int k = 0; k < t->nwins; k++) {
+            if (strcmp(t->wins[k].uid, uid) != 0) continue;
+            found = 1;
+            int64_t end = window_next_end(t->wins[k].w);
+            json_t *jt = json_pack("{s:s, s:o, s:I}", "task", t->name, "watermark", wm_json(t->io.wm),
+                                   "open_windows", (json_int_t)window_open_count(t->wins[k].w));
+            if (end == INT64_MAX) {
+                json_object_set_new(jt, "oldest_window", json_null());
+                json_object_set_new(jt, "why", json_string("no window is waiting to fire"));
+            } else {
+                json_object_set_new(jt, "oldest_window", json_pack("{s:I}", "end", (json_int_t)end));
+                json_object_set_new(jt, "fires_at_watermark", json_integer(end - 1));
+                int h = holding_input(t);
+                char why[512];
+                if (h >= 0) {
+                    json_object_set_new(jt, "held_back_by", input_json(d, t, h));
+                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
+                             "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
+                             t->in[h]->producer->name, (long long)t->chan_wm[h]);
+                } else {
+                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
+                             "every input is idle, so the watermark waits for records", (long long)end, (long long)(end - 1));
+                }
+                json_object_set_new(jt, "why", json_string(why));
+            }
+            json_array_append_new(tasks, jt);
+        }
+    }
+    if (!found) {
+        json_decref(tasks);
+        *http_status = 404;
+        json_t *e = json_pack("{s:s}", "error", "no window operator with that uid runs here");
+        free(uid);
+        return e;
+    }
+    json_t *out = json_pack("{s:s, s:o}", "uid", uid, "tasks", tasks);
+    free(uid);
+    return out;
+}
+
 /* ---- reload ------------------------------------------------------------ */
 
 /* A reload is in progress while a running task has not reached the newest version. */
@@ -352,6 +408,38 @@ static int h_health(void *ud, char *reason, size_t len) {
     return 1;
 }
 
+/* The input of keyed task t that holds its watermark back (the lowest among
+ * inputs that are neither idle nor ended), or -1. */
+static int holding_input(const task *t) {
+    int at = -1;
+    for (int c = 0; c < t->nin; c++) {
+        if (t->ended[c] || t->chan_idle[c]) continue;
+        if (at < 0 || t->chan_wm[c] < t->chan_wm[at]) at = c;
+    }
+    return at;
+}
+
+static json_t *wm_json(int64_t wm) {
+    if (wm == TS_NONE) return json_null();
+    if (wm >= WM_END) return json_string("+inf");
+    return json_integer(wm);
+}
+
+/* Where an input comes from: the upstream task, and for a source task its
+ * source, partition and file. */
+static json_t *input_json(const daemon_state *d, const task *t, int c) {
+    const task *up = t->in[c]->producer;
+    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(t->chan_wm[c]),
+                          "idle", t->chan_idle[c] != 0, "ended", t->ended[c] != 0);
+    if (up->source >= 0) {
+        const source_info *si = &d->p->sources[up->source];
+        json_object_set_new(j, "source", json_string(si->name));
+        json_object_set_new(j, "partition", json_integer(up->index));
+        json_object_set_new(j, "file", json_string(si->files[up->index]));
+    }
+    return j;
+}
+
 static const char *status_name(int s) {
     return s == TASK_DONE ? "done" : s == TASK_FAILED ? "failed" : "running";
 }
@@ -369,7 +457,7 @@ static json_t *h_status(void *ud) {
             "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_memory(t->cur.vm));
         json_object_set_new(jt, "version", json_integer(task_version(t)));
         json_object_set_new(jt, "last_reload_pause_ms", json_real((double)t->last_pause_us / 1000.0));
-        if (t->io.wm != TS_NONE) json_object_set_new(jt, "watermark", json_integer(t->io.wm));
+        json_object_set_new(jt, "watermark", wm_json(t->io.wm));
         if (t->source >= 0) {
             const source_info *si = &d->p->sources[t->source];
             json_object_set_new(jt, "source", json_string(si->name));
@@ -378,8 +466,15 @@ static json_t *h_status(void *ud) {
             json_object_set_new(jt, "position", json_integer(t->position));
         } else {
             int depth = 0;
-            for (int c = 0; c < t->nin; c++) depth += channel_depth(t->in[c]);
+            json_t *inputs = json_array();
+            for (int c = 0; c < t->nin; c++) {
+                depth += channel_depth(t->in[c]);
+                json_array_append_new(inputs, input_json(d, t, c));
+            }
             json_object_set_new(jt, "queue", json_integer(depth));
+            json_object_set_new(jt, "inputs", inputs);
+            int h = holding_input(t);
+            if (h >= 0) json_object_set_new(jt, "held_back_by", json_string(t->in[h]->producer->name));
         }
         if (t->error[0]) json_object_set_new(jt, "error", json_string(t->error));
         json_array_append_new(tasks, jt);
@@ -569,6 +664,22 @@ static void daemon_free(daemon_state *d) {
     config_destroy(d->cfg);
 }
 
+/* Settings the config accepts that this version cannot honour are refused
+ * before anything starts, never ignored. */
+static int refuse_unsupported(const config *cfg, char *err, size_t errlen) {
+    if (cfg->guarantee == GUARANTEE_EXACTLY_ONCE) {
+        snprintf(err, errlen, "guarantee: \"exactly_once\" needs checkpoints, which this version of eddy does not have; "
+                 "use \"at_least_once\"");
+        return -1;
+    }
+    if (cfg->kafka_embedded || cfg->kafka.n > 0 || cfg->dead_letter_kafka) {
+        snprintf(err, errlen, "%s: Kafka is not supported by this version of eddy",
+                 cfg->dead_letter_kafka ? "dead_letter.kafka" : "kafka");
+        return -1;
+    }
+    return 0;
+}
+
 int daemon_run(const char *config_path) {
     daemon_state d;
     memset(&d, 0, sizeof d);
@@ -577,8 +688,14 @@ int daemon_run(const char *config_path) {
     char err[4096];
     int code = 2;
     d.started_ms = mono_ms();
+    if (looks_like_pipeline(config_path)) {
+        fprintf(stderr, "eddy: %s is a pipeline script; eddy run takes a config file that names it "
+                "(return { pipeline = \"%s\" }); eddy check takes either\n", config_path, config_path);
+        goto out;
+    }
     d.cfg = config_load(config_path, err, sizeof err);
     if (!d.cfg) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    if (refuse_unsupported(d.cfg, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     log_setup(d.cfg->log_level, d.cfg->log_format == LOGFMT_JSON);
     d.p = plan_create(d.cfg, daemon_lua_dir(), err, sizeof err);
     if (!d.p) { fprintf(stderr, "eddy: %s\n", err); goto out; }
@@ -626,7 +743,7 @@ int daemon_run(const char *config_path) {
     signal(SIGPIPE, SIG_IGN);
     if (d.cfg->admin_enabled) {
         admin_handlers h = { .ud = &d, .health = h_health, .status = h_status, .metrics = h_metrics,
-                             .reload = h_reload };
+                             .reload = h_reload, .get_prefixed = h_prefixed };
         char addr_file[PATH_MAX];
         snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d.cfg->state_dir);
         d.adm = admin_create(d.base, d.cfg->admin_listen, addr_file, &h, err, sizeof err);

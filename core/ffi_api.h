@@ -35,6 +35,7 @@ typedef struct eddy_io {
     uint64_t seq;           /* bumped per record: the watchdog's progress mark */
     uint64_t errors, skipped, dead_letters;
     int64_t *chan_wm;       /* keyed tasks: the watermark of each input channel */
+    uint8_t *chan_idle;     /* keyed tasks: 1 for an input that is idle (left out of the minimum) */
     int64_t wm;             /* the task's watermark (sources: their partition's) */
     int64_t maxts;          /* sources: the largest timestamp seen */
 } eddy_io;
@@ -58,7 +59,7 @@ void eddy_window_drop_late(void *w);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 
-/* Wall-clock time in ms since the epoch (timestamp = "ingest"). */
+/* Processing time in ms since the epoch (clock.h; timestamp = "ingest"). */
 int64_t eddy_now_ms(void);
 /* Durations as the config spells them ("5s", "1m", 250): 0 and *ms, or -1. */
 int eddy_parse_duration(const char *s, int64_t *ms);

@@ -5,6 +5,7 @@
 #include "sink.h"
 #include "task.h"
 #include "window.h"
+#include "clock.h"
 #include "config.h"
 #include <lauxlib.h>
 #include <stdio.h>
@@ -121,8 +122,35 @@ static int l_shuffle(lua_State *L) {
     return 0;
 }
 
+/* json_exact(value) -> string: JSON with integers written exactly.
+ * Stack: value -> value string */
+static int l_json_exact(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_json(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+/* json_decode_exact(string) -> value, with empty arrays marked.
+ * Stack: s -> s value */
+static int l_json_decode_exact(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char err[256];
+    if (codec_json_decode(L, s, n, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    return 1;
+}
+
 void lua_api_push_native(lua_State *L, task *t) {
-    lua_createtable(L, 0, 2);                      /* native */
+    lua_createtable(L, 0, 4);                      /* native */
+    lua_pushcfunction(L, l_json_decode_exact);
+    lua_setfield(L, -2, "json_decode_exact");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_json_exact, 1);
+    lua_setfield(L, -2, "json_exact");
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_shuffle, 1);
     lua_setfield(L, -2, "shuffle");
@@ -183,11 +211,7 @@ int32_t eddy_window_advance(void *w, int64_t wm) { return window_advance(w, wm);
 
 const eddy_fired *eddy_window_fired(void *w, int32_t i) { return window_fired(w, i); }
 
-int64_t eddy_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t eddy_now_ms(void) { return clock_now_ms(); }
 
 int eddy_parse_duration(const char *s, int64_t *ms) { return config_parse_duration(s, ms); }
 

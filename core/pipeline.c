@@ -210,6 +210,8 @@ static int build_sources(plan *p, char *err, size_t errlen) {
             return -1;
         }
         si->follow = node_opt_bool(nd, "follow");
+        const opt *idle = opt_find(&nd->opts, "idle_ms");
+        si->idle_ms = idle && idle->type == OPT_NUMBER ? (int64_t)idle->n : 0;
         si->header = node_opt_bool(nd, "header");
         const char *d = node_opt(nd, "delimiter");
         si->delimiter = d && *d ? d[0] : ',';
@@ -236,6 +238,30 @@ static int build_sources(plan *p, char *err, size_t errlen) {
         si->files = calloc(si->nfiles, sizeof *si->files);
         for (size_t j = 0; j < g.gl_pathc; j++) si->files[j] = strdup(g.gl_pathv[j]);
         globfree(&g);
+    }
+    return 0;
+}
+
+/* Two file sinks in one folder would write the same part files. */
+static int check_sinks(const plan *p, char *err, size_t errlen) {
+    for (int i = 0; i < p->nnodes; i++) {
+        const node *a = &p->nodes[i];
+        if (a->kind != NODE_SINK || !node_opt(a, "file")) continue;
+        char *da = resolve(p->dir, node_opt(a, "file"));
+        for (int j = i + 1; j < p->nnodes && da; j++) {
+            const node *b = &p->nodes[j];
+            if (b->kind != NODE_SINK || !node_opt(b, "file")) continue;
+            char *db = resolve(p->dir, node_opt(b, "file"));
+            int same = db && strcmp(da, db) == 0;
+            free(db);
+            if (same) {
+                snprintf(err, errlen, "sinks '%s' (%s) and '%s' (%s) write to the same folder %s: give each its own",
+                         a->name, a->where, b->name, b->where, da);
+                free(da);
+                return -1;
+            }
+        }
+        free(da);
     }
     return 0;
 }
@@ -404,6 +430,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     v = NULL;
     if (apply_overrides(p, cfg, err, errlen) < 0) goto err;
     if (build_sources(p, err, errlen) < 0) goto err;
+    if (check_sinks(p, err, errlen) < 0) goto err;
     if (build_stages(p, cfg, err, errlen) < 0) goto err;
     return p;
 err:

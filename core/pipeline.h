@@ -37,6 +37,7 @@ typedef struct source_info {
     char **files; int nfiles;   /* one partition per file */
     int follow, header;
     char delimiter;
+    int64_t idle_ms;        /* idle = d: after d without records the partition stops holding watermarks back; 0 = never */
 } source_info;
 
 typedef struct stage {

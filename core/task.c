@@ -5,6 +5,7 @@
 #include "source_file.h"
 #include "vm.h"
 #include "window.h"
+#include "clock.h"
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,8 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     }
     t->io.wm = TS_NONE;
     t->io.maxts = TS_NONE;
+    t->sent_wm = TS_NONE;
+    t->last_record_ms = clock_now_ms();
     return t;
 err:
     task_destroy(t);
@@ -82,13 +85,17 @@ int task_add_input(task *t, channel *c) {
     if (held) t->held = held;
     int64_t *wm = realloc(t->chan_wm, sizeof *wm * n);
     if (wm) t->chan_wm = wm;
-    if (!in || !ended || !held || !wm) return -1;
+    uint8_t *idle = realloc(t->chan_idle, n);
+    if (idle) t->chan_idle = idle;
+    if (!in || !ended || !held || !wm || !idle) return -1;
     t->in[t->nin] = c;
     t->ended[t->nin] = 0;
     t->held[t->nin] = 0;
     t->chan_wm[t->nin] = TS_NONE;
+    t->chan_idle[t->nin] = 0;
     t->nin = n;
     t->io.chan_wm = t->chan_wm;
+    t->io.chan_idle = t->chan_idle;
     return 0;
 }
 
@@ -171,7 +178,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     tv->p = p;
     tv->st = &p->stages[t->st->id];
     tv->version = version;
-    tv->batch_ref = tv->channel_end_ref = tv->finish_ref = LUA_NOREF;
+    tv->batch_ref = tv->inputs_ref = tv->finish_ref = LUA_NOREF;
     if (map_nodes(t, tv, err, errlen) < 0) goto err;
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
@@ -230,8 +237,8 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     }
     lua_getfield(L, -1, "batch");                              /* runtime fns batch */
     tv->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);            /* runtime fns */
-    lua_getfield(L, -1, "channel_end");
-    tv->channel_end_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "inputs_changed");
+    tv->inputs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "finish");
     tv->finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
@@ -400,12 +407,37 @@ static step_result step_source(task *t) {
     }
     t->position = source_position(t->src);
     if (n > 0) {
+        t->last_record_ms = clock_now_ms();
+        t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
         if (sh->poison) mark_poison(t, t->inbatch);
         if (call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
         return STEP_PROGRESS;
     }
     if (eof) return finish(t);
+    int64_t idle = t->cur.p->sources[t->source].idle_ms;
+    if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle) {
+        log_task_debug(t->name, "idle: no record for %lld ms", (long long)idle);
+        t->idle_sent = 1;
+        push_all(t, CH_WATERMARK, WM_IDLE);
+    }
     return STEP_IDLE;
+}
+
+/* Tells the tasks downstream how far this task's watermark got (records
+ * carry it too; this covers advances without records), or that every input
+ * of this task is idle. */
+static void forward_watermark(task *t) {
+    int active = 0;
+    for (int c = 0; c < t->nin; c++) if (!t->ended[c] && !t->chan_idle[c]) active++;
+    if (active == 0 && t->eos < t->nin) {
+        if (!t->idle_sent) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        return;
+    }
+    if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
+        t->sent_wm = t->io.wm;
+        t->idle_sent = 0;
+        push_all(t, CH_WATERMARK, t->io.wm);
+    }
 }
 
 /* Every input has delivered the barrier (or ended): swap, pass it on. */
@@ -430,7 +462,15 @@ static step_result step_keyed(task *t) {
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
         t->io.channel = idx;
+        t->chan_idle[idx] = 0;           /* records again: the input counts in the minimum */
         if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
+    } else if (m->kind == CH_WATERMARK) {
+        if (m->value == WM_IDLE) t->chan_idle[idx] = 1;
+        else {
+            t->chan_idle[idx] = 0;
+            if (m->value > t->chan_wm[idx]) t->chan_wm[idx] = m->value;
+        }
+        if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_BARRIER) {
         t->held[idx] = 1;
         t->barrier_version = m->value;
@@ -438,11 +478,14 @@ static step_result step_keyed(task *t) {
     } else if (m->kind == CH_EOS) {
         t->eos++;
         t->ended[idx] = 1;
-        if (call_lua(t, t->cur.channel_end_ref, NULL, idx) < 0) r = STEP_FAILED;
+        t->chan_idle[idx] = 0;
+        t->chan_wm[idx] = WM_END;
+        if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
         else if (t->nheld > 0 && t->nheld + t->eos == t->nin) barrier_aligned(t, t->barrier_version);
     }
     msg_free(m);
+    if (r == STEP_PROGRESS && t->nouts > 0) forward_watermark(t);
     return r;
 }
 
@@ -486,6 +529,7 @@ void task_destroy(task *t) {
     free(t->ended);
     free(t->held);
     free(t->chan_wm);
+    free(t->chan_idle);
     buf_free(&t->packbuf);
     free(t);
 }

@@ -24,6 +24,9 @@ struct source_reader;
 typedef enum { STEP_PROGRESS, STEP_IDLE, STEP_BLOCKED, STEP_DONE, STEP_FAILED } step_result;
 enum { TASK_RUNNING = 0, TASK_DONE = 1, TASK_FAILED = 2 };
 
+#define WM_IDLE (INT64_MIN + 1)     /* a CH_WATERMARK value: the sender's input is idle */
+#define WM_END ((int64_t)1 << 62)   /* the watermark of an input that ended (+inf for Lua) */
+
 /* What every task shares; owned by the daemon. */
 typedef struct task_shared {
     const config *cfg;
@@ -60,7 +63,7 @@ typedef struct out_port {
  * swaps to it at a barrier. */
 typedef struct task_vm {
     struct vm *vm;
-    int batch_ref, channel_end_ref, finish_ref;   /* the Lua runtime's entry points */
+    int batch_ref, inputs_ref, finish_ref;   /* the Lua runtime's entry points */
     const plan *p;              /* borrowed: the daemon keeps every plan until exit */
     const stage *st;            /* this task's stage in p */
     int version;
@@ -96,6 +99,10 @@ typedef struct task {
     int nheld;
     int64_t barrier_version;    /* the version the held barrier announces */
     int64_t *chan_wm;           /* [nin]: watermark of each input (survives reloads) */
+    uint8_t *chan_idle;         /* [nin]: input c is idle */
+    int64_t sent_wm;            /* the last watermark sent downstream as a mark */
+    int idle_sent;              /* an idle mark went downstream and no record since */
+    int64_t last_record_ms;     /* sources: processing time of the last record read */
     int rr;                     /* round-robin start */
     out_port *outs; int nouts;
     struct sink **sinks; int nsinks;

@@ -29,6 +29,7 @@ typedef struct eddy_io {
     uint64_t seq;
     uint64_t errors, skipped, dead_letters;
     int64_t *chan_wm;
+    uint8_t *chan_idle;
     int64_t wm;
     int64_t maxts;
 } eddy_io;

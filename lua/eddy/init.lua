@@ -75,6 +75,19 @@ function M.is_pipeline(x)
   return type(x) == "table" and getmetatable(x) == Pipeline
 end
 
+-- Durations are kept as written ("5s", 250) and converted by the runtime,
+-- which uses the same parser as the config file.
+local function check_duration(what, d)
+  if type(d) == "number" then
+    if d < 0 or d % 1 ~= 0 then fail(what .. " must be a whole, non-negative number of ms") end
+    return tostring(d)
+  end
+  if type(d) ~= "string" or not d:match("^%d+%.?%d*%a*$") then
+    fail(what .. ": expected a duration like \"10s\", got " .. tostring(d))
+  end
+  return d
+end
+
 local SOURCE_OPTS = { file = "string", stdin = "boolean", kafka = "any", format = "string",
   key = "any", follow = "boolean", header = "boolean", delimiter = "string",
   timestamp = "any", watermark = "any", idle = "any", start = "string" }
@@ -106,15 +119,16 @@ function Pipeline:source(name, opts)
   local n = (opts.file and 1 or 0) + (opts.stdin and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("source '" .. name .. "' needs exactly one of file, stdin, kafka") end
   if opts.kafka then fail("source '" .. name .. "': kafka sources are not supported by this version of eddy") end
-  refuse_unsupported("source", name, opts, { "idle", "start" })
+  refuse_unsupported("source", name, opts, { "start" })
+  if opts.idle ~= nil then check_duration("source '" .. name .. "': idle", opts.idle) end
   local ts = opts.timestamp
   if ts ~= nil and type(ts) ~= "string" and type(ts) ~= "function" then
     fail("source '" .. name .. "': timestamp must be a field name, a function, or \"ingest\"")
   end
   if ts == "kafka" then fail("source '" .. name .. "': timestamp = \"kafka\" needs a kafka source") end
   local wm = opts.watermark
-  if wm ~= nil and getmetatable(wm) ~= Watermark then
-    fail("source '" .. name .. "': watermark must be eddy.watermark.bounded(d) or eddy.watermark.monotonic()")
+  if wm ~= nil and getmetatable(wm) ~= Watermark and type(wm) ~= "function" then
+    fail("source '" .. name .. "': watermark must be eddy.watermark.bounded(d), eddy.watermark.monotonic() or a function")
   end
   if wm ~= nil and ts == nil then fail("source '" .. name .. "': a watermark needs a timestamp option") end
   local format = opts.format or "json"
@@ -129,8 +143,9 @@ function Pipeline:source(name, opts)
       file = opts.file, stdin = opts.stdin, format = format, follow = opts.follow or false,
       header = opts.header or false, delimiter = opts.delimiter or ",",
       timestamp = type(ts) == "string" and ts or nil,
-      watermark_bound = wm and wm.bound or (ts ~= nil and "0" or nil),
-    }, key = key, timestamp = ts })
+      watermark_bound = type(wm) == "table" and wm.bound or (ts ~= nil and wm == nil and "0" or nil),
+      idle = opts.idle,
+    }, key = key, timestamp = ts, watermark_fn = type(wm) == "function" and wm or nil })
   return s
 end
 
@@ -196,19 +211,6 @@ function Stream:sink(name, opts)
   add(self.p, "sink", { self.node.id }, { name = name, uid = name,
     opts = { file = opts.file, stdout = opts.stdout, format = format } })
   return self
-end
-
--- Durations are kept as written ("5s", 250) and converted by the runtime,
--- which uses the same parser as the config file.
-local function check_duration(what, d)
-  if type(d) == "number" then
-    if d < 0 or d % 1 ~= 0 then fail(what .. " must be a whole, non-negative number of ms") end
-    return tostring(d)
-  end
-  if type(d) ~= "string" or not d:match("^%d+%.?%d*%a*$") then
-    fail(what .. ": expected a duration like \"10s\", got " .. tostring(d))
-  end
-  return d
 end
 
 M.watermark = {}

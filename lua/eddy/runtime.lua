@@ -86,8 +86,9 @@ local function resolve_durations(n)
     o.lateness_ms = duration_ms(o.lateness, "window lateness", n.where)
     if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
-  elseif n.kind == "source" and o.watermark_bound then
-    o.bound_ms = duration_ms(o.watermark_bound, "watermark bound", n.where)
+  elseif n.kind == "source" then
+    if o.watermark_bound then o.bound_ms = duration_ms(o.watermark_bound, "watermark bound", n.where) end
+    if o.idle then o.idle_ms = duration_ms(o.idle, "idle", n.where) end
   end
 end
 
@@ -123,6 +124,13 @@ local function key_string(k)
 end
 M.key_string = key_string
 
+-- A number as text: integers exactly, other numbers as Lua prints them.
+local function number_text(n)
+  if n == math.floor(n) and n >= -2^63 and n < 2^63 then return string.format("%d", n) end
+  return tostring(n)
+end
+M.number_text = number_text
+
 -- A timestamp value → ms since the epoch, or nil.  Numbers below 1e11 are
 -- seconds (1e11 ms is 1973; 1e11 s is the year 5138), strings are numbers or
 -- ISO-8601 date-times.
@@ -146,7 +154,7 @@ M.to_ms = to_ms
 -- name (task name), stage_nodes = {ids}, roots = {ids}, keyed = bool,
 -- ninputs (keyed tasks), sinks = {[node id] = sink index},
 -- sources = {[index] = {name, format, files}}, on_error, version,
--- native = {shuffle, unpack}.  Returns { batch = fn, channel_end = fn(ch), finish = fn }.
+-- native = {shuffle, unpack}.  Returns { batch = fn, inputs_changed = fn, finish = fn }.
 function M.task(args)
   local task = args.task
   local tio = ffi.cast("eddy_io *", args.io)
@@ -300,12 +308,25 @@ function M.task(args)
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
       local enc
       if fmt == "json" then
-        enc = cjson_encode
+        -- lua-cjson writes numbers with 14 significant digits: an integer
+        -- beyond that comes out as 1.2345678901234e+14.  The exponent gives it
+        -- away; such a record is encoded again, exactly.  (A number in a
+        -- table key or a string that contains "e+" also takes that path.)
+        -- The same exact encoder writes an empty table marked as an array
+        -- (decoded from []) as [], which cjson cannot.
+        local json_exact, find = native.json_exact, string.find
+        enc = function(v)
+          local s = cjson_encode(v)
+          -- plain finds only: a pattern find is not compiled by the JIT and would
+          -- slow every record down (a false positive costs one exact re-encode)
+          if find(s, "e+", 1, true) or find(s, "{}", 1, true) then s = json_exact(v) end
+          return s
+        end
       else
         enc = function(v)
           local t = type(v)
           if t == "string" then return v end
-          if t == "number" then return tostring(v) end
+          if t == "number" then return number_text(v) end
           error("sink '" .. name .. "': format " .. fmt .. " needs a string or number, got " .. t, 0)
         end
       end
@@ -350,9 +371,17 @@ function M.task(args)
     local skey = src.key
     local tsopt = src.timestamp
     local bound = src.opts.bound_ms or 0
+    local wmfn = src.watermark_fn
     local decode
     decode_error_prefix = "malformed " .. fmt .. ": "
-    if fmt == "json" then decode = cjson_decode
+    if fmt == "json" then
+      -- cjson cannot tell [] from {}: a line with an empty array goes through
+      -- the decoder that marks it (codec_json_decode)
+      local decode_exact, find = native.json_decode_exact, string.find
+      decode = function(s)
+        if find(s, "[]", 1, true) or find(s, "[ ]", 1, true) then return decode_exact(s) end
+        return cjson_decode(s)
+      end
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
     local stamp
@@ -395,7 +424,14 @@ function M.task(args)
         local ts = stamp(v)
         cur_ts = ts
         if ts > maxts then maxts = ts; tio.maxts = ts end
-        if maxts - bound > wm then wm = maxts - bound; tio.wm = wm end
+        if wmfn then
+          local w = wmfn(ts, v, ctx)
+          if w ~= nil then
+            w = to_ms(w)
+            if not w then error("the watermark function returned no usable time", 0) end
+            if w > wm then wm = w; tio.wm = w end
+          end
+        elseif maxts - bound > wm then wm = maxts - bound; tio.wm = wm end
         r.ts = ts
         r.wm = wm
       end
@@ -439,7 +475,9 @@ function M.task(args)
     -- LuaJIT has no emergency collection: free what the failed call left behind
     -- before this handler allocates anything
     if err == OOM then collectgarbage("collect"); err = OOM .. " (limits.memory)" end
-    local msg = tostring(err)
+    -- an error raised inside eddy's own Lua files (a sink's encoder, a key) is
+    -- the user's problem, not a place in eddy: drop that location
+    local msg = tostring(err):gsub("^[^:\n]*/lua/eddy/[%w_]+%.lua:%d+: ", "")
     local id = tio.cur_node
     if id == DECODING then
       msg = decode_error_prefix .. msg:gsub("^[^:]*:%d+: ", "")
@@ -494,11 +532,18 @@ function M.task(args)
 
   -- keyed tasks: the watermark of each input channel (kept in C); the task's is their minimum
   local ninputs = args.ninputs or 0
-  local cw = tio.chan_wm
+  local cw, cidle = tio.chan_wm, tio.chan_idle
+  -- the minimum over inputs that are not idle (an ended input counts as +inf)
   local function merge_watermark()
-    local m = INF
-    for c = 0, ninputs - 1 do local w = tonumber(cw[c]); if w < m then m = w end end
-    if m > wm then wm = m; tio.wm = m; return true end
+    local m, active = INF, false
+    for c = 0, ninputs - 1 do
+      if cidle[c] == 0 then
+        active = true
+        local w = tonumber(cw[c])
+        if w < m then m = w end
+      end
+    end
+    if active and m > wm then wm = m; tio.wm = m; return true end
     return false
   end
 
@@ -524,7 +569,7 @@ function M.task(args)
       if not ok then on_error(err, i) end
       if keyed then
         local w = tonumber(r.wm)
-        if w > tonumber(cw[ch]) then
+        if w > tonumber(cw[ch]) and w < INF then
           cw[ch] = w
           if merge_watermark() and has_windows then advance(i) end
         end
@@ -534,9 +579,9 @@ function M.task(args)
     flush_counts()
   end
 
-  local function channel_end(ch)
+  -- an input ended, went idle, or sent a watermark without records
+  local function inputs_changed()
     wm = tonumber(tio.wm)
-    cw[ch] = INF
     if merge_watermark() and has_windows then advance(nil) end
     flush_counts()
   end
@@ -548,7 +593,7 @@ function M.task(args)
     flush_counts()
   end
 
-  return { batch = batch, channel_end = channel_end, finish = finish }
+  return { batch = batch, inputs_changed = inputs_changed, finish = finish }
 end
 
 return M

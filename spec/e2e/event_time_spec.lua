@@ -85,6 +85,29 @@ describe("event time", function()
     assert.are.equal("a 0 5\na 10000 4\n", out)
   end)
 
+  it("takes the watermark from a Lua function when the source gives one", function()
+    write(dir .. "/in.jsonl", table.concat({
+      '{"t":1700000001000,"k":"a"}', '{"t":1700000012000,"k":"a","wm":1700000005000}',
+      '{"t":1700000008000,"k":"a"}',   -- not late: the function kept the watermark at 5000
+      '{"t":1700000013000,"k":"a","wm":1700000011000}',   -- now [0,10s) fires with 2
+      '{"t":1700000009000,"k":"a"}', "" }, "\n"))   -- too late: dropped
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = function(ts, v) return v.wm end })
+ :key_by("k")
+ :window(eddy.window.tumbling("10s"))
+ :count()
+ :map(function(n, ctx) return ctx.key .. " " .. (ctx.window.start - 1700000000000) .. " " .. n end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+    local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc)
+    assert.are.equal("a 0 2\na 10000 2\n", out)
+  end)
+
   it("sends a record without a usable timestamp to the error policy", function()
     local rc, out = go('{"k":"a"}\n{"t":"yesterday","k":"a"}\n{"t":1700000003000,"k":"a"}\n', "0s")
     assert.are.equal(0, rc)

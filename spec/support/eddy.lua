@@ -181,7 +181,7 @@ local function canon(v)
     keys[#keys + 1] = k
     if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then isarray = false end
   end
-  if isarray and (n > 0 or getmetatable(v) == cjson.array_mt) then
+  if isarray and (n > 0 or (cjson.array_mt ~= nil and getmetatable(v) == cjson.array_mt)) then
     local parts = {}
     for i = 1, n do parts[i] = canon(v[i]) end
     return "[" .. table.concat(parts, ",") .. "]"

@@ -151,11 +151,14 @@ describe("p:source", function()
       function() eddy.pipeline():source("in", { kafka = { "a", "b" } }) end)
   end)
 
-  it("refuses idle and start as not supported by this version", function()
-    raises("source 'in': option 'idle' is not supported by this version of eddy",
-      function() eddy.pipeline():source("in", { file = "x", idle = "1m" }) end)
+  it("refuses start as not supported by this version; keeps idle, and refuses a bad one", function()
     raises("source 'in': option 'start' is not supported by this version of eddy",
       function() eddy.pipeline():source("in", { file = "x", start = "earliest" }) end)
+    local q = eddy.pipeline()
+    q:source("in", { file = "x", idle = "1m" })
+    assert.equal("1m", q.nodes[1].opts.idle)
+    raises("source 'in': idle: expected a duration like \"10s\", got soon",
+      function() eddy.pipeline():source("in", { file = "x", idle = "soon" }) end)
   end)
 
   it("keeps a timestamp field with a watermark bound, as written", function()
@@ -193,10 +196,14 @@ describe("p:source", function()
       function() eddy.pipeline():source("in", { file = "x", timestamp = "kafka" }) end)
   end)
 
-  it("refuses a watermark that is not an eddy.watermark value", function()
-    local msg = "source 'in': watermark must be eddy.watermark.bounded(d) or eddy.watermark.monotonic()"
+  it("refuses a watermark that is not an eddy.watermark value or a function; keeps a function", function()
+    local msg = "source 'in': watermark must be eddy.watermark.bounded(d), eddy.watermark.monotonic() or a function"
     raises(msg, function() eddy.pipeline():source("in", { file = "x", timestamp = "ts", watermark = "5s" }) end)
-    raises(msg, function() eddy.pipeline():source("in", { file = "x", timestamp = "ts", watermark = function() end }) end)
+    local f = function() end
+    local q = eddy.pipeline()
+    q:source("in", { file = "x", timestamp = "ts", watermark = f })
+    assert.equal(f, q.nodes[1].watermark_fn)
+    assert.is_nil(q.nodes[1].opts.watermark_bound)
   end)
 
   it("refuses a watermark without a timestamp", function()
@@ -638,7 +645,7 @@ describe("errors point at the caller's line", function()
     { "a source option of the wrong type", function(p) p:source("in", { file = 1 }) end },
     { "a source without file, stdin or kafka", function(p) p:source("in", {}) end },
     { "a kafka source", function(p) p:source("in", { kafka = "t" }) end },
-    { "a source idle option", function(p) p:source("in", { file = "x", idle = "1m" }) end },
+    { "a source start option", function(p) p:source("in", { file = "x", start = "earliest" }) end },
     { "a source start option", function(p) p:source("in", { file = "x", start = "earliest" }) end },
     { "a bad source format", function(p) p:source("in", { file = "x", format = "xml" }) end },
     { "a bad delimiter", function(p) p:source("in", { file = "x", delimiter = ";;" }) end },

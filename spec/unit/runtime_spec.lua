@@ -204,10 +204,10 @@ return p
     it("reports an unsupported source option at the script's line", function()
       local e = plan_error([[
 local p = require("eddy").pipeline()
-p:source("in", { file = "x", idle = "1m" })
+p:source("in", { file = "x", start = "earliest" })
 return p
 ]])
-      assert.equal("pipeline.lua:2: eddy: source 'in': option 'idle' is not supported by this version of eddy", e)
+      assert.equal("pipeline.lua:2: eddy: source 'in': option 'start' is not supported by this version of eddy", e)
     end)
 
     it("reports a missing map function at the script's line", function()

@@ -1,0 +1,147 @@
+-- Idleness and watermark explanations, on a processing-time clock the test
+-- controls (EDDY_TEST_CLOCK_FILE): a partition without records for `idle`
+-- stops holding the watermark back; /status and /explain say what holds a
+-- window back.
+local cjson = require("cjson")
+local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
+
+local function write(path, s, mode)
+  local f = assert(io.open(path, mode or "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function run(cmd)
+  local p = io.popen(cmd .. "; echo \"rc=$?\"")
+  local out = p:read("*a")
+  p:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+end
+
+-- polls fn until it returns a value, for at most `secs`
+local function eventually(secs, fn)
+  for _ = 1, secs * 20 do
+    local v = fn()
+    if v then return v end
+    os.execute("sleep 0.05")
+  end
+  return nil
+end
+
+local T = 1700000000000
+
+describe("idle partitions", function()
+  local dir, addr
+  before_each(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+  end)
+  after_each(function()
+    run("pkill -TERM -f '^" .. eddy_bin .. " run " .. dir .. "/eddy.conf.lua'")
+    eventually(5, function() local f = io.open(dir .. "/rc"); if f then f:close() return true end end)
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function get(path)
+    local _, out = run("curl -s http://" .. addr .. path)
+    return cjson.decode(out)
+  end
+
+  local function output()
+    local _, out = run("cat " .. dir .. "/out/part-* 2>/dev/null")
+    return out
+  end
+
+  it("a quiet partition holds the window back until it is idle, then stops counting until it produces again", function()
+    write(dir .. "/clock", "1000000")
+    write(dir .. "/a.jsonl", '{"t":' .. (T + 1000) .. ',"k":"x"}\n{"t":' .. (T + 25000) .. ',"k":"x"}\n')
+    write(dir .. "/b.jsonl", '{"t":' .. (T + 2000) .. ',"k":"x"}\n')
+    write(dir .. "/pipeline.lua", [[
+      local eddy = require("eddy")
+      local p = eddy.pipeline()
+      p:source("ev", { file = "*.jsonl", follow = true, timestamp = "t", idle = "5s" })
+       :key_by("k")
+       :window(eddy.window.tumbling("10s")):count():uid("counts")
+       :map(function(n, ctx) return (ctx.window.start - 1700000000000) .. " " .. n end)
+       :sink("out", { file = "out", format = "lines" })
+      return p
+    ]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', name = 'idle', state = { dir = 'state' }, "
+      .. "threads = 2, parallelism = 1, admin = { listen = '127.0.0.1:0' } }")
+    assert(os.execute(string.format("cd %s && (EDDY_TEST_CLOCK_FILE=%s/clock %s run %s/eddy.conf.lua 2>err.log; "
+      .. "echo $? > rc) &", dir, dir, eddy_bin, dir)))
+    addr = eventually(5, function()
+      local f = io.open(dir .. "/state/admin.addr")
+      if f then local a = f:read("*l"); f:close(); return a end
+    end)
+    assert.truthy(addr, "the daemon did not start")
+
+    -- b's watermark (2000) holds the keyed task back: [0,10s) cannot fire
+    local ex = eventually(5, function()
+      local e = get("/explain/counts")
+      local t = e.tasks and e.tasks[1]
+      if t and t.held_back_by and t.held_back_by.watermark == T + 2000 then return e end
+    end)
+    assert.truthy(ex, "explain never named the partition holding the watermark")
+    local t1 = ex.tasks[1]
+    assert.are.equal(T + 10000, t1.oldest_window["end"])
+    assert.are.equal(T + 9999, t1.fires_at_watermark)
+    assert.are.equal("ev", t1.held_back_by.source)
+    assert.truthy(t1.held_back_by.file:find("b.jsonl", 1, true))
+    assert.truthy(t1.why:find("holds the watermark at " .. (T + 2000), 1, true))
+    local st = get("/status")
+    local keyed
+    for _, t in ipairs(st.tasks) do if t.stage ~= "ev" then keyed = t end end
+    assert.are.equal("ev-1", keyed.held_back_by)
+    assert.are.equal("", output())
+
+    -- 6 s of processing time pass: both partitions are idle (with every input
+    -- idle the watermark stays); then a produces again and alone moves it to 26000
+    write(dir .. "/clock", "1006000")
+    assert.truthy(eventually(5, function()
+      for _, t in ipairs(get("/status").tasks) do
+        if t.inputs and t.inputs[1].idle and t.inputs[2].idle then return true end
+      end
+    end), "the partitions never went idle")
+    -- (whichever partition went idle first let the other one move the watermark for a moment)
+    write(dir .. "/a.jsonl", '{"t":' .. (T + 26000) .. ',"k":"x"}\n', "ab")
+    local out = eventually(5, function() local o = output(); if o ~= "" then return o end end)
+    assert.are.equal("0 2\n", out)          -- [0,10s): 1000 from a, 2000 from b
+
+    -- b produces again: it counts in the minimum again (its new record is at 21000)
+    write(dir .. "/b.jsonl", '{"t":' .. (T + 21000) .. ',"k":"x"}\n', "ab")
+    assert.truthy(eventually(5, function()
+      local s2 = get("/status")
+      for _, t in ipairs(s2.tasks) do
+        if t.inputs then
+          for _, i in ipairs(t.inputs) do if i.file and i.file:find("b.jsonl") and not i.idle then return true end end
+        end
+      end
+    end), "b never came back from idle")
+    -- [10s,20s) is empty; [20s,30s) holds 21000, 25000 and 26000 and waits for the watermark
+    assert.are.equal("0 2\n", output())
+    run("pkill -TERM -f '^" .. eddy_bin .. " run " .. dir .. "/eddy.conf.lua'")
+    assert.truthy(eventually(5, function() local f = io.open(dir .. "/rc"); if f then local r = f:read("*l"); f:close(); return r end end))
+    assert.are.equal("0 2\n20000 3\n", output())   -- at the end everything fires
+  end)
+
+  it("explain answers 404 for an operator that is not a window here", function()
+    write(dir .. "/a.jsonl", "")
+    write(dir .. "/pipeline.lua", [[
+      local eddy = require("eddy")
+      local p = eddy.pipeline()
+      p:source("ev", { file = "a.jsonl", follow = true }):sink("out", { file = "out" })
+      return p
+    ]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', name = 'idle', state = { dir = 'state' }, "
+      .. "admin = { listen = '127.0.0.1:0' } }")
+    assert(os.execute(string.format("cd %s && (%s run %s/eddy.conf.lua 2>err.log; echo $? > rc) &", dir, eddy_bin, dir)))
+    addr = eventually(5, function()
+      local f = io.open(dir .. "/state/admin.addr")
+      if f then local a = f:read("*l"); f:close(); return a end
+    end)
+    local _, code = run("curl -s -o /dev/null -w '%{http_code}' http://" .. addr .. "/explain/nope")
+    assert.are.equal("404", code)
+  end)
+end)
