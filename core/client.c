@@ -10,10 +10,12 @@
 struct answer {
     int code;
     char *body;
+    struct event_base *base;
 };
 
 static void on_done(struct evhttp_request *req, void *arg) {
     struct answer *a = arg;
+    event_base_loopbreak(a->base);     /* the connection may stay open (keep-alive): the answer is all we wait for */
     if (!req) return;
     a->code = evhttp_request_get_response_code(req);
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -39,14 +41,17 @@ int client_post(const char *admin, const char *path) {
         memmove(host, host + 1, strlen(host));
         host[strlen(host) - 1] = 0;
     }
-    struct answer a = { 0, NULL };
+    struct answer a = { 0, NULL, NULL };
     struct event_base *base = event_base_new();
+    a.base = base;
     struct evhttp_connection *conn = base ? evhttp_connection_base_new(base, NULL, host, (unsigned short)port) : NULL;
     struct evhttp_request *req = conn ? evhttp_request_new(on_done, &a) : NULL;
     int rc = 1;
     if (!req) { fprintf(stderr, "eddy: cannot set up an HTTP request\n"); goto out; }
     evhttp_connection_set_timeout(conn, 60);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
+    /* an empty body, said so: without a length the server waits for the body until the connection closes */
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", "0");
     if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, path) != 0) {
         fprintf(stderr, "eddy: cannot send the request to %s\n", admin);
         goto out;

@@ -46,6 +46,8 @@ typedef struct eddy_fired {
     size_t klen;
     int64_t start, end;   /* [start, end) in ms */
     double count, sum, min, max;
+    const char *state;    /* Lua window functions: the MessagePack state (reduce, aggregate) */
+    size_t state_len;     /*   or the values one after another (apply) */
 } eddy_fired;
 
 /* Window operators of a task, by uid: their state outlives the VM (reloads).
@@ -56,6 +58,15 @@ void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advanc
                        int64_t lateness);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
 void eddy_window_drop_late(void *w);
+/* Lua window functions: the windows a record at ts belongs to (their starts,
+ * at most max; 0 when it is past every window's lateness); a window's state
+ * (NULL when it has none yet); and storing it (mode 1 replaces the state,
+ * mode 2 appends one value).  eddy_window_store returns 1 when the window had
+ * fired already (its late firing can be read with eddy_window_fired(w, 0)),
+ * 0, or -1 on allocation failure. */
+int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max);
+const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len);
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

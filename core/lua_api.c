@@ -144,8 +144,49 @@ static int l_json_decode_exact(lua_State *L) {
     return 1;
 }
 
+/* pack(value) -> MessagePack string.  Stack: value -> value string */
+static int l_pack(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_pack(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    lua_pushlstring(L, b->data, b->len);
+    return 1;
+}
+
+/* unpack_all(string) -> every value packed one after another in it, as an
+ * array (a window's values for apply), or the one value when `one` is true.
+ * Stack: s one -> s one value */
+static int l_unpack_all(lua_State *L) {
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    int one = lua_toboolean(L, 2);
+    char err[256];
+    if (one) {
+        if (codec_unpack(L, s, n, err, sizeof err) < 0) return luaL_error(L, "cannot decode window state: %s", err);
+        return 1;
+    }
+    lua_newtable(L);                                            /* s one arr */
+    int i = 0;
+    size_t off = 0;
+    while (off < n) {
+        long used = codec_unpack(L, s + off, n - off, err, sizeof err);   /* s one arr v */
+        if (used < 0) return luaL_error(L, "cannot decode window values: %s", err);
+        if (lua_isnil(L, -1)) { lua_pop(L, 1); lua_pushlightuserdata(L, NULL); }   /* keep the slot: cjson.null */
+        lua_rawseti(L, -2, ++i);                                /* s one arr */
+        off += (size_t)used;
+    }
+    return 1;
+}
+
 void lua_api_push_native(lua_State *L, task *t) {
-    lua_createtable(L, 0, 4);                      /* native */
+    lua_createtable(L, 0, 6);                      /* native */
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_pack, 1);
+    lua_setfield(L, -2, "pack");
+    lua_pushcfunction(L, l_unpack_all);
+    lua_setfield(L, -2, "unpack_all");
     lua_pushcfunction(L, l_json_decode_exact);
     lua_setfield(L, -2, "json_decode_exact");
     lua_pushlightuserdata(L, t);
@@ -206,6 +247,18 @@ int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x)
 }
 
 void eddy_window_drop_late(void *w) { window_count_dropped(w); }
+
+int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max) {
+    return window_assign(w, ts, starts, max);
+}
+
+const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len) {
+    return window_state(w, key, klen, start, len);
+}
+
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode) {
+    return window_store(w, key, klen, start, p, n, mode);
+}
 
 int32_t eddy_window_advance(void *w, int64_t wm) { return window_advance(w, wm); }
 

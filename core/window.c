@@ -9,6 +9,7 @@ typedef struct entry {
     struct entry *next;          /* in its end bucket, or in the graveyard */
     eddy_fired f;
     int fired;                   /* fired on time already: changes fire late */
+    char *state; size_t state_cap;   /* Lua window functions: f.state / f.state_len */
     size_t hlen;
     char hkey[];                 /* start (8 bytes) then the key: the hash key */
 } entry;
@@ -45,6 +46,7 @@ static void bury(window_op *w) {
     while (w->graveyard) {
         entry *e = w->graveyard;
         w->graveyard = e->next;
+        free(e->state);
         free(e);
     }
     w->nfired = 0;
@@ -56,6 +58,7 @@ void window_destroy(window_op *w) {
     entry *e, *tmp;
     HASH_ITER(hh, w->table, e, tmp) {
         HASH_DEL(w->table, e);
+        free(e->state);
         free(e);
     }
     free(w->fired);
@@ -107,44 +110,88 @@ static int push_fired(window_op *w, const entry *e) {
     return 0;
 }
 
-int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x) {
-    bury(w);
+/* The window (key, start): found, or created when create is set.  NULL when
+ * absent (or on allocation failure). */
+static entry *lookup(window_op *w, const char *key, size_t klen, int64_t start, int create, double x) {
     size_t hlen = sizeof(int64_t) + klen;
     if (hlen > w->scratch_cap) {
         char *s = realloc(w->scratch, hlen);
-        if (!s) return -1;
+        if (!s) return NULL;
         w->scratch = s;
         w->scratch_cap = hlen;
     }
+    memcpy(w->scratch, &start, sizeof start);
     memcpy(w->scratch + sizeof(int64_t), key, klen);
+    entry *e;
+    HASH_FIND(hh, w->table, w->scratch, hlen, e);
+    if (e || !create) return e;
+    int64_t end = start + w->size;
+    e = calloc(1, sizeof *e + hlen);
+    if (!e) return NULL;
+    e->hlen = hlen;
+    memcpy(e->hkey, w->scratch, hlen);
+    e->f.key = e->hkey + sizeof(int64_t);
+    e->f.klen = klen;
+    e->f.start = start;
+    e->f.end = end;
+    e->f.min = x;
+    e->f.max = x;
+    /* a window created after the watermark passed its end fires late at once */
+    e->fired = w->wm != INT64_MIN && end - 1 <= w->wm;
+    bucket *b = bucket_for(w, end);
+    if (!b) { free(e); return NULL; }
+    e->next = b->head;
+    b->head = e;
+    HASH_ADD(hh, w->table, hkey, hlen, e);
+    w->open++;
+    return e;
+}
+
+int window_assign(const window_op *w, int64_t ts, int64_t *starts, int max) {
+    int n = 0;
+    int64_t last = floor_div(ts - w->offset, w->advance) * w->advance + w->offset;
+    for (int64_t start = last; start > ts - w->size && n < max; start -= w->advance)
+        if (!expired(w, start + w->size, w->wm)) starts[n++] = start;
+    return n;
+}
+
+const char *window_state(window_op *w, const char *key, size_t klen, int64_t start, size_t *len) {
+    entry *e = lookup(w, key, klen, start, 0, 0);
+    *len = e ? e->f.state_len : 0;
+    return e ? e->f.state : NULL;
+}
+
+int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode) {
+    bury(w);
+    entry *e = lookup(w, key, klen, start, 1, 0);
+    if (!e) return -1;
+    size_t need = (mode == WINDOW_APPEND ? e->f.state_len : 0) + n;
+    if (need > e->state_cap) {
+        size_t cap = e->state_cap ? e->state_cap * 2 : 64;
+        while (cap < need) cap *= 2;
+        char *s = realloc(e->state, cap);
+        if (!s) return -1;
+        e->state = s;
+        e->state_cap = cap;
+    }
+    if (mode == WINDOW_APPEND) memcpy(e->state + e->f.state_len, p, n);
+    else memcpy(e->state, p, n);
+    e->f.state = e->state;
+    e->f.state_len = need;
+    e->f.count += 1;
+    if (!e->fired) return 0;
+    return push_fired(w, e) < 0 ? -1 : 1;
+}
+
+int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x) {
+    bury(w);
     int64_t last = floor_div(ts - w->offset, w->advance) * w->advance + w->offset;
     int added = 0;
     for (int64_t start = last; start > ts - w->size; start -= w->advance) {
         int64_t end = start + w->size;
         if (expired(w, end, w->wm)) continue;      /* past its lateness: this window is gone */
-        memcpy(w->scratch, &start, sizeof start);
-        entry *e;
-        HASH_FIND(hh, w->table, w->scratch, hlen, e);
-        if (!e) {
-            e = calloc(1, sizeof *e + hlen);
-            if (!e) return -1;
-            e->hlen = hlen;
-            memcpy(e->hkey, w->scratch, hlen);
-            e->f.key = e->hkey + sizeof(int64_t);
-            e->f.klen = klen;
-            e->f.start = start;
-            e->f.end = end;
-            e->f.min = x;
-            e->f.max = x;
-            /* a window created after the watermark passed its end fires late at once */
-            e->fired = w->wm != INT64_MIN && end - 1 <= w->wm;
-            bucket *b = bucket_for(w, end);
-            if (!b) { free(e); return -1; }
-            e->next = b->head;
-            b->head = e;
-            HASH_ADD(hh, w->table, hkey, hlen, e);
-            w->open++;
-        }
+        entry *e = lookup(w, key, klen, start, 1, x);
+        if (!e) return -1;
         e->f.count += 1;
         e->f.sum += x;
         if (x < e->f.min) e->f.min = x;

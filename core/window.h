@@ -34,6 +34,17 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x)
  * window_fired (valid until the next window_add or window_advance). */
 int window_advance(window_op *w, int64_t wm);
 const eddy_fired *window_fired(const window_op *w, int i);
+/* For window functions in Lua: the starts of the windows a record at ts
+ * belongs to and that are not past their lateness (at most max, latest
+ * first); a window's state bytes (NULL and *len 0 when none); storing them
+ * (WINDOW_REPLACE) or appending one value (WINDOW_APPEND).  window_store
+ * returns 1 when the window had already fired (its late firing is then the
+ * only entry of window_fired), 0, or -1 on allocation failure. */
+enum { WINDOW_REPLACE = 1, WINDOW_APPEND = 2 };
+int window_assign(const window_op *w, int64_t ts, int64_t *starts, int max);
+const char *window_state(window_op *w, const char *key, size_t klen, int64_t start, size_t *len);
+int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode);
+
 /* Counts a too-late record that went nowhere (no side output took it). */
 void window_count_dropped(window_op *w);
 int64_t window_late_dropped(const window_op *w);

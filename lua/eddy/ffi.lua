@@ -39,12 +39,17 @@ typedef struct eddy_fired {
     size_t klen;
     int64_t start, end;
     double count, sum, min, max;
+    const char *state;
+    size_t state_len;
 } eddy_fired;
 
 void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset,
                        int64_t lateness);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
 void eddy_window_drop_late(void *w);
+int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max);
+const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len);
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

@@ -261,25 +261,35 @@ function Stream:window(assigner, opts)
 end
 
 local function aggregate(w, agg, f)
-  if agg ~= "count" and type(f) ~= "string" and type(f) ~= "function" and f ~= nil then
+  local fns
+  if agg == "reduce" or agg == "apply" then
+    if type(f) ~= "function" then fail(agg .. " needs a function") end
+  elseif agg == "aggregate" then
+    if type(f) ~= "table" then fail("aggregate needs a table { init, add, merge, result }") end
+    for k, v in pairs(f) do
+      if k ~= "init" and k ~= "add" and k ~= "merge" and k ~= "result" then
+        fail("aggregate: unknown field '" .. tostring(k) .. "' (init, add, merge, result)")
+      end
+      if type(v) ~= "function" then fail("aggregate: " .. k .. " must be a function") end
+    end
+    if not f.init or not f.add then fail("aggregate needs init and add functions") end
+    fns, f = f, nil
+  elseif agg ~= "count" and type(f) ~= "string" and type(f) ~= "function" and f ~= nil then
     fail(agg .. " needs a field name or a function (or nothing, for numeric values)")
   end
   local a = w.assigner
   local s = add(w.stream.p, "window", { w.stream.node.id }, {
-    fn = type(f) == "function" and f or nil,
+    fn = type(f) == "function" and f or nil, fns = fns,
     opts = { assigner = a.kind, size = a.size, advance = a.advance or a.size, offset = a.offset,
              agg = agg, field = type(f) == "string" and f or nil, lateness = w.lateness, late = w.late } })
   return s
 end
-for _, agg in ipairs({ "count", "sum", "min", "max", "avg" }) do
+for _, agg in ipairs({ "count", "sum", "min", "max", "avg", "reduce", "aggregate", "apply" }) do
   Windowed[agg] = function(self, f)
     local s = aggregate(self, agg, f)
     s.node.where = where()
     return s
   end
-end
-for _, agg in ipairs({ "reduce", "aggregate", "apply" }) do
-  Windowed[agg] = function() fail("window:" .. agg .. " is not supported by this version of eddy") end
 end
 
 -- Operators that later parts of eddy add are refused with a clear message.

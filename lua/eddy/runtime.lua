@@ -259,49 +259,105 @@ function M.task(args)
       local o = node.opts
       local w = C.eddy_window_open(task, node.uid, o.size_ms, o.advance_ms, o.offset_ms, o.lateness_ms)
       if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
-      local agg, field, xfn = o.agg, o.field, node.fn
+      local agg, field, xfn, fns = o.agg, o.field, node.fn, node.fns
+      local in_lua = agg == "reduce" or agg == "aggregate" or agg == "apply"
       local nxt = build(id)
       local late_out                 -- the side output's chain, when this task runs it
       for _, c in ipairs(children[id] or {}) do
         if nodes[c].kind == "side" and inset[c] then late_out = op(c) end
       end
+      local pack, unpack_all = native.pack, native.unpack_all
+      local function state_of(f) return ffi_string(f.state, f.state_len) end
       local result
       if agg == "count" then result = function(f) return f.count end
       elseif agg == "sum" then result = function(f) return f.sum end
       elseif agg == "min" then result = function(f) return f.min end
       elseif agg == "max" then result = function(f) return f.max end
-      else result = function(f) return f.sum / f.count end end
+      elseif agg == "avg" then result = function(f) return f.sum / f.count end
+      elseif agg == "reduce" then result = function(f) return unpack_all(state_of(f), true) end
+      elseif agg == "aggregate" then
+        result = function(f)
+          local acc = unpack_all(state_of(f), true)
+          if fns.result then return fns.result(acc, ctx) end
+          return acc
+        end
+      else
+        result = function(f) return xfn(unpack_all(state_of(f), false), ctx) end
+      end
       local function emit(f, how)
         local start, stop = tonumber(f.start), tonumber(f["end"])
         firing = { key = ffi_string(f.key, f.klen), window = { start = start, ["end"] = stop, firing = how } }
         cur_ts = stop - 1
-        cout[id] = cout[id] + 1
-        nxt(result(f))
+        local r = result(f)
+        if r ~= nil then cout[id] = cout[id] + 1; nxt(r) end
       end
       windows[#windows + 1] = { w = w, id = id, emit = emit }
-      return function(v)
-        tio.cur_node = id; cin[id] = cin[id] + 1
-        if cur_ts == NONE then
-          error("a window needs event time: set the timestamp option of the source", 0)
-        end
-        local x = 1
-        if agg ~= "count" then
-          if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
-          if type(x) ~= "number" then
-            error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
+      local function too_late(v)
+        if late_out then late_out(v) else C.eddy_window_drop_late(w) end
+      end
+      local function need_time()
+        if cur_ts == NONE then error("a window needs event time: set the timestamp option of the source", 0) end
+      end
+      if not in_lua then
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          need_time()
+          local x = 1
+          if agg ~= "count" then
+            if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
+            if type(x) ~= "number" then
+              error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
+            end
+          end
+          local k = ctx.key
+          local r = C.eddy_window_add(w, k, #k, cur_ts, x)
+          if r > 0 then
+            -- the record changed windows that had fired: each fires again, late
+            local ts = cur_ts
+            for j = 0, r - 1 do emit(C.eddy_window_fired(w, j), "late") end
+            firing, cur_ts = nil, ts
+          elseif r == -2 then
+            too_late(v)
+          elseif r < 0 then
+            error("out of memory in window " .. node.uid, 0)
           end
         end
+      end
+      -- reduce, aggregate, apply: the state lives in C as MessagePack (so it
+      -- outlives this VM); each record reads, updates and stores it per window
+      local starts = ffi.new("int64_t[64]")
+      local len_box = ffi.new("size_t[1]")
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        need_time()
         local k = ctx.key
-        local r = C.eddy_window_add(w, k, #k, cur_ts, x)
-        if r > 0 then
-          -- the record changed windows that had fired: each fires again, late
-          local ts = cur_ts
-          for j = 0, r - 1 do emit(C.eddy_window_fired(w, j), "late") end
-          firing, cur_ts = nil, ts
-        elseif r == -2 then
-          if late_out then late_out(v) else C.eddy_window_drop_late(w) end
-        elseif r < 0 then
-          error("out of memory in window " .. node.uid, 0)
+        local n = C.eddy_window_assign(w, cur_ts, starts, 64)
+        if n == 0 then return too_late(v) end
+        local ts = cur_ts
+        for j = 0, n - 1 do
+          local start = starts[j]
+          local r
+          if agg == "apply" then
+            local b = pack(v)
+            r = C.eddy_window_store(w, k, #k, start, b, #b, 2)
+          else
+            local p = C.eddy_window_state(w, k, #k, start, len_box)
+            local acc
+            if agg == "reduce" then
+              if p == nil then acc = v else acc = xfn(unpack_all(ffi_string(p, len_box[0]), true), v, ctx) end
+            else
+              if p == nil then acc = fns.init(ctx) else acc = unpack_all(ffi_string(p, len_box[0]), true) end
+              acc = fns.add(acc, v, ctx)
+            end
+            local b = pack(acc)
+            r = C.eddy_window_store(w, k, #k, start, b, #b, 1)
+          end
+          if r == 1 then
+            emit(C.eddy_window_fired(w, 0), "late")
+            firing, cur_ts = nil, ts
+          elseif r < 0 then
+            error("out of memory in window " .. node.uid, 0)
+          end
         end
       end
     elseif kind == "sink" then

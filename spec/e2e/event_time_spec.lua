@@ -203,6 +203,46 @@ p:side("too-late")
     end)
   end)
 
+  it("reduce, aggregate and apply run the user's functions over each window, state kept outside the VM", function()
+    write(dir .. "/in.jsonl", table.concat({
+      '{"t":1700000001000,"k":"a","x":1}', '{"t":1700000004000,"k":"a","x":2}', '{"t":1700000006000,"k":"b","x":5}',
+      '{"t":1700000012000,"k":"a","x":3}', '{"t":1700000008000,"k":"a","x":4}',   -- within lateness: late firing
+      '{"t":1700000030000,"k":"a","x":6}', "" }, "\n"))
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local s = p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.bounded("1s") }):key_by("k")
+local function w(ctx) return ctx.key .. " " .. (ctx.window.start - 1700000000000) .. " " .. ctx.window.firing end
+s:window(eddy.window.tumbling("10s"), { lateness = "5s" })
+ :reduce(function(a, b) return { x = a.x + b.x } end)
+ :map(function(v, ctx) return w(ctx) .. " sum=" .. v.x end)
+ :sink("reduce", { file = "reduce", format = "lines" })
+s:window(eddy.window.tumbling("10s"))
+ :aggregate{ init = function() return { n = 0, xs = {} } end,
+             add = function(acc, v) acc.n = acc.n + 1; acc.xs[#acc.xs + 1] = v.x; return acc end,
+             result = function(acc, ctx) return w(ctx) .. " n=" .. acc.n .. " xs=" .. table.concat(acc.xs, ",") end }
+ :sink("aggregate", { file = "aggregate", format = "lines" })
+s:window(eddy.window.tumbling("10s"))
+ :apply(function(values, ctx)
+   if ctx.key == "b" then return nil end          -- nothing is emitted for nil
+   local xs = {}
+   for i, v in ipairs(values) do xs[i] = v.x end
+   return w(ctx) .. " values=" .. table.concat(xs, ",")
+ end)
+ :sink("apply", { file = "apply", format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false, parallelism = 1 }")
+    local rc = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc)
+    local function out(d) local _, o = run("cat " .. dir .. "/" .. d .. "/part-*"); return o end
+    assert.are.equal("a 0 on_time sum=3\nb 0 on_time sum=5\na 0 late sum=7\na 10000 on_time sum=3\na 30000 on_time sum=6\n",
+      out("reduce"))
+    assert.are.equal("a 0 on_time n=2 xs=1,2\nb 0 on_time n=1 xs=5\na 10000 on_time n=1 xs=3\na 30000 on_time n=1 xs=6\n",
+      out("aggregate"))
+    assert.are.equal("a 0 on_time values=1,2\na 10000 on_time values=3\na 30000 on_time values=6\n", out("apply"))
+  end)
+
   it("refuses a window on an unkeyed stream before processing", function()
     write(dir .. "/in.jsonl", '{"t":1700000000001}\n')
     write(dir .. "/pipeline.lua", [[

@@ -580,14 +580,20 @@ describe("operators of later versions", function()
       raises("eddy.trigger." .. kind .. " is not supported by this version of eddy", function() eddy.trigger[kind]("1m") end)
     end)
   end
-  for _, agg in ipairs({ "reduce", "aggregate", "apply" }) do
-    it("window:" .. agg .. " is refused as not supported by this version", function()
-      local p = eddy.pipeline()
-      local w = src(p):window(eddy.window.tumbling("1m"))
-      raises("window:" .. agg .. " is not supported by this version of eddy", function() w[agg](w, function() end) end)
-      assert.equal(1, #p.nodes)
-    end)
-  end
+  it("window:reduce and window:apply take a function; window:aggregate a table with init and add", function()
+    local p = eddy.pipeline()
+    local w = src(p):window(eddy.window.tumbling("1m"))
+    local f = function() end
+    assert.equal(f, w:reduce(f).node.fn)
+    assert.equal("apply", w:apply(f).node.opts.agg)
+    local fns = { init = f, add = f, result = f }
+    assert.equal(fns, w:aggregate(fns).node.fns)
+    raises("reduce needs a function", function() w:reduce("x") end)
+    raises("aggregate needs a table { init, add, merge, result }", function() w:aggregate(f) end)
+    raises("aggregate needs init and add functions", function() w:aggregate({ add = f }) end)
+    raises("aggregate: unknown field 'combine' (init, add, merge, result)", function() w:aggregate({ init = f, add = f, combine = f }) end)
+    raises("aggregate: add must be a function", function() w:aggregate({ init = f, add = 1 }) end)
+  end)
   for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
     it("stream:" .. op .. " is refused as not supported by this version", function()
       local p = eddy.pipeline()
@@ -673,7 +679,7 @@ describe("errors point at the caller's line", function()
     { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "soon" }) end },
     { "eddy.window.session", function() eddy.window.session("5m") end },
     { "eddy.trigger.every", function() eddy.trigger.every("5s") end },
-    { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce(noop) end },
+    { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce("x") end },
     { "a bad window aggregate argument", function(p) src(p):window(eddy.window.tumbling("1m")):sum(5) end },
     { "a bad window size", function() eddy.window.tumbling("ten") end },
     { "a bad watermark bound", function() eddy.watermark.bounded(-1) end },
