@@ -232,7 +232,7 @@ void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance,
     t->wins = wins;
     task_window *tw = &t->wins[t->nwins];
     tw->uid = strdup(uid);
-    tw->w = window_create(size, advance, offset, lateness);
+    tw->w = advance < 0 ? window_create_sessions(size, lateness) : window_create(size, advance, offset, lateness);
     if (!tw->uid || !tw->w) { free(tw->uid); window_destroy(tw->w); return NULL; }
     tw->size = size;
     tw->advance = advance;
@@ -258,6 +258,16 @@ const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t sta
 
 int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode) {
     return window_store(w, key, klen, start, p, n, mode);
+}
+
+int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
+                                 int64_t *range) {
+    return window_session_find(w, key, klen, ts, starts, max, &range[0], &range[1]);
+}
+
+int32_t eddy_window_session_put(void *w, const char *key, size_t klen, const int64_t *starts, int32_t n,
+                                int64_t start, int64_t end, const char *p, size_t plen) {
+    return window_session_put(w, key, klen, starts, n, start, end, p, plen);
 }
 
 int32_t eddy_window_advance(void *w, int64_t wm) { return window_advance(w, wm); }

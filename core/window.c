@@ -14,6 +14,15 @@ typedef struct entry {
     char hkey[];                 /* start (8 bytes) then the key: the hash key */
 } entry;
 
+/* Sessions: the open sessions of one key. */
+typedef struct keyset {
+    UT_hash_handle hh;
+    struct entry **e;
+    int n, cap;
+    size_t klen;
+    char key[];
+} keyset;
+
 typedef struct bucket {
     int64_t end;
     entry *head;
@@ -21,6 +30,8 @@ typedef struct bucket {
 
 struct window_op {
     int64_t size, advance, offset, lateness;
+    int64_t gap;                 /* > 0: session windows */
+    keyset *keys;                /* sessions: key -> its sessions */
     entry *table;                /* uthash: (start, key) -> entry */
     bucket *buckets;             /* open windows by end, ascending */
     int nbuckets, capbuckets;
@@ -52,9 +63,36 @@ static void bury(window_op *w) {
     w->nfired = 0;
 }
 
+window_op *window_create_sessions(int64_t gap, int64_t lateness) {
+    window_op *w = window_create(gap, gap, 0, lateness);
+    if (w) w->gap = gap;
+    return w;
+}
+
+static keyset *keyset_of(window_op *w, const char *key, size_t klen, int create) {
+    keyset *k;
+    HASH_FIND(hh, w->keys, key, klen, k);
+    if (k || !create) return k;
+    k = calloc(1, sizeof *k + klen);
+    if (!k) return NULL;
+    k->klen = klen;
+    memcpy(k->key, key, klen);
+    HASH_ADD_KEYPTR(hh, w->keys, k->key, klen, k);
+    return k;
+}
+
+/* Removes e from its key's session list (sessions only). */
+static void keyset_remove(window_op *w, struct entry *e);
+
 void window_destroy(window_op *w) {
     if (!w) return;
     bury(w);
+    keyset *k, *ktmp;
+    HASH_ITER(hh, w->keys, k, ktmp) {
+        HASH_DEL(w->keys, k);
+        free(k->e);
+        free(k);
+    }
     entry *e, *tmp;
     HASH_ITER(hh, w->table, e, tmp) {
         HASH_DEL(w->table, e);
@@ -96,6 +134,28 @@ static bucket *bucket_for(window_op *w, int64_t end) {
     w->buckets[lo].end = end;
     w->buckets[lo].head = NULL;
     return &w->buckets[lo];
+}
+
+static void keyset_remove(window_op *w, entry *e) {
+    if (!w->gap) return;
+    keyset *k = keyset_of(w, e->f.key, e->f.klen, 0);
+    if (!k) return;
+    for (int i = 0; i < k->n; i++)
+        if (k->e[i] == e) { k->e[i] = k->e[--k->n]; break; }
+    if (k->n == 0) {
+        HASH_DEL(w->keys, k);
+        free(k->e);
+        free(k);
+    }
+}
+
+/* Unlinks e from the bucket of its end. */
+static void bucket_unlink(window_op *w, entry *e) {
+    for (int b = 0; b < w->nbuckets; b++) {
+        if (w->buckets[b].end != e->f.end) continue;
+        for (entry **pp = &w->buckets[b].head; *pp; pp = &(*pp)->next)
+            if (*pp == e) { *pp = e->next; return; }
+    }
 }
 
 static int push_fired(window_op *w, const entry *e) {
@@ -144,6 +204,18 @@ static entry *lookup(window_op *w, const char *key, size_t klen, int64_t start, 
     b->head = e;
     HASH_ADD(hh, w->table, hkey, hlen, e);
     w->open++;
+    if (w->gap) {
+        keyset *k = keyset_of(w, key, klen, 1);
+        if (!k) return NULL;
+        if (k->n == k->cap) {
+            int nc = k->cap ? k->cap * 2 : 4;
+            entry **ne = realloc(k->e, sizeof *ne * nc);
+            if (!ne) return NULL;
+            k->e = ne;
+            k->cap = nc;
+        }
+        k->e[k->n++] = e;
+    }
     return e;
 }
 
@@ -183,8 +255,11 @@ int window_store(window_op *w, const char *key, size_t klen, int64_t start, cons
     return push_fired(w, e) < 0 ? -1 : 1;
 }
 
+static int session_add(window_op *w, const char *key, size_t klen, int64_t ts, double x);
+
 int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x) {
     bury(w);
+    if (w->gap) return session_add(w, key, klen, ts, x);
     int64_t last = floor_div(ts - w->offset, w->advance) * w->advance + w->offset;
     int added = 0;
     for (int64_t start = last; start > ts - w->size; start -= w->advance) {
@@ -230,6 +305,7 @@ int window_advance(window_op *w, int64_t wm) {
             while (e) {
                 entry *next = e->next;
                 HASH_DEL(w->table, e);
+                keyset_remove(w, e);
                 w->open--;
                 e->next = w->graveyard;
                 w->graveyard = e;
@@ -258,4 +334,110 @@ int64_t window_next_end(const window_op *w) {
         for (entry *e = w->buckets[b].head; e; e = e->next)
             if (!e->fired) return w->buckets[b].end;
     return INT64_MAX;
+}
+
+/* ---- session windows ------------------------------------------------------ */
+
+int window_session_find(window_op *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int max,
+                        int64_t *mstart, int64_t *mend) {
+    int64_t lo = ts, hi = ts + w->gap;
+    int n = 0;
+    keyset *k = keyset_of(w, key, klen, 0);
+    /* sessions overlapping [ts, ts + gap) join; the merged range can reach
+     * further sessions, so repeat until nothing more joins */
+    for (int changed = 1; changed && k;) {
+        changed = 0;
+        for (int i = 0; i < k->n; i++) {
+            entry *e = k->e[i];
+            int in = 0;
+            for (int j = 0; j < n; j++) if (starts[j] == e->f.start) in = 1;
+            if (in || e->f.start >= hi || e->f.end <= lo) continue;
+            if (n == max) return -1;
+            starts[n++] = e->f.start;
+            if (e->f.start < lo) lo = e->f.start;
+            if (e->f.end > hi) hi = e->f.end;
+            changed = 1;
+        }
+    }
+    *mstart = lo;
+    *mend = hi;
+    if (n == 0 && expired(w, hi, w->wm)) return WINDOW_TOO_LATE;
+    return n;
+}
+
+/* Takes the session (key, start) out of the operator; *out owns it (NULL when absent). */
+static void session_drop(window_op *w, const char *key, size_t klen, int64_t start, entry **out) {
+    entry *e = lookup(w, key, klen, start, 0, 0);
+    *out = e;
+    if (!e) return;
+    HASH_DEL(w->table, e);
+    keyset_remove(w, e);
+    bucket_unlink(w, e);
+    w->open--;
+}
+
+/* A window [start, end) of any length (lookup makes windows of w->size). */
+static entry *create_range(window_op *w, const char *key, size_t klen, int64_t start, int64_t end, double x) {
+    int64_t size = w->size;
+    w->size = end - start;
+    entry *e = lookup(w, key, klen, start, 1, x);
+    w->size = size;
+    return e;
+}
+
+int window_session_put(window_op *w, const char *key, size_t klen, const int64_t *starts, int n,
+                       int64_t mstart, int64_t mend, const char *p, size_t plen) {
+    bury(w);
+    double count = 0;
+    for (int i = 0; i < n; i++) {
+        entry *old = NULL;
+        session_drop(w, key, klen, starts[i], &old);
+        if (old) { count += old->f.count; free(old->state); free(old); }
+    }
+    /* the merged session is a new window: it fires late at once only if the
+     * watermark has passed its end (within lateness); otherwise on time at
+     * its end, replacing what its parts fired before */
+    entry *e = create_range(w, key, klen, mstart, mend, 0);
+    if (!e) return -1;
+    e->f.count = count;
+    if (plen > e->state_cap) {
+        char *st = realloc(e->state, plen);
+        if (!st) return -1;
+        e->state = st;
+        e->state_cap = plen;
+    }
+    memcpy(e->state, p, plen);
+    e->f.state = e->state;
+    e->f.state_len = plen;
+    e->f.count += 1;
+    if (!e->fired) return 0;
+    return push_fired(w, e) < 0 ? -1 : 1;
+}
+
+/* C aggregates: find, combine in C, put. */
+static int session_add(window_op *w, const char *key, size_t klen, int64_t ts, double x) {
+    int64_t starts[64], lo, hi;
+    int n = window_session_find(w, key, klen, ts, starts, 64, &lo, &hi);
+    if (n == WINDOW_TOO_LATE) return WINDOW_TOO_LATE;
+    if (n < 0) return -1;
+    double count = 1, sum = x, mn = x, mx = x;
+    for (int i = 0; i < n; i++) {
+        entry *old = NULL;
+        session_drop(w, key, klen, starts[i], &old);
+        if (!old) continue;
+        count += old->f.count;
+        sum += old->f.sum;
+        if (old->f.min < mn) mn = old->f.min;
+        if (old->f.max > mx) mx = old->f.max;
+        free(old->state);
+        free(old);
+    }
+    entry *e = create_range(w, key, klen, lo, hi, x);
+    if (!e) return -1;
+    e->f.count = count;
+    e->f.sum = sum;
+    e->f.min = mn;
+    e->f.max = mx;
+    if (!e->fired) return 0;
+    return push_fired(w, e) < 0 ? -1 : 1;
 }

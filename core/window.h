@@ -45,6 +45,21 @@ int window_assign(const window_op *w, int64_t ts, int64_t *starts, int max);
 const char *window_state(window_op *w, const char *key, size_t klen, int64_t start, size_t *len);
 int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode);
 
+/* Session windows: a key's records less than `gap` apart form one window
+ * [first, last + gap); a record that bridges sessions merges them.  Create
+ * with window_create_sessions.  window_add works on sessions too (C
+ * aggregates combine).  For window functions in Lua:
+ * window_session_find gives the starts of the sessions a record at ts joins
+ * (at most max) and the merged range; 0 means a new session,
+ * WINDOW_TOO_LATE a record past the lateness.  window_session_put replaces
+ * those sessions by one [mstart, mend) with state p; it returns 1 when the
+ * result fires late at once (read it with window_fired(w, 0)), 0, or -1. */
+window_op *window_create_sessions(int64_t gap, int64_t lateness);
+int window_session_find(window_op *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int max,
+                        int64_t *mstart, int64_t *mend);
+int window_session_put(window_op *w, const char *key, size_t klen, const int64_t *starts, int n,
+                       int64_t mstart, int64_t mend, const char *p, size_t plen);
+
 /* Counts a too-late record that went nowhere (no side output took it). */
 void window_count_dropped(window_op *w);
 int64_t window_late_dropped(const window_op *w);

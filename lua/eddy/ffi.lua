@@ -50,6 +50,10 @@ void eddy_window_drop_late(void *w);
 int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max);
 const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len);
 int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode);
+int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
+                                 int64_t *range);
+int32_t eddy_window_session_put(void *w, const char *key, size_t klen, const int64_t *starts, int32_t n,
+                                int64_t start, int64_t end, const char *p, size_t plen);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

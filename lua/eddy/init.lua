@@ -228,7 +228,10 @@ function M.window.hopping(size, advance)
   return setmetatable({ kind = "hopping", size = check_duration("eddy.window.hopping size", size),
     advance = check_duration("eddy.window.hopping advance", advance), offset = "0" }, Assigner)
 end
-for _, kind in ipairs({ "sliding", "session", "global", "count" }) do
+function M.window.session(gap)
+  return setmetatable({ kind = "session", size = check_duration("eddy.window.session gap", gap), offset = "0" }, Assigner)
+end
+for _, kind in ipairs({ "sliding", "global", "count" }) do
   M.window[kind] = function() fail("eddy.window." .. kind .. " is not supported by this version of eddy") end
 end
 
@@ -273,6 +276,9 @@ local function aggregate(w, agg, f)
       if type(v) ~= "function" then fail("aggregate: " .. k .. " must be a function") end
     end
     if not f.init or not f.add then fail("aggregate needs init and add functions") end
+    if w.assigner.kind == "session" and not f.merge then
+      fail("aggregate over session windows needs a merge function: sessions merge when a record bridges them")
+    end
     fns, f = f, nil
   elseif agg ~= "count" and type(f) ~= "string" and type(f) ~= "function" and f ~= nil then
     fail(agg .. " needs a field name or a function (or nothing, for numeric values)")

@@ -81,7 +81,7 @@ local function resolve_durations(n)
   local o = n.opts
   if n.kind == "window" then
     o.size_ms = duration_ms(o.size, "window size", n.where)
-    o.advance_ms = duration_ms(o.advance, "window advance", n.where)
+    o.advance_ms = o.assigner == "session" and o.size_ms or duration_ms(o.advance, "window advance", n.where)
     o.offset_ms = duration_ms(o.offset, "window offset", n.where)
     o.lateness_ms = duration_ms(o.lateness, "window lateness", n.where)
     if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
@@ -257,7 +257,8 @@ function M.task(args)
       end
     elseif kind == "window" then
       local o = node.opts
-      local w = C.eddy_window_open(task, node.uid, o.size_ms, o.advance_ms, o.offset_ms, o.lateness_ms)
+      local sessions = o.assigner == "session"
+      local w = C.eddy_window_open(task, node.uid, o.size_ms, sessions and -1 or o.advance_ms, o.offset_ms, o.lateness_ms)
       if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
       local agg, field, xfn, fns = o.agg, o.field, node.fn, node.fns
       local in_lua = agg == "reduce" or agg == "aggregate" or agg == "apply"
@@ -327,6 +328,55 @@ function M.task(args)
       -- outlives this VM); each record reads, updates and stores it per window
       local starts = ffi.new("int64_t[64]")
       local len_box = ffi.new("size_t[1]")
+      if sessions then
+        -- the sessions the record joins are merged with the user's functions
+        -- (aggregate's merge, the reducer, or by concatenating values)
+        local range = ffi.new("int64_t[2]")
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          need_time()
+          local k = ctx.key
+          local n = C.eddy_window_session_find(w, k, #k, cur_ts, starts, 64, range)
+          if n == -2 then return too_late(v) end
+          if n < 0 then error("a record bridges more than 64 sessions", 0) end
+          local b
+          if agg == "apply" then
+            local parts = {}
+            for j = 0, n - 1 do
+              local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
+              if p ~= nil then parts[#parts + 1] = ffi_string(p, len_box[0]) end
+            end
+            parts[#parts + 1] = pack(v)
+            b = table.concat(parts)
+          else
+            local acc, have = nil, false
+            for j = 0, n - 1 do
+              local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
+              if p ~= nil then
+                local st = unpack_all(ffi_string(p, len_box[0]), true)
+                if not have then acc, have = st, true
+                elseif agg == "reduce" then acc = xfn(acc, st, ctx)
+                else acc = fns.merge(acc, st, ctx) end
+              end
+            end
+            if agg == "reduce" then
+              if have then acc = xfn(acc, v, ctx) else acc = v end
+            else
+              if not have then acc = fns.init(ctx) end
+              acc = fns.add(acc, v, ctx)
+            end
+            b = pack(acc)
+          end
+          local ts = cur_ts
+          local r = C.eddy_window_session_put(w, k, #k, starts, n, range[0], range[1], b, #b)
+          if r == 1 then
+            emit(C.eddy_window_fired(w, 0), "late")
+            firing, cur_ts = nil, ts
+          elseif r < 0 then
+            error("out of memory in window " .. node.uid, 0)
+          end
+        end
+      end
       return function(v)
         tio.cur_node = id; cin[id] = cin[id] + 1
         need_time()

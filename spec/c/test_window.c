@@ -118,6 +118,63 @@ TEST(the_watermark_never_goes_back) {
     window_destroy(NULL);
 }
 
+TEST(sessions_grow_merge_and_fire_at_their_end) {
+    window_op *w = window_create_sessions(5, 0);   /* gap 5 */
+    CHECK(add(w, "a", 10, 1) == 0);               /* [10,15) */
+    CHECK(add(w, "a", 12, 2) == 0);               /* [10,17) */
+    CHECK(add(w, "a", 20, 4) == 0);               /* a second session [20,25) */
+    CHECK(window_open_count(w) == 2);
+    CHECK(add(w, "a", 16, 8) == 0);               /* out of order, bridges both: [10,25) */
+    CHECK(window_open_count(w) == 1);
+    CHECK(window_advance(w, 23) == 0);
+    CHECK(window_advance(w, 24) == 1);
+    const eddy_fired *f = window_fired(w, 0);
+    CHECK(f && f->start == 10 && f->end == 25 && f->count == 4 && f->sum == 15 && f->min == 1 && f->max == 8);
+    CHECK(window_open_count(w) == 0);
+    CHECK(add(w, "a", 11, 1) == WINDOW_TOO_LATE);
+    window_destroy(w);
+}
+
+TEST(sessions_of_different_keys_stay_apart) {
+    window_op *w = window_create_sessions(4, 0);
+    add(w, "a", 10, 1);
+    add(w, "b", 11, 1);
+    CHECK(window_open_count(w) == 2);
+    CHECK(window_advance(w, 100) == 2);
+    CHECK(memcmp(window_fired(w, 0)->key, "a", 1) == 0 && memcmp(window_fired(w, 1)->key, "b", 1) == 0);
+    window_destroy(w);
+}
+
+TEST(a_late_record_within_lateness_joins_a_fired_session_and_fires_late) {
+    window_op *w = window_create_sessions(4, 10);
+    add(w, "a", 10, 1);                           /* [10,14) */
+    CHECK(window_advance(w, 13) == 1);            /* on time */
+    CHECK(add(w, "a", 10, 1) == 1);               /* still [10,14): its end has passed: late */
+    CHECK(window_fired(w, 0) && window_fired(w, 0)->count == 2);
+    /* a record whose session reaches past the watermark makes a new window that fires on time */
+    CHECK(add(w, "a", 13, 1) == 0);               /* [10,17) */
+    CHECK(window_advance(w, 16) == 1);
+    CHECK(window_fired(w, 0) && window_fired(w, 0)->end == 17 && window_fired(w, 0)->count == 3);
+    window_destroy(w);
+}
+
+TEST(session_find_and_put_merge_states_for_lua) {
+    window_op *w = window_create_sessions(5, 0);
+    int64_t starts[8], lo, hi;
+    CHECK(window_session_find(w, "k", 1, 10, starts, 8, &lo, &hi) == 0 && lo == 10 && hi == 15);
+    CHECK(window_session_put(w, "k", 1, starts, 0, lo, hi, "A", 1) == 0);
+    CHECK(window_session_find(w, "k", 1, 17, starts, 8, &lo, &hi) == 0);
+    CHECK(window_session_put(w, "k", 1, starts, 0, lo, hi, "B", 1) == 0);
+    int n = window_session_find(w, "k", 1, 13, starts, 8, &lo, &hi);   /* bridges [10,15) and [17,22) */
+    CHECK(n == 2 && lo == 10 && hi == 22);
+    if (n == 2) CHECK(window_session_put(w, "k", 1, starts, 2, lo, hi, "AB", 2) == 0);
+    size_t len;
+    const char *st = window_state(w, "k", 1, 10, &len);
+    CHECK(st && len == 2 && memcmp(st, "AB", 2) == 0);
+    CHECK(window_open_count(w) == 1);
+    window_destroy(w);
+}
+
 int main(void) {
     RUN(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one);
     RUN(builtin_aggregates);
@@ -128,5 +185,9 @@ int main(void) {
     RUN(a_first_record_for_a_window_the_watermark_passed_fires_late);
     RUN(offset_and_negative_times);
     RUN(the_watermark_never_goes_back);
+    RUN(sessions_grow_merge_and_fire_at_their_end);
+    RUN(sessions_of_different_keys_stay_apart);
+    RUN(a_late_record_within_lateness_joins_a_fired_session_and_fires_late);
+    RUN(session_find_and_put_merge_states_for_lua);
     return TEST_END();
 }

@@ -243,6 +243,42 @@ return p
     assert.are.equal("a 0 on_time values=1,2\na 10000 on_time values=3\na 30000 on_time values=6\n", out("apply"))
   end)
 
+  it("session windows grow, merge when an out-of-order record bridges them, and fire at their end", function()
+    write(dir .. "/in.jsonl", table.concat({
+      '{"t":1700000001000,"k":"a","x":1}', '{"t":1700000003000,"k":"a","x":2}',   -- a: [1000,7000)
+      '{"t":1700000010000,"k":"a","x":3}',   -- watermark 9000: [1000,7000) fires; a: [10000,14000)
+      '{"t":1700000005000,"k":"b","x":4}',   -- b: [5000,9000) is already past the watermark: fires late
+      '{"t":1700000006500,"k":"a","x":5}',   -- joins [1000,7000) and [10000,14000): [1000,14000)
+      '{"t":1700000030000,"k":"a","x":6}', "" }, "\n"))
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local s = p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.bounded("1s") }):key_by("k")
+local function w(ctx)
+  return ctx.key .. " [" .. (ctx.window.start - 1700000000000) .. "," .. (ctx.window["end"] - 1700000000000) .. ") "
+    .. ctx.window.firing
+end
+s:window(eddy.window.session("4s"), { lateness = "10s" }):count()
+ :map(function(n, ctx) return w(ctx) .. " " .. n end)
+ :sink("count", { file = "count", format = "lines" })
+s:window(eddy.window.session("4s"), { lateness = "10s" })
+ :aggregate{ init = function() return { xs = {} } end,
+             add = function(a, v) a.xs[#a.xs + 1] = v.x; return a end,
+             merge = function(a, b) for _, x in ipairs(b.xs) do a.xs[#a.xs + 1] = x end; return a end,
+             result = function(a, ctx) table.sort(a.xs); return w(ctx) .. " " .. table.concat(a.xs, ",") end }
+ :sink("aggregate", { file = "aggregate", format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false, parallelism = 1 }")
+    local rc = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc)
+    local function out(d) local _, o = run("cat " .. dir .. "/" .. d .. "/part-*"); return o end
+    assert.are.equal("a [1000,7000) on_time 2\nb [5000,9000) late 1\na [1000,14000) on_time 4\na [30000,34000) on_time 1\n",
+      out("count"))
+    assert.are.equal("a [1000,7000) on_time 1,2\nb [5000,9000) late 4\na [1000,14000) on_time 1,2,3,5\n"
+      .. "a [30000,34000) on_time 6\n", out("aggregate"))
+  end)
+
   it("refuses a window on an unkeyed stream before processing", function()
     write(dir .. "/in.jsonl", '{"t":1700000000001}\n')
     write(dir .. "/pipeline.lua", [[

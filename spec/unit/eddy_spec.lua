@@ -570,7 +570,7 @@ describe("operators of later versions", function()
     assert.equal("late", side.node.name)
     assert.same({}, side.node.inputs)
   end)
-  for _, kind in ipairs({ "sliding", "session", "global", "count" }) do
+  for _, kind in ipairs({ "sliding", "global", "count" }) do
     it("eddy.window." .. kind .. " is refused as not supported by this version", function()
       raises("eddy.window." .. kind .. " is not supported by this version of eddy", function() eddy.window[kind]("1m") end)
     end)
@@ -580,6 +580,17 @@ describe("operators of later versions", function()
       raises("eddy.trigger." .. kind .. " is not supported by this version of eddy", function() eddy.trigger[kind]("1m") end)
     end)
   end
+  it("eddy.window.session(gap) makes a session assigner; an aggregate over it needs merge", function()
+    local p = eddy.pipeline()
+    local w = src(p):window(eddy.window.session("30s"))
+    local f = function() end
+    local n = w:aggregate({ init = f, add = f, merge = f }).node
+    assert.equal("session", n.opts.assigner)
+    assert.equal("30s", n.opts.size)
+    raises("aggregate over session windows needs a merge function", function() w:aggregate({ init = f, add = f }) end)
+    assert.equal("count", w:count().node.opts.agg)
+  end)
+
   it("window:reduce and window:apply take a function; window:aggregate a table with init and add", function()
     local p = eddy.pipeline()
     local w = src(p):window(eddy.window.tumbling("1m"))
@@ -677,7 +688,8 @@ describe("errors point at the caller's line", function()
     { "window without an assigner", function(p) src(p):window("1m") end },
     { "an unknown window option", function(p) src(p):window(eddy.window.tumbling("1m"), { size = 1 }) end },
     { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "soon" }) end },
-    { "eddy.window.session", function() eddy.window.session("5m") end },
+    { "eddy.window.sliding", function() eddy.window.sliding("5m") end },
+    { "a session aggregate without merge", function(p) src(p):window(eddy.window.session("5m")):aggregate({ init = noop, add = noop }) end },
     { "eddy.trigger.every", function() eddy.trigger.every("5s") end },
     { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce("x") end },
     { "a bad window aggregate argument", function(p) src(p):window(eddy.window.tumbling("1m")):sum(5) end },
