@@ -557,14 +557,24 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
             }
     }
     if (old->nstages != p->nstages) {
-        snprintf(err, errlen, "the stages changed (%d before, %d now; a key_by added or removed): that needs a restart",
-                 old->nstages, p->nstages);
+        char where[512] = "";
+        for (int i = 0; i < p->nnodes; i++)
+            if (p->nodes[i].kind == NODE_KEY_BY && strlen(where) + strlen(p->nodes[i].where) + 3 < sizeof where) {
+                if (where[0]) strcat(where, ", ");
+                strcat(where, p->nodes[i].where);
+            }
+        snprintf(err, errlen, "the new version has key_by at %s, where the running one has %d keyed stage%s: "
+                 "adding or removing a key_by needs a restart", where[0] ? where : "no line (none)",
+                 old->nstages - old->nsources, old->nstages - old->nsources == 1 ? "" : "s");
         return -1;
     }
     for (int s = 0; s < p->nstages; s++) {
         const stage *a = &old->stages[s], *b = &p->stages[s];
         if (a->keyed != b->keyed || a->ntasks != b->ntasks) {
-            snprintf(err, errlen, "stage %d changed its kind or parallelism: that needs a restart", s);
+            const node *kb = b->nroots > 0 ? &p->nodes[b->roots[0] - 1] : NULL;
+            snprintf(err, errlen, "%s: the keyed stage after it now has parallelism %d, the running one %d: "
+                     "changing parallelism needs a restart (or a savepoint)", kb ? kb->where : p->script_rel,
+                     b->ntasks, a->ntasks);
             return -1;
         }
         for (int d = 0; d < p->nstages; d++) {
@@ -578,8 +588,14 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
             }
         }
         if (count_kind(old, s, NODE_SINK) != count_kind(p, s, NODE_SINK)) {
-            snprintf(err, errlen, "stage %d changed its sinks: adding or removing a sink needs a restart", s);
-            return -1;
+            for (int i = 0; i < a->nnodes; i++) {       /* a sink that is gone */
+                const node *x = &old->nodes[a->nodes[i] - 1];
+                if (x->kind == NODE_SINK && !stage_has_sink(p, s, x)) {
+                    snprintf(err, errlen, "sink '%s' (%s in the running version) is gone: removing a sink needs a restart",
+                             x->name, x->where);
+                    return -1;
+                }
+            }
         }
         for (int i = 0; i < b->nnodes; i++) {
             const node *x = &p->nodes[b->nodes[i] - 1];

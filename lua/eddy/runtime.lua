@@ -537,7 +537,7 @@ function M.task(args)
             if not w then error("the watermark function returned no usable time", 0) end
             if w > wm then wm = w; tio.wm = w end
           end
-        elseif maxts - bound > wm then wm = maxts - bound; tio.wm = wm end
+        elseif maxts - bound - 1 > wm then wm = maxts - bound - 1; tio.wm = wm end
         r.ts = ts
         r.wm = wm
       end

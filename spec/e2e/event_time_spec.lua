@@ -108,6 +108,25 @@ return p
     assert.are.equal("a 0 2\na 10000 2\n", out)
   end)
 
+  it("counts in-order records that share a window's last millisecond: none of them is late", function()
+    write(dir .. "/in.jsonl", '{"t":1700000000998,"k":"a"}\n{"t":1700000000999,"k":"a"}\n'
+      .. '{"t":1700000000999,"k":"a"}\n{"t":1700000001500,"k":"a"}\n')
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("ev", { file = "in.jsonl", timestamp = "t" })
+ :key_by("k")
+ :window(eddy.window.tumbling("1s")):count()
+ :map(function(n, ctx) return (ctx.window.start - 1700000000000) .. " " .. n end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+    local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc)
+    assert.are.equal("0 3\n1000 1\n", out)
+  end)
+
   it("sends a record without a usable timestamp to the error policy", function()
     local rc, out = go('{"k":"a"}\n{"t":"yesterday","k":"a"}\n{"t":1700000003000,"k":"a"}\n', "0s")
     assert.are.equal(0, rc)

@@ -77,11 +77,11 @@ describe("idle partitions", function()
     end)
     assert.truthy(addr, "the daemon did not start")
 
-    -- b's watermark (2000) holds the keyed task back: [0,10s) cannot fire
+    -- b's watermark (2000 - 1) holds the keyed task back: [0,10s) cannot fire
     local ex = eventually(5, function()
       local e = get("/explain/counts")
       local t = e.tasks and e.tasks[1]
-      if t and t.held_back_by and t.held_back_by.watermark == T + 2000 then return e end
+      if t and t.held_back_by and t.held_back_by.watermark == T + 1999 then return e end
     end)
     assert.truthy(ex, "explain never named the partition holding the watermark")
     local t1 = ex.tasks[1]
@@ -89,7 +89,7 @@ describe("idle partitions", function()
     assert.are.equal(T + 9999, t1.fires_at_watermark)
     assert.are.equal("ev", t1.held_back_by.source)
     assert.truthy(t1.held_back_by.file:find("b.jsonl", 1, true))
-    assert.truthy(t1.why:find("holds the watermark at " .. (T + 2000), 1, true))
+    assert.truthy(t1.why:find("holds the watermark at " .. (T + 1999), 1, true))
     local st = get("/status")
     local keyed
     for _, t in ipairs(st.tasks) do if t.stage ~= "ev" then keyed = t end end
