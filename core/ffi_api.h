@@ -50,6 +50,17 @@ typedef struct eddy_fired {
     size_t state_len;     /*   or the values one after another (apply) */
 } eddy_fired;
 
+/* An open window, as window_list reports it (triggers). */
+typedef struct eddy_window_info {
+    const char *key;
+    size_t klen;
+    int64_t start, end;
+    int64_t mark;         /* the processing time the runtime set with eddy_window_mark (0: none) */
+    double count;
+    int32_t dirty;        /* changed since it last fired */
+    int32_t due;          /* the watermark has passed its end */
+} eddy_window_info;
+
 /* Window operators of a task, by uid: their state outlives the VM (reloads).
  * advance < 0 opens session windows with gap = size (window.h).
  * eddy_window_add returns the number of late firings it caused, or -2 when
@@ -67,11 +78,18 @@ void eddy_window_drop_late(void *w);
  * 0, or -1 on allocation failure. */
 int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max);
 const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len);
-int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode);
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode,
+                          double *count);
 int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
                                  int64_t *range);
 int32_t eddy_window_session_put(void *w, const char *key, size_t klen, const int64_t *starts, int32_t n,
                                 int64_t start, int64_t end, const char *p, size_t plen);
+int32_t eddy_window_add_at(void *w, const char *key, size_t klen, int64_t start, double x, double *count);
+int32_t eddy_window_fire(void *w, const char *key, size_t klen, int64_t start, int32_t purge);
+int32_t eddy_window_list(void *w, eddy_window_info *info, int32_t max);
+void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int64_t mark);
+/* Keyed tasks with processing-time triggers ask to be ticked (their Lua tick function). */
+void eddy_task_wants_ticks(void *task);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

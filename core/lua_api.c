@@ -256,9 +256,26 @@ const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t sta
     return window_state(w, key, klen, start, len);
 }
 
-int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode) {
-    return window_store(w, key, klen, start, p, n, mode);
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode,
+                          double *count) {
+    return window_store(w, key, klen, start, p, n, mode, count);
 }
+
+int32_t eddy_window_add_at(void *w, const char *key, size_t klen, int64_t start, double x, double *count) {
+    return window_add_at(w, key, klen, start, x, count);
+}
+
+int32_t eddy_window_fire(void *w, const char *key, size_t klen, int64_t start, int32_t purge) {
+    return window_fire(w, key, klen, start, purge);
+}
+
+int32_t eddy_window_list(void *w, eddy_window_info *info, int32_t max) { return window_list(w, info, max); }
+
+void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int64_t mark) {
+    window_mark(w, key, klen, start, mark);
+}
+
+void eddy_task_wants_ticks(void *tp) { ((task *)tp)->wants_ticks = 1; }
 
 int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
                                  int64_t *range) {

@@ -19,8 +19,10 @@ static int64_t now_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+#define TICK_MS 10   /* processing-time triggers are checked this often */
+
 int task_pollable(const task *t) {
-    if (t->source < 0) return 0;
+    if (t->source < 0) return t->wants_ticks;
     const source_info *si = &t->cur.p->sources[t->source];
     return si->follow || si->kind == SRC_STDIN;
 }
@@ -178,7 +180,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     tv->p = p;
     tv->st = &p->stages[t->st->id];
     tv->version = version;
-    tv->batch_ref = tv->inputs_ref = tv->finish_ref = LUA_NOREF;
+    tv->batch_ref = tv->inputs_ref = tv->finish_ref = tv->tick_ref = LUA_NOREF;
     if (map_nodes(t, tv, err, errlen) < 0) goto err;
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
@@ -241,6 +243,8 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     tv->inputs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_getfield(L, -1, "finish");
     tv->finish_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -1, "tick");
+    tv->tick_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_settop(L, 0);
     return tv;
 err:
@@ -457,7 +461,17 @@ static step_result step_keyed(task *t) {
         if (t->held[idx]) continue;          /* aligning: wait for the other inputs' barriers */
         m = channel_pop(t->in[idx]);
     }
-    if (!m) return STEP_IDLE;
+    if (!m) {
+        /* how often is a matter of CPU, not of meaning: the real clock paces
+         * ticks (the processing time the triggers see is clock.h's) */
+        int64_t now = now_us() / 1000;
+        if (t->wants_ticks && now - t->last_tick_ms >= TICK_MS && t->cur.tick_ref != LUA_NOREF) {
+            t->last_tick_ms = now;
+            if (call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return STEP_FAILED;
+            if (t->nouts > 0) forward_watermark(t);
+        }
+        return STEP_IDLE;
+    }
     t->rr = idx + 1;
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {

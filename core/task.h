@@ -63,7 +63,7 @@ typedef struct out_port {
  * swaps to it at a barrier. */
 typedef struct task_vm {
     struct vm *vm;
-    int batch_ref, inputs_ref, finish_ref;   /* the Lua runtime's entry points */
+    int batch_ref, inputs_ref, finish_ref, tick_ref;   /* the Lua runtime's entry points */
     const plan *p;              /* borrowed: the daemon keeps every plan until exit */
     const stage *st;            /* this task's stage in p */
     int version;
@@ -103,6 +103,8 @@ typedef struct task {
     int64_t sent_wm;            /* the last watermark sent downstream as a mark */
     int idle_sent;              /* an idle mark went downstream and no record since */
     int64_t last_record_ms;     /* sources: processing time of the last record read */
+    int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
+    int64_t last_tick_ms;
     int rr;                     /* round-robin start */
     out_port *outs; int nouts;
     struct sink **sinks; int nsinks;

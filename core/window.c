@@ -8,7 +8,10 @@ typedef struct entry {
     UT_hash_handle hh;
     struct entry *next;          /* in its end bucket, or in the graveyard */
     eddy_fired f;
-    int fired;                   /* fired on time already: changes fire late */
+    int fired;                   /* the watermark passed its end (the on-time event happened) */
+    int dirty;                   /* changed since it last fired */
+    int purge;                   /* empty it once the firing queued now has been read */
+    int64_t mark;                /* a processing time the runtime keeps with it (triggers) */
     char *state; size_t state_cap;   /* Lua window functions: f.state / f.state_len */
     size_t hlen;
     char hkey[];                 /* start (8 bytes) then the key: the hash key */
@@ -38,6 +41,7 @@ struct window_op {
     int64_t wm;                  /* the highest watermark seen */
     eddy_fired *fired; int nfired, capfired;   /* copies; keys point into entries */
     entry *graveyard;            /* freed windows, kept until their firings were read */
+    entry **purging; int npurging, cappurging;   /* windows to empty once their firing was read */
     int64_t late_dropped, open;
     char *scratch; size_t scratch_cap;
 };
@@ -53,7 +57,17 @@ window_op *window_create(int64_t size, int64_t advance, int64_t offset, int64_t 
     return w;
 }
 
+static void empty(entry *e) {
+    e->f.count = e->f.sum = 0;
+    e->f.min = e->f.max = 0;
+    e->f.state_len = 0;
+    e->dirty = 0;
+    e->purge = 0;
+}
+
 static void bury(window_op *w) {
+    for (int i = 0; i < w->npurging; i++) empty(w->purging[i]);
+    w->npurging = 0;
     while (w->graveyard) {
         entry *e = w->graveyard;
         w->graveyard = e->next;
@@ -100,6 +114,7 @@ void window_destroy(window_op *w) {
         free(e);
     }
     free(w->fired);
+    free(w->purging);
     free(w->buckets);
     free(w->scratch);
     free(w);
@@ -158,7 +173,8 @@ static void bucket_unlink(window_op *w, entry *e) {
     }
 }
 
-static int push_fired(window_op *w, const entry *e) {
+static int push_fired(window_op *w, entry *e) {
+    e->dirty = 0;
     if (w->nfired == w->capfired) {
         int nc = w->capfired ? w->capfired * 2 : 64;
         eddy_fired *nf = realloc(w->fired, sizeof *nf * nc);
@@ -233,7 +249,8 @@ const char *window_state(window_op *w, const char *key, size_t klen, int64_t sta
     return e ? e->f.state : NULL;
 }
 
-int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode) {
+int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode,
+                 double *count) {
     bury(w);
     entry *e = lookup(w, key, klen, start, 1, 0);
     if (!e) return -1;
@@ -251,6 +268,8 @@ int window_store(window_op *w, const char *key, size_t klen, int64_t start, cons
     e->f.state = e->state;
     e->f.state_len = need;
     e->f.count += 1;
+    e->dirty = 1;
+    if (count) *count = e->f.count;
     if (!e->fired) return 0;
     return push_fired(w, e) < 0 ? -1 : 1;
 }
@@ -271,6 +290,7 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x)
         e->f.sum += x;
         if (x < e->f.min) e->f.min = x;
         if (x > e->f.max) e->f.max = x;
+        e->dirty = 1;
         if (e->fired && push_fired(w, e) < 0) return -1;
         added = 1;
     }
@@ -410,6 +430,7 @@ int window_session_put(window_op *w, const char *key, size_t klen, const int64_t
     e->f.state = e->state;
     e->f.state_len = plen;
     e->f.count += 1;
+    e->dirty = 1;
     if (!e->fired) return 0;
     return push_fired(w, e) < 0 ? -1 : 1;
 }
@@ -438,6 +459,62 @@ static int session_add(window_op *w, const char *key, size_t klen, int64_t ts, d
     e->f.sum = sum;
     e->f.min = mn;
     e->f.max = mx;
+    e->dirty = 1;
     if (!e->fired) return 0;
     return push_fired(w, e) < 0 ? -1 : 1;
+}
+
+/* ---- triggers ------------------------------------------------------------- */
+
+int window_add_at(window_op *w, const char *key, size_t klen, int64_t start, double x, double *count) {
+    bury(w);
+    entry *e = lookup(w, key, klen, start, 1, x);
+    if (!e) return -1;
+    if (e->f.count == 0) { e->f.min = x; e->f.max = x; }   /* new, or emptied by a purge */
+    e->f.count += 1;
+    e->f.sum += x;
+    if (x < e->f.min) e->f.min = x;
+    if (x > e->f.max) e->f.max = x;
+    e->dirty = 1;
+    *count = e->f.count;
+    return e->fired;
+}
+
+int window_fire(window_op *w, const char *key, size_t klen, int64_t start, int purge) {
+    bury(w);
+    entry *e = lookup(w, key, klen, start, 0, 0);
+    if (!e) return 0;
+    if (push_fired(w, e) < 0) return -1;
+    if (purge) {
+        if (w->npurging == w->cappurging) {
+            int nc = w->cappurging ? w->cappurging * 2 : 16;
+            entry **np = realloc(w->purging, sizeof *np * nc);
+            if (!np) return -1;
+            w->purging = np;
+            w->cappurging = nc;
+        }
+        w->purging[w->npurging++] = e;
+    }
+    return 1;
+}
+
+int window_list(window_op *w, eddy_window_info *info, int max) {
+    int n = 0;
+    for (entry *e = w->table; e && n < max; e = e->hh.next) {
+        eddy_window_info *i = &info[n++];
+        i->key = e->f.key;
+        i->klen = e->f.klen;
+        i->start = e->f.start;
+        i->end = e->f.end;
+        i->mark = e->mark;
+        i->count = e->f.count;
+        i->dirty = e->dirty;
+        i->due = e->fired;
+    }
+    return n;
+}
+
+void window_mark(window_op *w, const char *key, size_t klen, int64_t start, int64_t mark) {
+    entry *e = lookup(w, key, klen, start, 0, 0);
+    if (e) e->mark = mark;
 }

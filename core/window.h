@@ -37,13 +37,15 @@ const eddy_fired *window_fired(const window_op *w, int i);
 /* For window functions in Lua: the starts of the windows a record at ts
  * belongs to and that are not past their lateness (at most max, latest
  * first); a window's state bytes (NULL and *len 0 when none); storing them
- * (WINDOW_REPLACE) or appending one value (WINDOW_APPEND).  window_store
- * returns 1 when the window had already fired (its late firing is then the
+ * (WINDOW_REPLACE) or appending one value (WINDOW_APPEND); *count (may be
+ * NULL) gets the window's element count.  window_store returns 1 when the
+ * window had already fired (its late firing is then the
  * only entry of window_fired), 0, or -1 on allocation failure. */
 enum { WINDOW_REPLACE = 1, WINDOW_APPEND = 2 };
 int window_assign(const window_op *w, int64_t ts, int64_t *starts, int max);
 const char *window_state(window_op *w, const char *key, size_t klen, int64_t start, size_t *len);
-int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode);
+int window_store(window_op *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int mode,
+                 double *count);
 
 /* Session windows: a key's records less than `gap` apart form one window
  * [first, last + gap); a record that bridges sessions merges them.  Create
@@ -59,6 +61,21 @@ int window_session_find(window_op *w, const char *key, size_t klen, int64_t ts, 
                         int64_t *mstart, int64_t *mend);
 int window_session_put(window_op *w, const char *key, size_t klen, const int64_t *starts, int n,
                        int64_t mstart, int64_t mend, const char *p, size_t plen);
+
+/* Triggers other than event time (the runtime decides when to fire):
+ * window_add_at adds x to the one window (key, start), creating it, and sets
+ * *count; it returns 1 when the window's end has already been passed by the
+ * watermark (window_advance reported it), 0, or -1.  window_fire queues a
+ * firing of (key, start) for window_fired (1 when it exists) and, with
+ * purge, empties the window afterwards.  window_list fills info[] with up
+ * to max open windows; window_mark keeps a processing time with a window
+ * (the runtime's early-firing clock).  A window is `dirty` when it changed
+ * since it last fired. */
+typedef struct eddy_window_info eddy_window_info;
+int window_add_at(window_op *w, const char *key, size_t klen, int64_t start, double x, double *count);
+int window_fire(window_op *w, const char *key, size_t klen, int64_t start, int purge);
+int window_list(window_op *w, eddy_window_info *info, int max);
+void window_mark(window_op *w, const char *key, size_t klen, int64_t start, int64_t mark);
 
 /* Counts a too-late record that went nowhere (no side output took it). */
 void window_count_dropped(window_op *w);

@@ -43,17 +43,33 @@ typedef struct eddy_fired {
     size_t state_len;
 } eddy_fired;
 
+typedef struct eddy_window_info {
+    const char *key;
+    size_t klen;
+    int64_t start, end;
+    int64_t mark;
+    double count;
+    int32_t dirty;
+    int32_t due;
+} eddy_window_info;
+
 void *eddy_window_open(void *task, const char *uid, int64_t size, int64_t advance, int64_t offset,
                        int64_t lateness);
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x);
 void eddy_window_drop_late(void *w);
 int32_t eddy_window_assign(void *w, int64_t ts, int64_t *starts, int32_t max);
 const char *eddy_window_state(void *w, const char *key, size_t klen, int64_t start, size_t *len);
-int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode);
+int32_t eddy_window_store(void *w, const char *key, size_t klen, int64_t start, const char *p, size_t n, int32_t mode,
+                          double *count);
 int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
                                  int64_t *range);
 int32_t eddy_window_session_put(void *w, const char *key, size_t klen, const int64_t *starts, int32_t n,
                                 int64_t start, int64_t end, const char *p, size_t plen);
+int32_t eddy_window_add_at(void *w, const char *key, size_t klen, int64_t start, double x, double *count);
+int32_t eddy_window_fire(void *w, const char *key, size_t klen, int64_t start, int32_t purge);
+int32_t eddy_window_list(void *w, eddy_window_info *info, int32_t max);
+void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int64_t mark);
+void eddy_task_wants_ticks(void *task);
 int32_t eddy_window_advance(void *w, int64_t wm);
 const eddy_fired *eddy_window_fired(void *w, int32_t i);
 

@@ -231,14 +231,40 @@ end
 function M.window.session(gap)
   return setmetatable({ kind = "session", size = check_duration("eddy.window.session gap", gap), offset = "0" }, Assigner)
 end
-for _, kind in ipairs({ "sliding", "global", "count" }) do
+-- One window per key that never ends: it fires only through its trigger
+-- (with the default event_time trigger, when all input has ended).
+function M.window.global() return setmetatable({ kind = "global", size = "0", offset = "0" }, Assigner) end
+for _, kind in ipairs({ "sliding", "count" }) do
   M.window[kind] = function() fail("eddy.window." .. kind .. " is not supported by this version of eddy") end
 end
 
 M.trigger = {}
 function M.trigger.event_time() return setmetatable({ kind = "event_time" }, Trigger) end
-for _, kind in ipairs({ "processing_time", "count", "every" }) do
-  M.trigger[kind] = function() fail("eddy.trigger." .. kind .. " is not supported by this version of eddy") end
+function M.trigger.processing_time() return setmetatable({ kind = "processing_time" }, Trigger) end
+function M.trigger.count(n)
+  if type(n) ~= "number" or n < 1 or n % 1 ~= 0 then fail("eddy.trigger.count needs a positive whole number") end
+  return setmetatable({ kind = "count", n = n }, Trigger)
+end
+function M.trigger.every(d)
+  return setmetatable({ kind = "every", every = check_duration("eddy.trigger.every", d) }, Trigger)
+end
+
+local TRIGGER_FNS = { on_element = true, on_event_time = true, on_processing_time = true, on_merge = true }
+
+-- A trigger option: an eddy.trigger value, or a table of Lua callbacks.
+local function check_trigger(t)
+  if getmetatable(t) == Trigger then return t end
+  if type(t) ~= "table" then fail("window: trigger must be an eddy.trigger value or a table of functions") end
+  local n = 0
+  for k, v in pairs(t) do
+    if not TRIGGER_FNS[k] then
+      fail("window: trigger table: unknown field '" .. tostring(k) .. "' (on_element, on_event_time, on_processing_time, on_merge)")
+    end
+    if type(v) ~= "function" then fail("window: trigger table: " .. k .. " must be a function") end
+    n = n + 1
+  end
+  if n == 0 then fail("window: a trigger table needs at least one of on_element, on_event_time, on_processing_time, on_merge") end
+  return setmetatable({ kind = "custom", fns = t }, Trigger)
 end
 
 function Stream:window(assigner, opts)
@@ -249,7 +275,7 @@ function Stream:window(assigner, opts)
   if type(opts) ~= "table" then fail("window options must be a table") end
   for k, v in pairs(opts) do
     if k == "trigger" then
-      if getmetatable(v) ~= Trigger then fail("window: trigger must be an eddy.trigger value") end
+      check_trigger(v)
     elseif k == "lateness" then
       check_duration("window lateness", v)
     elseif k == "late" then
@@ -258,7 +284,11 @@ function Stream:window(assigner, opts)
       fail("window: unknown option '" .. tostring(k) .. "'")
     end
   end
-  return setmetatable({ stream = self, assigner = assigner, where = where(),
+  local trigger = opts.trigger and check_trigger(opts.trigger) or M.trigger.event_time()
+  if assigner.kind == "session" and trigger.kind ~= "event_time" and trigger.kind ~= "every" then
+    fail("window: session windows take the event_time and every triggers (not " .. trigger.kind .. ")")
+  end
+  return setmetatable({ stream = self, assigner = assigner, where = where(), trigger = trigger,
     lateness = opts.lateness ~= nil and check_duration("window lateness", opts.lateness) or "0",
     late = opts.late }, Windowed)
 end
@@ -287,7 +317,9 @@ local function aggregate(w, agg, f)
   local s = add(w.stream.p, "window", { w.stream.node.id }, {
     fn = type(f) == "function" and f or nil, fns = fns,
     opts = { assigner = a.kind, size = a.size, advance = a.advance or a.size, offset = a.offset,
-             agg = agg, field = type(f) == "string" and f or nil, lateness = w.lateness, late = w.late } })
+             agg = agg, field = type(f) == "string" and f or nil, lateness = w.lateness, late = w.late,
+             trigger = w.trigger.kind, trigger_count = w.trigger.n, trigger_every = w.trigger.every },
+    trigger_fns = w.trigger.fns })
   return s
 end
 for _, agg in ipairs({ "count", "sum", "min", "max", "avg", "reduce", "aggregate", "apply" }) do

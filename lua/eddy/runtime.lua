@@ -79,11 +79,17 @@ end
 -- Converts the durations a node was given into ms (in place).
 local function resolve_durations(n)
   local o = n.opts
-  if n.kind == "window" then
+  if n.kind == "window" and o.assigner == "global" then
+    -- one window [-2^60, 2^60) per key: it ends only when the watermark does (+inf)
+    o.size_ms, o.advance_ms, o.offset_ms = 2 ^ 61, 2 ^ 61, -(2 ^ 60)
+    o.lateness_ms = 0
+    if o.trigger_every then o.trigger_every_ms = duration_ms(o.trigger_every, "trigger every", n.where) end
+  elseif n.kind == "window" then
     o.size_ms = duration_ms(o.size, "window size", n.where)
     o.advance_ms = o.assigner == "session" and o.size_ms or duration_ms(o.advance, "window advance", n.where)
     o.offset_ms = duration_ms(o.offset, "window offset", n.where)
     o.lateness_ms = duration_ms(o.lateness, "window lateness", n.where)
+    if o.trigger_every then o.trigger_every_ms = duration_ms(o.trigger_every, "trigger every", n.where) end
     if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
   elseif n.kind == "source" then
@@ -208,9 +214,12 @@ function M.task(args)
   }
   setmetatable(ctx, { __index = function(_, k) local g = getters[k]; if g then return g() end end })
 
-  local windows = {}            -- { {w = handle, id = node id, emit = fn} }
-  local build
-  local function op(id)
+  local windows = {}            -- { {w = handle, id = node id, advance = fn(i), tick = fn(now) or nil} }
+  local build, op
+  local window_op               -- builds a window operator (below)
+  local last_tb, handler, on_error   -- the error policy (below)
+
+  op = function(id)
     local node = nodes[id]
     local kind, fn = node.kind, node.fn
     if kind == "map" then
@@ -256,160 +265,7 @@ function M.task(args)
         cout[id] = cout[id] + 1
       end
     elseif kind == "window" then
-      local o = node.opts
-      local sessions = o.assigner == "session"
-      local w = C.eddy_window_open(task, node.uid, o.size_ms, sessions and -1 or o.advance_ms, o.offset_ms, o.lateness_ms)
-      if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
-      local agg, field, xfn, fns = o.agg, o.field, node.fn, node.fns
-      local in_lua = agg == "reduce" or agg == "aggregate" or agg == "apply"
-      local nxt = build(id)
-      local late_out                 -- the side output's chain, when this task runs it
-      for _, c in ipairs(children[id] or {}) do
-        if nodes[c].kind == "side" and inset[c] then late_out = op(c) end
-      end
-      local pack, unpack_all = native.pack, native.unpack_all
-      local function state_of(f) return ffi_string(f.state, f.state_len) end
-      local result
-      if agg == "count" then result = function(f) return f.count end
-      elseif agg == "sum" then result = function(f) return f.sum end
-      elseif agg == "min" then result = function(f) return f.min end
-      elseif agg == "max" then result = function(f) return f.max end
-      elseif agg == "avg" then result = function(f) return f.sum / f.count end
-      elseif agg == "reduce" then result = function(f) return unpack_all(state_of(f), true) end
-      elseif agg == "aggregate" then
-        result = function(f)
-          local acc = unpack_all(state_of(f), true)
-          if fns.result then return fns.result(acc, ctx) end
-          return acc
-        end
-      else
-        result = function(f) return xfn(unpack_all(state_of(f), false), ctx) end
-      end
-      local function emit(f, how)
-        local start, stop = tonumber(f.start), tonumber(f["end"])
-        firing = { key = ffi_string(f.key, f.klen), window = { start = start, ["end"] = stop, firing = how } }
-        cur_ts = stop - 1
-        local r = result(f)
-        if r ~= nil then cout[id] = cout[id] + 1; nxt(r) end
-      end
-      windows[#windows + 1] = { w = w, id = id, emit = emit }
-      local function too_late(v)
-        if late_out then late_out(v) else C.eddy_window_drop_late(w) end
-      end
-      local function need_time()
-        if cur_ts == NONE then error("a window needs event time: set the timestamp option of the source", 0) end
-      end
-      if not in_lua then
-        return function(v)
-          tio.cur_node = id; cin[id] = cin[id] + 1
-          need_time()
-          local x = 1
-          if agg ~= "count" then
-            if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
-            if type(x) ~= "number" then
-              error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
-            end
-          end
-          local k = ctx.key
-          local r = C.eddy_window_add(w, k, #k, cur_ts, x)
-          if r > 0 then
-            -- the record changed windows that had fired: each fires again, late
-            local ts = cur_ts
-            for j = 0, r - 1 do emit(C.eddy_window_fired(w, j), "late") end
-            firing, cur_ts = nil, ts
-          elseif r == -2 then
-            too_late(v)
-          elseif r < 0 then
-            error("out of memory in window " .. node.uid, 0)
-          end
-        end
-      end
-      -- reduce, aggregate, apply: the state lives in C as MessagePack (so it
-      -- outlives this VM); each record reads, updates and stores it per window
-      local starts = ffi.new("int64_t[64]")
-      local len_box = ffi.new("size_t[1]")
-      if sessions then
-        -- the sessions the record joins are merged with the user's functions
-        -- (aggregate's merge, the reducer, or by concatenating values)
-        local range = ffi.new("int64_t[2]")
-        return function(v)
-          tio.cur_node = id; cin[id] = cin[id] + 1
-          need_time()
-          local k = ctx.key
-          local n = C.eddy_window_session_find(w, k, #k, cur_ts, starts, 64, range)
-          if n == -2 then return too_late(v) end
-          if n < 0 then error("a record bridges more than 64 sessions", 0) end
-          local b
-          if agg == "apply" then
-            local parts = {}
-            for j = 0, n - 1 do
-              local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
-              if p ~= nil then parts[#parts + 1] = ffi_string(p, len_box[0]) end
-            end
-            parts[#parts + 1] = pack(v)
-            b = table.concat(parts)
-          else
-            local acc, have = nil, false
-            for j = 0, n - 1 do
-              local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
-              if p ~= nil then
-                local st = unpack_all(ffi_string(p, len_box[0]), true)
-                if not have then acc, have = st, true
-                elseif agg == "reduce" then acc = xfn(acc, st, ctx)
-                else acc = fns.merge(acc, st, ctx) end
-              end
-            end
-            if agg == "reduce" then
-              if have then acc = xfn(acc, v, ctx) else acc = v end
-            else
-              if not have then acc = fns.init(ctx) end
-              acc = fns.add(acc, v, ctx)
-            end
-            b = pack(acc)
-          end
-          local ts = cur_ts
-          local r = C.eddy_window_session_put(w, k, #k, starts, n, range[0], range[1], b, #b)
-          if r == 1 then
-            emit(C.eddy_window_fired(w, 0), "late")
-            firing, cur_ts = nil, ts
-          elseif r < 0 then
-            error("out of memory in window " .. node.uid, 0)
-          end
-        end
-      end
-      return function(v)
-        tio.cur_node = id; cin[id] = cin[id] + 1
-        need_time()
-        local k = ctx.key
-        local n = C.eddy_window_assign(w, cur_ts, starts, 64)
-        if n == 0 then return too_late(v) end
-        local ts = cur_ts
-        for j = 0, n - 1 do
-          local start = starts[j]
-          local r
-          if agg == "apply" then
-            local b = pack(v)
-            r = C.eddy_window_store(w, k, #k, start, b, #b, 2)
-          else
-            local p = C.eddy_window_state(w, k, #k, start, len_box)
-            local acc
-            if agg == "reduce" then
-              if p == nil then acc = v else acc = xfn(unpack_all(ffi_string(p, len_box[0]), true), v, ctx) end
-            else
-              if p == nil then acc = fns.init(ctx) else acc = unpack_all(ffi_string(p, len_box[0]), true) end
-              acc = fns.add(acc, v, ctx)
-            end
-            local b = pack(acc)
-            r = C.eddy_window_store(w, k, #k, start, b, #b, 1)
-          end
-          if r == 1 then
-            emit(C.eddy_window_fired(w, 0), "late")
-            firing, cur_ts = nil, ts
-          elseif r < 0 then
-            error("out of memory in window " .. node.uid, 0)
-          end
-        end
-      end
+      return window_op(id)
     elseif kind == "sink" then
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
       local enc
@@ -446,6 +302,312 @@ function M.task(args)
       end
     end
     error("eddy: no runtime for operator kind " .. tostring(kind))
+  end
+
+  -- A window operator.  Its state is in C (window.c) so that it outlives this
+  -- VM; the trigger decides when a window's result goes downstream:
+  --   event_time (default): when the watermark passes the window's end, and
+  --     again for a record within the lateness ("late");
+  --   every(d): the same, plus early firings every d of processing time
+  --     while the window changes;
+  --   processing_time(): when the processing-time clock passes the end;
+  --   count(n): every n records of a window;
+  --   a table of callbacks returning "continue" | "fire" | "fire_and_purge" | "purge".
+  window_op = function(id)
+    local node = nodes[id]
+    local o = node.opts
+    local sessions = o.assigner == "session"
+    local global = o.assigner == "global"
+    local w = C.eddy_window_open(task, node.uid, o.size_ms, sessions and -1 or o.advance_ms, o.offset_ms, o.lateness_ms)
+    if w == nil then error(node.where .. ": window '" .. node.uid .. "' has state from another assigner", 0) end
+    local agg, field, xfn, fns = o.agg, o.field, node.fn, node.fns
+    local in_lua = agg == "reduce" or agg == "aggregate" or agg == "apply"
+    local trig, tfns = o.trigger or "event_time", node.trigger_fns or {}
+    local per_window = trig == "count" or trig == "processing_time" or trig == "custom"
+    local nxt = build(id)
+    local late_out                 -- the side output's chain, when this task runs it
+    for _, c in ipairs(children[id] or {}) do
+      if nodes[c].kind == "side" and inset[c] then late_out = op(c) end
+    end
+    local pack, unpack_all = native.pack, native.unpack_all
+    local function state_of(f) return ffi_string(f.state, f.state_len) end
+    local result
+    if agg == "count" then result = function(f) return f.count end
+    elseif agg == "sum" then result = function(f) return f.sum end
+    elseif agg == "min" then result = function(f) return f.min end
+    elseif agg == "max" then result = function(f) return f.max end
+    elseif agg == "avg" then result = function(f) return f.sum / f.count end
+    elseif agg == "reduce" then result = function(f) return unpack_all(state_of(f), true) end
+    elseif agg == "aggregate" then
+      result = function(f)
+        local acc = unpack_all(state_of(f), true)
+        if fns.result then return fns.result(acc, ctx) end
+        return acc
+      end
+    else
+      result = function(f) return xfn(unpack_all(state_of(f), false), ctx) end
+    end
+    local function window_of(start, stop, how, count)
+      if global then return { firing = how, count = count } end
+      return { start = start, ["end"] = stop, firing = how, count = count }
+    end
+    local function emit(f, how)
+      if f.count == 0 then return end            -- purged, or never held anything
+      local start, stop = tonumber(f.start), tonumber(f["end"])
+      firing = { key = ffi_string(f.key, f.klen), window = window_of(start, stop, how, f.count) }
+      cur_ts = stop - 1
+      local r = result(f)
+      if r ~= nil then cout[id] = cout[id] + 1; nxt(r) end
+    end
+    local function too_late(v)
+      if late_out then late_out(v) else C.eddy_window_drop_late(w) end
+    end
+    local function need_time()
+      if cur_ts == NONE then error("a window needs event time: set the timestamp option of the source", 0) end
+    end
+    -- carries out a trigger's answer for the window (key, start)
+    local function act(action, k, start, how)
+      if action == nil or action == "continue" then return end
+      if action ~= "fire" and action ~= "fire_and_purge" and action ~= "purge" then
+        error("window trigger returned " .. tostring(action) .. " (continue, fire, fire_and_purge or purge)", 0)
+      end
+      local r = C.eddy_window_fire(w, k, #k, start, action == "fire" and 0 or 1)
+      if r == 1 and action ~= "purge" then emit(C.eddy_window_fired(w, 0), how) end
+    end
+    -- calls a trigger callback with ctx.window set to the window
+    local function ask(fn, arg, k, start, stop, count)
+      local saved_ts, saved = cur_ts, firing
+      firing = { key = k, window = window_of(start, stop, nil, count) }
+      local ok, action = pcall(fn, arg, ctx)
+      firing, cur_ts = saved, saved_ts
+      if not ok then error(action, 0) end
+      return action
+    end
+
+    local entry = { w = w, id = id }
+    windows[#windows + 1] = entry
+
+    -- the watermark moved: windows whose end it passed are due
+    entry.advance = function(i)
+      local n = C.eddy_window_advance(w, wm)
+      if n <= 0 then return end
+      if trig == "event_time" or trig == "every" then
+        for j = 0, n - 1 do
+          last_tb = nil
+          local ok, err = xpcall(emit, handler, C.eddy_window_fired(w, j), "on_time")
+          if not ok then on_error(err, i) end
+        end
+        firing = nil
+        return
+      end
+      if trig ~= "custom" then return end      -- count, processing_time: the watermark only frees state
+      -- custom: the due windows may be freed by this very advance (lateness 0),
+      -- so fire from the copies it returned; purge the ones still kept afterwards
+      -- (purging calls into the window store, which drops those copies)
+      local purges = {}
+      for j = 0, n - 1 do
+        local f = C.eddy_window_fired(w, j)
+        last_tb = nil
+        local ok, err = xpcall(function()
+          local action = "fire"
+          if tfns.on_event_time then
+            local k = ffi_string(f.key, f.klen)
+            action = ask(tfns.on_event_time, tonumber(f["end"]) - 1, k, tonumber(f.start), tonumber(f["end"]), tonumber(f.count))
+          end
+          if action ~= "continue" and action ~= "fire" and action ~= "fire_and_purge" and action ~= "purge" then
+            error("window trigger returned " .. tostring(action) .. " (continue, fire, fire_and_purge or purge)", 0)
+          end
+          if action == "fire" or action == "fire_and_purge" then emit(f, "on_time") end
+          if action == "purge" or action == "fire_and_purge" then
+            purges[#purges + 1] = { ffi_string(f.key, f.klen), tonumber(f.start) }
+          end
+        end, handler)
+        if not ok then on_error(err, i) end
+      end
+      firing = nil
+      for _, d in ipairs(purges) do C.eddy_window_fire(w, d[1], #d[1], d[2], 1) end
+    end
+
+    -- processing-time triggers: called every few ms by the task (eddy_task_wants_ticks)
+    local every_ms = o.trigger_every_ms
+    if trig == "every" or trig == "processing_time" or (trig == "custom" and tfns.on_processing_time) then
+      C.eddy_task_wants_ticks(task)
+      local cap = 256
+      local info = ffi.new("eddy_window_info[?]", cap)
+      entry.tick = function(now)
+        local n = C.eddy_window_list(w, info, cap)
+        while n == cap do
+          cap = cap * 2
+          info = ffi.new("eddy_window_info[?]", cap)
+          n = C.eddy_window_list(w, info, cap)
+        end
+        local todo = {}
+        for j = 0, n - 1 do
+          local x = info[j]
+          todo[#todo + 1] = { ffi_string(x.key, x.klen), tonumber(x.start), tonumber(x["end"]), tonumber(x.mark),
+                              x.dirty ~= 0, x.due ~= 0, tonumber(x.count) }
+        end
+        for _, d in ipairs(todo) do
+          local k, start, stop, mark, dirty, due, count = d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+          if trig == "every" then
+            -- early results while the window is open and changing
+            if not due and dirty then
+              if mark == 0 then C.eddy_window_mark(w, k, #k, start, now)
+              elseif now - mark >= every_ms then
+                act("fire", k, start, "early")
+                C.eddy_window_mark(w, k, #k, start, now)
+              end
+            end
+          elseif stop - 1 <= now and (mark == 0 or (dirty and trig == "processing_time")) then
+            C.eddy_window_mark(w, k, #k, start, now)
+            if trig == "processing_time" then
+              act("fire", k, start, mark == 0 and "on_time" or "late")
+            else
+              act(ask(tfns.on_processing_time, stop - 1, k, start, stop, count), k, start, "on_time")
+            end
+          end
+        end
+        firing = nil
+      end
+    end
+
+    local starts = ffi.new("int64_t[64]")
+    local len_box = ffi.new("size_t[1]")
+    local count_box = ffi.new("double[1]")
+    -- after a record went into window (k, start): what the trigger says
+    local function on_element(v, k, start, due)
+      local count = count_box[0]
+      if trig == "count" then
+        if count % o.trigger_count == 0 then act("fire", k, start, due and "late" or "early") end
+      elseif trig == "custom" and tfns.on_element then
+        local stop = start + o.size_ms
+        act(ask(tfns.on_element, v, k, start, stop, count), k, start, due and "late" or "early")
+      end
+    end
+
+    -- the number a built-in aggregate adds for a record
+    local function number_of(v)
+      if agg == "count" then return 1 end
+      local x
+      if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
+      if type(x) ~= "number" then
+        error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
+      end
+      return x
+    end
+
+    -- the state a Lua window function keeps for window (k, start), with v added
+    local function updated_state(v, k, start)
+      if agg == "apply" then return pack(v), 2 end
+      local p = C.eddy_window_state(w, k, #k, start, len_box)
+      local acc
+      if agg == "reduce" then
+        if p == nil then acc = v else acc = xfn(unpack_all(ffi_string(p, len_box[0]), true), v, ctx) end
+      else
+        if p == nil then acc = fns.init(ctx) else acc = unpack_all(ffi_string(p, len_box[0]), true) end
+        acc = fns.add(acc, v, ctx)
+      end
+      return pack(acc), 1
+    end
+
+    if not in_lua and not per_window then
+      -- built-in aggregates fired by the watermark: one call adds to every window
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        need_time()
+        local x = number_of(v)
+        local k = ctx.key
+        local r = C.eddy_window_add(w, k, #k, cur_ts, x)
+        if r > 0 then
+          -- the record changed windows that had fired: each fires again, late
+          local ts = cur_ts
+          for j = 0, r - 1 do emit(C.eddy_window_fired(w, j), "late") end
+          firing, cur_ts = nil, ts
+        elseif r == -2 then
+          too_late(v)
+        elseif r < 0 then
+          error("out of memory in window " .. node.uid, 0)
+        end
+      end
+    end
+
+    if sessions then
+      -- the sessions the record joins are merged with the user's functions
+      -- (aggregate's merge, the reducer, or by concatenating values)
+      local range = ffi.new("int64_t[2]")
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        need_time()
+        local k = ctx.key
+        local n = C.eddy_window_session_find(w, k, #k, cur_ts, starts, 64, range)
+        if n == -2 then return too_late(v) end
+        if n < 0 then error("a record bridges more than 64 sessions", 0) end
+        local b
+        if agg == "apply" then
+          local parts = {}
+          for j = 0, n - 1 do
+            local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
+            if p ~= nil then parts[#parts + 1] = ffi_string(p, len_box[0]) end
+          end
+          parts[#parts + 1] = pack(v)
+          b = table.concat(parts)
+        else
+          local acc, have = nil, false
+          for j = 0, n - 1 do
+            local p = C.eddy_window_state(w, k, #k, starts[j], len_box)
+            if p ~= nil then
+              local st = unpack_all(ffi_string(p, len_box[0]), true)
+              if not have then acc, have = st, true
+              elseif agg == "reduce" then acc = xfn(acc, st, ctx)
+              else acc = fns.merge(acc, st, ctx) end
+            end
+          end
+          if agg == "reduce" then
+            if have then acc = xfn(acc, v, ctx) else acc = v end
+          else
+            if not have then acc = fns.init(ctx) end
+            acc = fns.add(acc, v, ctx)
+          end
+          b = pack(acc)
+        end
+        local ts = cur_ts
+        local r = C.eddy_window_session_put(w, k, #k, starts, n, range[0], range[1], b, #b)
+        if r == 1 then
+          emit(C.eddy_window_fired(w, 0), "late")
+          firing, cur_ts = nil, ts
+        elseif r < 0 then
+          error("out of memory in window " .. node.uid, 0)
+        end
+      end
+    end
+
+    -- one window at a time: Lua window functions, and triggers that look at each window
+    return function(v)
+      tio.cur_node = id; cin[id] = cin[id] + 1
+      need_time()
+      local k = ctx.key
+      local x = (not in_lua) and number_of(v) or nil
+      local n = C.eddy_window_assign(w, cur_ts, starts, 64)
+      if n == 0 then return too_late(v) end
+      local ts = cur_ts
+      for j = 0, n - 1 do
+        local start = starts[j]
+        local r
+        if in_lua then
+          local b, mode = updated_state(v, k, start)
+          r = C.eddy_window_store(w, k, #k, start, b, #b, mode, count_box)
+        else
+          r = C.eddy_window_add_at(w, k, #k, start, x, count_box)
+        end
+        if r < 0 then error("out of memory in window " .. node.uid, 0) end
+        if per_window then
+          on_element(v, k, start, r == 1)
+        elseif r == 1 then
+          emit(C.eddy_window_fired(w, 0), "late")       -- event time: a change after the end fires late
+        end
+        firing, cur_ts = nil, ts
+      end
+    end
   end
 
   build = function(id)
@@ -548,9 +710,8 @@ function M.task(args)
 
   -- error policy
   local policy = args.on_error
-  local last_tb
   local OOM = "not enough memory"
-  local function handler(e)
+  handler = function(e)
     -- no traceback for a memory error: building one would need the memory that ran out
     if type(e) == "string" and e ~= OOM then last_tb = debug.traceback(e, 2) end
     return e
@@ -576,7 +737,7 @@ function M.task(args)
     return pos .. " (byte " .. tostring(tonumber(r.offset)) .. ")"
   end
   -- i: index of the input record at fault, or nil (a window firing at the end)
-  local function on_error(err, i)
+  on_error = function(err, i)
     if type(err) == "table" and err.fatal then error(err.fatal, 0) end
     -- LuaJIT has no emergency collection: free what the failed call left behind
     -- before this handler allocates anything
@@ -624,16 +785,7 @@ function M.task(args)
 
   -- fires what the watermark completed; i is the record that moved it (or nil)
   local function advance(i)
-    for k = 1, #windows do
-      local win = windows[k]
-      local n = C.eddy_window_advance(win.w, wm)
-      for j = 0, n - 1 do
-        last_tb = nil
-        local ok, err = xpcall(win.emit, handler, C.eddy_window_fired(win.w, j), "on_time")
-        if not ok then on_error(err, i) end
-      end
-      firing = nil
-    end
+    for k = 1, #windows do windows[k].advance(i) end
   end
 
   -- keyed tasks: the watermark of each input channel (kept in C); the task's is their minimum
@@ -699,7 +851,22 @@ function M.task(args)
     flush_counts()
   end
 
-  return { batch = batch, inputs_changed = inputs_changed, finish = finish }
+  -- processing-time triggers (the task calls this every few ms when asked to)
+  local function tick()
+    local now = tonumber(C.eddy_now_ms())
+    for k = 1, #windows do
+      local win = windows[k]
+      if win.tick then
+        last_tb = nil
+        local ok, err = xpcall(win.tick, handler, now)
+        if not ok then on_error(err, nil) end
+        firing = nil
+      end
+    end
+    flush_counts()
+  end
+
+  return { batch = batch, inputs_changed = inputs_changed, finish = finish, tick = tick }
 end
 
 return M

@@ -70,7 +70,7 @@ describe("backpressure", function()
     assert(sh(string.format("cd %s && (exec 3<fifo; sleep 2; cat <&3 > out.txt; echo done > reader.done) &", dir)))
     local pid
     for _ = 1, 50 do
-      local p = io.popen("pgrep -n -f '" .. eddy_bin .. " run eddy.conf.lua'")
+      local p = io.popen("pgrep -n -f '^" .. eddy_bin .. " run eddy.conf.lua'")
       pid = p:read("*l")
       p:close()
       if pid and pid ~= "" then break end

@@ -354,7 +354,8 @@ describe("window", function()
     assert.equal(n, out.node)
     assert.equal("window", n.kind)
     assert.same({ 1 }, n.inputs)
-    assert.same({ assigner = "tumbling", size = "1m", advance = "1m", offset = "0", agg = "count", lateness = "0" }, n.opts)
+    assert.same({ assigner = "tumbling", size = "1m", advance = "1m", offset = "0", agg = "count", lateness = "0",
+                  trigger = "event_time" }, n.opts)
     assert.equal(THIS .. ":" .. l, n.where)
   end)
 
@@ -364,9 +365,9 @@ describe("window", function()
     s:window(eddy.window.tumbling(60000, 1000)):min(f)
     s:window(eddy.window.tumbling("1h")):avg()
     assert.same({ assigner = "hopping", size = "10s", advance = "5s", offset = "0", agg = "sum", field = "amount",
-                  lateness = "0" }, p.nodes[2].opts)
+                  lateness = "0", trigger = "event_time" }, p.nodes[2].opts)
     assert.same({ assigner = "tumbling", size = "60000", advance = "60000", offset = "1000", agg = "min",
-                  lateness = "0" }, p.nodes[3].opts)
+                  lateness = "0", trigger = "event_time" }, p.nodes[3].opts)
     assert.equal(f, p.nodes[3].fn)
     assert.equal("avg", p.nodes[4].opts.agg)
     assert.is_nil(p.nodes[4].fn)
@@ -570,16 +571,31 @@ describe("operators of later versions", function()
     assert.equal("late", side.node.name)
     assert.same({}, side.node.inputs)
   end)
-  for _, kind in ipairs({ "sliding", "global", "count" }) do
+  for _, kind in ipairs({ "sliding", "count" }) do
     it("eddy.window." .. kind .. " is refused as not supported by this version", function()
       raises("eddy.window." .. kind .. " is not supported by this version of eddy", function() eddy.window[kind]("1m") end)
     end)
   end
-  for _, kind in ipairs({ "processing_time", "count", "every" }) do
-    it("eddy.trigger." .. kind .. " is refused as not supported by this version", function()
-      raises("eddy.trigger." .. kind .. " is not supported by this version of eddy", function() eddy.trigger[kind]("1m") end)
-    end)
-  end
+  it("triggers: processing_time, count(n), every(d) and tables of callbacks are kept on the window node", function()
+    local p = eddy.pipeline()
+    local s = src(p)
+    local function node(t) return s:window(eddy.window.tumbling("1m"), { trigger = t }):count().node end
+    assert.equal("processing_time", node(eddy.trigger.processing_time()).opts.trigger)
+    local c = node(eddy.trigger.count(5))
+    assert.equal("count", c.opts.trigger)
+    assert.equal(5, c.opts.trigger_count)
+    assert.equal("30s", node(eddy.trigger.every("30s")).opts.trigger_every)
+    local f = function() end
+    local custom = node({ on_element = f })
+    assert.equal("custom", custom.opts.trigger)
+    assert.equal(f, custom.trigger_fns.on_element)
+    assert.equal("global", s:window(eddy.window.global()):count().node.opts.assigner)
+    raises("eddy.trigger.count needs a positive whole number", function() eddy.trigger.count(0) end)
+    raises("unknown field 'on_tick'", function() node({ on_tick = f }) end)
+    raises("on_element must be a function", function() node({ on_element = 1 }) end)
+    raises("session windows take the event_time and every triggers (not count)",
+      function() s:window(eddy.window.session("1m"), { trigger = eddy.trigger.count(2) }) end)
+  end)
   it("eddy.window.session(gap) makes a session assigner; an aggregate over it needs merge", function()
     local p = eddy.pipeline()
     local w = src(p):window(eddy.window.session("30s"))
@@ -690,7 +706,7 @@ describe("errors point at the caller's line", function()
     { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "soon" }) end },
     { "eddy.window.sliding", function() eddy.window.sliding("5m") end },
     { "a session aggregate without merge", function(p) src(p):window(eddy.window.session("5m")):aggregate({ init = noop, add = noop }) end },
-    { "eddy.trigger.every", function() eddy.trigger.every("5s") end },
+    { "eddy.trigger.every", function() eddy.trigger.every("soon") end },
     { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce("x") end },
     { "a bad window aggregate argument", function(p) src(p):window(eddy.window.tumbling("1m")):sum(5) end },
     { "a bad window size", function() eddy.window.tumbling("ten") end },
