@@ -234,7 +234,17 @@ end
 -- One window per key that never ends: it fires only through its trigger
 -- (with the default event_time trigger, when all input has ended).
 function M.window.global() return setmetatable({ kind = "global", size = "0", offset = "0" }, Assigner) end
-for _, kind in ipairs({ "sliding", "count" }) do
+-- Windows of record counts, per key: every `slide` records (default n) the
+-- last n records of the key.
+function M.window.count(n, slide)
+  if type(n) ~= "number" or n < 1 or n % 1 ~= 0 then fail("eddy.window.count needs a positive whole number of records") end
+  slide = slide or n
+  if type(slide) ~= "number" or slide < 1 or slide % 1 ~= 0 or slide > n then
+    fail("eddy.window.count: slide must be a whole number from 1 to n")
+  end
+  return setmetatable({ kind = "count", size = "0", offset = "0", n = n, slide = slide }, Assigner)
+end
+for _, kind in ipairs({ "sliding" }) do
   M.window[kind] = function() fail("eddy.window." .. kind .. " is not supported by this version of eddy") end
 end
 
@@ -285,6 +295,9 @@ function Stream:window(assigner, opts)
     end
   end
   local trigger = opts.trigger and check_trigger(opts.trigger) or M.trigger.event_time()
+  if assigner.kind == "count" and (opts.trigger or opts.lateness or opts.late) then
+    fail("window: count windows fire by their record count; they take no trigger, lateness or late")
+  end
   if assigner.kind == "session" and trigger.kind ~= "event_time" and trigger.kind ~= "every" then
     fail("window: session windows take the event_time and every triggers (not " .. trigger.kind .. ")")
   end
@@ -318,7 +331,8 @@ local function aggregate(w, agg, f)
     fn = type(f) == "function" and f or nil, fns = fns,
     opts = { assigner = a.kind, size = a.size, advance = a.advance or a.size, offset = a.offset,
              agg = agg, field = type(f) == "string" and f or nil, lateness = w.lateness, late = w.late,
-             trigger = w.trigger.kind, trigger_count = w.trigger.n, trigger_every = w.trigger.every },
+             trigger = w.trigger.kind, trigger_count = w.trigger.n, trigger_every = w.trigger.every,
+             count_n = a.n, count_slide = a.slide },
     trigger_fns = w.trigger.fns })
   return s
 end

@@ -79,7 +79,7 @@ end
 -- Converts the durations a node was given into ms (in place).
 local function resolve_durations(n)
   local o = n.opts
-  if n.kind == "window" and o.assigner == "global" then
+  if n.kind == "window" and (o.assigner == "global" or o.assigner == "count") then
     -- one window [-2^60, 2^60) per key: it ends only when the watermark does (+inf)
     o.size_ms, o.advance_ms, o.offset_ms = 2 ^ 61, 2 ^ 61, -(2 ^ 60)
     o.lateness_ms = 0
@@ -331,8 +331,42 @@ function M.task(args)
     end
     local pack, unpack_all = native.pack, native.unpack_all
     local function state_of(f) return ffi_string(f.state, f.state_len) end
+    local counted = o.assigner == "count"
     local result
-    if agg == "count" then result = function(f) return f.count end
+    if counted then
+      -- count windows keep { seen = records so far, values = the last n } per key
+      local function fold(values)
+        if agg == "apply" then return xfn(values, ctx) end
+        if agg == "reduce" then
+          local acc = values[1]
+          for i = 2, #values do acc = xfn(acc, values[i], ctx) end
+          return acc
+        end
+        if agg == "aggregate" then
+          local acc = fns.init(ctx)
+          for i = 1, #values do acc = fns.add(acc, values[i], ctx) end
+          if fns.result then return fns.result(acc, ctx) end
+          return acc
+        end
+        if agg == "count" then return #values end
+        local sum, mn, mx = 0, math.huge, -math.huge
+        for i = 1, #values do
+          local x = values[i]
+          sum = sum + x
+          if x < mn then mn = x end
+          if x > mx then mx = x end
+        end
+        if agg == "sum" then return sum elseif agg == "min" then return mn elseif agg == "max" then return mx end
+        return sum / #values
+      end
+      result = function(f)
+        local st = unpack_all(state_of(f), true)
+        -- at the end of input: only records that no firing covered yet
+        if #st.values == 0 or st.fired == st.seen then return nil end
+        firing.window.count = #st.values
+        return fold(st.values)
+      end
+    elseif agg == "count" then result = function(f) return f.count end
     elseif agg == "sum" then result = function(f) return f.sum end
     elseif agg == "min" then result = function(f) return f.min end
     elseif agg == "max" then result = function(f) return f.max end
@@ -348,7 +382,7 @@ function M.task(args)
       result = function(f) return xfn(unpack_all(state_of(f), false), ctx) end
     end
     local function window_of(start, stop, how, count)
-      if global then return { firing = how, count = count } end
+      if global or counted then return { firing = how, count = count } end
       return { start = start, ["end"] = stop, firing = how, count = count }
     end
     local function emit(f, how)
@@ -508,6 +542,33 @@ function M.task(args)
         acc = fns.add(acc, v, ctx)
       end
       return pack(acc), 1
+    end
+
+    if counted then
+      local n_, slide = o.count_n, o.count_slide
+      local START = -(2 ^ 60)                   -- the key's one window (global)
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local k = ctx.key
+        local p = C.eddy_window_state(w, k, #k, START, len_box)
+        local st = p ~= nil and unpack_all(ffi_string(p, len_box[0]), true) or { seen = 0, values = {} }
+        local values = st.values
+        values[#values + 1] = (agg == "reduce" or agg == "aggregate" or agg == "apply") and v or number_of(v)
+        while #values > n_ do table.remove(values, 1) end
+        st.seen = st.seen + 1
+        local fire = st.seen >= n_ and (st.seen - n_) % slide == 0
+        local b = pack(st)
+        if C.eddy_window_store(w, k, #k, START, b, #b, 1, count_box) < 0 then error("out of memory in window " .. node.uid, 0) end
+        if fire then
+          local ts = cur_ts
+          if C.eddy_window_fire(w, k, #k, START, 0) == 1 then emit(C.eddy_window_fired(w, 0), "on_time") end
+          firing, cur_ts = nil, ts
+          st.fired = st.seen
+          if slide == n_ then st.values = {} end    -- tumbling: the next window starts empty
+          b = pack(st)
+          C.eddy_window_store(w, k, #k, START, b, #b, 1, count_box)
+        end
+      end
     end
 
     if not in_lua and not per_window then

@@ -118,6 +118,27 @@ s:window(eddy.window.global()):count()
     assert.are.equal("a - on_time 5\n", at_end)
   end)
 
+  it("count windows fire every n records (or every slide records over the last n), and a partial one at the end", function()
+    write(dir .. "/in.jsonl", records(1000, 2000, 3000, 4000, 5000, 6000, 7000))
+    local out = batch([[
+local s = p:source("ev", { file = "in.jsonl" }):key_by("k")
+s:window(eddy.window.count(3)):count()
+ :map(function(n, ctx) return n .. " " .. ctx.window.firing end)
+ :sink("tumbling", { file = "tumbling", format = "lines" })
+s:window(eddy.window.count(3, 2))
+ :apply(function(values, ctx)
+   local ts = {}
+   for i, v in ipairs(values) do ts[i] = (v.t - 1700000000000) / 1000 end
+   return table.concat(ts, ",")
+ end)
+ :sink("sliding", { file = "sliding", format = "lines" })]])
+    assert.are.equal("", out)
+    local _, tumbling = run("cat " .. dir .. "/tumbling/part-*")
+    local _, sliding = run("cat " .. dir .. "/sliding/part-*")
+    assert.are.equal("3 on_time\n3 on_time\n1 on_time\n", tumbling)
+    assert.are.equal("1,2,3\n3,4,5\n5,6,7\n", sliding)
+  end)
+
   describe("on processing time", function()
     -- starts the daemon and waits until its keyed task has taken n records
     local function start(body, n)
