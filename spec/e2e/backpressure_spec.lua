@@ -2,26 +2,14 @@
 -- the sources stop reading, and memory stays bounded by the channels'
 -- capacity instead of growing with the input.  The sink here is stdout into a
 -- pipe nobody reads for a while.
+local E = require("support.eddy")
+local write = E.write
+local function sh(cmd) return E.sh(cmd) == 0 end
+local read = E.read
 local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 local function rss_kb(pid)
   local s = read("/proc/" .. pid .. "/status")

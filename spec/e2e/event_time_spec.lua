@@ -1,20 +1,11 @@
 -- Event time: timestamps from fields (ms, seconds, ISO-8601), watermarks that
 -- advance record by record, tumbling windows that fire when the watermark
 -- reaches end - 1, and results that do not depend on batch size or threads.
+local E = require("support.eddy")
+local write, run, eventually = E.write, E.shell, E.poll
 local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
 
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
-local function run(cmd)
-  local p = io.popen(cmd .. "; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
 
 local PIPELINE = [[
 local eddy = require("eddy")

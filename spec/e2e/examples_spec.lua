@@ -1,23 +1,13 @@
 -- The examples under examples/ run as shipped and give their golden outputs
 -- (spec/fixtures/).  They are what `make run` and the README show.
+local E = require("support.eddy")
+local run = E.shell
+local read = E.read
 local cjson = require("cjson")
 local root = assert(os.getenv("EDDY_ROOT"), "EDDY_ROOT must be set")
 local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
-local function run(cmd)
-  local p = io.popen(cmd .. "; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc, (out:gsub("rc=%d+%s*$", ""))
-end
 
 describe("examples", function()
   it("wordcount prints the per-minute counts of its sample input and exits 0", function()

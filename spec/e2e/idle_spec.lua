@@ -2,31 +2,13 @@
 -- controls (EDDY_TEST_CLOCK_FILE): a partition without records for `idle`
 -- stops holding the watermark back; /status and /explain say what holds a
 -- window back.
+local E = require("support.eddy")
+local write, run, eventually = E.write, E.shell, E.poll
 local cjson = require("cjson")
 local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
 
-local function write(path, s, mode)
-  local f = assert(io.open(path, mode or "wb"))
-  f:write(s)
-  f:close()
-end
 
-local function run(cmd)
-  local p = io.popen(cmd .. "; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
 
--- polls fn until it returns a value, for at most `secs`
-local function eventually(secs, fn)
-  for _ = 1, secs * 20 do
-    local v = fn()
-    if v then return v end
-    os.execute("sleep 0.05")
-  end
-  return nil
-end
 
 local T = 1700000000000
 
@@ -105,12 +87,12 @@ describe("idle partitions", function()
       end
     end), "the partitions never went idle")
     -- (whichever partition went idle first let the other one move the watermark for a moment)
-    write(dir .. "/a.jsonl", '{"t":' .. (T + 26000) .. ',"k":"x"}\n', "ab")
+    E.append(dir .. "/a.jsonl", '{"t":' .. (T + 26000) .. ',"k":"x"}\n')
     local out = eventually(5, function() local o = output(); if o ~= "" then return o end end)
     assert.are.equal("0 2\n", out)          -- [0,10s): 1000 from a, 2000 from b
 
     -- b produces again: it counts in the minimum again (its new record is at 21000)
-    write(dir .. "/b.jsonl", '{"t":' .. (T + 21000) .. ',"k":"x"}\n', "ab")
+    E.append(dir .. "/b.jsonl", '{"t":' .. (T + 21000) .. ',"k":"x"}\n')
     assert.truthy(eventually(5, function()
       local s2 = get("/status")
       for _, t in ipairs(s2.tasks) do

@@ -1,28 +1,12 @@
 -- Window triggers: count(n), a table of Lua callbacks, every(d) and
 -- processing_time() (on a processing-time clock the test controls with
 -- EDDY_TEST_CLOCK_FILE), and the global window that only triggers fire.
+local E = require("support.eddy")
+local write, run, eventually = E.write, E.shell, E.poll
 local eddy_bin = assert(os.getenv("EDDY_BIN"), "EDDY_BIN must be set")
 
-local function write(path, s, mode)
-  local f = assert(io.open(path, mode or "wb"))
-  f:write(s)
-  f:close()
-end
 
-local function run(cmd)
-  local p = io.popen(cmd .. "; echo \"rc=$?\"")
-  local out = p:read("*a")
-  p:close()
-  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
-end
 
-local function eventually(secs, fn)
-  for _ = 1, secs * 20 do
-    local v = fn()
-    if v then return v end
-    os.execute("sleep 0.05")
-  end
-end
 
 local T = 1700000000000
 local HEAD = [[
@@ -180,7 +164,7 @@ p:source("ev", { file = "in.jsonl", follow = true, timestamp = "t" }):key_by("k"
       assert.are.equal(true, wait_output("a 0 early 2\n"))
       write(dir .. "/clock", "1010000")                           -- unchanged: no early firing
       os.execute("sleep 0.3")
-      write(dir .. "/in.jsonl", records(3000), "ab")
+      E.append(dir .. "/in.jsonl", records(3000))
       os.execute("sleep 0.3")
       write(dir .. "/clock", "1016000")
       assert.are.equal(true, wait_output("a 0 early 2\na 0 early 3\n"))

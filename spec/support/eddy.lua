@@ -59,6 +59,25 @@ function M.capture(cmd)
   return out
 end
 
+-- shell(cmd): runs a shell command; returns its exit status and its stdout
+function M.shell(cmd)
+  local f = io.popen(cmd .. "; echo \"rc=$?\"")
+  local out = f:read("*a")
+  f:close()
+  return tonumber(out:match("rc=(%d+)%s*$")), (out:gsub("rc=%d+%s*$", ""))
+end
+
+-- poll(seconds, fn): calls fn every 50 ms until it returns a value, which
+-- poll returns; nil after `seconds`
+function M.poll(seconds, fn)
+  for _ = 1, math.ceil(seconds * 20) do
+    local v = fn()
+    if v then return v end
+    system.sleep(0.05)
+  end
+  return nil
+end
+
 function M.sleep(seconds) system.sleep(seconds) end
 function M.now() return system.monotime() end
 
