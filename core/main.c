@@ -3,6 +3,7 @@
  * usage, configuration or pipeline-script error. */
 #include "client.h"
 #include "daemon.h"
+#include "kafka_mock.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -15,6 +16,9 @@ static void usage(FILE *out) {
         "usage:\n"
         "  eddy run CONFIG                 run the pipeline the config names\n"
         "  eddy check CONFIG|PIPELINE.lua  compile and plan; print the topology\n"
+        "  eddy kafka-mock [--brokers N] [--topic NAME:PARTITIONS]...\n"
+        "                                  a Kafka-protocol broker on loopback (librdkafka's mock\n"
+        "                                  cluster); prints its bootstrap servers first\n"
         "  eddy reload [--admin HOST:PORT] [--allow-dropped-state]\n"
         "                                  ask a running daemon to reload its pipeline\n"
         "  eddy version                    print the version\n"
@@ -47,6 +51,7 @@ int main(int argc, char **argv) {
         if (argc != 3) { fprintf(stderr, "eddy check: needs one CONFIG or PIPELINE.lua\n"); return 2; }
         return daemon_check(argv[2]);
     }
+    if (strcmp(cmd, "kafka-mock") == 0) return kafka_mock_main(argc - 2, argv + 2);
     if (strcmp(cmd, "reload") == 0) {
         const char *admin = "127.0.0.1:8600";
         const char *path = "/reload";
