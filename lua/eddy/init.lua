@@ -244,8 +244,10 @@ function M.window.count(n, slide)
   end
   return setmetatable({ kind = "count", size = "0", offset = "0", n = n, slide = slide }, Assigner)
 end
-for _, kind in ipairs({ "sliding" }) do
-  M.window[kind] = function() fail("eddy.window." .. kind .. " is not supported by this version of eddy") end
+-- Kafka Streams' sliding windows: each record at t ends a window [t - size, t]
+-- holding the key's records within `size` before it (inclusive).
+function M.window.sliding(size)
+  return setmetatable({ kind = "sliding", size = check_duration("eddy.window.sliding size", size), offset = "0" }, Assigner)
 end
 
 M.trigger = {}
@@ -298,8 +300,8 @@ function Stream:window(assigner, opts)
   if assigner.kind == "count" and (opts.trigger or opts.lateness or opts.late) then
     fail("window: count windows fire by their record count; they take no trigger, lateness or late")
   end
-  if assigner.kind == "session" and trigger.kind ~= "event_time" and trigger.kind ~= "every" then
-    fail("window: session windows take the event_time and every triggers (not " .. trigger.kind .. ")")
+  if (assigner.kind == "session" or assigner.kind == "sliding") and trigger.kind ~= "event_time" and trigger.kind ~= "every" then
+    fail("window: " .. assigner.kind .. " windows take the event_time and every triggers (not " .. trigger.kind .. ")")
   end
   return setmetatable({ stream = self, assigner = assigner, where = where(), trigger = trigger,
     lateness = opts.lateness ~= nil and check_duration("window lateness", opts.lateness) or "0",

@@ -87,6 +87,11 @@ local function resolve_durations(n)
   elseif n.kind == "window" then
     o.size_ms = duration_ms(o.size, "window size", n.where)
     o.advance_ms = o.assigner == "session" and o.size_ms or duration_ms(o.advance, "window advance", n.where)
+    if o.assigner == "sliding" then
+      -- windows [t - size, t] are kept in C as [t - size, t + 1): one ms longer
+      o.sliding_ms = o.size_ms
+      o.size_ms, o.advance_ms = o.size_ms + 1, 1
+    end
     o.offset_ms = duration_ms(o.offset, "window offset", n.where)
     o.lateness_ms = duration_ms(o.lateness, "window lateness", n.where)
     if o.trigger_every then o.trigger_every_ms = duration_ms(o.trigger_every, "trigger every", n.where) end
@@ -542,6 +547,75 @@ function M.task(args)
         acc = fns.add(acc, v, ctx)
       end
       return pack(acc), 1
+    end
+
+    if o.assigner == "sliding" then
+      -- each key keeps its recent records ({ts, item}) in a buffer (C, like
+      -- all window state); a record joins the windows of buffered records
+      -- that end within `size` after it, and ends a window of its own made
+      -- of the buffered records within `size` before it
+      local size, BUF = o.sliding_ms, -(2 ^ 60)
+      local keep = size + o.lateness_ms
+      -- the buffers live in a store of their own (one window per key that
+      -- never ends, and is never advanced: it only holds bytes)
+      local bufs = C.eddy_window_open(task, node.uid .. "#records", 2 ^ 61, 2 ^ 61, -(2 ^ 60), 0)
+      if bufs == nil then error(node.where .. ": cannot open the record buffer of window '" .. node.uid .. "'", 0) end
+      local item_of = function(v) if in_lua then return v end return number_of(v) end
+      local function add_to(k, start, item)
+        local r
+        if in_lua then
+          local b, mode = updated_state(item, k, start)
+          r = C.eddy_window_store(w, k, #k, start, b, #b, mode, count_box)
+        else
+          r = C.eddy_window_add_at(w, k, #k, start, item, count_box)
+        end
+        if r < 0 then error("out of memory in window " .. node.uid, 0) end
+        return r == 1
+      end
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        need_time()
+        local k, t = ctx.key, cur_ts
+        local item = item_of(v)
+        local p = C.eddy_window_state(bufs, k, #k, BUF, len_box)
+        local buf = p ~= nil and unpack_all(ffi_string(p, len_box[0]), true) or {}
+        local live, ends, took = {}, {}, false
+        for _, e in ipairs(buf) do
+          if wm == NONE or e[1] + keep > wm then       -- still inside a window that can change
+            live[#live + 1] = e
+            ends[e[1]] = true
+          end
+        end
+        local ts = cur_ts
+        -- windows of later records that this one falls in (and its own, if a
+        -- record with the same time made it already)
+        local lates = {}
+        for u in pairs(ends) do
+          if u >= t and u - size <= t and not (wm ~= NONE and u + o.lateness_ms <= wm) then
+            if add_to(k, u - size, item) then lates[#lates + 1] = u - size end
+            took = true
+          end
+        end
+        -- its own window: the buffered records within size before it, and itself
+        if not ends[t] and not (wm ~= NONE and t + o.lateness_ms <= wm) then
+          local due = false
+          for _, e in ipairs(live) do
+            if e[1] <= t and e[1] >= t - size then due = add_to(k, t - size, e[2]) or due end
+          end
+          due = add_to(k, t - size, item) or due
+          if due then lates[#lates + 1] = t - size end
+          took = true
+        end
+        if not took then return too_late(v) end
+        live[#live + 1] = { t, item }
+        local b = pack(live)
+        C.eddy_window_store(bufs, k, #k, BUF, b, #b, 1, nil)
+        -- a window whose end the watermark had passed changed: it fires late
+        for _, start in ipairs(lates) do
+          if C.eddy_window_fire(w, k, #k, start, 0) == 1 then emit(C.eddy_window_fired(w, 0), "late") end
+        end
+        firing, cur_ts = nil, ts
+      end
     end
 
     if counted then

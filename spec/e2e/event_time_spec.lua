@@ -289,6 +289,32 @@ return p
       .. "a [30000,34000) on_time 6\n", out("aggregate"))
   end)
 
+  it("sliding windows end at each record and hold the key's records within size before it", function()
+    write(dir .. "/in.jsonl", table.concat({
+      '{"t":1700000001000,"k":"a"}', '{"t":1700000003000,"k":"a"}', '{"t":1700000008000,"k":"a"}',
+      '{"t":1700000004000,"k":"a"}',   -- its own window is past the watermark; it joins [3s,8s]
+      '{"t":1700000020000,"k":"a"}', "" }, "\n"))
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.bounded("2s") }):key_by("k")
+ :window(eddy.window.sliding("5s"))
+ :apply(function(values, ctx)
+   local ts = {}
+   for i, v in ipairs(values) do ts[i] = (v.t - 1700000000000) / 1000 end
+   table.sort(ts)
+   return ((ctx.window.start - 1700000000000) / 1000) .. ".." .. ((ctx.window["end"] - 1700000000001) / 1000)
+     .. " " .. table.concat(ts, ",")
+ end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false, parallelism = 1 }")
+    local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc)
+    assert.are.equal("-4..1 1\n-2..3 1,3\n3..8 3,4,8\n15..20 20\n", out)
+  end)
+
   it("refuses a window on an unkeyed stream before processing", function()
     write(dir .. "/in.jsonl", '{"t":1700000000001}\n')
     write(dir .. "/pipeline.lua", [[

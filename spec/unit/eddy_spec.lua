@@ -583,11 +583,13 @@ describe("operators of later versions", function()
     raises("count windows fire by their record count", function()
       src(eddy.pipeline()):window(eddy.window.count(3), { lateness = "1s" }) end)
   end)
-  for _, kind in ipairs({ "sliding" }) do
-    it("eddy.window." .. kind .. " is refused as not supported by this version", function()
-      raises("eddy.window." .. kind .. " is not supported by this version of eddy", function() eddy.window[kind]("1m") end)
-    end)
-  end
+  it("eddy.window.sliding(size) makes a sliding assigner that takes event_time and every triggers", function()
+    local n = src(eddy.pipeline()):window(eddy.window.sliding("5m")):count().node
+    assert.equal("sliding", n.opts.assigner)
+    assert.equal("5m", n.opts.size)
+    raises("sliding windows take the event_time and every triggers (not count)",
+      function() src(eddy.pipeline()):window(eddy.window.sliding("5m"), { trigger = eddy.trigger.count(2) }) end)
+  end)
   it("triggers: processing_time, count(n), every(d) and tables of callbacks are kept on the window node", function()
     local p = eddy.pipeline()
     local s = src(p)
@@ -716,7 +718,7 @@ describe("errors point at the caller's line", function()
     { "window without an assigner", function(p) src(p):window("1m") end },
     { "an unknown window option", function(p) src(p):window(eddy.window.tumbling("1m"), { size = 1 }) end },
     { "window lateness", function(p) src(p):window(eddy.window.tumbling("1m"), { lateness = "soon" }) end },
-    { "eddy.window.sliding", function() eddy.window.sliding("5m") end },
+    { "eddy.window.sliding", function() eddy.window.sliding("soon") end },
     { "a session aggregate without merge", function(p) src(p):window(eddy.window.session("5m")):aggregate({ init = noop, add = noop }) end },
     { "eddy.trigger.every", function() eddy.trigger.every("soon") end },
     { "window:reduce", function(p) src(p):window(eddy.window.tumbling("1m")):reduce("x") end },
