@@ -9,6 +9,7 @@
 #include "task.h"
 #include "vm.h"
 #include "window.h"
+#include "kafka.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -222,6 +223,7 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg) {
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
+    if (d->sh.kafka) kafka_poll(d->sh.kafka);      /* delivery reports */
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
 }
@@ -560,6 +562,17 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         const char *labels[] = {"task", d->tasks[i]->name, NULL};
         metrics_sample(out, "eddy_watermark_lag_ms", labels, (double)(now - wm));
     }
+    if (d->sh.kafka) {
+        metrics_family(out, "eddy_kafka_messages_total", "counter",
+                       "Messages a Kafka sink's producer delivered, or that Kafka finally refused.");
+        for (int i = 0; i < kafka_nsinks(d->sh.kafka); i++) {
+            kafka_sink *ks = kafka_sink_at(d->sh.kafka, i);
+            const char *sent[] = {"sink", kafka_sink_name(ks), "result", "delivered", NULL};
+            const char *failed[] = {"sink", kafka_sink_name(ks), "result", "failed", NULL};
+            metrics_sample(out, "eddy_kafka_messages_total", sent, (double)kafka_sink_sent(ks));
+            metrics_sample(out, "eddy_kafka_messages_total", failed, (double)kafka_sink_failed(ks));
+        }
+    }
     metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
     metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
@@ -653,6 +666,7 @@ static void daemon_free(daemon_state *d) {
     free(d->tasks);
     for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
     free(d->chans);
+    kafka_destroy(d->sh.kafka);                    /* after the tasks: their sinks borrow its producers */
     if (d->base) event_base_free(d->base);
     if (d->sh.dead_letter) fclose(d->sh.dead_letter);
     pthread_mutex_destroy(&d->sh.dead_letter_mu);
@@ -672,9 +686,9 @@ static int refuse_unsupported(const config *cfg, char *err, size_t errlen) {
                  "use \"at_least_once\"");
         return -1;
     }
-    if (cfg->kafka_embedded || cfg->kafka.n > 0 || cfg->dead_letter_kafka) {
-        snprintf(err, errlen, "%s: Kafka is not supported by this version of eddy",
-                 cfg->dead_letter_kafka ? "dead_letter.kafka" : "kafka");
+    if (cfg->dead_letter_kafka) {
+        snprintf(err, errlen, "dead_letter.kafka: dead letters to Kafka are not supported by this version of eddy; "
+                 "use dead_letter.file");
         return -1;
     }
     return 0;
@@ -723,6 +737,18 @@ int daemon_run(const char *config_path) {
     if (!d.plans) goto out;
     d.plans[d.nplans++] = d.p;
     vm_global_init();
+    int kafka_sinks = 0;
+    for (int i = 0; i < d.p->nnodes; i++)
+        if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) kafka_sinks++;
+    if (kafka_sinks || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
+        if (kafka_sinks && !d.cfg->kafka_embedded && !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
+            fprintf(stderr, "eddy: kafka: the pipeline writes to Kafka: set kafka[\"bootstrap.servers\"] or "
+                    "kafka.embedded in the config\n");
+            goto out;
+        }
+        d.sh.kafka = kafka_create(d.cfg, err, sizeof err);
+        if (!d.sh.kafka) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    }
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
 
     code = 1;
@@ -767,6 +793,13 @@ int daemon_run(const char *config_path) {
     int sink_failed = 0;
     for (int i = 0; i < d.ntasks; i++)
         if (task_close_sinks(d.tasks[i]) < 0) sink_failed = 1;
+    if (d.sh.kafka) {
+        if (kafka_flush(d.sh.kafka, 30000) < 0) sink_failed = 1;
+        if (kafka_failed(d.sh.kafka)) {
+            fprintf(stderr, "eddy: %s\n", kafka_failed(d.sh.kafka));
+            sink_failed = 1;
+        }
+    }
     if (atomic_load(&d.failed)) {
         for (int i = 0; i < d.ntasks; i++)
             if (atomic_load(&d.tasks[i]->status) == TASK_FAILED) {

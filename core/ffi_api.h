@@ -104,6 +104,10 @@ int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 /* Appends one encoded value and a newline to sink `sink` of `task`.  Returns 0,
  * or -1 when the sink failed (the task then fails). */
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
+/* The same with the record's key (may be NULL) and event time (< 0: none), for
+ * Kafka sinks; -2 when Kafka refused this record (the error policy's case). */
+int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
+const char *eddy_sink_error(void *task, int32_t sink);
 /* Appends one JSON line to the dead-letter file (shared by all tasks). */
 int eddy_dead_letter(void *task, const char *p, size_t n);
 /* Logs at a level (0 debug .. 3 error) with the task's prefix; rate-limited

@@ -25,6 +25,19 @@ int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
     return 0;
 }
 
+int eddy_sink_write_kv(void *tp, int32_t idx, const char *key, size_t klen, const char *p, size_t n, int64_t ts) {
+    task *t = tp;
+    if (idx < 0 || idx >= t->nsinks) return -1;
+    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts);
+    if (rc == -1) log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
+    return rc;
+}
+
+const char *eddy_sink_error(void *tp, int32_t idx) {
+    task *t = tp;
+    return idx >= 0 && idx < t->nsinks ? sink_error(t->sinks[idx]) : "";
+}
+
 int eddy_dead_letter(void *tp, const char *p, size_t n) {
     task *t = tp;
     task_shared *sh = t->sh;

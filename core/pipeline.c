@@ -149,7 +149,7 @@ static int read_nodes(lua_State *L, plan *p, char *err, size_t errlen) {
 }
 
 static const char *const source_override_keys[] = {"file", "stdin", "format", "follow", "header", "delimiter", NULL};
-static const char *const sink_override_keys[] = {"file", "stdout", "format", NULL};
+static const char *const sink_override_keys[] = {"file", "stdout", "format", "kafka", NULL};
 
 static int apply_overrides(plan *p, const config *cfg, char *err, size_t errlen) {
     for (int pass = 0; pass < 2; pass++) {
@@ -172,6 +172,7 @@ static int apply_overrides(plan *p, const config *cfg, char *err, size_t errlen)
                 const opt *o = &groups[g].opts.items[j];
                 int known = 0;
                 for (int k = 0; allowed[k]; k++) if (strcmp(allowed[k], o->key) == 0) known = 1;
+                if (pass == 1 && strchr(o->key, '.')) known = 1;   /* a librdkafka property of a Kafka sink */
                 if (!known) {
                     snprintf(err, errlen, "%s.%s.%s: unknown option", what, groups[g].name, o->key);
                     return -1;
@@ -466,8 +467,9 @@ static void print_node(const plan *p, const node *nd, FILE *out) {
     fprintf(out, "    %-8s uid=%s", nd->kind_name, nd->uid);
     if (nd->name) fprintf(out, " name=%s", nd->name);
     if (nd->kind == NODE_SINK) {
-        const char *f = node_opt(nd, "file");
-        fprintf(out, " %s", f ? f : "stdout");
+        const char *f = node_opt(nd, "file"), *topic = node_opt(nd, "kafka");
+        if (topic) fprintf(out, " kafka topic %s", topic);
+        else fprintf(out, " %s", f ? f : "stdout");
         fprintf(out, " format=%s", node_opt(nd, "format") ? node_opt(nd, "format") : "json");
     }
     if (nd->kind == NODE_WINDOW) {

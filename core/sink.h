@@ -1,8 +1,9 @@
 /* sink — where a task's records leave eddy: a file sink writes a directory of
  * part files (DIR/part-<task>-<checkpoint>.<ext>, one per task), stdout
  * writes whole batches under one lock so lines of different tasks never
- * interleave.  Values arrive encoded (one line each); a sink buffers and
- * writes at the end of each batch.  Calls nothing of the runtime. */
+ * interleave, a Kafka sink hands each record to its producer (kafka.c).
+ * Values arrive encoded; file and stdout sinks buffer and write at the end
+ * of each batch.  Calls kafka for Kafka sinks, nothing else of the runtime. */
 #ifndef EDDY_SINK_H
 #define EDDY_SINK_H
 
@@ -12,7 +13,8 @@
 
 typedef struct sink sink;
 
-typedef enum { SINK_FILE, SINK_STDOUT } sink_kind;
+typedef enum { SINK_FILE, SINK_STDOUT, SINK_KAFKA } sink_kind;
+struct kafka_sink;
 
 /* file: dir (created if missing), ext without dot ("jsonl"); stdout: lock is
  * shared by every stdout sink.  Returns an owned sink, or NULL with err. */
@@ -20,6 +22,12 @@ sink *sink_create(sink_kind kind, const char *name, const char *dir, const char 
                   pthread_mutex_t *stdout_lock, char *err, size_t errlen);
 /* Appends value bytes and a newline.  0, or -1 with the error kept for sink_error. */
 int sink_write(sink *s, const char *p, size_t n);
+/* A Kafka sink, writing through ks (borrowed: kafka.c owns it).  Owned, or NULL. */
+sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size_t errlen);
+/* Writes one record with its key (may be NULL) and event time (< 0: none);
+ * for file and stdout sinks the key and time are not written.  0; -1 when
+ * the sink failed; -2 when only this record was refused (sink_error says why). */
+int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
 /* Writes out what is buffered (end of a batch).  0 or -1. */
 int sink_flush(sink *s);
 /* Flushes, fsyncs and closes.  0 or -1. */

@@ -1,5 +1,6 @@
-/* The file and stdout sinks (see sink.h). */
+/* The file, stdout and Kafka sinks (see sink.h). */
 #include "sink.h"
+#include "kafka.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@ struct sink {
     char *path;              /* file: the part file */
     int fd;
     pthread_mutex_t *lock;   /* stdout */
+    struct kafka_sink *ks;   /* kafka */
     char *buf;
     size_t len, cap;
     int64_t records;
@@ -67,6 +69,24 @@ err:
     return NULL;
 }
 
+sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size_t errlen) {
+    sink *s = calloc(1, sizeof *s);
+    if (!s || !(s->name = strdup(name))) { free(s); snprintf(err, errlen, "out of memory"); return NULL; }
+    s->kind = SINK_KAFKA;
+    s->fd = -1;
+    s->ks = ks;
+    return s;
+}
+
+int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts) {
+    if (s->kind != SINK_KAFKA) return sink_write(s, p, n);
+    if (s->failed) return -1;
+    /* a record Kafka will not take (too large, say) is that record's error, not the sink's */
+    if (kafka_sink_send(s->ks, key, klen, p, n, ts, s->error, sizeof s->error) < 0) return -2;
+    s->records++;
+    return 0;
+}
+
 static int write_all(sink *s, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(s->fd, p, n);
@@ -84,7 +104,7 @@ static int write_all(sink *s, const char *p, size_t n) {
 
 int sink_flush(sink *s) {
     if (s->failed) return -1;
-    if (s->len == 0) return 0;
+    if (s->len == 0 || s->kind == SINK_KAFKA) return 0;
     int rc = 0;
     if (s->kind == SINK_FILE) {
         rc = write_all(s, s->buf, s->len);
@@ -102,6 +122,7 @@ int sink_flush(sink *s) {
 }
 
 int sink_write(sink *s, const char *p, size_t n) {
+    if (s->kind == SINK_KAFKA) return sink_write_kv(s, NULL, 0, p, n, -1);
     if (s->failed) return -1;
     if (s->len + n + 1 > s->cap) {
         if (sink_flush(s) < 0) return -1;

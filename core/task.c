@@ -6,6 +6,7 @@
 #include "vm.h"
 #include "window.h"
 #include "clock.h"
+#include "kafka.h"
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,12 +54,20 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         const node *nd = &p->nodes[st->nodes[i] - 1];
         if (nd->kind != NODE_SINK) continue;
         const char *file = node_opt(nd, "file");
+        const char *topic = node_opt(nd, "kafka");
         const char *format = node_opt(nd, "format") ? node_opt(nd, "format") : "json";
         char dir[4096];
         if (file && file[0] != '/') snprintf(dir, sizeof dir, "%s/%s", p->dir, file);
         else if (file) snprintf(dir, sizeof dir, "%s", file);
-        sink *s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
-                              &sh->stdout_mu, err, errlen);
+        sink *s;
+        if (topic) {
+            kafka_sink *ks = sh->kafka ? kafka_sink_get(sh->kafka, nd->name, topic, &nd->opts, err, errlen) : NULL;
+            if (!ks) goto err;
+            s = sink_create_kafka(nd->name, ks, err, errlen);
+        } else {
+            s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
+                            &sh->stdout_mu, err, errlen);
+        }
         if (!s) goto err;
         t->sinks[t->nsinks++] = s;
     }

@@ -39,6 +39,7 @@ typedef struct task_shared {
     atomic_int aborting;        /* a task failed: everything stops at once */
     int version;                /* pipeline version number */
     struct poison *poison;      /* a record an earlier run hung on, or NULL */
+    struct kafka *kafka;        /* the Kafka connection, when the pipeline or config uses Kafka */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */

@@ -78,6 +78,8 @@ int eddy_parse_duration(const char *s, int64_t *ms);
 int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
+int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
+const char *eddy_sink_error(void *task, int32_t sink);
 int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 ]]

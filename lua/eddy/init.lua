@@ -203,13 +203,20 @@ function Stream:sink(name, opts)
   if self.p.names["sink:" .. name] then fail("sink '" .. name .. "' is declared twice") end
   local n = (opts.file and 1 or 0) + (opts.stdout and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("sink '" .. name .. "' needs exactly one of file, stdout, kafka") end
-  if opts.kafka then fail("sink '" .. name .. "': kafka sinks are not supported by this version of eddy") end
-  refuse_unsupported("sink", name, opts, { "key" })
+  if opts.kafka ~= nil and (type(opts.kafka) ~= "string" or opts.kafka == "") then
+    fail("sink '" .. name .. "': kafka must be a topic name")
+  end
+  local key = opts.key
+  if key ~= nil and not opts.kafka then fail("sink '" .. name .. "': key is for kafka sinks") end
+  if key ~= nil and type(key) ~= "string" and type(key) ~= "function" then
+    fail("sink '" .. name .. "': key must be a field name or a function")
+  end
   local format = opts.format or "json"
   if not FORMATS_OUT[format] then fail("sink '" .. name .. "': unknown format '" .. tostring(format) .. "' (json, lines, raw)") end
   self.p.names["sink:" .. name] = true
-  add(self.p, "sink", { self.node.id }, { name = name, uid = name,
-    opts = { file = opts.file, stdout = opts.stdout, format = format } })
+  add(self.p, "sink", { self.node.id }, { name = name, uid = name, key = key,
+    opts = { file = opts.file, stdout = opts.stdout, kafka = opts.kafka, format = format,
+             key_field = type(key) == "string" and key or nil } })
   return self
 end
 

@@ -297,6 +297,27 @@ function M.task(args)
           error("sink '" .. name .. "': format " .. fmt .. " needs a string or number, got " .. t, 0)
         end
       end
+      if node.opts.kafka then
+        -- a Kafka record: its key (a field or a function) and the event time
+        local kfield, kfn = node.opts.key_field, type(node.key) == "function" and node.key or nil
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          local k
+          if kfield then
+            if type(v) == "table" and v[kfield] ~= nil then k = key_string(v[kfield]) end
+          elseif kfn then
+            local x = kfn(v, ctx)
+            if x ~= nil then k = key_string(x) end
+          elseif ctx.key ~= nil then
+            k = ctx.key                              -- after key_by, the record's key
+          end
+          local s = enc(v)
+          local rc = C.eddy_sink_write_kv(task, sidx, k, k and #k or 0, s, #s, cur_ts == NONE and -1 or cur_ts)
+          if rc == -2 then error("sink '" .. name .. "': Kafka refused the record: " .. ffi_string(C.eddy_sink_error(task, sidx)), 0) end
+          if rc ~= 0 then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end
+          cout[id] = cout[id] + 1
+        end
+      end
       return function(v)
         tio.cur_node = id; cin[id] = cin[id] + 1
         local s = enc(v)

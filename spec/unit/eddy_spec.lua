@@ -532,14 +532,20 @@ describe("sink", function()
     raises(msg, function() src(eddy.pipeline()):sink("out", { file = "x", stdout = true }) end)
   end)
 
-  it("refuses kafka sinks in this version", function()
-    raises("sink 'out': kafka sinks are not supported by this version of eddy",
-      function() src(eddy.pipeline()):sink("out", { kafka = "topic" }) end)
-  end)
-
-  it("refuses key as not supported by this version", function()
-    raises("sink 'out': option 'key' is not supported by this version of eddy",
-      function() src(eddy.pipeline()):sink("out", { stdout = true, key = "id" }) end)
+  it("takes a kafka topic with a key field or function; refuses a key on other sinks and a bad topic", function()
+    local q = eddy.pipeline()
+    src(q):sink("out", { kafka = "topic", key = "id" })
+    local n = q.nodes[2]
+    assert.equal("topic", n.opts.kafka)
+    assert.equal("id", n.opts.key_field)
+    local f = function() end
+    local q2 = eddy.pipeline()
+    src(q2):sink("out", { kafka = "topic", key = f })
+    assert.equal(f, q2.nodes[2].key)
+    raises("sink 'out': key is for kafka sinks", function() src(eddy.pipeline()):sink("out", { stdout = true, key = "id" }) end)
+    raises("sink 'out': kafka must be a topic name", function() src(eddy.pipeline()):sink("out", { kafka = "" }) end)
+    raises("sink 'out': key must be a field name or a function",
+      function() src(eddy.pipeline()):sink("out", { kafka = "t", key = 5 }) end)
   end)
 
   it("refuses csv and unknown formats", function()
@@ -553,7 +559,7 @@ describe("sink", function()
   end)
 
   it("leaves the name of a refused sink free", function()
-    pcall(s.sink, s, "out", { kafka = "t" })
+    pcall(s.sink, s, "out", { kafka = "t", stdout = true })
     local ok, e = pcall(s.sink, s, "out", { stdout = true })
     assert(ok, e)
     assert.equal(2, #p.nodes)
@@ -711,7 +717,7 @@ describe("errors point at the caller's line", function()
     { "an unknown sink option", function(p) src(p):sink("out", { path = "x" }) end },
     { "a sink option of the wrong type", function(p) src(p):sink("out", { stdout = "yes" }) end },
     { "a sink without file, stdout or kafka", function(p) src(p):sink("out", {}) end },
-    { "a kafka sink", function(p) src(p):sink("out", { kafka = "t" }) end },
+    { "a kafka sink with a bad key", function(p) src(p):sink("out", { kafka = "t", key = 5 }) end },
     { "a sink key", function(p) src(p):sink("out", { stdout = true, key = "k" }) end },
     { "a bad sink format", function(p) src(p):sink("out", { stdout = true, format = "csv" }) end },
     { "a duplicate sink", function(p) src(p):sink("o", { stdout = true }):sink("o", { stdout = true }) end },

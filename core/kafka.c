@@ -1,0 +1,210 @@
+#include "kafka.h"
+#include "log.h"
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct kafka_sink {
+    kafka *k;
+    char *name, *topic;
+    rd_kafka_t *rk;
+    atomic_long sent, failed;
+};
+
+struct kafka {
+    const config *cfg;
+    rd_kafka_t *mock_rk;            /* owns the embedded cluster */
+    rd_kafka_mock_cluster_t *mock;
+    char *bootstrap;
+    kafka_sink **sinks; int nsinks;
+    pthread_mutex_t mu;             /* sinks list; the dead-letter file */
+    FILE *dead_letter;
+    char failed[1024];              /* the first delivery failure under on_error = "fail" */
+};
+
+kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
+    kafka *k = calloc(1, sizeof *k);
+    if (!k) { snprintf(err, errlen, "out of memory"); return NULL; }
+    k->cfg = cfg;
+    pthread_mutex_init(&k->mu, NULL);
+    if (cfg->kafka_embedded) {
+        char e[512];
+        rd_kafka_conf_t *conf = rd_kafka_conf_new();
+        rd_kafka_conf_set(conf, "log_level", "3", e, sizeof e);
+        k->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
+        if (!k->mock_rk) { snprintf(err, errlen, "kafka.embedded: %s", e); goto err; }
+        k->mock = rd_kafka_mock_cluster_new(k->mock_rk, cfg->kafka_embedded_brokers);
+        if (!k->mock) { snprintf(err, errlen, "kafka.embedded: cannot start the embedded broker"); goto err; }
+        for (int i = 0; i < cfg->kafka_embedded_topics.n; i++) {
+            const opt *t = &cfg->kafka_embedded_topics.items[i];
+            rd_kafka_resp_err_t re = rd_kafka_mock_topic_create(k->mock, t->key, (int)t->n, 1);
+            if (re) { snprintf(err, errlen, "kafka.embedded.topics.%s: %s", t->key, rd_kafka_err2str(re)); goto err; }
+        }
+        k->bootstrap = strdup(rd_kafka_mock_cluster_bootstraps(k->mock));
+        log_info("kafka.embedded: broker at %s", k->bootstrap);
+    } else {
+        const opt *b = opt_find(&cfg->kafka, "bootstrap.servers");
+        k->bootstrap = strdup(b ? b->s : "");
+    }
+    return k;
+err:
+    kafka_destroy(k);
+    return NULL;
+}
+
+const char *kafka_bootstrap(const kafka *k) { return k->bootstrap; }
+
+/* A message Kafka finally refused: counted, logged, and handed to the error policy. */
+static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
+    kafka *k = s->k;
+    s->failed++;
+    const char *why = rd_kafka_err2str(m->err);
+    log_error("sink '%s': Kafka refused a message for topic %s: %s", s->name, s->topic, why);
+    if (k->cfg->on_error == ON_ERROR_FAIL) {
+        pthread_mutex_lock(&k->mu);
+        if (!k->failed[0])
+            snprintf(k->failed, sizeof k->failed, "sink '%s': Kafka refused a message for topic %s: %s", s->name,
+                     s->topic, why);
+        pthread_mutex_unlock(&k->mu);
+    } else if (k->cfg->on_error == ON_ERROR_DEAD_LETTER) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s%, s:s%}", "sink", s->name, "topic", s->topic, "error", why,
+                              "key", m->key ? (const char *)m->key : "", m->key ? m->key_len : 0,
+                              "record", m->payload ? (const char *)m->payload : "", m->payload ? m->len : 0);
+        pthread_mutex_lock(&k->mu);
+        if (!k->dead_letter) k->dead_letter = fopen(k->cfg->dead_letter_file, "a");
+        if (j && k->dead_letter && json_dumpf(j, k->dead_letter, JSON_COMPACT) == 0) {
+            fputc('\n', k->dead_letter);
+            fflush(k->dead_letter);
+        } else {
+            log_error("sink '%s': cannot write the refused message to %s", s->name, k->cfg->dead_letter_file);
+        }
+        pthread_mutex_unlock(&k->mu);
+        json_decref(j);
+    }
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_opaque) {
+    (void)rk; (void)conf_opaque;
+    kafka_sink *s = m->_private;               /* the message's opaque: its sink */
+    if (m->err) delivery_failed(s, m);
+    else s->sent++;
+}
+
+kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
+                           char *err, size_t errlen) {
+    pthread_mutex_lock(&k->mu);
+    for (int i = 0; i < k->nsinks; i++)
+        if (strcmp(k->sinks[i]->name, name) == 0) { pthread_mutex_unlock(&k->mu); return k->sinks[i]; }
+    kafka_sink *s = calloc(1, sizeof *s);
+    kafka_sink **ns = realloc(k->sinks, sizeof *ns * (k->nsinks + 1));
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char e[512];
+    if (!s || !ns) { snprintf(err, errlen, "out of memory"); goto err; }
+    k->sinks = ns;
+    s->k = k;
+    s->name = strdup(name);
+    s->topic = strdup(topic);
+    /* defaults, then the config's kafka properties, then the sink's own */
+    struct { const char *k, *v; } defaults[] = {
+        {"enable.idempotence", "true"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"},
+        {"log_level", "3"},
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
+    if (k->bootstrap[0] && rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstrap, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka: %s", e);
+        goto err;
+    }
+    const opt_list *lists[2] = { &k->cfg->kafka, props };
+    for (int l = 0; l < 2; l++) {
+        if (!lists[l]) continue;
+        for (int i = 0; i < lists[l]->n; i++) {
+            const opt *o = &lists[l]->items[i];
+            if (!strchr(o->key, '.') && l == 1) continue;     /* sink options that are not librdkafka's */
+            if (rd_kafka_conf_set(conf, o->key, o->s, e, sizeof e) != RD_KAFKA_CONF_OK) {
+                if (l == 0) snprintf(err, errlen, "kafka.%s: %s", o->key, e);
+                else snprintf(err, errlen, "sinks.%s.%s: %s", name, o->key, e);
+                goto err;
+            }
+        }
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
+    conf = NULL;                                   /* rd_kafka_new took it, or freed it on failure */
+    if (!s->rk) { snprintf(err, errlen, "sink '%s': %s", name, e); goto err; }
+    k->sinks[k->nsinks++] = s;
+    pthread_mutex_unlock(&k->mu);
+    return s;
+err:
+    if (conf) rd_kafka_conf_destroy(conf);
+    if (s) { free(s->name); free(s->topic); free(s); }
+    pthread_mutex_unlock(&k->mu);
+    return NULL;
+}
+
+int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
+                    char *err, size_t errlen) {
+    for (int attempt = 0;; attempt++) {
+        rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
+            RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0), RD_KAFKA_V_OPAQUE(s),
+            RD_KAFKA_V_END);
+        if (!e) return 0;
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempt < 600) {
+            rd_kafka_poll(s->rk, 100);            /* the producer's queue is full: wait for Kafka (backpressure) */
+            continue;
+        }
+        snprintf(err, errlen, "sink '%s': cannot queue a message for topic %s: %s", s->name, s->topic, rd_kafka_err2str(e));
+        return -1;
+    }
+}
+
+void kafka_poll(kafka *k) {
+    pthread_mutex_lock(&k->mu);
+    int n = k->nsinks;
+    pthread_mutex_unlock(&k->mu);
+    for (int i = 0; i < n; i++) rd_kafka_poll(k->sinks[i]->rk, 0);
+}
+
+int kafka_flush(kafka *k, int timeout_ms) {
+    int rc = 0;
+    for (int i = 0; i < k->nsinks; i++) {
+        rd_kafka_resp_err_t e = rd_kafka_flush(k->sinks[i]->rk, timeout_ms);
+        if (e) {
+            log_error("sink '%s': %d messages not delivered after %d ms: %s", k->sinks[i]->name,
+                      rd_kafka_outq_len(k->sinks[i]->rk), timeout_ms, rd_kafka_err2str(e));
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+const char *kafka_failed(const kafka *k) { return k->failed[0] ? k->failed : NULL; }
+int kafka_nsinks(const kafka *k) { return k->nsinks; }
+kafka_sink *kafka_sink_at(const kafka *k, int i) { return i >= 0 && i < k->nsinks ? k->sinks[i] : NULL; }
+const char *kafka_sink_name(const kafka_sink *s) { return s->name; }
+int64_t kafka_sink_sent(const kafka_sink *s) { return s->sent; }
+int64_t kafka_sink_failed(const kafka_sink *s) { return s->failed; }
+
+void kafka_destroy(kafka *k) {
+    if (!k) return;
+    for (int i = 0; i < k->nsinks; i++) {
+        rd_kafka_destroy(k->sinks[i]->rk);
+        free(k->sinks[i]->name);
+        free(k->sinks[i]->topic);
+        free(k->sinks[i]);
+    }
+    free(k->sinks);
+    if (k->mock) rd_kafka_mock_cluster_destroy(k->mock);
+    if (k->mock_rk) rd_kafka_destroy(k->mock_rk);
+    if (k->dead_letter) fclose(k->dead_letter);
+    pthread_mutex_destroy(&k->mu);
+    free(k->bootstrap);
+    free(k);
+}

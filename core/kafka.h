@@ -1,0 +1,44 @@
+/* kafka — the daemon's connection to Kafka: the embedded broker when the
+ * config asks for one (librdkafka's mock cluster, kafka.embedded), and the
+ * producers of Kafka sinks (one per sink, shared by its tasks; idempotent,
+ * partitioning by murmur2 of the key as the Java client does).  Delivery
+ * reports are served from the event loop; a message Kafka finally refuses
+ * goes to the error policy.  Calls librdkafka, jansson and log. */
+#ifndef EDDY_KAFKA_H
+#define EDDY_KAFKA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+typedef struct kafka kafka;
+typedef struct kafka_sink kafka_sink;
+
+/* Starts the embedded broker when configured.  Returns an owned kafka, or NULL with err. */
+kafka *kafka_create(const config *cfg, char *err, size_t errlen);
+void kafka_destroy(kafka *k);       /* flushes nothing: call kafka_flush first; NULL is a no-op */
+const char *kafka_bootstrap(const kafka *k);
+
+/* The producer of sink `name` writing to `topic`, created on first use with
+ * the config's kafka properties and the sink's own (keys with a dot).
+ * Borrowed; NULL with err. */
+kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
+                           char *err, size_t errlen);
+/* Queues one message (copied).  ts < 0: no timestamp.  0, or -1 with err. */
+int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
+                    char *err, size_t errlen);
+/* Serves delivery reports (event loop).  Failures are counted, logged and
+ * handed to the error policy: dead letters are written here, "fail" is
+ * remembered for kafka_failed. */
+void kafka_poll(kafka *k);
+/* Waits up to timeout_ms for every queued message; 0 when all were delivered. */
+int kafka_flush(kafka *k, int timeout_ms);
+/* The first delivery failure under on_error = "fail", or NULL. */
+const char *kafka_failed(const kafka *k);
+int kafka_nsinks(const kafka *k);
+kafka_sink *kafka_sink_at(const kafka *k, int i);      /* borrowed */
+const char *kafka_sink_name(const kafka_sink *s);
+int64_t kafka_sink_sent(const kafka_sink *s);
+int64_t kafka_sink_failed(const kafka_sink *s);
+
+#endif
