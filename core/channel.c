@@ -37,7 +37,7 @@ int channel_push(channel *c, msg_kind kind, batch *b, int64_t value) {
     if (c->tail) c->tail->next = m; else c->head = m;
     c->tail = m;
     c->depth++;
-    if (kind == CH_BATCH) c->pushed++;
+    if (kind == CH_BATCH) { c->pushed++; c->batches++; }
     pthread_mutex_unlock(&c->mu);
     if (c->consumer) sched_wake(c->consumer);
     return 0;
@@ -46,14 +46,14 @@ int channel_push(channel *c, msg_kind kind, batch *b, int64_t value) {
 msg *channel_pop(channel *c) {
     pthread_mutex_lock(&c->mu);
     msg *m = c->head;
-    int was_full = c->depth >= c->capacity;
+    int was_full = c->batches >= c->capacity;
     if (m) {
         c->head = m->next;
         if (!c->head) c->tail = NULL;
         c->depth--;
-        if (m->kind == CH_BATCH) c->popped++;
+        if (m->kind == CH_BATCH) { c->popped++; c->batches--; }
     }
-    int now_full = c->depth >= c->capacity;
+    int now_full = c->batches >= c->capacity;
     pthread_mutex_unlock(&c->mu);
     if (m && was_full && !now_full && c->producer) sched_wake(c->producer);
     return m;
@@ -61,7 +61,7 @@ msg *channel_pop(channel *c) {
 
 int channel_full(channel *c) {
     pthread_mutex_lock(&c->mu);
-    int f = c->depth >= c->capacity;
+    int f = c->batches >= c->capacity;
     pthread_mutex_unlock(&c->mu);
     return f;
 }

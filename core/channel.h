@@ -26,7 +26,8 @@ typedef struct channel {
     pthread_mutex_t mu;
     msg *head, *tail;
     int depth;           /* messages queued */
-    int capacity;        /* messages (batches and marks) before the channel counts as full */
+    int batches;         /* of which record batches */
+    int capacity;        /* batches before the channel counts as full (marks do not count) */
     struct task *producer, *consumer;
     int64_t pushed, popped;   /* batches, for metrics */
 } channel;

@@ -170,24 +170,29 @@ static void describe_position(const daemon_state *d, const eddy_rec *r, char *ou
 }
 
 static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
-    const eddy_rec *r = &t->io.recs[t->io.cur];
-    const node *nd = node_by_id(d->p, t->io.cur_node);
+    /* a call without a batch (windows firing at the end, a tick) has no input record */
+    const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
+    const node *nd = node_by_id(t->cur.p, t->io.cur_node);
     char pos[1024], msg[2048];
-    describe_position(d, r, pos, sizeof pos);
+    if (r) describe_position(d, r, pos, sizeof pos);
+    else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
     snprintf(msg, sizeof msg,
              "operator %s (uid %s, %s) has run for %lld ms on input %s and cannot be interrupted "
              "(a loop the JIT compiled runs no hooks)",
              nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)elapsed, pos);
-    json_t *j = json_pack("{s:s, s:s?, s:i, s:I, s:I, s:s?, s:s?, s:s}", "task", t->name,
-                          "source", r->source < (uint32_t)d->p->nsources ? d->p->sources[r->source].name : NULL,
-                          "partition", (int)r->partition, "offset", (json_int_t)r->offset,
-                          "line", (json_int_t)r->line, "operator", nd ? nd->uid : NULL,
-                          "where", nd ? nd->where : NULL, "error", msg);
-    int saved = j && json_dump_file(j, d->poison_path, JSON_INDENT(2)) == 0;
-    json_decref(j);
+    int saved = 0;
+    if (r) {      /* the record to hand to the error policy next time */
+        json_t *j = json_pack("{s:s, s:s?, s:i, s:I, s:I, s:s?, s:s?, s:s}", "task", t->name,
+                              "source", r->source < (uint32_t)d->p->nsources ? d->p->sources[r->source].name : NULL,
+                              "partition", (int)r->partition, "offset", (json_int_t)r->offset,
+                              "line", (json_int_t)r->line, "operator", nd ? nd->uid : NULL,
+                              "where", nd ? nd->where : NULL, "error", msg);
+        saved = j && json_dump_file(j, d->poison_path, JSON_INDENT(2)) == 0;
+        json_decref(j);
+    }
     log_task_error(t->name, "%s; stopping. %s", msg,
                    saved ? "The next start hands this record to the error policy (the position is in state.dir/poison.json)."
-                         : "Could not write state.dir/poison.json.");
+                         : r ? "Could not write state.dir/poison.json." : "");
     fflush(stderr);
     _exit(1);
 }
@@ -205,17 +210,22 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg) {
         int32_t cur = t->io.cur;
         if (seq != t->wd_seq || cur != t->wd_cur) {
             t->wd_seq = seq; t->wd_cur = cur; t->wd_since_ms = now;
+            pthread_mutex_lock(&t->swap_mu);
+            t->wd_call = vm_call(t->cur.vm);
+            pthread_mutex_unlock(&t->swap_mu);
             t->wd_armed = t->wd_interrupted = 0;
             continue;
         }
         int64_t elapsed = now - t->wd_since_ms;
-        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->cur.vm); }
+        pthread_mutex_lock(&t->swap_mu);       /* t->cur.vm must not be swapped away under us */
+        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->cur.vm, t->wd_call); }
         if (elapsed >= limit && !t->wd_interrupted) {
             char reason[128];
             snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
             t->wd_interrupted = 1;
-            vm_interrupt(t->cur.vm, reason);
+            vm_interrupt(t->cur.vm, reason, t->wd_call);
         }
+        pthread_mutex_unlock(&t->swap_mu);
         if (elapsed >= limit + grace) watchdog_fatal(d, t, elapsed);
     }
 }
@@ -286,6 +296,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
     int found = 0;
     for (int i = 0; uid && i < d->ntasks; i++) {
         task *t = d->tasks[i];
+        pthread_mutex_lock(&t->swap_mu);
         for (int k = 0; k < t->nwins; k++) {
             if (strcmp(t->wins[k].uid, uid) != 0) continue;
             found = 1;
@@ -313,6 +324,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
             }
             json_array_append_new(tasks, jt);
         }
+        pthread_mutex_unlock(&t->swap_mu);
     }
     if (!found) {
         json_decref(tasks);
@@ -370,8 +382,10 @@ static int request_reload(daemon_state *d, const char *trigger, int allow_droppe
     d->loaded_at_ms = wall_ms();
     d->last_reload_error[0] = 0;
     d->reloads_ok++;
-    /* every task gets its version first; then the sources start the barrier */
-    for (int i = 0; i < d->ntasks; i++) {
+    /* every task gets its version before the sources start the barrier:
+     * downstream first (tasks are numbered sources first), and a keyed task
+     * that aligns a barrier before its version arrives waits for it */
+    for (int i = d->ntasks - 1; i >= 0; i--) {
         if (atomic_load(&d->tasks[i]->status) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
         else task_vm_destroy(tvs[i]);
     }
@@ -451,13 +465,17 @@ static json_t *h_status(void *ud) {
     json_t *tasks = json_array();
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
+        pthread_mutex_lock(&t->swap_mu);
+        size_t vm_bytes = vm_memory(t->cur.vm);
+        int version = task_version(t);
+        pthread_mutex_unlock(&t->swap_mu);
         json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
             "name", t->name, "stage", t->st->name, "index", t->index,
             "status", status_name(atomic_load(&t->status)),
             "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
             "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
-            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_memory(t->cur.vm));
-        json_object_set_new(jt, "version", json_integer(task_version(t)));
+            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_bytes);
+        json_object_set_new(jt, "version", json_integer(version));
         json_object_set_new(jt, "last_reload_pause_ms", json_real((double)t->last_pause_us / 1000.0));
         json_object_set_new(jt, "watermark", wm_json(t->io.wm));
         if (t->source >= 0) {
@@ -515,7 +533,11 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             case 2: v = (double)t->io.errors; break;
             case 3: v = (double)t->io.skipped; break;
             case 4: v = (double)t->io.dead_letters; break;
-            default: v = (double)vm_memory(t->cur.vm); break;
+            default:
+                pthread_mutex_lock(&t->swap_mu);
+                v = (double)vm_memory(t->cur.vm);
+                pthread_mutex_unlock(&t->swap_mu);
+                break;
             }
             const char *labels[] = {"task", t->name, NULL};
             metrics_sample(out, per_task[m].name, labels, v);
@@ -526,12 +548,14 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         metrics_family(out, name, "counter", dir == 0 ? "Records into an operator, per task." : "Records out of an operator, per task.");
         for (int i = 0; i < d->ntasks; i++) {
             task *t = d->tasks[i];
+            pthread_mutex_lock(&t->swap_mu);          /* cur must not change under us */
             const plan *tp = t->cur.p;
             for (int k = 0; k < t->cur.st->nnodes; k++) {
                 const node *nd = &tp->nodes[t->cur.st->nodes[k] - 1];
                 const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
                 metrics_sample(out, name, labels, (double)(dir == 0 ? t->cur.node_in[nd->id] : t->cur.node_out[nd->id]));
             }
+            pthread_mutex_unlock(&t->swap_mu);
         }
     }
     metrics_family(out, "eddy_channel_queue_depth", "gauge", "Batches waiting in a channel between two tasks.");
@@ -542,17 +566,25 @@ static void h_metrics(void *ud, struct evbuffer *out) {
     }
     metrics_family(out, "eddy_late_records_dropped_total", "counter",
                    "Records too late for every window of an operator, with no side output to take them.");
-    for (int i = 0; i < d->ntasks; i++)
+    for (int i = 0; i < d->ntasks; i++) {
+        pthread_mutex_lock(&d->tasks[i]->swap_mu);
         for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;     /* a window's helper store */
             const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
             metrics_sample(out, "eddy_late_records_dropped_total", labels, (double)window_late_dropped(d->tasks[i]->wins[k].w));
         }
+        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
+    }
     metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
-    for (int i = 0; i < d->ntasks; i++)
+    for (int i = 0; i < d->ntasks; i++) {
+        pthread_mutex_lock(&d->tasks[i]->swap_mu);
         for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;
             const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
             metrics_sample(out, "eddy_open_windows", labels, (double)window_open_count(d->tasks[i]->wins[k].w));
         }
+        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
+    }
     metrics_family(out, "eddy_watermark_lag_ms", "gauge",
                    "Wall-clock time minus a task's event-time watermark (tasks that have one).");
     int64_t now = wall_ms();

@@ -88,6 +88,7 @@ int32_t eddy_window_add_at(void *w, const char *key, size_t klen, int64_t start,
 int32_t eddy_window_fire(void *w, const char *key, size_t klen, int64_t start, int32_t purge);
 int32_t eddy_window_list(void *w, eddy_window_info *info, int32_t max);
 void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int64_t mark);
+void eddy_window_keep_unfired(void *w);
 /* Keyed tasks with processing-time triggers ask to be ticked (their Lua tick function). */
 void eddy_task_wants_ticks(void *task);
 int32_t eddy_window_advance(void *w, int64_t wm);

@@ -232,8 +232,19 @@ int lua_api_flush_outputs(task *t) {
 /* The window state of operator `uid` in this task, created on first use.
  * NULL when the uid's state was made with another assigner (a reload refuses
  * that before it gets here) or on allocation failure. */
+static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t advance, int64_t offset,
+                                int64_t lateness);
+
 void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance, int64_t offset, int64_t lateness) {
     task *t = tp;
+    pthread_mutex_lock(&t->swap_mu);
+    void *w = window_open_locked(t, uid, size, advance, offset, lateness);
+    pthread_mutex_unlock(&t->swap_mu);
+    return w;
+}
+
+static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t advance, int64_t offset,
+                                int64_t lateness) {
     for (int i = 0; i < t->nwins; i++) {
         task_window *tw = &t->wins[i];
         if (strcmp(tw->uid, uid) != 0) continue;
@@ -289,6 +300,8 @@ void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int6
 }
 
 void eddy_task_wants_ticks(void *tp) { ((task *)tp)->wants_ticks = 1; }
+
+void eddy_window_keep_unfired(void *w) { window_keep_unfired(w, 1); }
 
 int32_t eddy_window_session_find(void *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int32_t max,
                                  int64_t *range) {

@@ -45,6 +45,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->source = st->keyed ? -1 : st->source;
     t->cur.p = p;
     t->cur.st = st;
+    pthread_mutex_init(&t->swap_mu, NULL);
     snprintf(t->name, sizeof t->name, "%s-%d", st->name, index);
     buf_init(&t->packbuf);
     t->sinks = calloc(p->nnodes + 1, sizeof *t->sinks);
@@ -270,6 +271,25 @@ int task_start(task *t, char *err, size_t errlen) {
     return 0;
 }
 
+void task_forget_windows(task *t, const plan *p) {
+    pthread_mutex_lock(&t->swap_mu);
+    for (int i = 0; i < t->nwins;) {
+        int used = 0;
+        for (int k = 0; k < p->nnodes && !used; k++) {
+            const node *nd = &p->nodes[k];
+            if (nd->kind != NODE_WINDOW) continue;
+            size_t n = strlen(nd->uid);
+            /* the window's own state, and its helpers ("uid#records") */
+            if (strncmp(t->wins[i].uid, nd->uid, n) == 0 && (t->wins[i].uid[n] == 0 || t->wins[i].uid[n] == '#')) used = 1;
+        }
+        if (used) { i++; continue; }
+        free(t->wins[i].uid);
+        window_destroy(t->wins[i].w);
+        t->wins[i] = t->wins[--t->nwins];
+    }
+    pthread_mutex_unlock(&t->swap_mu);
+}
+
 void task_offer(task *t, task_vm *tv) {
     task_vm *old = atomic_exchange(&t->next, tv);
     task_vm_destroy(old);       /* a version offered earlier and never reached: superseded */
@@ -282,12 +302,15 @@ static void swap_version(task *t) {
     /* closing a VM can take milliseconds: keep the old one until the first
      * batch on the new version has gone through */
     task_vm_destroy(t->retired);
+    pthread_mutex_lock(&t->swap_mu);
     t->retired = malloc(sizeof *t->retired);
     if (t->retired) *t->retired = t->cur;
     else { vm_destroy(t->cur.vm); free(t->cur.sink_of_node); free(t->cur.out_of_node); free(t->cur.node_in); free(t->cur.node_out); }
     t->cur = *tv;
-    free(tv);
     t->st = t->cur.st;
+    pthread_mutex_unlock(&t->swap_mu);
+    free(tv);
+    task_forget_windows(t, t->cur.p);      /* state a reload let go (allow_dropped_state) */
     t->swapped_at_us = now_us();
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
@@ -348,10 +371,17 @@ static int outputs_blocked(task *t) {
     return 0;
 }
 
+/* Sends a mark to every task downstream.  A mark that cannot be sent (out of
+ * memory) would leave a barrier or the end of input hanging: the task fails. */
 static void push_all(task *t, msg_kind kind, int64_t value) {
     for (int o = 0; o < t->nouts; o++)
         for (int i = 0; i < t->outs[o].ntargets; i++)
-            channel_push(t->outs[o].ch[i], kind, NULL, value);
+            if (channel_push(t->outs[o].ch[i], kind, NULL, value) < 0) {
+                snprintf(t->error, sizeof t->error, "out of memory sending a mark downstream");
+                log_task_error(t->name, "%s", t->error);
+                atomic_store(&t->status, TASK_FAILED);
+                return;
+            }
 }
 
 /* End of this task's input: fire what is left, flush, close sinks, tell downstream. */
@@ -424,6 +454,12 @@ static step_result step_source(task *t) {
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
         if (sh->poison) mark_poison(t, t->inbatch);
         if (call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
+        /* records carry the watermark only to the tasks their keys go to:
+         * tell every task downstream, behind the batch */
+        if (t->nouts > 0 && t->io.wm > t->sent_wm && t->io.wm < WM_END) {
+            t->sent_wm = t->io.wm;
+            push_all(t, CH_WATERMARK, t->io.wm);
+        }
         return STEP_PROGRESS;
     }
     if (eof) return finish(t);
@@ -461,8 +497,35 @@ static void barrier_aligned(task *t, int64_t version) {
     push_all(t, CH_BARRIER, version);
 }
 
+/* Every input has delivered the barrier (or ended): swap once the version
+ * it announces has been offered (the offer may come a moment after the
+ * barrier), then pass it on.  1 when aligned and swapped. */
+static int try_align(task *t) {
+    if (t->nheld == 0 || t->nheld + t->eos < t->nin) return 0;
+    task_vm *n = atomic_load(&t->next);
+    if (!n || n->version < t->barrier_version) return 0;   /* the offer wakes the task */
+    barrier_aligned(t, t->barrier_version);
+    return 1;
+}
+
+/* Processing-time triggers: the Lua tick, due every TICK_MS of real time
+ * whether or not input is waiting.  0, or -1 when the task failed. */
+static int maybe_tick(task *t) {
+    if (!t->wants_ticks || t->cur.tick_ref == LUA_NOREF) return 0;
+    /* how often is a matter of CPU, not of meaning: the real clock paces
+     * ticks (the processing time the triggers see is clock.h's) */
+    int64_t now = now_us() / 1000;
+    if (now - t->last_tick_ms < TICK_MS) return 0;
+    t->last_tick_ms = now;
+    if (call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return -1;
+    if (t->nouts > 0) forward_watermark(t);
+    return 0;
+}
+
 static step_result step_keyed(task *t) {
     if (outputs_blocked(t)) return STEP_BLOCKED;
+    if (try_align(t)) return STEP_PROGRESS;
+    if (maybe_tick(t) < 0) return STEP_FAILED;
     msg *m = NULL;
     int idx = -1;
     for (int k = 0; k < t->nin && !m; k++) {
@@ -470,17 +533,7 @@ static step_result step_keyed(task *t) {
         if (t->held[idx]) continue;          /* aligning: wait for the other inputs' barriers */
         m = channel_pop(t->in[idx]);
     }
-    if (!m) {
-        /* how often is a matter of CPU, not of meaning: the real clock paces
-         * ticks (the processing time the triggers see is clock.h's) */
-        int64_t now = now_us() / 1000;
-        if (t->wants_ticks && now - t->last_tick_ms >= TICK_MS && t->cur.tick_ref != LUA_NOREF) {
-            t->last_tick_ms = now;
-            if (call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return STEP_FAILED;
-            if (t->nouts > 0) forward_watermark(t);
-        }
-        return STEP_IDLE;
-    }
+    if (!m) return STEP_IDLE;
     t->rr = idx + 1;
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
@@ -497,7 +550,7 @@ static step_result step_keyed(task *t) {
     } else if (m->kind == CH_BARRIER) {
         t->held[idx] = 1;
         t->barrier_version = m->value;
-        if (++t->nheld + t->eos == t->nin) barrier_aligned(t, m->value);
+        t->nheld++;                       /* aligned: swapped at the top of a step (below) */
     } else if (m->kind == CH_EOS) {
         t->eos++;
         t->ended[idx] = 1;
@@ -505,7 +558,6 @@ static step_result step_keyed(task *t) {
         t->chan_wm[idx] = WM_END;
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
-        else if (t->nheld > 0 && t->nheld + t->eos == t->nin) barrier_aligned(t, t->barrier_version);
     }
     msg_free(m);
     if (r == STEP_PROGRESS && t->nouts > 0) forward_watermark(t);
@@ -554,5 +606,6 @@ void task_destroy(task *t) {
     free(t->chan_wm);
     free(t->chan_idle);
     buf_free(&t->packbuf);
+    pthread_mutex_destroy(&t->swap_mu);
     free(t);
 }

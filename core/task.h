@@ -88,6 +88,7 @@ typedef struct task {
     const stage *st;
     int index;                  /* within its stage */
     task_vm cur;                /* the version running */
+    pthread_mutex_t swap_mu;    /* held while cur and wins change; readers on other threads take it */
     _Atomic(task_vm *) next;    /* a prepared version waiting for its barrier */
     task_vm *retired;           /* the version swapped out: closed after the first batch on the new one */
     task_window *wins; int nwins;
@@ -121,6 +122,7 @@ typedef struct task {
     atomic_long position;       /* source tasks: byte offset read up to */
     int64_t log_window; int log_count;   /* rate limit of per-record messages */
     int64_t wd_seq; int32_t wd_cur; int64_t wd_since_ms; int wd_armed, wd_interrupted;  /* watchdog */
+    uint64_t wd_call;           /* the VM call the watchdog is watching (vm_call) */
     int64_t last_call_end_us;   /* when the last batch call ended (monotonic) */
     int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */
     atomic_long last_pause_us;  /* last record on the old version -> first on the new */
@@ -145,6 +147,9 @@ void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
  * batch boundary (sources) or once a barrier arrived on every input (keyed). */
 void task_offer(task *t, task_vm *tv);
 int task_version(const task *t);
+/* Drops the window state of uids that plan p has no window for (after a
+ * refused reload, or a swap that let state go).  Takes swap_mu. */
+void task_forget_windows(task *t, const plan *p);
 step_result task_step(task *t);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);

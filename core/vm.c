@@ -20,6 +20,8 @@ struct vm {
     char reason[256];
     atomic_int interrupt;        /* 1 once vm_interrupt asked */
     int armed;                   /* the count hook is set (VM thread only) */
+    atomic_ullong calls;         /* calls so far (vm_enter) */
+    atomic_ullong target;        /* the call vm_arm / vm_interrupt aimed at */
     int flushed;                 /* traces were flushed for this call */
 };
 
@@ -93,6 +95,12 @@ static void hook(lua_State *L, lua_Debug *ar) {
         luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
     }
     v->hook_count += HOOK_STEP;
+    if (atomic_load(&v->target) != atomic_load(&v->calls)) {   /* meant for an earlier call */
+        lua_sethook(L, NULL, 0, 0);
+        v->armed = 0;
+        atomic_store(&v->interrupt, 0);
+        return;
+    }
     if (atomic_load(&v->interrupt) || v->hook_count >= v->instructions) {
         lua_sethook(L, NULL, 0, 0);
         v->armed = 0;
@@ -108,7 +116,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
 static void on_signal(int sig) {
     (void)sig;
     vm *v = current_vm;
-    if (v && atomic_load(&v->running) && !v->armed) {
+    if (v && atomic_load(&v->running) && !v->armed && atomic_load(&v->target) == atomic_load(&v->calls)) {
         v->armed = 1;
         v->flushed = 0;
         v->hook_count = 0;
@@ -126,6 +134,7 @@ void vm_global_init(void) {
 }
 
 void vm_enter(vm *v) {
+    atomic_fetch_add(&v->calls, 1);
     current_vm = v;
     atomic_store(&v->thread, pthread_self());
     atomic_store(&v->interrupt, 0);
@@ -143,14 +152,18 @@ void vm_leave(vm *v) {
     current_vm = NULL;
 }
 
-void vm_arm(vm *v) {
-    if (!atomic_load(&v->running)) return;
+uint64_t vm_call(const vm *v) { return atomic_load(&((vm *)v)->calls); }
+
+void vm_arm(vm *v, uint64_t call) {
+    if (!atomic_load(&v->running) || atomic_load(&v->calls) != call) return;
+    atomic_store(&v->target, call);
     pthread_kill(atomic_load(&v->thread), SIGUSR2);
 }
 
-void vm_interrupt(vm *v, const char *reason) {
-    if (!atomic_load(&v->running)) return;
+void vm_interrupt(vm *v, const char *reason, uint64_t call) {
+    if (!atomic_load(&v->running) || atomic_load(&v->calls) != call) return;
     snprintf(v->reason, sizeof v->reason, "%s", reason);
+    atomic_store(&v->target, call);
     atomic_store(&v->interrupt, 1);
     pthread_kill(atomic_load(&v->thread), SIGUSR2);
 }

@@ -37,11 +37,15 @@ void vm_leave(vm *v);
 /* Any thread: arms the instruction-count hook for the call running now, so
  * it fails once it passes limits.instructions.  The watchdog calls it when a
  * call overruns its soft bound. */
-void vm_arm(vm *v);
+void vm_arm(vm *v, uint64_t call);
 /* Any thread: asks the VM to abort its current call with a Lua error carrying
  * `reason`.  Takes effect at the VM's next interpreted instruction; a loop
  * the JIT compiled never sees it (the watchdog's last resort is to fail). */
-void vm_interrupt(vm *v, const char *reason);
+void vm_interrupt(vm *v, const char *reason, uint64_t call);
+/* The number of the call running now (counted by vm_enter): vm_arm and
+ * vm_interrupt act only while that same call runs, so a signal that lands
+ * after it ended cannot touch the next one. */
+uint64_t vm_call(const vm *v);
 /* Installs the signal handler vm_interrupt relies on; once per process. */
 void vm_global_init(void);
 

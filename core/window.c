@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <uthash.h>
+#include <stdatomic.h>
 
 typedef struct entry {
     UT_hash_handle hh;
@@ -34,6 +35,8 @@ typedef struct bucket {
 struct window_op {
     int64_t size, advance, offset, lateness;
     int64_t gap;                 /* > 0: session windows */
+    int keep_unfired;            /* window_keep_unfired */
+    _Atomic int64_t next_end;    /* window_next_end, kept by the owner for readers on other threads */
     keyset *keys;                /* sessions: key -> its sessions */
     entry *table;                /* uthash: (start, key) -> entry */
     bucket *buckets;             /* open windows by end, ascending */
@@ -54,6 +57,7 @@ window_op *window_create(int64_t size, int64_t advance, int64_t offset, int64_t 
     w->offset = offset;
     w->lateness = lateness > 0 ? lateness : 0;
     w->wm = INT64_MIN;
+    atomic_store(&w->next_end, INT64_MAX);
     return w;
 }
 
@@ -220,6 +224,7 @@ static entry *lookup(window_op *w, const char *key, size_t klen, int64_t start, 
     b->head = e;
     HASH_ADD(hh, w->table, hkey, hlen, e);
     w->open++;
+    if (!e->fired && end < atomic_load(&w->next_end)) atomic_store(&w->next_end, end);
     if (w->gap) {
         keyset *k = keyset_of(w, key, klen, 1);
         if (!k) return NULL;
@@ -320,24 +325,31 @@ int window_advance(window_op *w, int64_t wm) {
         }
         qsort(w->fired + first, w->nfired - first, sizeof *w->fired, by_key);
         if (expired(w, w->buckets[b].end, wm)) {
-            /* can no longer change: free it once its firing has been read */
-            entry *e = w->buckets[b].head;
-            while (e) {
-                entry *next = e->next;
+            /* can no longer change: free it once its firing has been read
+             * (unless a processing-time trigger has yet to fire its changes) */
+            entry **pp = &w->buckets[b].head;
+            while (*pp) {
+                entry *e = *pp;
+                if (w->keep_unfired && e->dirty) { pp = &e->next; continue; }
+                *pp = e->next;
                 HASH_DEL(w->table, e);
                 keyset_remove(w, e);
                 w->open--;
                 e->next = w->graveyard;
                 w->graveyard = e;
-                e = next;
             }
-            nb = b + 1;
+            if (!w->buckets[b].head && nb == b) nb = b + 1;   /* empty buckets at the front go */
         }
     }
     if (nb > 0) {
         memmove(w->buckets, w->buckets + nb, sizeof *w->buckets * (w->nbuckets - nb));
         w->nbuckets -= nb;
     }
+    int64_t next = INT64_MAX;
+    for (int b = 0; b < w->nbuckets && next == INT64_MAX; b++)
+        for (entry *e = w->buckets[b].head; e; e = e->next)
+            if (!e->fired) { next = w->buckets[b].end; break; }
+    atomic_store(&w->next_end, next);
     return w->nfired;
 }
 
@@ -349,12 +361,9 @@ void window_count_dropped(window_op *w) { w->late_dropped++; }
 int64_t window_late_dropped(const window_op *w) { return w->late_dropped; }
 int64_t window_open_count(const window_op *w) { return w->open; }
 
-int64_t window_next_end(const window_op *w) {
-    for (int b = 0; b < w->nbuckets; b++)
-        for (entry *e = w->buckets[b].head; e; e = e->next)
-            if (!e->fired) return w->buckets[b].end;
-    return INT64_MAX;
-}
+/* Any thread: the value the owner last stored (window state itself is the
+ * owner's alone). */
+int64_t window_next_end(const window_op *w) { return atomic_load(&((window_op *)w)->next_end); }
 
 /* ---- session windows ------------------------------------------------------ */
 
@@ -513,6 +522,8 @@ int window_list(window_op *w, eddy_window_info *info, int max) {
     }
     return n;
 }
+
+void window_keep_unfired(window_op *w, int keep) { w->keep_unfired = keep; }
 
 void window_mark(window_op *w, const char *key, size_t klen, int64_t start, int64_t mark) {
     entry *e = lookup(w, key, klen, start, 0, 0);

@@ -72,6 +72,9 @@ int window_session_put(window_op *w, const char *key, size_t klen, const int64_t
  * (the runtime's early-firing clock).  A window is `dirty` when it changed
  * since it last fired. */
 typedef struct eddy_window_info eddy_window_info;
+/* With keep set, window_advance does not free a window that changed since
+ * it last fired (a processing-time trigger fires it first). */
+void window_keep_unfired(window_op *w, int keep);
 int window_add_at(window_op *w, const char *key, size_t klen, int64_t start, double x, double *count);
 int window_fire(window_op *w, const char *key, size_t klen, int64_t start, int purge);
 int window_list(window_op *w, eddy_window_info *info, int max);
@@ -81,7 +84,8 @@ void window_mark(window_op *w, const char *key, size_t klen, int64_t start, int6
 void window_count_dropped(window_op *w);
 int64_t window_late_dropped(const window_op *w);
 int64_t window_open_count(const window_op *w);
-/* The earliest end among windows that have not fired yet, or INT64_MAX. */
+/* The earliest end among windows that have not fired yet, or INT64_MAX, as
+ * of the owner's last change; safe to call from any thread (/explain). */
 int64_t window_next_end(const window_op *w);
 
 #endif

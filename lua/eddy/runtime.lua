@@ -413,6 +413,7 @@ function M.task(args)
     end
     local function emit(f, how)
       if f.count == 0 then return end            -- purged, or never held anything
+      tio.seq = tio.seq + 1                      -- progress, for the watchdog: each firing is a call of its own
       local start, stop = tonumber(f.start), tonumber(f["end"])
       firing = { key = ffi_string(f.key, f.klen), window = window_of(start, stop, how, f.count) }
       cur_ts = stop - 1
@@ -448,7 +449,31 @@ function M.task(args)
     windows[#windows + 1] = entry
 
     -- the watermark moved: windows whose end it passed are due
+    -- at the end of input every remaining window fires: for triggers the
+    -- watermark does not drive, fire what changed since it last fired
+    local function fire_changed()
+      local cap = 1024
+      local info = ffi.new("eddy_window_info[?]", cap)
+      local n = C.eddy_window_list(w, info, cap)
+      while n == cap do
+        cap = cap * 4
+        info = ffi.new("eddy_window_info[?]", cap)
+        n = C.eddy_window_list(w, info, cap)
+      end
+      local todo = {}
+      for j = 0, n - 1 do
+        if info[j].dirty ~= 0 then todo[#todo + 1] = { ffi_string(info[j].key, info[j].klen), tonumber(info[j].start) } end
+      end
+      for _, d in ipairs(todo) do act("fire", d[1], d[2], "on_time") end
+      firing = nil
+    end
+
     entry.advance = function(i)
+      if wm >= INF and (trig == "processing_time" or trig == "count") then
+        last_tb = nil
+        local ok, err = xpcall(fire_changed, handler)
+        if not ok then on_error(err, i) end
+      end
       local n = C.eddy_window_advance(w, wm)
       if n <= 0 then return end
       if trig == "event_time" or trig == "every" then
@@ -492,6 +517,9 @@ function M.task(args)
     local every_ms = o.trigger_every_ms
     if trig == "every" or trig == "processing_time" or (trig == "custom" and tfns.on_processing_time) then
       C.eddy_task_wants_ticks(task)
+      -- processing time, not the watermark, fires these windows: the watermark
+      -- must not free one whose changes have not fired yet
+      if trig == "processing_time" then C.eddy_window_keep_unfired(w) end
       local cap = 256
       local info = ffi.new("eddy_window_info[?]", cap)
       entry.tick = function(now)
@@ -947,14 +975,16 @@ function M.task(args)
   -- keyed tasks: the watermark of each input channel (kept in C); the task's is their minimum
   local ninputs = args.ninputs or 0
   local cw, cidle = tio.chan_wm, tio.chan_idle
-  -- the minimum over inputs that are not idle (an ended input counts as +inf)
+  -- the minimum over inputs that are not idle; an ended input counts as +inf
+  -- but does not count as active: with every other input idle the watermark
+  -- waits (only the end of every input makes it +inf, in finish)
   local function merge_watermark()
     local m, active = INF, false
     for c = 0, ninputs - 1 do
       if cidle[c] == 0 then
-        active = true
         local w = tonumber(cw[c])
         if w < m then m = w end
+        if w < INF then active = true end
       end
     end
     if active and m > wm then wm = m; tio.wm = m; return true end

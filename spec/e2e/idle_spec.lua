@@ -108,6 +108,77 @@ describe("idle partitions", function()
     assert.are.equal("0 2\n20000 3\n", output())   -- at the end everything fires
   end)
 
+  local function start_daemon(pipeline, conf)
+    write(dir .. "/pipeline.lua", pipeline)
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', name = 'idle', state = { dir = 'state' }, "
+      .. "admin = { listen = '127.0.0.1:0' }" .. (conf or "") .. " }")
+    assert(os.execute(string.format("cd %s && (%s run %s/eddy.conf.lua 2>err.log; echo $? > rc) &", dir, eddy_bin, dir)))
+    addr = eventually(5, function()
+      local f = io.open(dir .. "/state/admin.addr")
+      if f then local a = f:read("*l"); f:close(); return a end
+    end)
+    assert.truthy(addr, "the daemon did not start")
+  end
+
+  it("a source's watermark reaches every keyed task, not only those its records' keys go to", function()
+    -- keys a..h at 1 s; then only key "a" moves on: every task's [0,10s) window must fire
+    local lines = {}
+    for _, k in ipairs({ "a", "b", "c", "d", "e", "f", "g", "h" }) do lines[#lines + 1] = '{"t":' .. (T + 1000) .. ',"k":"' .. k .. '"}' end
+    lines[#lines + 1] = '{"t":' .. (T + 20000) .. ',"k":"a"}'
+    write(dir .. "/a.jsonl", table.concat(lines, "\n") .. "\n")
+    start_daemon([[
+      local eddy = require("eddy")
+      local p = eddy.pipeline()
+      p:source("ev", { file = "a.jsonl", follow = true, timestamp = "t" })
+       :key_by("k")
+       :window(eddy.window.tumbling("10s")):count()
+       :map(function(n, ctx) return ctx.key .. " " .. n end)
+       :sink("out", { file = "out", format = "lines" })
+      return p
+    ]], ", threads = 2, parallelism = 2")
+    local got = eventually(5, function()
+      local _, out = run("cat " .. dir .. "/out/part-* 2>/dev/null | sort")
+      local n = select(2, out:gsub("\n", ""))
+      if n == 8 then return out end
+    end)
+    assert.are.equal("a 1\nb 1\nc 1\nd 1\ne 1\nf 1\ng 1\nh 1\n", got)
+  end)
+
+  it("an ended input does not let the idle ones move the watermark to +inf", function()
+    write(dir .. "/a.jsonl", '{"t":' .. (T + 1000) .. ',"k":"x"}\n')
+    write(dir .. "/b.jsonl", '{"t":' .. (T + 2000) .. ',"k":"x"}\n')
+    start_daemon([[
+      local eddy = require("eddy")
+      local p = eddy.pipeline()
+      local a = p:source("a", { file = "a.jsonl", timestamp = "t" })
+      local b = p:source("b", { file = "b.jsonl", follow = true, timestamp = "t", idle = "200ms" })
+      a:union(b):key_by("k")
+       :window(eddy.window.tumbling("10s")):count()
+       :map(function(n, ctx) return (ctx.window.start - 1700000000000) .. " " .. n end)
+       :sink("out", { file = "out", format = "lines" })
+      return p
+    ]], ", parallelism = 1")
+    -- a has ended and b is idle: the watermark must stay where b left it
+    assert.truthy(eventually(5, function()
+      local _, st = run("curl -s http://" .. addr .. "/status")
+      return st:find('"idle": ?true') and st:find('"ended": ?true')
+    end), "b never went idle after a ended")
+    os.execute("sleep 0.3")
+    local _, st = run("curl -s http://" .. addr .. "/status")
+    for _, t in ipairs(cjson.decode(st).tasks) do
+      if t.name == "keyed2-0" then assert.are.equal(T + 1999, t.watermark) end
+    end
+    -- b produces again, in the same window: counted, not late
+    E.append(dir .. "/b.jsonl", '{"t":' .. (T + 3000) .. ',"k":"x"}\n')
+    os.execute("sleep 0.3")
+    local _, m = run("curl -s http://" .. addr .. "/metrics")
+    assert.truthy(m:find('eddy_late_records_dropped_total{task="keyed2-0",operator="window-5"} 0', 1, true), m)
+    run("pkill -TERM -f '^" .. eddy_bin .. " run " .. dir .. "/eddy.conf.lua'")
+    assert.truthy(eventually(5, function() local f = io.open(dir .. "/rc"); if f then f:close() return true end end))
+    local _, out = run("cat " .. dir .. "/out/part-*")
+    assert.are.equal("0 3\n", out)
+  end)
+
   it("explain answers 404 for an operator that is not a window here", function()
     write(dir .. "/a.jsonl", "")
     write(dir .. "/pipeline.lua", [[

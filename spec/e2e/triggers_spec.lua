@@ -55,8 +55,9 @@ p:source("ev", { file = "in.jsonl", timestamp = "t", watermark = eddy.watermark.
  :window(eddy.window.tumbling("10s"), { trigger = eddy.trigger.count(2), lateness = "5s" }):count()
  :map(function(n, ctx) return w(ctx) .. " " .. n end)
  :sink("out", { stdout = true, format = "lines" })]])
-    -- [0,10s): 1000 2000 -> early 2; 4000 arrives after the watermark passed 9999: late 4
-    assert.are.equal("a 0 early 2\na 0 late 4\na 10000 early 2\n", out)
+    -- [0,10s): 1000 2000 -> early 2; 4000 arrives after the watermark passed 9999: late 4;
+    -- at the end of input the window with a record no firing covered fires too
+    assert.are.equal("a 0 early 2\na 0 late 4\na 10000 early 2\na 30000 on_time 1\n", out)
   end)
 
   it("a table of callbacks decides: fire_and_purge empties the window, on_event_time fires what is left", function()
@@ -98,7 +99,7 @@ s:window(eddy.window.global()):count()
     assert.are.equal("", out)
     local _, counted = run("cat " .. dir .. "/counted/part-*")
     local _, at_end = run("cat " .. dir .. "/at_end/part-*")
-    assert.are.equal("a - early 2\na - early 4\n", counted)
+    assert.are.equal("a - early 2\na - early 4\na - on_time 5\n", counted)   -- the 5th fires at the end
     assert.are.equal("a - on_time 5\n", at_end)
   end)
 
