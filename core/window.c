@@ -323,7 +323,7 @@ int window_advance(window_op *w, int64_t wm) {
             e->fired = 1;
             if (push_fired(w, e) < 0) return -1;
         }
-        qsort(w->fired + first, w->nfired - first, sizeof *w->fired, by_key);
+        if (w->nfired > first) qsort(w->fired + first, w->nfired - first, sizeof *w->fired, by_key);
         if (expired(w, w->buckets[b].end, wm)) {
             /* can no longer change: free it once its firing has been read
              * (unless a processing-time trigger has yet to fire its changes) */
