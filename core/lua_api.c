@@ -15,6 +15,10 @@
 
 /* ---- FFI exports (ffi_api.h) ------------------------------------------- */
 
+int eddy_json_needs_exact(const char *s, size_t n) {
+    return batch_closes_right_after(s, n, 'e', '+') || batch_closes_right_after(s, n, '{', '}');
+}
+
 int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
     task *t = tp;
     if (idx < 0 || idx >= t->nsinks) return -1;

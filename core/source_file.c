@@ -16,6 +16,7 @@ struct source_reader {
     int is_stdin;
     int follow;
     int csv;
+    int json;                 /* flag lines that hold an empty array (EDDY_REC_EMPTY_ARRAY) */
     int header;
     int source_index, partition;
     char *buf;
@@ -43,6 +44,7 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
     r->partition = partition;
     r->follow = si->follow;
     r->csv = strcmp(si->format, "csv") == 0;
+    r->json = strcmp(si->format, "json") == 0;
     r->header = si->header;
     r->cap = READ_CHUNK * 2;
     r->buf = malloc(r->cap);
@@ -219,6 +221,7 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             }
             eddy_rec *rec = batch_add(b, NULL, 0, start, linelen);
             if (!rec) { snprintf(err, errlen, "out of memory"); return -1; }
+            if (r->json && batch_closes_right_after(start, linelen, '[', ']')) rec->flags = EDDY_REC_EMPTY_ARRAY;
             rec->offset = r->offset;
             rec->line = r->line + 1;
             rec->partition = r->partition;

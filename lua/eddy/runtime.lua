@@ -281,12 +281,12 @@ function M.task(args)
         -- table key or a string that contains "e+" also takes that path.)
         -- The same exact encoder writes an empty table marked as an array
         -- (decoded from []) as [], which cjson cannot.
-        local json_exact, find = native.json_exact, string.find
+        local json_exact, needs_exact = native.json_exact, C.eddy_json_needs_exact
         enc = function(v)
           local s = cjson_encode(v)
-          -- plain finds only: a pattern find is not compiled by the JIT and would
-          -- slow every record down (a false positive costs one exact re-encode)
-          if find(s, "e+", 1, true) or find(s, "{}", 1, true) then s = json_exact(v) end
+          -- scanned in C: string.find is not compiled by this LuaJIT and cost
+          -- a microsecond a record (a false positive costs one exact re-encode)
+          if needs_exact(s, #s) ~= 0 then s = json_exact(v) end
           return s
         end
       else
@@ -825,15 +825,13 @@ function M.task(args)
     local bound = src.opts.bound_ms or 0
     local wmfn = src.watermark_fn
     local decode
+    local decode_exact = native.json_decode_exact
+    local EMPTY_ARRAY = effi.REC_EMPTY_ARRAY
     decode_error_prefix = "malformed " .. fmt .. ": "
     if fmt == "json" then
       -- cjson cannot tell [] from {}: a line with an empty array goes through
       -- the decoder that marks it (codec_json_decode)
-      local decode_exact, find = native.json_decode_exact, string.find
-      decode = function(s)
-        if find(s, "[]", 1, true) or find(s, "[ ]", 1, true) then return decode_exact(s) end
-        return cjson_decode(s)
-      end
+      decode = cjson_decode   -- lines with an empty array take decode_exact (below)
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
     local stamp
@@ -861,10 +859,15 @@ function M.task(args)
         error(ffi_string(data + r.key_off, r.key_len), 0)
       end
       local v
-      if band(r.flags, effi.REC_PACKED) ~= 0 then v = unpack_value(i)
+      local flags = r.flags
+      if band(flags, effi.REC_PACKED) ~= 0 then v = unpack_value(i)
       else
         tio.cur_node = DECODING
-        v = decode(ffi_string(data + r.val_off, r.val_len))
+        -- cjson cannot tell [] from {}: the reader flagged lines with an
+        -- empty array, and those go through the decoder that marks it
+        local decoder = decode
+        if band(flags, EMPTY_ARRAY) ~= 0 then decoder = decode_exact end
+        v = decoder(ffi_string(data + r.val_off, r.val_len))
         tio.cur_node = sid
       end
       if skey ~= nil then
