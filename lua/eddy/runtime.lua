@@ -451,20 +451,29 @@ function M.task(args)
     -- the watermark moved: windows whose end it passed are due
     -- at the end of input every remaining window fires: for triggers the
     -- watermark does not drive, fire what changed since it last fired
-    local function fire_changed()
-      local cap = 1024
-      local info = ffi.new("eddy_window_info[?]", cap)
-      local n = C.eddy_window_list(w, info, cap)
-      while n == cap do
-        cap = cap * 4
-        info = ffi.new("eddy_window_info[?]", cap)
-        n = C.eddy_window_list(w, info, cap)
+    -- every open window, copied out of the store (acting on one changes the store)
+    local info_cap, info = 256, nil
+    local function open_windows()
+      info = info or ffi.new("eddy_window_info[?]", info_cap)
+      local n = C.eddy_window_list(w, info, info_cap)
+      while n == info_cap do
+        info_cap = info_cap * 4
+        info = ffi.new("eddy_window_info[?]", info_cap)
+        n = C.eddy_window_list(w, info, info_cap)
       end
-      local todo = {}
+      local list = {}
       for j = 0, n - 1 do
-        if info[j].dirty ~= 0 then todo[#todo + 1] = { ffi_string(info[j].key, info[j].klen), tonumber(info[j].start) } end
+        local x = info[j]
+        list[j + 1] = { key = ffi_string(x.key, x.klen), start = tonumber(x.start), stop = tonumber(x["end"]),
+                        mark = tonumber(x.mark), dirty = x.dirty ~= 0, due = x.due ~= 0, count = tonumber(x.count) }
       end
-      for _, d in ipairs(todo) do act("fire", d[1], d[2], "on_time") end
+      return list
+    end
+
+    local function fire_changed()
+      for _, d in ipairs(open_windows()) do
+        if d.dirty then act("fire", d.key, d.start, "on_time") end
+      end
       firing = nil
     end
 
@@ -520,23 +529,9 @@ function M.task(args)
       -- processing time, not the watermark, fires these windows: the watermark
       -- must not free one whose changes have not fired yet
       if trig == "processing_time" then C.eddy_window_keep_unfired(w) end
-      local cap = 256
-      local info = ffi.new("eddy_window_info[?]", cap)
       entry.tick = function(now)
-        local n = C.eddy_window_list(w, info, cap)
-        while n == cap do
-          cap = cap * 2
-          info = ffi.new("eddy_window_info[?]", cap)
-          n = C.eddy_window_list(w, info, cap)
-        end
-        local todo = {}
-        for j = 0, n - 1 do
-          local x = info[j]
-          todo[#todo + 1] = { ffi_string(x.key, x.klen), tonumber(x.start), tonumber(x["end"]), tonumber(x.mark),
-                              x.dirty ~= 0, x.due ~= 0, tonumber(x.count) }
-        end
-        for _, d in ipairs(todo) do
-          local k, start, stop, mark, dirty, due, count = d[1], d[2], d[3], d[4], d[5], d[6], d[7]
+        for _, d in ipairs(open_windows()) do
+          local k, start, stop, mark, dirty, due, count = d.key, d.start, d.stop, d.mark, d.dirty, d.due, d.count
           if trig == "every" then
             -- early results while the window is open and changing
             if not due and dirty then
