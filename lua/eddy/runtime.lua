@@ -593,6 +593,21 @@ function M.task(args)
       return pack(acc), 1
     end
 
+    -- adds one record's item (its value for Lua functions, its number for the
+    -- built-in aggregates) to window (k, start); true when the watermark had
+    -- already passed the window's end
+    local function add_to(k, start, item)
+      local r
+      if in_lua then
+        local b, mode = updated_state(item, k, start)
+        r = C.eddy_window_store(w, k, #k, start, b, #b, mode, count_box)
+      else
+        r = C.eddy_window_add_at(w, k, #k, start, item, count_box)
+      end
+      if r < 0 then error("out of memory in window " .. node.uid, 0) end
+      return r == 1
+    end
+
     if o.assigner == "sliding" then
       -- each key keeps its recent records ({ts, item}) in a buffer (C, like
       -- all window state); a record joins the windows of buffered records
@@ -605,17 +620,6 @@ function M.task(args)
       local bufs = C.eddy_window_open(task, node.uid .. "#records", 2 ^ 61, 2 ^ 61, -(2 ^ 60), 0)
       if bufs == nil then error(node.where .. ": cannot open the record buffer of window '" .. node.uid .. "'", 0) end
       local item_of = function(v) if in_lua then return v end return number_of(v) end
-      local function add_to(k, start, item)
-        local r
-        if in_lua then
-          local b, mode = updated_state(item, k, start)
-          r = C.eddy_window_store(w, k, #k, start, b, #b, mode, count_box)
-        else
-          r = C.eddy_window_add_at(w, k, #k, start, item, count_box)
-        end
-        if r < 0 then error("out of memory in window " .. node.uid, 0) end
-        return r == 1
-      end
       return function(v)
         tio.cur_node = id; cin[id] = cin[id] + 1
         need_time()
@@ -771,17 +775,10 @@ function M.task(args)
       local ts = cur_ts
       for j = 0, n - 1 do
         local start = starts[j]
-        local r
-        if in_lua then
-          local b, mode = updated_state(v, k, start)
-          r = C.eddy_window_store(w, k, #k, start, b, #b, mode, count_box)
-        else
-          r = C.eddy_window_add_at(w, k, #k, start, x, count_box)
-        end
-        if r < 0 then error("out of memory in window " .. node.uid, 0) end
+        local due = add_to(k, start, in_lua and v or x)
         if per_window then
-          on_element(v, k, start, r == 1)
-        elseif r == 1 then
+          on_element(v, k, start, due)
+        elseif due then
           emit(C.eddy_window_fired(w, 0), "late")       -- event time: a change after the end fires late
         end
         firing, cur_ts = nil, ts

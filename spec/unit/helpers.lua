@@ -37,23 +37,10 @@ function H.exists(path)
   return false
 end
 
--- lua/eddy/ffi.lua runs ffi.cdef when it is loaded.  busted resets
--- package.loaded between spec files but the FFI's type table lives on, so a
--- second real load in the same process would fail with "attempt to redefine".
--- When the types are already declared, load the module with a no-op cdef.
+-- lua/eddy/ffi.lua declares its types only once per process (busted reloads
+-- modules between spec files, but the FFI's type table lives on).
 function H.require_eddy_ffi()
-  if package.loaded["eddy.ffi"] then return package.loaded["eddy.ffi"] end
-  if not pcall(ffi.typeof, "eddy_rec") then return require("eddy.ffi") end
-  local path = assert(package.searchpath and package.searchpath("eddy.ffi", package.path)
-    or H.root() .. "/lua/eddy/ffi.lua")
-  local chunk = assert(loadfile(path))
-  local stub = setmetatable({ cdef = function() end }, { __index = ffi })
-  local env = setmetatable({ require = function(n) if n == "ffi" then return stub end return require(n) end },
-    { __index = _G })
-  setfenv(chunk, env)
-  local m = chunk("eddy.ffi")
-  package.loaded["eddy.ffi"] = m
-  return m
+  return require("eddy.ffi")
 end
 
 -- eddy.runtime requires eddy.ffi; see require_eddy_ffi.
