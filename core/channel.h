@@ -13,12 +13,12 @@
 
 struct task;
 
-typedef enum { CH_BATCH, CH_WATERMARK, CH_BARRIER, CH_EOS } msg_kind;
+typedef enum { CH_BATCH, CH_WATERMARK, CH_BARRIER, CH_EOS, CH_MARK } msg_kind;
 
 typedef struct msg {
     msg_kind kind;
     batch *b;            /* CH_BATCH: owned by the message */
-    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its id */
+    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its id; CH_MARK: an acks marker */
     struct msg *next;
 } msg;
 

@@ -10,6 +10,8 @@
 #include "vm.h"
 #include "window.h"
 #include "kafka.h"
+#include "source_kafka.h"
+#include "acks.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -49,6 +51,9 @@ typedef struct daemon_state {
     atomic_int failed;
     int64_t started_ms;
     char poison_path[PATH_MAX];
+    kgroup *group;                /* the consumer of Kafka sources, or NULL */
+    int workers_running;          /* the scheduler runs: tasks may be woken */
+    char waiting[2600];           /* why the tasks have not started yet (health), or "" */
 } daemon_state;
 
 static int holding_input(const task *t);
@@ -234,6 +239,8 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
     if (d->sh.kafka) kafka_poll(d->sh.kafka);      /* delivery reports */
+    if (d->sh.acks) acks_poll(d->sh.acks);         /* markers whose Kafka outputs were delivered */
+    if (d->group && d->workers_running) kgroup_poll(d->group);   /* rebalances, commits, statistics */
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
 }
@@ -416,6 +423,8 @@ static json_t *h_reload(void *ud, const char *query, int *http_status) {
 
 static int h_health(void *ud, char *reason, size_t len) {
     daemon_state *d = ud;
+    if (d->waiting[0]) { snprintf(reason, len, "%s", d->waiting); return 0; }
+    if (d->group && kgroup_down(d->group, reason, len)) return 0;
     for (int i = 0; i < d->ntasks; i++)
         if (atomic_load(&d->tasks[i]->status) == TASK_FAILED) {
             snprintf(reason, len, "task %s failed: %s", d->tasks[i]->name, d->tasks[i]->error);
@@ -482,7 +491,13 @@ static json_t *h_status(void *ud) {
             const source_info *si = &d->p->sources[t->source];
             json_object_set_new(jt, "source", json_string(si->name));
             json_object_set_new(jt, "partition", json_integer(t->index));
-            json_object_set_new(jt, "file", json_string(si->files[t->index]));
+            if (si->kind == SRC_KAFKA) {
+                json_object_set_new(jt, "topic", json_string(si->topics[si->ktopic[t->index]]));
+                json_object_set_new(jt, "kafka_partition", json_integer(si->kpart[t->index]));
+                json_object_set_new(jt, "assigned", json_boolean(t->kp && kpart_state(t->kp) != KP_UNASSIGNED));
+            } else {
+                json_object_set_new(jt, "file", json_string(si->files[t->index]));
+            }
             json_object_set_new(jt, "position", json_integer(t->position));
         } else {
             int depth = 0;
@@ -503,13 +518,16 @@ static json_t *h_status(void *ud) {
     const plan *cur = d->plans[d->nplans - 1];
     snprintf(hash, sizeof hash, "%.12s", cur->hash);
     json_t *err = d->last_reload_error[0] ? json_string(d->last_reload_error) : json_null();
-    return json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:n}",
+    json_t *j = json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:n}",
         "app", d->cfg->name,
         "pipeline", "path", cur->script, "version", d->version, "hash", hash, "sha256", cur->hash,
         "loaded_at", (json_int_t)d->loaded_at_ms, "last_reload_error", err, "reloading", reload_in_progress(d),
-        "state", atomic_load(&d->sh.stopping) ? "stopping" : "running",
+        "state", atomic_load(&d->sh.stopping) ? "stopping" : d->waiting[0] ? "waiting" : "running",
         "uptime_ms", (json_int_t)(mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint");
+    if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
+    if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
+    return j;
 }
 
 static void h_metrics(void *ud, struct evbuffer *out) {
@@ -620,6 +638,15 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         const char *labels[] = {"task", d->tasks[i]->name, NULL};
         metrics_sample(out, "eddy_reload_pause_seconds", labels, (double)d->tasks[i]->last_pause_us / 1e6);
     }
+    if (d->sh.kafka) {
+        metrics_family(out, "eddy_kafka_bytes_out_total", "counter", "Key and value bytes Kafka sinks delivered.");
+        for (int i = 0; i < kafka_nsinks(d->sh.kafka); i++) {
+            kafka_sink *ks = kafka_sink_at(d->sh.kafka, i);
+            const char *l[] = {"sink", kafka_sink_name(ks), NULL};
+            metrics_sample(out, "eddy_kafka_bytes_out_total", l, (double)kafka_sink_bytes(ks));
+        }
+    }
+    if (d->group) kgroup_metrics(d->group, out);
     metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
     int counts[3] = {0, 0, 0};
     for (int i = 0; i < d->ntasks; i++) counts[atomic_load(&d->tasks[i]->status)]++;
@@ -627,6 +654,84 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         const char *labels[] = {"state", status_name(s), NULL};
         metrics_sample(out, "eddy_tasks", labels, counts[s]);
     }
+}
+
+/* ---- Kafka sources ------------------------------------------------------ */
+
+static void on_group_wake(void *ud, int task_id) {
+    daemon_state *d = ud;
+    if (d->workers_running && task_id >= 0 && task_id < d->ntasks) sched_wake(d->tasks[task_id]);
+}
+
+static void on_group_serve(void *ud) {
+    daemon_state *d = ud;
+    if (d->sh.kafka) kafka_poll(d->sh.kafka);
+    if (d->sh.acks) acks_poll(d->sh.acks);
+}
+
+static void on_acked(void *ud, int source_task, uint64_t marker, int64_t position) {
+    daemon_state *d = ud;
+    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->kp)
+        kpart_acked(d->tasks[source_task]->kp, marker, position);
+}
+
+typedef struct resolve_ctx { daemon_state *d; int why; } resolve_ctx;
+
+static int count_partitions(void *ud, const char *topic, char *err, size_t errlen) {
+    resolve_ctx *rc = ud;
+    return kgroup_partitions(rc->d->group, topic, 1000, &rc->why, err, errlen);
+}
+
+static void on_wait_tick(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    event_base_loopbreak(((daemon_state *)arg)->base);
+}
+
+/* Learns the Kafka sources' partitions, retrying while no broker answers
+ * (the admin server answers 503 meanwhile, and a stop signal ends the
+ * wait).  0; 1 when told to stop; -1 with err (an unknown topic, say). */
+static int wait_for_kafka(daemon_state *d, char *err, size_t errlen) {
+    struct event *tick = event_new(d->base, -1, 0, on_wait_tick, d);
+    int rc = -1;
+    for (;;) {
+        resolve_ctx ctx = { d, 0 };
+        char e[2048];
+        if (plan_resolve_kafka(d->p, count_partitions, &ctx, e, sizeof e) == 0) { rc = 0; break; }
+        if (ctx.why != KG_UNREACHABLE) { snprintf(err, errlen, "%s", e); break; }
+        if (!d->waiting[0]) log_warn("waiting for Kafka: %s", e);
+        snprintf(d->waiting, sizeof d->waiting, "waiting for Kafka: %s", e);
+        struct timeval tv = { 0, 500 * 1000 };       /* serve the admin server and signals meanwhile */
+        event_add(tick, &tv);
+        event_base_dispatch(d->base);
+        if (atomic_load(&d->sh.stopping)) { rc = 1; break; }
+    }
+    if (rc == 0 && d->waiting[0]) log_info("Kafka answered: starting");
+    d->waiting[0] = 0;
+    event_free(tick);
+    return rc;
+}
+
+/* Attaches every Kafka source task to its partition. */
+static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (t->source < 0) continue;
+        const source_info *si = &d->p->sources[t->source];
+        if (si->kind != SRC_KAFKA) continue;
+        const node *nd = &d->p->nodes[si->node - 1];
+        const opt *mb = opt_find(&nd->opts, "max_bytes");
+        int64_t max_bytes = 1 << 20;
+        if (mb && mb->type == OPT_NUMBER) max_bytes = (int64_t)mb->n;
+        else if (mb && mb->type == OPT_STRING && config_parse_size(mb->s, &max_bytes) < 0) {
+            snprintf(err, errlen, "source '%s' (%s): max_bytes: expected a size like \"1MB\", got \"%s\"", si->name,
+                     nd->where, mb->s);
+            return -1;
+        }
+        t->kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[t->index]], si->kpart[t->index], t->id,
+                           si->start, max_bytes);
+        if (!t->kp) { snprintf(err, errlen, "out of memory"); return -1; }
+    }
+    return 0;
 }
 
 /* ---- building ---------------------------------------------------------- */
@@ -695,6 +800,8 @@ static void daemon_free(daemon_state *d) {
     if (d->poll_ev) event_free(d->poll_ev);
     sched_destroy(d->s);
     for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
+    acks_destroy(d->sh.acks);
+    kgroup_destroy(d->group);                      /* its partitions' tasks are gone */
     free(d->tasks);
     for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
     free(d->chans);
@@ -769,19 +876,23 @@ int daemon_run(const char *config_path) {
     if (!d.plans) goto out;
     d.plans[d.nplans++] = d.p;
     vm_global_init();
-    int kafka_sinks = 0;
+    int kafka_sinks = 0, kafka_sources = plan_has_kafka_sources(d.p);
     for (int i = 0; i < d.p->nnodes; i++)
         if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) kafka_sinks++;
-    if (kafka_sinks || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
-        if (kafka_sinks && !d.cfg->kafka_embedded && !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
-            fprintf(stderr, "eddy: kafka: the pipeline writes to Kafka: set kafka[\"bootstrap.servers\"] or "
-                    "kafka.embedded in the config\n");
+    if (kafka_sinks || kafka_sources || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
+        if ((kafka_sinks || kafka_sources) && !d.cfg->kafka_embedded && !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
+            fprintf(stderr, "eddy: kafka: the pipeline %s Kafka: set kafka[\"bootstrap.servers\"] or "
+                    "kafka.embedded in the config\n", kafka_sources ? "reads from" : "writes to");
             goto out;
         }
         d.sh.kafka = kafka_create(d.cfg, err, sizeof err);
         if (!d.sh.kafka) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     }
-    if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    if (kafka_sources) {
+        kgroup_hooks hooks = { .ud = &d, .wake = on_group_wake, .serve = on_group_serve };
+        d.group = kgroup_create(d.sh.kafka, d.cfg, hooks, err, sizeof err);
+        if (!d.group) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    }
 
     code = 1;
     evthread_use_pthreads();
@@ -807,6 +918,19 @@ int daemon_run(const char *config_path) {
         d.adm = admin_create(d.base, d.cfg->admin_listen, addr_file, &h, err, sizeof err);
         if (!d.adm) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
     }
+    if (kafka_sources) {
+        int w = wait_for_kafka(&d, err, sizeof err);
+        if (w < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+        if (w > 0) { log_info("stopped before Kafka answered"); code = 0; goto out; }
+    }
+    if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+    if (d.group) {
+        if (attach_partitions(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+        d.sh.acks = acks_create(d.p, on_acked, &d);
+        if (!d.sh.acks) { log_error("out of memory"); goto out; }
+        int64_t every = kgroup_commit_interval(d.group) / 2;
+        d.sh.mark_interval_ms = every < 100 ? 100 : every;
+    }
     if (d.cfg->reload_watch) {
         d.watch = reload_watch_create(d.base, d.p->dir, 200, on_file_changed, &d, err, sizeof err);
         if (!d.watch) log_warn("%s: the pipeline will not reload on file changes", err);
@@ -814,6 +938,15 @@ int daemon_run(const char *config_path) {
     d.s = sched_create(d.cfg->threads, on_task_done, &d);
     for (int i = 0; i < d.ntasks; i++) d.tasks[i]->se.s = d.s;
     if (!d.s || sched_start(d.s, err, sizeof err) < 0) { log_error("%s", err); goto out; }
+    d.workers_running = 1;
+    if (d.group && kgroup_subscribe(d.group, err, sizeof err) < 0) {
+        log_error("%s", err);
+        atomic_store(&d.sh.aborting, 1);
+        for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
+        sched_stop(d.s);
+        d.workers_running = 0;
+        goto out;
+    }
     log_info("running %s: %d tasks on %d threads (pipeline %s, sha256 %.12s)", d.cfg->name, d.ntasks,
              d.cfg->threads, d.p->script, d.p->hash);
     for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
@@ -822,6 +955,7 @@ int daemon_run(const char *config_path) {
     atomic_store(&d.sh.aborting, atomic_load(&d.failed) ? 1 : atomic_load(&d.sh.aborting));
     if (atomic_load(&d.sh.aborting)) for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
     sched_stop(d.s);
+    d.workers_running = 0;
     int sink_failed = 0;
     for (int i = 0; i < d.ntasks; i++)
         if (task_close_sinks(d.tasks[i]) < 0) sink_failed = 1;
@@ -831,6 +965,12 @@ int daemon_run(const char *config_path) {
             fprintf(stderr, "eddy: %s\n", kafka_failed(d.sh.kafka));
             sink_failed = 1;
         }
+    }
+    if (d.group) {
+        /* a clean stop drained everything read: commit it; otherwise the next
+         * owner reads again from the last acknowledged positions */
+        int clean = !atomic_load(&d.failed) && !sink_failed && !atomic_load(&d.sh.aborting);
+        kgroup_close(d.group, clean);
     }
     if (atomic_load(&d.failed)) {
         for (int i = 0; i < d.ntasks; i++)

@@ -22,6 +22,7 @@ typedef struct eddy_rec {
     int16_t flags;       /* EDDY_REC_* */
     uint32_t kg;         /* key group of a keyed record */
     uint32_t source;     /* index of the source it was read from */
+    uint32_t hdr_off, hdr_len;  /* Kafka headers in data, a MessagePack map (hdr_len 0: none) */
 } eddy_rec;
 
 typedef struct eddy_io {
@@ -113,8 +114,11 @@ int eddy_json_needs_exact(const char *s, size_t n);
  * or -1 when the sink failed (the task then fails). */
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
 /* The same with the record's key (may be NULL) and event time (< 0: none), for
- * Kafka sinks; -2 when Kafka refused this record (the error policy's case). */
-int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
+ * Kafka sinks; carry = 1 sends the headers of the input record being
+ * processed along (0 for a window's result); -2 when Kafka refused this
+ * record (the error policy's case). */
+int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
+                       int32_t carry);
 const char *eddy_sink_error(void *task, int32_t sink);
 /* Appends one JSON line to the dead-letter file (shared by all tasks). */
 int eddy_dead_letter(void *task, const char *p, size_t n);
@@ -123,6 +127,7 @@ int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 /* FFI-END */
 
-enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2, EDDY_REC_EMPTY_ARRAY = 4 };
+enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2, EDDY_REC_EMPTY_ARRAY = 4,
+       EDDY_REC_KEY = 8 /* a Kafka record with a key (an empty one included) */ };
 
 #endif

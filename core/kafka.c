@@ -3,6 +3,8 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <msgpack.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -14,7 +16,15 @@ struct kafka_sink {
     kafka *k;
     char *name, *topic;
     rd_kafka_t *rk;
-    atomic_long sent, failed;
+    atomic_long sent, failed, bytes;
+    /* acknowledgements: every message gets a sequence number; `low` is the
+     * first one not yet acknowledged (delivered, or refused and handed to the
+     * error policy).  Reports arrive out of order across partitions, so the
+     * ones past `low` wait in a ring. */
+    atomic_llong next_seq;
+    pthread_mutex_t ack_mu;
+    int64_t low;
+    unsigned char *done; size_t cap;     /* done[seq % cap] for low <= seq < low + cap */
 };
 
 struct kafka {
@@ -89,11 +99,64 @@ static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
     }
 }
 
+/* Marks message seq acknowledged and moves `low` past what is contiguous. */
+static void ack(kafka_sink *s, int64_t seq) {
+    pthread_mutex_lock(&s->ack_mu);
+    if (seq >= s->low) {
+        if ((size_t)(seq - s->low) >= s->cap) {
+            size_t ncap = s->cap ? s->cap : 4096;
+            while ((size_t)(seq - s->low) >= ncap) ncap *= 2;
+            unsigned char *nd = calloc(ncap, 1);
+            if (!nd) { pthread_mutex_unlock(&s->ack_mu); log_error("sink '%s': out of memory", s->name); return; }
+            for (size_t i = 0; i < s->cap; i++) nd[(s->low + i) % ncap] = s->done[(s->low + i) % s->cap];
+            free(s->done);
+            s->done = nd;
+            s->cap = ncap;
+        }
+        s->done[seq % s->cap] = 1;
+        while (s->done[s->low % s->cap]) { s->done[s->low % s->cap] = 0; s->low++; }
+    }
+    pthread_mutex_unlock(&s->ack_mu);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_opaque) {
-    (void)rk; (void)conf_opaque;
-    kafka_sink *s = m->_private;               /* the message's opaque: its sink */
+    (void)rk;
+    kafka_sink *s = conf_opaque;                /* one producer per sink */
     if (m->err) delivery_failed(s, m);
-    else s->sent++;
+    else { s->sent++; s->bytes += (long)(m->len + m->key_len); }
+    ack(s, (int64_t)(intptr_t)m->_private);     /* the message's opaque: its sequence number */
+}
+
+int64_t kafka_sink_seq(kafka_sink *s) { return atomic_load(&s->next_seq); }
+
+int kafka_sink_acked(kafka_sink *s, int64_t seq) {
+    pthread_mutex_lock(&s->ack_mu);
+    int ok = s->low > seq;
+    pthread_mutex_unlock(&s->ack_mu);
+    return ok;
+}
+
+int kafka_conf_apply(const kafka *k, rd_kafka_conf_t *conf, const opt_list *own, const char *own_prefix, char *err,
+                     size_t errlen) {
+    char e[512];
+    if (k->bootstrap[0] && rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstrap, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka: %s", e);
+        return -1;
+    }
+    const opt_list *lists[2] = { &k->cfg->kafka, own };
+    for (int l = 0; l < 2; l++) {
+        if (!lists[l]) continue;
+        for (int i = 0; i < lists[l]->n; i++) {
+            const opt *o = &lists[l]->items[i];
+            if (!strchr(o->key, '.') && l == 1) continue;     /* a sink's options that are not librdkafka's */
+            if (rd_kafka_conf_set(conf, o->key, o->s, e, sizeof e) != RD_KAFKA_CONF_OK) {
+                if (l == 0) snprintf(err, errlen, "kafka.%s: %s", o->key, e);
+                else snprintf(err, errlen, "%s.%s: %s", own_prefix, o->key, e);
+                return -1;
+            }
+        }
+    }
+    return 0;
 }
 
 kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
@@ -117,23 +180,12 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
-    if (k->bootstrap[0] && rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstrap, e, sizeof e) != RD_KAFKA_CONF_OK) {
-        snprintf(err, errlen, "kafka: %s", e);
-        goto err;
-    }
-    const opt_list *lists[2] = { &k->cfg->kafka, props };
-    for (int l = 0; l < 2; l++) {
-        if (!lists[l]) continue;
-        for (int i = 0; i < lists[l]->n; i++) {
-            const opt *o = &lists[l]->items[i];
-            if (!strchr(o->key, '.') && l == 1) continue;     /* sink options that are not librdkafka's */
-            if (rd_kafka_conf_set(conf, o->key, o->s, e, sizeof e) != RD_KAFKA_CONF_OK) {
-                if (l == 0) snprintf(err, errlen, "kafka.%s: %s", o->key, e);
-                else snprintf(err, errlen, "sinks.%s.%s: %s", name, o->key, e);
-                goto err;
-            }
-        }
-    }
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "sinks.%s", name);
+    if (kafka_conf_apply(k, conf, props, prefix, err, errlen) < 0) goto err;
+    pthread_mutex_init(&s->ack_mu, NULL);
+    s->low = 1;
+    rd_kafka_conf_set_opaque(conf, s);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
     conf = NULL;                                   /* rd_kafka_new took it, or freed it on failure */
@@ -148,18 +200,42 @@ err:
     return NULL;
 }
 
+/* Kafka headers from a MessagePack map of name -> string (or nil).  Owned, or NULL. */
+static rd_kafka_headers_t *headers_of(const char *p, size_t n) {
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    rd_kafka_headers_t *h = NULL;
+    if (msgpack_unpack_next(&u, p, n, NULL) == MSGPACK_UNPACK_SUCCESS && u.data.type == MSGPACK_OBJECT_MAP) {
+        h = rd_kafka_headers_new(u.data.via.map.size);
+        for (uint32_t i = 0; i < u.data.via.map.size; i++) {
+            const msgpack_object *k = &u.data.via.map.ptr[i].key, *v = &u.data.via.map.ptr[i].val;
+            if (k->type != MSGPACK_OBJECT_STR) continue;
+            if (v->type == MSGPACK_OBJECT_STR)
+                rd_kafka_header_add(h, k->via.str.ptr, (ssize_t)k->via.str.size, v->via.str.ptr, (ssize_t)v->via.str.size);
+            else
+                rd_kafka_header_add(h, k->via.str.ptr, (ssize_t)k->via.str.size, NULL, 0);
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    return h;
+}
+
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
-                    char *err, size_t errlen) {
+                    const char *hdrs, size_t hlen, char *err, size_t errlen) {
+    int64_t seq = atomic_fetch_add(&s->next_seq, 1) + 1;     /* sequence numbers start at 1 */
     for (int attempt = 0;; attempt++) {
+        rd_kafka_headers_t *h = hdrs && hlen ? headers_of(hdrs, hlen) : NULL;
         rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
-            RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0), RD_KAFKA_V_OPAQUE(s),
-            RD_KAFKA_V_END);
-        if (!e) return 0;
+            RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
+            RD_KAFKA_V_OPAQUE((void *)(intptr_t)seq), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (!e) return 0;                         /* the message owns h now */
+        if (h) rd_kafka_headers_destroy(h);
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempt < 600) {
             rd_kafka_poll(s->rk, 100);            /* the producer's queue is full: wait for Kafka (backpressure) */
             continue;
         }
+        ack(s, seq);                              /* never queued: the error policy has it */
         snprintf(err, errlen, "sink '%s': cannot queue a message for topic %s: %s", s->name, s->topic, rd_kafka_err2str(e));
         return -1;
     }
@@ -191,11 +267,14 @@ kafka_sink *kafka_sink_at(const kafka *k, int i) { return i >= 0 && i < k->nsink
 const char *kafka_sink_name(const kafka_sink *s) { return s->name; }
 int64_t kafka_sink_sent(const kafka_sink *s) { return s->sent; }
 int64_t kafka_sink_failed(const kafka_sink *s) { return s->failed; }
+int64_t kafka_sink_bytes(const kafka_sink *s) { return s->bytes; }
 
 void kafka_destroy(kafka *k) {
     if (!k) return;
     for (int i = 0; i < k->nsinks; i++) {
         rd_kafka_destroy(k->sinks[i]->rk);
+        pthread_mutex_destroy(&k->sinks[i]->ack_mu);
+        free(k->sinks[i]->done);
         free(k->sinks[i]->name);
         free(k->sinks[i]->topic);
         free(k->sinks[i]);

@@ -24,9 +24,20 @@ const char *kafka_bootstrap(const kafka *k);
  * Borrowed; NULL with err. */
 kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
                            char *err, size_t errlen);
-/* Queues one message (copied).  ts < 0: no timestamp.  0, or -1 with err. */
+/* Queues one message (copied).  ts < 0: no timestamp; hdrs: a MessagePack
+ * map of header names to strings, or NULL.  0, or -1 with err. */
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
-                    char *err, size_t errlen);
+                    const char *hdrs, size_t hlen, char *err, size_t errlen);
+/* The sequence number of the last message queued (0: none yet); and whether
+ * every message up to seq was acknowledged (delivered, or refused and handed
+ * to the error policy).  Any thread. */
+int64_t kafka_sink_seq(kafka_sink *s);
+int kafka_sink_acked(kafka_sink *s, int64_t seq);
+/* Sets bootstrap.servers and the config's kafka properties on conf, then
+ * `own` (librdkafka keys, those with a dot; errors name own_prefix.KEY).  0, or -1. */
+struct rd_kafka_conf_s;
+int kafka_conf_apply(const kafka *k, struct rd_kafka_conf_s *conf, const opt_list *own, const char *own_prefix,
+                     char *err, size_t errlen);
 /* Serves delivery reports (event loop).  Failures are counted, logged and
  * handed to the error policy: dead letters are written here, "fail" is
  * remembered for kafka_failed. */
@@ -40,5 +51,6 @@ kafka_sink *kafka_sink_at(const kafka *k, int i);      /* borrowed */
 const char *kafka_sink_name(const kafka_sink *s);
 int64_t kafka_sink_sent(const kafka_sink *s);
 int64_t kafka_sink_failed(const kafka_sink *s);
+int64_t kafka_sink_bytes(const kafka_sink *s);     /* key and value bytes delivered */
 
 #endif

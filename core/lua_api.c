@@ -29,10 +29,21 @@ int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
     return 0;
 }
 
-int eddy_sink_write_kv(void *tp, int32_t idx, const char *key, size_t klen, const char *p, size_t n, int64_t ts) {
+/* The headers of the input record being processed, or NULL. */
+static const char *current_headers(const task *t, size_t *len) {
+    if (!t->io.recs || t->io.cur < 0 || t->io.cur >= t->io.n) return NULL;
+    const eddy_rec *r = &t->io.recs[t->io.cur];
+    *len = r->hdr_len;
+    return r->hdr_len ? t->io.data + r->hdr_off : NULL;
+}
+
+int eddy_sink_write_kv(void *tp, int32_t idx, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
+                       int32_t carry) {
     task *t = tp;
     if (idx < 0 || idx >= t->nsinks) return -1;
-    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts);
+    size_t hlen = 0;
+    const char *hdrs = carry ? current_headers(t, &hlen) : NULL;
+    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts, hdrs, hlen);
     if (rc == -1) log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
     return rc;
 }
@@ -97,9 +108,25 @@ static int l_unpack(lua_State *L) {
     return 1;
 }
 
-/* shuffle(port, key, value, ts, wm): packs value and appends it to the batch
- * for the keyed task that owns key's key group, with its event time and the
- * watermark after it.  Stack: port key value ts wm -> (none) */
+/* headers(i) -> the Kafka headers of record i of the current batch, as a
+ * table of name -> string (a header without a value: false); {} when none.
+ * Stack: i -> i table */
+static int l_headers(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int i = (int)luaL_checkinteger(L, 1);
+    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
+    const eddy_rec *r = &t->io.recs[i];
+    if (r->hdr_len == 0) { lua_newtable(L); return 1; }
+    char err[256];
+    if (codec_unpack(L, t->io.data + r->hdr_off, r->hdr_len, err, sizeof err) < 0)
+        return luaL_error(L, "cannot decode the headers: %s", err);
+    return 1;
+}
+
+/* shuffle(port, key, value, ts, wm, carry): packs value and appends it to the
+ * batch for the keyed task that owns key's key group, with its event time,
+ * the watermark after it and (carry true) the input record's headers.
+ * Stack: port key value ts wm carry -> (none) */
 static int l_shuffle(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     int port = (int)luaL_checkinteger(L, 1);
@@ -136,6 +163,16 @@ static int l_shuffle(lua_State *L) {
     r->port = (int16_t)port;
     r->kg = kg;
     r->flags = EDDY_REC_PACKED;
+    size_t hlen = 0;
+    const char *hdrs = lua_toboolean(L, 6) ? current_headers(t, &hlen) : NULL;
+    if (hdrs) {
+        int idx = b->n - 1;
+        long off = batch_reserve(b, hlen);
+        if (off < 0) return luaL_error(L, "out of memory");
+        memcpy(b->data + off, hdrs, hlen);
+        b->recs[idx].hdr_off = (uint32_t)off;
+        b->recs[idx].hdr_len = (uint32_t)hlen;
+    }
     return 0;
 }
 
@@ -215,6 +252,9 @@ void lua_api_push_native(lua_State *L, task *t) {
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_unpack, 1);
     lua_setfield(L, -2, "unpack");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_headers, 1);
+    lua_setfield(L, -2, "headers");
 }
 
 int lua_api_flush_outputs(task *t) {

@@ -148,7 +148,8 @@ static int read_nodes(lua_State *L, plan *p, char *err, size_t errlen) {
     return 0;
 }
 
-static const char *const source_override_keys[] = {"file", "stdin", "format", "follow", "header", "delimiter", NULL};
+static const char *const source_override_keys[] = {"file", "stdin", "format", "follow", "header", "delimiter",
+                                                    "kafka", "start", NULL};
 static const char *const sink_override_keys[] = {"file", "stdout", "format", "kafka", NULL};
 
 static int apply_overrides(plan *p, const config *cfg, char *err, size_t errlen) {
@@ -217,6 +218,20 @@ static int build_sources(plan *p, char *err, size_t errlen) {
         const char *d = node_opt(nd, "delimiter");
         si->delimiter = d && *d ? d[0] : ',';
         const char *file = node_opt(nd, "file");
+        const char *topics = node_opt(nd, "kafka");
+        if (topics && !file) {
+            si->kind = SRC_KAFKA;
+            si->start = strdup(node_opt(nd, "start") ? node_opt(nd, "start") : "committed");
+            char *list = strdup(topics), *save = NULL;
+            for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                char **nt = realloc(si->topics, sizeof *nt * (si->ntopics + 1));
+                if (!nt) { free(list); snprintf(err, errlen, "out of memory"); return -1; }
+                si->topics = nt;
+                si->topics[si->ntopics++] = strdup(t);
+            }
+            free(list);
+            continue;           /* partitions: plan_resolve_kafka */
+        }
         if (node_opt_bool(nd, "stdin") && !file) {
             si->kind = SRC_STDIN;
             si->nfiles = 1;
@@ -457,6 +472,8 @@ void plan_destroy(plan *p) {
         source_info *si = &p->sources[s];
         for (int j = 0; j < si->nfiles; j++) free(si->files[j]);
         free(si->files); free(si->name); free(si->format);
+        for (int j = 0; j < si->ntopics; j++) free(si->topics[j]);
+        free(si->topics); free(si->ktopic); free(si->kpart); free(si->start);
     }
     free(p->sources);
     free(p->script); free(p->script_rel); free(p->dir);
@@ -495,8 +512,15 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
             fprintf(out, "stage %d %s: keyed, parallelism %d\n", st->id, st->name, st->ntasks);
         } else {
             const source_info *si = &p->sources[st->source];
-            fprintf(out, "stage %d %s: source (%s, format %s), %d partition%s\n", st->id, st->name,
-                    si->kind == SRC_STDIN ? "stdin" : "file", si->format, st->ntasks, st->ntasks == 1 ? "" : "s");
+            if (si->kind == SRC_KAFKA && si->nfiles == 0) {
+                fprintf(out, "stage %d %s: source (kafka", st->id, st->name);
+                for (int t = 0; t < si->ntopics; t++) fprintf(out, "%s%s", t ? ", " : " topic ", si->topics[t]);
+                fprintf(out, ", format %s, start %s), partitions from the brokers at start\n", si->format, si->start);
+            } else {
+                fprintf(out, "stage %d %s: source (%s, format %s), %d partition%s\n", st->id, st->name,
+                        si->kind == SRC_STDIN ? "stdin" : si->kind == SRC_KAFKA ? "kafka" : "file", si->format,
+                        st->ntasks, st->ntasks == 1 ? "" : "s");
+            }
         }
         for (int t = 0; t < st->ntasks; t++) {
             fprintf(out, "  task %s-%d", st->name, t);
@@ -506,6 +530,76 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
         fprintf(out, "  operators:\n");
         for (int i = 0; i < st->nnodes; i++) print_node(p, &p->nodes[st->nodes[i] - 1], out);
     }
+}
+
+/* ---- Kafka partitions --------------------------------------------------- */
+
+int plan_has_kafka_sources(const plan *p) {
+    for (int s = 0; s < p->nsources; s++) if (p->sources[s].kind == SRC_KAFKA) return 1;
+    return 0;
+}
+
+static void recount_tasks(plan *p) {
+    p->ntasks = 0;
+    for (int s = 0; s < p->nstages; s++) {
+        stage *st = &p->stages[s];
+        if (!st->keyed) st->ntasks = p->sources[st->source].nfiles;
+        p->ntasks += st->ntasks;
+    }
+}
+
+/* Appends partition `part` of topic index ti to Kafka source si. */
+static int add_partition(source_info *si, int ti, int part) {
+    int n = si->nfiles + 1;
+    char **f = realloc(si->files, sizeof *f * n);
+    if (f) si->files = f;
+    int *kt = realloc(si->ktopic, sizeof *kt * n), *kp = realloc(si->kpart, sizeof *kp * n);
+    if (kt) si->ktopic = kt;
+    if (kp) si->kpart = kp;
+    if (!f || !kt || !kp) return -1;
+    char label[320];
+    snprintf(label, sizeof label, "%s/%d", si->topics[ti], part);
+    si->files[si->nfiles] = strdup(label);
+    si->ktopic[si->nfiles] = ti;
+    si->kpart[si->nfiles] = part;
+    si->nfiles = n;
+    return si->files[n - 1] ? 0 : -1;
+}
+
+int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, size_t errlen) {
+    for (int s = 0; s < p->nsources; s++) {
+        source_info *si = &p->sources[s];
+        if (si->kind != SRC_KAFKA || si->nfiles > 0) continue;
+        for (int t = 0; t < si->ntopics; t++) {
+            char e[512];
+            int n = count(ud, si->topics[t], e, sizeof e);
+            if (n < 0) {
+                snprintf(err, errlen, "source '%s' (%s): topic '%s': %s", si->name, p->nodes[si->node - 1].where,
+                         si->topics[t], e);
+                return -1;
+            }
+            for (int j = 0; j < n; j++)
+                if (add_partition(si, t, j) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
+        }
+    }
+    recount_tasks(p);
+    return 0;
+}
+
+int plan_copy_kafka(plan *p, const plan *from) {
+    for (int s = 0; s < p->nsources && s < from->nsources; s++) {
+        source_info *si = &p->sources[s];
+        const source_info *fi = &from->sources[s];
+        if (si->kind != SRC_KAFKA || fi->kind != SRC_KAFKA || si->nfiles > 0) continue;
+        for (int j = 0; j < fi->nfiles; j++) {
+            int ti = -1;
+            for (int t = 0; t < si->ntopics; t++) if (strcmp(si->topics[t], fi->topics[fi->ktopic[j]]) == 0) ti = t;
+            if (ti < 0) continue;       /* a topic the new version dropped: plan_compatible refuses it */
+            if (add_partition(si, ti, fi->kpart[j]) < 0) return -1;
+        }
+    }
+    recount_tasks(p);
+    return 0;
 }
 
 /* ---- reload compatibility ------------------------------------------------ */
@@ -550,6 +644,12 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
             a->delimiter != b->delimiter) {
             snprintf(err, errlen, "%s: source '%s' changed its input (name, files, format or follow): that needs a restart",
                      bn->where, b->name);
+            return -1;
+        }
+        int same_topics = a->ntopics == b->ntopics && same_str(a->start, b->start);
+        for (int t = 0; same_topics && t < a->ntopics; t++) same_topics = strcmp(a->topics[t], b->topics[t]) == 0;
+        if (!same_topics) {
+            snprintf(err, errlen, "%s: source '%s' changed its topics or start: that needs a restart", bn->where, b->name);
             return -1;
         }
         for (int j = 0; j < a->nfiles; j++)

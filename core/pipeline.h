@@ -27,14 +27,17 @@ typedef struct node {
     unsigned char *in_stage;/* [nstages]: 1 when the node runs in that stage */
 } node;
 
-typedef enum { SRC_FILE, SRC_STDIN } source_kind;
+typedef enum { SRC_FILE, SRC_STDIN, SRC_KAFKA } source_kind;
 
 typedef struct source_info {
     int node;               /* node id */
     char *name;
     source_kind kind;
     char *format;           /* json, lines, raw, csv */
-    char **files; int nfiles;   /* one partition per file */
+    char **files; int nfiles;   /* one partition per file; Kafka: "topic/partition" labels */
+    char **topics; int ntopics; /* Kafka sources: their topics */
+    int *ktopic, *kpart;        /* Kafka: partition j is partition kpart[j] of topics[ktopic[j]] */
+    char *start;                /* Kafka: "earliest", "latest" or "committed" */
     int follow, header;
     char delimiter;
     int64_t idle_ms;        /* idle = d: after d without records the partition stops holding watermarks back; 0 = never */
@@ -70,6 +73,14 @@ void plan_destroy(plan *p);          /* NULL is a no-op */
  * with the same assigner unless allow_dropped_state.  0, or -1 with err. */
 int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, char *err, size_t errlen);
 void plan_print(const plan *p, const config *cfg, FILE *out);
+/* Kafka sources learn their partitions from the brokers, at start: `count`
+ * answers a topic's partition count (-1 with err when it cannot).  Fills the
+ * sources' partitions and the source stages' task counts.  0, or -1 with err. */
+typedef int (*partition_count_fn)(void *ud, const char *topic, char *err, size_t errlen);
+int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, size_t errlen);
+/* The same partitions as a running plan (a reload keeps them).  0, or -1. */
+int plan_copy_kafka(plan *p, const plan *from);
+int plan_has_kafka_sources(const plan *p);
 const char *node_opt(const node *n, const char *key);   /* string value or NULL */
 int node_opt_bool(const node *n, const char *key);
 

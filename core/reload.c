@@ -79,6 +79,7 @@ plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running
                      int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen) {
     plan *p = plan_create(cfg, lua_dir, err, errlen);
     if (!p) return NULL;
+    if (plan_copy_kafka(p, running) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
     if (plan_compatible(running, p, allow_dropped_state, err, errlen) < 0) goto err;
     for (int i = 0; i < ntasks; i++) tvs[i] = NULL;
     for (int i = 0; i < ntasks; i++) {

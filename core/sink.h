@@ -24,10 +24,14 @@ sink *sink_create(sink_kind kind, const char *name, const char *dir, const char 
 int sink_write(sink *s, const char *p, size_t n);
 /* A Kafka sink, writing through ks (borrowed: kafka.c owns it).  Owned, or NULL. */
 sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size_t errlen);
-/* Writes one record with its key (may be NULL) and event time (< 0: none);
- * for file and stdout sinks the key and time are not written.  0; -1 when
- * the sink failed; -2 when only this record was refused (sink_error says why). */
-int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
+/* Writes one record with its key (may be NULL), event time (< 0: none) and
+ * Kafka headers (a MessagePack map, or NULL); for file and stdout sinks only
+ * the value is written.  0; -1 when the sink failed; -2 when only this record
+ * was refused (sink_error says why). */
+int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts, const char *hdrs,
+                  size_t hlen);
+/* The Kafka producer of a Kafka sink (borrowed), or NULL. */
+struct kafka_sink *sink_kafka(const sink *s);
 /* Writes out what is buffered (end of a batch).  0 or -1. */
 int sink_flush(sink *s);
 /* Flushes, fsyncs and closes.  0 or -1. */

@@ -3,6 +3,8 @@
 #include "lua_api.h"
 #include "sink.h"
 #include "source_file.h"
+#include "source_kafka.h"
+#include "acks.h"
 #include "vm.h"
 #include "window.h"
 #include "clock.h"
@@ -25,7 +27,7 @@ static int64_t now_us(void) {
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
     const source_info *si = &t->cur.p->sources[t->source];
-    return si->follow || si->kind == SRC_STDIN;
+    return si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA;
 }
 
 int task_version(const task *t) { return t->cur.version; }
@@ -73,8 +75,10 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         t->sinks[t->nsinks++] = s;
     }
     if (!st->keyed) {
-        t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
-        if (!t->src) goto err;
+        if (p->sources[st->source].kind != SRC_KAFKA) {   /* Kafka: the daemon attaches the partition */
+            t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
+            if (!t->src) goto err;
+        }
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
     }
@@ -230,15 +234,21 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     lua_createtable(L, p->nsources, 0);                        /* ... args sources */
     for (int s = 0; s < p->nsources; s++) {
         const source_info *si = &p->sources[s];
-        lua_createtable(L, 0, 3);
+        lua_createtable(L, 0, 4);                              /* ... sources s */
         lua_pushstring(L, si->name);   lua_setfield(L, -2, "name");
         lua_pushstring(L, si->format); lua_setfield(L, -2, "format");
-        lua_createtable(L, si->nfiles, 0);
+        lua_createtable(L, si->nfiles, 0);                     /* ... sources s list */
         for (int j = 0; j < si->nfiles; j++) {
-            lua_pushstring(L, si->files[j]);
+            if (si->kind == SRC_KAFKA) {                       /* partition j: {topic, partition} */
+                lua_createtable(L, 0, 2);
+                lua_pushstring(L, si->topics[si->ktopic[j]]); lua_setfield(L, -2, "topic");
+                lua_pushinteger(L, si->kpart[j]);             lua_setfield(L, -2, "partition");
+            } else {
+                lua_pushstring(L, si->files[j]);
+            }
             lua_rawseti(L, -2, j + 1);
         }
-        lua_setfield(L, -2, "files");
+        lua_setfield(L, -2, si->kind == SRC_KAFKA ? "kafka" : "files");   /* ... sources s */
         lua_rawseti(L, -2, s + 1);
     }
     lua_setfield(L, -2, "sources");
@@ -427,6 +437,66 @@ static void mark_poison(task *t, batch *b) {
     }
 }
 
+/* The Kafka sinks chained in this task. */
+static int kafka_sinks_of(task *t, struct kafka_sink **ks, int max) {
+    int n = 0;
+    for (int i = 0; i < t->nsinks && n < max; i++)
+        if (sink_kafka(t->sinks[i])) ks[n++] = sink_kafka(t->sinks[i]);
+    return n;
+}
+
+/* A marker passed this task: what it wrote before it is written (file sinks
+ * write at the end of every batch); its Kafka sinks are waited for by acks. */
+static void report_mark(task *t, uint64_t id) {
+    struct kafka_sink *ks[16];
+    int n = kafka_sinks_of(t, ks, 16);
+    acks_report(t->sh->acks, id, ks, n);
+}
+
+/* A Kafka source sends a marker behind the records read so far; 0 or its id. */
+static uint64_t send_mark(task *t) {
+    if (!t->sh->acks) return 0;
+    int64_t pos = kpart_position(t->kp);
+    uint64_t id = acks_begin(t->sh->acks, t->st->id, t->id, pos);
+    if (!id) return 0;
+    t->marked_position = pos;
+    t->last_mark_ms = now_us() / 1000;
+    push_all(t, CH_MARK, (int64_t)id);
+    report_mark(t, id);
+    return id;
+}
+
+/* A Kafka source task: reads its partition while the group assigns it here. */
+static step_result step_kafka(task *t, int *n_read) {
+    task_shared *sh = t->sh;
+    *n_read = 0;
+    int st = kpart_state(t->kp);
+    if (st == KP_REVOKING) {
+        /* given up: stop reading, and let the group know when what was read is acknowledged */
+        uint64_t id = send_mark(t);
+        kpart_draining(t->kp, id);
+        if (!id) kpart_acked(t->kp, 0, -1);
+        if (!t->idle_sent) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        return STEP_PROGRESS;
+    }
+    if (st != KP_ASSIGNED) {
+        /* not ours (now): it holds no watermark back */
+        if (!t->idle_sent && t->nouts > 0) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        return STEP_IDLE;
+    }
+    kpart_pause(t->kp, 0);
+    if (sh->acks && kpart_position(t->kp) > t->marked_position &&
+        now_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
+        send_mark(t);
+    batch_clear(t->inbatch);
+    char err[600];
+    int n = kpart_read(t->kp, t->inbatch, (int)sh->cfg->batch_size, (uint32_t)t->source, t->index, err, sizeof err);
+    if (n < 0) { task_fail(t, "%s", err); return STEP_FAILED; }
+    t->position = kpart_position(t->kp);
+    *n_read = n;
+    return STEP_PROGRESS;
+}
+
 static step_result step_source(task *t) {
     task_shared *sh = t->sh;
     if (atomic_load(&t->next)) {
@@ -435,20 +505,28 @@ static step_result step_source(task *t) {
         swap_version(t);
         push_all(t, CH_BARRIER, t->cur.version);
     }
-    if (outputs_blocked(t)) return STEP_BLOCKED;
-    if (atomic_load(&sh->stopping)) return finish(t);
-    batch_clear(t->inbatch);
-    int eof = 0;
-    char err[512];
-    int n = source_read(t->src, t->inbatch, (int)sh->cfg->batch_size, &eof, err, sizeof err);
-    if (n < 0) {
-        char msg[700];
-        snprintf(msg, sizeof msg, "source '%s' %s: %s", t->cur.p->sources[t->source].name,
-                 t->cur.p->sources[t->source].files[t->index], err);
-        task_fail(t, "%s", msg);
-        return STEP_FAILED;
+    if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) {
+        if (t->kp) kpart_pause(t->kp, 1);      /* backpressure: the broker keeps the rest */
+        return STEP_BLOCKED;
     }
-    t->position = source_position(t->src);
+    if (atomic_load(&sh->stopping)) return finish(t);
+    int eof = 0, n;
+    if (t->kp) {
+        step_result r = step_kafka(t, &n);
+        if (n == 0) return r;
+    } else {
+        batch_clear(t->inbatch);
+        char err[512];
+        n = source_read(t->src, t->inbatch, (int)sh->cfg->batch_size, &eof, err, sizeof err);
+        if (n < 0) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "source '%s' %s: %s", t->cur.p->sources[t->source].name,
+                     t->cur.p->sources[t->source].files[t->index], err);
+            task_fail(t, "%s", msg);
+            return STEP_FAILED;
+        }
+        t->position = source_position(t->src);
+    }
     if (n > 0) {
         t->last_record_ms = clock_now_ms();
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
@@ -551,6 +629,9 @@ static step_result step_keyed(task *t) {
         t->held[idx] = 1;
         t->barrier_version = m->value;
         t->nheld++;                       /* aligned: swapped at the top of a step (below) */
+    } else if (m->kind == CH_MARK) {
+        push_all(t, CH_MARK, m->value);   /* behind everything this task sent before it */
+        report_mark(t, (uint64_t)m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
         t->ended[idx] = 1;

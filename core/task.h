@@ -40,6 +40,8 @@ typedef struct task_shared {
     int version;                /* pipeline version number */
     struct poison *poison;      /* a record an earlier run hung on, or NULL */
     struct kafka *kafka;        /* the Kafka connection, when the pipeline or config uses Kafka */
+    struct acks *acks;          /* markers for committing Kafka offsets, when there are Kafka sources */
+    int64_t mark_interval_ms;   /* how often a Kafka source task sends a marker */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */
@@ -111,7 +113,10 @@ typedef struct task {
     out_port *outs; int nouts;
     struct sink **sinks; int nsinks;
 
-    struct source_reader *src;  /* source tasks */
+    struct source_reader *src;  /* source tasks reading a file or stdin */
+    struct kpart *kp;           /* source tasks reading a Kafka partition (set by the daemon) */
+    int64_t last_mark_ms;       /* when it last sent a marker (monotonic) */
+    int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */
     batch *inbatch;             /* source tasks: the batch being read into */
     buf packbuf;                /* reused to pack shuffled values */

@@ -16,6 +16,7 @@ typedef struct eddy_rec {
     int16_t flags;
     uint32_t kg;
     uint32_t source;
+    uint32_t hdr_off, hdr_len;
 } eddy_rec;
 
 typedef struct eddy_io {
@@ -81,7 +82,8 @@ int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 int eddy_json_needs_exact(const char *s, size_t n);
 
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
-int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts);
+int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
+                       int32_t carry);
 const char *eddy_sink_error(void *task, int32_t sink);
 int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
@@ -92,4 +94,5 @@ if not pcall(ffi.typeof, "eddy_rec") then ffi.cdef(M.cdef) end
 M.REC_MALFORMED = 1
 M.REC_PACKED = 2
 M.REC_EMPTY_ARRAY = 4
+M.REC_KEY = 8
 return M

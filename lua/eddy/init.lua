@@ -90,7 +90,7 @@ end
 
 local SOURCE_OPTS = { file = "string", stdin = "boolean", kafka = "any", format = "string",
   key = "any", follow = "boolean", header = "boolean", delimiter = "string",
-  timestamp = "any", watermark = "any", idle = "any", start = "string" }
+  timestamp = "any", watermark = "any", idle = "any", start = "string", max_bytes = "any" }
 local SINK_OPTS = { file = "string", stdout = "boolean", kafka = "any", format = "string", key = "any" }
 
 local function check_opts(kind, name, opts, allowed)
@@ -118,14 +118,38 @@ function Pipeline:source(name, opts)
   if self.names["source:" .. name] then fail("source '" .. name .. "' is declared twice") end
   local n = (opts.file and 1 or 0) + (opts.stdin and 1 or 0) + (opts.kafka and 1 or 0)
   if n ~= 1 then fail("source '" .. name .. "' needs exactly one of file, stdin, kafka") end
-  if opts.kafka then fail("source '" .. name .. "': kafka sources are not supported by this version of eddy") end
-  refuse_unsupported("source", name, opts, { "start" })
+  local topics
+  if opts.kafka ~= nil then
+    topics = type(opts.kafka) == "string" and { opts.kafka } or opts.kafka
+    if type(topics) ~= "table" or #topics == 0 then fail("source '" .. name .. "': kafka must be a topic name or a list of them") end
+    for _, t in ipairs(topics) do
+      if type(t) ~= "string" or not t:match("^[%w_%.%-]+$") then
+        fail("source '" .. name .. "': kafka topic names are letters, digits, '_', '.', '-', got " .. tostring(t))
+      end
+    end
+    if opts.follow ~= nil then fail("source '" .. name .. "': follow is for file sources (a Kafka source never ends)") end
+    if opts.header ~= nil or opts.delimiter ~= nil or opts.format == "csv" then
+      fail("source '" .. name .. "': csv is for file sources (a Kafka message is one record: json, lines or raw)")
+    end
+  end
+  if opts.max_bytes ~= nil then
+    if not opts.kafka then fail("source '" .. name .. "': max_bytes is for kafka sources") end
+    if type(opts.max_bytes) ~= "number" and type(opts.max_bytes) ~= "string" then
+      fail("source '" .. name .. "': max_bytes must be a size like \"1MB\" or a number of bytes")
+    end
+  end
+  if opts.start ~= nil then
+    if not opts.kafka then fail("source '" .. name .. "': start is for kafka sources") end
+    if opts.start ~= "earliest" and opts.start ~= "latest" and opts.start ~= "committed" then
+      fail("source '" .. name .. "': start must be \"earliest\", \"latest\" or \"committed\", got " .. tostring(opts.start))
+    end
+  end
   if opts.idle ~= nil then check_duration("source '" .. name .. "': idle", opts.idle) end
   local ts = opts.timestamp
   if ts ~= nil and type(ts) ~= "string" and type(ts) ~= "function" then
-    fail("source '" .. name .. "': timestamp must be a field name, a function, or \"ingest\"")
+    fail("source '" .. name .. "': timestamp must be a field name, a function, \"kafka\" or \"ingest\"")
   end
-  if ts == "kafka" then fail("source '" .. name .. "': timestamp = \"kafka\" needs a kafka source") end
+  if ts == "kafka" and not opts.kafka then fail("source '" .. name .. "': timestamp = \"kafka\" needs a kafka source") end
   local wm = opts.watermark
   if wm ~= nil and getmetatable(wm) ~= Watermark and type(wm) ~= "function" then
     fail("source '" .. name .. "': watermark must be eddy.watermark.bounded(d), eddy.watermark.monotonic() or a function")
@@ -141,6 +165,7 @@ function Pipeline:source(name, opts)
   self.names["source:" .. name] = true
   local s = add(self, "source", {}, { name = name, uid = name, opts = {
       file = opts.file, stdin = opts.stdin, format = format, follow = opts.follow or false,
+      kafka = topics and table.concat(topics, ",") or nil, start = opts.start, max_bytes = opts.max_bytes,
       header = opts.header or false, delimiter = opts.delimiter or ",",
       timestamp = type(ts) == "string" and ts or nil,
       watermark_bound = type(wm) == "table" and wm.bound or (ts ~= nil and wm == nil and "0" or nil),

@@ -192,13 +192,29 @@ function M.task(args)
   local cur                     -- its record index, or nil outside a record
   local cur_key                 -- key of the current record, when the source sets one
   local cur_ts = NONE           -- event time of what is being processed
+  local cur_kts = NONE          -- the Kafka timestamp of the message being processed (source tasks)
   local wm = NONE               -- this task's watermark, and a source's largest timestamp:
   local maxts = NONE            -- both kept in C (tio.wm, tio.maxts) so they survive reloads
   local firing                  -- while a window's result goes downstream: {key, window}
   local ctx = {}
   local getters = {
     ts = function() if cur_ts == NONE then return nil end return cur_ts end,
-    partition = function() if cur then return tonumber(recs[cur].partition) end end,
+    partition = function()
+      if not cur then return nil end
+      local r = recs[cur]
+      local s = args.sources[tonumber(r.source) + 1]
+      local kp = s and s.kafka and s.kafka[tonumber(r.partition) + 1]
+      if kp then return kp.partition end
+      return tonumber(r.partition)
+    end,
+    topic = function()
+      if not cur then return nil end
+      local r = recs[cur]
+      local s = args.sources[tonumber(r.source) + 1]
+      local kp = s and s.kafka and s.kafka[tonumber(r.partition) + 1]
+      return kp and kp.topic
+    end,
+    timestamp = function() if cur and cur_kts ~= NONE then return cur_kts end end,
     offset = function() if cur then return tonumber(recs[cur].offset) end end,
     line = function() if cur then local l = recs[cur].line; if l > 0 then return tonumber(l) end end end,
     source = function()
@@ -213,7 +229,7 @@ function M.task(args)
     end,
     window = function() return firing and firing.window end,
     watermark = function() if wm == NONE then return nil end return wm end,
-    headers = function() return {} end,
+    headers = function() if cur and firing == nil then return native.headers(cur) end return {} end,
     version = function() return args.version end,
     task = function() return args.name end,
   }
@@ -266,7 +282,7 @@ function M.task(args)
           k = kfn(v, ctx)
           if k == nil then error("key_by: the key function returned nil", 0) end
         end
-        shuffle(id, key_string(k), v, cur_ts, wm)
+        shuffle(id, key_string(k), v, cur_ts, wm, firing == nil)
         cout[id] = cout[id] + 1
       end
     elseif kind == "window" then
@@ -312,7 +328,8 @@ function M.task(args)
             k = ctx.key                              -- after key_by, the record's key
           end
           local s = enc(v)
-          local rc = C.eddy_sink_write_kv(task, sidx, k, k and #k or 0, s, #s, cur_ts == NONE and -1 or cur_ts)
+          local rc = C.eddy_sink_write_kv(task, sidx, k, k and #k or 0, s, #s, cur_ts == NONE and -1 or cur_ts,
+                                          firing == nil and 1 or 0)
           if rc == -2 then error("sink '" .. name .. "': Kafka refused the record: " .. ffi_string(C.eddy_sink_error(task, sidx)), 0) end
           if rc ~= 0 then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end
           cout[id] = cout[id] + 1
@@ -826,8 +843,16 @@ function M.task(args)
       decode = cjson_decode   -- lines with an empty array take decode_exact (below)
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
+    local is_kafka = false
+    for _, s in ipairs(args.sources) do if s.name == src.name and s.kafka then is_kafka = true end end
+    local REC_KEY = effi.REC_KEY
     local stamp
-    if tsopt == "ingest" then
+    if tsopt == "kafka" then
+      stamp = function()
+        if cur_kts == NONE then error("the Kafka message has no timestamp", 0) end
+        return cur_kts
+      end
+    elseif tsopt == "ingest" then
       stamp = function() return tonumber(C.eddy_now_ms()) end
     elseif type(tsopt) == "string" then
       stamp = function(v)
@@ -846,6 +871,7 @@ function M.task(args)
     end
     process = function(i)
       local r = recs[i]
+      if is_kafka then cur_kts = tonumber(r.ts) end
       tio.cur_node = sid; cin[sid] = cin[sid] + 1
       if band(r.flags, effi.REC_MALFORMED) ~= 0 then
         error(ffi_string(data + r.key_off, r.key_len), 0)
@@ -866,6 +892,9 @@ function M.task(args)
         local k
         if type(skey) == "function" then k = skey(v, ctx) elseif type(v) == "table" then k = v[skey] end
         cur_key = k ~= nil and key_string(k) or nil
+      elseif is_kafka then
+        -- the message's key (nil for a message without one)
+        if band(flags, REC_KEY) ~= 0 then cur_key = ffi_string(data + r.key_off, r.key_len) else cur_key = nil end
       end
       if stamp then
         local ts = stamp(v)
@@ -910,6 +939,8 @@ function M.task(args)
     end
     local s = args.sources[tonumber(r.source) + 1]
     local pos = s and s.name or "?"
+    local kp = s and s.kafka and s.kafka[tonumber(r.partition) + 1]
+    if kp then return pos .. " topic " .. kp.topic .. " partition " .. kp.partition .. " offset " .. tostring(tonumber(r.offset)) end
     local file = s and s.files and s.files[tonumber(r.partition) + 1]
     if file then pos = pos .. " " .. file end
     if r.line > 0 then pos = pos .. ":" .. tostring(tonumber(r.line)) end
@@ -946,7 +977,10 @@ function M.task(args)
       local line = cjson_encode({
         time = tonumber(C.eddy_now_ms()), task = args.name,
         source = s and s.name, file = s and s.files and s.files[tonumber(r.partition) + 1],
-        partition = r and tonumber(r.partition), offset = r and tonumber(r.offset),
+        topic = s and s.kafka and s.kafka[tonumber(r.partition) + 1] and s.kafka[tonumber(r.partition) + 1].topic,
+        partition = r and (s and s.kafka and s.kafka[tonumber(r.partition) + 1]
+                           and s.kafka[tonumber(r.partition) + 1].partition or tonumber(r.partition)),
+        offset = r and tonumber(r.offset),
         line = r and r.line > 0 and tonumber(r.line) or nil,
         window = firing and firing.window, key = firing and firing.key,
         operator = nodes[id] and nodes[id].uid, operator_kind = nodes[id] and nodes[id].kind,

@@ -144,16 +144,38 @@ describe("p:source", function()
     raises(msg, function() eddy.pipeline():source("in", { file = "x", kafka = "t" }) end)
   end)
 
-  it("refuses kafka sources in this version", function()
-    raises("source 'in': kafka sources are not supported by this version of eddy",
-      function() eddy.pipeline():source("in", { kafka = "words" }) end)
-    raises("kafka sources are not supported by this version of eddy",
-      function() eddy.pipeline():source("in", { kafka = { "a", "b" } }) end)
+  it("takes a kafka topic or a list of topics, with start and max_bytes", function()
+    local q = eddy.pipeline()
+    q:source("a", { kafka = "words", start = "latest", max_bytes = "64KB", timestamp = "kafka" })
+    q:source("b", { kafka = { "t1", "t2" } })
+    assert.equal("words", q.nodes[1].opts.kafka)
+    assert.equal("latest", q.nodes[1].opts.start)
+    assert.equal("64KB", q.nodes[1].opts.max_bytes)
+    assert.equal("kafka", q.nodes[1].opts.timestamp)
+    assert.equal("t1,t2", q.nodes[2].opts.kafka)
+    assert.is_nil(q.nodes[2].opts.start)
   end)
 
-  it("refuses start as not supported by this version; keeps idle, and refuses a bad one", function()
-    raises("source 'in': option 'start' is not supported by this version of eddy",
+  it("refuses a bad topic, a bad start, and file options on a kafka source", function()
+    raises("source 'in': kafka must be a topic name or a list of them",
+      function() eddy.pipeline():source("in", { kafka = {} }) end)
+    raises("kafka topic names are letters, digits, '_', '.', '-', got a b",
+      function() eddy.pipeline():source("in", { kafka = "a b" }) end)
+    raises("source 'in': start must be \"earliest\", \"latest\" or \"committed\", got soon",
+      function() eddy.pipeline():source("in", { kafka = "t", start = "soon" }) end)
+    raises("source 'in': follow is for file sources",
+      function() eddy.pipeline():source("in", { kafka = "t", follow = true }) end)
+    raises("source 'in': csv is for file sources",
+      function() eddy.pipeline():source("in", { kafka = "t", format = "csv" }) end)
+    raises("source 'in': max_bytes must be a size",
+      function() eddy.pipeline():source("in", { kafka = "t", max_bytes = true }) end)
+  end)
+
+  it("refuses start and max_bytes on a file source; keeps idle, and refuses a bad one", function()
+    raises("source 'in': start is for kafka sources",
       function() eddy.pipeline():source("in", { file = "x", start = "earliest" }) end)
+    raises("source 'in': max_bytes is for kafka sources",
+      function() eddy.pipeline():source("in", { file = "x", max_bytes = 10 }) end)
     local q = eddy.pipeline()
     q:source("in", { file = "x", idle = "1m" })
     assert.equal("1m", q.nodes[1].opts.idle)
@@ -187,7 +209,7 @@ describe("p:source", function()
   end)
 
   it("refuses a timestamp that is not a field name or a function", function()
-    raises("source 'in': timestamp must be a field name, a function, or \"ingest\"",
+    raises("source 'in': timestamp must be a field name, a function, \"kafka\" or \"ingest\"",
       function() eddy.pipeline():source("in", { file = "x", timestamp = 5 }) end)
   end)
 
@@ -233,13 +255,13 @@ describe("p:source", function()
   end)
 
   it("adds no node when it refuses", function()
-    pcall(p.source, p, "in", { kafka = "t" })
+    pcall(p.source, p, "in", { kafka = "t", follow = true })
     pcall(p.source, p, "in", { file = "x", bogus = true })
     assert.equal(0, #p.nodes)
   end)
 
   it("leaves the name of a refused source free", function()
-    pcall(p.source, p, "in", { kafka = "t" })
+    pcall(p.source, p, "in", { kafka = "t", start = "soon" })
     local ok, e = pcall(p.source, p, "in", { file = "x" })
     assert(ok, e)
     assert.equal(1, #p.nodes)
@@ -697,8 +719,7 @@ describe("errors point at the caller's line", function()
     { "an unknown source option", function(p) p:source("in", { file = "x", bogus = 1 }) end },
     { "a source option of the wrong type", function(p) p:source("in", { file = 1 }) end },
     { "a source without file, stdin or kafka", function(p) p:source("in", {}) end },
-    { "a kafka source", function(p) p:source("in", { kafka = "t" }) end },
-    { "a source start option", function(p) p:source("in", { file = "x", start = "earliest" }) end },
+    { "a kafka source with a bad start", function(p) p:source("in", { kafka = "t", start = "x" }) end },
     { "a source start option", function(p) p:source("in", { file = "x", start = "earliest" }) end },
     { "a bad source format", function(p) p:source("in", { file = "x", format = "xml" }) end },
     { "a bad delimiter", function(p) p:source("in", { file = "x", delimiter = ";;" }) end },
