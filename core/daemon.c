@@ -679,6 +679,14 @@ typedef struct resolve_ctx { daemon_state *d; int why; } resolve_ctx;
 
 static int count_partitions(void *ud, const char *topic, char *err, size_t errlen) {
     resolve_ctx *rc = ud;
+    const config *cfg = rc->d->cfg;
+    if (cfg->kafka_embedded && !opt_find(&cfg->kafka_embedded_topics, topic)) {
+        /* librdkafka's mock cluster creates any topic it is asked about: a
+         * typo would read an empty topic without a word */
+        rc->why = KG_UNKNOWN_TOPIC;
+        snprintf(err, errlen, "no such topic in kafka.embedded.topics; add it there (topics = { %s = 4 })", topic);
+        return -1;
+    }
     return kgroup_partitions(rc->d->group, topic, 1000, &rc->why, err, errlen);
 }
 

@@ -136,9 +136,34 @@ int kafka_sink_acked(kafka_sink *s, int64_t seq) {
     return ok;
 }
 
+/* librdkafka's own log lines go through eddy's log; its warnings and errors
+ * (a refused connection, every second while a broker is away) at most one
+ * per LIB_LOG_EVERY_MS, with a count of what was left out. */
+#define LIB_LOG_EVERY_MS 5000
+static pthread_mutex_t lib_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t lib_log_last;
+static long lib_log_dropped;
+
+static void on_lib_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    (void)rk;
+    if (level > 4) { log_info("librdkafka %s: %s", fac, buf); return; }    /* debug asked for in the config */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    pthread_mutex_lock(&lib_log_mu);
+    long dropped = -1;
+    if (now - lib_log_last >= LIB_LOG_EVERY_MS) { lib_log_last = now; dropped = lib_log_dropped; lib_log_dropped = 0; }
+    else lib_log_dropped++;
+    pthread_mutex_unlock(&lib_log_mu);
+    if (dropped < 0) return;
+    if (dropped > 0) log_warn("kafka: %s (and %ld more librdkafka warnings in the last %d s)", buf, dropped, LIB_LOG_EVERY_MS / 1000);
+    else log_warn("kafka: %s", buf);
+}
+
 int kafka_conf_apply(const kafka *k, rd_kafka_conf_t *conf, const opt_list *own, const char *own_prefix, char *err,
                      size_t errlen) {
     char e[512];
+    rd_kafka_conf_set_log_cb(conf, on_lib_log);
     if (k->bootstrap[0] && rd_kafka_conf_set(conf, "bootstrap.servers", k->bootstrap, e, sizeof e) != RD_KAFKA_CONF_OK) {
         snprintf(err, errlen, "kafka: %s", e);
         return -1;

@@ -221,7 +221,7 @@ static int build_sources(plan *p, char *err, size_t errlen) {
         const char *topics = node_opt(nd, "kafka");
         if (topics && !file) {
             si->kind = SRC_KAFKA;
-            si->start = strdup(node_opt(nd, "start") ? node_opt(nd, "start") : "committed");
+            si->start = strdup(node_opt(nd, "start") ? node_opt(nd, "start") : "earliest");
             char *list = strdup(topics), *save = NULL;
             for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
                 char **nt = realloc(si->topics, sizeof *nt * (si->ntopics + 1));
