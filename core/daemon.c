@@ -240,7 +240,14 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
     if (d->sh.kafka) kafka_poll(d->sh.kafka);      /* delivery reports */
     if (d->sh.acks) acks_poll(d->sh.acks);         /* markers whose Kafka outputs were delivered */
-    if (d->group && d->workers_running) kgroup_poll(d->group);   /* rebalances, commits, statistics */
+    if (d->group && d->workers_running) {
+        kgroup_poll(d->group);                     /* rebalances, commits, statistics */
+        /* backpressure: a partition whose task cannot send stops being
+         * fetched (the broker keeps the rest) until its channels have room;
+         * decided here, so that it holds even while every worker is busy */
+        for (int i = 0; i < d->ntasks; i++)
+            if (d->tasks[i]->kp) kpart_pause(d->tasks[i]->kp, task_outputs_full(d->tasks[i]));
+    }
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
 }

@@ -311,7 +311,7 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
         {"group.id", cfg->name}, {"partition.assignment.strategy", "cooperative-sticky"},
         {"auto.offset.reset", "earliest"}, {"statistics.interval.ms", "1000"}, {"log_level", "3"},
         {"allow.auto.create.topics", "false"},
-        {"queued.max.messages.kbytes", "16384"}, {"session.timeout.ms", "10000"}, {"heartbeat.interval.ms", "1000"},
+        {"queued.max.messages.kbytes", "1024"}, {"queued.min.messages", "10000"}, {"session.timeout.ms", "10000"}, {"heartbeat.interval.ms", "1000"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);

@@ -66,7 +66,7 @@ int kpart_state(kpart *kp);
  * ts); records carry partition `index` of source `source`.  Returns the
  * number read (0: none now), or -1 with err (the task fails). */
 int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, char *err, size_t errlen);
-void kpart_pause(kpart *kp, int paused);       /* backpressure: stop or restart fetching */
+void kpart_pause(kpart *kp, int paused);       /* backpressure: stop or restart fetching (event loop) */
 int64_t kpart_position(kpart *kp);             /* the offset after the last one read */
 /* The task stopped reading a revoked partition and sent marker `marker`. */
 void kpart_draining(kpart *kp, uint64_t marker);

@@ -381,6 +381,8 @@ static int outputs_blocked(task *t) {
     return 0;
 }
 
+int task_outputs_full(task *t) { return outputs_blocked(t); }
+
 /* Sends a mark to every task downstream.  A mark that cannot be sent (out of
  * memory) would leave a barrier or the end of input hanging: the task fails. */
 static void push_all(task *t, msg_kind kind, int64_t value) {
@@ -484,7 +486,6 @@ static step_result step_kafka(task *t, int *n_read) {
         if (!t->idle_sent && t->nouts > 0) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
         return STEP_IDLE;
     }
-    kpart_pause(t->kp, 0);
     if (sh->acks && kpart_position(t->kp) > t->marked_position &&
         now_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
         send_mark(t);
@@ -505,10 +506,7 @@ static step_result step_source(task *t) {
         swap_version(t);
         push_all(t, CH_BARRIER, t->cur.version);
     }
-    if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) {
-        if (t->kp) kpart_pause(t->kp, 1);      /* backpressure: the broker keeps the rest */
-        return STEP_BLOCKED;
-    }
+    if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) return STEP_BLOCKED;
     if (atomic_load(&sh->stopping)) return finish(t);
     int eof = 0, n;
     if (t->kp) {

@@ -159,6 +159,8 @@ step_result task_step(task *t);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);
 sched_entry *task_sched_entry(task *t);
-int task_pollable(const task *t);   /* a source that may have more input later (follow, stdin) */
+int task_pollable(const task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
+/* 1 when a channel to a downstream task is full (backpressure).  Any thread. */
+int task_outputs_full(task *t);
 
 #endif
