@@ -840,11 +840,6 @@ static int refuse_unsupported(const config *cfg, char *err, size_t errlen) {
                  "use \"at_least_once\"");
         return -1;
     }
-    if (cfg->dead_letter_kafka) {
-        snprintf(err, errlen, "dead_letter.kafka: dead letters to Kafka are not supported by this version of eddy; "
-                 "use dead_letter.file");
-        return -1;
-    }
     return 0;
 }
 
@@ -871,7 +866,7 @@ int daemon_run(const char *config_path) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
     }
-    if (d.cfg->on_error == ON_ERROR_DEAD_LETTER) {
+    if (d.cfg->on_error == ON_ERROR_DEAD_LETTER && !d.cfg->dead_letter_kafka) {
         char dlw[PATH_MAX];
         snprintf(dlw, sizeof dlw, "%s", d.cfg->dead_letter_file);
         if (mkdirs(dirname(dlw)) < 0 || !(d.sh.dead_letter = fopen(d.cfg->dead_letter_file, "a"))) {
@@ -894,10 +889,13 @@ int daemon_run(const char *config_path) {
     int kafka_sinks = 0, kafka_sources = plan_has_kafka_sources(d.p);
     for (int i = 0; i < d.p->nnodes; i++)
         if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) kafka_sinks++;
-    if (kafka_sinks || kafka_sources || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
-        if ((kafka_sinks || kafka_sources) && !d.cfg->kafka_embedded && !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
+    int kafka_dlq = d.cfg->dead_letter_kafka != NULL;
+    if (kafka_sinks || kafka_sources || kafka_dlq || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
+        if ((kafka_sinks || kafka_sources || kafka_dlq) && !d.cfg->kafka_embedded &&
+            !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
             fprintf(stderr, "eddy: kafka: the pipeline %s Kafka: set kafka[\"bootstrap.servers\"] or "
-                    "kafka.embedded in the config\n", kafka_sources ? "reads from" : "writes to");
+                    "kafka.embedded in the config\n", kafka_sources ? "reads from" : kafka_sinks ? "writes to"
+                    : "sends dead letters to (dead_letter.kafka)");
             goto out;
         }
         d.sh.kafka = kafka_create(d.cfg, err, sizeof err);

@@ -35,6 +35,7 @@ struct kafka {
     kafka_sink **sinks; int nsinks;
     pthread_mutex_t mu;             /* sinks list; the dead-letter file */
     FILE *dead_letter;
+    kafka_sink *dead_letters;       /* the producer of dead_letter.kafka, created on first use */
     char failed[1024];              /* the first delivery failure under on_error = "fail" */
 };
 
@@ -75,6 +76,11 @@ static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
     kafka *k = s->k;
     s->failed++;
     const char *why = rd_kafka_err2str(m->err);
+    if (s == k->dead_letters) {       /* nowhere left to put it: the log has it */
+        log_error("dead_letter.kafka: Kafka refused a dead letter for topic %s: %s: %.*s", s->topic, why,
+                  (int)(m->len > 2000 ? 2000 : m->len), m->payload ? (const char *)m->payload : "");
+        return;
+    }
     log_error("sink '%s': Kafka refused a message for topic %s: %s", s->name, s->topic, why);
     if (k->cfg->on_error == ON_ERROR_FAIL) {
         pthread_mutex_lock(&k->mu);
@@ -86,15 +92,21 @@ static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:s%, s:s%}", "sink", s->name, "topic", s->topic, "error", why,
                               "key", m->key ? (const char *)m->key : "", m->key ? m->key_len : 0,
                               "record", m->payload ? (const char *)m->payload : "", m->payload ? m->len : 0);
-        pthread_mutex_lock(&k->mu);
-        if (!k->dead_letter) k->dead_letter = fopen(k->cfg->dead_letter_file, "a");
-        if (j && k->dead_letter && json_dumpf(j, k->dead_letter, JSON_COMPACT) == 0) {
-            fputc('\n', k->dead_letter);
-            fflush(k->dead_letter);
+        char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        char err[512];
+        if (!line) log_error("sink '%s': out of memory writing a dead letter", s->name);
+        else if (k->cfg->dead_letter_kafka) {
+            if (kafka_dead_letter(k, line, strlen(line), err, sizeof err) < 0) log_error("%s", err);
         } else {
-            log_error("sink '%s': cannot write the refused message to %s", s->name, k->cfg->dead_letter_file);
+            pthread_mutex_lock(&k->mu);
+            if (!k->dead_letter) k->dead_letter = fopen(k->cfg->dead_letter_file, "a");
+            if (k->dead_letter && fputs(line, k->dead_letter) >= 0 && fputc('\n', k->dead_letter) != EOF)
+                fflush(k->dead_letter);
+            else
+                log_error("sink '%s': cannot write the refused message to %s", s->name, k->cfg->dead_letter_file);
+            pthread_mutex_unlock(&k->mu);
         }
-        pthread_mutex_unlock(&k->mu);
+        free(line);
         json_decref(j);
     }
 }
@@ -284,6 +296,24 @@ int kafka_flush(kafka *k, int timeout_ms) {
         }
     }
     return rc;
+}
+
+int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t errlen) {
+    if (!k->dead_letters) {
+        kafka_sink *s = kafka_sink_get(k, "dead_letter.kafka", k->cfg->dead_letter_kafka, NULL, err, errlen);
+        if (!s) return -1;
+        pthread_mutex_lock(&k->mu);
+        k->dead_letters = s;
+        pthread_mutex_unlock(&k->mu);
+    }
+    return kafka_sink_send(k->dead_letters, NULL, 0, line, n, -1, NULL, 0, err, errlen);
+}
+
+kafka_sink *kafka_dead_letter_sink(kafka *k) {
+    pthread_mutex_lock(&k->mu);
+    kafka_sink *s = k->dead_letters;
+    pthread_mutex_unlock(&k->mu);
+    return s;
 }
 
 const char *kafka_failed(const kafka *k) { return k->failed[0] ? k->failed : NULL; }

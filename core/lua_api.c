@@ -7,6 +7,7 @@
 #include "window.h"
 #include "clock.h"
 #include "config.h"
+#include "kafka.h"
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +58,14 @@ int eddy_dead_letter(void *tp, const char *p, size_t n) {
     task *t = tp;
     task_shared *sh = t->sh;
     int rc = 0;
+    if (sh->cfg->dead_letter_kafka && sh->kafka) {
+        char err[512];
+        if (kafka_dead_letter(sh->kafka, p, n, err, sizeof err) < 0) {
+            log_task_error(t->name, "%s", err);
+            return -1;
+        }
+        return 0;
+    }
     pthread_mutex_lock(&sh->dead_letter_mu);
     if (!sh->dead_letter) {
         sh->dead_letter = fopen(sh->cfg->dead_letter_file, "a");

@@ -450,8 +450,9 @@ static int kafka_sinks_of(task *t, struct kafka_sink **ks, int max) {
 /* A marker passed this task: what it wrote before it is written (file sinks
  * write at the end of every batch); its Kafka sinks are waited for by acks. */
 static void report_mark(task *t, uint64_t id) {
-    struct kafka_sink *ks[16];
+    struct kafka_sink *ks[17];
     int n = kafka_sinks_of(t, ks, 16);
+    if (t->sh->kafka && kafka_dead_letter_sink(t->sh->kafka)) ks[n++] = kafka_dead_letter_sink(t->sh->kafka);
     acks_report(t->sh->acks, id, ks, n);
 }
 

@@ -185,6 +185,25 @@ p:source("in", { kafka = "one", format = "json", timestamp = "kafka", watermark 
     assert.are.equal(0, d:wait(15), d:stderr())
   end)
 
+  it("sends dead letters to the topic dead_letter.kafka names", function()
+    pipeline([[p:source("in", { kafka = "one", format = "json" }):map(function(v) return v.n end)
+ :sink("out", { stdout = true, format = "lines" })]])
+    produce("one", { '{"n":1}', 'not json', '{"n":3}' })
+    local d = start("dlq", ", on_error = 'dead_letter', dead_letter = { kafka = 'dlq' }")
+    assert.are.same({ "1", "3" }, printed(d, 2))
+    local got = E.wait_for(function()
+      local l = consume("dlq", "%s\\n")
+      return #l == 1 and l
+    end, 15, 0.3)
+    assert(got, "no dead letter on topic dlq")
+    local dl = cjson.decode(got[1])
+    assert.are.same({ "one", 0, 1, "not json", "in" }, { dl.topic, dl.partition, dl.offset, dl.record, dl.source })
+    assert.matches("^malformed json", dl.error)
+    assert.is_false(E.exists(dir .. "/state-dlq/dead-letter.jsonl"))
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+
   it("commits an offset only after the sink acknowledged every output before it (at_least_once)", function()
     -- the sink's producer talks to a port nobody listens on: nothing is
     -- delivered until librdkafka gives up (message.timeout.ms), and then
