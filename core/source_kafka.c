@@ -44,6 +44,7 @@ struct kgroup {
     rd_kafka_t *rk;
     kpart **parts; int nparts;
     int closing;
+    atomic_int settled;            /* the group gave this instance its first assignment */
     int64_t commit_interval_ms, last_commit_ms;
     long rebalances, commits, commit_failures;
     pthread_mutex_t mu;            /* down[] (read by the admin thread... and the event loop) */
@@ -277,6 +278,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     (void)rk;
     kgroup *g = opaque;
     g->rebalances++;
+    atomic_store(&g->settled, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) take(g, parts);
     else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) give_up(g, parts);
     else {
@@ -545,6 +547,9 @@ void kgroup_metrics(kgroup *g, struct evbuffer *out) {
 /* ---- one partition -------------------------------------------------------- */
 
 int kpart_state(kpart *kp) { return atomic_load(&kp->state); }
+int kpart_elsewhere(kpart *kp) {
+    return atomic_load(&kp->g->settled) && atomic_load(&kp->state) == KP_UNASSIGNED;
+}
 int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
 
 void kpart_draining(kpart *kp, uint64_t marker) {

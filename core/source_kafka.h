@@ -62,6 +62,10 @@ void kgroup_metrics(kgroup *g, struct evbuffer *out);
 
 /* ---- one partition (its task's side, on a worker thread) ---- */
 int kpart_state(kpart *kp);
+/* 1 once the group has assigned partitions and this one is not among ours:
+ * it then holds no watermark back here (before the first assignment every
+ * partition may still become ours, and holds it). */
+int kpart_elsewhere(kpart *kp);
 /* Reads up to max messages into b (key, value, headers, Kafka timestamp in
  * ts); records carry partition `index` of source `source`.  Returns the
  * number read (0: none now), or -1 with err (the task fails). */

@@ -483,8 +483,11 @@ static step_result step_kafka(task *t, int *n_read) {
         return STEP_PROGRESS;
     }
     if (st != KP_ASSIGNED) {
-        /* not ours (now): it holds no watermark back */
-        if (!t->idle_sent && t->nouts > 0) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        /* another instance reads it: it holds no watermark back here */
+        if (!t->idle_sent && t->nouts > 0 && kpart_elsewhere(t->kp)) {
+            t->idle_sent = 1;
+            push_all(t, CH_WATERMARK, WM_IDLE);
+        }
         return STEP_IDLE;
     }
     if (sh->acks && kpart_position(t->kp) > t->marked_position &&

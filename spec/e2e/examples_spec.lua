@@ -61,4 +61,34 @@ describe("examples", function()
     assert.truthy(dead[2].traceback:find("stack traceback", 1, true))
     run("rm -rf " .. dir)
   end)
+
+  it("kafka-clicks reads its sample back from the embedded Kafka broker and counts page views per minute", function()
+    local E = require("support.eddy")
+    local dir = E.tmpdir() .. "/kafka-clicks"
+    assert(run(string.format("cp -r %s/examples/kafka-clicks %s && rm -rf %s/out %s/state", root, dir, dir, dir)) == 0)
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local addr = E.admin_addr(dir .. "/state/clicks")
+    assert.truthy(addr, d:stderr())
+    -- every click went into the topic and came back out of it
+    local all = E.wait_for(function()
+      local code, body = E.curl("http://" .. addr .. "/status")
+      if code ~= 200 then return false end
+      local n = 0
+      for _, t in ipairs(cjson.decode(body).tasks) do if t.stage == "clicks" then n = n + t.records_in end end
+      return n == 80
+    end, 30, 0.2)
+    assert(all, "the clicks did not all come back from Kafka: " .. d:stderr())
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20), d:stderr())
+    local rows = {}
+    for _, path in ipairs(E.part_files(dir .. "/out")) do
+      for _, l in ipairs(E.lines(E.read(path))) do
+        local v = cjson.decode(l)
+        rows[#rows + 1] = string.format("%s %s %d", v.minute, v.page, v.views)
+      end
+    end
+    table.sort(rows)
+    assert.are.equal(read(root .. "/spec/fixtures/kafka-clicks.out"), table.concat(rows, "\n") .. "\n")
+    E.cleanup()
+  end)
 end)
