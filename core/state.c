@@ -1,0 +1,354 @@
+#include "state.h"
+#include "clock.h"
+#include "log.h"
+#include <rocksdb/c.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define CACHE_SLOTS 4096          /* per task: values read, by hash of the key */
+#define CACHE_VALUE_MAX 4096      /* larger values are not cached */
+
+struct state_db {
+    rocksdb_t *db;
+    rocksdb_options_t *opts;
+    rocksdb_cache_t *cache;
+    rocksdb_block_based_table_options_t *table;
+    rocksdb_compactionfilter_t *ttl_filter;
+    rocksdb_writeoptions_t *wopts;
+    rocksdb_readoptions_t *ropts;
+    char *dir;
+};
+
+typedef struct slot {
+    char *k; size_t kl;
+    char *v; size_t vl;           /* v NULL with `absent` 1: known to be absent */
+    int used, absent;
+} slot;
+
+struct state_tx {
+    state_db *db;
+    rocksdb_writebatch_wi_t *wb;
+    int dirty;
+    char *last; size_t lastlen;   /* the value state_tx_get returned last (owned) */
+    slot *cache;                  /* [CACHE_SLOTS]: committed values */
+};
+
+/* ---- the TTL compaction filter ------------------------------------------ */
+
+static unsigned char ttl_filter(void *st, int level, const char *key, size_t kl, const char *v, size_t vl,
+                                char **nv, size_t *nvl, unsigned char *changed) {
+    (void)st; (void)level; (void)key; (void)kl; (void)nv; (void)nvl;
+    *changed = 0;
+    size_t plen;
+    return vl > 0 && state_value_payload(v, vl, clock_now_ms(), &plen) == NULL;   /* 1: drop it */
+}
+static const char *ttl_filter_name(void *st) { (void)st; return "eddy.ttl"; }
+static void ttl_filter_free(void *st) { (void)st; }     /* RocksDB calls it unconditionally */
+
+/* ---- the database -------------------------------------------------------- */
+
+state_db *state_open(const char *dir, int64_t cache_bytes, char *err, size_t errlen) {
+    state_db *s = calloc(1, sizeof *s);
+    if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
+    s->dir = strdup(dir);
+    s->opts = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(s->opts, 1);
+    if (cache_bytes <= 0) cache_bytes = 64 << 20;
+    /* the block cache and the write buffers share the budget: half each */
+    s->cache = rocksdb_cache_create_lru((size_t)cache_bytes / 2);
+    s->table = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_block_cache(s->table, s->cache);
+    rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table, 1);
+    rocksdb_options_set_block_based_table_factory(s->opts, s->table);
+    size_t wb = (size_t)cache_bytes / 4;
+    if (wb < (1 << 20)) wb = 1 << 20;
+    rocksdb_options_set_write_buffer_size(s->opts, wb);
+    rocksdb_options_set_max_write_buffer_number(s->opts, 2);
+    rocksdb_options_set_max_open_files(s->opts, 256);
+    s->ttl_filter = rocksdb_compactionfilter_create(NULL, ttl_filter_free, ttl_filter, ttl_filter_name);
+    rocksdb_options_set_compaction_filter(s->opts, s->ttl_filter);
+    mkdir(dir, 0755);
+    char *e = NULL;
+    s->db = rocksdb_open(s->opts, dir, &e);
+    if (!s->db) {
+        snprintf(err, errlen, "state.dir: cannot open the state database %s: %s", dir, e ? e : "?");
+        rocksdb_free(e);
+        state_close(s);
+        return NULL;
+    }
+    s->wopts = rocksdb_writeoptions_create();
+    s->ropts = rocksdb_readoptions_create();
+    return s;
+}
+
+void state_close(state_db *s) {
+    if (!s) return;
+    if (s->db) rocksdb_close(s->db);
+    if (s->wopts) rocksdb_writeoptions_destroy(s->wopts);
+    if (s->ropts) rocksdb_readoptions_destroy(s->ropts);
+    if (s->opts) rocksdb_options_destroy(s->opts);
+    if (s->table) rocksdb_block_based_options_destroy(s->table);
+    if (s->cache) rocksdb_cache_destroy(s->cache);
+    if (s->ttl_filter) rocksdb_compactionfilter_destroy(s->ttl_filter);
+    free(s->dir);
+    free(s);
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+void state_key_free(state_key *k) { free(k->p); k->p = NULL; k->len = k->cap = 0; }
+
+static int kput(state_key *k, const void *p, size_t n) {
+    if (k->len + n > k->cap) {
+        size_t nc = k->cap ? k->cap * 2 : 128;
+        while (nc < k->len + n) nc *= 2;
+        char *np = realloc(k->p, nc);
+        if (!np) return -1;
+        k->p = np;
+        k->cap = nc;
+    }
+    memcpy(k->p + k->len, p, n);
+    k->len += n;
+    return 0;
+}
+
+static int kput_be(state_key *k, uint64_t v, int bytes) {
+    unsigned char b[8];
+    for (int i = 0; i < bytes; i++) b[i] = (unsigned char)(v >> (8 * (bytes - 1 - i)));
+    return kput(k, b, (size_t)bytes);
+}
+
+int state_key_state(state_key *k, const char *uid, uint32_t kg, const char *key, size_t klen, char kind,
+                    const char *name, size_t nlen, const char *sub, size_t sublen) {
+    k->len = 0;
+    char z = 0;
+    if (kput(k, uid, strlen(uid)) || kput(k, &z, 1) || kput_be(k, kg, 2) || kput_be(k, klen, 4) || kput(k, key, klen) ||
+        kput(k, &kind, 1) || kput(k, name, nlen))
+        return -1;
+    if (sub && (kput(k, &z, 1) || kput(k, sub, sublen))) return -1;
+    return 0;
+}
+
+int state_key_timer(state_key *k, const char *uid, uint32_t kg, char kind, int64_t ts, const char *key, size_t klen) {
+    k->len = 0;
+    char one = 1;
+    return kput(k, uid, strlen(uid)) || kput(k, &one, 1) || kput_be(k, kg, 2) || kput(k, &kind, 1) ||
+           kput_be(k, (uint64_t)ts ^ (1ULL << 63), 8) || kput_be(k, klen, 4) || kput(k, key, klen) ? -1 : 0;
+}
+
+static uint64_t get_be(const char *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v = v << 8 | (unsigned char)p[i];
+    return v;
+}
+
+int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, const char **key, size_t *klen) {
+    size_t at = uidlen + 1 + 2 + 1;
+    if (kl < at + 12 || k[uidlen] != 1) return -1;
+    *ts = (int64_t)(get_be(k + at, 8) ^ (1ULL << 63));
+    size_t n = (size_t)get_be(k + at + 8, 4);
+    if (kl != at + 12 + n) return -1;
+    *key = k + at + 12;
+    *klen = n;
+    return 0;
+}
+
+/* ---- values -------------------------------------------------------------- */
+
+size_t state_value_header(char *h, int64_t expiry_ms) {
+    if (expiry_ms <= 0) { h[0] = 0; return 1; }
+    h[0] = STATE_TTL;
+    for (int i = 0; i < 8; i++) h[1 + i] = (char)((uint64_t)expiry_ms >> (8 * (7 - i)));
+    return 9;
+}
+
+const char *state_value_payload(const char *v, size_t vl, int64_t now_ms, size_t *plen) {
+    if (vl < 1) return NULL;
+    if (v[0] & STATE_TTL) {
+        if (vl < 9) return NULL;
+        int64_t expiry = (int64_t)get_be(v + 1, 8);
+        if (now_ms >= expiry) return NULL;
+        *plen = vl - 9;
+        return v + 9;
+    }
+    *plen = vl - 1;
+    return v + 1;
+}
+
+/* ---- transactions -------------------------------------------------------- */
+
+static uint64_t hash(const char *p, size_t n) {          /* FNV-1a: a cache slot, not security */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+state_tx *state_tx_create(state_db *db) {
+    state_tx *tx = calloc(1, sizeof *tx);
+    if (!tx) return NULL;
+    tx->db = db;
+    tx->wb = rocksdb_writebatch_wi_create(0, 1);
+    tx->cache = calloc(CACHE_SLOTS, sizeof *tx->cache);
+    if (!tx->wb || !tx->cache) { state_tx_destroy(tx); return NULL; }
+    return tx;
+}
+
+static void slot_clear(slot *s) {
+    free(s->k); free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+void state_tx_destroy(state_tx *tx) {
+    if (!tx) return;
+    if (tx->wb) rocksdb_writebatch_wi_destroy(tx->wb);
+    if (tx->cache) for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+    free(tx->cache);
+    free(tx->last);
+    free(tx);
+}
+
+static slot *slot_of(state_tx *tx, const char *k, size_t kl) { return &tx->cache[hash(k, kl) % CACHE_SLOTS]; }
+
+/* Remembers a committed value (or its absence) in the cache. */
+static void remember(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {
+    if (v && vl > CACHE_VALUE_MAX) return;
+    slot *s = slot_of(tx, k, kl);
+    slot_clear(s);
+    s->k = malloc(kl ? kl : 1);
+    s->v = v ? malloc(vl ? vl : 1) : NULL;
+    if (!s->k || (v && !s->v)) { slot_clear(s); return; }
+    memcpy(s->k, k, kl);
+    s->kl = kl;
+    if (v) { memcpy(s->v, v, vl); s->vl = vl; }
+    s->absent = v == NULL;
+    s->used = 1;
+}
+
+static const char *keep_last(state_tx *tx, char *v, size_t vl, size_t *out) {
+    free(tx->last);
+    tx->last = v;
+    tx->lastlen = vl;
+    *out = vl;
+    return v;
+}
+
+const char *state_tx_get(state_tx *tx, const char *k, size_t kl, size_t *vl) {
+    slot *s = slot_of(tx, k, kl);
+    if (s->used && s->kl == kl && memcmp(s->k, k, kl) == 0) {   /* a hot key: no read at all */
+        if (s->absent) return NULL;
+        *vl = s->vl;
+        return s->v;
+    }
+    char *e = NULL;
+    size_t n = 0;
+    /* a write of this batch wins over the database (the batch is checked first) */
+    char *v = tx->dirty ? rocksdb_writebatch_wi_get_from_batch_and_db(tx->wb, tx->db->db, tx->db->ropts, k, kl, &n, &e)
+                        : rocksdb_get(tx->db->db, tx->db->ropts, k, kl, &n, &e);
+    if (e) { log_error("state: %s", e); rocksdb_free(e); return NULL; }
+    remember(tx, k, kl, v, n);
+    if (!v) return NULL;
+    char *c = malloc(n ? n : 1);
+    if (c) memcpy(c, v, n);
+    rocksdb_free(v);
+    return c ? keep_last(tx, c, n, vl) : NULL;
+}
+
+/* The cache follows every write, so it is right for the batch in progress
+ * and, once committed, for the database. */
+int state_tx_put(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {
+    rocksdb_writebatch_wi_put(tx->wb, k, kl, v, vl);
+    slot *s = slot_of(tx, k, kl);
+    if (vl <= CACHE_VALUE_MAX) remember(tx, k, kl, v, vl);
+    else if (s->used && s->kl == kl && memcmp(s->k, k, kl) == 0) slot_clear(s);
+    tx->dirty = 1;
+    return 0;
+}
+
+int state_tx_delete(state_tx *tx, const char *k, size_t kl) {
+    rocksdb_writebatch_wi_delete(tx->wb, k, kl);
+    remember(tx, k, kl, NULL, 0);
+    tx->dirty = 1;
+    return 0;
+}
+
+int state_tx_dirty(const state_tx *tx) { return tx->dirty; }
+
+static int each(rocksdb_iterator_t *it, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn,
+                void *ud) {
+    int rc = 0;
+    for (rocksdb_iter_seek(it, from, fl); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        size_t m = kl < tl ? kl : tl;
+        int c = memcmp(k, to, m);
+        if (c > 0 || (c == 0 && kl >= tl)) break;
+        const char *v = rocksdb_iter_value(it, &vl);
+        if (fn(ud, k, kl, v, vl)) break;
+    }
+    char *e = NULL;
+    rocksdb_iter_get_error(it, &e);
+    if (e) { log_error("state: %s", e); rocksdb_free(e); rc = -1; }
+    return rc;
+}
+
+int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud) {
+    rocksdb_iterator_t *base = rocksdb_create_iterator(tx->db->db, tx->db->ropts);
+    rocksdb_iterator_t *it = rocksdb_writebatch_wi_create_iterator_with_base(tx->wb, base);   /* owns base */
+    int rc = each(it, from, fl, to, tl, fn, ud);
+    rocksdb_iter_destroy(it);
+    return rc;
+}
+
+int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
+    if (!tx->dirty) return 0;
+    char *e = NULL;
+    rocksdb_write_writebatch_wi(tx->db->db, tx->db->wopts, tx->wb, &e);
+    if (e) {
+        snprintf(err, errlen, "state: writing to %s failed: %s", tx->db->dir, e);
+        rocksdb_free(e);
+        return -1;
+    }
+    rocksdb_writebatch_wi_clear(tx->wb);
+    tx->dirty = 0;
+    return 0;
+}
+
+/* ---- readers ------------------------------------------------------------- */
+
+int state_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud) {
+    const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(db->db);
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_snapshot(ro, snap);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(db->db, ro);
+    int rc = each(it, from, fl, to, tl, fn, ud);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
+    rocksdb_release_snapshot(db->db, snap);
+    return rc;
+}
+
+void state_compact(state_db *db) {
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    char *e = NULL;
+    rocksdb_flush(db->db, fo, &e);
+    if (e) { log_warn("state: flush: %s", e); rocksdb_free(e); }
+    rocksdb_flushoptions_destroy(fo);
+    rocksdb_compact_range(db->db, NULL, 0, NULL, 0);
+}
+
+static int64_t int_property(state_db *db, const char *name) {
+    char *v = rocksdb_property_value(db->db, name);
+    int64_t n = v ? atoll(v) : -1;
+    rocksdb_free(v);
+    return n;
+}
+
+int64_t state_estimate_keys(state_db *db) { return int_property(db, "rocksdb.estimate-num-keys"); }
+int64_t state_disk_bytes(state_db *db) {
+    int64_t sst = int_property(db, "rocksdb.total-sst-files-size");
+    int64_t mem = int_property(db, "rocksdb.cur-size-all-mem-tables");
+    return (sst > 0 ? sst : 0) + (mem > 0 ? mem : 0);
+}

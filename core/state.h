@@ -1,0 +1,77 @@
+/* state — keyed state on RocksDB.  One database per daemon, under
+ * state.dir/db: one write-ahead log, one block cache, and (with checkpoints)
+ * one consistent copy.  Keys are laid out so that what belongs to one
+ * operator and one key group is one contiguous range:
+ *
+ *   uid 0x00 kg(2, big-endian) keylen(4) key kind name [0x00 sub]   state
+ *   uid 0x01 kg(2) kind('e'|'p') ts(8, biased big-endian) keylen(4) key   timers
+ *
+ * so a key group moves between tasks (and, later, instances) as a range.
+ * Values start with a header: a flags byte and, with STATE_TTL, the expiry
+ * (ms since the epoch, 8 bytes); a compaction filter drops expired values,
+ * and readers never return them.  Each task writes through a state_tx: a
+ * RocksDB WriteBatchWithIndex for the batch being processed (committed
+ * atomically at its end, so readers never see half a batch) in front of a
+ * small per-task cache of values read.  Calls RocksDB, clock and log. */
+#ifndef EDDY_STATE_H
+#define EDDY_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+typedef struct state_db state_db;
+typedef struct state_tx state_tx;
+
+enum { STATE_TTL = 1 };
+#define STATE_HDR_MAX 9
+
+/* Opens (creating) the database in dir; cache_bytes bounds the block cache
+ * and the write buffers.  Owned, or NULL with err. */
+state_db *state_open(const char *dir, int64_t cache_bytes, char *err, size_t errlen);
+void state_close(state_db *db);      /* NULL is a no-op */
+
+/* ---- keys ---- */
+typedef struct state_key { char *p; size_t len, cap; } state_key;
+void state_key_free(state_key *k);
+/* uid 0x00 kg keylen key kind name [0x00 sub]; sub may be NULL.  0 or -1. */
+int state_key_state(state_key *k, const char *uid, uint32_t kg, const char *key, size_t klen, char kind,
+                    const char *name, size_t nlen, const char *sub, size_t sublen);
+/* uid 0x01 kg kind ts keylen key.  0 or -1. */
+int state_key_timer(state_key *k, const char *uid, uint32_t kg, char kind, int64_t ts, const char *key, size_t klen);
+/* Decodes a timer key: its ts and key (borrowed from k).  0, or -1 when k is not one. */
+int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, const char **key, size_t *klen);
+
+/* ---- values ---- */
+/* The payload of a stored value, or NULL when it expired at now_ms. */
+const char *state_value_payload(const char *v, size_t vl, int64_t now_ms, size_t *plen);
+/* Writes the header for expiry (0: none) into h; returns its length. */
+size_t state_value_header(char *h, int64_t expiry_ms);
+
+/* ---- a task's transaction ---- */
+state_tx *state_tx_create(state_db *db);   /* owned, or NULL */
+void state_tx_destroy(state_tx *tx);       /* drops what was not committed; NULL is a no-op */
+/* The stored value of k (header included), or NULL; borrowed until the next
+ * call on tx.  -1 in *err_out... errors are logged and read as absent. */
+const char *state_tx_get(state_tx *tx, const char *k, size_t kl, size_t *vl);
+int state_tx_put(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl);
+int state_tx_delete(state_tx *tx, const char *k, size_t kl);
+/* Calls fn for every key in [from, to) in order, through the uncommitted
+ * writes; fn returns 0 to go on, 1 to stop.  0, or -1. */
+typedef int (*state_each_fn)(void *ud, const char *k, size_t kl, const char *v, size_t vl);
+int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud);
+/* Writes the batch atomically (end of a record batch).  0, or -1 with err. */
+int state_tx_commit(state_tx *tx, char *err, size_t errlen);
+int state_tx_dirty(const state_tx *tx);   /* uncommitted writes pending */
+
+/* ---- readers (admin thread): committed data only ---- */
+/* Like state_tx_range, over what is committed (a snapshot). */
+int state_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud);
+/* Flushes memtables and compacts [from, to) (NULL: everything), so the
+ * compaction filter drops what expired. */
+void state_compact(state_db *db);
+/* RocksDB's estimate of live keys and of the disk the database uses. */
+int64_t state_estimate_keys(state_db *db);
+int64_t state_disk_bytes(state_db *db);
+
+#endif
