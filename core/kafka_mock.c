@@ -1,29 +1,189 @@
+/* kafka_mock — `eddy kafka-mock`: librdkafka's mock cluster, plus (with
+ * --port P) a bootstrap forwarder on 127.0.0.1:P.  librdkafka 2.0 picks the
+ * mock brokers' ports itself, so a fixed port is had by relaying every
+ * connection to it, byte for byte, to the first broker; clients bootstrap
+ * there and then reach the brokers at the addresses these advertise. */
 #include "kafka_mock.h"
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* bytes queued toward one side before the other side stops being read */
+#define RELAY_MAX_QUEUED (1024 * 1024)
 
 typedef struct topic_arg {
     char name[256];
     int partitions;
 } topic_arg;
 
+typedef struct relay relay;
+
+/* one accepted connection and its connection to the broker */
+typedef struct relay_pair {
+    struct bufferevent *side[2];            /* [0] the client, [1] the broker; NULL once closed */
+    relay *r;
+    struct relay_pair *prev, *next;
+} relay_pair;
+
+/* the forwarder: its listener, where it forwards to, the open pairs */
+struct relay {
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct sockaddr_storage broker;
+    int broker_len;
+    relay_pair *pairs;
+};
+
 static int usage(const char *msg, const char *arg) {
     fprintf(stderr, "eddy kafka-mock: %s%s%s\n"
-            "usage: eddy kafka-mock [--brokers N] [--topic NAME:PARTITIONS]...\n", msg, arg ? ": " : "", arg ? arg : "");
+            "usage: eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]...\n",
+            msg, arg ? ": " : "", arg ? arg : "");
     return 2;
 }
 
+/* closes both sides of p (whichever are still open) and frees it */
+static void pair_free(relay_pair *p) {
+    for (int i = 0; i < 2; i++)
+        if (p->side[i]) bufferevent_free(p->side[i]);
+    if (p->prev) p->prev->next = p->next;
+    else p->r->pairs = p->next;
+    if (p->next) p->next->prev = p->prev;
+    free(p);
+}
+
+/* moves what bev read to the other side; stops reading bev while the other
+ * side has too much queued (on_write resumes it) */
+static void on_read(struct bufferevent *bev, void *arg) {
+    relay_pair *p = arg;
+    int i = bev == p->side[1];
+    struct bufferevent *other = p->side[!i];
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (!other) { evbuffer_drain(in, evbuffer_get_length(in)); return; }
+    struct evbuffer *out = bufferevent_get_output(other);
+    evbuffer_add_buffer(out, in);
+    if (evbuffer_get_length(out) >= RELAY_MAX_QUEUED) {
+        bufferevent_disable(bev, EV_READ);
+        bufferevent_setwatermark(other, EV_WRITE, RELAY_MAX_QUEUED / 2, 0);
+    }
+}
+
+/* bev's queue ran low: read its peer again, or, when the peer has gone and
+ * bev was only flushing, close the pair once all is written */
+static void on_write(struct bufferevent *bev, void *arg) {
+    relay_pair *p = arg;
+    int i = bev == p->side[1];
+    struct bufferevent *other = p->side[!i];
+    if (!other) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) pair_free(p);
+        return;
+    }
+    bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+    bufferevent_enable(other, EV_READ);
+}
+
+/* end of file or an error on one side closes the pair; what that side sent
+ * last is still delivered to the other first */
+static void on_event(struct bufferevent *bev, short what, void *arg) {
+    relay_pair *p = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        return;
+    }
+    int i = bev == p->side[1];
+    struct bufferevent *other = p->side[!i];
+    if (!other) { pair_free(p); return; }   /* the flushing side failed too */
+    if (what & BEV_EVENT_EOF) evbuffer_add_buffer(bufferevent_get_output(other), bufferevent_get_input(bev));
+    bufferevent_free(bev);
+    p->side[i] = NULL;
+    if (evbuffer_get_length(bufferevent_get_output(other)) == 0) { pair_free(p); return; }
+    bufferevent_disable(other, EV_READ);
+    bufferevent_setwatermark(other, EV_WRITE, 0, 0);   /* on_write closes it once flushed */
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg) {
+    (void)l; (void)sa; (void)salen;
+    relay *r = arg;
+    relay_pair *p = calloc(1, sizeof *p);
+    if (!p) { evutil_closesocket(fd); return; }
+    p->r = r;
+    p->next = r->pairs;
+    if (r->pairs) r->pairs->prev = p;
+    r->pairs = p;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    p->side[0] = bufferevent_socket_new(r->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!p->side[0]) { evutil_closesocket(fd); goto err; }
+    p->side[1] = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!p->side[1]) goto err;
+    for (int i = 0; i < 2; i++) {
+        bufferevent_setcb(p->side[i], on_read, on_write, on_event, p);
+        bufferevent_enable(p->side[i], EV_READ | EV_WRITE);
+    }
+    /* what the client sends before the broker answers the connect waits in the queue */
+    if (bufferevent_socket_connect(p->side[1], (struct sockaddr *)&r->broker, r->broker_len) < 0) goto err;
+    return;
+err:
+    fprintf(stderr, "eddy kafka-mock: cannot relay a connection to the broker: %s\n",
+            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    pair_free(p);
+}
+
+/* a listening socket on 127.0.0.1:port (0: any free port), or -1 with err filled */
+static int listen_loopback(int port, char *err, size_t errlen) {
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0) { snprintf(err, errlen, "socket: %s", strerror(errno)); return -1; }
+    /* SO_REUSEADDR lets a restart take a port in TIME_WAIT; a live listener still refuses */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0) {
+        if (errno == EADDRINUSE)
+            snprintf(err, errlen, "--port %d: 127.0.0.1:%d is already in use; choose another port, or 0 for any free one",
+                     port, port);
+        else
+            snprintf(err, errlen, "--port %d: cannot listen on 127.0.0.1:%d: %s", port, port, strerror(errno));
+        goto err;
+    }
+    if (listen(fd, 128) < 0) {
+        snprintf(err, errlen, "--port %d: cannot listen on 127.0.0.1:%d: %s", port, port, strerror(errno));
+        goto err;
+    }
+    return fd;
+err:
+    close(fd);
+    return -1;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    (void)sig; (void)what;
+    event_base_loopbreak(arg);
+}
+
 int kafka_mock_main(int argc, char **argv) {
-    int brokers = 1;
+    int brokers = 1, port = -1;              /* -1: no --port */
     topic_arg *topics = calloc(argc > 0 ? argc : 1, sizeof *topics);
-    int ntopics = 0, rc = 1;
+    int ntopics = 0, rc = 1, lfd = -1;
     rd_kafka_t *rk = NULL;
     rd_kafka_mock_cluster_t *mc = NULL;
+    relay r = { 0 };
+    struct event *sig_ev[2] = { NULL, NULL };
+    char err[512];
     if (!topics) return 1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -46,24 +206,31 @@ int kafka_mock_main(int argc, char **argv) {
             topics[ntopics].partitions = (int)n;
             ntopics++;
             i++;
-        } else if (strcmp(a, "--port") == 0) {
-            /* librdkafka 2.0 gives its mock brokers ports of its own choosing */
-            rc = usage("--port is not available with this librdkafka: the mock brokers pick their ports; "
-                       "read the bootstrap servers from the first line of output", NULL);
-            goto out;
+        } else if (strcmp(a, "--port") == 0 && v) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (!*v || *end || n < 0 || n > 65535) { rc = usage("--port needs a number from 0 to 65535, got", v); goto out; }
+            port = (int)n;
+            i++;
         } else {
             rc = usage("unknown argument", a);
             goto out;
         }
     }
-    /* SIGTERM/SIGINT are waited for with sigwait: block them before any thread starts */
+    /* Block SIGTERM/SIGINT before librdkafka starts its threads, so that
+     * only this thread, which unblocks them for the event loop, takes them. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);                /* a client that hangs up is an EPIPE, not a death */
 
-    char err[512];
+    /* the port first: a taken one fails before a cluster is started */
+    if (port >= 0 && (lfd = listen_loopback(port, err, sizeof err)) < 0) {
+        fprintf(stderr, "eddy kafka-mock: %s\n", err);
+        goto out;
+    }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
@@ -77,14 +244,58 @@ int kafka_mock_main(int argc, char **argv) {
             goto out;
         }
     }
-    printf("%s\n", rd_kafka_mock_cluster_bootstraps(mc));
+    const char *boots = rd_kafka_mock_cluster_bootstraps(mc);
+
+    r.base = event_base_new();
+    if (!r.base) { fprintf(stderr, "eddy kafka-mock: cannot create the event loop\n"); goto out; }
+    for (int i = 0; i < 2; i++) {
+        sig_ev[i] = evsignal_new(r.base, i ? SIGINT : SIGTERM, on_signal, r.base);
+        if (!sig_ev[i] || event_add(sig_ev[i], NULL) < 0) {
+            fprintf(stderr, "eddy kafka-mock: cannot watch for SIGTERM/SIGINT\n");
+            goto out;
+        }
+    }
+    char listen_addr[32] = "";
+    if (lfd >= 0) {
+        char first[256];
+        size_t n = strcspn(boots, ",");
+        snprintf(first, sizeof first, "%.*s", (int)n, boots);
+        r.broker_len = sizeof r.broker;
+        if (evutil_parse_sockaddr_port(first, (struct sockaddr *)&r.broker, &r.broker_len) < 0) {
+            fprintf(stderr, "eddy kafka-mock: cannot read the first broker's address '%s'\n", first);
+            goto out;
+        }
+        struct sockaddr_in sin;
+        socklen_t slen = sizeof sin;
+        if (getsockname(lfd, (struct sockaddr *)&sin, &slen) < 0) {
+            fprintf(stderr, "eddy kafka-mock: --port %d: %s\n", port, strerror(errno));
+            goto out;
+        }
+        snprintf(listen_addr, sizeof listen_addr, "127.0.0.1:%d", ntohs(sin.sin_port));
+        /* backlog 0: the socket already listens */
+        r.listener = evconnlistener_new(r.base, on_accept, &r, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, lfd);
+        if (!r.listener) { fprintf(stderr, "eddy kafka-mock: cannot listen on %s\n", listen_addr); goto out; }
+        lfd = -1;                            /* the listener owns it now */
+    }
+    printf("%s\n", listen_addr[0] ? listen_addr : boots);
     fflush(stdout);
-    fprintf(stderr, "eddy kafka-mock: %d broker%s at %s; SIGTERM or SIGINT stops it\n", brokers,
-            brokers == 1 ? "" : "s", rd_kafka_mock_cluster_bootstraps(mc));
-    int sig;
-    sigwait(&set, &sig);
+    if (listen_addr[0])
+        fprintf(stderr, "eddy kafka-mock: %d broker%s at %s, bootstrap forwarder at %s; SIGTERM or SIGINT stops it\n",
+                brokers, brokers == 1 ? "" : "s", boots, listen_addr);
+    else
+        fprintf(stderr, "eddy kafka-mock: %d broker%s at %s; SIGTERM or SIGINT stops it\n", brokers,
+                brokers == 1 ? "" : "s", boots);
+    /* a signal that came while blocked is delivered here, to libevent's handler */
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    if (event_base_dispatch(r.base) < 0) { fprintf(stderr, "eddy kafka-mock: the event loop failed\n"); goto out; }
     rc = 0;
 out:
+    while (r.pairs) pair_free(r.pairs);
+    if (r.listener) evconnlistener_free(r.listener);
+    if (lfd >= 0) close(lfd);
+    for (int i = 0; i < 2; i++)
+        if (sig_ev[i]) event_free(sig_ev[i]);
+    if (r.base) event_base_free(r.base);
     if (mc) rd_kafka_mock_cluster_destroy(mc);
     if (rk) rd_kafka_destroy(rk);
     free(topics);

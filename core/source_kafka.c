@@ -560,8 +560,8 @@ void kpart_draining(kpart *kp, uint64_t marker) {
 }
 
 void kpart_acked(kpart *kp, uint64_t marker, int64_t position) {
-    int64_t a = atomic_load(&kp->acked);
-    while (position > a && !atomic_compare_exchange_weak(&kp->acked, &a, position)) {}
+    long long a = atomic_load(&kp->acked);
+    while (position > a && !atomic_compare_exchange_weak(&kp->acked, &a, (long long)position)) {}
     if (marker && marker == atomic_load(&kp->drain_marker)) atomic_store(&kp->drained, 1);
 }
 
