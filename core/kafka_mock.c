@@ -175,6 +175,22 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     event_base_loopbreak(arg);
 }
 
+/* SIGUSR1 takes every broker down (connections dropped, none accepted),
+ * SIGUSR2 brings them back at the same addresses: an outage to test clients
+ * against. */
+typedef struct outage { rd_kafka_mock_cluster_t *mc; int brokers; } outage;
+
+static void on_outage(evutil_socket_t sig, short what, void *arg) {
+    (void)what;
+    outage *o = arg;
+    for (int b = 1; b <= o->brokers; b++) {
+        rd_kafka_resp_err_t e = sig == SIGUSR1 ? rd_kafka_mock_broker_set_down(o->mc, b)
+                                               : rd_kafka_mock_broker_set_up(o->mc, b);
+        if (e) fprintf(stderr, "eddy kafka-mock: broker %d: %s\n", b, rd_kafka_err2str(e));
+    }
+    fprintf(stderr, "eddy kafka-mock: brokers %s\n", sig == SIGUSR1 ? "down (SIGUSR1)" : "up again (SIGUSR2)");
+}
+
 int kafka_mock_main(int argc, char **argv) {
     int brokers = 1, port = -1;              /* -1: no --port */
     topic_arg *topics = calloc(argc > 0 ? argc : 1, sizeof *topics);
@@ -182,7 +198,8 @@ int kafka_mock_main(int argc, char **argv) {
     rd_kafka_t *rk = NULL;
     rd_kafka_mock_cluster_t *mc = NULL;
     relay r = { 0 };
-    struct event *sig_ev[2] = { NULL, NULL };
+    struct event *sig_ev[4] = { NULL, NULL, NULL, NULL };
+    outage og = { 0 };
     char err[512];
     if (!topics) return 1;
     for (int i = 0; i < argc; i++) {
@@ -223,6 +240,8 @@ int kafka_mock_main(int argc, char **argv) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGUSR2);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);                /* a client that hangs up is an EPIPE, not a death */
 
@@ -252,6 +271,15 @@ int kafka_mock_main(int argc, char **argv) {
         sig_ev[i] = evsignal_new(r.base, i ? SIGINT : SIGTERM, on_signal, r.base);
         if (!sig_ev[i] || event_add(sig_ev[i], NULL) < 0) {
             fprintf(stderr, "eddy kafka-mock: cannot watch for SIGTERM/SIGINT\n");
+            goto out;
+        }
+    }
+    og.mc = mc;
+    og.brokers = brokers;
+    for (int i = 2; i < 4; i++) {
+        sig_ev[i] = evsignal_new(r.base, i == 2 ? SIGUSR1 : SIGUSR2, on_outage, &og);
+        if (!sig_ev[i] || event_add(sig_ev[i], NULL) < 0) {
+            fprintf(stderr, "eddy kafka-mock: cannot watch for SIGUSR1/SIGUSR2\n");
             goto out;
         }
     }
@@ -293,7 +321,7 @@ out:
     while (r.pairs) pair_free(r.pairs);
     if (r.listener) evconnlistener_free(r.listener);
     if (lfd >= 0) close(lfd);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 4; i++)
         if (sig_ev[i]) event_free(sig_ev[i]);
     if (r.base) event_base_free(r.base);
     if (mc) rd_kafka_mock_cluster_destroy(mc);
