@@ -12,6 +12,7 @@
 #include "kafka.h"
 #include "source_kafka.h"
 #include "acks.h"
+#include "state.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -26,6 +27,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <ftw.h>
+#include "source_file.h"
 
 #define WATCHDOG_TICK_MS 50
 #define WATCHDOG_ARM_MS 100      /* a call this long gets the instruction-count hook */
@@ -749,6 +752,113 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
     return 0;
 }
 
+/* ---- where the last run stopped ------------------------------------------ */
+
+/* state.dir/finished: the last run read all of its input, so this run is a
+ * new job over it: its keyed state and positions are dropped.  (A run that
+ * was stopped leaves positions.json instead, and the next one continues.) */
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+static void forget_finished_run(daemon_state *d) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
+    if (access(path, F_OK) != 0) return;
+    log_info("the last run read all of its input: this one starts afresh (keyed state and positions in %s dropped)",
+             d->cfg->state_dir);
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
+    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
+    unlink(sub);
+    unlink(path);
+}
+
+/* Writes path atomically: a temporary file, fsync, rename.  0 or -1. */
+static int write_durably(const char *path, const char *text) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) { unlink(tmp); return -1; }
+    return 0;
+}
+
+/* At a clean end: state.dir/finished when every file source read all of
+ * its input, else state.dir/positions.json with where each one stopped. */
+static void save_positions(daemon_state *d) {
+    int files = 0, all_ended = 1;
+    json_t *a = json_array();
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (t->source < 0 || !t->src) continue;
+        const source_info *si = &d->p->sources[t->source];
+        if (si->kind != SRC_FILE) { all_ended = 0; continue; }
+        files++;
+        if (!t->input_ended) all_ended = 0;
+        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
+            "file", si->files[t->index], "offset", (json_int_t)source_position(t->src),
+            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->io.wm, "max_ts", (json_int_t)t->io.maxts));
+    }
+    for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->kp) all_ended = 0;   /* Kafka never ends */
+    char path[PATH_MAX];
+    if (files > 0 && all_ended) {
+        snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
+        if (write_durably(path, "the last run read all of its input\n") < 0) log_warn("cannot write %s", path);
+        snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
+        unlink(path);
+    } else if (files > 0) {
+        json_t *j = json_pack("{s:o}", "sources", a);
+        a = NULL;
+        char *text = json_dumps(j, JSON_INDENT(2));
+        snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
+        if (!text || write_durably(path, text) < 0) log_error("cannot write %s: the next run reads its files again", path);
+        else log_info("stopped: the next run continues where this one stopped (%s)", path);
+        free(text);
+        json_decref(j);
+    }
+    json_decref(a);
+}
+
+/* Seeks each file source to where the last (stopped) run left it. */
+static void load_positions(daemon_state *d) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
+    if (access(path, F_OK) != 0) return;
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    json_t *a = json_object_get(j, "sources");
+    if (!json_is_array(a)) { log_warn("%s: %s: the files are read from their start", path, j ? "no sources" : je.text); }
+    size_t i;
+    json_t *e;
+    json_array_foreach(a, i, e) {
+        const char *src = json_string_value(json_object_get(e, "source"));
+        const char *file = json_string_value(json_object_get(e, "file"));
+        for (int k = 0; src && file && k < d->ntasks; k++) {
+            task *t = d->tasks[k];
+            if (t->source < 0 || !t->src) continue;
+            const source_info *si = &d->p->sources[t->source];
+            if (si->kind != SRC_FILE || strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file) != 0) continue;
+            int64_t off = json_integer_value(json_object_get(e, "offset"));
+            int64_t line = json_integer_value(json_object_get(e, "line"));
+            char err[512];
+            if (source_seek(t->src, off, line, err, sizeof err) < 0) {
+                log_warn("source '%s' %s: %s", src, file, err);
+                continue;
+            }
+            t->io.wm = json_integer_value(json_object_get(e, "watermark"));
+            t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
+            t->position = off;
+            log_info("source '%s' %s continues at byte %lld (line %lld)", src, file, (long long)off, (long long)line);
+        }
+    }
+    json_decref(j);        /* kept until the next clean end: a crash from here reads from these positions again */
+}
+
 /* ---- building ---------------------------------------------------------- */
 
 static int build_tasks(daemon_state *d, char *err, size_t errlen) {
@@ -816,6 +926,7 @@ static void daemon_free(daemon_state *d) {
     sched_destroy(d->s);
     for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
     acks_destroy(d->sh.acks);
+    state_close(d->sh.state);                      /* after the tasks: their transactions are gone */
     kgroup_destroy(d->group);                      /* its partitions' tasks are gone */
     free(d->tasks);
     for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
@@ -873,6 +984,13 @@ int daemon_run(const char *config_path) {
             fprintf(stderr, "eddy: dead_letter.file: cannot open %s: %s\n", d.cfg->dead_letter_file, strerror(errno));
             goto out;
         }
+    }
+    forget_finished_run(&d);
+    if (plan_has_keyed_state(d.p)) {
+        char dbdir[PATH_MAX];
+        snprintf(dbdir, sizeof dbdir, "%s/db", d.cfg->state_dir);
+        d.sh.state = state_open(dbdir, d.cfg->state_cache, err, sizeof err);
+        if (!d.sh.state) { fprintf(stderr, "eddy: %s\n", err); code = 1; goto out; }
     }
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);
@@ -937,6 +1055,7 @@ int daemon_run(const char *config_path) {
         if (w > 0) { log_info("stopped before Kafka answered"); code = 0; goto out; }
     }
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+    load_positions(&d);
     if (d.group) {
         if (attach_partitions(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
         d.sh.acks = acks_create(d.p, on_acked, &d);
@@ -996,6 +1115,7 @@ int daemon_run(const char *config_path) {
         code = 1;
     } else {
         code = atomic_load(&d.sh.aborting) ? 1 : 0;
+        if (!code) save_positions(&d);
         if (d.sh.poison && atomic_load(&d.sh.poison->hit)) unlink(d.poison_path);
         long in = 0;
         for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;

@@ -8,6 +8,7 @@
 #include "clock.h"
 #include "config.h"
 #include "kafka.h"
+#include "state.h"
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,6 +244,211 @@ static int l_unpack_all(lua_State *L) {
     return 1;
 }
 
+/* ---- keyed state (process, dedup) --------------------------------------- */
+
+static state_tx *tx_of(lua_State *L, task *t) {
+    if (!t->stx) luaL_error(L, "keyed state is not available here (no state store)");
+    return t->stx;
+}
+
+/* Builds the state key from the arguments uid kg key kind name [sub] at
+ * stack 1..6; sub (any scalar) is packed as MessagePack.  Stack unchanged. */
+static void key_from_args(lua_State *L, task *t, state_key *k) {
+    const char *uid = luaL_checkstring(L, 1);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    size_t klen, nlen;
+    const char *key = luaL_checklstring(L, 3, &klen);
+    const char *kind = luaL_checkstring(L, 4);
+    const char *name = luaL_checklstring(L, 5, &nlen);
+    const char *sub = NULL;
+    size_t sublen = 0;
+    if (!lua_isnoneornil(L, 6)) {
+        buf *b = &t->packbuf;
+        b->len = 0;
+        char err[256];
+        if (codec_pack(L, 6, b, err, sizeof err) < 0) luaL_error(L, "a map key: %s", err);
+        sub = b->data;
+        sublen = b->len;
+    }
+    if (state_key_state(k, uid, kg, key, klen, kind[0], name, nlen, sub, sublen) < 0) luaL_error(L, "out of memory");
+}
+
+/* state_get(uid, kg, key, kind, name[, sub]) -> value or nil.  Stack: args -> args value */
+static int l_state_get(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    state_key *k = &t->skey;
+    key_from_args(L, t, k);
+    size_t vl, pl;
+    const char *v = state_tx_get(tx, k->p, k->len, &vl);
+    const char *p = v ? state_value_payload(v, vl, clock_now_ms(), &pl) : NULL;
+    if (!p) { lua_pushnil(L); return 1; }
+    char err[256];
+    if (codec_unpack(L, p, pl, err, sizeof err) < 0) return luaL_error(L, "stored state cannot be read: %s", err);
+    return 1;
+}
+
+/* state_put(uid, kg, key, kind, name, sub, value[, ttl_ms]): a nil value deletes.  Stack unchanged. */
+static int l_state_put(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    state_key *k = &t->skey;
+    key_from_args(L, t, k);
+    if (lua_isnoneornil(L, 7)) { state_tx_delete(tx, k->p, k->len); return 0; }
+    int64_t ttl = (int64_t)luaL_optnumber(L, 8, 0);
+    buf *b = &t->statebuf;
+    b->len = 0;
+    char h[STATE_HDR_MAX];
+    size_t hl = state_value_header(h, ttl > 0 ? clock_now_ms() + ttl : 0);
+    char err[256];
+    if (buf_append(b, h, hl) < 0) return luaL_error(L, "out of memory");
+    if (codec_pack(L, 7, b, err, sizeof err) < 0) return luaL_error(L, "cannot keep this value in state: %s", err);
+    state_tx_put(tx, k->p, k->len, b->data, b->len);
+    return 0;
+}
+
+/* state_del(uid, kg, key, kind, name[, sub]).  Stack unchanged. */
+static int l_state_del(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    key_from_args(L, t, &t->skey);
+    state_tx_delete(tx, t->skey.p, t->skey.len);
+    return 0;
+}
+
+typedef struct entries_ud { lua_State *L; size_t prefix; int64_t now; int bad; } entries_ud;
+
+static int entry_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    entries_ud *e = ud;
+    size_t pl;
+    const char *p = state_value_payload(v, vl, e->now, &pl);
+    if (!p) return 0;
+    char err[128];
+    if (codec_unpack(e->L, k + e->prefix, kl - e->prefix, err, sizeof err) < 0) { e->bad = 1; return 1; }   /* t k */
+    if (codec_unpack(e->L, p, pl, err, sizeof err) < 0) { lua_pop(e->L, 1); e->bad = 1; return 1; }         /* t k v */
+    lua_rawset(e->L, -3);                                                                                     /* t */
+    return 0;
+}
+
+/* state_entries(uid, kg, key, kind, name) -> table of every sub key -> value.
+ * Stack: args -> args table */
+static int l_state_entries(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    lua_settop(L, 5);
+    state_key from = {0};
+    key_from_args(L, t, &from);
+    char z = 0;
+    if (state_key_state(&from, lua_tostring(L, 1), (uint32_t)lua_tointeger(L, 2), lua_tostring(L, 3),
+                        lua_objlen(L, 3), lua_tostring(L, 4)[0], lua_tostring(L, 5), lua_objlen(L, 5), &z, 0) < 0) {
+        state_key_free(&from);
+        return luaL_error(L, "out of memory");
+    }
+    char *to = malloc(from.len);
+    if (!to) { state_key_free(&from); return luaL_error(L, "out of memory"); }
+    memcpy(to, from.p, from.len);
+    to[from.len - 1] = 1;                      /* name 0x00 ... up to name 0x01 */
+    lua_newtable(L);                           /* args t */
+    entries_ud e = { L, from.len, clock_now_ms(), 0 };
+    int rc = state_tx_range(tx, from.p, from.len, to, from.len, entry_cb, &e);
+    free(to);
+    state_key_free(&from);
+    if (rc < 0 || e.bad) return luaL_error(L, "stored state cannot be read");
+    return 1;
+}
+
+/* timer_set(uid, kg, key, kind, ts) / timer_del(uid, kg, key, ts): a timer
+ * of the key; the same ts twice is one timer.  Stack unchanged. */
+static int l_timer_set(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    size_t klen;
+    const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen), *kind = luaL_checkstring(L, 4);
+    int64_t ts = (int64_t)luaL_checknumber(L, 5);
+    if (state_key_timer(&t->skey, uid, (uint32_t)luaL_checkinteger(L, 2), kind[0], ts, key, klen) < 0)
+        return luaL_error(L, "out of memory");
+    state_tx_put(tx, t->skey.p, t->skey.len, "", 0);
+    if (kind[0] == 'e' && ts < t->next_event_timer) t->next_event_timer = ts;
+    if (kind[0] == 'p' && ts < t->next_proc_timer) t->next_proc_timer = ts;
+    return 0;
+}
+
+static int l_timer_del(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    size_t klen;
+    const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    int64_t ts = (int64_t)luaL_checknumber(L, 4);
+    for (int i = 0; i < 2; i++) {
+        if (state_key_timer(&t->skey, uid, kg, i ? 'p' : 'e', ts, key, klen) < 0) return luaL_error(L, "out of memory");
+        state_tx_delete(tx, t->skey.p, t->skey.len);
+    }
+    return 0;
+}
+
+/* timers_due(uid, kind, upto) -> ts array, key array: this task's timers of
+ * that kind at or before upto, removed, in time order.  Stack: args -> args ts keys */
+static int l_timers_due(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    const char *uid = luaL_checkstring(L, 1), *kind = luaL_checkstring(L, 2);
+    int64_t upto = (int64_t)luaL_checknumber(L, 3);
+    int64_t *next = kind[0] == 'e' ? &t->next_event_timer : &t->next_proc_timer;
+    if (upto < *next) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
+    int n = 0;
+    state_timer *due = state_timers_due(tx, uid, kind[0], t->kgs, t->nkgs, upto, &n);
+    lua_createtable(L, n, 0);
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushnumber(L, (lua_Number)due[i].ts);
+        lua_rawseti(L, -3, i + 1);
+        lua_pushlstring(L, due[i].key, due[i].klen);
+        lua_rawseti(L, -2, i + 1);
+    }
+    state_timers_free(due, n);
+    *next = state_timers_next(tx, uid, kind[0], t->kgs, t->nkgs);
+    return 2;
+}
+
+/* keygroup(key) -> the key's key group.  Stack: key -> key kg */
+static int l_keygroup(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    size_t n;
+    const char *k = luaL_checklstring(L, 1, &n);
+    lua_pushinteger(L, keygroup_of(k, n, t->sh->cfg->max_parallelism));
+    return 1;
+}
+
+/* dedup(uid, kg, key, ts, ttl_ms) -> true when the key was not seen within
+ * ttl before ts (and ts becomes its time), false for a duplicate.  The time
+ * is event time when the record has one (ts), else processing time.  The
+ * entry is kept for ttl of processing time (then the compaction filter
+ * drops it).  Stack: args -> args bool */
+static int l_dedup(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, t);
+    size_t klen;
+    const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    int64_t ts = (int64_t)luaL_checknumber(L, 4), ttl = (int64_t)luaL_checknumber(L, 5), now = clock_now_ms();
+    if (state_key_state(&t->skey, uid, kg, key, klen, 'd', "", 0, NULL, 0) < 0) return luaL_error(L, "out of memory");
+    size_t vl, pl;
+    const char *v = state_tx_get(tx, t->skey.p, t->skey.len, &vl);
+    const char *p = v ? state_value_payload(v, vl, now, &pl) : NULL;
+    if (p && pl == 8) {
+        int64_t seen = 0;
+        for (int i = 0; i < 8; i++) seen = (int64_t)((uint64_t)seen << 8 | (unsigned char)p[i]);
+        if (ts - seen < ttl) { lua_pushboolean(L, 0); return 1; }
+    }
+    char rec[STATE_HDR_MAX + 8];
+    size_t hl = state_value_header(rec, now + ttl);
+    for (int i = 0; i < 8; i++) rec[hl + i] = (char)((uint64_t)ts >> (8 * (7 - i)));
+    state_tx_put(tx, t->skey.p, t->skey.len, rec, hl + 8);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void lua_api_push_native(lua_State *L, task *t) {
     lua_createtable(L, 0, 6);                      /* native */
     lua_pushlightuserdata(L, t);
@@ -264,6 +470,16 @@ void lua_api_push_native(lua_State *L, task *t) {
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_headers, 1);
     lua_setfield(L, -2, "headers");
+    static const struct { const char *name; lua_CFunction fn; } state_fns[] = {
+        {"state_get", l_state_get}, {"state_put", l_state_put}, {"state_del", l_state_del},
+        {"state_entries", l_state_entries}, {"timer_set", l_timer_set}, {"timer_del", l_timer_del},
+        {"timers_due", l_timers_due}, {"keygroup", l_keygroup}, {"dedup", l_dedup},
+    };
+    for (size_t i = 0; i < sizeof state_fns / sizeof state_fns[0]; i++) {
+        lua_pushlightuserdata(L, t);
+        lua_pushcclosure(L, state_fns[i].fn, 1);
+        lua_setfield(L, -2, state_fns[i].name);
+    }
 }
 
 int lua_api_flush_outputs(task *t) {

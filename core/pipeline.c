@@ -96,6 +96,7 @@ static node_kind kind_of(const char *k, int *ok) {
         {"source", NODE_SOURCE}, {"map", NODE_MAP}, {"filter", NODE_FILTER},
         {"flat_map", NODE_FLAT_MAP}, {"key_by", NODE_KEY_BY}, {"union", NODE_UNION},
         {"sink", NODE_SINK}, {"window", NODE_WINDOW}, {"side", NODE_SIDE},
+        {"process", NODE_PROCESS}, {"dedup", NODE_DEDUP},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(k, kinds[i].name) == 0) { *ok = 1; return kinds[i].kind; }
@@ -391,11 +392,13 @@ static int build_stages(plan *p, const config *cfg, char *err, size_t errlen) {
     /* keyed operators need a keyed stage */
     for (int id = 1; id <= n; id++) {
         node *nd = &p->nodes[id - 1];
-        if (nd->kind != NODE_WINDOW) continue;
+        if (nd->kind != NODE_WINDOW && nd->kind != NODE_PROCESS && nd->kind != NODE_DEDUP) continue;
         for (int s = 0; s < p->nstages; s++)
             if (nd->in_stage[s] && !p->stages[s].keyed) {
-                snprintf(err, errlen, "%s: a window needs a keyed stream: add key_by before it "
-                         "(records from source '%s' reach it unkeyed)", nd->where, p->stages[s].name);
+                snprintf(err, errlen, "%s: %s needs a keyed stream: add key_by before it "
+                         "(records from source '%s' reach it unkeyed)", nd->where,
+                         nd->kind == NODE_WINDOW ? "a window" : nd->kind == NODE_PROCESS ? "process" : "dedup",
+                         p->stages[s].name);
                 goto err;
             }
     }
@@ -533,6 +536,12 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
 }
 
 /* ---- Kafka partitions --------------------------------------------------- */
+
+int plan_has_keyed_state(const plan *p) {
+    for (int i = 0; i < p->nnodes; i++)
+        if (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP) return 1;
+    return 0;
+}
 
 int plan_has_kafka_sources(const plan *p) {
     for (int s = 0; s < p->nsources; s++) if (p->sources[s].kind == SRC_KAFKA) return 1;
@@ -709,6 +718,15 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
     }
     for (int i = 0; i < old->nnodes; i++) {
         const node *a = &old->nodes[i];
+        if (a->kind == NODE_PROCESS || a->kind == NODE_DEDUP) {
+            const node *b = find_uid(p, a->uid);
+            if ((!b || b->kind != a->kind) && !allow_dropped_state) {
+                snprintf(err, errlen, "the %s operator with uid '%s' (%s before) is gone, and its state with it; "
+                         "keep the uid, or reload with allow_dropped_state", a->kind_name, a->uid, a->where);
+                return -1;
+            }
+            continue;
+        }
         if (a->kind != NODE_WINDOW) continue;
         const node *b = find_uid(p, a->uid);
         if (!b || b->kind != NODE_WINDOW) {

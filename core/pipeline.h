@@ -12,7 +12,7 @@
 #include "config.h"
 
 typedef enum { NODE_SOURCE, NODE_MAP, NODE_FILTER, NODE_FLAT_MAP, NODE_KEY_BY,
-               NODE_UNION, NODE_SINK, NODE_WINDOW, NODE_SIDE } node_kind;
+               NODE_UNION, NODE_SINK, NODE_WINDOW, NODE_SIDE, NODE_PROCESS, NODE_DEDUP } node_kind;
 
 typedef struct node {
     int id;                 /* 1-based, as in the script */
@@ -81,6 +81,7 @@ int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, s
 /* The same partitions as a running plan (a reload keeps them).  0, or -1. */
 int plan_copy_kafka(plan *p, const plan *from);
 int plan_has_kafka_sources(const plan *p);
+int plan_has_keyed_state(const plan *p);    /* process or dedup operators: the state store opens */
 const char *node_opt(const node *n, const char *key);   /* string value or NULL */
 int node_opt_bool(const node *n, const char *key);
 

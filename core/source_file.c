@@ -83,6 +83,20 @@ void source_close(source_reader *r) {
 }
 
 int64_t source_position(const source_reader *r) { return r->offset; }
+int64_t source_line(const source_reader *r) { return r->line; }
+
+int source_seek(source_reader *r, int64_t offset, int64_t line, char *err, size_t errlen) {
+    if (r->is_stdin) { snprintf(err, errlen, "stdin cannot continue where it stopped"); return -1; }
+    if (r->csv && r->header) { snprintf(err, errlen, "a CSV file with a header is read again from its start"); return -1; }
+    off_t end = lseek(r->fd, 0, SEEK_END);
+    if (end < offset) { snprintf(err, errlen, "the file is shorter (%lld bytes) than where the last run stopped (%lld): "
+                                 "read from its start", (long long)end, (long long)offset); lseek(r->fd, 0, SEEK_SET); return -1; }
+    if (lseek(r->fd, offset, SEEK_SET) < 0) { snprintf(err, errlen, "seek: %s", strerror(errno)); return -1; }
+    r->offset = offset;
+    r->line = line;
+    r->len = r->pos = 0;
+    return 0;
+}
 
 /* Fills the buffer.  Returns bytes read, 0 when nothing is available now or
  * at end of input (r->input_ended tells which), -1 on error. */

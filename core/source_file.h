@@ -19,6 +19,11 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
  * (never for follow = true).  The last line of a file needs no newline. */
 int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen);
 int64_t source_position(const source_reader *r);   /* bytes consumed */
+int64_t source_line(const source_reader *r);       /* lines consumed */
+/* Continues a file from byte offset (line lines in), where an earlier run
+ * stopped.  0, or -1 with err (stdin, a CSV file with a header, a file
+ * shorter than offset). */
+int source_seek(source_reader *r, int64_t offset, int64_t line, char *err, size_t errlen);
 void source_close(source_reader *r);                /* NULL is a no-op */
 
 #endif

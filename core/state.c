@@ -352,3 +352,86 @@ int64_t state_disk_bytes(state_db *db) {
     int64_t mem = int_property(db, "rocksdb.cur-size-all-mem-tables");
     return (sst > 0 ? sst : 0) + (mem > 0 ? mem : 0);
 }
+
+/* ---- timers -------------------------------------------------------------- */
+
+typedef struct due { state_timer *t; int n, cap; size_t uidlen; uint32_t kg; int first_only; int64_t first; } due;
+
+static int due_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    (void)v; (void)vl;
+    due *d = ud;
+    int64_t ts;
+    const char *key;
+    size_t klen;
+    if (state_key_timer_parse(k, kl, d->uidlen, &ts, &key, &klen) < 0) return 0;
+    if (d->first_only) { if (ts < d->first) d->first = ts; return 1; }
+    if (d->n == d->cap) {
+        int nc = d->cap ? d->cap * 2 : 64;
+        state_timer *nt = realloc(d->t, sizeof *nt * nc);
+        if (!nt) return 1;
+        d->t = nt;
+        d->cap = nc;
+    }
+    state_timer *t = &d->t[d->n];
+    t->key = malloc(klen ? klen : 1);
+    if (!t->key) return 1;
+    memcpy(t->key, key, klen);
+    t->klen = klen;
+    t->ts = ts;
+    t->kg = d->kg;
+    d->n++;
+    return 0;
+}
+
+static int by_time(const void *a, const void *b) {
+    const state_timer *x = a, *y = b;
+    if (x->ts != y->ts) return x->ts < y->ts ? -1 : 1;
+    if (x->kg != y->kg) return x->kg < y->kg ? -1 : 1;
+    size_t m = x->klen < y->klen ? x->klen : y->klen;
+    int c = memcmp(x->key, y->key, m);
+    return c ? c : (x->klen < y->klen ? -1 : x->klen > y->klen);
+}
+
+state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t upto,
+                              int *n) {
+    due d = { .uidlen = strlen(uid) };
+    state_key from = {0}, to = {0};
+    for (int i = 0; i < nkgs; i++) {
+        d.kg = kgs[i];
+        if (state_key_timer(&from, uid, kgs[i], kind, INT64_MIN, "", 0) < 0) break;
+        /* everything at or before upto: up to the first key of upto + 1 */
+        int64_t end = upto == INT64_MAX ? INT64_MAX : upto + 1;
+        if (state_key_timer(&to, uid, kgs[i], kind, end, "", 0) < 0) break;
+        if (upto == INT64_MAX) { to.len -= 4 + 8; to.p[to.len - 1]++; }   /* the whole kind */
+        state_tx_range(tx, from.p, from.len - 4, to.p, to.len - 4, due_cb, &d);
+    }
+    qsort(d.t, (size_t)d.n, sizeof *d.t, by_time);
+    for (int i = 0; i < d.n; i++) {
+        if (state_key_timer(&from, uid, d.t[i].kg, kind, d.t[i].ts, d.t[i].key, d.t[i].klen) == 0)
+            state_tx_delete(tx, from.p, from.len);
+    }
+    state_key_free(&from);
+    state_key_free(&to);
+    *n = d.n;
+    return d.t;
+}
+
+void state_timers_free(state_timer *t, int n) {
+    for (int i = 0; i < n; i++) free(t[i].key);
+    free(t);
+}
+
+int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs) {
+    due d = { .uidlen = strlen(uid), .first_only = 1, .first = INT64_MAX };
+    state_key from = {0}, to = {0};
+    for (int i = 0; i < nkgs; i++) {
+        if (state_key_timer(&from, uid, kgs[i], kind, INT64_MIN, "", 0) < 0) break;
+        if (state_key_timer(&to, uid, kgs[i], kind, INT64_MAX, "", 0) < 0) break;
+        to.len -= 4 + 8;
+        to.p[to.len - 1]++;                    /* past every timer of this kind */
+        state_tx_range(tx, from.p, from.len - 4, to.p, to.len, due_cb, &d);
+    }
+    state_key_free(&from);
+    state_key_free(&to);
+    return d.first;
+}

@@ -64,6 +64,18 @@ int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, si
 int state_tx_commit(state_tx *tx, char *err, size_t errlen);
 int state_tx_dirty(const state_tx *tx);   /* uncommitted writes pending */
 
+/* ---- timers ---- */
+typedef struct state_timer { int64_t ts; char *key; size_t klen; uint32_t kg; } state_timer;
+/* The timers of kind ('e' event time, 'p' processing time) of operator uid
+ * in key groups kgs[0..nkgs) due at `upto` (ts <= upto), removed from the
+ * store (in tx) and returned in time order: an owned array of *n (free with
+ * state_timers_free), or NULL with *n = 0. */
+state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t upto,
+                              int *n);
+void state_timers_free(state_timer *t, int n);
+/* The earliest timer of that kind in those key groups, or INT64_MAX. */
+int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs);
+
 /* ---- readers (admin thread): committed data only ---- */
 /* Like state_tx_range, over what is committed (a snapshot). */
 int state_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud);
@@ -73,5 +85,12 @@ void state_compact(state_db *db);
 /* RocksDB's estimate of live keys and of the disk the database uses. */
 int64_t state_estimate_keys(state_db *db);
 int64_t state_disk_bytes(state_db *db);
+/* The named states of one key of operator uid as JSON (values, lists, and
+ * maps as objects), expired ones left out: owned, or NULL when it has none. */
+struct json_t;
+struct json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);
+/* Up to limit keys of operator uid whose key starts with prefix, as an array
+ * of {"key", "state"}: owned. */
+struct json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit);
 
 #endif

@@ -9,6 +9,7 @@
 #include "window.h"
 #include "clock.h"
 #include "kafka.h"
+#include "keygroup.h"
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,16 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
     }
+    if (st->keyed) {
+        int maxp = sh->cfg->max_parallelism;
+        t->kgs = calloc(maxp, sizeof *t->kgs);
+        if (!t->kgs) { snprintf(err, errlen, "out of memory"); goto err; }
+        for (int kg = 0; kg < maxp; kg++)
+            if (keygroup_task((uint32_t)kg, maxp, st->ntasks) == index) t->kgs[t->nkgs++] = (uint32_t)kg;
+        if (sh->state && !(t->stx = state_tx_create(sh->state))) { snprintf(err, errlen, "out of memory"); goto err; }
+    }
+    buf_init(&t->statebuf);
+    t->next_event_timer = t->next_proc_timer = INT64_MIN;   /* unknown until the first scan */
     t->io.wm = TS_NONE;
     t->io.maxts = TS_NONE;
     t->sent_wm = TS_NONE;
@@ -367,6 +378,10 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
         lua_settop(L, 0);
         return -1;
     }
+    if (t->stx && state_tx_dirty(t->stx)) {        /* the batch's state changes, at once */
+        char err[512];
+        if (state_tx_commit(t->stx, err, sizeof err) < 0) { task_fail(t, "%s", err); return -1; }
+    }
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_flush(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return -1; }
     }
@@ -398,12 +413,14 @@ static void push_all(task *t, msg_kind kind, int64_t value) {
 
 /* End of this task's input: fire what is left, flush, close sinks, tell downstream. */
 static step_result finish(task *t) {
-    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->cur.finish_ref, NULL, -1) < 0) return STEP_FAILED;
+    /* a stop (not the end of input) keeps event-time timers for the next run */
+    int stopped = t->source >= 0 ? !t->input_ended : t->stop_eos;
+    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->cur.finish_ref, NULL, stopped) < 0) return STEP_FAILED;
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
     }
     if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
-    push_all(t, CH_EOS, INT64_MAX);
+    push_all(t, CH_EOS, stopped ? EOS_STOP : INT64_MAX);
     atomic_store(&t->status, TASK_DONE);
     log_task_debug(t->name, "done: %ld records in, %ld out", (long)t->records_in, (long)t->records_out);
     return STEP_DONE;
@@ -542,7 +559,7 @@ static step_result step_source(task *t) {
         }
         return STEP_PROGRESS;
     }
-    if (eof) return finish(t);
+    if (eof) { t->input_ended = 1; return finish(t); }
     int64_t idle = t->cur.p->sources[t->source].idle_ms;
     if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle) {
         log_task_debug(t->name, "idle: no record for %lld ms", (long long)idle);
@@ -637,6 +654,7 @@ static step_result step_keyed(task *t) {
     } else if (m->kind == CH_EOS) {
         t->eos++;
         t->ended[idx] = 1;
+        if (m->value == EOS_STOP) t->stop_eos = 1;
         t->chan_idle[idx] = 0;
         t->chan_wm[idx] = WM_END;
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
@@ -689,6 +707,10 @@ void task_destroy(task *t) {
     free(t->chan_wm);
     free(t->chan_idle);
     buf_free(&t->packbuf);
+    buf_free(&t->statebuf);
+    state_key_free(&t->skey);
+    state_tx_destroy(t->stx);
+    free(t->kgs);
     pthread_mutex_destroy(&t->swap_mu);
     free(t);
 }

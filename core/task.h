@@ -16,6 +16,7 @@
 #include "ffi_api.h"
 #include "pipeline.h"
 #include "sched.h"
+#include "state.h"
 
 struct vm;
 struct sink;
@@ -26,6 +27,7 @@ enum { TASK_RUNNING = 0, TASK_DONE = 1, TASK_FAILED = 2 };
 
 #define WM_IDLE (INT64_MIN + 1)     /* a CH_WATERMARK value: the sender's input is idle */
 #define WM_END ((int64_t)1 << 62)   /* the watermark of an input that ended (+inf for Lua) */
+#define EOS_STOP 1                  /* a CH_EOS value: the input ended because eddy stops */
 
 /* What every task shares; owned by the daemon. */
 typedef struct task_shared {
@@ -41,6 +43,7 @@ typedef struct task_shared {
     struct poison *poison;      /* a record an earlier run hung on, or NULL */
     struct kafka *kafka;        /* the Kafka connection, when the pipeline or config uses Kafka */
     struct acks *acks;          /* markers for committing Kafka offsets, when there are Kafka sources */
+    state_db *state;            /* keyed state (RocksDB), when the pipeline has stateful keyed operators */
     int64_t mark_interval_ms;   /* how often a Kafka source task sends a marker */
 } task_shared;
 
@@ -107,6 +110,8 @@ typedef struct task {
     int64_t sent_wm;            /* the last watermark sent downstream as a mark */
     int idle_sent;              /* an idle mark went downstream and no record since */
     int64_t last_record_ms;     /* sources: processing time of the last record read */
+    int input_ended;            /* sources: finished at the end of the input (not by a stop) */
+    int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
     int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
     int64_t last_tick_ms;
     int rr;                     /* round-robin start */
@@ -120,6 +125,11 @@ typedef struct task {
     int source;                 /* source index, or -1 */
     batch *inbatch;             /* source tasks: the batch being read into */
     buf packbuf;                /* reused to pack shuffled values */
+    state_tx *stx;              /* keyed tasks with state: this batch's writes, committed after it */
+    uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */
+    state_key skey;             /* reused to build state keys */
+    buf statebuf;               /* reused to encode state values */
+    int64_t next_event_timer, next_proc_timer;   /* earliest timers (INT64_MAX: none), to skip scans */
 
     atomic_int status;          /* TASK_* */
     char error[2048];

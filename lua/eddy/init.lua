@@ -378,8 +378,36 @@ for _, agg in ipairs({ "count", "sum", "min", "max", "avg", "reduce", "aggregate
   end
 end
 
+-- process{ open, process, on_timer }: a keyed operator with state and
+-- timers (ctx.state, ctx.timers, ctx.emit, ctx.side).
+function Stream:process(spec)
+  if type(spec) ~= "table" then fail("process needs a table { process = fn[, open = fn][, on_timer = fn] }") end
+  for k, v in pairs(spec) do
+    if k ~= "open" and k ~= "process" and k ~= "on_timer" then
+      fail("process: unknown field '" .. tostring(k) .. "' (open, process, on_timer)")
+    end
+    if type(v) ~= "function" then fail("process: " .. tostring(k) .. " must be a function, got " .. type(v)) end
+  end
+  if not spec.process then fail("process needs a process function") end
+  local s = add(self.p, "process", { self.node.id }, { fns = { open = spec.open, process = spec.process, on_timer = spec.on_timer } })
+  return s
+end
+
+-- dedup{ ttl }: a keyed operator that drops a value whose key was seen
+-- within ttl (of event time, or processing time for records without one).
+function Stream:dedup(opts)
+  if type(opts) ~= "table" then fail("dedup needs a table { ttl = duration }") end
+  for k in pairs(opts) do
+    if k ~= "ttl" then fail("dedup: unknown option '" .. tostring(k) .. "' (ttl)") end
+  end
+  if opts.ttl == nil then fail("dedup needs a ttl") end
+  local ttl = check_duration("dedup ttl", opts.ttl)
+  local s = add(self.p, "dedup", { self.node.id }, { opts = { ttl = ttl } })
+  return s
+end
+
 -- Operators that later parts of eddy add are refused with a clear message.
-for _, op in ipairs({ "process", "dedup", "to_table", "join" }) do
+for _, op in ipairs({ "to_table", "join" }) do
   Stream[op] = function() fail(op .. " is not supported by this version of eddy") end
 end
 -- The stream of a side output: records too late for a window whose `late`

@@ -33,10 +33,12 @@ local function load_pipeline(args)
   if not eddy.is_pipeline(p) then
     error(args.script .. ": the script must end with 'return p', returning the pipeline it built", 0)
   end
-  -- a side output's inputs are the windows that send their late records to it
+  -- a side output's inputs are the windows that send their late records to
+  -- it, and the process operators before it (ctx.side(name, value))
   for _, n in ipairs(p.nodes) do
     if n.kind == "side" then
       for _, w in ipairs(p.nodes) do
+        if w.kind == "process" and w.id < n.id then n.inputs[#n.inputs + 1] = w.id end
         if w.kind == "window" and w.opts.late == n.name then
           if w.id > n.id then
             error(n.where .. ": p:side(\"" .. n.name .. "\") must come after the window that sends late records to it ("
@@ -46,8 +48,8 @@ local function load_pipeline(args)
         end
       end
       if #n.inputs == 0 then
-        error(n.where .. ": no window sends late records to side output '" .. n.name .. "' (window option late = \""
-          .. n.name .. "\")", 0)
+        error(n.where .. ": nothing sends records to side output '" .. n.name .. "': declare it after a process "
+          .. "operator, or after a window with late = \"" .. n.name .. "\"", 0)
       end
     end
   end
@@ -97,6 +99,8 @@ local function resolve_durations(n)
     if o.trigger_every then o.trigger_every_ms = duration_ms(o.trigger_every, "trigger every", n.where) end
     if o.size_ms <= 0 or o.advance_ms <= 0 then error(n.where .. ": window size and advance must be above 0", 0) end
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
+  elseif n.kind == "dedup" then
+    o.ttl_ms = duration_ms(o.ttl, "dedup ttl", n.where)
   elseif n.kind == "source" then
     if o.watermark_bound then o.bound_ms = duration_ms(o.watermark_bound, "watermark bound", n.where) end
     if o.idle then o.idle_ms = duration_ms(o.idle, "idle", n.where) end
@@ -238,6 +242,19 @@ function M.task(args)
   local windows = {}            -- { {w = handle, id = node id, advance = fn(i), tick = fn(now) or nil} }
   local build, op
   local window_op               -- builds a window operator (below)
+  local process_op              -- builds a process operator (below)
+  local cur_proc                -- the process operator being called: its ctx.state, timers, emit, side
+  local stopping = false        -- finish() at a stop: timers are kept, not fired
+  getters.state = function() return cur_proc and cur_proc.state end
+  getters.timers = function() return cur_proc and cur_proc.timers end
+  getters.emit = function() return cur_proc and cur_proc.emit end
+  getters.side = function() return cur_proc and cur_proc.side end
+  -- the key being processed and its key group: a record's, or a firing's (window, timer)
+  local function current_key()
+    if firing then return firing.key, tonumber(native.keygroup(firing.key)) end
+    local r = recs[cur]
+    return ffi_string(data + r.key_off, r.key_len), tonumber(r.kg)
+  end
   local last_tb, handler, on_error   -- the error policy (below)
 
   op = function(id)
@@ -287,6 +304,16 @@ function M.task(args)
       end
     elseif kind == "window" then
       return window_op(id)
+    elseif kind == "process" then
+      return process_op(id)
+    elseif kind == "dedup" then
+      local nxt, uid, ttl, dedup = build(id), node.uid, node.opts.ttl_ms, native.dedup
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local k, kg = current_key()
+        local t = cur_ts ~= NONE and cur_ts or tonumber(C.eddy_now_ms())
+        if dedup(uid, kg, k, t, ttl) then cout[id] = cout[id] + 1; nxt(v) end
+      end
     elseif kind == "sink" then
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
       local enc
@@ -345,6 +372,129 @@ function M.task(args)
       end
     end
     error("eddy: no runtime for operator kind " .. tostring(kind))
+  end
+
+  -- A process operator: the user's process(value, ctx) per record and
+  -- on_timer(ts, ctx) per timer, with keyed state and timers in RocksDB
+  -- (state.c) under the operator's uid, so they outlive this VM.
+  process_op = function(id)
+    local node = nodes[id]
+    local fns, uid, where = node.fns, node.uid, node.where
+    local nxt = build(id)
+    local sides = {}
+    for _, c in ipairs(children[id] or {}) do
+      if nodes[c].kind == "side" and inset[c] then sides[nodes[c].name] = op(c) end
+    end
+    local get, put, del, entries = native.state_get, native.state_put, native.state_del, native.state_entries
+    local key, kg                  -- the key being processed
+    local handles = {}
+    local function handle(kind, name, make)
+      if type(name) ~= "string" or name == "" then error("ctx.state: a state needs a name (a non-empty string)", 3) end
+      local h = handles[kind .. name]
+      if not h then h = make(); handles[kind .. name] = h end
+      return h
+    end
+    local state = {}
+    function state:value(name, o)
+      local ttl = o and o.ttl and duration_ms(o.ttl, "state ttl", where) or 0
+      return handle("v" .. ttl .. ":", name, function()
+        return {
+          get = function() return get(uid, kg, key, "v", name) end,
+          set = function(_, x) put(uid, kg, key, "v", name, nil, x, ttl) end,
+          clear = function() del(uid, kg, key, "v", name) end,
+        }
+      end)
+    end
+    function state:list(name)
+      return handle("l", name, function()
+        return {
+          add = function(_, x)
+            if x == nil then error("ctx.state list '" .. name .. "': cannot add nil", 2) end
+            local l = get(uid, kg, key, "l", name) or {}
+            l[#l + 1] = x
+            put(uid, kg, key, "l", name, nil, l)
+          end,
+          get = function() return get(uid, kg, key, "l", name) or {} end,
+          clear = function() del(uid, kg, key, "l", name) end,
+        }
+      end)
+    end
+    function state:map(name)
+      return handle("m", name, function()
+        return {
+          get = function(_, k) return get(uid, kg, key, "m", name, k) end,
+          put = function(_, k, x) put(uid, kg, key, "m", name, k, x) end,
+          remove = function(_, k) del(uid, kg, key, "m", name, k) end,
+          pairs = function() return next, entries(uid, kg, key, "m", name), nil end,
+        }
+      end)
+    end
+    local timer_set, timer_del = native.timer_set, native.timer_del
+    local function timer_at(kind, ts)
+      if not fns.on_timer then error("ctx.timers: this process operator has no on_timer to call", 3) end
+      local t = to_ms(ts)
+      if not t then error("ctx.timers: a timer needs a time in ms, got " .. tostring(ts), 3) end
+      timer_set(uid, kg, key, kind, t)
+    end
+    local timers = {
+      event = function(_, ts) timer_at("e", ts) end,
+      processing = function(_, ts) timer_at("p", ts) end,
+      delete = function(_, ts) timer_del(uid, kg, key, to_ms(ts) or ts) end,
+    }
+    local P = {
+      state = state, timers = timers,
+      emit = function(v) if v ~= nil then cout[id] = cout[id] + 1; nxt(v) end end,
+      side = function(name, v)
+        local s = sides[name]
+        if not s then error("ctx.side: no p:side(\"" .. tostring(name) .. "\") is declared after this process operator", 2) end
+        if v ~= nil then s(v) end
+      end,
+    }
+    if fns.open then
+      cur_proc = P
+      local ok, err = pcall(fns.open, ctx)
+      cur_proc = nil
+      if not ok then error(where .. ": process open failed: " .. tostring(err), 0) end
+    end
+    -- timers of one kind due at `upto`, in time order; a timer set while
+    -- firing that is due too fires in the same round
+    local due = native.timers_due
+    local function fire_due(kind, upto)
+      while true do
+        local tss, keys = due(uid, kind, upto)
+        if #tss == 0 then return end
+        for j = 1, #tss do
+          key = keys[j]
+          kg = tonumber(native.keygroup(key))
+          firing = { key = key }
+          local saved_ts = cur_ts
+          cur_ts = kind == "e" and tss[j] or NONE
+          cur_proc = P
+          tio.cur_node = id
+          last_tb = nil
+          local ok, err = xpcall(fns.on_timer, handler, tss[j], ctx)
+          cur_proc = nil
+          firing, cur_ts = nil, saved_ts
+          if not ok then on_error(err, nil) end
+        end
+      end
+    end
+    local entry = { id = id }
+    entry.advance = function() if fns.on_timer and wm ~= NONE and not stopping then fire_due("e", wm) end end
+    if fns.on_timer then
+      C.eddy_task_wants_ticks(task)
+      entry.tick = function(now) fire_due("p", now) end
+    end
+    windows[#windows + 1] = entry
+    local process = fns.process
+    return function(v)
+      tio.cur_node = id; cin[id] = cin[id] + 1
+      key, kg = current_key()
+      cur_proc = P
+      local out = process(v, ctx)
+      cur_proc = nil
+      if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+    end
   end
 
   -- A window operator.  Its state is in C (window.c) so that it outlives this
@@ -1036,6 +1186,7 @@ function M.task(args)
       cur = i
       tio.cur = i
       last_tb = nil
+      cur_proc = nil
       local r = recs[i]
       if keyed then cur_ts = tonumber(r.ts) end
       local ok, err = xpcall(process, handler, i)
@@ -1059,7 +1210,10 @@ function M.task(args)
     flush_counts()
   end
 
-  local function finish()
+  -- stopped: eddy stops (SIGTERM), the input did not end: event-time timers
+  -- stay in the store for the next run (window contents, in memory, fire)
+  local function finish(stopped)
+    stopping = stopped == 1
     wm = INF
     tio.wm = INF
     if has_windows then advance(nil) end

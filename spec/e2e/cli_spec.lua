@@ -179,9 +179,9 @@ return p
       assert.are.equal("", r.stdout)
     end)
 
-    it("refuses operators this version does not support (dedup, process, join, to_table) with exit 2", function()
+    it("refuses operators this version does not support (join, to_table) with exit 2", function()
       for _, call in ipairs({
-        ':dedup{ ttl = "1h" }', ':process{}', ':join(s, function() end)', ':to_table()',
+        ':join(s, function() end)', ':to_table()',
       }) do
         E.write(dir .. "/u.lua", [[
 local eddy = require("eddy")

@@ -209,7 +209,7 @@ p:side("too-late")
       write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
       local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " check eddy.conf.lua 2>&1")
       assert.are.equal(2, rc)
-      assert.truthy(out:find("pipeline.lua:11: no window sends late records to side output 'nobody'", 1, true), out)
+      assert.truthy(out:find("pipeline.lua:11: nothing sends records to side output 'nobody'", 1, true), out)
     end)
   end)
 
