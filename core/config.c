@@ -269,6 +269,7 @@ struct key {
 
 static int load_kafka(lua_State *, int, const key *, config *, char *, size_t);
 static int load_embedded(lua_State *, int, const key *, config *, char *, size_t);
+static int load_rocksdb(lua_State *, int, const key *, config *, char *, size_t);
 static int load_topics(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sources(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sinks(lua_State *, int, const key *, config *, char *, size_t);
@@ -293,6 +294,7 @@ static const key SCHEMA[] = {
     SECTION("state"),
     PATH("state.dir",                         state_dir),                  /* default: finish() */
     SIZE("state.cache",              "64MB",  state_cache, 0),
+    CUSTOM("state.rocksdb",                   load_rocksdb),
     SECTION("checkpoint"),
     DURATION("checkpoint.interval",  "10s",   checkpoint_interval_ms, 1),
     INT("checkpoint.retain",         "3",     checkpoint_retain, 1, 1000),
@@ -647,6 +649,31 @@ static int load_kafka(lua_State *L, int idx, const key *k, config *c, char *err,
     }
     if (c->kafka.n > 1)
         qsort(c->kafka.items, (size_t)c->kafka.n, sizeof(opt), opt_cmp);
+    return 0;
+err:
+    lua_settop(L, top);
+    return -1;
+}
+
+/* state.rocksdb = { max_background_jobs = 4, ... }: RocksDB options by
+ * their names in RocksDB's options string format, passed through. */
+static int load_rocksdb(lua_State *L, int idx, const key *k, config *c, char *err, size_t n)
+{
+    char path[256], d[128];
+    int top = lua_gettop(L);
+    if (!lua_istable(L, idx))
+        return fail(err, n, "%s: expected a table of RocksDB options, e.g. { max_background_jobs = 4 }, got %s", k->path,
+                    describe(L, idx, LUA_TTABLE, d, sizeof d));
+    lua_pushnil(L);                                   /* ... nil */
+    while (lua_next(L, idx)) {                        /* ... key value */
+        child_path(path, sizeof path, k->path, L, -2);
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            fail(err, n, "%s: expected a RocksDB option name", path);
+            goto err;
+        }
+        if (opt_add_lua(L, -2, -1, path, &c->state_rocksdb, NULL, err, n) < 0) goto err;
+        lua_pop(L, 1);                                /* ... key */
+    }
     return 0;
 err:
     lua_settop(L, top);
@@ -1199,6 +1226,7 @@ void config_destroy(config *c)
     free(c->state_dir);
     opt_list_free(&c->kafka);
     opt_list_free(&c->kafka_embedded_topics);
+    opt_list_free(&c->state_rocksdb);
     groups_free(c->sources, c->nsources);
     groups_free(c->sinks, c->nsinks);
     free(c->admin_listen);

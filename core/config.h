@@ -47,6 +47,7 @@ typedef struct config {
     int guarantee;           /* GUARANTEE_* ; default at_least_once */
     char *state_dir;         /* absolute; default <dir>/state/<name> */
     int64_t state_cache;     /* bytes; default 64MB */
+    opt_list state_rocksdb;  /* RocksDB options passed through (state.rocksdb) */
     int64_t checkpoint_interval_ms;   /* default 10000 */
     int checkpoint_retain;            /* default 3 */
     opt_list kafka;          /* librdkafka properties, passed through (not `embedded`) */

@@ -13,10 +13,12 @@
 #include "source_kafka.h"
 #include "acks.h"
 #include "state.h"
+#include "keygroup.h"
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
 #include <jansson.h>
 #include <libgen.h>
@@ -304,9 +306,63 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
 
 /* GET /explain/UID: why the oldest open window of operator UID has not
  * fired, per task that runs it. */
+static json_t *error_json(int *http_status, int code, const char *msg) {
+    *http_status = code;
+    return json_pack("{s:s}", "error", msg);
+}
+
+/* GET /state/UID/KEY: the named states of one key; GET /state/UID?prefix=&limit=:
+ * keys and their states.  Read from committed batches only. */
+static json_t *h_state(daemon_state *d, const char *path, const char *query, int *http_status) {
+    const char *rest = path + 7;                       /* after "/state/" */
+    const char *slash = strchr(rest, '/');
+    char uidraw[512];
+    snprintf(uidraw, sizeof uidraw, "%.*s", (int)(slash ? (size_t)(slash - rest) : strlen(rest)), rest);
+    char *uid = evhttp_uridecode(uidraw, 0, NULL);
+    json_t *out = NULL;
+    const plan *p = d->plans[d->nplans - 1];
+    const node *op = NULL;
+    for (int i = 0; uid && i < p->nnodes; i++)
+        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) op = &p->nodes[i];
+    if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
+    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP) || !d->sh.state) {
+        out = error_json(http_status, 404, "no process or dedup operator with that uid runs here");
+        goto done;
+    }
+    if (slash) {
+        size_t klen = 0;
+        char *key = evhttp_uridecode(slash + 1, 0, &klen);
+        if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
+        uint32_t kg = keygroup_of(key, klen, d->cfg->max_parallelism);
+        out = state_key_json(d->sh.state, uid, kg, key, klen);
+        free(key);
+        if (!out) out = error_json(http_status, 404, "that key has no state");
+        goto done;
+    }
+    struct evkeyvalq q;
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    if (query && evhttp_parse_query_str(query, &q) < 0) { out = error_json(http_status, 400, "a malformed query"); goto done; }
+    const char *prefix = evhttp_find_header(&q, "prefix"), *lim = evhttp_find_header(&q, "limit");
+    char *end = NULL;
+    long limit = lim ? strtol(lim, &end, 10) : 100;
+    for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
+        if (strcmp(kv->key, "prefix") != 0 && strcmp(kv->key, "limit") != 0) limit = -1;
+    if ((lim && (*end || end == lim)) || limit < 1 || limit > 100000) {
+        evhttp_clear_headers(&q);
+        out = error_json(http_status, 400, "limit must be a number from 1 to 100000 (and prefix and limit the only parameters)");
+        goto done;
+    }
+    out = state_scan_json(d->sh.state, uid, prefix ? prefix : "", prefix ? strlen(prefix) : 0, (int)limit);
+    evhttp_clear_headers(&q);
+done:
+    free(uid);
+    return out;
+}
+
 static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status) {
     daemon_state *d = ud;
-    (void)query;
+    if (strncmp(path, "/state/", 7) == 0) return h_state(d, path, query, http_status);
     if (strncmp(path, "/explain/", 9) != 0) { *http_status = 404; return NULL; }
     char *uid = evhttp_uridecode(path + 9, 0, NULL);
     json_t *tasks = json_array();
@@ -802,7 +858,7 @@ static void save_positions(daemon_state *d) {
         if (!t->input_ended) all_ended = 0;
         json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
             "file", si->files[t->index], "offset", (json_int_t)source_position(t->src),
-            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->io.wm, "max_ts", (json_int_t)t->io.maxts));
+            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->wm_at_end, "max_ts", (json_int_t)t->io.maxts));
     }
     for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->kp) all_ended = 0;   /* Kafka never ends */
     char path[PATH_MAX];
@@ -989,8 +1045,12 @@ int daemon_run(const char *config_path) {
     if (plan_has_keyed_state(d.p)) {
         char dbdir[PATH_MAX];
         snprintf(dbdir, sizeof dbdir, "%s/db", d.cfg->state_dir);
-        d.sh.state = state_open(dbdir, d.cfg->state_cache, err, sizeof err);
-        if (!d.sh.state) { fprintf(stderr, "eddy: %s\n", err); code = 1; goto out; }
+        d.sh.state = state_open(dbdir, d.cfg->state_cache, &d.cfg->state_rocksdb, err, sizeof err);
+        if (!d.sh.state) {
+            fprintf(stderr, "eddy: %s\n", err);
+            code = strncmp(err, "state.rocksdb.", 14) == 0 ? 2 : 1;     /* a bad option is the config's fault */
+            goto out;
+        }
     }
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);

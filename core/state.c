@@ -2,6 +2,8 @@
 #include "clock.h"
 #include "log.h"
 #include <rocksdb/c.h>
+#include <jansson.h>
+#include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +51,7 @@ static void ttl_filter_free(void *st) { (void)st; }     /* RocksDB calls it unco
 
 /* ---- the database -------------------------------------------------------- */
 
-state_db *state_open(const char *dir, int64_t cache_bytes, char *err, size_t errlen) {
+state_db *state_open(const char *dir, int64_t cache_bytes, const opt_list *rocksdb_opts, char *err, size_t errlen) {
     state_db *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
     s->dir = strdup(dir);
@@ -69,8 +71,25 @@ state_db *state_open(const char *dir, int64_t cache_bytes, char *err, size_t err
     rocksdb_options_set_max_open_files(s->opts, 256);
     s->ttl_filter = rocksdb_compactionfilter_create(NULL, ttl_filter_free, ttl_filter, ttl_filter_name);
     rocksdb_options_set_compaction_filter(s->opts, s->ttl_filter);
-    mkdir(dir, 0755);
     char *e = NULL;
+    /* the config's state.rocksdb options, over these defaults */
+    for (int i = 0; rocksdb_opts && i < rocksdb_opts->n; i++) {
+        const opt *o = &rocksdb_opts->items[i];
+        char one[1024];
+        snprintf(one, sizeof one, "%s=%s", o->key, o->s ? o->s : "");
+        rocksdb_options_t *n = rocksdb_options_create();
+        rocksdb_get_options_from_string(s->opts, one, n, &e);
+        if (e) {
+            snprintf(err, errlen, "state.rocksdb.%s: %s", o->key, e);
+            rocksdb_free(e);
+            rocksdb_options_destroy(n);
+            state_close(s);
+            return NULL;
+        }
+        rocksdb_options_destroy(s->opts);
+        s->opts = n;
+    }
+    mkdir(dir, 0755);
     s->db = rocksdb_open(s->opts, dir, &e);
     if (!s->db) {
         snprintf(err, errlen, "state.dir: cannot open the state database %s: %s", dir, e ? e : "?");
@@ -434,4 +453,162 @@ int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32
     state_key_free(&from);
     state_key_free(&to);
     return d.first;
+}
+
+/* ---- JSON for the admin API ---------------------------------------------- */
+
+static json_t *mp_json(const msgpack_object *o) {
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return json_null();
+    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return json_real(o->via.f64);
+    case MSGPACK_OBJECT_STR: return json_stringn(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_BIN: return json_stringn(o->via.bin.ptr, o->via.bin.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; i < o->via.array.size; i++) json_array_append_new(a, mp_json(&o->via.array.ptr[i]));
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            json_t *k = mp_json(&o->via.map.ptr[i].key);
+            char num[64];
+            const char *ks = json_string_value(k);
+            if (!ks) {                      /* a number or boolean key: its text */
+                char *d = json_dumps(k, JSON_ENCODE_ANY);
+                snprintf(num, sizeof num, "%s", d ? d : "?");
+                free(d);
+                ks = num;
+            }
+            json_object_set_new(m, ks, mp_json(&o->via.map.ptr[i].val));
+            json_decref(k);
+        }
+        return m;
+    }
+    default: return json_null();
+    }
+}
+
+static json_t *bytes_json(const char *p, size_t n) {
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    json_t *j = msgpack_unpack_next(&u, p, n, NULL) == MSGPACK_UNPACK_SUCCESS ? mp_json(&u.data) : json_null();
+    msgpack_unpacked_destroy(&u);
+    return j;
+}
+
+/* Adds one state entry (after its key prefix: kind name [0x00 sub]) to obj. */
+static void add_entry(json_t *obj, const char *rest, size_t rl, const char *v, size_t vl, int64_t now) {
+    size_t pl;
+    const char *p = state_value_payload(v, vl, now, &pl);
+    if (!p || rl < 1) return;
+    char kind = rest[0];
+    const char *name = rest + 1;
+    size_t nl = rl - 1;
+    const char *sub = memchr(name, 0, nl);
+    if (kind == 'd') {                      /* dedup: when the key was last let through */
+        int64_t ts = 0;
+        for (size_t i = 0; i < 8 && i < pl; i++) ts = (int64_t)((uint64_t)ts << 8 | (unsigned char)p[i]);
+        json_object_set_new(obj, "seen_at", json_integer(ts));
+        return;
+    }
+    char nm[512];
+    size_t n = sub ? (size_t)(sub - name) : nl;
+    snprintf(nm, sizeof nm, "%.*s", (int)n, name);
+    if (kind == 'm' && sub) {
+        json_t *m = json_object_get(obj, nm);
+        if (!m) { m = json_object(); json_object_set_new(obj, nm, m); }
+        json_t *k = bytes_json(sub + 1, nl - n - 1);
+        char buf[64];
+        const char *ks = json_string_value(k);
+        if (!ks) {
+            char *d = json_dumps(k, JSON_ENCODE_ANY);
+            snprintf(buf, sizeof buf, "%s", d ? d : "?");
+            free(d);
+            ks = buf;
+        }
+        json_object_set_new(m, ks, bytes_json(p, pl));
+        json_decref(k);
+    } else if (kind == 'v' || kind == 'l') {
+        json_object_set_new(obj, nm, bytes_json(p, pl));
+    }
+}
+
+typedef struct key_walk { json_t *obj; size_t prefix; int64_t now; } key_walk;
+
+static int key_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    key_walk *w = ud;
+    add_entry(w->obj, k + w->prefix, kl - w->prefix, v, vl, w->now);
+    return 0;
+}
+
+json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen) {
+    state_key from = {0};
+    if (state_key_state(&from, uid, kg, key, klen, 0, "", 0, NULL, 0) < 0) return NULL;
+    from.len--;                             /* up to the key: every kind and name */
+    char *to = malloc(from.len + 1);
+    if (!to) { state_key_free(&from); return NULL; }
+    memcpy(to, from.p, from.len);
+    to[from.len] = (char)0xff;
+    key_walk w = { json_object(), from.len, clock_now_ms() };
+    state_range(db, from.p, from.len, to, from.len + 1, key_cb, &w);
+    free(to);
+    state_key_free(&from);
+    if (json_object_size(w.obj) == 0) { json_decref(w.obj); return NULL; }
+    return w.obj;
+}
+
+typedef struct scan_walk {
+    json_t *out, *cur;
+    char *curkey; size_t curlen;
+    const char *prefix; size_t plen;
+    size_t uidlen;
+    int limit;
+    int64_t now;
+} scan_walk;
+
+static int scan_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    scan_walk *w = ud;
+    size_t at = w->uidlen + 1 + 2;
+    if (kl < at + 4) return 0;
+    size_t klen = (size_t)get_be(k + at, 4);
+    if (kl < at + 4 + klen + 1) return 0;
+    const char *key = k + at + 4;
+    if (klen < w->plen || memcmp(key, w->prefix, w->plen) != 0) return 0;
+    if (!w->cur || w->curlen != klen || memcmp(w->curkey, key, klen) != 0) {
+        if (w->cur && json_object_size(w->cur) == 0) json_array_remove(w->out, json_array_size(w->out) - 1);
+        if ((int)json_array_size(w->out) >= w->limit) return 1;
+        free(w->curkey);
+        w->curkey = malloc(klen ? klen : 1);
+        if (!w->curkey) return 1;
+        memcpy(w->curkey, key, klen);
+        w->curlen = klen;
+        w->cur = json_object();
+        json_array_append_new(w->out, json_pack("{s:s%, s:o}", "key", key, klen, "state", w->cur));
+    }
+    add_entry(w->cur, key + klen, kl - (at + 4 + klen), v, vl, w->now);
+    return 0;
+}
+
+json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit) {
+    size_t ul = strlen(uid);
+    char *from = malloc(ul + 2);
+    if (!from) return json_array();
+    memcpy(from, uid, ul);
+    from[ul] = 0;
+    char *to = malloc(ul + 1);
+    if (!to) { free(from); return json_array(); }
+    memcpy(to, uid, ul);
+    to[ul] = 1;                             /* the whole state range of the uid (timers start at uid 0x01) */
+    scan_walk w = { json_array(), NULL, NULL, 0, prefix, plen, ul, limit, clock_now_ms() };
+    state_range(db, from, ul + 1, to, ul + 1, scan_cb, &w);
+    if (w.cur && json_object_size(w.cur) == 0) json_array_remove(w.out, json_array_size(w.out) - 1);
+    free(w.curkey);
+    free(from);
+    free(to);
+    return w.out;
 }

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
 #include "config.h"
 
 typedef struct state_db state_db;
@@ -27,8 +28,10 @@ enum { STATE_TTL = 1 };
 #define STATE_HDR_MAX 9
 
 /* Opens (creating) the database in dir; cache_bytes bounds the block cache
- * and the write buffers.  Owned, or NULL with err. */
-state_db *state_open(const char *dir, int64_t cache_bytes, char *err, size_t errlen);
+ * and the write buffers; rocksdb_opts (state.rocksdb, may be NULL) are
+ * RocksDB options by name, applied over eddy's.  Owned, or NULL with err
+ * naming the option at fault. */
+state_db *state_open(const char *dir, int64_t cache_bytes, const opt_list *rocksdb_opts, char *err, size_t errlen);
 void state_close(state_db *db);      /* NULL is a no-op */
 
 /* ---- keys ---- */
@@ -87,10 +90,9 @@ int64_t state_estimate_keys(state_db *db);
 int64_t state_disk_bytes(state_db *db);
 /* The named states of one key of operator uid as JSON (values, lists, and
  * maps as objects), expired ones left out: owned, or NULL when it has none. */
-struct json_t;
-struct json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);
+json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);
 /* Up to limit keys of operator uid whose key starts with prefix, as an array
  * of {"key", "state"}: owned. */
-struct json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit);
+json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit);
 
 #endif

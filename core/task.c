@@ -415,6 +415,7 @@ static void push_all(task *t, msg_kind kind, int64_t value) {
 static step_result finish(task *t) {
     /* a stop (not the end of input) keeps event-time timers for the next run */
     int stopped = t->source >= 0 ? !t->input_ended : t->stop_eos;
+    t->wm_at_end = t->io.wm;                        /* finish makes it +inf */
     if (!atomic_load(&t->sh->aborting) && call_lua(t, t->cur.finish_ref, NULL, stopped) < 0) return STEP_FAILED;
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }

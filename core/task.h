@@ -112,6 +112,7 @@ typedef struct task {
     int64_t last_record_ms;     /* sources: processing time of the last record read */
     int input_ended;            /* sources: finished at the end of the input (not by a stop) */
     int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
+    int64_t wm_at_end;          /* the watermark before finish made it +inf */
     int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
     int64_t last_tick_ms;
     int rr;                     /* round-robin start */

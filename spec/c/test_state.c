@@ -16,7 +16,7 @@ static state_db *open_fresh(void) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) return NULL;
     char err[512];
-    state_db *db = state_open(dir, 8 << 20, err, sizeof err);
+    state_db *db = state_open(dir, 8 << 20, NULL, err, sizeof err);
     if (!db) printf("  %s\n", err);
     return db;
 }
