@@ -94,14 +94,15 @@ row() {
             printf "%s\t%.0f\t%.1f\t%.2fx\t%s", n, r / w, m / 1024, b / w, note }')")
 }
 
-# baseline NAME: runs scripts/bench/baseline.lua over the input; its wall
-# time and line count become the reference for the rows that follow.
+# baseline NAME [SCRIPT]: runs SCRIPT (default scripts/bench/baseline.lua)
+# over the input; its wall time and line count become the reference for the
+# rows that follow.
 baseline() {
-    local name=$1
+    local name=$1 script=${2:-$ROOT/scripts/bench/baseline.lua}
     dir=$OUT/$name-baseline
     rm -rf "$dir" && mkdir -p "$dir"
     base_wall="" base_lines=""
-    measure "$dir" luajit "$ROOT/scripts/bench/baseline.lua" "$INPUT"/part-*.jsonl "$dir/out.jsonl"
+    measure "$dir" luajit "$script" "$INPUT"/part-*.jsonl "$dir/out.jsonl"
     local lines
     lines=$(wc -l 2>/dev/null < "$dir/out.jsonl" || echo 0)
     row "$name/baseline" "$lines"
@@ -139,6 +140,14 @@ bench_stateless() {
     baseline stateless
     eddy_run stateless 1
     eddy_run stateless 2
+}
+
+# state: a running total per user in value state (RocksDB), against the same
+# totals in a Lua table.
+bench_state() {
+    baseline state "$ROOT/scripts/bench/state/baseline.lua"
+    eddy_run state 1
+    eddy_run state 2
 }
 
 # reload: 50 hot reloads of a 4-task pipeline under load; the pause each

@@ -1,0 +1,27 @@
+-- The ceiling for the keyed state benchmark: the same running totals in a
+-- plain Lua table (in memory, nothing durable), with lua-cjson.
+--
+--   luajit scripts/bench/state/baseline.lua INPUT... OUTPUT
+local cjson = require("cjson")
+local decode, encode = cjson.decode, cjson.encode
+
+local nargs = select("#", ...)
+if nargs < 2 then
+  io.stderr:write("usage: luajit scripts/bench/state/baseline.lua INPUT... OUTPUT\n")
+  os.exit(2)
+end
+local inputs = { ... }
+local out = assert(io.open(inputs[nargs], "wb"))
+inputs[nargs] = nil
+out:setvbuf("full", 1024 * 1024)
+
+local totals = {}
+for _, path in ipairs(inputs) do
+  for line in io.lines(path) do
+    local v = decode(line)
+    local t = (totals[v.user] or 0) + v.amount
+    totals[v.user] = t
+    out:write(encode({ user = v.user, total = t }), "\n")
+  end
+end
+out:close()
