@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define CACHE_SLOTS 4096          /* per task: values read, by hash of the key */
+#define CACHE_SLOTS 16384         /* per task: values read, by hash of the key */
 #define CACHE_VALUE_MAX 4096      /* larger values are not cached */
 
 struct state_db {
