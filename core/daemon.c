@@ -325,8 +325,8 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
     for (int i = 0; uid && i < p->nnodes; i++)
         if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) op = &p->nodes[i];
     if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
-    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP) || !d->sh.state) {
-        out = error_json(http_status, 404, "no process or dedup operator with that uid runs here");
+    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN) || !d->sh.state) {
+        out = error_json(http_status, 404, "no process, dedup or join operator with that uid runs here");
         goto done;
     }
     if (slash) {

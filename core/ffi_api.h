@@ -128,6 +128,7 @@ void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 /* FFI-END */
 
 enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2, EDDY_REC_EMPTY_ARRAY = 4,
-       EDDY_REC_KEY = 8 /* a Kafka record with a key (an empty one included) */ };
+       EDDY_REC_KEY = 8 /* a Kafka record with a key (an empty one included) */,
+       EDDY_REC_TOMBSTONE = 16 /* a Kafka message without a value */ };
 
 #endif

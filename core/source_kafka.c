@@ -634,6 +634,7 @@ int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, cha
             } else {
                 r = batch_add(b, m->key, m->key ? m->key_len : 0, m->payload ? m->payload : "", m->len);
                 if (r && m->key) r->flags = EDDY_REC_KEY;
+                if (r && !m->payload) r->flags |= EDDY_REC_TOMBSTONE;
             }
             if (!r) { snprintf(err, errlen, "out of memory"); total = -1; goto drop; }
             rd_kafka_timestamp_type_t tt;

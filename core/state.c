@@ -533,7 +533,7 @@ static void add_entry(json_t *obj, const char *rest, size_t rl, const char *v, s
         }
         json_object_set_new(m, ks, bytes_json(p, pl));
         json_decref(k);
-    } else if (kind == 'v' || kind == 'l') {
+    } else if (kind == 'v' || kind == 'l' || kind == 't') {     /* values, lists, a join's table row */
         json_object_set_new(obj, nm, bytes_json(p, pl));
     }
 }

@@ -19,6 +19,8 @@ local Pipeline = {}
 Pipeline.__index = Pipeline
 local Stream = {}
 Stream.__index = Stream
+local Table = {}
+Table.__index = Table
 
 local FORMATS_IN = { json = true, lines = true, raw = true, csv = true }
 local FORMATS_OUT = { json = true, lines = true, raw = true }
@@ -406,9 +408,36 @@ function Stream:dedup(opts)
   return s
 end
 
--- Operators that later parts of eddy add are refused with a clear message.
-for _, op in ipairs({ "to_table", "join" }) do
-  Stream[op] = function() fail(op .. " is not supported by this version of eddy") end
+-- A table: the latest value per key of a changelog.  stream:to_table() on
+-- a keyed stream; p:table(name, source options) reads a topic or a file.
+function Stream:to_table()
+  return setmetatable({ p = self.p, node = self.node }, Table)
+end
+
+-- stream:join(table, fn(left, right, ctx), { type = "inner" | "left" }):
+-- each record of the keyed stream joins the table's row for its key as it
+-- is when the record is processed (right is nil on a left-join miss).
+function Stream:join(other, fn, opts)
+  check_fn("join", fn)
+  opts = opts or {}
+  if type(opts) ~= "table" then fail("join options must be a table") end
+  if getmetatable(other) == Stream then
+    fail("a join of two streams (within, before/after) is not supported by this version of eddy")
+  end
+  if getmetatable(other) ~= Table or other.p ~= self.p then
+    fail("join needs a table of the same pipeline (p:table(...) or stream:to_table())")
+  end
+  if other.global then fail("a join with a global table is not supported by this version of eddy") end
+  for k in pairs(opts) do
+    if k == "as_of" or k == "retention" then fail("a temporal join (as_of) is not supported by this version of eddy") end
+    if k ~= "type" then fail("join: unknown option '" .. tostring(k) .. "' (type)") end
+  end
+  local jtype = opts.type or "inner"
+  if jtype ~= "inner" and jtype ~= "left" then
+    fail("join: type must be \"inner\" or \"left\" for a stream-table join, got " .. tostring(jtype))
+  end
+  local s = add(self.p, "join", { self.node.id, other.node.id }, { fn = fn, opts = { type = jtype } })
+  return s
 end
 -- The stream of a side output: records too late for a window whose `late`
 -- option names it.  Declare it after that window.
@@ -418,8 +447,25 @@ function Pipeline:side(name)
   return s
 end
 
-for _, op in ipairs({ "table", "global_table" }) do
-  Pipeline[op] = function() fail(op .. " is not supported by this version of eddy") end
+-- p:table(name, opts): a source read as a changelog; opts are a source's,
+-- and its key (the `key` option, or a Kafka message's key) is the table's.
+-- A Kafka tombstone deletes the key's row.
+function Pipeline:table(name, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then fail("table '" .. tostring(name) .. "': options must be a table") end
+  if opts.key == nil and not opts.kafka then
+    fail("table '" .. tostring(name) .. "' needs a key option (a field name or a function)")
+  end
+  local s = self:source(name, opts)
+  s.node.where = where()
+  local k = add(self, "key_by", { s.node.id }, {
+    key = function(_, ctx) return ctx.key end, opts = { table_key = true } })
+  k.node.where = where()
+  return setmetatable({ p = self, node = k.node, name = name }, Table)
+end
+
+function Pipeline:global_table()
+  fail("global_table is not supported by this version of eddy")
 end
 
 return M

@@ -257,7 +257,7 @@ function M.task(args)
   end
   local last_tb, handler, on_error   -- the error policy (below)
 
-  op = function(id)
+  op = function(id, parent)
     local node = nodes[id]
     local kind, fn = node.kind, node.fn
     if kind == "map" then
@@ -306,6 +306,26 @@ function M.task(args)
       return window_op(id)
     elseif kind == "process" then
       return process_op(id)
+    elseif kind == "join" then
+      -- stream-table: the table's side keeps the latest row per key (a nil
+      -- value, a Kafka tombstone, deletes it); the stream's side joins it
+      local nxt, uid, inner = build(id), node.uid, node.opts.type ~= "left"
+      local get, put, del = native.state_get, native.state_put, native.state_del
+      if parent == node.inputs[2] and parent ~= node.inputs[1] then
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          local k, kg = current_key()
+          if v == nil or v == cjson.null then del(uid, kg, k, "t", "row") else put(uid, kg, k, "t", "row", nil, v) end
+        end
+      end
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local k, kg = current_key()
+        local right = get(uid, kg, k, "t", "row")
+        if right == nil and inner then return end
+        local out = fn(v, right, ctx)
+        if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+      end
     elseif kind == "dedup" then
       local nxt, uid, ttl, dedup = build(id), node.uid, node.opts.ttl_ms, native.dedup
       return function(v)
@@ -956,7 +976,7 @@ function M.task(args)
   build = function(id)
     local fns = {}
     for _, c in ipairs(children[id] or {}) do
-      if inset[c] and nodes[c].kind ~= "side" then fns[#fns + 1] = op(c) end
+      if inset[c] and nodes[c].kind ~= "side" then fns[#fns + 1] = op(c, id) end
     end
     if #fns == 0 then return function() end end
     if #fns == 1 then return fns[1] end
@@ -995,7 +1015,7 @@ function M.task(args)
     else decode = function(s) return s end end
     local is_kafka = false
     for _, s in ipairs(args.sources) do if s.name == src.name and s.kafka then is_kafka = true end end
-    local REC_KEY = effi.REC_KEY
+    local REC_KEY, TOMBSTONE = effi.REC_KEY, effi.REC_TOMBSTONE
     local stamp
     if tsopt == "kafka" then
       stamp = function()
@@ -1029,6 +1049,7 @@ function M.task(args)
       local v
       local flags = r.flags
       if band(flags, effi.REC_PACKED) ~= 0 then v = unpack_value(i)
+      elseif band(flags, TOMBSTONE) ~= 0 then v = fmt == "json" and cjson.null or ""   -- a Kafka message without a value
       else
         tio.cur_node = DECODING
         -- cjson cannot tell [] from {}: the reader flagged lines with an

@@ -179,9 +179,9 @@ return p
       assert.are.equal("", r.stdout)
     end)
 
-    it("refuses operators this version does not support (join, to_table) with exit 2", function()
+    it("refuses what this version does not support (a stream-stream join, a temporal join) with exit 2", function()
       for _, call in ipairs({
-        ':join(s, function() end)', ':to_table()',
+        ':key_by("a"):join(s:key_by("a"), function() end)', ':key_by("a"):join(s:key_by("a"):to_table(), function() end, { as_of = "event_time" })',
       }) do
         E.write(dir .. "/u.lua", [[
 local eddy = require("eddy")

@@ -1,0 +1,152 @@
+-- Stream-table joins: each order joins its customer's row as it is when
+-- the order is processed (inner: misses dropped; left: right is nil), a
+-- table update changes what later orders see, a Kafka tombstone deletes a
+-- row, a keyed stream becomes a table with to_table(), and the table is
+-- keyed state (GET /state/UID/KEY).  Goldens are in spec/fixtures/.
+local E = require("support.eddy")
+local cjson = require("cjson")
+local run = E.shell
+
+describe("stream-table join", function()
+  local dir
+  before_each(function() dir = E.tmpdir() end)
+  after_each(function() E.cleanup() end)
+
+  local function write_pipeline(jtype, table_src)
+    E.write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local customers = ]] .. table_src .. [[
+
+p:source("orders", { file = "orders.jsonl", follow = true })
+ :key_by("customer")
+ :join(customers, function(o, c, ctx)
+   return string.format("%s %s %s %d", o.id, ctx.key, c and c.tier or "-", o.amount)
+ end, { type = "]] .. jtype .. [[" })
+ :uid("orders-customers")
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    E.write(dir .. "/eddy.conf.lua", "return { name = 'shop', pipeline = 'pipeline.lua', admin = { listen = '127.0.0.1:0' }, "
+      .. "reload = { watch = false }" .. (E.kafka_conf or "") .. " }")
+  end
+
+  local function row(addr, key)
+    local code, body = E.curl("http://" .. addr .. "/state/orders-customers/" .. key)
+    return code == 200 and cjson.decode(body).row or nil, code
+  end
+
+  -- runs the orders against the customers: two orders, then bob becomes
+  -- platinum, then more orders; returns the sorted output lines
+  local function scenario(jtype, table_src)
+    E.write(dir .. "/customers.jsonl", '{"id":"ada","tier":"gold"}\n{"id":"bob","tier":"silver"}\n')
+    E.write(dir .. "/orders.jsonl", "")
+    write_pipeline(jtype, table_src)
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local addr = E.admin_addr(dir .. "/state/shop")
+    assert.truthy(addr, d:stderr())
+    assert(E.wait_for(function() return row(addr, "bob") end, 10), "the table did not load: " .. d:stderr())
+    E.append(dir .. "/orders.jsonl", '{"id":"o1","customer":"ada","amount":30}\n{"id":"o2","customer":"bob","amount":12}\n'
+      .. '{"id":"o3","customer":"cyd","amount":5}\n')
+    assert(E.wait_for(function() return #E.lines(d:stdout()) >= (jtype == "left" and 3 or 2) end, 10), d:stderr())
+    E.append(dir .. "/customers.jsonl", '{"id":"bob","tier":"platinum"}\n')
+    assert(E.wait_for(function() local r = row(addr, "bob"); return r and r.tier == "platinum" end, 10))
+    E.append(dir .. "/orders.jsonl", '{"id":"o4","customer":"ada","amount":7}\n{"id":"o5","customer":"bob","amount":99}\n'
+      .. '{"id":"o6","customer":"dan","amount":1}\n')
+    assert(E.wait_for(function() return #E.lines(d:stdout()) >= (jtype == "left" and 6 or 4) end, 10), d:stderr())
+    local _, none = row(addr, "cyd")
+    assert.are.equal(404, none)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+    local lines = E.lines(d:stdout())
+    table.sort(lines)
+    return table.concat(lines, "\n") .. "\n"
+  end
+
+  local FILE_TABLE = 'p:table("customers", { file = "customers.jsonl", key = "id", follow = true })'
+
+  it("inner: an order joins its customer's current row, and orders without one are dropped", function()
+    assert.are.equal(E.read(E.root .. "/spec/fixtures/join-orders-inner.out"), scenario("inner", FILE_TABLE))
+  end)
+
+  it("left: an order without a customer row joins nil", function()
+    assert.are.equal(E.read(E.root .. "/spec/fixtures/join-orders-left.out"), scenario("left", FILE_TABLE))
+  end)
+
+  it("to_table() turns a keyed stream into the table", function()
+    assert.are.equal(E.read(E.root .. "/spec/fixtures/join-orders-inner.out"), scenario("inner",
+      'p:source("customers", { file = "customers.jsonl", follow = true }):key_by("id"):to_table()'))
+  end)
+
+  it("refuses joins this version does not have, naming the line", function()
+    for _, case in ipairs({
+      { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end, { within = "5m" })',
+        "a join of two streams" },
+      { 'p:source("a", { file = "x" }):key_by("k"):join(p:table("t", { file = "x", key = "k" }), function() end, { as_of = "event_time" })',
+        "a temporal join (as_of) is not supported" },
+      { 'p:global_table("g", { file = "x", key = "k" })', "global_table is not supported" },
+      { 'p:source("a", { file = "x" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
+        "join (its stream and its table) needs a keyed stream" },
+    }) do
+      E.write(dir .. "/x", "")
+      E.write(dir .. "/p.lua", 'local eddy = require("eddy")\nlocal p = eddy.pipeline()\n' .. case[1] .. "\nreturn p\n")
+      local r = E.run({ "check", dir .. "/p.lua" })
+      assert.are.equal(2, r.code, case[1])
+      assert.matches(case[2], r.stderr, 1, true)
+      assert.matches("p.lua:3", r.stderr, 1, true)
+    end
+  end)
+end)
+
+describe("stream-table join on a Kafka table", function()
+  local dir, boot
+  before_each(function()
+    dir = E.tmpdir()
+    assert(os.execute(string.format("(timeout -k 2 90 %s kafka-mock --topic customers:2 > %s/mock.out 2>&1 &)", E.bin, dir)))
+    boot = E.poll(10, function()
+      local out = E.read(dir .. "/mock.out")
+      return out and out:match("^(127%.0%.0%.1:%d+)\n")
+    end)
+    assert.truthy(boot)
+  end)
+  after_each(function()
+    run("pkill -TERM -f '^" .. E.bin .. " kafka-mock --topic customers:2'")
+    E.cleanup()
+  end)
+
+  it("keys the table by the message key, and a tombstone deletes the row", function()
+    E.write(dir .. "/orders.jsonl", "")
+    E.write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local customers = p:table("customers", { kafka = "customers", format = "json" })
+p:source("orders", { file = "orders.jsonl", follow = true })
+ :key_by("customer")
+ :join(customers, function(o, c) return o.id .. " " .. (c and c.tier or "-") end, { type = "left" })
+ :uid("orders-customers")
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    E.write(dir .. "/eddy.conf.lua", "return { name = 'kshop', pipeline = 'pipeline.lua', admin = { listen = '127.0.0.1:0' }, "
+      .. "kafka = { ['bootstrap.servers'] = '" .. boot .. "', ['session.timeout.ms'] = '6000' } }")
+    assert.are.equal(0, run("printf 'ada\\t{\"tier\":\"gold\"}\\nbob\\t{\"tier\":\"silver\"}\\n' | timeout 20 kcat -P -b "
+      .. boot .. " -t customers -K '\t'"))
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local addr = E.admin_addr(dir .. "/state/kshop")
+    local function row(key)
+      local code, body = E.curl("http://" .. addr .. "/state/orders-customers/" .. key)
+      return code == 200 and cjson.decode(body).row or nil
+    end
+    assert(E.wait_for(function() return row("bob") end, 20, 0.1), "the table did not load: " .. d:stderr())
+    -- kcat -Z sends an empty value as NULL: a tombstone
+    assert.are.equal(0, run("printf 'bob\\t\\n' | timeout 20 kcat -P -Z -b " .. boot .. " -t customers -K '\t'"))
+    assert(E.wait_for(function() return row("bob") == nil end, 20, 0.1), "the tombstone did not delete bob's row")
+    E.append(dir .. "/orders.jsonl", '{"id":"o1","customer":"ada"}\n{"id":"o2","customer":"bob"}\n')
+    assert(E.wait_for(function() return #E.lines(d:stdout()) == 2 end, 10), d:stderr())
+    local lines = E.lines(d:stdout())
+    table.sort(lines)
+    assert.are.same({ "o1 gold", "o2 -" }, lines)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+end)
