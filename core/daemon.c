@@ -325,15 +325,16 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
     for (int i = 0; uid && i < p->nnodes; i++)
         if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) op = &p->nodes[i];
     if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
-    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN) || !d->sh.state) {
-        out = error_json(http_status, 404, "no process, dedup or join operator with that uid runs here");
+    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN &&
+                op->kind != NODE_GLOBAL_TABLE) || !d->sh.state) {
+        out = error_json(http_status, 404, "no process, dedup, join or global table with that uid runs here");
         goto done;
     }
     if (slash) {
         size_t klen = 0;
         char *key = evhttp_uridecode(slash + 1, 0, &klen);
         if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
-        uint32_t kg = keygroup_of(key, klen, d->cfg->max_parallelism);
+        uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
         out = state_key_json(d->sh.state, uid, kg, key, klen);
         free(key);
         if (!out) out = error_json(http_status, 404, "that key has no state");

@@ -273,14 +273,16 @@ static void key_from_args(lua_State *L, task *t, state_key *k) {
     if (state_key_state(k, uid, kg, key, klen, kind[0], name, nlen, sub, sublen) < 0) luaL_error(L, "out of memory");
 }
 
-/* state_get(uid, kg, key, kind, name[, sub]) -> value or nil.  Stack: args -> args value */
+/* state_get(uid, kg, key, kind, name[, sub[, fresh]]) -> value or nil; fresh:
+ * what is committed, past the task's cache (state other tasks write).
+ * Stack: args -> args value */
 static int l_state_get(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     state_tx *tx = tx_of(L, t);
     state_key *k = &t->skey;
     key_from_args(L, t, k);
     size_t vl, pl;
-    const char *v = state_tx_get(tx, k->p, k->len, &vl);
+    const char *v = lua_toboolean(L, 7) ? state_tx_get_fresh(tx, k->p, k->len, &vl) : state_tx_get(tx, k->p, k->len, &vl);
     const char *p = v ? state_value_payload(v, vl, clock_now_ms(), &pl) : NULL;
     if (!p) { lua_pushnil(L); return 1; }
     char err[256];

@@ -96,7 +96,7 @@ static node_kind kind_of(const char *k, int *ok) {
         {"source", NODE_SOURCE}, {"map", NODE_MAP}, {"filter", NODE_FILTER},
         {"flat_map", NODE_FLAT_MAP}, {"key_by", NODE_KEY_BY}, {"union", NODE_UNION},
         {"sink", NODE_SINK}, {"window", NODE_WINDOW}, {"side", NODE_SIDE},
-        {"process", NODE_PROCESS}, {"dedup", NODE_DEDUP}, {"join", NODE_JOIN},
+        {"process", NODE_PROCESS}, {"dedup", NODE_DEDUP}, {"join", NODE_JOIN}, {"global_table", NODE_GLOBAL_TABLE},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         if (strcmp(k, kinds[i].name) == 0) { *ok = 1; return kinds[i].kind; }
@@ -393,6 +393,7 @@ static int build_stages(plan *p, const config *cfg, char *err, size_t errlen) {
     for (int id = 1; id <= n; id++) {
         node *nd = &p->nodes[id - 1];
         if (nd->kind != NODE_WINDOW && nd->kind != NODE_PROCESS && nd->kind != NODE_DEDUP && nd->kind != NODE_JOIN) continue;
+        if (nd->kind == NODE_JOIN && node_opt(nd, "global")) continue;    /* a global table: any task joins it */
         for (int s = 0; s < p->nstages; s++)
             if (nd->in_stage[s] && !p->stages[s].keyed) {
                 snprintf(err, errlen, "%s: %s needs a keyed stream: add key_by before it "
@@ -540,7 +541,9 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
 
 int plan_has_keyed_state(const plan *p) {
     for (int i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP || p->nodes[i].kind == NODE_JOIN) return 1;
+        if (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP || p->nodes[i].kind == NODE_JOIN ||
+            p->nodes[i].kind == NODE_GLOBAL_TABLE)
+            return 1;
     return 0;
 }
 
@@ -719,7 +722,7 @@ int plan_compatible(const plan *old, const plan *p, int allow_dropped_state, cha
     }
     for (int i = 0; i < old->nnodes; i++) {
         const node *a = &old->nodes[i];
-        if (a->kind == NODE_PROCESS || a->kind == NODE_DEDUP || a->kind == NODE_JOIN) {
+        if (a->kind == NODE_PROCESS || a->kind == NODE_DEDUP || a->kind == NODE_JOIN || a->kind == NODE_GLOBAL_TABLE) {
             const node *b = find_uid(p, a->uid);
             if ((!b || b->kind != a->kind) && !allow_dropped_state) {
                 snprintf(err, errlen, "the %s operator with uid '%s' (%s before) is gone, and its state with it; "

@@ -13,7 +13,7 @@
 
 typedef enum { NODE_SOURCE, NODE_MAP, NODE_FILTER, NODE_FLAT_MAP, NODE_KEY_BY,
                NODE_UNION, NODE_SINK, NODE_WINDOW, NODE_SIDE, NODE_PROCESS, NODE_DEDUP,
-               NODE_JOIN } node_kind;
+               NODE_JOIN, NODE_GLOBAL_TABLE } node_kind;
 
 typedef struct node {
     int id;                 /* 1-based, as in the script */

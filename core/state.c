@@ -274,6 +274,18 @@ const char *state_tx_get(state_tx *tx, const char *k, size_t kl, size_t *vl) {
     return c ? keep_last(tx, c, n, vl) : NULL;
 }
 
+const char *state_tx_get_fresh(state_tx *tx, const char *k, size_t kl, size_t *vl) {
+    char *e = NULL;
+    size_t n = 0;
+    char *v = rocksdb_get(tx->db->db, tx->db->ropts, k, kl, &n, &e);
+    if (e) { log_error("state: %s", e); rocksdb_free(e); return NULL; }
+    if (!v) return NULL;
+    char *c = malloc(n ? n : 1);
+    if (c) memcpy(c, v, n);
+    rocksdb_free(v);
+    return c ? keep_last(tx, c, n, vl) : NULL;
+}
+
 /* The cache follows every write, so it is right for the batch in progress
  * and, once committed, for the database. */
 int state_tx_put(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {

@@ -57,6 +57,9 @@ void state_tx_destroy(state_tx *tx);       /* drops what was not committed; NULL
 /* The stored value of k (header included), or NULL; borrowed until the next
  * call on tx.  -1 in *err_out... errors are logged and read as absent. */
 const char *state_tx_get(state_tx *tx, const char *k, size_t kl, size_t *vl);
+/* The committed value, past the cache: for state another task writes (a
+ * global table). */
+const char *state_tx_get_fresh(state_tx *tx, const char *k, size_t kl, size_t *vl);
 int state_tx_put(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl);
 int state_tx_delete(state_tx *tx, const char *k, size_t kl);
 /* Calls fn for every key in [from, to) in order, through the uncommitted

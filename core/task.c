@@ -89,8 +89,8 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         if (!t->kgs) { snprintf(err, errlen, "out of memory"); goto err; }
         for (int kg = 0; kg < maxp; kg++)
             if (keygroup_task((uint32_t)kg, maxp, st->ntasks) == index) t->kgs[t->nkgs++] = (uint32_t)kg;
-        if (sh->state && !(t->stx = state_tx_create(sh->state))) { snprintf(err, errlen, "out of memory"); goto err; }
     }
+    if (sh->state && !(t->stx = state_tx_create(sh->state))) { snprintf(err, errlen, "out of memory"); goto err; }
     buf_init(&t->statebuf);
     t->next_event_timer = t->next_proc_timer = INT64_MIN;   /* unknown until the first scan */
     t->io.wm = TS_NONE;

@@ -427,7 +427,22 @@ function Stream:join(other, fn, opts)
   if getmetatable(other) ~= Table or other.p ~= self.p then
     fail("join needs a table of the same pipeline (p:table(...) or stream:to_table())")
   end
-  if other.global then fail("a join with a global table is not supported by this version of eddy") end
+  if other.global then
+    for k in pairs(opts) do
+      if k ~= "type" and k ~= "key" then fail("join: unknown option '" .. tostring(k) .. "' (key, type)") end
+    end
+    local key = opts.key
+    if type(key) ~= "string" and type(key) ~= "function" then
+      fail("a join with a global table needs key = a field name or a function of the stream's value")
+    end
+    local jtype = opts.type or "inner"
+    if jtype ~= "inner" and jtype ~= "left" then
+      fail("join: type must be \"inner\" or \"left\" for a global table, got " .. tostring(jtype))
+    end
+    local s = add(self.p, "join", { self.node.id }, { fn = fn, key = key,
+      opts = { type = jtype, global = other.node.uid, key_field = type(key) == "string" and key or nil } })
+    return s
+  end
   for k in pairs(opts) do
     if k == "as_of" or k == "retention" then fail("a temporal join (as_of) is not supported by this version of eddy") end
     if k ~= "type" then fail("join: unknown option '" .. tostring(k) .. "' (type)") end
@@ -464,8 +479,20 @@ function Pipeline:table(name, opts)
   return setmetatable({ p = self, node = k.node, name = name }, Table)
 end
 
-function Pipeline:global_table()
-  fail("global_table is not supported by this version of eddy")
+-- p:global_table(name, opts): the same changelog, every row visible to
+-- every task (the daemon's one state store holds it once): joined through
+-- `key` on the stream side, with no co-partitioning.
+function Pipeline:global_table(name, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then fail("global_table '" .. tostring(name) .. "': options must be a table") end
+  if opts.key == nil and not opts.kafka then
+    fail("global_table '" .. tostring(name) .. "' needs a key option (a field name or a function)")
+  end
+  local s = self:source(name, opts)
+  s.node.where = where()
+  local w = add(self, "global_table", { s.node.id }, { name = name, uid = "global-" .. name })
+  w.node.where = where()
+  return setmetatable({ p = self, node = w.node, name = name, global = true }, Table)
 end
 
 return M

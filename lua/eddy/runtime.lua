@@ -306,6 +306,32 @@ function M.task(args)
       return window_op(id)
     elseif kind == "process" then
       return process_op(id)
+    elseif kind == "global_table" then
+      -- every row once in the daemon's state store (key group 0): every task reads it
+      local uid, put, del = node.uid, native.state_put, native.state_del
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local k = ctx.key
+        if k == nil then error("global table '" .. node.name .. "': a record without a key (set the key option)", 0) end
+        if v == nil or v == cjson.null then del(uid, 0, k, "t", "row") else put(uid, 0, k, "t", "row", nil, v) end
+      end
+    elseif kind == "join" and node.opts.global then
+      local nxt, guid, inner, get = build(id), node.opts.global, node.opts.type ~= "left", native.state_get
+      local kfield, kfn = node.opts.key_field, type(node.key) == "function" and node.key or nil
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local k
+        if kfield then
+          if type(v) ~= "table" then error("join key '" .. kfield .. "': the value is a " .. type(v) .. ", not a table", 0) end
+          k = v[kfield]
+        else
+          k = kfn(v, ctx)
+        end
+        local right = k ~= nil and get(guid, 0, key_string(k), "t", "row", nil, true) or nil
+        if right == nil and inner then return end
+        local out = fn(v, right, ctx)
+        if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+      end
     elseif kind == "join" then
       -- stream-table: the table's side keeps the latest row per key (a nil
       -- value, a Kafka tombstone, deletes it); the stream's side joins it

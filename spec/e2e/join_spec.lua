@@ -78,13 +78,53 @@ return p
       'p:source("customers", { file = "customers.jsonl", follow = true }):key_by("id"):to_table()'))
   end)
 
+  it("a global table reaches every task: clicks keyed by user join countries by the click's country, "
+    .. "and an update is seen by every task at once", function()
+    E.write(dir .. "/countries.jsonl", '{"code":"FR","name":"France"}\n{"code":"JP","name":"Japan"}\n')
+    E.write(dir .. "/clicks.jsonl", "")
+    E.write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local countries = p:global_table("countries", { file = "countries.jsonl", key = "code", follow = true })
+p:source("clicks", { file = "clicks.jsonl", follow = true })
+ :key_by("user")
+ :join(countries, function(c, country, ctx)
+   return ctx.key .. " " .. c.page .. " " .. (country and country.name or "?")
+ end, { key = "country", type = "left" })
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    E.write(dir .. "/eddy.conf.lua", "return { name = 'geo', pipeline = 'pipeline.lua', parallelism = 4, "
+      .. "admin = { listen = '127.0.0.1:0' }, reload = { watch = false } }")
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local addr = E.admin_addr(dir .. "/state/geo")
+    local function name(code)
+      local c, body = E.curl("http://" .. addr .. "/state/global-countries/" .. code)
+      return c == 200 and cjson.decode(body).row.name or nil
+    end
+    assert(E.wait_for(function() return name("JP") end, 10), d:stderr())
+    E.append(dir .. "/clicks.jsonl", '{"user":"u1","page":"/a","country":"FR"}\n{"user":"u2","page":"/b","country":"JP"}\n'
+      .. '{"user":"u3","page":"/c","country":"XX"}\n')
+    assert(E.wait_for(function() return #E.lines(d:stdout()) == 3 end, 10), d:stderr())
+    E.append(dir .. "/countries.jsonl", '{"code":"FR","name":"République française"}\n')
+    assert(E.wait_for(function() return name("FR") == "République française" end, 10))
+    E.append(dir .. "/clicks.jsonl", '{"user":"u1","page":"/d","country":"FR"}\n')
+    assert(E.wait_for(function() return #E.lines(d:stdout()) == 4 end, 10), d:stderr())
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+    local lines = E.lines(d:stdout())
+    table.sort(lines)
+    assert.are.equal(E.read(E.root .. "/spec/fixtures/join-clicks-countries.out"), table.concat(lines, "\n") .. "\n")
+  end)
+
   it("refuses joins this version does not have, naming the line", function()
     for _, case in ipairs({
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end, { within = "5m" })',
         "a join of two streams" },
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:table("t", { file = "x", key = "k" }), function() end, { as_of = "event_time" })',
         "a temporal join (as_of) is not supported" },
-      { 'p:global_table("g", { file = "x", key = "k" })', "global_table is not supported" },
+      { 'p:source("a", { file = "x" }):join(p:global_table("g", { file = "x", key = "k" }), function() end)',
+        "a join with a global table needs key =" },
       { 'p:source("a", { file = "x" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
         "join (its stream and its table) needs a keyed stream" },
     }) do
