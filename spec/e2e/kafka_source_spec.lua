@@ -98,6 +98,30 @@ p:source("in", { kafka = "in", format = "json" })
     assert.are.equal(0, d:wait(15), d:stderr())
   end)
 
+  it("carries a message's headers and key through map and key_by to a Kafka sink", function()
+    pipeline([[
+p:source("in", { kafka = "one", format = "json" })
+ :map(function(v) v.seen = true; return v end)
+ :key_by("w")
+ :sink("out", { kafka = "out" })]])
+    produce("one", { 'k1\t{"w":"x"}' }, nil, "-H trace=abc -H team=core")
+    local d = start("hdr")
+    local got = E.wait_for(function()
+      local l = consume("out", "%k|%h|%s\\n")
+      return #l == 1 and l
+    end, 20, 0.3)
+    assert(got, "nothing on topic out: " .. d:stderr())
+    local k, h, v = got[1]:match("^([^|]*)|([^|]*)|(.*)$")
+    assert.are.equal("x", k)                         -- the key_by key
+    local hs = {}
+    for pair in h:gmatch("[^,]+") do hs[#hs + 1] = pair end
+    table.sort(hs)
+    assert.are.same({ "team=core", "trace=abc" }, hs)
+    assert.are.same({ w = "x", seen = true }, cjson.decode(v))
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+
   it("takes event time from the Kafka timestamp: windows over timestamp = \"kafka\"", function()
     -- a first run writes the messages with known timestamps (a Kafka sink
     -- gives each message its record's event time)
