@@ -422,7 +422,31 @@ function Stream:join(other, fn, opts)
   opts = opts or {}
   if type(opts) ~= "table" then fail("join options must be a table") end
   if getmetatable(other) == Stream then
-    fail("a join of two streams (within, before/after) is not supported by this version of eddy")
+    -- an interval join of two keyed streams by event time
+    if other.p ~= self.p then fail("join needs a stream of the same pipeline") end
+    for k in pairs(opts) do
+      if k ~= "within" and k ~= "before" and k ~= "after" and k ~= "type" then
+        fail("join: unknown option '" .. tostring(k) .. "' (within, or before and after; type)")
+      end
+    end
+    local before, after
+    if opts.within ~= nil then
+      if opts.before ~= nil or opts.after ~= nil then fail("join: give within, or before and after, not both") end
+      before = check_duration("join within", opts.within)
+      after = before
+    else
+      if opts.before == nil or opts.after == nil then
+        fail("a join of two streams needs within = d, or before = d and after = d")
+      end
+      before, after = check_duration("join before", opts.before), check_duration("join after", opts.after)
+    end
+    local jtype = opts.type or "inner"
+    if jtype ~= "inner" and jtype ~= "left" and jtype ~= "outer" then
+      fail("join: type must be \"inner\", \"left\" or \"outer\" for two streams, got " .. tostring(jtype))
+    end
+    local s = add(self.p, "join", { self.node.id, other.node.id },
+      { fn = fn, opts = { type = jtype, interval = true, before = before, after = after } })
+    return s
   end
   if getmetatable(other) ~= Table or other.p ~= self.p then
     fail("join needs a table of the same pipeline (p:table(...) or stream:to_table())")
@@ -460,6 +484,10 @@ function Pipeline:side(name)
   check_name("side output", name)
   local s = add(self, "side", {}, { name = name, uid = "side-" .. name })
   return s
+end
+
+function Table:join()
+  fail("a join of two tables is not supported by this version of eddy")
 end
 
 -- p:table(name, opts): a source read as a changelog; opts are a source's,

@@ -101,6 +101,9 @@ local function resolve_durations(n)
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
   elseif n.kind == "dedup" then
     o.ttl_ms = duration_ms(o.ttl, "dedup ttl", n.where)
+  elseif n.kind == "join" and o.interval then
+    o.before_ms = duration_ms(o.before, "join before", n.where)
+    o.after_ms = duration_ms(o.after, "join after", n.where)
   elseif n.kind == "source" then
     if o.watermark_bound then o.bound_ms = duration_ms(o.watermark_bound, "watermark bound", n.where) end
     if o.idle then o.idle_ms = duration_ms(o.idle, "idle", n.where) end
@@ -243,6 +246,7 @@ function M.task(args)
   local build, op
   local window_op               -- builds a window operator (below)
   local process_op              -- builds a process operator (below)
+  local interval_join_op        -- builds one side of a join of two streams (below)
   local cur_proc                -- the process operator being called: its ctx.state, timers, emit, side
   local stopping = false        -- finish() at a stop: timers are kept, not fired
   getters.state = function() return cur_proc and cur_proc.state end
@@ -315,6 +319,8 @@ function M.task(args)
         if k == nil then error("global table '" .. node.name .. "': a record without a key (set the key option)", 0) end
         if v == nil or v == cjson.null then del(uid, 0, k, "t", "row") else put(uid, 0, k, "t", "row", nil, v) end
       end
+    elseif kind == "join" and node.opts.interval then
+      return interval_join_op(id, parent)
     elseif kind == "join" and node.opts.global then
       local nxt, guid, inner, get = build(id), node.opts.global, node.opts.type ~= "left", native.state_get
       local kfield, kfn = node.opts.key_field, type(node.key) == "function" and node.key or nil
@@ -540,6 +546,106 @@ function M.task(args)
       local out = process(v, ctx)
       cur_proc = nil
       if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+    end
+  end
+
+  -- A join of two keyed streams by event time: a left record at tl matches
+  -- a right one at tr when tl - before <= tr <= tl + after.  Each side's
+  -- records wait in keyed state (maps "L" and "R" of the join's uid) until
+  -- the watermark passes the last time a match could come (tl + after,
+  -- tr + before); an event-time timer then frees them and, for left and
+  -- outer joins, emits those that never matched with nil on the other side.
+  local interval_shared = {}
+  interval_join_op = function(id, parent)
+    local node = nodes[id]
+    local o, uid, fn = node.opts, node.uid, node.fn
+    local before, after, jtype = o.before_ms, o.after_ms, o.type
+    local left_side = parent == node.inputs[1]
+    local get, put, del, entries = native.state_get, native.state_put, native.state_del, native.state_entries
+    local sh = interval_shared[id]
+    if not sh then
+      sh = { nxt = build(id) }
+      interval_shared[id] = sh
+      -- cleanup: every entry whose wait is over goes, unmatched ones emitted first
+      local function sweep(key, kg, now)
+        local left = 0
+        for _, side in ipairs({ "L", "R" }) do
+          local wait = side == "L" and after or before
+          local emit_unmatched = (side == "L" and jtype ~= "inner") or (side == "R" and jtype == "outer")
+          local es = entries(uid, kg, key, "m", side)
+          local subs = {}
+          for sub in pairs(es) do subs[#subs + 1] = sub end
+          table.sort(subs)
+          for _, sub in ipairs(subs) do
+            local e = es[sub]
+            if e.ts + wait <= now then
+              if emit_unmatched and not e.m then
+                cur_ts = e.ts
+                local out
+                if side == "L" then out = fn(e.v, nil, ctx) else out = fn(nil, e.v, ctx) end
+                if out ~= nil then cout[id] = cout[id] + 1; sh.nxt(out) end
+              end
+              del(uid, kg, key, "m", side, sub)
+            else
+              left = left + 1
+            end
+          end
+        end
+        if left == 0 then del(uid, kg, key, "v", "seq") end    -- nothing waits: the key has no state
+      end
+      local due = native.timers_due
+      local entry = { id = id }
+      entry.advance = function()
+        if wm == NONE or stopping then return end
+        while true do
+          local tss, keys = due(uid, "e", wm)
+          if #tss == 0 then return end
+          for j = 1, #tss do
+            local key = keys[j]
+            local kg = tonumber(native.keygroup(key))
+            firing = { key = key }
+            local saved_ts = cur_ts
+            tio.cur_node = id
+            last_tb = nil
+            local ok, err = xpcall(sweep, handler, key, kg, tss[j])
+            firing, cur_ts = nil, saved_ts
+            if not ok then on_error(err, nil) end
+          end
+        end
+      end
+      windows[#windows + 1] = entry
+    end
+    local nxt = sh.nxt
+    local mine, theirs = left_side and "L" or "R", left_side and "R" or "L"
+    return function(v)
+      tio.cur_node = id; cin[id] = cin[id] + 1
+      if cur_ts == NONE then error("a join of two streams needs event time: set the timestamp option of the sources", 0) end
+      local key, kg = current_key()
+      local t = cur_ts
+      local seq = (get(uid, kg, key, "v", "seq") or 0) + 1
+      put(uid, kg, key, "v", "seq", nil, seq)
+      local matched = false
+      local es = entries(uid, kg, key, "m", theirs)
+      local subs = {}
+      for sub in pairs(es) do subs[#subs + 1] = sub end
+      table.sort(subs)
+      for _, sub in ipairs(subs) do
+        local e = es[sub]
+        local tl, tr = left_side and t or e.ts, left_side and e.ts or t
+        if tr >= tl - before and tr <= tl + after then
+          matched = true
+          if not e.m then e.m = true; put(uid, kg, key, "m", theirs, sub, e) end
+          local saved = cur_ts
+          cur_ts = tl > tr and tl or tr
+          local out
+          if left_side then out = fn(v, e.v, ctx) else out = fn(e.v, v, ctx) end
+          cur_ts = saved
+          if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+        end
+      end
+      -- wait for matches until the watermark passes the last possible one
+      put(uid, kg, key, "m", mine, string.format("%020.0f:%d", t + 2 ^ 62, seq), { v = v, ts = t, m = matched })
+      native.timer_set(uid, kg, key, "e", t + (left_side and after or before))
     end
   end
 

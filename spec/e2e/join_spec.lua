@@ -119,8 +119,8 @@ return p
 
   it("refuses joins this version does not have, naming the line", function()
     for _, case in ipairs({
-      { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end, { within = "5m" })',
-        "a join of two streams" },
+      { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end)',
+        "a join of two streams needs within = d, or before = d and after = d" },
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:table("t", { file = "x", key = "k" }), function() end, { as_of = "event_time" })',
         "a temporal join (as_of) is not supported" },
       { 'p:source("a", { file = "x" }):join(p:global_table("g", { file = "x", key = "k" }), function() end)',
@@ -135,6 +135,79 @@ return p
       assert.matches(case[2], r.stderr, 1, true)
       assert.matches("p.lua:3", r.stderr, 1, true)
     end
+  end)
+end)
+
+describe("join of two streams within a time bound", function()
+  local dir
+  before_each(function() dir = E.tmpdir() end)
+  after_each(function() E.cleanup() end)
+  local T = 1700000000000
+
+  local function pipeline(jtype, follow)
+    E.write(dir .. "/pipeline.lua", string.format([[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local pay = p:source("payments", { file = "payments.jsonl", timestamp = "ts", watermark = eddy.watermark.bounded("1m"), follow = %s })
+ :key_by("order")
+p:source("orders", { file = "orders.jsonl", timestamp = "ts", watermark = eddy.watermark.bounded("1m"), follow = %s })
+ :key_by("id")
+ :join(pay, function(o, pm, ctx) return ctx.key .. " " .. (o and "order" or "-") .. " " .. (pm and pm.amount or "-") end,
+       { within = "5m", type = "%s" })
+ :uid("orders-payments")
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]], follow, follow, jtype))
+  end
+
+  local function input()
+    local function rows(list)
+      local out = {}
+      for _, r in ipairs(list) do out[#out + 1] = string.format(r[1], T + r[2]) end
+      return table.concat(out, "\n") .. "\n"
+    end
+    E.write(dir .. "/orders.jsonl", rows({ { '{"id":"o1","ts":%d}', 0 }, { '{"id":"o2","ts":%d}', 60000 },
+      { '{"id":"o3","ts":%d}', 120000 }, { '{"id":"o4","ts":%d}', 600000 } }))
+    E.write(dir .. "/payments.jsonl", rows({ { '{"order":"o1","ts":%d,"amount":10}', 30000 },
+      { '{"order":"o2","ts":%d,"amount":20}', 500000 }, { '{"order":"o3","ts":%d,"amount":30}', 100000 },
+      { '{"order":"o3","ts":%d,"amount":31}', 200000 }, { '{"order":"o9","ts":%d,"amount":90}', 610000 } }))
+  end
+
+  for _, jtype in ipairs({ "inner", "left", "outer" }) do
+    it(jtype .. ": orders and payments within 5 minutes of each other"
+        .. (jtype == "inner" and "" or ", unmatched ones emitted once"), function()
+      input()
+      pipeline(jtype, "false")
+      E.write(dir .. "/eddy.conf.lua", "return { name = 'pay', pipeline = 'pipeline.lua', admin = false }")
+      local r = E.run({ "run", dir .. "/eddy.conf.lua" })
+      assert.are.equal(0, r.code, r.stderr)
+      local lines = E.lines(r.stdout)
+      table.sort(lines)
+      assert.are.equal(E.read(E.root .. "/spec/fixtures/join-orders-payments-" .. jtype .. ".out"),
+        table.concat(lines, "\n") .. "\n")
+    end)
+  end
+
+  it("frees a key's buffered records once the watermark passes the last time they could match", function()
+    input()
+    pipeline("left", "true")
+    E.write(dir .. "/eddy.conf.lua", "return { name = 'pay', pipeline = 'pipeline.lua', admin = { listen = '127.0.0.1:0' } }")
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local addr = E.admin_addr(dir .. "/state/pay")
+    assert(E.wait_for(function() return #E.lines(d:stdout()) >= 3 end, 10), d:stderr())
+    -- an hour later on both inputs: everything before is past its bound
+    E.append(dir .. "/orders.jsonl", string.format('{"id":"late","ts":%d}\n', T + 3600000))
+    E.append(dir .. "/payments.jsonl", string.format('{"order":"late","ts":%d,"amount":1}\n', T + 3600000))
+    local keys = E.wait_for(function()
+      local code, body = E.curl("http://" .. addr .. "/state/orders-payments?limit=100")
+      if code ~= 200 then return nil end
+      local ks = {}
+      for _, e in ipairs(cjson.decode(body)) do ks[#ks + 1] = e.key end
+      return #ks == 1 and ks
+    end, 10, 0.2)
+    assert.are.same({ "late" }, keys)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
   end)
 end)
 
