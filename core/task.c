@@ -487,10 +487,11 @@ static uint64_t send_mark(task *t) {
     return id;
 }
 
-/* A Kafka source task: reads its partition while the group assigns it here. */
+/* A Kafka source task: reads its partition while the group assigns it here.
+ * Sets *n_read (-1 when the step is over without a read: return its result). */
 static step_result step_kafka(task *t, int *n_read) {
     task_shared *sh = t->sh;
-    *n_read = 0;
+    *n_read = -1;
     int st = kpart_state(t->kp);
     if (st == KP_REVOKING) {
         /* given up: stop reading, and let the group know when what was read is acknowledged */
@@ -517,7 +518,7 @@ static step_result step_kafka(task *t, int *n_read) {
     if (n < 0) { task_fail(t, "%s", err); return STEP_FAILED; }
     t->position = kpart_position(t->kp);
     *n_read = n;
-    return STEP_PROGRESS;
+    return n > 0 ? STEP_PROGRESS : STEP_IDLE;
 }
 
 static step_result step_source(task *t) {
@@ -533,7 +534,7 @@ static step_result step_source(task *t) {
     int eof = 0, n;
     if (t->kp) {
         step_result r = step_kafka(t, &n);
-        if (n == 0) return r;
+        if (n < 0) return r;                   /* not reading now (revoked, elsewhere, failed) */
     } else {
         batch_clear(t->inbatch);
         char err[512];
