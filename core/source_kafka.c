@@ -13,7 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DRAIN_TIMEOUT_MS 10000   /* a revoked partition's outputs get this long to be acknowledged */
+#define DRAIN_TIMEOUT_MS 10000   /* a revoked partition's outputs get at most this long to be acknowledged
+                                  * (and half the session timeout: the group must not drop us meanwhile) */
 #define DOWN_LOG_MS 10000        /* "brokers down" is logged at most this often */
 
 enum { START_COMMITTED, START_EARLIEST, START_LATEST };
@@ -46,6 +47,7 @@ struct kgroup {
     int closing;
     atomic_int settled;            /* the group gave this instance its first assignment */
     int64_t commit_interval_ms, last_commit_ms;
+    int64_t drain_timeout_ms;
     long rebalances, commits, commit_failures;
     pthread_mutex_t mu;            /* down[] (read by the admin thread... and the event loop) */
     char down[512];
@@ -237,7 +239,7 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     if (!lost && !g->closing) {
         /* drain: each task stops reading and sends a marker; wait until the
          * outputs before every marker were acknowledged, then commit */
-        int64_t until = mono_ms() + DRAIN_TIMEOUT_MS;
+        int64_t until = mono_ms() + g->drain_timeout_ms;
         for (;;) {
             int pending = 0;
             for (int i = 0; i < parts->cnt; i++) {
@@ -247,7 +249,7 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
             if (!pending) break;
             if (mono_ms() >= until) {
                 log_warn("kafka: partitions %s: %d not drained after %d ms; giving them up with the offsets "
-                         "acknowledged so far (the next owner reads the rest again)", list, pending, DRAIN_TIMEOUT_MS);
+                         "acknowledged so far (the next owner reads the rest again)", list, pending, (int)g->drain_timeout_ms);
                 break;
             }
             g->hooks.serve(g->hooks.ud);
@@ -324,6 +326,10 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     const opt *ci = opt_find(&cfg->kafka, "auto.commit.interval.ms");
     g->commit_interval_ms = ci ? atoll(ci->s) : 5000;
     if (g->commit_interval_ms <= 0) g->commit_interval_ms = 5000;
+    char st[64];
+    size_t stl = sizeof st;
+    int64_t session = rd_kafka_conf_get(conf, "session.timeout.ms", st, &stl) == RD_KAFKA_CONF_OK ? atoll(st) : 10000;
+    g->drain_timeout_ms = session / 2 < DRAIN_TIMEOUT_MS ? session / 2 : DRAIN_TIMEOUT_MS;
     rd_kafka_conf_set_opaque(conf, g);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_stats_cb(conf, on_stats);
@@ -555,6 +561,7 @@ int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
 void kpart_draining(kpart *kp, uint64_t marker) {
     pthread_mutex_lock(&kp->mu);
     atomic_store(&kp->drain_marker, marker);
+    if (!marker) atomic_store(&kp->drained, 1);      /* nothing to wait for */
     if (atomic_load(&kp->state) == KP_REVOKING) atomic_store(&kp->state, KP_DRAINING);
     pthread_mutex_unlock(&kp->mu);
 }

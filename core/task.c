@@ -474,12 +474,16 @@ static void report_mark(task *t, uint64_t id) {
     acks_report(t->sh->acks, id, ks, n);
 }
 
-/* A Kafka source sends a marker behind the records read so far; 0 or its id. */
-static uint64_t send_mark(task *t) {
+/* A Kafka source sends a marker behind the records read so far; 0 or its id.
+ * draining: the partition was revoked, and this marker says when what was
+ * read is acknowledged (known to the partition before the marker can
+ * complete: with nothing in flight it completes in report_mark). */
+static uint64_t send_mark(task *t, int draining) {
     if (!t->sh->acks) return 0;
     int64_t pos = kpart_position(t->kp);
     uint64_t id = acks_begin(t->sh->acks, t->st->id, t->id, pos);
     if (!id) return 0;
+    if (draining) kpart_draining(t->kp, id);
     t->marked_position = pos;
     t->last_mark_ms = now_us() / 1000;
     push_all(t, CH_MARK, (int64_t)id);
@@ -495,9 +499,8 @@ static step_result step_kafka(task *t, int *n_read) {
     int st = kpart_state(t->kp);
     if (st == KP_REVOKING) {
         /* given up: stop reading, and let the group know when what was read is acknowledged */
-        uint64_t id = send_mark(t);
-        kpart_draining(t->kp, id);
-        if (!id) kpart_acked(t->kp, 0, -1);
+        uint64_t id = send_mark(t, 1);
+        if (!id) kpart_draining(t->kp, 0);
         if (!t->idle_sent) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
         return STEP_PROGRESS;
     }
@@ -511,7 +514,7 @@ static step_result step_kafka(task *t, int *n_read) {
     }
     if (sh->acks && kpart_position(t->kp) > t->marked_position &&
         now_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
-        send_mark(t);
+        send_mark(t, 0);
     batch_clear(t->inbatch);
     char err[600];
     int n = kpart_read(t->kp, t->inbatch, (int)sh->cfg->batch_size, (uint32_t)t->source, t->index, err, sizeof err);
