@@ -451,6 +451,25 @@ function Stream:join(other, fn, opts)
   if getmetatable(other) ~= Table or other.p ~= self.p then
     fail("join needs a table of the same pipeline (p:table(...) or stream:to_table())")
   end
+  if opts.as_of ~= nil then
+    -- temporal: the table's row as it was at the stream record's event time
+    if other.global then fail("a temporal join needs a table, not a global table") end
+    if opts.as_of ~= "event_time" then fail("join: as_of must be \"event_time\", got " .. tostring(opts.as_of)) end
+    for k in pairs(opts) do
+      if k ~= "as_of" and k ~= "retention" and k ~= "type" then
+        fail("join: unknown option '" .. tostring(k) .. "' (as_of, retention, type)")
+      end
+    end
+    if opts.retention == nil then fail("a temporal join needs retention = d: how long the table keeps old versions") end
+    local retention = check_duration("join retention", opts.retention)
+    local jtype = opts.type or "inner"
+    if jtype ~= "inner" and jtype ~= "left" then
+      fail("join: type must be \"inner\" or \"left\" for a temporal join, got " .. tostring(jtype))
+    end
+    local s = add(self.p, "join", { self.node.id, other.node.id },
+      { fn = fn, opts = { type = jtype, temporal = true, retention = retention } })
+    return s
+  end
   if other.global then
     for k in pairs(opts) do
       if k ~= "type" and k ~= "key" then fail("join: unknown option '" .. tostring(k) .. "' (key, type)") end
@@ -468,8 +487,7 @@ function Stream:join(other, fn, opts)
     return s
   end
   for k in pairs(opts) do
-    if k == "as_of" or k == "retention" then fail("a temporal join (as_of) is not supported by this version of eddy") end
-    if k ~= "type" then fail("join: unknown option '" .. tostring(k) .. "' (type)") end
+    if k ~= "type" then fail("join: unknown option '" .. tostring(k) .. "' (type; as_of and retention for a temporal join)") end
   end
   local jtype = opts.type or "inner"
   if jtype ~= "inner" and jtype ~= "left" then

@@ -101,6 +101,8 @@ local function resolve_durations(n)
     if o.advance_ms > o.size_ms then error(n.where .. ": a hopping window's advance cannot exceed its size", 0) end
   elseif n.kind == "dedup" then
     o.ttl_ms = duration_ms(o.ttl, "dedup ttl", n.where)
+  elseif n.kind == "join" and o.temporal then
+    o.retention_ms = duration_ms(o.retention, "join retention", n.where)
   elseif n.kind == "join" and o.interval then
     o.before_ms = duration_ms(o.before, "join before", n.where)
     o.after_ms = duration_ms(o.after, "join after", n.where)
@@ -247,6 +249,7 @@ function M.task(args)
   local window_op               -- builds a window operator (below)
   local process_op              -- builds a process operator (below)
   local interval_join_op        -- builds one side of a join of two streams (below)
+  local temporal_join_op        -- builds one side of a temporal (as-of) join (below)
   local cur_proc                -- the process operator being called: its ctx.state, timers, emit, side
   local stopping = false        -- finish() at a stop: timers are kept, not fired
   getters.state = function() return cur_proc and cur_proc.state end
@@ -321,6 +324,8 @@ function M.task(args)
       end
     elseif kind == "join" and node.opts.interval then
       return interval_join_op(id, parent)
+    elseif kind == "join" and node.opts.temporal then
+      return temporal_join_op(id, parent)
     elseif kind == "join" and node.opts.global then
       local nxt, guid, inner, get = build(id), node.opts.global, node.opts.type ~= "left", native.state_get
       local kfield, kfn = node.opts.key_field, type(node.key) == "function" and node.key or nil
@@ -646,6 +651,101 @@ function M.task(args)
       -- wait for matches until the watermark passes the last possible one
       put(uid, kg, key, "m", mine, string.format("%020.0f:%d", t + 2 ^ 62, seq), { v = v, ts = t, m = matched })
       native.timer_set(uid, kg, key, "e", t + (left_side and after or before))
+    end
+  end
+
+  -- A temporal join: the table side keeps every version of a key's row by
+  -- its event time (map "V"); a stream record waits (map "S") until the
+  -- watermark -- the minimum over both inputs -- has passed its event time,
+  -- then joins the version valid at that time: the latest at or before it.
+  -- So the result does not depend on how the two inputs interleave.
+  -- Versions older than the watermark minus retention go, except the one
+  -- still valid then.
+  local temporal_shared = {}
+  local function time_sub(t, seq) return string.format("%020.0f:%010d", t + 2 ^ 62, seq or 0) end
+  temporal_join_op = function(id, parent)
+    local node = nodes[id]
+    local o, uid, fn = node.opts, node.uid, node.fn
+    local retention, inner = o.retention_ms, o.type ~= "left"
+    local get, put, del, entries = native.state_get, native.state_put, native.state_del, native.state_entries
+    local sh = temporal_shared[id]
+    if not sh then
+      sh = { nxt = build(id) }
+      temporal_shared[id] = sh
+      local function sorted_keys(t)
+        local ks = {}
+        for k in pairs(t) do ks[#ks + 1] = k end
+        table.sort(ks)
+        return ks
+      end
+      -- the records of key whose time the watermark passed join their versions
+      local function release(key, kg, now)
+        local versions = entries(uid, kg, key, "m", "V")
+        local vkeys = sorted_keys(versions)
+        local waiting = entries(uid, kg, key, "m", "S")
+        local pending = false
+        for _, sub in ipairs(sorted_keys(waiting)) do
+          local e = waiting[sub]
+          if e.ts <= now then
+            local row
+            for _, vk in ipairs(vkeys) do
+              local ver = versions[vk]
+              if ver.ts <= e.ts then row = ver.row else break end
+            end
+            if row == cjson.null then row = nil end       -- deleted at that time
+            if row ~= nil or not inner then
+              cur_ts = e.ts
+              local out = fn(e.v, row, ctx)
+              if out ~= nil then cout[id] = cout[id] + 1; sh.nxt(out) end
+            end
+            del(uid, kg, key, "m", "S", sub)
+          else
+            pending = true
+          end
+        end
+        if not pending then del(uid, kg, key, "v", "seq") end
+        -- old versions: keep the last one at or before the cutoff (still valid then)
+        local cutoff = now - retention
+        local keep
+        for i, vk in ipairs(vkeys) do if versions[vk].ts <= cutoff then keep = i end end
+        for i = 1, (keep or 1) - 1 do del(uid, kg, key, "m", "V", vkeys[i]) end
+      end
+      local due = native.timers_due
+      local entry = { id = id }
+      entry.advance = function()
+        if wm == NONE or stopping then return end
+        while true do
+          local tss, keys = due(uid, "e", wm)
+          if #tss == 0 then return end
+          for j = 1, #tss do
+            local key = keys[j]
+            firing = { key = key }
+            local saved_ts = cur_ts
+            tio.cur_node = id
+            last_tb = nil
+            local ok, err = xpcall(release, handler, key, tonumber(native.keygroup(key)), wm)
+            firing, cur_ts = nil, saved_ts
+            if not ok then on_error(err, nil) end
+          end
+        end
+      end
+      windows[#windows + 1] = entry
+    end
+    local table_side = parent == node.inputs[2] and parent ~= node.inputs[1]
+    return function(v)
+      tio.cur_node = id; cin[id] = cin[id] + 1
+      if cur_ts == NONE then error("a temporal join needs event time on both inputs: set the timestamp option", 0) end
+      local key, kg = current_key()
+      if table_side then
+        -- a version of the row from cur_ts on (nil: deleted from then on)
+        put(uid, kg, key, "m", "V", time_sub(cur_ts), { ts = cur_ts, row = v == nil and cjson.null or v })
+        native.timer_set(uid, kg, key, "e", cur_ts + retention)   -- old versions are swept then
+      else
+        local seq = (get(uid, kg, key, "v", "seq") or 0) + 1
+        put(uid, kg, key, "v", "seq", nil, seq)
+        put(uid, kg, key, "m", "S", time_sub(cur_ts, seq), { v = v, ts = cur_ts })
+        native.timer_set(uid, kg, key, "e", cur_ts)
+      end
     end
   end
 

@@ -179,9 +179,8 @@ return p
       assert.are.equal("", r.stdout)
     end)
 
-    it("refuses what this version does not support (a temporal join, a table-table join) with exit 2", function()
+    it("refuses what this version does not support (a table-table join) with exit 2", function()
       for _, call in ipairs({
-        ':key_by("a"):join(s:key_by("a"):to_table(), function() end, { as_of = "event_time" })',
         ':key_by("a"):to_table():join(s:key_by("a"):to_table(), function() end)',
       }) do
         E.write(dir .. "/u.lua", [[

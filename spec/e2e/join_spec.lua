@@ -122,7 +122,9 @@ return p
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end)',
         "a join of two streams needs within = d, or before = d and after = d" },
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:table("t", { file = "x", key = "k" }), function() end, { as_of = "event_time" })',
-        "a temporal join (as_of) is not supported" },
+        "a temporal join needs retention = d" },
+      { 'p:table("s", { file = "x", key = "k" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
+        "a join of two tables is not supported by this version of eddy" },
       { 'p:source("a", { file = "x" }):join(p:global_table("g", { file = "x", key = "k" }), function() end)',
         "a join with a global table needs key =" },
       { 'p:source("a", { file = "x" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
@@ -208,6 +210,49 @@ return p
     assert.are.same({ "late" }, keys)
     d:kill("TERM")
     assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+end)
+
+describe("temporal join", function()
+  local dir
+  before_each(function() dir = E.tmpdir() end)
+  after_each(function() E.cleanup() end)
+  local T = 1700000000000
+
+  it("joins each order with its customer's city as it was at the order's event time, "
+      .. "whatever the threads and interleaving", function()
+    local function rows(list)
+      local out = {}
+      for _, r in ipairs(list) do out[#out + 1] = string.format(r[1], T + r[2]) end
+      return table.concat(out, "\n") .. "\n"
+    end
+    E.write(dir .. "/customers.jsonl", rows({ { '{"id":"c1","city":"Paris","ts":%d}', 0 },
+      { '{"id":"c2","city":"Rome","ts":%d}', 5000 }, { '{"id":"c1","city":"Lyon","ts":%d}', 100000 },
+      { '{"id":"c1","city":"Nice","ts":%d}', 400000 } }))
+    E.write(dir .. "/orders.jsonl", rows({ { '{"id":"o0","customer":"c1","ts":%d}', -10000 },
+      { '{"id":"o1","customer":"c1","ts":%d}', 50000 }, { '{"id":"o2","customer":"c2","ts":%d}', 60000 },
+      { '{"id":"o3","customer":"c1","ts":%d}', 150000 }, { '{"id":"o4","customer":"c1","ts":%d}', 399999 },
+      { '{"id":"o5","customer":"c1","ts":%d}', 400000 } }))
+    E.write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local customers = p:source("customers", { file = "customers.jsonl", timestamp = "ts" }):key_by("id"):to_table()
+p:source("orders", { file = "orders.jsonl", timestamp = "ts" })
+ :key_by("customer")
+ :join(customers, function(o, c) return o.id .. " " .. (c and c.city or "-") end,
+       { as_of = "event_time", retention = "1h", type = "left" })
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    for _, shape in ipairs({ "threads = 1, parallelism = 1, tuning = { batch = 1 }", "threads = 2, parallelism = 4" }) do
+      E.write(dir .. "/eddy.conf.lua", "return { name = 'asof', pipeline = 'pipeline.lua', admin = false, " .. shape .. " }")
+      E.sh("rm -rf " .. E.quote(dir .. "/state"))
+      local r = E.run({ "run", dir .. "/eddy.conf.lua" })
+      assert.are.equal(0, r.code, r.stderr)
+      local lines = E.lines(r.stdout)
+      table.sort(lines)
+      assert.are.equal(E.read(E.root .. "/spec/fixtures/join-orders-asof-left.out"), table.concat(lines, "\n") .. "\n", shape)
+    end
   end)
 end)
 
