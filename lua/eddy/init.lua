@@ -504,8 +504,21 @@ function Pipeline:side(name)
   return s
 end
 
-function Table:join()
-  fail("a join of two tables is not supported by this version of eddy")
+-- table:join(table2, fn(left_row, right_row, ctx)): a changelog stream of
+-- the joined rows: an update on either side emits the new joined row (when
+-- both sides have one), a delete that breaks a pair emits the key with a
+-- nil value (a tombstone).
+function Table:join(other, fn, opts)
+  check_fn("join", fn)
+  if getmetatable(other) ~= Table or other.p ~= self.p then
+    fail("a table joins another table of the same pipeline")
+  end
+  if self.global or other.global then fail("a join of two tables needs tables, not global tables") end
+  if opts ~= nil and (type(opts) ~= "table" or next(opts) ~= nil) then
+    fail("a join of two tables takes no options")
+  end
+  local s = add(self.p, "join", { self.node.id, other.node.id }, { fn = fn, opts = { tables = true } })
+  return s
 end
 
 -- p:table(name, opts): a source read as a changelog; opts are a source's,

@@ -326,6 +326,27 @@ function M.task(args)
       return interval_join_op(id, parent)
     elseif kind == "join" and node.opts.temporal then
       return temporal_join_op(id, parent)
+    elseif kind == "join" and node.opts.tables then
+      -- table-table: each side's row per key; a change emits the joined row,
+      -- or a tombstone (cjson.null) when a pair that was emitted broke up
+      local nxt, uid = build(id), node.uid
+      local get, put, del = native.state_get, native.state_put, native.state_del
+      local mine = (parent == node.inputs[1]) and "L" or "R"
+      return function(v)
+        tio.cur_node = id; cin[id] = cin[id] + 1
+        local key, kg = current_key()
+        if v == nil or v == cjson.null then del(uid, kg, key, "t", mine) else put(uid, kg, key, "t", mine, nil, v) end
+        local l, r = get(uid, kg, key, "t", "L"), get(uid, kg, key, "t", "R")
+        local out
+        if l ~= nil and r ~= nil then out = fn(l, r, ctx) end
+        if out ~= nil then
+          put(uid, kg, key, "v", "joined", nil, true)
+          cout[id] = cout[id] + 1; nxt(out)
+        elseif get(uid, kg, key, "v", "joined") then
+          del(uid, kg, key, "v", "joined")
+          cout[id] = cout[id] + 1; nxt(cjson.null)
+        end
+      end
     elseif kind == "join" and node.opts.global then
       local nxt, guid, inner, get = build(id), node.opts.global, node.opts.type ~= "left", native.state_get
       local kfield, kfn = node.opts.key_field, type(node.key) == "function" and node.key or nil
@@ -411,8 +432,8 @@ function M.task(args)
           elseif ctx.key ~= nil then
             k = ctx.key                              -- after key_by, the record's key
           end
-          local s = enc(v)
-          local rc = C.eddy_sink_write_kv(task, sidx, k, k and #k or 0, s, #s, cur_ts == NONE and -1 or cur_ts,
+          local s = v ~= cjson.null and enc(v) or nil          -- a nil value (cjson.null) is a tombstone
+          local rc = C.eddy_sink_write_kv(task, sidx, k, k and #k or 0, s, s and #s or 0, cur_ts == NONE and -1 or cur_ts,
                                           firing == nil and 1 or 0)
           if rc == -2 then error("sink '" .. name .. "': Kafka refused the record: " .. ffi_string(C.eddy_sink_error(task, sidx)), 0) end
           if rc ~= 0 then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end

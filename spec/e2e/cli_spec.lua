@@ -179,9 +179,10 @@ return p
       assert.are.equal("", r.stdout)
     end)
 
-    it("refuses what this version does not support (a table-table join) with exit 2", function()
+    it("refuses a bad join with exit 2, naming the line", function()
       for _, call in ipairs({
-        ':key_by("a"):to_table():join(s:key_by("a"):to_table(), function() end)',
+        ':key_by("a"):join(s:key_by("a"), function() end, { within = "1m", type = "full" })',
+        ':key_by("a"):to_table():join(s:key_by("a"):to_table(), function() end, { type = "left" })',
       }) do
         E.write(dir .. "/u.lua", [[
 local eddy = require("eddy")
@@ -193,7 +194,7 @@ return p
 ]])
         local r = E.run({ "check", dir .. "/u.lua" })
         assert.are.equal(2, r.code, call)
-        assert.matches("is not supported by this version of eddy", r.stderr, 1, true)
+        assert.matches("eddy: .*join", r.stderr)
         assert.matches("u.lua:4", r.stderr, 1, true)
       end
     end)

@@ -362,7 +362,7 @@ s:sink("out", { file = cfg.dir })]]))
     { what = "map without a function", call = 'p:source("in", { file = "in.jsonl" }):map(1)', says = "map needs a function" },
     { what = "an unknown sink option", call = 'p:source("in", { file = "in.jsonl" }):sink("o", { file = "o", fmt = 1 })', says = "unknown option 'fmt'" },
     { what = "a kafka option on a file source", call = 'p:source("in", { file = "in.jsonl", start = "earliest" })', says = "start is for kafka sources" },
-    { what = "an unsupported join", call = 'p:source("in", { file = "in.jsonl" }):key_by("k"):to_table():join(p:source("b", { file = "in.jsonl" }):key_by("k"):to_table(), function() end)', says = "a join of two tables is not supported by this version of eddy" },
+    { what = "a join with a bad option", call = 'p:source("in", { file = "in.jsonl" }):key_by("k"):to_table():join(p:source("b", { file = "in.jsonl" }):key_by("k"):to_table(), function() end, { within = "1m" })', says = "a join of two tables takes no options" },
     { what = "a kafka source with a bad start", call = 'p:source("in", { kafka = "topic", start = "soon" })', says = "start must be" },
   }) do
     it(case.what .. " exits 2 with the message and pipeline.lua:LINE of the call", function()

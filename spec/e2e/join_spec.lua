@@ -123,8 +123,8 @@ return p
         "a join of two streams needs within = d, or before = d and after = d" },
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:table("t", { file = "x", key = "k" }), function() end, { as_of = "event_time" })',
         "a temporal join needs retention = d" },
-      { 'p:table("s", { file = "x", key = "k" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
-        "a join of two tables is not supported by this version of eddy" },
+      { 'p:table("s", { file = "x", key = "k" }):join(p:table("t", { file = "x", key = "k" }), function() end, { type = "left" })',
+        "a join of two tables takes no options" },
       { 'p:source("a", { file = "x" }):join(p:global_table("g", { file = "x", key = "k" }), function() end)',
         "a join with a global table needs key =" },
       { 'p:source("a", { file = "x" }):join(p:table("t", { file = "x", key = "k" }), function() end)',
@@ -210,6 +210,61 @@ return p
     assert.are.same({ "late" }, keys)
     d:kill("TERM")
     assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+end)
+
+describe("table-table join", function()
+  local dir
+  before_each(function() dir = E.tmpdir() end)
+  after_each(function() E.cleanup() end)
+
+  it("emits the joined row on an update of either side, and retracts it (nil value) on a delete", function()
+    E.write(dir .. "/users.jsonl", '{"id":"ada","name":"Ada"}\n{"id":"bob","name":"Bob"}\n')
+    E.write(dir .. "/tiers.jsonl", "")
+    E.write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local cjson = require("cjson")
+local p = eddy.pipeline()
+local users = p:source("users", { file = "users.jsonl", follow = true }):key_by("id")
+ :map(function(v) if v.deleted then return cjson.null end return v end):to_table()
+local tiers = p:table("tiers", { file = "tiers.jsonl", key = "id", follow = true })
+users:join(tiers, function(u, t) return { name = u.name, tier = t.tier } end)
+ :uid("user-tiers")
+ :map(function(v, ctx)
+   if v == cjson.null then return ctx.key .. " retracted" end
+   return ctx.key .. " " .. v.name .. " " .. v.tier
+ end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]])
+    E.write(dir .. "/eddy.conf.lua", "return { name = 'tt', pipeline = 'pipeline.lua', parallelism = 1, "
+      .. "admin = { listen = '127.0.0.1:0' }, reload = { watch = false } }")
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 60 })
+    local function lines(n)
+      assert(E.wait_for(function() return #E.lines(d:stdout()) >= n end, 10), d:stdout() .. d:stderr())
+      E.sleep(0.2)
+      return #E.lines(d:stdout())
+    end
+    E.sleep(0.5)
+    E.append(dir .. "/tiers.jsonl", '{"id":"ada","tier":"gold"}\n{"id":"bob","tier":"silver"}\n{"id":"cyd","tier":"bronze"}\n')
+    lines(2)
+    E.append(dir .. "/tiers.jsonl", '{"id":"ada","tier":"platinum"}\n')
+    lines(3)
+    E.append(dir .. "/users.jsonl", '{"id":"bob","deleted":true}\n')
+    lines(4)
+    E.append(dir .. "/users.jsonl", '{"id":"bob","name":"Bob"}\n')
+    assert.are.equal(5, lines(5))
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+    local got = E.lines(d:stdout())
+    table.sort(got, function(a, b) return a < b end)
+    local want = E.lines(E.read(E.root .. "/spec/fixtures/join-tables.out"))
+    table.sort(want)
+    assert.are.same(want, got)
+    -- the order of changes of one key is kept
+    local bob = {}
+    for _, l in ipairs(E.lines(d:stdout())) do if l:match("^bob") then bob[#bob + 1] = l end end
+    assert.are.same({ "bob Bob silver", "bob retracted", "bob Bob silver" }, bob)
   end)
 end)
 
