@@ -150,6 +150,45 @@ bench_state() {
     eddy_run state 2
 }
 
+# join: BENCH_JOIN_RECORDS orders (default 5M) left-joined with
+# BENCH_JOIN_KEYS customers (default 1M) held as a table in RocksDB, against
+# the same join as one C loop (jansson + uthash) as the ceiling.  Its input
+# is its own (bench-out/join-input).
+bench_join() {
+    local n=${BENCH_JOIN_RECORDS:-5000000} keys=${BENCH_JOIN_KEYS:-1000000}
+    local in=$OUT/join-input
+    if [ "$(cat "$in/.size" 2>/dev/null)" != "$n $keys" ]; then
+        rm -rf "$in" && mkdir -p "$in"
+        echo "bench: generating $n orders and $keys customers in ${in#"$ROOT"/}/"
+        luajit scripts/bench/join/gen.lua "$in" "$n" "$keys"
+        echo "$n $keys" > "$in/.size"
+    fi
+    local hj=$OUT/hashjoin
+    cc -O2 -o "$hj" scripts/bench/join/hashjoin.c -ljansson
+    local saved_records=$RECORDS
+    RECORDS=$n
+    dir=$OUT/join-baseline
+    rm -rf "$dir" && mkdir -p "$dir"
+    base_wall="" base_lines=""
+    measure "$dir" "$hj" "$in/customers.jsonl" "$in/orders.jsonl" "$dir/out.jsonl"
+    local lines
+    lines=$(wc -l < "$dir/out.jsonl" 2>/dev/null || echo 0)
+    row "join/C hash join" "$lines"
+    base_wall=$wall base_lines=$lines
+    for threads in 1 2; do
+        dir=$OUT/join-t$threads
+        rm -rf "$dir" && mkdir -p "$dir/out"
+        cp scripts/bench/join/pipeline.lua "$dir/"
+        sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" scripts/bench/join/eddy.conf.lua > "$dir/eddy.conf.lua"
+        ln -s "$in" "$dir/input"
+        measure "$dir" "$EDDY_BIN" run eddy.conf.lua
+        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
+        row "join/eddy threads=$threads" "$lines"
+    done
+    RECORDS=$saved_records
+    notes+=("join: $n orders x $keys customers (a left join: a row is joined when the customer was loaded before the order)")
+}
+
 # reload: 50 hot reloads of a 4-task pipeline under load; the pause each
 # task spends between its last record on the old version and its first on
 # the new (p50 / p99), and exactly-once across the reloads.
