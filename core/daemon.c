@@ -714,6 +714,12 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         }
     }
     if (d->group) kgroup_metrics(d->group, out);
+    if (d->sh.state) {
+        metrics_family(out, "eddy_state_keys", "gauge", "RocksDB's estimate of the keyed state entries (state, timers).");
+        metrics_sample(out, "eddy_state_keys", NULL, (double)state_estimate_keys(d->sh.state));
+        metrics_family(out, "eddy_state_bytes", "gauge", "Keyed state on disk and in memtables, in bytes.");
+        metrics_sample(out, "eddy_state_bytes", NULL, (double)state_disk_bytes(d->sh.state));
+    }
     metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
     int counts[3] = {0, 0, 0};
     for (int i = 0; i < d->ntasks; i++) counts[atomic_load(&d->tasks[i]->status)]++;
