@@ -433,10 +433,11 @@ state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const ui
         /* everything at or before upto: up to the first key of upto + 1 */
         int64_t end = upto == INT64_MAX ? INT64_MAX : upto + 1;
         if (state_key_timer(&to, uid, kgs[i], kind, end, "", 0) < 0) break;
-        if (upto == INT64_MAX) { to.len -= 4 + 8; to.p[to.len - 1]++; }   /* the whole kind */
-        state_tx_range(tx, from.p, from.len - 4, to.p, to.len - 4, due_cb, &d);
+        size_t tl = to.len - 4;                /* up to the time: every key at an earlier one */
+        if (upto == INT64_MAX) { tl = to.len - 4 - 8; to.p[tl - 1]++; }   /* the whole kind */
+        state_tx_range(tx, from.p, from.len - 4, to.p, tl, due_cb, &d);
     }
-    qsort(d.t, (size_t)d.n, sizeof *d.t, by_time);
+    if (d.n > 1) qsort(d.t, (size_t)d.n, sizeof *d.t, by_time);
     for (int i = 0; i < d.n; i++) {
         if (state_key_timer(&from, uid, d.t[i].kg, kind, d.t[i].ts, d.t[i].key, d.t[i].klen) == 0)
             state_tx_delete(tx, from.p, from.len);
