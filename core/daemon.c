@@ -839,6 +839,31 @@ static void forget_finished_run(daemon_state *d) {
     unlink(path);
 }
 
+/* state.dir/running: written at the start, removed at a clean end.  Found
+ * at the next start, it says the last run crashed (or failed): its keyed
+ * state may hold records past the positions that run would have saved.  A
+ * pipeline that reads only files starts over from empty state (its files
+ * from their start); one that reads Kafka keeps its state and reads again
+ * from the committed offsets, so records since the last commit count again
+ * (crash consistency comes with checkpoints). */
+static void check_unclean_stop(daemon_state *d) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/running", d->cfg->state_dir);
+    if (access(path, F_OK) != 0 || !plan_has_keyed_state(d->p)) return;
+    if (plan_has_kafka_sources(d->p)) {
+        log_warn("the last run did not stop cleanly (%s): keyed state is kept, and the records read again from the "
+                 "committed offsets are applied to it again", path);
+        return;
+    }
+    log_warn("the last run did not stop cleanly (%s): its keyed state may already count input it had not saved "
+             "its place in, so this run starts afresh from the start of its files", path);
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
+    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
+    unlink(sub);
+}
+
 /* Writes path atomically: a temporary file, fsync, rename.  0 or -1. */
 static int write_durably(const char *path, const char *text) {
     char tmp[PATH_MAX];
@@ -1049,6 +1074,7 @@ int daemon_run(const char *config_path) {
         }
     }
     forget_finished_run(&d);
+    check_unclean_stop(&d);
     if (plan_has_keyed_state(d.p)) {
         char dbdir[PATH_MAX];
         snprintf(dbdir, sizeof dbdir, "%s/db", d.cfg->state_dir);
@@ -1059,6 +1085,10 @@ int daemon_run(const char *config_path) {
             goto out;
         }
     }
+    char running[PATH_MAX];
+    snprintf(running, sizeof running, "%s/running", d.cfg->state_dir);
+    if (d.sh.state && write_durably(running, "a run is in progress (removed at a clean end)\n") < 0)
+        log_warn("cannot write %s", running);
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);
     d.sh.cfg = d.cfg;
@@ -1182,7 +1212,10 @@ int daemon_run(const char *config_path) {
         code = 1;
     } else {
         code = atomic_load(&d.sh.aborting) ? 1 : 0;
-        if (!code) save_positions(&d);
+        if (!code) {
+            save_positions(&d);
+            unlink(running);
+        }
         if (d.sh.poison && atomic_load(&d.sh.poison->hit)) unlink(d.poison_path);
         long in = 0;
         for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;

@@ -413,6 +413,19 @@ static int l_timers_due(lua_State *L) {
     return 2;
 }
 
+/* state_mark() / state_undo(): around one record (state_tx_mark).  Stack unchanged. */
+static int l_state_mark(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    if (t->stx) state_tx_mark(t->stx);
+    return 0;
+}
+
+static int l_state_undo(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    if (t->stx) state_tx_undo(t->stx);
+    return 0;
+}
+
 /* keygroup(key) -> the key's key group.  Stack: key -> key kg */
 static int l_keygroup(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
@@ -476,6 +489,7 @@ void lua_api_push_native(lua_State *L, task *t) {
         {"state_get", l_state_get}, {"state_put", l_state_put}, {"state_del", l_state_del},
         {"state_entries", l_state_entries}, {"timer_set", l_timer_set}, {"timer_del", l_timer_del},
         {"timers_due", l_timers_due}, {"keygroup", l_keygroup}, {"dedup", l_dedup},
+        {"state_mark", l_state_mark}, {"state_undo", l_state_undo},
     };
     for (size_t i = 0; i < sizeof state_fns / sizeof state_fns[0]; i++) {
         lua_pushlightuserdata(L, t);

@@ -33,6 +33,7 @@ struct state_tx {
     state_db *db;
     rocksdb_writebatch_wi_t *wb;
     int dirty;
+    int marks;                    /* save points set in the batch (state_tx_mark) */
     char *last; size_t lastlen;   /* the value state_tx_get returned last (owned) */
     slot *cache;                  /* [CACHE_SLOTS]: committed values */
 };
@@ -306,6 +307,21 @@ int state_tx_delete(state_tx *tx, const char *k, size_t kl) {
 
 int state_tx_dirty(const state_tx *tx) { return tx->dirty; }
 
+void state_tx_mark(state_tx *tx) {
+    rocksdb_writebatch_wi_set_save_point(tx->wb);
+    tx->marks++;
+}
+
+void state_tx_undo(state_tx *tx) {
+    if (tx->marks == 0) return;
+    char *e = NULL;
+    rocksdb_writebatch_wi_rollback_to_save_point(tx->wb, &e);
+    tx->marks--;
+    if (e) { log_error("state: rolling back a failed record's writes: %s", e); rocksdb_free(e); }
+    /* the cache followed those writes: forget it (failures are rare) */
+    for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+}
+
 static int each(rocksdb_iterator_t *it, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn,
                 void *ud) {
     int rc = 0;
@@ -343,6 +359,7 @@ int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
     }
     rocksdb_writebatch_wi_clear(tx->wb);
     tx->dirty = 0;
+    tx->marks = 0;
     return 0;
 }
 

@@ -69,6 +69,10 @@ int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, si
 /* Writes the batch atomically (end of a record batch).  0, or -1 with err. */
 int state_tx_commit(state_tx *tx, char *err, size_t errlen);
 int state_tx_dirty(const state_tx *tx);   /* uncommitted writes pending */
+/* A record starts: state_tx_undo drops every write since (its processing
+ * failed and the error policy has it, so its writes must not count). */
+void state_tx_mark(state_tx *tx);
+void state_tx_undo(state_tx *tx);
 
 /* ---- timers ---- */
 typedef struct state_timer { int64_t ts; char *key; size_t klen; uint32_t kg; } state_timer;

@@ -550,10 +550,12 @@ function M.task(args)
           cur_proc = P
           tio.cur_node = id
           last_tb = nil
-          local ok, err = xpcall(fns.on_timer, handler, tss[j], ctx)
+          native.state_mark()
+          local ok, out = xpcall(fns.on_timer, handler, tss[j], ctx)
           cur_proc = nil
+          if ok and out ~= nil then cout[id] = cout[id] + 1; nxt(out) end   -- as process: a return value is emitted
           firing, cur_ts = nil, saved_ts
-          if not ok then on_error(err, nil) end
+          if not ok then native.state_undo(); on_error(out, nil) end
         end
       end
     end
@@ -1447,6 +1449,14 @@ function M.task(args)
   local node_in = ffi.cast("uint64_t *", args.node_in)
   local node_out = ffi.cast("uint64_t *", args.node_out)
   local keyed, has_windows = args.keyed, #windows > 0
+  -- operators with keyed state: each record's writes can be undone when it fails
+  local stateful = false
+  for _, n in ipairs(nodes) do
+    if (n.kind == "process" or n.kind == "dedup" or n.kind == "join" or n.kind == "global_table") and inset[n.id] then
+      stateful = true
+    end
+  end
+  local state_mark, state_undo = native.state_mark, native.state_undo
   local function flush_counts()
     for id = 1, #nodes do node_in[id] = cin[id]; node_out[id] = cout[id] end
   end
@@ -1463,8 +1473,12 @@ function M.task(args)
       cur_proc = nil
       local r = recs[i]
       if keyed then cur_ts = tonumber(r.ts) end
+      if stateful then state_mark() end
       local ok, err = xpcall(process, handler, i)
-      if not ok then on_error(err, i) end
+      if not ok then
+        if stateful then state_undo() end     -- a failed record's state writes do not count
+        on_error(err, i)
+      end
       if keyed then
         local w = tonumber(r.wm)
         if w > tonumber(cw[ch]) and w < INF then

@@ -348,7 +348,7 @@ Daemon.__index = Daemon
 -- opts: stdin (a string), stdin_open (standard input is a pipe that gives
 -- opts.stdin and stays open until eddy ends), timeout (seconds the process
 -- may live, default RUN_TIMEOUT: a daemon a failed spec left behind dies by
--- itself).
+-- itself), env (a table of NAME = value set for eddy).
 function M.start(args, opts)
   opts = opts or {}
   local work = M.capture("mktemp -d /tmp/eddy-run.XXXXXXXX"):gsub("%s+$", "")
@@ -368,8 +368,10 @@ function M.start(args, opts)
   -- timeout(1) bounds its life; the inner shell records its pid and then
   -- becomes eddy (exec), so the pid is eddy's; the outer shell records the
   -- exit status.  The whole thing is detached from us.
-  local exec = string.format("%secho $$ >%s/pid.tmp; mv %s/pid.tmp %s/pid; exec %s %s <%s >%s/stdout 2>%s/stderr",
-    writer, q(work), q(work), q(work), q(M.bin), cmdline(args), q(input), q(work), q(work))
+  local env = ""
+  for k, v in pairs(opts.env or {}) do env = env .. "export " .. k .. "=" .. q(v) .. "; " end
+  local exec = string.format("%s%secho $$ >%s/pid.tmp; mv %s/pid.tmp %s/pid; exec %s %s <%s >%s/stdout 2>%s/stderr",
+    writer, env, q(work), q(work), q(work), q(M.bin), cmdline(args), q(input), q(work), q(work))
   local inner = string.format("timeout -k 5 %d sh -c %s; echo $? >%s/rc.tmp; "
       .. "[ -f %s/writer ] && kill $(cat %s/writer); mv %s/rc.tmp %s/rc",
     T, q(exec), q(work), q(work), q(work), q(work), q(work))
