@@ -947,6 +947,17 @@ static void load_positions(daemon_state *d) {
     json_decref(j);        /* kept until the next clean end: a crash from here reads from these positions again */
 }
 
+/* The admin HTTP server, when the config has one.  0, or -1 with err. */
+static int start_admin(daemon_state *d, char *err, size_t errlen) {
+    if (!d->cfg->admin_enabled) return 0;
+    admin_handlers h = { .ud = d, .health = h_health, .status = h_status, .metrics = h_metrics,
+                         .reload = h_reload, .get_prefixed = h_prefixed };
+    char addr_file[PATH_MAX];
+    snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d->cfg->state_dir);
+    d->adm = admin_create(d->base, d->cfg->admin_listen, addr_file, &h, err, errlen);
+    return d->adm ? 0 : -1;
+}
+
 /* ---- building ---------------------------------------------------------- */
 
 static int build_tasks(daemon_state *d, char *err, size_t errlen) {
@@ -1138,20 +1149,16 @@ int daemon_run(const char *config_path) {
         event_add(d.sig_ev[i], NULL);
     }
     signal(SIGPIPE, SIG_IGN);
-    if (d.cfg->admin_enabled) {
-        admin_handlers h = { .ud = &d, .health = h_health, .status = h_status, .metrics = h_metrics,
-                             .reload = h_reload, .get_prefixed = h_prefixed };
-        char addr_file[PATH_MAX];
-        snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d.cfg->state_dir);
-        d.adm = admin_create(d.base, d.cfg->admin_listen, addr_file, &h, err, sizeof err);
-        if (!d.adm) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
-    }
+    /* the admin server listens (and writes admin.addr) once it can answer:
+     * before waiting for Kafka (503 meanwhile), else once the tasks are built */
+    if (kafka_sources && start_admin(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
     if (kafka_sources) {
         int w = wait_for_kafka(&d, err, sizeof err);
         if (w < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
         if (w > 0) { log_info("stopped before Kafka answered"); code = 0; goto out; }
     }
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+    if (!kafka_sources && start_admin(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
     load_positions(&d);
     if (d.group) {
         if (attach_partitions(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
