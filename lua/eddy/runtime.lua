@@ -263,6 +263,28 @@ function M.task(args)
     return ffi_string(data + r.key_off, r.key_len), tonumber(r.kg)
   end
   local last_tb, handler, on_error   -- the error policy (below)
+  -- Fires the timers of operator id (uid) of one kind ("e", "p") due at
+  -- upto, in time order, each through call(key, kg, ts) with ctx.key its
+  -- key; a timer set meanwhile that is due too fires in the same round.  A
+  -- failing call's state writes are undone and the error policy has it.
+  local function fire_timers(id, uid, kind, upto, call)
+    local due = native.timers_due
+    while true do
+      local tss, keys = due(uid, kind, upto)
+      if #tss == 0 then return end
+      for j = 1, #tss do
+        local key = keys[j]
+        firing = { key = key }
+        local saved_ts = cur_ts
+        tio.cur_node = id
+        last_tb = nil
+        native.state_mark()
+        local ok, err = xpcall(call, handler, key, tonumber(native.keygroup(key)), tss[j])
+        firing, cur_ts, cur_proc = nil, saved_ts, nil
+        if not ok then native.state_undo(); on_error(err, nil) end
+      end
+    end
+  end
 
   op = function(id, parent)
     local node = nodes[id]
@@ -534,30 +556,16 @@ function M.task(args)
       cur_proc = nil
       if not ok then error(where .. ": process open failed: " .. tostring(err), 0) end
     end
-    -- timers of one kind due at `upto`, in time order; a timer set while
-    -- firing that is due too fires in the same round
-    local due = native.timers_due
+    -- on_timer for each due timer; as with process, a return value is emitted
     local function fire_due(kind, upto)
-      while true do
-        local tss, keys = due(uid, kind, upto)
-        if #tss == 0 then return end
-        for j = 1, #tss do
-          key = keys[j]
-          kg = tonumber(native.keygroup(key))
-          firing = { key = key }
-          local saved_ts = cur_ts
-          cur_ts = kind == "e" and tss[j] or NONE
-          cur_proc = P
-          tio.cur_node = id
-          last_tb = nil
-          native.state_mark()
-          local ok, out = xpcall(fns.on_timer, handler, tss[j], ctx)
-          cur_proc = nil
-          if ok and out ~= nil then cout[id] = cout[id] + 1; nxt(out) end   -- as process: a return value is emitted
-          firing, cur_ts = nil, saved_ts
-          if not ok then native.state_undo(); on_error(out, nil) end
-        end
-      end
+      fire_timers(id, uid, kind, upto, function(k, g, ts)
+        key, kg = k, g
+        cur_ts = kind == "e" and ts or NONE
+        cur_proc = P
+        local out = fns.on_timer(ts, ctx)
+        cur_proc = nil
+        if out ~= nil then cout[id] = cout[id] + 1; nxt(out) end
+      end)
     end
     local entry = { id = id }
     entry.advance = function() if fns.on_timer and wm ~= NONE and not stopping then fire_due("e", wm) end end
@@ -621,25 +629,9 @@ function M.task(args)
         end
         if left == 0 then del(uid, kg, key, "v", "seq") end    -- nothing waits: the key has no state
       end
-      local due = native.timers_due
       local entry = { id = id }
       entry.advance = function()
-        if wm == NONE or stopping then return end
-        while true do
-          local tss, keys = due(uid, "e", wm)
-          if #tss == 0 then return end
-          for j = 1, #tss do
-            local key = keys[j]
-            local kg = tonumber(native.keygroup(key))
-            firing = { key = key }
-            local saved_ts = cur_ts
-            tio.cur_node = id
-            last_tb = nil
-            local ok, err = xpcall(sweep, handler, key, kg, tss[j])
-            firing, cur_ts = nil, saved_ts
-            if not ok then on_error(err, nil) end
-          end
-        end
+        if wm ~= NONE and not stopping then fire_timers(id, uid, "e", wm, sweep) end
       end
       windows[#windows + 1] = entry
     end
@@ -733,23 +725,10 @@ function M.task(args)
         for i, vk in ipairs(vkeys) do if versions[vk].ts <= cutoff then keep = i end end
         for i = 1, (keep or 1) - 1 do del(uid, kg, key, "m", "V", vkeys[i]) end
       end
-      local due = native.timers_due
       local entry = { id = id }
       entry.advance = function()
-        if wm == NONE or stopping then return end
-        while true do
-          local tss, keys = due(uid, "e", wm)
-          if #tss == 0 then return end
-          for j = 1, #tss do
-            local key = keys[j]
-            firing = { key = key }
-            local saved_ts = cur_ts
-            tio.cur_node = id
-            last_tb = nil
-            local ok, err = xpcall(release, handler, key, tonumber(native.keygroup(key)), wm)
-            firing, cur_ts = nil, saved_ts
-            if not ok then on_error(err, nil) end
-          end
+        if wm ~= NONE and not stopping then
+          fire_timers(id, uid, "e", wm, function(key, kg) release(key, kg, wm) end)
         end
       end
       windows[#windows + 1] = entry
