@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_WAIT_SINKS 8
+#define MAX_WAIT_SINKS 32     /* a task's Kafka sinks and the dead-letter producer */
 
 typedef struct marker {
     uint64_t id;

@@ -244,6 +244,14 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
     if (d->sh.kafka) kafka_poll(d->sh.kafka);      /* delivery reports */
+    if (d->sh.kafka && kafka_failed(d->sh.kafka) && !atomic_load(&d->sh.aborting)) {
+        /* on_error = "fail" and Kafka refused a message: stop now (exit 1) */
+        log_error("%s: stopping", kafka_failed(d->sh.kafka));
+        atomic_store(&d->sh.aborting, 1);
+        for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+        event_base_loopbreak(d->base);
+        return;
+    }
     if (d->sh.acks) acks_poll(d->sh.acks);         /* markers whose Kafka outputs were delivered */
     if (d->group && d->workers_running) {
         kgroup_poll(d->group);                     /* rebalances, commits, statistics */
@@ -427,6 +435,11 @@ static int reload_in_progress(daemon_state *d) {
  * offers the new version to every task.  Returns an HTTP-like status (200,
  * 422 refused, 503 busy or stopping) with msg. */
 static int request_reload(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len) {
+    if (!d->workers_running) {
+        snprintf(msg, len, "eddy is still starting (waiting for Kafka): reload once it runs");
+        log_warn("%s: reload refused: %s", trigger, msg);
+        return 503;
+    }
     if (atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting)) {
         snprintf(msg, len, "eddy is stopping: no reload");
         return 503;

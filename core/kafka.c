@@ -136,7 +136,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_
     kafka_sink *s = conf_opaque;                /* one producer per sink */
     if (m->err) delivery_failed(s, m);
     else { s->sent++; s->bytes += (long)(m->len + m->key_len); }
-    ack(s, (int64_t)(intptr_t)m->_private);     /* the message's opaque: its sequence number */
+    /* a refused message under on_error = "fail" is never acknowledged: no
+     * offset past it is committed, and eddy stops (kafka_failed) */
+    if (!m->err || s->k->cfg->on_error != ON_ERROR_FAIL || s == s->k->dead_letters)
+        ack(s, (int64_t)(intptr_t)m->_private);     /* the message's opaque: its sequence number */
 }
 
 int64_t kafka_sink_seq(kafka_sink *s) { return atomic_load(&s->next_seq); }

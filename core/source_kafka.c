@@ -182,14 +182,26 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     for (int i = 0; i < parts->cnt; i++) {
         rd_kafka_topic_partition_t *p = &parts->elems[i];
         kpart *kp = find_part(g, p->topic, p->partition);
-        int64_t committed = ce ? RD_KAFKA_OFFSET_INVALID : c->elems[i].offset;
+        int64_t committed = ce || c->elems[i].err ? RD_KAFKA_OFFSET_INVALID : c->elems[i].offset;
+        if (ce || c->elems[i].err) {
+            /* not known here: librdkafka looks the committed offset up itself
+             * (auto.offset.reset where there is none) */
+            p->offset = RD_KAFKA_OFFSET_INVALID;
+            kp->committed = -1;
+            continue;
+        }
         if (!kp) {
             log_warn("kafka: partition %s/%d was assigned but eddy has no task for it (added after the start?): "
                      "restart eddy to read it", p->topic, p->partition);
             continue;
         }
         if (committed >= 0) p->offset = committed;
-        else if (kp->start == START_LATEST) p->offset = RD_KAFKA_OFFSET_END;
+        else if (kp->start == START_LATEST) {
+            /* the end as of this assignment, not as of whenever fetching starts */
+            int64_t low, high;
+            p->offset = rd_kafka_query_watermark_offsets(g->rk, p->topic, p->partition, &low, &high, 5000) == 0
+                        ? high : RD_KAFKA_OFFSET_END;
+        }
         else p->offset = RD_KAFKA_OFFSET_BEGINNING;
         kp->committed = committed >= 0 ? committed : -1;
         if (committed < 0 && kp->start == START_COMMITTED)
@@ -199,6 +211,18 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
                      g->cfg->name);
     }
     rd_kafka_topic_partition_list_destroy(c);
+    /* each partition's queue is taken off the consumer queue before fetching
+     * starts, so no message of it can land there */
+    for (int i = 0; i < parts->cnt; i++) {
+        kpart *kp = find_part(g, parts->elems[i].topic, parts->elems[i].partition);
+        if (!kp) continue;
+        rd_kafka_queue_t *q = rd_kafka_queue_get_partition(g->rk, kp->topic, kp->partition);
+        rd_kafka_queue_forward(q, NULL);
+        pthread_mutex_lock(&kp->mu);
+        if (kp->q) rd_kafka_queue_destroy(kp->q);
+        kp->q = q;
+        pthread_mutex_unlock(&kp->mu);
+    }
     rd_kafka_error_t *e = rd_kafka_incremental_assign(g->rk, parts);
     if (e) {
         log_error("kafka: cannot take partitions %s: %s", list, rd_kafka_error_string(e));
@@ -208,10 +232,7 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     for (int i = 0; i < parts->cnt; i++) {
         kpart *kp = find_part(g, parts->elems[i].topic, parts->elems[i].partition);
         if (!kp) continue;
-        rd_kafka_queue_t *q = rd_kafka_queue_get_partition(g->rk, kp->topic, kp->partition);
-        rd_kafka_queue_forward(q, NULL);       /* its messages stay on its own queue, for its task */
         pthread_mutex_lock(&kp->mu);
-        kp->q = q;
         kp->paused = 0;
         atomic_store(&kp->position, -1);
         atomic_store(&kp->acked, -1);
@@ -221,6 +242,8 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);
     }
+    /* librdkafka keeps a pause across revoke and assign: start unpaused */
+    rd_kafka_resume_partitions(g->rk, parts);
     log_info("kafka: group '%s' assigned %s", g->cfg->name, list[0] ? list : "nothing");
 }
 

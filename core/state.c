@@ -308,6 +308,10 @@ int state_tx_delete(state_tx *tx, const char *k, size_t kl) {
 int state_tx_dirty(const state_tx *tx) { return tx->dirty; }
 
 void state_tx_mark(state_tx *tx) {
+    if (!tx->dirty && tx->marks > 0) {          /* no writes yet: the earlier save points are of no use */
+        rocksdb_writebatch_wi_clear(tx->wb);
+        tx->marks = 0;
+    }
     rocksdb_writebatch_wi_set_save_point(tx->wb);
     tx->marks++;
 }

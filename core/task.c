@@ -512,6 +512,7 @@ static step_result step_kafka(task *t, int *n_read) {
         }
         return STEP_IDLE;
     }
+    if (kpart_position(t->kp) < t->marked_position) t->marked_position = -1;   /* re-assigned, further back */
     if (sh->acks && kpart_position(t->kp) > t->marked_position &&
         now_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
         send_mark(t, 0);
