@@ -524,14 +524,20 @@ end
 -- p:table(name, opts): a source read as a changelog; opts are a source's,
 -- and its key (the `key` option, or a Kafka message's key) is the table's.
 -- A Kafka tombstone deletes the key's row.
-function Pipeline:table(name, opts)
+-- The source of a table (kind "table" or "global_table"), its options checked.
+local function table_source(p, kind, name, opts)
   opts = opts or {}
-  if type(opts) ~= "table" then fail("table '" .. tostring(name) .. "': options must be a table") end
+  if type(opts) ~= "table" then fail(kind .. " '" .. tostring(name) .. "': options must be a table") end
   if opts.key == nil and not opts.kafka then
-    fail("table '" .. tostring(name) .. "' needs a key option (a field name or a function)")
+    fail(kind .. " '" .. tostring(name) .. "' needs a key option (a field name or a function)")
   end
-  local s = self:source(name, opts)
+  local s = p:source(name, opts)
   s.node.where = where()
+  return s
+end
+
+function Pipeline:table(name, opts)
+  local s = table_source(self, "table", name, opts)
   local k = add(self, "key_by", { s.node.id }, {
     key = function(_, ctx) return ctx.key end, opts = { table_key = true } })
   k.node.where = where()
@@ -542,13 +548,7 @@ end
 -- every task (the daemon's one state store holds it once): joined through
 -- `key` on the stream side, with no co-partitioning.
 function Pipeline:global_table(name, opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then fail("global_table '" .. tostring(name) .. "': options must be a table") end
-  if opts.key == nil and not opts.kafka then
-    fail("global_table '" .. tostring(name) .. "' needs a key option (a field name or a function)")
-  end
-  local s = self:source(name, opts)
-  s.node.where = where()
+  local s = table_source(self, "global_table", name, opts)
   local w = add(self, "global_table", { s.node.id }, { name = name, uid = "global-" .. name })
   w.node.where = where()
   return setmetatable({ p = self, node = w.node, name = name, global = true }, Table)

@@ -591,6 +591,13 @@ function M.task(args)
   -- the watermark passes the last time a match could come (tl + after,
   -- tr + before); an event-time timer then frees them and, for left and
   -- outer joins, emits those that never matched with nil on the other side.
+  -- the keys of a table of map entries, sorted (their names sort by time)
+  local function sorted_keys(t)
+    local ks = {}
+    for k in pairs(t) do ks[#ks + 1] = k end
+    table.sort(ks)
+    return ks
+  end
   local interval_shared = {}
   interval_join_op = function(id, parent)
     local node = nodes[id]
@@ -609,10 +616,7 @@ function M.task(args)
           local wait = side == "L" and after or before
           local emit_unmatched = (side == "L" and jtype ~= "inner") or (side == "R" and jtype == "outer")
           local es = entries(uid, kg, key, "m", side)
-          local subs = {}
-          for sub in pairs(es) do subs[#subs + 1] = sub end
-          table.sort(subs)
-          for _, sub in ipairs(subs) do
+          for _, sub in ipairs(sorted_keys(es)) do
             local e = es[sub]
             if e.ts + wait <= now then
               if emit_unmatched and not e.m then
@@ -646,10 +650,7 @@ function M.task(args)
       put(uid, kg, key, "v", "seq", nil, seq)
       local matched = false
       local es = entries(uid, kg, key, "m", theirs)
-      local subs = {}
-      for sub in pairs(es) do subs[#subs + 1] = sub end
-      table.sort(subs)
-      for _, sub in ipairs(subs) do
+      for _, sub in ipairs(sorted_keys(es)) do
         local e = es[sub]
         local tl, tr = left_side and t or e.ts, left_side and e.ts or t
         if tr >= tl - before and tr <= tl + after then
@@ -687,12 +688,6 @@ function M.task(args)
     if not sh then
       sh = { nxt = build(id) }
       temporal_shared[id] = sh
-      local function sorted_keys(t)
-        local ks = {}
-        for k in pairs(t) do ks[#ks + 1] = k end
-        table.sort(ks)
-        return ks
-      end
       -- the records of key whose time the watermark passed join their versions
       local function release(key, kg, now)
         local versions = entries(uid, kg, key, "m", "V")
