@@ -838,17 +838,22 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
+/* Drops keyed state and file positions: the next run starts afresh. */
+static void drop_state(daemon_state *d) {
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
+    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
+    unlink(sub);
+}
+
 static void forget_finished_run(daemon_state *d) {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
     if (access(path, F_OK) != 0) return;
     log_info("the last run read all of its input: this one starts afresh (keyed state and positions in %s dropped)",
              d->cfg->state_dir);
-    char sub[PATH_MAX];
-    snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
-    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
-    unlink(sub);
+    drop_state(d);
     unlink(path);
 }
 
@@ -870,11 +875,7 @@ static void check_unclean_stop(daemon_state *d) {
     }
     log_warn("the last run did not stop cleanly (%s): its keyed state may already count input it had not saved "
              "its place in, so this run starts afresh from the start of its files", path);
-    char sub[PATH_MAX];
-    snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
-    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
-    unlink(sub);
+    drop_state(d);
 }
 
 /* Writes path atomically: a temporary file, fsync, rename.  0 or -1. */
