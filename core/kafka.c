@@ -63,6 +63,11 @@ kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
         const opt *b = opt_find(&cfg->kafka, "bootstrap.servers");
         k->bootstrap = strdup(b ? b->s : "");
     }
+    /* the dead-letter producer exists before any task runs: workers use it
+     * and the event loop polls it, so it is never added while they do */
+    if (cfg->dead_letter_kafka &&
+        !(k->dead_letters = kafka_sink_get(k, "dead_letter.kafka", cfg->dead_letter_kafka, NULL, err, errlen)))
+        goto err;
     return k;
 err:
     kafka_destroy(k);
@@ -302,22 +307,11 @@ int kafka_flush(kafka *k, int timeout_ms) {
 }
 
 int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t errlen) {
-    if (!k->dead_letters) {
-        kafka_sink *s = kafka_sink_get(k, "dead_letter.kafka", k->cfg->dead_letter_kafka, NULL, err, errlen);
-        if (!s) return -1;
-        pthread_mutex_lock(&k->mu);
-        k->dead_letters = s;
-        pthread_mutex_unlock(&k->mu);
-    }
+    if (!k->dead_letters) { snprintf(err, errlen, "dead_letter.kafka is not set"); return -1; }
     return kafka_sink_send(k->dead_letters, NULL, 0, line, n, -1, NULL, 0, err, errlen);
 }
 
-kafka_sink *kafka_dead_letter_sink(kafka *k) {
-    pthread_mutex_lock(&k->mu);
-    kafka_sink *s = k->dead_letters;
-    pthread_mutex_unlock(&k->mu);
-    return s;
-}
+kafka_sink *kafka_dead_letter_sink(kafka *k) { return k->dead_letters; }
 
 const char *kafka_failed(const kafka *k) { return k->failed[0] ? k->failed : NULL; }
 int kafka_nsinks(const kafka *k) { return k->nsinks; }

@@ -44,10 +44,10 @@ int kafka_conf_apply(const kafka *k, struct rd_kafka_conf_s *conf, const opt_lis
 void kafka_poll(kafka *k);
 /* Waits up to timeout_ms for every queued message; 0 when all were delivered. */
 int kafka_flush(kafka *k, int timeout_ms);
-/* Appends one dead letter (a JSON line) to the topic dead_letter.kafka names;
- * its producer is made on first use.  0, or -1 with err.  Any thread. */
+/* Appends one dead letter (a JSON line) to the topic dead_letter.kafka names
+ * (its producer is made by kafka_create).  0, or -1 with err.  Any thread. */
 int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t errlen);
-kafka_sink *kafka_dead_letter_sink(kafka *k);    /* borrowed, NULL until the first dead letter */
+kafka_sink *kafka_dead_letter_sink(kafka *k);    /* borrowed; NULL without dead_letter.kafka */
 /* The first delivery failure under on_error = "fail", or NULL. */
 const char *kafka_failed(const kafka *k);
 int kafka_nsinks(const kafka *k);
