@@ -334,24 +334,40 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
         if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) op = &p->nodes[i];
     if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
     if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN &&
-                op->kind != NODE_GLOBAL_TABLE) || !d->sh.state) {
-        out = error_json(http_status, 404, "no process, dedup, join or global table with that uid runs here");
+                op->kind != NODE_GLOBAL_TABLE && op->kind != NODE_WINDOW) || !d->sh.state) {
+        out = error_json(http_status, 404, "no process, dedup, join, window or global table with that uid runs here");
         goto done;
     }
-    if (slash) {
-        size_t klen = 0;
-        char *key = evhttp_uridecode(slash + 1, 0, &klen);
-        if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
-        uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
-        out = state_key_json(d->sh.state, uid, kg, key, klen);
-        free(key);
-        if (!out) out = error_json(http_status, 404, "that key has no state");
-        goto done;
-    }
+    int window = op->kind == NODE_WINDOW;
+    const char *agg = window ? (node_opt(op, "agg") ? node_opt(op, "agg") : "count") : NULL;
     struct evkeyvalq q;
     q.tqh_first = NULL;
     q.tqh_last = &q.tqh_first;
     if (query && evhttp_parse_query_str(query, &q) < 0) { out = error_json(http_status, 400, "a malformed query"); goto done; }
+    if (slash) {
+        /* windows: ?from=&to= (ms) bound them */
+        const char *fs = evhttp_find_header(&q, "from"), *ts = evhttp_find_header(&q, "to");
+        char *fe = NULL, *te = NULL;
+        long long from = fs ? strtoll(fs, &fe, 10) : INT64_MIN, to = ts ? strtoll(ts, &te, 10) : INT64_MAX;
+        int bad = (fs && (*fe || fe == fs)) || (ts && (*te || te == ts));
+        for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
+            if (!window || (strcmp(kv->key, "from") != 0 && strcmp(kv->key, "to") != 0)) bad = 1;
+        evhttp_clear_headers(&q);
+        if (bad) {
+            out = error_json(http_status, 400, window ? "from and to must be times in ms (and the only parameters)"
+                                                      : "GET /state/UID/KEY takes no parameters");
+            goto done;
+        }
+        size_t klen = 0;
+        char *key = evhttp_uridecode(slash + 1, 0, &klen);
+        if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
+        uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
+        out = window ? window_key_json(d->sh.state, uid, kg, key, klen, from, to, agg)
+                     : state_key_json(d->sh.state, uid, kg, key, klen);
+        free(key);
+        if (!out) out = error_json(http_status, 404, "that key has no state");
+        goto done;
+    }
     const char *prefix = evhttp_find_header(&q, "prefix"), *lim = evhttp_find_header(&q, "limit");
     char *end = NULL;
     long limit = lim ? strtol(lim, &end, 10) : 100;
@@ -362,7 +378,9 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
         out = error_json(http_status, 400, "limit must be a number from 1 to 100000 (and prefix and limit the only parameters)");
         goto done;
     }
-    out = state_scan_json(d->sh.state, uid, prefix ? prefix : "", prefix ? strlen(prefix) : 0, (int)limit);
+    size_t plen = prefix ? strlen(prefix) : 0;
+    out = window ? window_scan_json(d->sh.state, uid, prefix ? prefix : "", plen, (int)limit, agg)
+                 : state_scan_json(d->sh.state, uid, prefix ? prefix : "", plen, (int)limit);
     evhttp_clear_headers(&q);
 done:
     free(uid);

@@ -536,12 +536,15 @@ static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t 
         if (tw->size != size || tw->advance != advance || tw->offset != offset || tw->lateness != lateness) return NULL;
         return tw->w;
     }
+    if (!t->stx) return NULL;               /* windows live in the state store */
     task_window *wins = realloc(t->wins, sizeof *wins * (t->nwins + 1));
     if (!wins) return NULL;
     t->wins = wins;
     task_window *tw = &t->wins[t->nwins];
     tw->uid = strdup(uid);
-    tw->w = advance < 0 ? window_create_sessions(size, lateness) : window_create(size, advance, offset, lateness);
+    int maxp = t->sh->cfg->max_parallelism;
+    tw->w = advance < 0 ? window_create_sessions(t->stx, uid, t->kgs, t->nkgs, maxp, size, lateness)
+                        : window_create(t->stx, uid, t->kgs, t->nkgs, maxp, size, advance, offset, lateness);
     if (!tw->uid || !tw->w) { free(tw->uid); window_destroy(tw->w); return NULL; }
     tw->size = size;
     tw->advance = advance;

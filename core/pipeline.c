@@ -542,7 +542,7 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
 int plan_has_keyed_state(const plan *p) {
     for (int i = 0; i < p->nnodes; i++)
         if (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP || p->nodes[i].kind == NODE_JOIN ||
-            p->nodes[i].kind == NODE_GLOBAL_TABLE)
+            p->nodes[i].kind == NODE_GLOBAL_TABLE || p->nodes[i].kind == NODE_WINDOW)
             return 1;
     return 0;
 }

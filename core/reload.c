@@ -89,7 +89,7 @@ plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running
             snprintf(err, errlen, "task %s: %s", tasks[i]->name, terr);
             for (int j = 0; j < i; j++) { task_vm_destroy(tvs[j]); tvs[j] = NULL; }
             /* the refused version's VMs opened window state of its own uids: drop it */
-            for (int j = 0; j <= i; j++) task_forget_windows(tasks[j], running);
+            for (int j = 0; j <= i; j++) task_forget_windows(tasks[j], running, 0);
             goto err;
         }
     }

@@ -164,6 +164,31 @@ static uint64_t get_be(const char *p, int bytes) {
     return v;
 }
 
+int state_key_window(state_key *k, const char *uid, uint32_t kg, int64_t end, const char *key, size_t klen,
+                     int64_t start) {
+    k->len = 0;
+    char two = 2;
+    if (kput(k, uid, strlen(uid)) || kput(k, &two, 1) || kput_be(k, kg, 2) ||
+        kput_be(k, (uint64_t)end ^ (1ULL << 63), 8))
+        return -1;
+    if (!key) return 0;
+    return kput_be(k, klen, 4) || kput(k, key, klen) || kput_be(k, (uint64_t)start ^ (1ULL << 63), 8) ? -1 : 0;
+}
+
+int state_key_window_parse(const char *k, size_t kl, size_t uidlen, uint32_t *kg, int64_t *end, const char **key,
+                           size_t *klen, int64_t *start) {
+    size_t at = uidlen + 1;
+    if (kl < at + 2 + 8 + 4 + 8 || k[uidlen] != 2) return -1;
+    *kg = (uint32_t)get_be(k + at, 2);
+    *end = (int64_t)(get_be(k + at + 2, 8) ^ (1ULL << 63));
+    size_t n = (size_t)get_be(k + at + 10, 4);
+    if (kl != at + 14 + n + 8) return -1;
+    *key = k + at + 14;
+    *klen = n;
+    *start = (int64_t)(get_be(k + at + 14 + n, 8) ^ (1ULL << 63));
+    return 0;
+}
+
 int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, const char **key, size_t *klen) {
     size_t at = uidlen + 1 + 2 + 1;
     if (kl < at + 12 || k[uidlen] != 1) return -1;
@@ -204,6 +229,8 @@ static uint64_t hash(const char *p, size_t n) {          /* FNV-1a: a cache slot
     for (size_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
     return h;
 }
+
+state_db *state_tx_db(const state_tx *tx) { return tx->db; }
 
 state_tx *state_tx_create(state_db *db) {
     state_tx *tx = calloc(1, sizeof *tx);
@@ -381,6 +408,19 @@ int state_range(state_db *db, const char *from, size_t fl, const char *to, size_
     return rc;
 }
 
+int state_checkpoint(state_db *db, const char *dir, char *err, size_t errlen) {
+    char *e = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(db->db, &e);
+    if (cp && !e) rocksdb_checkpoint_create(cp, dir, 0, &e);   /* 0: flush first, no WAL to copy */
+    if (cp) rocksdb_checkpoint_object_destroy(cp);
+    if (e) {
+        snprintf(err, errlen, "state: checkpoint into %s failed: %s", dir, e);
+        rocksdb_free(e);
+        return -1;
+    }
+    return 0;
+}
+
 void state_compact(state_db *db) {
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(fo, 1);
@@ -533,6 +573,17 @@ static json_t *bytes_json(const char *p, size_t n) {
     json_t *j = msgpack_unpack_next(&u, p, n, NULL) == MSGPACK_UNPACK_SUCCESS ? mp_json(&u.data) : json_null();
     msgpack_unpacked_destroy(&u);
     return j;
+}
+
+json_t *state_msgpack_json(const char *p, size_t n, int all) {
+    if (!all) return bytes_json(p, n);
+    json_t *a = json_array();
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    while (msgpack_unpack_next(&u, p, n, &off) == MSGPACK_UNPACK_SUCCESS) json_array_append_new(a, mp_json(&u.data));
+    msgpack_unpacked_destroy(&u);
+    return a;
 }
 
 /* Adds one state entry (after its key prefix: kind name [0x00 sub]) to obj. */

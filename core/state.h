@@ -5,6 +5,7 @@
  *
  *   uid 0x00 kg(2, big-endian) keylen(4) key kind name [0x00 sub]   state
  *   uid 0x01 kg(2) kind('e'|'p') ts(8, biased big-endian) keylen(4) key   timers
+ *   uid 0x02 kg(2) end(8, biased) keylen(4) key start(8, biased)          windows
  *
  * so a key group moves between tasks (and, later, instances) as a range.
  * Values start with a header: a flags byte and, with STATE_TTL, the expiry
@@ -42,6 +43,14 @@ int state_key_state(state_key *k, const char *uid, uint32_t kg, const char *key,
                     const char *name, size_t nlen, const char *sub, size_t sublen);
 /* uid 0x01 kg kind ts keylen key.  0 or -1. */
 int state_key_timer(state_key *k, const char *uid, uint32_t kg, char kind, int64_t ts, const char *key, size_t klen);
+/* uid 0x02 kg end keylen key start: a window, so that a key group's windows
+ * come out by end.  With klen 0 and key NULL, only uid 0x02 kg end: the
+ * bound of a range.  0 or -1. */
+int state_key_window(state_key *k, const char *uid, uint32_t kg, int64_t end, const char *key, size_t klen,
+                     int64_t start);
+/* Decodes a window key (key borrowed from k).  0, or -1 when k is not one. */
+int state_key_window_parse(const char *k, size_t kl, size_t uidlen, uint32_t *kg, int64_t *end, const char **key,
+                           size_t *klen, int64_t *start);
 /* Decodes a timer key: its ts and key (borrowed from k).  0, or -1 when k is not one. */
 int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, const char **key, size_t *klen);
 
@@ -53,6 +62,7 @@ size_t state_value_header(char *h, int64_t expiry_ms);
 
 /* ---- a task's transaction ---- */
 state_tx *state_tx_create(state_db *db);   /* owned, or NULL */
+state_db *state_tx_db(const state_tx *tx);
 void state_tx_destroy(state_tx *tx);       /* drops what was not committed; NULL is a no-op */
 /* The stored value of k (header included), or NULL; borrowed until the next
  * call on tx.  -1 in *err_out... errors are logged and read as absent. */
@@ -89,6 +99,10 @@ int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32
 /* ---- readers (admin thread): committed data only ---- */
 /* Like state_tx_range, over what is committed (a snapshot). */
 int state_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud);
+/* A consistent copy of the database in dir (which must not exist): a
+ * RocksDB checkpoint, table files hard-linked, so its cost follows what
+ * changed.  0, or -1 with err. */
+int state_checkpoint(state_db *db, const char *dir, char *err, size_t errlen);
 /* Flushes memtables and compacts [from, to) (NULL: everything), so the
  * compaction filter drops what expired. */
 void state_compact(state_db *db);
@@ -98,6 +112,9 @@ int64_t state_disk_bytes(state_db *db);
 /* The named states of one key of operator uid as JSON (values, lists, and
  * maps as objects), expired ones left out: owned, or NULL when it has none. */
 json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);
+/* MessagePack bytes as JSON: the first object, or with all an array of
+ * every object in them.  Owned. */
+json_t *state_msgpack_json(const char *p, size_t n, int all);
 /* Up to limit keys of operator uid whose key starts with prefix, as an array
  * of {"key", "state"}: owned. */
 json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit);

@@ -292,7 +292,7 @@ int task_start(task *t, char *err, size_t errlen) {
     return 0;
 }
 
-void task_forget_windows(task *t, const plan *p) {
+void task_forget_windows(task *t, const plan *p, int drop) {
     pthread_mutex_lock(&t->swap_mu);
     for (int i = 0; i < t->nwins;) {
         int used = 0;
@@ -305,6 +305,7 @@ void task_forget_windows(task *t, const plan *p) {
         }
         if (used) { i++; continue; }
         free(t->wins[i].uid);
+        if (drop) window_drop(t->wins[i].w);
         window_destroy(t->wins[i].w);
         t->wins[i] = t->wins[--t->nwins];
     }
@@ -331,7 +332,7 @@ static void swap_version(task *t) {
     t->st = t->cur.st;
     pthread_mutex_unlock(&t->swap_mu);
     free(tv);
-    task_forget_windows(t, t->cur.p);      /* state a reload let go (allow_dropped_state) */
+    task_forget_windows(t, t->cur.p, 1);   /* state a reload let go (allow_dropped_state) */
     t->swapped_at_us = now_us();
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);

@@ -163,9 +163,10 @@ void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
  * batch boundary (sources) or once a barrier arrived on every input (keyed). */
 void task_offer(task *t, task_vm *tv);
 int task_version(const task *t);
-/* Drops the window state of uids that plan p has no window for (after a
- * refused reload, or a swap that let state go).  Takes swap_mu. */
-void task_forget_windows(task *t, const plan *p);
+/* Forgets the window operators of uids that plan p has no window for (after
+ * a refused reload, or a swap that let state go); with drop, deletes their
+ * stored windows too (only on the task's own thread).  Takes swap_mu. */
+void task_forget_windows(task *t, const plan *p, int drop);
 step_result task_step(task *t);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);

@@ -4,13 +4,20 @@
  * watermark has reached (end - 1 <= watermark) in end then key order, so a
  * run's output does not depend on batching, late firings for records within
  * the allowed lateness, and freeing a window once the watermark passes
- * end - 1 + lateness.  Kept in memory for now; the RocksDB store replaces
- * the table behind the same functions.  Calls uthash. */
+ * end - 1 + lateness.  Windows live in the task's RocksDB state (state.h),
+ * one value per window at uid 0x02 kg end key start, so a key group's
+ * windows come out by end and what is open is bounded by disk, not memory;
+ * sessions add an index key -> its sessions (uid 0x00 kg key 'w' start).
+ * The operator keeps per key group the earliest end it holds, so a
+ * watermark that reaches no window costs no read.  Calls state, keygroup. */
 #ifndef EDDY_WINDOW_H
 #define EDDY_WINDOW_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
+
+struct state_tx;
 
 typedef struct window_op window_op;
 
@@ -19,10 +26,16 @@ typedef struct eddy_fired eddy_fired;
 
 #define WINDOW_TOO_LATE (-2)
 
-/* size, advance (= size for tumbling), offset and lateness in ms.  Returns
- * an owned operator, or NULL on allocation failure. */
-window_op *window_create(int64_t size, int64_t advance, int64_t offset, int64_t lateness);
-void window_destroy(window_op *w);     /* NULL is a no-op */
+/* The windows of operator uid in key groups kgs[0..nkgs) of max_parallelism
+ * maxp, written through tx (the owning task's; what earlier runs left is
+ * read from committed data, so this may run on another thread).  size,
+ * advance (= size for tumbling), offset and lateness in ms.  Returns an
+ * owned operator, or NULL on allocation failure. */
+window_op *window_create(struct state_tx *tx, const char *uid, const uint32_t *kgs, int nkgs, int maxp, int64_t size,
+                         int64_t advance, int64_t offset, int64_t lateness);
+void window_destroy(window_op *w);     /* NULL is a no-op; the stored windows stay */
+/* Deletes every stored window of the operator (its uid was dropped). */
+void window_drop(window_op *w);
 /* Adds x to every window of key that contains ts and is not past its
  * lateness.  Returns the number of late firings it caused (windows that had
  * fired and now changed; read them with window_fired), WINDOW_TOO_LATE when
@@ -56,7 +69,8 @@ int window_store(window_op *w, const char *key, size_t klen, int64_t start, cons
  * WINDOW_TOO_LATE a record past the lateness.  window_session_put replaces
  * those sessions by one [mstart, mend) with state p; it returns 1 when the
  * result fires late at once (read it with window_fired(w, 0)), 0, or -1. */
-window_op *window_create_sessions(int64_t gap, int64_t lateness);
+window_op *window_create_sessions(struct state_tx *tx, const char *uid, const uint32_t *kgs, int nkgs, int maxp,
+                                  int64_t gap, int64_t lateness);
 int window_session_find(window_op *w, const char *key, size_t klen, int64_t ts, int64_t *starts, int max,
                         int64_t *mstart, int64_t *mend);
 int window_session_put(window_op *w, const char *key, size_t klen, const int64_t *starts, int n,
@@ -80,6 +94,9 @@ int window_fire(window_op *w, const char *key, size_t klen, int64_t start, int p
 int window_list(window_op *w, eddy_window_info *info, int max);
 void window_mark(window_op *w, const char *key, size_t klen, int64_t start, int64_t mark);
 
+/* The watermark a restored task had: windows it passed are not made again. */
+void window_restore_watermark(window_op *w, int64_t wm);
+
 /* Counts a too-late record that went nowhere (no side output took it). */
 void window_count_dropped(window_op *w);
 int64_t window_late_dropped(const window_op *w);
@@ -87,5 +104,17 @@ int64_t window_open_count(const window_op *w);
 /* The earliest end among windows that have not fired yet, or INT64_MAX, as
  * of the owner's last change; safe to call from any thread (/explain). */
 int64_t window_next_end(const window_op *w);
+
+/* ---- readers (admin thread): committed data only ---- */
+struct state_db;
+/* The windows of one key of window operator uid (key group kg) that start
+ * at or after from and end at or before to, as {"windows": [{"start",
+ * "end", "value"}]}; agg (count, sum, min, max, avg, reduce, aggregate,
+ * apply) says what the value is.  Owned, or NULL when the key has none. */
+json_t *window_key_json(struct state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t from,
+                        int64_t to, const char *agg);
+/* Up to limit keys starting with prefix, as [{"key", "state"}].  Owned. */
+json_t *window_scan_json(struct state_db *db, const char *uid, const char *prefix, size_t plen, int limit,
+                         const char *agg);
 
 #endif

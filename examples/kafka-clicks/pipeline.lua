@@ -2,8 +2,9 @@
 -- topic by a consumer group.  The "feed" source writes the sample input into
 -- the topic (keyed by user, so each user's clicks stay in order in one
 -- partition); the "clicks" source reads it back, and the counts go to part
--- files under out/.  Windows close as the watermark passes them; the rest
--- close when eddy stops.
+-- files under out/.  Windows close as the watermark passes them; the last
+-- minute stays open across a stop (kept in the state store) until later
+-- clicks move the watermark past it.
 local eddy = require("eddy")
 local p = eddy.pipeline()
 

@@ -1426,7 +1426,8 @@ function M.task(args)
   -- operators with keyed state: each record's writes can be undone when it fails
   local stateful = false
   for _, n in ipairs(nodes) do
-    if (n.kind == "process" or n.kind == "dedup" or n.kind == "join" or n.kind == "global_table") and inset[n.id] then
+    if (n.kind == "process" or n.kind == "dedup" or n.kind == "join" or n.kind == "global_table" or n.kind == "window")
+      and inset[n.id] then
       stateful = true
     end
   end
@@ -1473,9 +1474,10 @@ function M.task(args)
   end
 
   -- stopped: eddy stops (SIGTERM), the input did not end: event-time timers
-  -- stay in the store for the next run (window contents, in memory, fire)
+  -- and open windows stay in the store for the next run
   local function finish(stopped)
     stopping = stopped == 1
+    if stopping then flush_counts(); return end
     wm = INF
     tio.wm = INF
     if has_windows then advance(nil) end

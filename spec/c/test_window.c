@@ -2,14 +2,46 @@
 #include "test.h"
 #include "window.h"
 #include "ffi_api.h"
+#include "state.h"
 #include <stdint.h>
+#include <stdlib.h>
+
+/* Each operator gets a fresh store (one at a time), owning every key group. */
+static const char *dir = "/tmp/eddy-test-window";
+static state_db *db;
+static state_tx *tx;
+static uint32_t all_kgs[128];
+
+static void fresh_store(void) {
+    state_tx_destroy(tx);
+    state_close(db);
+    tx = NULL;
+    db = NULL;
+    char cmd[128], err[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) return;
+    db = state_open(dir, 8 << 20, NULL, err, sizeof err);
+    if (!db) { printf("  %s\n", err); return; }
+    tx = state_tx_create(db);
+    for (int i = 0; i < 128; i++) all_kgs[i] = (uint32_t)i;
+}
+
+static window_op *wc(int64_t size, int64_t advance, int64_t offset, int64_t lateness) {
+    fresh_store();
+    return window_create(tx, "win", all_kgs, 128, 128, size, advance, offset, lateness);
+}
+
+static window_op *wcs(int64_t gap, int64_t lateness) {
+    fresh_store();
+    return window_create_sessions(tx, "win", all_kgs, 128, 128, gap, lateness);
+}
 
 static int add(window_op *w, const char *k, int64_t ts, double x) {
     return window_add(w, k, strlen(k), ts, x);
 }
 
 TEST(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one) {
-    window_op *w = window_create(60000, 60000, 0, 0);
+    window_op *w = wc(60000, 60000, 0, 0);
     CHECK(add(w, "a", 1000, 1) == 0);
     CHECK(add(w, "a", 59999, 1) == 0);
     CHECK(add(w, "a", 60000, 1) == 0);          /* next window */
@@ -24,7 +56,7 @@ TEST(tumbling_counts_fire_when_the_watermark_reaches_end_minus_one) {
 }
 
 TEST(builtin_aggregates) {
-    window_op *w = window_create(10, 10, 0, 0);
+    window_op *w = wc(10, 10, 0, 0);
     add(w, "k", 1, 5);
     add(w, "k", 2, -3);
     add(w, "k", 3, 10);
@@ -35,7 +67,7 @@ TEST(builtin_aggregates) {
 }
 
 TEST(fires_in_end_then_key_order) {
-    window_op *w = window_create(10, 10, 0, 0);
+    window_op *w = wc(10, 10, 0, 0);
     add(w, "zeta", 15, 1);
     add(w, "beta", 5, 1);
     add(w, "alpha", 7, 1);
@@ -50,7 +82,7 @@ TEST(fires_in_end_then_key_order) {
 }
 
 TEST(hopping_windows_overlap) {
-    window_op *w = window_create(10, 5, 0, 0);      /* [0,10) [5,15) [10,20) ... */
+    window_op *w = wc(10, 5, 0, 0);      /* [0,10) [5,15) [10,20) ... */
     add(w, "k", 7, 1);                           /* in [0,10) and [5,15) */
     CHECK(window_open_count(w) == 2);
     CHECK(window_advance(w, 9) == 1);
@@ -61,7 +93,7 @@ TEST(hopping_windows_overlap) {
 }
 
 TEST(a_record_for_fired_windows_is_too_late_without_lateness) {
-    window_op *w = window_create(10, 10, 0, 0);
+    window_op *w = wc(10, 10, 0, 0);
     add(w, "k", 3, 1);
     CHECK(window_advance(w, 9) == 1);
     CHECK(window_open_count(w) == 0);           /* freed: it can no longer change */
@@ -73,7 +105,7 @@ TEST(a_record_for_fired_windows_is_too_late_without_lateness) {
 }
 
 TEST(within_lateness_a_record_fires_a_late_update_at_once) {
-    window_op *w = window_create(10, 10, 0, 5);  /* kept until wm >= 9 + 5 */
+    window_op *w = wc(10, 10, 0, 5);  /* kept until wm >= 9 + 5 */
     add(w, "k", 3, 1);
     CHECK(window_advance(w, 9) == 1);            /* on time: count 1 */
     CHECK(window_fired(w, 0)->count == 1);
@@ -89,7 +121,7 @@ TEST(within_lateness_a_record_fires_a_late_update_at_once) {
 }
 
 TEST(a_first_record_for_a_window_the_watermark_passed_fires_late) {
-    window_op *w = window_create(10, 10, 0, 100);
+    window_op *w = wc(10, 10, 0, 100);
     add(w, "k", 25, 1);
     CHECK(window_advance(w, 30) == 1);           /* [20,30) */
     CHECK(add(w, "k", 5, 1) == 1);               /* [0,10) never had a record: it fires late now */
@@ -99,7 +131,7 @@ TEST(a_first_record_for_a_window_the_watermark_passed_fires_late) {
 }
 
 TEST(offset_and_negative_times) {
-    window_op *w = window_create(10, 10, 3, 0);     /* [..., -7,3) [3,13) ... */
+    window_op *w = wc(10, 10, 3, 0);     /* [..., -7,3) [3,13) ... */
     add(w, "k", 2, 1);
     add(w, "k", -8, 1);                          /* [-17,-7) */
     CHECK(window_advance(w, 100) == 2);
@@ -109,7 +141,7 @@ TEST(offset_and_negative_times) {
 }
 
 TEST(the_watermark_never_goes_back) {
-    window_op *w = window_create(10, 10, 0, 0);
+    window_op *w = wc(10, 10, 0, 0);
     add(w, "k", 25, 1);
     CHECK(window_advance(w, 30) == 1);
     CHECK(window_advance(w, 5) == 0);
@@ -119,7 +151,7 @@ TEST(the_watermark_never_goes_back) {
 }
 
 TEST(sessions_grow_merge_and_fire_at_their_end) {
-    window_op *w = window_create_sessions(5, 0);   /* gap 5 */
+    window_op *w = wcs(5, 0);   /* gap 5 */
     CHECK(add(w, "a", 10, 1) == 0);               /* [10,15) */
     CHECK(add(w, "a", 12, 2) == 0);               /* [10,17) */
     CHECK(add(w, "a", 20, 4) == 0);               /* a second session [20,25) */
@@ -136,7 +168,7 @@ TEST(sessions_grow_merge_and_fire_at_their_end) {
 }
 
 TEST(sessions_of_different_keys_stay_apart) {
-    window_op *w = window_create_sessions(4, 0);
+    window_op *w = wcs(4, 0);
     add(w, "a", 10, 1);
     add(w, "b", 11, 1);
     CHECK(window_open_count(w) == 2);
@@ -146,7 +178,7 @@ TEST(sessions_of_different_keys_stay_apart) {
 }
 
 TEST(a_late_record_within_lateness_joins_a_fired_session_and_fires_late) {
-    window_op *w = window_create_sessions(4, 10);
+    window_op *w = wcs(4, 10);
     add(w, "a", 10, 1);                           /* [10,14) */
     CHECK(window_advance(w, 13) == 1);            /* on time */
     CHECK(add(w, "a", 10, 1) == 1);               /* still [10,14): its end has passed: late */
@@ -159,7 +191,7 @@ TEST(a_late_record_within_lateness_joins_a_fired_session_and_fires_late) {
 }
 
 TEST(session_find_and_put_merge_states_for_lua) {
-    window_op *w = window_create_sessions(5, 0);
+    window_op *w = wcs(5, 0);
     int64_t starts[8], lo, hi;
     CHECK(window_session_find(w, "k", 1, 10, starts, 8, &lo, &hi) == 0 && lo == 10 && hi == 15);
     CHECK(window_session_put(w, "k", 1, starts, 0, lo, hi, "A", 1) == 0);
@@ -172,6 +204,41 @@ TEST(session_find_and_put_merge_states_for_lua) {
     const char *st = window_state(w, "k", 1, 10, &len);
     CHECK(st && len == 2 && memcmp(st, "AB", 2) == 0);
     CHECK(window_open_count(w) == 1);
+    window_destroy(w);
+}
+
+TEST(windows_outlive_the_operator_and_fire_after_a_reopen) {
+    window_op *w = wc(10, 10, 0, 0);
+    add(w, "a", 1, 1);
+    add(w, "a", 2, 1);
+    add(w, "b", 15, 1);
+    char err[256];
+    CHECK(state_tx_commit(tx, err, sizeof err) == 0);
+    window_destroy(w);                          /* the stored windows stay */
+    w = window_create(tx, "win", all_kgs, 128, 128, 10, 10, 0, 0);
+    CHECK(window_open_count(w) == 2);
+    CHECK(window_next_end(w) == 10);
+    CHECK(window_advance(w, 9) == 1);
+    const eddy_fired *f = window_fired(w, 0);
+    CHECK(f && f->count == 2 && f->klen == 1 && f->key[0] == 'a');
+    CHECK(window_open_count(w) == 1);
+    window_drop(w);
+    CHECK(window_open_count(w) == 0);
+    CHECK(window_advance(w, 100) == 0);
+    window_destroy(w);
+}
+
+TEST(a_window_function_state_is_kept_with_its_window) {
+    window_op *w = wc(10, 10, 0, 0);
+    double count;
+    CHECK(window_store(w, "k", 1, 0, "ab", 2, WINDOW_REPLACE, &count) == 0 && count == 1);
+    CHECK(window_store(w, "k", 1, 0, "c", 1, WINDOW_APPEND, &count) == 0 && count == 2);
+    size_t len;
+    const char *st = window_state(w, "k", 1, 0, &len);
+    CHECK(st && len == 3 && memcmp(st, "abc", 3) == 0);
+    CHECK(window_advance(w, 9) == 1);
+    CHECK(window_fired(w, 0)->state_len == 3 && memcmp(window_fired(w, 0)->state, "abc", 3) == 0);
+    CHECK(window_state(w, "k", 1, 0, &len) == NULL);
     window_destroy(w);
 }
 
@@ -189,5 +256,9 @@ int main(void) {
     RUN(sessions_of_different_keys_stay_apart);
     RUN(a_late_record_within_lateness_joins_a_fired_session_and_fires_late);
     RUN(session_find_and_put_merge_states_for_lua);
+    RUN(windows_outlive_the_operator_and_fire_after_a_reopen);
+    RUN(a_window_function_state_is_kept_with_its_window);
+    state_tx_destroy(tx);
+    state_close(db);
     return TEST_END();
 }

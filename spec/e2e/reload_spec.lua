@@ -465,6 +465,10 @@ describe("hot reload", function()
       local start = r.ts - r.ts % 1000
       expected[start] = (expected[start] or 0) + 1
     end
+    -- the last window is still open at the stop: it stays in the state store
+    local last = 0
+    for start in pairs(expected) do if start > last then last = start end end
+    expected[last] = nil
     local counted = {}
     for _, l in ipairs(E.sink_lines(dir .. "/counts")) do
       local s, n = l:match("^(%d+) (%d+)$")

@@ -182,6 +182,40 @@ p:source("in", { file = "in.jsonl", follow = true, timestamp = "ts" })
       stop(d2)
       assert.are.equal("click bob\ntimer ada +30m clicks 2\ntimer ada +31m clicks 2\n", d2:stdout())
     end)
+    it("open windows are kept in the state store across a stop, shown by GET /state/UID/KEY, and fire in the next run", function()
+      local state_dir = setup([[
+p:source("in", { file = "in.jsonl", follow = true, timestamp = "ts" })
+ :key_by("user")
+ :window(eddy.window.tumbling("10s")):sum("n"):uid("per-10s")
+ :map(function(x, ctx) return ctx.key .. " " .. (ctx.window.start - ]] .. T .. [[) .. " " .. x end)
+ :sink("out", { stdout = true, format = "lines" })
+]], { ["in.jsonl"] = string.format('{"user":"ada","n":1,"ts":%d}\n{"user":"ada","n":2,"ts":%d}\n', T, T + 12000)
+        .. string.format('{"user":"ada","n":4,"ts":%d}\n', T + 15000) }, { admin = { listen = "127.0.0.1:0" } })
+      local d1 = start()
+      wait_out(d1, "ada 0 1\n")
+      local addr = E.admin_addr(state_dir)
+      assert.truthy(addr, d1:stderr())
+      -- [10s,20s) is open: its sum is in the store, and from/to bound what is shown
+      local code, body = E.curl("http://" .. addr .. "/state/per-10s/ada")
+      assert.are.equal(200, code, body)
+      assert.are.same({ windows = { { start = T + 10000, ["end"] = T + 20000, value = 6 } } }, cjson.decode(body))
+      code, body = E.curl("http://" .. addr .. "/state/per-10s/ada?from=" .. (T + 20000))
+      assert.are.equal(404, code, body)
+      code, body = E.curl("http://" .. addr .. "/state/per-10s/ada?from=soon")
+      assert.are.equal(400, code, body)
+      code, body = E.curl("http://" .. addr .. "/state/per-10s?prefix=a")
+      assert.are.equal(200, code, body)
+      assert.are.same({ { key = "ada", state = { windows = { { start = T + 10000, ["end"] = T + 20000, value = 6 } } } } },
+        cjson.decode(body))
+      stop(d1)
+      assert.are.equal("ada 0 1\n", d1:stdout())        -- a stop does not fire it
+
+      -- the next run: a later record moves the watermark past it, and the sum of the first run fires
+      E.append(dir .. "/in.jsonl", string.format('{"user":"bob","n":1,"ts":%d}\n', T + 30000))
+      local d2 = start()
+      wait_out(d2, "ada 10000 6\n")
+      stop(d2)
+    end)
   end)
 
   -- ---- event-time timers -------------------------------------------------------
