@@ -13,12 +13,13 @@
 
 struct task;
 
-typedef enum { CH_BATCH, CH_WATERMARK, CH_BARRIER, CH_EOS, CH_MARK } msg_kind;
+typedef enum { CH_BATCH, CH_WATERMARK, CH_BARRIER, CH_EOS, CH_MARK, CH_CHECKPOINT } msg_kind;
 
 typedef struct msg {
     msg_kind kind;
     batch *b;            /* CH_BATCH: owned by the message */
-    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its id; CH_MARK: an acks marker */
+    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its version; CH_MARK: an acks marker;
+                            CH_CHECKPOINT: the checkpoint's id */
     struct msg *next;
 } msg;
 

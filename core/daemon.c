@@ -9,6 +9,7 @@
 #include "task.h"
 #include "vm.h"
 #include "window.h"
+#include "checkpoint.h"
 #include "kafka.h"
 #include "source_kafka.h"
 #include "acks.h"
@@ -57,6 +58,8 @@ typedef struct daemon_state {
     int64_t started_ms;
     char poison_path[PATH_MAX];
     kgroup *group;                /* the consumer of Kafka sources, or NULL */
+    ckpt *ckpt;                   /* checkpoints (exactly_once), or NULL */
+    struct event *ckpt_ev, *ckpt_poll_ev;   /* every checkpoint.interval; while one is running */
     int workers_running;          /* the scheduler runs: tasks may be woken */
     char waiting[2600];           /* why the tasks have not started yet (health), or "" */
 } daemon_state;
@@ -270,6 +273,25 @@ static int reload_in_progress(daemon_state *d);
 
 /* ---- lifecycle --------------------------------------------------------- */
 
+/* Checkpoints: one begins every checkpoint.interval (unless a reload is
+ * rolling out); while it runs, the poll completes it once every task passed
+ * its barrier. */
+static void on_checkpoint_poll(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    if (ckpt_poll(d->ckpt)) event_del(d->ckpt_poll_ev);
+}
+
+static void on_checkpoint(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    if (!d->workers_running || atomic_load(&d->sh.aborting) || reload_in_progress(d) || ckpt_running(d->ckpt)) return;
+    if (ckpt_begin(d->ckpt)) {
+        struct timeval pt = { 0, 2000 };
+        event_add(d->ckpt_poll_ev, &pt);
+    }
+}
+
 static void on_task_done(void *ud, task *t) {
     daemon_state *d = ud;
     if (atomic_load(&t->status) == TASK_FAILED && atomic_fetch_add(&d->failed, 1) == 0)
@@ -466,6 +488,10 @@ static int request_reload(daemon_state *d, const char *trigger, int allow_droppe
         snprintf(msg, len, "version %d is still being rolled out to the tasks; try again", d->version);
         return 503;
     }
+    if (d->ckpt && ckpt_running(d->ckpt)) {
+        snprintf(msg, len, "a checkpoint is in progress; try again");
+        return 503;
+    }
     int version = d->version + 1;
     task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
     plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
@@ -616,13 +642,13 @@ static json_t *h_status(void *ud) {
     const plan *cur = d->plans[d->nplans - 1];
     snprintf(hash, sizeof hash, "%.12s", cur->hash);
     json_t *err = d->last_reload_error[0] ? json_string(d->last_reload_error) : json_null();
-    json_t *j = json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:n}",
+    json_t *j = json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:o}",
         "app", d->cfg->name,
         "pipeline", "path", cur->script, "version", d->version, "hash", hash, "sha256", cur->hash,
         "loaded_at", (json_int_t)d->loaded_at_ms, "last_reload_error", err, "reloading", reload_in_progress(d),
         "state", atomic_load(&d->sh.stopping) ? "stopping" : d->waiting[0] ? "waiting" : "running",
         "uptime_ms", (json_int_t)(mono_ms() - d->started_ms),
-        "tasks", tasks, "last_checkpoint");
+        "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
     return j;
@@ -721,6 +747,7 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             metrics_sample(out, "eddy_kafka_messages_total", failed, (double)kafka_sink_failed(ks));
         }
     }
+    if (d->ckpt) ckpt_metrics(d->ckpt, out);
     metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
     metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
@@ -863,6 +890,7 @@ static void drop_state(daemon_state *d) {
     nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
     unlink(sub);
+    ckpt_forget_all(d->cfg->state_dir);
 }
 
 static void forget_finished_run(daemon_state *d) {
@@ -1054,6 +1082,9 @@ static void daemon_free(daemon_state *d) {
     if (d->done_ev) event_free(d->done_ev);
     if (d->wd_ev) event_free(d->wd_ev);
     if (d->poll_ev) event_free(d->poll_ev);
+    if (d->ckpt_ev) event_free(d->ckpt_ev);
+    if (d->ckpt_poll_ev) event_free(d->ckpt_poll_ev);
+    ckpt_destroy(d->ckpt);
     sched_destroy(d->s);
     for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
     acks_destroy(d->sh.acks);
@@ -1076,12 +1107,15 @@ static void daemon_free(daemon_state *d) {
 
 /* Settings the config accepts that this version cannot honour are refused
  * before anything starts, never ignored. */
-static int refuse_unsupported(const config *cfg, char *err, size_t errlen) {
-    if (cfg->guarantee == GUARANTEE_EXACTLY_ONCE) {
-        snprintf(err, errlen, "guarantee: \"exactly_once\" needs checkpoints, which this version of eddy does not have; "
-                 "use \"at_least_once\"");
-        return -1;
-    }
+static int refuse_unsupported(const config *cfg, const plan *p, char *err, size_t errlen) {
+    if (cfg->guarantee != GUARANTEE_EXACTLY_ONCE) return 0;
+    for (int i = 0; i < p->nnodes; i++)
+        if (p->nodes[i].kind == NODE_SINK && node_opt(&p->nodes[i], "kafka")) {
+            snprintf(err, errlen, "guarantee: \"exactly_once\" with the Kafka sink '%s' (%s) needs Kafka transactions, "
+                     "which this version of eddy does not have yet; use file sinks, or \"at_least_once\"",
+                     p->nodes[i].name, p->nodes[i].where);
+            return -1;
+        }
     return 0;
 }
 
@@ -1100,10 +1134,11 @@ int daemon_run(const char *config_path) {
     }
     d.cfg = config_load(config_path, err, sizeof err);
     if (!d.cfg) { fprintf(stderr, "eddy: %s\n", err); goto out; }
-    if (refuse_unsupported(d.cfg, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     log_setup(d.cfg->log_level, d.cfg->log_format == LOGFMT_JSON);
     d.p = plan_create(d.cfg, daemon_lua_dir(), err, sizeof err);
     if (!d.p) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    if (refuse_unsupported(d.cfg, d.p, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    int exactly_once = d.cfg->guarantee == GUARANTEE_EXACTLY_ONCE;
     if (mkdirs(d.cfg->state_dir) < 0) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
@@ -1117,7 +1152,16 @@ int daemon_run(const char *config_path) {
         }
     }
     forget_finished_run(&d);
-    check_unclean_stop(&d);
+    /* exactly_once: the newest committed checkpoint is where this run starts */
+    int64_t restore = exactly_once ? ckpt_newest_committed(d.cfg->state_dir) : 0;
+    if (restore > 0) {
+        if (ckpt_restore_db(d.cfg->state_dir, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 1; goto out; }
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/positions.json", d.cfg->state_dir);
+        unlink(path);                            /* the checkpoint has the positions */
+    } else {
+        check_unclean_stop(&d);
+    }
     if (plan_has_keyed_state(d.p)) {
         char dbdir[PATH_MAX];
         snprintf(dbdir, sizeof dbdir, "%s/db", d.cfg->state_dir);
@@ -1191,13 +1235,25 @@ int daemon_run(const char *config_path) {
     }
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
     if (!kafka_sources && start_admin(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
-    load_positions(&d);
+    if (!exactly_once) load_positions(&d);
     if (d.group) {
         if (attach_partitions(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
-        d.sh.acks = acks_create(d.p, on_acked, &d);
-        if (!d.sh.acks) { log_error("out of memory"); goto out; }
-        int64_t every = kgroup_commit_interval(d.group) / 2;
-        d.sh.mark_interval_ms = every < 100 ? 100 : every;
+        if (!exactly_once) {        /* exactly_once: checkpoints commit the offsets */
+            d.sh.acks = acks_create(d.p, on_acked, &d);
+            if (!d.sh.acks) { log_error("out of memory"); goto out; }
+            int64_t every = kgroup_commit_interval(d.group) / 2;
+            d.sh.mark_interval_ms = every < 100 ? 100 : every;
+        }
+    }
+    if (exactly_once) {
+        d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_interval_ms,
+                             d.cfg->checkpoint_retain);
+        if (!d.ckpt) { fprintf(stderr, "eddy: cannot create %s/checkpoints\n", d.cfg->state_dir); goto out; }
+        if (ckpt_recover(d.ckpt, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+        struct timeval iv = { d.cfg->checkpoint_interval_ms / 1000, (d.cfg->checkpoint_interval_ms % 1000) * 1000 };
+        d.ckpt_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint, &d);
+        d.ckpt_poll_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint_poll, &d);
+        event_add(d.ckpt_ev, &iv);
     }
     if (d.cfg->reload_watch) {
         d.watch = reload_watch_create(d.base, d.p->dir, 200, on_file_changed, &d, err, sizeof err);
@@ -1227,6 +1283,9 @@ int daemon_run(const char *config_path) {
     int sink_failed = 0;
     for (int i = 0; i < d.ntasks; i++)
         if (task_close_sinks(d.tasks[i]) < 0) sink_failed = 1;
+    /* exactly_once: a clean end commits what is left as a last checkpoint */
+    if (d.ckpt && !sink_failed && !atomic_load(&d.failed) && !atomic_load(&d.sh.aborting) && ckpt_final(d.ckpt) < 0)
+        sink_failed = 1;
     if (d.sh.kafka) {
         if (kafka_flush(d.sh.kafka, 30000) < 0) sink_failed = 1;
         if (kafka_failed(d.sh.kafka)) {

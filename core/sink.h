@@ -13,13 +13,36 @@
 
 typedef struct sink sink;
 
+/* A part file prepared for a checkpoint: written and fsynced under its
+ * hidden name; renamed to its final name once the checkpoint commits. */
+typedef struct sink_part { char hidden[1024], final[1024]; } sink_part;
+
 typedef enum { SINK_FILE, SINK_STDOUT, SINK_KAFKA } sink_kind;
 struct kafka_sink;
 
-/* file: dir (created if missing), ext without dot ("jsonl"); stdout: lock is
- * shared by every stdout sink.  Returns an owned sink, or NULL with err. */
-sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id,
+/* file: dir (created if missing), ext without dot ("jsonl"); with txn
+ * (exactly_once) the records between two checkpoints go to a hidden part
+ * file of their own (sink_prepare).  stdout: lock is shared by every stdout
+ * sink.  Returns an owned sink, or NULL with err. */
+sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
                   pthread_mutex_t *stdout_lock, char *err, size_t errlen);
+/* The names of task task_id's part file for a checkpoint: hidden
+ * (DIR/.part-<task>-<checkpoint>.<ext>.inprogress) and final. */
+void sink_part_names(const char *dir, int task_id, int64_t checkpoint, const char *ext, char *hidden, char *final,
+                     size_t len);
+/* Checkpoint `checkpoint` passed this sink: what was written since the last
+ * one is flushed and fsynced (an exactly-once file sink closes its part file
+ * and keeps it among the prepared ones); later records belong to the next
+ * checkpoint.  0 or -1. */
+int sink_prepare(sink *s, int64_t checkpoint);
+/* The part files prepared and not yet committed (borrowed), and forgetting
+ * the first n of them once their checkpoint committed. */
+int sink_prepared(const sink *s, const sink_part **parts);
+void sink_committed(sink *s, int n);
+/* An exactly-once file sink's folder, else NULL. */
+const char *sink_dir(const sink *s);
+/* The checkpoint the next records belong to (after a restore). */
+void sink_set_checkpoint(sink *s, int64_t next);
 /* Appends value bytes and a newline.  0, or -1 with the error kept for sink_error. */
 int sink_write(sink *s, const char *p, size_t n);
 /* A Kafka sink, writing through ks (borrowed: kafka.c owns it).  Owned, or NULL. */
@@ -34,7 +57,8 @@ int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n
 struct kafka_sink *sink_kafka(const sink *s);
 /* Writes out what is buffered (end of a batch).  0 or -1. */
 int sink_flush(sink *s);
-/* Flushes, fsyncs and closes.  0 or -1. */
+/* Flushes, fsyncs and closes (an exactly-once file sink only flushes: the
+ * next checkpoint prepares its file).  0 or -1. */
 int sink_close(sink *s);
 const char *sink_error(const sink *s);
 const char *sink_name(const sink *s);

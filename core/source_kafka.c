@@ -31,6 +31,7 @@ struct kpart {
     atomic_llong acked;            /* outputs before this offset were acknowledged; -1: none yet */
     atomic_ullong drain_marker;    /* the marker a revoked partition's task sent, 0 before */
     atomic_int drained;            /* that marker was acknowledged */
+    atomic_llong restore;          /* recovery: start here when assigned; -1: none */
     char error[512];               /* a failure the task reports (start = "committed" without an offset) */
     int64_t committed;             /* the last offset eddy committed (event loop) */
     int64_t lag, high;             /* from the statistics (event loop); -1 unknown */
@@ -183,6 +184,12 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         rd_kafka_topic_partition_t *p = &parts->elems[i];
         kpart *kp = find_part(g, p->topic, p->partition);
         int64_t committed = ce || c->elems[i].err ? RD_KAFKA_OFFSET_INVALID : c->elems[i].offset;
+        if (kp && atomic_load(&kp->restore) >= 0) {
+            /* recovery: where the checkpoint restored says, whatever the group committed */
+            p->offset = atomic_load(&kp->restore);
+            kp->committed = committed >= 0 ? committed : -1;
+            continue;
+        }
         if (ce || c->elems[i].err) {
             /* not known here: librdkafka looks the committed offset up itself
              * (auto.offset.reset where there is none) */
@@ -430,6 +437,7 @@ kpart *kgroup_add(kgroup *g, const char *source, const char *topic, int partitio
     kp->committed = kp->lag = kp->high = -1;
     atomic_init(&kp->position, -1);
     atomic_init(&kp->acked, -1);
+    atomic_init(&kp->restore, -1);
     pthread_mutex_init(&kp->mu, NULL);
     g->parts[g->nparts++] = kp;
     return kp;
@@ -580,6 +588,13 @@ int kpart_elsewhere(kpart *kp) {
     return atomic_load(&kp->g->settled) && atomic_load(&kp->state) == KP_UNASSIGNED;
 }
 int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
+
+void kpart_restore(kpart *kp, int64_t offset) { atomic_store(&kp->restore, offset); }
+
+int64_t kpart_checkpoint_offset(kpart *kp) {
+    int64_t pos = atomic_load(&kp->position);
+    return pos >= 0 ? pos : atomic_load(&kp->restore);
+}
 
 void kpart_draining(kpart *kp, uint64_t marker) {
     pthread_mutex_lock(&kp->mu);

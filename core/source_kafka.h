@@ -72,6 +72,12 @@ int kpart_elsewhere(kpart *kp);
 int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, char *err, size_t errlen);
 void kpart_pause(kpart *kp, int paused);       /* backpressure: stop or restart fetching (event loop) */
 int64_t kpart_position(kpart *kp);             /* the offset after the last one read */
+/* Recovery: the partition starts at offset when assigned (before the
+ * group's committed offset).  And where a checkpoint restarts it: the
+ * position, or the offset it was restored to while nothing was read (-1:
+ * neither). */
+void kpart_restore(kpart *kp, int64_t offset);
+int64_t kpart_checkpoint_offset(kpart *kp);
 /* The task stopped reading a revoked partition and sent marker `marker`. */
 void kpart_draining(kpart *kp, uint64_t marker);
 /* acks.c: every output caused by the records before `position` was

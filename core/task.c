@@ -70,7 +70,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
             s = sink_create_kafka(nd->name, ks, err, errlen);
         } else {
             s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
-                            &sh->stdout_mu, err, errlen);
+                            sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE, &sh->stdout_mu, err, errlen);
         }
         if (!s) goto err;
         t->sinks[t->nsinks++] = s;
@@ -526,6 +526,17 @@ static step_result step_kafka(task *t, int *n_read) {
     return n > 0 ? STEP_PROGRESS : STEP_IDLE;
 }
 
+/* Checkpoint id's barrier passes this task: its state is committed (after
+ * every batch), its sinks are prepared, the barrier goes downstream, and
+ * the task waits until the checkpoint is released (checkpoint.h).  0 or -1. */
+static int pass_checkpoint(task *t, int64_t id) {
+    for (int i = 0; i < t->nsinks; i++)
+        if (sink_prepare(t->sinks[i], id) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return -1; }
+    push_all(t, CH_CHECKPOINT, id);
+    atomic_store(&t->ckpt_passed, id);
+    return 0;
+}
+
 static step_result step_source(task *t) {
     task_shared *sh = t->sh;
     if (atomic_load(&t->next)) {
@@ -534,6 +545,9 @@ static step_result step_source(task *t) {
         swap_version(t);
         push_all(t, CH_BARRIER, t->cur.version);
     }
+    int64_t req = atomic_load(&t->ckpt_req);
+    if (req > atomic_load(&t->ckpt_passed))       /* between two batches too: the cut of this partition */
+        return pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
     if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) return STEP_BLOCKED;
     if (atomic_load(&sh->stopping)) return finish(t);
     int eof = 0, n;
@@ -606,6 +620,14 @@ static void barrier_aligned(task *t, int64_t version) {
  * barrier), then pass it on.  1 when aligned and swapped. */
 static int try_align(task *t) {
     if (t->nheld == 0 || t->nheld + t->eos < t->nin) return 0;
+    if (t->held_checkpoint) {
+        int64_t id = t->held_checkpoint;
+        memset(t->held, 0, t->nin);
+        t->nheld = 0;
+        t->held_checkpoint = 0;
+        pass_checkpoint(t, id);                 /* a failure shows in the task's status */
+        return 1;
+    }
     task_vm *n = atomic_load(&t->next);
     if (!n || n->version < t->barrier_version) return 0;   /* the offer wakes the task */
     barrier_aligned(t, t->barrier_version);
@@ -655,6 +677,10 @@ static step_result step_keyed(task *t) {
         t->held[idx] = 1;
         t->barrier_version = m->value;
         t->nheld++;                       /* aligned: swapped at the top of a step (below) */
+    } else if (m->kind == CH_CHECKPOINT) {
+        t->held[idx] = 1;
+        t->held_checkpoint = m->value;
+        t->nheld++;                       /* aligned: passed at the top of a step */
     } else if (m->kind == CH_MARK) {
         push_all(t, CH_MARK, m->value);   /* behind everything this task sent before it */
         report_mark(t, (uint64_t)m->value);
@@ -677,6 +703,8 @@ step_result task_step(task *t) {
     if (st == TASK_FAILED) return STEP_FAILED;
     if (st == TASK_DONE) return STEP_DONE;
     if (atomic_load(&t->sh->aborting)) { atomic_store(&t->status, TASK_DONE); return STEP_DONE; }
+    /* past a checkpoint's barrier: wait until it is committed (a wake comes then) */
+    if (atomic_load(&t->ckpt_passed) > atomic_load(&t->sh->ckpt_released)) return STEP_IDLE;
     return t->st->keyed ? step_keyed(t) : step_source(t);
 }
 

@@ -45,6 +45,7 @@ typedef struct task_shared {
     struct acks *acks;          /* markers for committing Kafka offsets, when there are Kafka sources */
     state_db *state;            /* keyed state (RocksDB), when the pipeline has stateful keyed operators */
     int64_t mark_interval_ms;   /* how often a Kafka source task sends a marker */
+    _Atomic int64_t ckpt_released;   /* tasks that passed this checkpoint's barrier (or an earlier one) go on */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */
@@ -105,6 +106,9 @@ typedef struct task {
     unsigned char *held;        /* [nin]: input c delivered a barrier and waits for the others */
     int nheld;
     int64_t barrier_version;    /* the version the held barrier announces */
+    int64_t held_checkpoint;    /* > 0: the held barriers are of this checkpoint (not a reload) */
+    _Atomic int64_t ckpt_req;   /* sources: the checkpoint whose barrier to send at the next batch boundary */
+    _Atomic int64_t ckpt_passed;    /* the last checkpoint barrier this task passed (then it waits for release) */
     int64_t *chan_wm;           /* [nin]: watermark of each input (survives reloads) */
     uint8_t *chan_idle;         /* [nin]: input c is idle */
     int64_t sent_wm;            /* the last watermark sent downstream as a mark */

@@ -1,0 +1,650 @@
+#include "checkpoint.h"
+#include "clock.h"
+#include "log.h"
+#include "metrics.h"
+#include "sink.h"
+#include "source_file.h"
+#include "source_kafka.h"
+#include "state.h"
+#include "window.h"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Paths here are built from state.dir and ids; one longer than PATH_MAX
+ * fails at open() anyway, so truncation warnings say nothing useful. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
+
+static int64_t now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct ckpt {
+    task_shared *sh;
+    task **tasks; int ntasks;
+    char *dir;                   /* state.dir/checkpoints */
+    int64_t interval_ms;
+    int retain;
+    int64_t next_id;
+    int64_t running;             /* the id in progress, 0 when none */
+    int64_t began_us, aligned_us;
+    /* the last completed checkpoint, for /status and /metrics */
+    int64_t last_id, last_time_ms, last_duration_us, last_alignment_us, last_bytes, last_new_bytes;
+    int64_t completed, failed;
+};
+
+/* ---- files ----------------------------------------------------------------- */
+
+static int mkdirs(const char *dir) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+static void fsync_dir(const char *path) {
+    char d[PATH_MAX];
+    snprintf(d, sizeof d, "%s", path);
+    char *slash = strrchr(d, '/');
+    if (slash) *slash = 0;
+    int fd = open(slash ? d : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) { fsync(fd); close(fd); }
+}
+
+/* Writes path atomically and durably: a temporary file, fsync, rename,
+ * fsync of the folder.  0 or -1. */
+static int write_durably(const char *path, const char *text) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) { unlink(tmp); return -1; }
+    fsync_dir(path);
+    return 0;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)flag; (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* Checkpoint ids under dir (ascending, owned) and how many. */
+static int64_t *list_ids(const char *dir, int *n) {
+    *n = 0;
+    DIR *dd = opendir(dir);
+    if (!dd) return NULL;
+    int64_t *ids = NULL;
+    int cap = 0;
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        char *end;
+        long long v = strtoll(e->d_name, &end, 10);
+        if (*end || end == e->d_name || v <= 0) continue;
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            int64_t *ni = realloc(ids, sizeof *ni * cap);
+            if (!ni) break;
+            ids = ni;
+        }
+        ids[(*n)++] = v;
+    }
+    closedir(dd);
+    for (int i = 1; i < *n; i++)             /* a handful: insertion sort */
+        for (int j = i; j > 0 && ids[j - 1] > ids[j]; j--) { int64_t t = ids[j]; ids[j] = ids[j - 1]; ids[j - 1] = t; }
+    return ids;
+}
+
+static json_t *load_manifest(const char *dir, int64_t id) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%lld/manifest.json", dir, (long long)id);
+    return json_load_file(path, 0, NULL);
+}
+
+static void checkpoints_dir(const char *state_dir, char *out, size_t len) {
+    snprintf(out, len, "%s/checkpoints", state_dir);
+}
+
+int64_t ckpt_newest_committed(const char *state_dir) {
+    char dir[PATH_MAX];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    int n;
+    int64_t *ids = list_ids(dir, &n), found = 0;
+    for (int i = n - 1; i >= 0 && !found; i--) {
+        json_t *m = load_manifest(dir, ids[i]);
+        if (m && json_is_true(json_object_get(m, "committed"))) found = ids[i];
+        json_decref(m);
+    }
+    free(ids);
+    return found;
+}
+
+/* Every id this state dir has used is below the one returned. */
+static int64_t next_id(const char *dir) {
+    int n;
+    int64_t *ids = list_ids(dir, &n), next = n ? ids[n - 1] + 1 : 1;
+    free(ids);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/last-id", dir);
+    FILE *f = fopen(path, "r");
+    long long last;
+    if (f && fscanf(f, "%lld", &last) == 1 && last + 1 > next) next = last + 1;
+    if (f) fclose(f);
+    return next;
+}
+
+void ckpt_forget_all(const char *state_dir) {
+    char dir[PATH_MAX], path[PATH_MAX];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    int n;
+    int64_t *ids = list_ids(dir, &n);
+    for (int i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%lld", dir, (long long)ids[i]);
+        rm_tree(path);
+    }
+    free(ids);
+}
+
+/* Copies src to dst (a file), or hard-links it when link is set.  0 or -1. */
+static int copy_file(const char *src, const char *dst, int link_it) {
+    if (link_it && link(src, dst) == 0) return 0;
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return -1;
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) { close(in); return -1; }
+    char buf[1 << 16];
+    ssize_t r;
+    int rc = 0;
+    while ((r = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)r) != r) { rc = -1; break; }
+    if (r < 0 || fsync(out) < 0) rc = -1;
+    close(in);
+    if (close(out) < 0) rc = -1;
+    return rc;
+}
+
+int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen) {
+    char src[PATH_MAX], dst[PATH_MAX];
+    snprintf(src, sizeof src, "%s/checkpoints/%lld/db", state_dir, (long long)id);
+    snprintf(dst, sizeof dst, "%s/db", state_dir);
+    rm_tree(dst);
+    DIR *dd = opendir(src);
+    if (!dd) return 0;                       /* a pipeline without keyed state has no db */
+    if (mkdirs(dst) < 0) { closedir(dd); snprintf(err, errlen, "cannot create %s: %s", dst, strerror(errno)); return -1; }
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(dd))) {
+        if (e->d_name[0] == '.') continue;
+        char a[2 * PATH_MAX], b[2 * PATH_MAX];
+        snprintf(a, sizeof a, "%s/%s", src, e->d_name);
+        snprintf(b, sizeof b, "%s/%s", dst, e->d_name);
+        /* table files never change: links; the rest RocksDB rewrites: copies */
+        size_t l = strlen(e->d_name);
+        int sst = l > 4 && strcmp(e->d_name + l - 4, ".sst") == 0;
+        if (copy_file(a, b, sst) < 0) {
+            snprintf(err, errlen, "restoring checkpoint %lld: cannot copy %s: %s", (long long)id, a, strerror(errno));
+            rc = -1;
+        }
+    }
+    closedir(dd);
+    return rc;
+}
+
+/* ---- crash points (tests) -------------------------------------------------- */
+
+static void crash_point(const char *point) {
+    static int parsed, count;
+    static char name[64];
+    static int at;
+    if (!parsed) {
+        parsed = 1;
+        const char *e = getenv("EDDY_CRASH_AT");
+        if (e && sscanf(e, "%63[^:]:%d", name, &at) != 2) name[0] = 0;
+    }
+    if (!name[0] || strcmp(name, point) != 0) return;
+    if (++count == at) {
+        log_warn("EDDY_CRASH_AT=%s:%d: killing myself", name, at);
+        raise(SIGKILL);
+    }
+}
+
+/* ---- the coordinator ------------------------------------------------------- */
+
+ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int64_t interval_ms, int retain) {
+    ckpt *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    char dir[PATH_MAX];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    c->dir = strdup(dir);
+    if (!c->dir || mkdirs(dir) < 0) { ckpt_destroy(c); return NULL; }
+    c->sh = sh;
+    c->tasks = tasks;
+    c->ntasks = ntasks;
+    c->interval_ms = interval_ms;
+    c->retain = retain > 0 ? retain : 1;
+    c->next_id = next_id(dir);
+    for (int i = 0; i < ntasks; i++)
+        for (int k = 0; k < tasks[i]->nsinks; k++) sink_set_checkpoint(tasks[i]->sinks[k], c->next_id);
+    return c;
+}
+
+void ckpt_destroy(ckpt *c) {
+    if (!c) return;
+    free(c->dir);
+    free(c);
+}
+
+int ckpt_running(const ckpt *c) { return c->running != 0; }
+
+/* A source task's place, as the manifest keeps it. */
+static json_t *source_json(task *t) {
+    const source_info *si = &t->cur.p->sources[t->source];
+    int done = atomic_load(&t->status) == TASK_DONE;
+    int64_t wm = done ? t->wm_at_end : t->io.wm;
+    if (t->kp) {
+        int64_t off = kpart_checkpoint_offset(t->kp);
+        if (off < 0) return NULL;                /* nothing read, nothing restored: the group's offset holds */
+        return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name, "partition_label",
+                         si->files[t->index], "kafka_partition", (json_int_t)si->kpart[t->index], "offset",
+                         (json_int_t)off, "watermark", (json_int_t)wm, "max_ts", (json_int_t)t->io.maxts);
+    }
+    if (!t->src) return NULL;
+    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:b}", "source", si->name, "file", si->files[t->index], "offset",
+                     (json_int_t)source_position(t->src), "line", (json_int_t)source_line(t->src), "watermark",
+                     (json_int_t)wm, "max_ts", (json_int_t)t->io.maxts, "ended", t->input_ended);
+}
+
+static json_t *manifest_json(ckpt *c, int64_t id) {
+    const plan *p = c->tasks[0]->cur.p;
+    json_t *sources = json_array(), *tasks = json_array(), *parts = json_array(), *uids = json_array();
+    for (int i = 0; i < p->nnodes; i++)
+        if (p->nodes[i].uid && (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP ||
+                                p->nodes[i].kind == NODE_JOIN || p->nodes[i].kind == NODE_WINDOW ||
+                                p->nodes[i].kind == NODE_GLOBAL_TABLE))
+            json_array_append_new(uids, json_string(p->nodes[i].uid));
+    for (int i = 0; i < c->ntasks; i++) {
+        task *t = c->tasks[i];
+        if (t->source >= 0) {
+            json_t *s = source_json(t);
+            if (s) json_array_append_new(sources, s);
+        } else if (atomic_load(&t->status) == TASK_RUNNING) {
+            json_t *wms = json_array();
+            for (int k = 0; k < t->nin; k++) json_array_append_new(wms, json_integer((json_int_t)t->chan_wm[k]));
+            json_t *kg = json_array();
+            if (t->nkgs > 0) {
+                json_array_append_new(kg, json_integer(t->kgs[0]));
+                json_array_append_new(kg, json_integer(t->kgs[t->nkgs - 1] + 1));
+            }
+            json_array_append_new(tasks, json_pack("{s:s, s:o, s:o}", "task", t->name, "chan_wm", wms, "key_groups", kg));
+        }
+        for (int k = 0; k < t->nsinks; k++) {
+            const sink_part *pt;
+            int n = sink_prepared(t->sinks[k], &pt);
+            for (int j = 0; j < n; j++)
+                json_array_append_new(parts, json_pack("{s:s, s:s, s:s}", "sink", sink_name(t->sinks[k]), "hidden",
+                                                       pt[j].hidden, "final", pt[j].final));
+        }
+    }
+    return json_pack("{s:I, s:b, s:I, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)id, "committed", 0,
+                     "time", (json_int_t)wall_ms(), "pipeline_sha256", p->hash, "max_parallelism",
+                     c->sh->cfg->max_parallelism, "uids", uids, "sources", sources, "tasks", tasks, "part_files", parts);
+}
+
+static int write_manifest(ckpt *c, int64_t id, json_t *m) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%lld/manifest.json", c->dir, (long long)id);
+    char *text = json_dumps(m, JSON_INDENT(1));
+    int rc = text ? write_durably(path, text) : -1;
+    free(text);
+    return rc;
+}
+
+/* Bytes of the files in dir, and of those not in prev (NULL: none). */
+static void dir_sizes(const char *dir, const char *prev, int64_t *total, int64_t *fresh) {
+    *total = *fresh = 0;
+    DIR *dd = opendir(dir);
+    if (!dd) return;
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        if (e->d_name[0] == '.') continue;
+        char a[2 * PATH_MAX], b[2 * PATH_MAX];
+        struct stat st;
+        snprintf(a, sizeof a, "%s/%s", dir, e->d_name);
+        if (stat(a, &st) < 0) continue;
+        *total += st.st_size;
+        if (prev) snprintf(b, sizeof b, "%s/%s", prev, e->d_name);
+        if (!prev || access(b, F_OK) != 0) *fresh += st.st_size;
+    }
+    closedir(dd);
+}
+
+/* Renames the part files of committed manifest m (already renamed ones are
+ * skipped: recovery redoes this). */
+static void rename_parts(json_t *m) {
+    size_t i;
+    json_t *e;
+    int first = 1;
+    json_array_foreach(json_object_get(m, "part_files"), i, e) {
+        const char *h = json_string_value(json_object_get(e, "hidden"));
+        const char *f = json_string_value(json_object_get(e, "final"));
+        if (!h || !f || access(h, F_OK) != 0) continue;
+        if (rename(h, f) < 0) log_error("checkpoint: cannot rename %s to %s: %s", h, f, strerror(errno));
+        else fsync_dir(f);
+        if (first) { first = 0; crash_point("post_commit"); }
+    }
+}
+
+/* Keeps the newest `retain` committed checkpoints up to id; deletes the rest
+ * below id. */
+static void prune(ckpt *c, int64_t id) {
+    int n;
+    int64_t *ids = list_ids(c->dir, &n);
+    int kept = 0;
+    for (int i = n - 1; i >= 0; i--) {
+        if (ids[i] > id) continue;
+        json_t *m = load_manifest(c->dir, ids[i]);
+        int committed = m && json_is_true(json_object_get(m, "committed"));
+        json_decref(m);
+        if (committed && kept < c->retain) { kept++; continue; }
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[i]);
+        rm_tree(path);
+    }
+    free(ids);
+}
+
+int ckpt_begin(ckpt *c) {
+    if (c->running) return 0;
+    c->running = c->next_id++;
+    c->began_us = now_us();
+    c->aligned_us = 0;
+    for (int i = 0; i < c->ntasks; i++) {
+        task *t = c->tasks[i];
+        if (t->source >= 0) atomic_store(&t->ckpt_req, c->running);
+        sched_wake(t);
+    }
+    return 1;
+}
+
+/* Releases the tasks waiting at the barrier of id. */
+static void release(ckpt *c, int64_t id) {
+    atomic_store(&c->sh->ckpt_released, id);
+    for (int i = 0; i < c->ntasks; i++) sched_wake(c->tasks[i]);
+}
+
+/* Every task passed barrier id or ended: snapshot, manifest, commit point,
+ * post-commit.  0, or -1 when the checkpoint failed (nothing committed). */
+static int complete(ckpt *c, int64_t id, int final) {
+    char err[3 * PATH_MAX] = "";
+    /* tasks that ended have no worker any more: their sinks are prepared here */
+    for (int i = 0; i < c->ntasks; i++) {
+        task *t = c->tasks[i];
+        if (atomic_load(&t->status) != TASK_DONE || atomic_load(&t->ckpt_passed) >= id) continue;
+        for (int k = 0; k < t->nsinks; k++)
+            if (sink_prepare(t->sinks[k], id) < 0) snprintf(err, sizeof err, "%s", sink_error(t->sinks[k]));
+        atomic_store(&t->ckpt_passed, id);
+    }
+    if (err[0]) goto fail;
+    crash_point("prepared");
+    char dir[PATH_MAX], db[PATH_MAX + 8], prev[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/%lld", c->dir, (long long)id);
+    rm_tree(dir);                              /* a leftover of a run that crashed */
+    if (mkdirs(dir) < 0) { snprintf(err, sizeof err, "cannot create %s: %s", dir, strerror(errno)); goto fail; }
+    snprintf(db, sizeof db, "%s/db", dir);
+    if (c->sh->state && state_checkpoint(c->sh->state, db, err, sizeof err) < 0) goto fail;
+    json_t *m = manifest_json(c, id);
+    if (!m || write_manifest(c, id, m) < 0) {
+        json_decref(m);
+        snprintf(err, sizeof err, "cannot write the manifest of checkpoint %lld in %s", (long long)id, dir);
+        goto fail;
+    }
+    crash_point("manifest");
+    /* the commit point */
+    json_object_set_new(m, "committed", json_true());
+    if (write_manifest(c, id, m) < 0) {
+        json_decref(m);
+        snprintf(err, sizeof err, "cannot mark checkpoint %lld committed in %s", (long long)id, dir);
+        goto fail;
+    }
+    crash_point("committed");
+    char last[PATH_MAX + 16], text[32];
+    snprintf(last, sizeof last, "%s/last-id", c->dir);
+    snprintf(text, sizeof text, "%lld\n", (long long)id);
+    if (write_durably(last, text) < 0) log_warn("checkpoint: cannot write %s", last);
+    int64_t done_us = now_us();
+    if (!final) release(c, id);
+    /* post-commit: idempotent, and redone by recovery */
+    rename_parts(m);
+    for (int i = 0; i < c->ntasks; i++)
+        for (int k = 0; k < c->tasks[i]->nsinks; k++) {
+            const sink_part *pt;
+            sink_committed(c->tasks[i]->sinks[k], sink_prepared(c->tasks[i]->sinks[k], &pt));
+        }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(m, "sources"), i, e) {
+        if (!json_object_get(e, "kafka_partition")) continue;
+        for (int k = 0; k < c->ntasks; k++) {
+            task *t = c->tasks[k];
+            if (t->kp && t->source >= 0 &&
+                strcmp(t->cur.p->sources[t->source].files[t->index], json_string_value(json_object_get(e, "partition_label"))) == 0)
+                kpart_acked(t->kp, 0, json_integer_value(json_object_get(e, "offset")));
+        }
+    }
+    json_decref(m);
+    snprintf(prev, sizeof prev, "%s/%lld/db", c->dir, (long long)c->last_id);
+    int have_prev = c->last_id > 0 && access(prev, F_OK) == 0;
+    dir_sizes(db, have_prev ? prev : NULL, &c->last_bytes, &c->last_new_bytes);
+    prune(c, id);
+    c->last_id = id;
+    c->last_time_ms = wall_ms();
+    c->last_duration_us = done_us - c->began_us;
+    c->last_alignment_us = (c->aligned_us ? c->aligned_us : done_us) - c->began_us;
+    c->completed++;
+    log_debug("checkpoint %lld committed in %.1f ms (alignment %.1f ms, %lld bytes, %lld new)", (long long)id,
+              c->last_duration_us / 1000.0, c->last_alignment_us / 1000.0, (long long)c->last_bytes,
+              (long long)c->last_new_bytes);
+    return 0;
+fail:
+    c->failed++;
+    log_error("checkpoint %lld failed: %s (the next one includes what it had)", (long long)id, err);
+    if (!final) release(c, id);
+    return -1;
+}
+
+int ckpt_poll(ckpt *c) {
+    if (!c->running) return 0;
+    int64_t id = c->running;
+    for (int i = 0; i < c->ntasks; i++) {
+        task *t = c->tasks[i];
+        int st = atomic_load(&t->status);
+        if (st == TASK_FAILED) {               /* the daemon is stopping: nothing to commit */
+            c->running = 0;
+            c->failed++;
+            release(c, id);
+            return 1;
+        }
+        if (st != TASK_DONE && atomic_load(&t->ckpt_passed) < id) return 0;
+    }
+    c->aligned_us = now_us();
+    complete(c, id, 0);
+    c->running = 0;
+    return 1;
+}
+
+int ckpt_final(ckpt *c) {
+    int64_t id = c->running ? c->running : c->next_id++;
+    c->running = 0;
+    c->began_us = now_us();
+    c->aligned_us = c->began_us;
+    return complete(c, id, 1);
+}
+
+/* ---- recovery --------------------------------------------------------------- */
+
+/* Deletes hidden part files of this daemon's file sinks (what was prepared
+ * after the checkpoint restored, or written and never prepared). */
+static void delete_hidden_parts(ckpt *c) {
+    for (int i = 0; i < c->ntasks; i++) {
+        task *t = c->tasks[i];
+        for (int k = 0; k < t->nsinks; k++) {
+            const char *dir = sink_dir(t->sinks[k]);
+            if (!dir) continue;
+            DIR *dd = opendir(dir);
+            if (!dd) continue;
+            char prefix[64];
+            snprintf(prefix, sizeof prefix, ".part-%d-", t->id);
+            struct dirent *e;
+            while ((e = readdir(dd))) {
+                size_t l = strlen(e->d_name);
+                if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || l < 11 ||
+                    strcmp(e->d_name + l - 11, ".inprogress") != 0)
+                    continue;
+                char path[PATH_MAX + 256];
+                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+                unlink(path);
+            }
+            closedir(dd);
+        }
+    }
+}
+
+static task *task_named(ckpt *c, const char *name) {
+    for (int i = 0; name && i < c->ntasks; i++)
+        if (strcmp(c->tasks[i]->name, name) == 0) return c->tasks[i];
+    return NULL;
+}
+
+static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+    const char *src = json_string_value(json_object_get(e, "source"));
+    const char *file = json_string_value(json_object_get(e, "file"));
+    const char *label = json_string_value(json_object_get(e, "partition_label"));
+    for (int k = 0; src && k < c->ntasks; k++) {
+        task *t = c->tasks[k];
+        if (t->source < 0) continue;
+        const source_info *si = &t->cur.p->sources[t->source];
+        if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file ? file : label ? label : "") != 0) continue;
+        int64_t off = json_integer_value(json_object_get(e, "offset"));
+        if (t->kp) kpart_restore(t->kp, off);
+        else if (t->src) {
+            if (source_seek(t->src, off, json_integer_value(json_object_get(e, "line")), err, errlen) < 0) return -1;
+            t->position = off;
+        }
+        t->io.wm = json_integer_value(json_object_get(e, "watermark"));
+        t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
+        return 0;
+    }
+    log_warn("checkpoint: source '%s' %s is not in this pipeline: its position is not restored", src ? src : "?",
+             file ? file : label ? label : "?");
+    return 0;
+}
+
+int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen) {
+    if (id <= 0) { delete_hidden_parts(c); return 0; }
+    json_t *m = load_manifest(c->dir, id);
+    if (!m) { snprintf(err, errlen, "checkpoint %lld: cannot read its manifest in %s", (long long)id, c->dir); return -1; }
+    int rc = 0;
+    if (json_integer_value(json_object_get(m, "max_parallelism")) != c->sh->cfg->max_parallelism) {
+        snprintf(err, errlen, "checkpoint %lld was taken with max_parallelism %lld, the config says %d: key groups "
+                 "cannot change once state exists", (long long)id,
+                 (long long)json_integer_value(json_object_get(m, "max_parallelism")), c->sh->cfg->max_parallelism);
+        rc = -1;
+        goto out;
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(json_object_get(m, "sources"), i, e)
+        if (restore_source(c, e, err, errlen) < 0) { rc = -1; goto out; }
+    json_array_foreach(json_object_get(m, "tasks"), i, e) {
+        task *t = task_named(c, json_string_value(json_object_get(e, "task")));
+        json_t *wms = json_object_get(e, "chan_wm");
+        if (!t || (int)json_array_size(wms) != t->nin) continue;
+        int64_t low = INT64_MAX;
+        for (int k = 0; k < t->nin; k++) {
+            t->chan_wm[k] = json_integer_value(json_array_get(wms, k));
+            if (t->chan_wm[k] < low) low = t->chan_wm[k];
+        }
+        if (low != INT64_MAX && low < WM_END) {
+            t->io.wm = low;
+            for (int k = 0; k < t->nwins; k++) window_restore_watermark(t->wins[k].w, low);
+        }
+    }
+    /* its post-commit steps, then what came after it goes */
+    rename_parts(m);
+    delete_hidden_parts(c);
+    prune(c, id);
+    int n;
+    int64_t *ids = list_ids(c->dir, &n);
+    for (int k = 0; k < n; k++)
+        if (ids[k] > id) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[k]);
+            rm_tree(path);
+        }
+    free(ids);
+    c->last_id = id;
+    log_info("restored checkpoint %lld (taken %s ago by pipeline sha256 %.12s)", (long long)id, "a while",
+             json_string_value(json_object_get(m, "pipeline_sha256")) ? json_string_value(json_object_get(m, "pipeline_sha256")) : "?");
+out:
+    json_decref(m);
+    return rc;
+}
+
+/* ---- /status and /metrics -------------------------------------------------- */
+
+json_t *ckpt_status_json(ckpt *c) {
+    if (!c->last_id && !c->failed) return json_null();
+    return json_pack("{s:I, s:I, s:f, s:f, s:I, s:I, s:I, s:I}", "id", (json_int_t)c->last_id, "time",
+                     (json_int_t)c->last_time_ms, "duration_ms", c->last_duration_us / 1000.0, "alignment_ms",
+                     c->last_alignment_us / 1000.0, "bytes", (json_int_t)c->last_bytes, "new_bytes",
+                     (json_int_t)c->last_new_bytes, "completed", (json_int_t)c->completed, "failures",
+                     (json_int_t)c->failed);
+}
+
+void ckpt_metrics(ckpt *c, struct evbuffer *out) {
+    metrics_family(out, "eddy_checkpoint_last_id", "gauge", "The id of the last completed checkpoint.");
+    metrics_sample(out, "eddy_checkpoint_last_id", NULL, (double)c->last_id);
+    metrics_family(out, "eddy_checkpoint_duration_seconds", "gauge",
+                   "The last completed checkpoint: from its barriers to its commit point.");
+    metrics_sample(out, "eddy_checkpoint_duration_seconds", NULL, c->last_duration_us / 1e6);
+    metrics_family(out, "eddy_checkpoint_alignment_seconds", "gauge",
+                   "The last completed checkpoint: until every task had passed its barrier.");
+    metrics_sample(out, "eddy_checkpoint_alignment_seconds", NULL, c->last_alignment_us / 1e6);
+    metrics_family(out, "eddy_checkpoint_size_bytes", "gauge", "The state in the last completed checkpoint.");
+    metrics_sample(out, "eddy_checkpoint_size_bytes", NULL, (double)c->last_bytes);
+    metrics_family(out, "eddy_checkpoint_new_bytes", "gauge",
+                   "Of that, the files the checkpoint before it did not have.");
+    metrics_sample(out, "eddy_checkpoint_new_bytes", NULL, (double)c->last_new_bytes);
+    metrics_family(out, "eddy_checkpoints_total", "counter", "Checkpoints by result.");
+    const char *ok[] = { "result", "completed", NULL }, *bad[] = { "result", "failed", NULL };
+    metrics_sample(out, "eddy_checkpoints_total", ok, (double)c->completed);
+    metrics_sample(out, "eddy_checkpoints_total", bad, (double)c->failed);
+}

@@ -1,0 +1,65 @@
+/* checkpoint — consistent snapshots of one daemon and recovery from them
+ * (guarantee = "exactly_once").  Every checkpoint.interval the coordinator
+ * (event loop) asks each source task for barrier n; a source passes it
+ * between two batches, a keyed task once it came on every input
+ * (alignment).  A task that passed n prepares its sinks (a file sink fsyncs
+ * and closes its hidden part file of n) and waits; when every task passed n
+ * (or ended) the state store is snapshotted (a RocksDB checkpoint: hard
+ * links), the manifest (positions, watermarks, part files, pipeline hash,
+ * uids, key groups) is written, and marking it committed is the commit
+ * point.  Then the tasks go on, and the post-commit steps run: part files
+ * renamed to their final names, old checkpoints deleted, Kafka offsets
+ * committed.  Recovery restores the newest committed checkpoint and redoes
+ * its post-commit steps; anything prepared after it is deleted.
+ *
+ *   state.dir/checkpoints/<n>/manifest.json   "committed": true once n is
+ *   state.dir/checkpoints/<n>/db/             the RocksDB checkpoint
+ *   state.dir/checkpoints/last-id             ids go on across jobs
+ *
+ * EDDY_CRASH_AT=<point>:<k> kills the daemon (SIGKILL) the k-th time it
+ * reaches point: prepared, manifest, committed or post_commit (tests).
+ * Calls state, sink, task, source_file, source_kafka, window and log. */
+#ifndef EDDY_CHECKPOINT_H
+#define EDDY_CHECKPOINT_H
+
+#include <stdint.h>
+#include <jansson.h>
+#include "task.h"
+
+struct evbuffer;
+typedef struct ckpt ckpt;
+
+/* ---- before the tasks exist ---------------------------------------------- */
+
+/* The newest committed checkpoint under state_dir, or 0. */
+int64_t ckpt_newest_committed(const char *state_dir);
+/* Replaces state_dir/db by checkpoint id's snapshot of it.  0, or -1 with err. */
+int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen);
+/* A new job: deletes every checkpoint (the id counter stays, so part file
+ * names never repeat). */
+void ckpt_forget_all(const char *state_dir);
+
+/* ---- the coordinator ------------------------------------------------------ */
+
+/* For the daemon's tasks (borrowed); the checkpoint ids go on from those
+ * state_dir has seen.  Owned, or NULL. */
+ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int64_t interval_ms, int retain);
+void ckpt_destroy(ckpt *c);     /* NULL is a no-op */
+/* After the tasks are built, before they run: continues from committed
+ * checkpoint id (0: none) — sources seek, watermarks and the next part
+ * files' numbers are restored, its post-commit steps redone, and what was
+ * prepared after it deleted.  0, or -1 with err. */
+int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
+/* Event loop: starts the next checkpoint unless one is running.  1 when started. */
+int ckpt_begin(ckpt *c);
+/* Event loop: completes the running checkpoint once every task passed its
+ * barrier or ended.  1 when it ended (committed or failed), 0 otherwise. */
+int ckpt_poll(ckpt *c);
+int ckpt_running(const ckpt *c);
+/* After the workers stopped (every task done): the last checkpoint.  0 or -1. */
+int ckpt_final(ckpt *c);
+/* /status's last_checkpoint (owned) and the /metrics families. */
+json_t *ckpt_status_json(ckpt *c);
+void ckpt_metrics(ckpt *c, struct evbuffer *out);
+
+#endif
