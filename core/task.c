@@ -210,6 +210,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
     tv->vm = vm_create(&vo, err, errlen);
+    if (tv->vm) vm_watch_progress(tv->vm, &t->io.seq, &t->io.cur);
     if (!tv->vm) goto err;
     lua_State *L = vm_state(tv->vm);
     lua_getglobal(L, "require");                               /* require */

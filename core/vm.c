@@ -23,6 +23,10 @@ struct vm {
     atomic_ullong calls;         /* calls so far (vm_enter) */
     atomic_ullong target;        /* the call vm_arm / vm_interrupt aimed at */
     int flushed;                 /* traces were flushed for this call */
+    const uint64_t *seq;         /* the owner's progress marks (vm_watch_progress), or NULL */
+    const int32_t *cur;
+    uint64_t armed_seq;          /* their values when the hook was armed */
+    int32_t armed_cur;
 };
 
 static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
@@ -86,6 +90,14 @@ static void hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     vm *v = current_vm;
     if (!v) return;
+    if (v->seq && (*v->seq != v->armed_seq || *v->cur != v->armed_cur)) {
+        /* the call went on to another record (or firing): it is not a runaway */
+        lua_sethook(L, NULL, 0, 0);
+        v->armed = 0;
+        if (v->flushed) luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+        v->flushed = 0;
+        return;
+    }
     if (!v->flushed) {
         /* First hook after arming: drop the VM's compiled traces (as jit.flush()
          * does from Lua; a hook runs at the same kind of safe point) so the rest
@@ -120,6 +132,7 @@ static void on_signal(int sig) {
         v->armed = 1;
         v->flushed = 0;
         v->hook_count = 0;
+        if (v->seq) { v->armed_seq = *v->seq; v->armed_cur = *v->cur; }
         lua_sethook(v->L, hook, LUA_MASKCOUNT, HOOK_STEP);
     }
 }
@@ -158,6 +171,11 @@ void vm_arm(vm *v, uint64_t call) {
     if (!atomic_load(&v->running) || atomic_load(&v->calls) != call) return;
     atomic_store(&v->target, call);
     pthread_kill(atomic_load(&v->thread), SIGUSR2);
+}
+
+void vm_watch_progress(vm *v, const uint64_t *seq, const int32_t *cur) {
+    v->seq = seq;
+    v->cur = cur;
 }
 
 void vm_interrupt(vm *v, const char *reason, uint64_t call) {

@@ -41,6 +41,11 @@ void vm_arm(vm *v, uint64_t call);
 /* Any thread: asks the VM to abort its current call with a Lua error carrying
  * `reason`.  Takes effect at the VM's next interpreted instruction; a loop
  * the JIT compiled never sees it (the watchdog's last resort is to fail). */
+/* Marks the owner moves on each record (and window firing), read by the
+ * count hook on the VM's thread: once they change after vm_arm, the hook
+ * goes (and the JIT comes back), so the instructions of a long call of
+ * quick records are never added up as one runaway record. */
+void vm_watch_progress(vm *v, const uint64_t *seq, const int32_t *cur);
 void vm_interrupt(vm *v, const char *reason, uint64_t call);
 /* The number of the call running now (counted by vm_enter): vm_arm and
  * vm_interrupt act only while that same call runs, so a signal that lands

@@ -129,6 +129,24 @@ describe("limits", function()
       assert.are.equal(3, #E.sink_lines(dir .. "/out"))
     end)
 
+    it("a record that armed the watchdog does not lend its count to the records after it: limits apply per record", function()
+      -- record 1 runs 150 ms (past the watchdog's 100 ms, so the count hook
+      -- is armed and the JIT is off); each later record costs ~1.8M
+      -- interpreted instructions: counted together they would pass the limit
+      E.write(dir .. "/pipeline.lua", pipeline([[
+p:source("in", { file = "in.jsonl" })
+ :map(function(v)
+   if v.n == 1 then local t0 = os.clock(); while os.clock() - t0 < 0.15 do end end
+   local x = 0; for i = 1, 300000 do x = x + i % 7 end; v.x = x; return v
+ end)
+ :sink("out", { file = "out" })]]))
+      E.write(dir .. "/in.jsonl", input(200))
+      E.write_config(dir, { limits = { instructions = 3000000, time = "1s" }, threads = 1 })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(200, #E.sink_lines(dir .. "/out"))
+    end)
+
     describe("a JIT-compiled endless loop", function()
       it("cannot be interrupted: eddy exits 1 after limits.time + 1s naming the operator and the input, and writes poison.json", function()
         setup(runaway("while true do end"), { on_error = "skip", limits = { time = "300ms" } }, 5, 3)
