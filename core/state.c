@@ -333,6 +333,7 @@ int state_tx_delete(state_tx *tx, const char *k, size_t kl) {
 }
 
 int state_tx_dirty(const state_tx *tx) { return tx->dirty; }
+int state_tx_count(const state_tx *tx) { return rocksdb_writebatch_wi_count(tx->wb); }
 
 void state_tx_mark(state_tx *tx) {
     if (!tx->dirty && tx->marks > 0) {          /* no writes yet: the earlier save points are of no use */

@@ -79,6 +79,7 @@ int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, si
 /* Writes the batch atomically (end of a record batch).  0, or -1 with err. */
 int state_tx_commit(state_tx *tx, char *err, size_t errlen);
 int state_tx_dirty(const state_tx *tx);   /* uncommitted writes pending */
+int state_tx_count(const state_tx *tx);   /* how many */
 /* A record starts: state_tx_undo drops every write since (its processing
  * failed and the error policy has it, so its writes must not count). */
 void state_tx_mark(state_tx *tx);

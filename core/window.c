@@ -11,6 +11,8 @@
 enum { V_FIRED = 1, V_DIRTY = 2 };
 #define VHDR 1
 #define VFIX (1 + 8 + 4 * 8)          /* flags, mark, count sum min max */
+#define FIRE_CHUNK 1024               /* windows window_advance fires (about) at most per call */
+#define COMMIT_AT 65536               /* writes a long firing lets pile up in the batch */
 
 typedef struct win {
     int64_t start, end;
@@ -37,7 +39,12 @@ struct window_op {
     _Atomic int64_t open;        /* windows in the store */
     int64_t late_dropped;
     int64_t wm;                  /* the highest watermark seen */
-    int rescan;                  /* a window below the expiry frontier may exist: scan from the start */
+    int pending;                 /* windows the watermark passed are still to be fired (window_advance) */
+    int64_t c_end;               /* the end being fired (INT64_MIN: none), */
+    int c_kgi;                   /*   the key group, */
+    state_key c_after;           /*   and the last window done there (len 0: none) */
+    int c_kept;                  /* a window at c_end in that key group stays */
+    int revisit;                 /* expired windows were kept for the trigger: find them at the next watermark */
     state_tx *tx;
     char *uid; size_t uidlen;
     int maxp;
@@ -158,7 +165,6 @@ static void created(window_op *w, uint32_t kg, const win *x) {
     if (x->end < g->first_end) g->first_end = x->end;
     if (!x->fired && x->end < g->next_fire) g->next_fire = x->end;
     if (!x->fired && x->end < atomic_load(&w->next_end)) atomic_store(&w->next_end, x->end);
-    if (expired(w, x->end, w->wm)) w->rescan = 1;
 }
 
 static int put_new(window_op *w, uint32_t kg, const char *key, size_t klen, win *x, const char *st, size_t n) {
@@ -267,6 +273,7 @@ static window_op *create(state_tx *tx, const char *uid, const uint32_t *kgs, int
     for (int i = 0; i < maxp; i++) w->kg_index[i] = -1;
     w->nkgs = nkgs;
     w->wm = INT64_MIN;
+    w->c_end = INT64_MIN;
     atomic_store(&w->next_end, INT64_MAX);
     /* what an earlier run left: counted, and where each key group's windows
      * start (committed data only: this may run off the task's thread) */
@@ -325,6 +332,7 @@ void window_destroy(window_op *w) {
     free(w->vbuf);
     state_key_free(&w->k);
     state_key_free(&w->k2);
+    state_key_free(&w->c_after);
     free(w->uid);
     free(w);
 }
@@ -339,11 +347,13 @@ typedef struct collected {
 typedef struct collector {
     window_op *w;
     collected *c; int n, cap;
+    int max;                     /* stop after this many (0: no limit) */
     int failed;
 } collector;
 
 static int collect_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
     collector *c = ud;
+    if (c->max && c->n == c->max) return 1;
     collected x;
     const char *key;
     if (state_key_window_parse(k, kl, c->w->uidlen, &x.kg, &x.end, &key, &x.klen, &x.start) < 0) return 0;
@@ -378,40 +388,85 @@ static int first_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl
     return 1;
 }
 
-static int by_end_key(const void *a, const void *b) {
-    const eddy_fired *x = a, *y = b;
-    if (x->end != y->end) return x->end < y->end ? -1 : 1;
-    size_t n = x->klen < y->klen ? x->klen : y->klen;
-    int c = memcmp(x->key, y->key, n);
-    if (c) return c;
-    if (x->klen != y->klen) return x->klen < y->klen ? -1 : 1;
-    return x->start < y->start ? -1 : x->start > y->start;
+/* The first window end in key group g after `after`, or INT64_MAX. */
+static int64_t end_after(window_op *w, kgstate *g, int64_t after, state_key *from, state_key *to) {
+    kgstate first = { .first_end = INT64_MAX };
+    scan s = { .w = w, .g = &first };
+    kg_range(w, g->kg, sat_add(after, 1), from, to);
+    state_tx_range(w->tx, from->p, from->len, to->p, to->len, first_cb, &s);
+    return first.first_end;
 }
 
-int window_advance(window_op *w, int64_t wm) {
-    bury(w);
-    if (wm <= w->wm) return 0;
-    int64_t prev = w->wm;
-    w->wm = wm;
-    /* windows with end - 1 + lateness <= prev are gone already (unless one
-     * was made below that line, or the trigger keeps unfired ones) */
-    int64_t lo = (prev == INT64_MIN || w->rescan || w->keep_unfired) ? INT64_MIN : sat_add(sat_add(prev, -w->lateness), 2);
-    w->rescan = 0;
-    int64_t upto = sat_add(wm, 2);          /* every end with end - 1 <= wm */
-    state_key from = {0}, to = {0};
-    int64_t next = INT64_MAX;
+/* The earliest end with work for a watermark: an unfired window it passed,
+ * or a window past its lateness.  INT64_MAX when there is none. */
+static int64_t next_due(window_op *w) {
+    int64_t e = INT64_MAX;
     for (int i = 0; i < w->nkgs; i++) {
         kgstate *g = &w->kgs[i];
-        int fire = g->next_fire != INT64_MAX && g->next_fire - 1 <= wm;
-        int drop = g->first_end != INT64_MAX && expired(w, g->first_end, wm);
-        if (fire || drop) {
-            collector c = { .w = w };
-            kg_range(w, g->kg, lo, &from, &to);
-            state_key_window(&to, w->uid, g->kg, upto, NULL, 0, 0);
+        if (g->next_fire != INT64_MAX && g->next_fire - 1 <= w->wm && g->next_fire < e) e = g->next_fire;
+        if (g->first_end != INT64_MAX && expired(w, g->first_end, w->wm) && g->first_end < e) e = g->first_end;
+    }
+    return e;
+}
+
+/* Windows are fired end by end (the earliest first), at one end key group
+ * by key group in key order, at most FIRE_CHUNK a call: a watermark that
+ * passes millions of windows takes several calls (the cursor keeps the
+ * place), never memory for all of them. */
+int window_advance(window_op *w, int64_t wm) {
+    bury(w);
+    if (w->pending && wm <= w->wm && state_tx_count(w->tx) > COMMIT_AT) {
+        /* the firings of the previous calls went downstream: their deletes
+         * are committed rather than held in the batch (a watermark that
+         * passes millions of windows would hold them all) */
+        char err[512];
+        if (state_tx_commit(w->tx, err, sizeof err) < 0) return -1;
+    }
+    if (wm > w->wm) {
+        w->wm = wm;
+        w->pending = 1;
+        if (w->revisit) {
+            /* kept windows were skipped past (keep_unfired): find them again */
+            state_key from = {0}, to = {0};
+            for (int i = 0; i < w->nkgs; i++) w->kgs[i].first_end = end_after(w, &w->kgs[i], INT64_MIN, &from, &to);
+            state_key_free(&from);
+            state_key_free(&to);
+            w->revisit = 0;
+        }
+    }
+    if (!w->pending) return 0;
+    state_key from = {0}, to = {0};
+    int rc = 0;
+    while (w->nfired < FIRE_CHUNK && rc == 0) {
+        if (w->c_end == INT64_MIN) {
+            w->c_end = next_due(w);
+            if (w->c_end == INT64_MAX) { w->c_end = INT64_MIN; w->pending = 0; break; }
+            w->c_kgi = 0;
+            w->c_after.len = 0;
+            w->c_kept = 0;
+        }
+        int64_t E = w->c_end;
+        for (; w->c_kgi < w->nkgs && w->nfired < FIRE_CHUNK && rc == 0;
+             w->c_kgi++, w->c_after.len = 0, w->c_kept = 0) {
+            kgstate *g = &w->kgs[w->c_kgi];
+            int fire = g->next_fire == E && E - 1 <= wm;
+            int drop = g->first_end == E && expired(w, E, wm);
+            if (!fire && !drop) continue;
+            collector c = { .w = w, .max = FIRE_CHUNK };
+            if (w->c_after.len) {             /* after the last window of the previous call */
+                state_key_free(&from);
+                from.p = malloc(w->c_after.len + 1);
+                if (!from.p) { rc = -1; break; }
+                memcpy(from.p, w->c_after.p, w->c_after.len);
+                from.p[w->c_after.len] = 0;
+                from.len = from.cap = w->c_after.len + 1;
+            } else {
+                state_key_window(&from, w->uid, g->kg, E, NULL, 0, 0);
+            }
+            state_key_window(&to, w->uid, g->kg, sat_add(E, 1), NULL, 0, 0);
             state_tx_range(w->tx, from.p, from.len, to.p, to.len, collect_cb, &c);
-            int failed = c.failed;
-            int64_t kept = INT64_MAX;            /* the first window left in the key group */
-            for (int j = 0; j < c.n && !failed; j++) {
+            if (c.failed) rc = -1;
+            for (int j = 0; j < c.n && rc == 0; j++) {
                 collected *e = &c.c[j];
                 win x;
                 decode(w, e->v, e->vl, &x);
@@ -422,33 +477,39 @@ int window_advance(window_op *w, int64_t wm) {
                     x.fired = 1;
                     x.dirty = 0;
                     changed = 1;
-                    if (push_fired(w, e->key, e->klen, &x) < 0) failed = 1;
+                    if (push_fired(w, e->key, e->klen, &x) < 0) { rc = -1; break; }
                 }
                 if (expired(w, x.end, wm) && !(w->keep_unfired && x.dirty)) {
                     delete_window(w, g->kg, e->key, e->klen, e->start, e->end);
                     continue;
                 }
-                if (x.end < kept) kept = x.end;
-                if (changed && store(w, g->kg, e->key, e->klen, &x, x.state, x.state_len) < 0) failed = 1;
+                w->c_kept = 1;
+                if (changed && store(w, g->kg, e->key, e->klen, &x, x.state, x.state_len) < 0) rc = -1;
             }
+            if (c.n > 0 && rc == 0) {         /* the place, should the budget end here */
+                collected *last = &c.c[c.n - 1];
+                state_key_window(&w->c_after, w->uid, g->kg, E, last->key, last->klen, last->start);
+            }
+            int full = c.n == c.max;
             collector_free(&c);
-            if (failed) { state_key_free(&from); state_key_free(&to); return -1; }
-            /* every window past wm has not fired: the first of them is next */
-            kgstate first = { .first_end = INT64_MAX };
-            scan s = { .w = w, .g = &first };
-            kg_range(w, g->kg, upto, &from, &to);
-            state_tx_range(w->tx, from.p, from.len, to.p, to.len, first_cb, &s);
-            g->next_fire = first.first_end;
-            g->first_end = kept < first.first_end ? kept : first.first_end;
+            if (full || rc) break;            /* more of this key group at E next call */
+            /* key group done with E: every window after E has not fired yet */
+            int64_t next = end_after(w, g, E, &from, &to);
+            if (fire) g->next_fire = next;
+            if (g->first_end == E) {
+                if (w->c_kept && !drop) continue;            /* fired, kept for late records */
+                if (w->c_kept) w->revisit = 1;               /* kept for the trigger: looked at again later */
+                g->first_end = next;
+            }
         }
-        if (g->next_fire < next) next = g->next_fire;
+        if (w->c_kgi >= w->nkgs) w->c_end = INT64_MIN;
     }
     state_key_free(&from);
     state_key_free(&to);
-    if (w->nfired > 1) qsort(w->fired, (size_t)w->nfired, sizeof *w->fired, by_end_key);
-    /* fmem[i] no longer matches fired[i] after the sort; bury frees them all */
+    int64_t next = INT64_MAX;
+    for (int i = 0; i < w->nkgs; i++) if (w->kgs[i].next_fire < next) next = w->kgs[i].next_fire;
     atomic_store(&w->next_end, next);
-    return w->nfired;
+    return rc < 0 ? -1 : w->nfired;
 }
 
 int window_assign(const window_op *w, int64_t ts, int64_t *starts, int max) {

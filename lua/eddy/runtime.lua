@@ -899,43 +899,54 @@ function M.task(args)
         local ok, err = xpcall(fire_changed, handler)
         if not ok then on_error(err, i) end
       end
+      -- the store fires a few thousand windows a call: call until none is left
       local n = C.eddy_window_advance(w, wm)
-      if n <= 0 then return end
+      if n < 0 then error("window " .. node.uid .. ": cannot fire its windows", 0) end
+      if n == 0 then return end
       if trig == "event_time" or trig == "every" then
-        for j = 0, n - 1 do
-          last_tb = nil
-          local ok, err = xpcall(emit, handler, C.eddy_window_fired(w, j), "on_time")
-          if not ok then on_error(err, i) end
+        while n > 0 do
+          for j = 0, n - 1 do
+            last_tb = nil
+            local ok, err = xpcall(emit, handler, C.eddy_window_fired(w, j), "on_time")
+            if not ok then on_error(err, i) end
+          end
+          n = C.eddy_window_advance(w, wm)
         end
         firing = nil
         return
       end
-      if trig ~= "custom" then return end      -- count, processing_time: the watermark only frees state
-      -- custom: the due windows may be freed by this very advance (lateness 0),
-      -- so fire from the copies it returned; purge the ones still kept afterwards
-      -- (purging calls into the window store, which drops those copies)
-      local purges = {}
-      for j = 0, n - 1 do
-        local f = C.eddy_window_fired(w, j)
-        last_tb = nil
-        local ok, err = xpcall(function()
-          local action = "fire"
-          if tfns.on_event_time then
-            local k = ffi_string(f.key, f.klen)
-            action = ask(tfns.on_event_time, tonumber(f["end"]) - 1, k, tonumber(f.start), tonumber(f["end"]), tonumber(f.count))
-          end
-          if action ~= "continue" and action ~= "fire" and action ~= "fire_and_purge" and action ~= "purge" then
-            error("window trigger returned " .. tostring(action) .. " (continue, fire, fire_and_purge or purge)", 0)
-          end
-          if action == "fire" or action == "fire_and_purge" then emit(f, "on_time") end
-          if action == "purge" or action == "fire_and_purge" then
-            purges[#purges + 1] = { ffi_string(f.key, f.klen), tonumber(f.start) }
-          end
-        end, handler)
-        if not ok then on_error(err, i) end
+      if trig ~= "custom" then                 -- count, processing_time: the watermark only frees state
+        while n > 0 do n = C.eddy_window_advance(w, wm) end
+        return
       end
-      firing = nil
-      for _, d in ipairs(purges) do C.eddy_window_fire(w, d[1], #d[1], d[2], 1) end
+      while n > 0 do
+        -- custom: the due windows may be freed by this very advance (lateness 0),
+        -- so fire from the copies it returned; purge the ones still kept afterwards
+        -- (purging calls into the window store, which drops those copies)
+        local purges = {}
+        for j = 0, n - 1 do
+          local f = C.eddy_window_fired(w, j)
+          last_tb = nil
+          local ok, err = xpcall(function()
+            local action = "fire"
+            if tfns.on_event_time then
+              local k = ffi_string(f.key, f.klen)
+              action = ask(tfns.on_event_time, tonumber(f["end"]) - 1, k, tonumber(f.start), tonumber(f["end"]), tonumber(f.count))
+            end
+            if action ~= "continue" and action ~= "fire" and action ~= "fire_and_purge" and action ~= "purge" then
+              error("window trigger returned " .. tostring(action) .. " (continue, fire, fire_and_purge or purge)", 0)
+            end
+            if action == "fire" or action == "fire_and_purge" then emit(f, "on_time") end
+            if action == "purge" or action == "fire_and_purge" then
+              purges[#purges + 1] = { ffi_string(f.key, f.klen), tonumber(f.start) }
+            end
+          end, handler)
+          if not ok then on_error(err, i) end
+        end
+        firing = nil
+        for _, d in ipairs(purges) do C.eddy_window_fire(w, d[1], #d[1], d[2], 1) end
+        n = C.eddy_window_advance(w, wm)
+      end
     end
 
     -- processing-time triggers: called every few ms by the task (eddy_task_wants_ticks)
