@@ -191,10 +191,9 @@ static int copy_file(const char *src, const char *dst, int link_it) {
     return rc;
 }
 
-int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen) {
-    char src[PATH_MAX], dst[PATH_MAX];
-    snprintf(src, sizeof src, "%s/checkpoints/%lld/db", state_dir, (long long)id);
-    snprintf(dst, sizeof dst, "%s/db", state_dir);
+/* Copies the db folder of a checkpoint or savepoint (from) into dst (table
+ * files linked when link_tables, else copied).  0 or -1 with err. */
+static int copy_db(const char *src, const char *dst, int link_tables, char *err, size_t errlen) {
     rm_tree(dst);
     DIR *dd = opendir(src);
     if (!dd) return 0;                       /* a pipeline without keyed state has no db */
@@ -209,12 +208,61 @@ int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen)
         /* table files never change: links; the rest RocksDB rewrites: copies */
         size_t l = strlen(e->d_name);
         int sst = l > 4 && strcmp(e->d_name + l - 4, ".sst") == 0;
-        if (copy_file(a, b, sst) < 0) {
-            snprintf(err, errlen, "restoring checkpoint %lld: cannot copy %s: %s", (long long)id, a, strerror(errno));
+        if (copy_file(a, b, sst && link_tables) < 0) {
+            snprintf(err, errlen, "cannot copy %s to %s: %s", a, b, strerror(errno));
             rc = -1;
         }
     }
     closedir(dd);
+    return rc;
+}
+
+int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen) {
+    char src[PATH_MAX], dst[PATH_MAX];
+    snprintf(src, sizeof src, "%s/checkpoints/%lld/db", state_dir, (long long)id);
+    snprintf(dst, sizeof dst, "%s/db", state_dir);
+    return copy_db(src, dst, 1, err, errlen);
+}
+
+int ckpt_restore_savepoint_db(const char *state_dir, const char *sp, char *err, size_t errlen) {
+    char src[PATH_MAX], dst[PATH_MAX];
+    snprintf(src, sizeof src, "%s/db", sp);
+    snprintf(dst, sizeof dst, "%s/db", state_dir);
+    return copy_db(src, dst, 1, err, errlen);
+}
+
+int ckpt_check_savepoint(const char *sp, const char *const *uids, int nuids, int max_parallelism, int allow_missing,
+                         char *err, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/manifest.json", sp);
+    json_error_t je;
+    json_t *m = json_load_file(path, 0, &je);
+    if (!m) { snprintf(err, errlen, "--from-savepoint: cannot read %s: %s", path, je.text); return -1; }
+    int rc = 0;
+    json_int_t mp = json_integer_value(json_object_get(m, "max_parallelism"));
+    if (!json_is_true(json_object_get(m, "committed"))) {
+        snprintf(err, errlen, "--from-savepoint: %s is not a complete savepoint", sp);
+        rc = -1;
+    } else if (mp != max_parallelism) {
+        snprintf(err, errlen, "--from-savepoint: the savepoint was taken with max_parallelism %lld and the config "
+                 "says %d; its state is split into %lld key groups and cannot be split differently: set "
+                 "max_parallelism = %lld", (long long)mp, max_parallelism, (long long)mp, (long long)mp);
+        rc = -1;
+    }
+    size_t i;
+    json_t *u;
+    json_array_foreach(json_object_get(m, "uids"), i, u) {
+        if (rc < 0 || allow_missing) break;
+        const char *s = json_string_value(u);
+        int found = 0;
+        for (int k = 0; s && k < nuids && !found; k++) found = strcmp(uids[k], s) == 0;
+        if (s && !found) {
+            snprintf(err, errlen, "--from-savepoint: the savepoint has state of operator uid '%s', which this pipeline "
+                     "does not have; give the operator that uid, or pass --allow-non-restored-state to drop it", s);
+            rc = -1;
+        }
+    }
+    json_decref(m);
     return rc;
 }
 
@@ -286,10 +334,7 @@ static json_t *manifest_json(ckpt *c, int64_t id) {
     const plan *p = c->tasks[0]->cur.p;
     json_t *sources = json_array(), *tasks = json_array(), *parts = json_array(), *uids = json_array();
     for (int i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].uid && (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP ||
-                                p->nodes[i].kind == NODE_JOIN || p->nodes[i].kind == NODE_WINDOW ||
-                                p->nodes[i].kind == NODE_GLOBAL_TABLE))
-            json_array_append_new(uids, json_string(p->nodes[i].uid));
+        if (node_has_state(&p->nodes[i])) json_array_append_new(uids, json_string(p->nodes[i].uid));
     for (int i = 0; i < c->ntasks; i++) {
         task *t = c->tasks[i];
         if (t->source >= 0) {
@@ -567,10 +612,49 @@ static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
     return 0;
 }
 
+/* Continues from manifest m: sources seek, watermarks come back.  0 or -1. */
+static int apply_manifest(ckpt *c, json_t *m, int64_t id, char *err, size_t errlen);
+
+int ckpt_recover_savepoint(ckpt *c, const char *sp, char *err, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/manifest.json", sp);
+    json_t *m = json_load_file(path, 0, NULL);
+    if (!m) { snprintf(err, errlen, "--from-savepoint: cannot read %s", path); return -1; }
+    delete_hidden_parts(c);
+    int rc = apply_manifest(c, m, json_integer_value(json_object_get(m, "id")), err, errlen);
+    if (rc == 0) log_info("restored savepoint %s", sp);
+    json_decref(m);
+    return rc;
+}
+
 int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen) {
     if (id <= 0) { delete_hidden_parts(c); return 0; }
     json_t *m = load_manifest(c->dir, id);
     if (!m) { snprintf(err, errlen, "checkpoint %lld: cannot read its manifest in %s", (long long)id, c->dir); return -1; }
+    int rc = apply_manifest(c, m, id, err, errlen);
+    if (rc == 0) {
+        /* its post-commit steps, then what came after it goes */
+        rename_parts(m);
+        delete_hidden_parts(c);
+        prune(c, id);
+        int n;
+        int64_t *ids = list_ids(c->dir, &n);
+        for (int k = 0; k < n; k++)
+            if (ids[k] > id) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[k]);
+                rm_tree(path);
+            }
+        free(ids);
+        c->last_id = id;
+        log_info("restored checkpoint %lld (pipeline sha256 %.12s then)", (long long)id,
+                 json_string_value(json_object_get(m, "pipeline_sha256")) ? json_string_value(json_object_get(m, "pipeline_sha256")) : "?");
+    }
+    json_decref(m);
+    return rc;
+}
+
+static int apply_manifest(ckpt *c, json_t *m, int64_t id, char *err, size_t errlen) {
     int rc = 0;
     if (json_integer_value(json_object_get(m, "max_parallelism")) != c->sh->cfg->max_parallelism) {
         snprintf(err, errlen, "checkpoint %lld was taken with max_parallelism %lld, the config says %d: key groups "
@@ -597,25 +681,49 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen) {
             for (int k = 0; k < t->nwins; k++) window_restore_watermark(t->wins[k].w, low);
         }
     }
-    /* its post-commit steps, then what came after it goes */
-    rename_parts(m);
-    delete_hidden_parts(c);
-    prune(c, id);
-    int n;
-    int64_t *ids = list_ids(c->dir, &n);
-    for (int k = 0; k < n; k++)
-        if (ids[k] > id) {
-            char path[PATH_MAX];
-            snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[k]);
-            rm_tree(path);
-        }
-    free(ids);
-    c->last_id = id;
-    log_info("restored checkpoint %lld (taken %s ago by pipeline sha256 %.12s)", (long long)id, "a while",
-             json_string_value(json_object_get(m, "pipeline_sha256")) ? json_string_value(json_object_get(m, "pipeline_sha256")) : "?");
 out:
-    json_decref(m);
     return rc;
+}
+
+/* ---- savepoints ------------------------------------------------------------ */
+
+int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
+                   size_t errlen) {
+    int64_t deadline = now_us() + timeout_ms * 1000;
+    while (c->running && now_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }   /* one already running */
+    int64_t failed = c->failed;
+    if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
+    int64_t id = c->running;
+    while (c->running && now_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }
+    if (c->running) {
+        snprintf(err, errlen, "the savepoint's checkpoint %lld did not complete within %lld s (a task does not reach "
+                 "its barrier); it completes later as a checkpoint", (long long)id, (long long)(timeout_ms / 1000));
+        return -1;
+    }
+    if (c->failed != failed || c->last_id != id) { snprintf(err, errlen, "checkpoint %lld failed (see the log)", (long long)id); return -1; }
+    /* a self-contained copy: the manifest and every file of the state */
+    char src[PATH_MAX], sp[PATH_MAX], a[PATH_MAX], b[PATH_MAX];
+    snprintf(src, sizeof src, "%s/%lld", c->dir, (long long)id);
+    snprintf(sp, sizeof sp, "%s/savepoints/savepoint-%lld-%lld", state_dir, (long long)id, (long long)wall_ms());
+    snprintf(a, sizeof a, "%s/db", src);
+    snprintf(b, sizeof b, "%s/db", sp);
+    if (mkdirs(sp) < 0) { snprintf(err, errlen, "cannot create %s: %s", sp, strerror(errno)); return -1; }
+    if (access(a, F_OK) == 0 && copy_db(a, b, 0, err, errlen) < 0) { rm_tree(sp); return -1; }
+    json_t *m = load_manifest(c->dir, id);
+    if (!m) { snprintf(err, errlen, "cannot read the manifest of checkpoint %lld", (long long)id); rm_tree(sp); return -1; }
+    json_object_set_new(m, "savepoint", json_true());
+    json_object_set_new(m, "part_files", json_array());     /* committed, renamed: nothing to redo */
+    char *text = json_dumps(m, JSON_INDENT(1));
+    json_decref(m);
+    snprintf(a, sizeof a, "%s/manifest.json", sp);
+    int rc = text ? write_durably(a, text) : -1;
+    free(text);
+    if (rc < 0) { snprintf(err, errlen, "cannot write %s", a); rm_tree(sp); return -1; }
+    char *real = realpath(sp, NULL);
+    snprintf(path, plen, "%s", real ? real : sp);
+    free(real);
+    log_info("savepoint %s (checkpoint %lld)", path, (long long)id);
+    return 0;
 }
 
 /* ---- /status and /metrics -------------------------------------------------- */

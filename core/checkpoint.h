@@ -35,6 +35,13 @@ typedef struct ckpt ckpt;
 int64_t ckpt_newest_committed(const char *state_dir);
 /* Replaces state_dir/db by checkpoint id's snapshot of it.  0, or -1 with err. */
 int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen);
+/* Replaces state_dir/db by savepoint folder sp's copy.  0, or -1 with err. */
+int ckpt_restore_savepoint_db(const char *state_dir, const char *sp, char *err, size_t errlen);
+/* Whether a pipeline with stateful operators uids[0..nuids) may start from
+ * savepoint sp: the same max_parallelism, and every uid with state in the
+ * savepoint still there (unless allow_missing).  0, or -1 with err. */
+int ckpt_check_savepoint(const char *sp, const char *const *uids, int nuids, int max_parallelism, int allow_missing,
+                         char *err, size_t errlen);
 /* A new job: deletes every checkpoint (the id counter stays, so part file
  * names never repeat). */
 void ckpt_forget_all(const char *state_dir);
@@ -50,6 +57,15 @@ void ckpt_destroy(ckpt *c);     /* NULL is a no-op */
  * files' numbers are restored, its post-commit steps redone, and what was
  * prepared after it deleted.  0, or -1 with err. */
 int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
+/* After the tasks are built: continues from savepoint sp (positions and
+ * watermarks by source, file and task name; state by uid and key group,
+ * whatever the parallelism now).  0, or -1 with err. */
+int ckpt_recover_savepoint(ckpt *c, const char *sp, char *err, size_t errlen);
+/* Event loop: takes a checkpoint now (waiting for it, up to timeout_ms) and
+ * copies it into state_dir/savepoints/savepoint-<id>-<time>/ (manifest and
+ * every state file: no links).  0 with its absolute path, or -1 with err. */
+int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
+                   size_t errlen);
 /* Event loop: starts the next checkpoint unless one is running.  1 when started. */
 int ckpt_begin(ckpt *c);
 /* Event loop: completes the running checkpoint once every task passed its

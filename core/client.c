@@ -27,7 +27,7 @@ static void on_done(struct evhttp_request *req, void *arg) {
     }
 }
 
-int client_post(const char *admin, const char *path) {
+int client_post(const char *admin, const char *path, const char *field) {
     char host[256];
     const char *colon = strrchr(admin, ':');
     int port = colon ? atoi(colon + 1) : 0;
@@ -65,7 +65,8 @@ int client_post(const char *admin, const char *path) {
     json_t *j = a.body ? json_loads(a.body, 0, &je) : NULL;
     const char *err = j ? json_string_value(json_object_get(j, "error")) : NULL;
     if (a.code >= 200 && a.code < 300) {
-        printf("%s\n", a.body ? a.body : "");
+        const char *f = field && j ? json_string_value(json_object_get(j, field)) : NULL;
+        printf("%s\n", f ? f : a.body ? a.body : "");
         rc = 0;
     } else {
         fprintf(stderr, "eddy: %s answered %d: %s\n", admin, a.code, err ? err : (a.body ? a.body : ""));

@@ -4,8 +4,9 @@
 #ifndef EDDY_CLIENT_H
 #define EDDY_CLIENT_H
 
-/* POSTs to http://admin/path (admin is "host:port") and prints the answer.
- * Returns the exit code: 0 on a 2xx answer, 1 otherwise (2 for a bad address). */
-int client_post(const char *admin, const char *path);
+/* POSTs to http://admin/path (admin is "host:port") and prints the answer
+ * (with field, only that string of the JSON answer).  Returns the exit
+ * code: 0 on a 2xx answer, 1 otherwise (2 for a bad address). */
+int client_post(const char *admin, const char *path, const char *field);
 
 #endif

@@ -282,6 +282,7 @@ static const char *const GUARANTEES[] = { "at_least_once", "exactly_once", NULL 
 static const char *const ON_ERRORS[] = { "fail", "skip", "dead_letter", NULL };
 static const char *const LEVELS[] = { "debug", "info", "warn", "error", NULL };
 static const char *const FORMATS[] = { "text", "json", NULL };
+static const char *const RESTARTS[] = { "none", "fixed", "exponential", NULL };
 
 /* Every key of the config file.  A section comes before its keys. */
 static const key SCHEMA[] = {
@@ -298,6 +299,11 @@ static const key SCHEMA[] = {
     SECTION("checkpoint"),
     DURATION("checkpoint.interval",  "10s",   checkpoint_interval_ms, 1),
     INT("checkpoint.retain",         "3",     checkpoint_retain, 1, 1000),
+    SECTION("restart"),
+    ENUM("restart.strategy",         "fixed", restart_strategy, RESTARTS),
+    INT("restart.attempts",          "3",     restart_attempts, 0, 1000000),
+    DURATION("restart.delay",        "1s",    restart_delay_ms, 0),
+    DURATION("restart.max_delay",    "1m",    restart_max_delay_ms, 0),
     SECTION("kafka", .load = load_kafka, .flags = F_OPEN),
     SECTION("kafka.embedded", .load = load_embedded),
     INT("kafka.embedded.brokers",    "1",     kafka_embedded_brokers, 1, 64),

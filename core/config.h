@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 enum { GUARANTEE_AT_LEAST_ONCE = 0, GUARANTEE_EXACTLY_ONCE = 1 };
+enum { RESTART_NONE = 0, RESTART_FIXED = 1, RESTART_EXPONENTIAL = 2 };
 enum { ON_ERROR_FAIL = 0, ON_ERROR_SKIP = 1, ON_ERROR_DEAD_LETTER = 2 };
 enum { LOGFMT_TEXT = 0, LOGFMT_JSON = 1 };
 
@@ -50,6 +51,9 @@ typedef struct config {
     opt_list state_rocksdb;  /* RocksDB options passed through (state.rocksdb) */
     int64_t checkpoint_interval_ms;   /* default 10000 */
     int checkpoint_retain;            /* default 3 */
+    int restart_strategy;    /* RESTART_* (exactly_once: a failed task restarts eddy from its last checkpoint) */
+    int restart_attempts;    /* default 3 */
+    int64_t restart_delay_ms, restart_max_delay_ms;   /* default 1s; exponential doubles up to max (1m) */
     opt_list kafka;          /* librdkafka properties, passed through (not `embedded`) */
     int kafka_embedded;      /* 1 when kafka.embedded is set */
     int kafka_embedded_brokers;       /* default 1 */

@@ -35,6 +35,7 @@
 
 #define WATCHDOG_TICK_MS 50
 #define WATCHDOG_ARM_MS 100      /* a call this long gets the instruction-count hook */
+#define SAVEPOINT_TIMEOUT_MS 60000
 #define POLL_TICK_MS 10          /* followed files and stdin are read again this often */
 
 typedef struct daemon_state {
@@ -61,6 +62,7 @@ typedef struct daemon_state {
     ckpt *ckpt;                   /* checkpoints (exactly_once), or NULL */
     struct event *ckpt_ev, *ckpt_poll_ev;   /* every checkpoint.interval; while one is running */
     int workers_running;          /* the scheduler runs: tasks may be woken */
+    int workers_ran;              /* it did run (a failure after that is a task's, not the config's) */
     char waiting[2600];           /* why the tasks have not started yet (health), or "" */
 } daemon_state;
 
@@ -279,7 +281,8 @@ static int reload_in_progress(daemon_state *d);
 static void on_checkpoint_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
-    if (ckpt_poll(d->ckpt)) event_del(d->ckpt_poll_ev);
+    ckpt_poll(d->ckpt);
+    if (!ckpt_running(d->ckpt)) event_del(d->ckpt_poll_ev);
 }
 
 static void on_checkpoint(evutil_socket_t fd, short what, void *arg) {
@@ -541,6 +544,36 @@ static json_t *h_reload(void *ud, const char *query, int *http_status) {
     *http_status = request_reload(d, "POST /reload", force, msg, sizeof msg);
     if (*http_status == 200) return json_pack("{s:i, s:s}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash);
     return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
+}
+
+static void stop_after_savepoint(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    stop_gracefully(arg, "savepoint --stop");
+}
+
+/* POST /savepoint[?stop=1]: a checkpoint copied into a folder of its own;
+ * the event loop waits for it (a few seconds at most for the barriers). */
+static json_t *h_savepoint(void *ud, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    char path[PATH_MAX], err[2048];
+    if (!d->ckpt || !d->workers_running || atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting)) {
+        *http_status = 503;
+        return json_pack("{s:s}", "error", d->ckpt ? "eddy is starting or stopping: no savepoint" : "no state to save");
+    }
+    if (reload_in_progress(d)) {
+        *http_status = 503;
+        return json_pack("{s:s}", "error", "a reload is rolling out; try again");
+    }
+    if (ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, path, sizeof path, err, sizeof err) < 0) {
+        log_error("savepoint failed: %s", err);
+        *http_status = 500;
+        return json_pack("{s:s}", "error", err);
+    }
+    if (query && strstr(query, "stop=1")) {           /* once the answer is on its way */
+        struct timeval soon = { 0, 100 * 1000 };
+        event_base_once(d->base, -1, EV_TIMEOUT, stop_after_savepoint, d, &soon);
+    }
+    return json_pack("{s:s}", "path", path);
 }
 
 /* ---- admin ------------------------------------------------------------- */
@@ -1011,7 +1044,7 @@ static void load_positions(daemon_state *d) {
 static int start_admin(daemon_state *d, char *err, size_t errlen) {
     if (!d->cfg->admin_enabled) return 0;
     admin_handlers h = { .ud = d, .health = h_health, .status = h_status, .metrics = h_metrics,
-                         .reload = h_reload, .get_prefixed = h_prefixed };
+                         .reload = h_reload, .savepoint = h_savepoint, .get_prefixed = h_prefixed };
     char addr_file[PATH_MAX];
     snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d->cfg->state_dir);
     d->adm = admin_create(d->base, d->cfg->admin_listen, addr_file, &h, err, errlen);
@@ -1119,7 +1152,7 @@ static int refuse_unsupported(const config *cfg, const plan *p, char *err, size_
     return 0;
 }
 
-int daemon_run(const char *config_path) {
+int daemon_run(const char *config_path, const run_opts *o) {
     daemon_state d;
     memset(&d, 0, sizeof d);
     pthread_mutex_init(&d.sh.dead_letter_mu, NULL);
@@ -1152,9 +1185,36 @@ int daemon_run(const char *config_path) {
         }
     }
     forget_finished_run(&d);
+    /* a savepoint starts a new job: the state dir's own state goes */
+    if (o->from_savepoint) {
+        const char *uids[256];
+        int nuids = 0;
+        for (int i = 0; i < d.p->nnodes && nuids < 256; i++)
+            if (node_has_state(&d.p->nodes[i])) uids[nuids++] = d.p->nodes[i].uid;
+        if (ckpt_check_savepoint(o->from_savepoint, uids, nuids, d.cfg->max_parallelism, o->allow_non_restored, err,
+                                 sizeof err) < 0) {
+            fprintf(stderr, "eddy: %s\n", err);
+            goto out;
+        }
+        drop_state(&d);
+        if (ckpt_restore_savepoint_db(d.cfg->state_dir, o->from_savepoint, err, sizeof err) < 0) {
+            fprintf(stderr, "eddy: --from-savepoint: %s\n", err);
+            code = 1;
+            goto out;
+        }
+    }
     /* exactly_once: the newest committed checkpoint is where this run starts */
-    int64_t restore = exactly_once ? ckpt_newest_committed(d.cfg->state_dir) : 0;
-    if (restore > 0) {
+    int64_t restore = exactly_once && !o->from_savepoint ? ckpt_newest_committed(d.cfg->state_dir) : 0;
+    {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/positions.json", d.cfg->state_dir);
+        d.sh.continuing = o->from_savepoint != NULL || access(path, F_OK) == 0;
+    }
+    if (o->from_savepoint) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/running", d.cfg->state_dir);
+        unlink(path);
+    } else if (restore > 0) {
         if (ckpt_restore_db(d.cfg->state_dir, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 1; goto out; }
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/positions.json", d.cfg->state_dir);
@@ -1235,7 +1295,7 @@ int daemon_run(const char *config_path) {
     }
     if (build_tasks(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
     if (!kafka_sources && start_admin(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
-    if (!exactly_once) load_positions(&d);
+    if (!exactly_once && !o->from_savepoint) load_positions(&d);   /* (d.sh.continuing said so to the sinks) */
     if (d.group) {
         if (attach_partitions(&d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
         if (!exactly_once) {        /* exactly_once: checkpoints commit the offsets */
@@ -1245,10 +1305,16 @@ int daemon_run(const char *config_path) {
             d.sh.mark_interval_ms = every < 100 ? 100 : every;
         }
     }
+    /* checkpoints: every interval under exactly_once; savepoints always */
+    d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_interval_ms,
+                         d.cfg->checkpoint_retain);
+    if (!d.ckpt) { fprintf(stderr, "eddy: cannot create %s/checkpoints\n", d.cfg->state_dir); goto out; }
+    if (o->from_savepoint && ckpt_recover_savepoint(d.ckpt, o->from_savepoint, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        code = 2;
+        goto out;
+    }
     if (exactly_once) {
-        d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_interval_ms,
-                             d.cfg->checkpoint_retain);
-        if (!d.ckpt) { fprintf(stderr, "eddy: cannot create %s/checkpoints\n", d.cfg->state_dir); goto out; }
         if (ckpt_recover(d.ckpt, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
         struct timeval iv = { d.cfg->checkpoint_interval_ms / 1000, (d.cfg->checkpoint_interval_ms % 1000) * 1000 };
         d.ckpt_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint, &d);
@@ -1263,6 +1329,7 @@ int daemon_run(const char *config_path) {
     for (int i = 0; i < d.ntasks; i++) d.tasks[i]->se.s = d.s;
     if (!d.s || sched_start(d.s, err, sizeof err) < 0) { log_error("%s", err); goto out; }
     d.workers_running = 1;
+    d.workers_ran = 1;
     if (d.group && kgroup_subscribe(d.group, err, sizeof err) < 0) {
         log_error("%s", err);
         atomic_store(&d.sh.aborting, 1);
@@ -1284,7 +1351,7 @@ int daemon_run(const char *config_path) {
     for (int i = 0; i < d.ntasks; i++)
         if (task_close_sinks(d.tasks[i]) < 0) sink_failed = 1;
     /* exactly_once: a clean end commits what is left as a last checkpoint */
-    if (d.ckpt && !sink_failed && !atomic_load(&d.failed) && !atomic_load(&d.sh.aborting) && ckpt_final(d.ckpt) < 0)
+    if (d.ckpt && exactly_once && !sink_failed && !atomic_load(&d.failed) && !atomic_load(&d.sh.aborting) && ckpt_final(d.ckpt) < 0)
         sink_failed = 1;
     if (d.sh.kafka) {
         if (kafka_flush(d.sh.kafka, 30000) < 0) sink_failed = 1;
@@ -1320,6 +1387,35 @@ int daemon_run(const char *config_path) {
         log_info("finished: %ld records read in %.3f s", in, (mono_ms() - d.started_ms) / 1000.0);
     }
 out:
+    {
+        /* exactly_once: a failed task restarts eddy, which recovers from the
+         * last committed checkpoint (restart.*) */
+        int restartable = code == 1 && d.ckpt && d.cfg && d.cfg->guarantee == GUARANTEE_EXACTLY_ONCE &&
+                          d.workers_ran && !atomic_load(&d.sh.stopping);
+        const config *cfg = d.cfg;
+        int attempt = getenv("EDDY_RESTART_ATTEMPT") ? atoi(getenv("EDDY_RESTART_ATTEMPT")) : 0;
+        if (restartable && cfg->restart_strategy != RESTART_NONE && attempt < cfg->restart_attempts && o->argv) {
+            int64_t delay = cfg->restart_delay_ms;
+            for (int i = 0; cfg->restart_strategy == RESTART_EXPONENTIAL && i < attempt && delay < cfg->restart_max_delay_ms; i++)
+                delay *= 2;
+            if (cfg->restart_strategy == RESTART_EXPONENTIAL && delay > cfg->restart_max_delay_ms) delay = cfg->restart_max_delay_ms;
+            log_warn("restarting in %.1f s from the last committed checkpoint (restart %d of %d, restart.strategy = %s)",
+                     delay / 1000.0, attempt + 1, cfg->restart_attempts,
+                     cfg->restart_strategy == RESTART_FIXED ? "fixed" : "exponential");
+            char n[16];
+            snprintf(n, sizeof n, "%d", attempt + 1);
+            daemon_free(&d);
+            fflush(stderr);
+            usleep((useconds_t)(delay * 1000));
+            setenv("EDDY_RESTART_ATTEMPT", n, 1);
+            execv("/proc/self/exe", o->argv);
+            fprintf(stderr, "eddy: cannot restart: %s\n", strerror(errno));
+            return 1;
+        }
+        if (restartable && cfg->restart_strategy != RESTART_NONE && cfg->restart_attempts > 0)
+            fprintf(stderr, "eddy: gave up after %d restart%s (restart.attempts = %d): the task fails again from the "
+                    "last committed checkpoint\n", attempt, attempt == 1 ? "" : "s", cfg->restart_attempts);
+    }
     daemon_free(&d);
     return code;
 }

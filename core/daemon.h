@@ -6,8 +6,14 @@
 #ifndef EDDY_DAEMON_H
 #define EDDY_DAEMON_H
 
-/* `eddy run CONFIG`: returns the process exit code (0, 1, 2). */
-int daemon_run(const char *config_path);
+typedef struct run_opts {
+    const char *from_savepoint;      /* --from-savepoint DIR, or NULL */
+    int allow_non_restored;          /* --allow-non-restored-state */
+    char **argv;                     /* the command line, to restart with (restart.*) */
+} run_opts;
+
+/* `eddy run CONFIG [...]`: returns the process exit code (0, 1, 2). */
+int daemon_run(const char *config_path, const run_opts *o);
 /* `eddy check CONFIG|PIPELINE.lua`: prints the plan; returns 0 or 2. */
 int daemon_check(const char *path);
 /* The install's lua/ folder (EDDY_LUA_DIR, or ../lua beside the binary). */

@@ -23,6 +23,10 @@ static void usage(FILE *out) {
         "                                  to the first broker\n"
         "  eddy reload [--admin HOST:PORT] [--allow-dropped-state]\n"
         "                                  ask a running daemon to reload its pipeline\n"
+        "  eddy savepoint [--admin HOST:PORT] [--stop]\n"
+        "                                  ask a running daemon for a savepoint; prints its folder\n"
+        "  eddy run CONFIG --from-savepoint DIR [--allow-non-restored-state]\n"
+        "                                  start from a savepoint (the pipeline may have changed)\n"
         "  eddy version                    print the version\n"
         "  eddy help                       this text\n"
         "\n"
@@ -43,11 +47,14 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "run") == 0) {
         if (argc < 3) { fprintf(stderr, "eddy run: missing CONFIG\n"); return 2; }
+        run_opts o = { .argv = argv };
         for (int i = 3; i < argc; i++) {
-            fprintf(stderr, "eddy run: unknown or unsupported argument '%s'\n", argv[i]);
-            return 2;
+            if (strcmp(argv[i], "--from-savepoint") == 0 && i + 1 < argc) o.from_savepoint = argv[++i];
+            else if (strncmp(argv[i], "--from-savepoint=", 17) == 0) o.from_savepoint = argv[i] + 17;
+            else if (strcmp(argv[i], "--allow-non-restored-state") == 0) o.allow_non_restored = 1;
+            else { fprintf(stderr, "eddy run: unknown or unsupported argument '%s'\n", argv[i]); return 2; }
         }
-        return daemon_run(argv[2]);
+        return daemon_run(argv[2], &o);
     }
     if (strcmp(cmd, "check") == 0) {
         if (argc != 3) { fprintf(stderr, "eddy check: needs one CONFIG or PIPELINE.lua\n"); return 2; }
@@ -63,7 +70,18 @@ int main(int argc, char **argv) {
             else if (strcmp(argv[i], "--allow-dropped-state") == 0) path = "/reload?allow_dropped_state=1";
             else { fprintf(stderr, "eddy reload: unknown argument '%s'\n", argv[i]); return 2; }
         }
-        return client_post(admin, path);
+        return client_post(admin, path, NULL);
+    }
+    if (strcmp(cmd, "savepoint") == 0) {
+        const char *admin = "127.0.0.1:8600";
+        const char *path = "/savepoint";
+        for (int i = 2; i < argc; i++) {
+            if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
+            else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
+            else if (strcmp(argv[i], "--stop") == 0) path = "/savepoint?stop=1";
+            else { fprintf(stderr, "eddy savepoint: unknown argument '%s'\n", argv[i]); return 2; }
+        }
+        return client_post(admin, path, "path");
     }
     fprintf(stderr, "eddy: unknown command '%s' (eddy help lists them)\n", cmd);
     return 2;

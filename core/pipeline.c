@@ -539,11 +539,14 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
 
 /* ---- Kafka partitions --------------------------------------------------- */
 
+int node_has_state(const node *n) {
+    return n->uid && (n->kind == NODE_PROCESS || n->kind == NODE_DEDUP || n->kind == NODE_JOIN ||
+                      n->kind == NODE_GLOBAL_TABLE || n->kind == NODE_WINDOW);
+}
+
 int plan_has_keyed_state(const plan *p) {
     for (int i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].kind == NODE_PROCESS || p->nodes[i].kind == NODE_DEDUP || p->nodes[i].kind == NODE_JOIN ||
-            p->nodes[i].kind == NODE_GLOBAL_TABLE || p->nodes[i].kind == NODE_WINDOW)
-            return 1;
+        if (node_has_state(&p->nodes[i])) return 1;
     return 0;
 }
 

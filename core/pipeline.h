@@ -82,7 +82,8 @@ int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, s
 /* The same partitions as a running plan (a reload keeps them).  0, or -1. */
 int plan_copy_kafka(plan *p, const plan *from);
 int plan_has_kafka_sources(const plan *p);
-int plan_has_keyed_state(const plan *p);    /* process or dedup operators: the state store opens */
+int plan_has_keyed_state(const plan *p);    /* stateful operators: the state store opens */
+int node_has_state(const node *n);          /* process, dedup, join, window, global table */
 const char *node_opt(const node *n, const char *key);   /* string value or NULL */
 int node_opt_bool(const node *n, const char *key);
 

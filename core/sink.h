@@ -22,10 +22,12 @@ struct kafka_sink;
 
 /* file: dir (created if missing), ext without dot ("jsonl"); with txn
  * (exactly_once) the records between two checkpoints go to a hidden part
- * file of their own (sink_prepare).  stdout: lock is shared by every stdout
- * sink.  Returns an owned sink, or NULL with err. */
+ * file of their own (sink_prepare); without, one part file, appended to
+ * when append is set (a run that continues an earlier one), else
+ * truncated.  stdout: lock is shared by every stdout sink.  Returns an
+ * owned sink, or NULL with err. */
 sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
-                  pthread_mutex_t *stdout_lock, char *err, size_t errlen);
+                  int append, pthread_mutex_t *stdout_lock, char *err, size_t errlen);
 /* The names of task task_id's part file for a checkpoint: hidden
  * (DIR/.part-<task>-<checkpoint>.<ext>.inprogress) and final. */
 void sink_part_names(const char *dir, int task_id, int64_t checkpoint, const char *ext, char *hidden, char *final,

@@ -45,7 +45,7 @@ static int mkdirs(const char *dir) {
 }
 
 sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
-                  pthread_mutex_t *stdout_lock, char *err, size_t errlen) {
+                  int append, pthread_mutex_t *stdout_lock, char *err, size_t errlen) {
     sink *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
     s->kind = kind;
@@ -73,7 +73,7 @@ sink *sink_create(sink_kind kind, const char *name, const char *dir, const char 
         size_t n = strlen(dir) + strlen(ext) + 64;
         s->path = malloc(n);
         snprintf(s->path, n, "%s/part-%d-0.%s", dir, task_id, ext);
-        s->fd = open(s->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        s->fd = open(s->path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0644);
         if (s->fd < 0) {
             snprintf(err, errlen, "sink '%s': cannot open %s: %s", name, s->path, strerror(errno));
             goto err;

@@ -70,7 +70,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
             s = sink_create_kafka(nd->name, ks, err, errlen);
         } else {
             s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
-                            sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE, &sh->stdout_mu, err, errlen);
+                            sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE, sh->continuing, &sh->stdout_mu, err, errlen);
         }
         if (!s) goto err;
         t->sinks[t->nsinks++] = s;

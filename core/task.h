@@ -46,6 +46,7 @@ typedef struct task_shared {
     state_db *state;            /* keyed state (RocksDB), when the pipeline has stateful keyed operators */
     int64_t mark_interval_ms;   /* how often a Kafka source task sends a marker */
     _Atomic int64_t ckpt_released;   /* tasks that passed this checkpoint's barrier (or an earlier one) go on */
+    int continuing;             /* this run goes on from an earlier one (positions, a savepoint): sinks append */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */

@@ -130,7 +130,8 @@ describe("the admin server", function()
       assert.matches("# TYPE " .. name .. " ", body, 1, true)
     end
     for line in body:gmatch("[^\n]+") do
-      assert.is_truthy(line:match("^# ") or line:match("^eddy_[%w_]+{[^}]*} %-?[%d%.e+]+$"), "not a sample line: " .. line)
+      assert.is_truthy(line:match("^# ") or line:match("^eddy_[%w_]+{[^}]*} %-?[%d%.e+]+$")
+        or line:match("^eddy_[%w_]+ %-?[%d%.e+]+$"), "not a sample line: " .. line)
     end
     local m = metrics(body)
     assert.are.equal(10, m['eddy_records_in_total{task="in-0"}'])
