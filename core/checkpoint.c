@@ -392,8 +392,8 @@ static void dir_sizes(const char *dir, const char *prev, int64_t *total, int64_t
 }
 
 /* Renames the part files of committed manifest m (already renamed ones are
- * skipped: recovery redoes this). */
-static void rename_parts(json_t *m) {
+ * skipped: recovery redoes this, live = 0, without the crash point). */
+static void rename_parts(json_t *m, int live) {
     size_t i;
     json_t *e;
     int first = 1;
@@ -403,7 +403,7 @@ static void rename_parts(json_t *m) {
         if (!h || !f || access(h, F_OK) != 0) continue;
         if (rename(h, f) < 0) log_error("checkpoint: cannot rename %s to %s: %s", h, f, strerror(errno));
         else fsync_dir(f);
-        if (first) { first = 0; crash_point("post_commit"); }
+        if (first && live) { first = 0; crash_point("post_commit"); }
     }
 }
 
@@ -487,7 +487,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     int64_t done_us = now_us();
     if (!final) release(c, id);
     /* post-commit: idempotent, and redone by recovery */
-    rename_parts(m);
+    rename_parts(m, 1);
     for (int i = 0; i < c->ntasks; i++)
         for (int k = 0; k < c->tasks[i]->nsinks; k++) {
             const sink_part *pt;
@@ -634,7 +634,7 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen) {
     int rc = apply_manifest(c, m, id, err, errlen);
     if (rc == 0) {
         /* its post-commit steps, then what came after it goes */
-        rename_parts(m);
+        rename_parts(m, 0);
         delete_hidden_parts(c);
         prune(c, id);
         int n;

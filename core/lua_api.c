@@ -359,6 +359,32 @@ static int l_state_entries(lua_State *L) {
     return 1;
 }
 
+/* Per operator uid and kind, what this task knows of its timers: the
+ * earliest (INT64_MIN: unknown, scan), and a floor below which there are
+ * none (the due ones were deleted; deleted keys are not walked again). */
+typedef struct timer_book { char *uid; char kind; int64_t next, floor; } timer_book;
+
+static timer_book *book_of(task *t, const char *uid, char kind) {
+    for (int i = 0; i < t->ntimer_books; i++)
+        if (t->timer_books[i].kind == kind && strcmp(t->timer_books[i].uid, uid) == 0) return &t->timer_books[i];
+    timer_book *nb = realloc(t->timer_books, sizeof *nb * (t->ntimer_books + 1));
+    if (!nb) return NULL;
+    t->timer_books = nb;
+    timer_book *b = &nb[t->ntimer_books];
+    if (!(b->uid = strdup(uid))) return NULL;
+    b->kind = kind;
+    b->next = b->floor = INT64_MIN;
+    t->ntimer_books++;
+    return b;
+}
+
+void lua_api_free_timer_books(task *t) {
+    for (int i = 0; i < t->ntimer_books; i++) free(t->timer_books[i].uid);
+    free(t->timer_books);
+    t->timer_books = NULL;
+    t->ntimer_books = 0;
+}
+
 /* timer_set(uid, kg, key, kind, ts) / timer_del(uid, kg, key, ts): a timer
  * of the key; the same ts twice is one timer.  Stack unchanged. */
 static int l_timer_set(lua_State *L) {
@@ -370,8 +396,10 @@ static int l_timer_set(lua_State *L) {
     if (state_key_timer(&t->skey, uid, (uint32_t)luaL_checkinteger(L, 2), kind[0], ts, key, klen) < 0)
         return luaL_error(L, "out of memory");
     state_tx_put(tx, t->skey.p, t->skey.len, "", 0);
-    if (kind[0] == 'e' && ts < t->next_event_timer) t->next_event_timer = ts;
-    if (kind[0] == 'p' && ts < t->next_proc_timer) t->next_proc_timer = ts;
+    timer_book *b = book_of(t, uid, kind[0]);
+    if (!b) return luaL_error(L, "out of memory");
+    if (b->next != INT64_MIN && ts < b->next) b->next = ts;
+    if (ts < b->floor) b->floor = ts;
     return 0;
 }
 
@@ -396,10 +424,11 @@ static int l_timers_due(lua_State *L) {
     state_tx *tx = tx_of(L, t);
     const char *uid = luaL_checkstring(L, 1), *kind = luaL_checkstring(L, 2);
     int64_t upto = (int64_t)luaL_checknumber(L, 3);
-    int64_t *next = kind[0] == 'e' ? &t->next_event_timer : &t->next_proc_timer;
-    if (upto < *next) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
+    timer_book *b = book_of(t, uid, kind[0]);
+    if (!b) return luaL_error(L, "out of memory");
+    if (b->next != INT64_MIN && upto < b->next) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
     int n = 0;
-    state_timer *due = state_timers_due(tx, uid, kind[0], t->kgs, t->nkgs, upto, &n);
+    state_timer *due = state_timers_due(tx, uid, kind[0], t->kgs, t->nkgs, b->floor, upto, &n);
     lua_createtable(L, n, 0);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
@@ -409,7 +438,8 @@ static int l_timers_due(lua_State *L) {
         lua_rawseti(L, -2, i + 1);
     }
     state_timers_free(due, n);
-    *next = state_timers_next(tx, uid, kind[0], t->kgs, t->nkgs);
+    if (upto < INT64_MAX && upto + 1 > b->floor) b->floor = upto + 1;   /* every timer up to upto is gone */
+    b->next = state_timers_next(tx, uid, kind[0], t->kgs, t->nkgs, b->floor);
     return 2;
 }
 
@@ -423,6 +453,8 @@ static int l_state_mark(lua_State *L) {
 static int l_state_undo(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     if (t->stx) state_tx_undo(t->stx);
+    /* timers the record deleted or set are back or gone: scan afresh */
+    for (int i = 0; i < t->ntimer_books; i++) t->timer_books[i].next = t->timer_books[i].floor = INT64_MIN;
     return 0;
 }
 

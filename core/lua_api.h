@@ -13,5 +13,7 @@ struct task;
 void lua_api_push_native(lua_State *L, struct task *t);
 /* Moves every partly filled output batch of t into its channel. */
 int lua_api_flush_outputs(struct task *t);
+/* Frees what the task knows of its timers (task_destroy). */
+void lua_api_free_timer_books(struct task *t);
 
 #endif

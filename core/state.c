@@ -485,13 +485,13 @@ static int by_time(const void *a, const void *b) {
     return c ? c : (x->klen < y->klen ? -1 : x->klen > y->klen);
 }
 
-state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t upto,
-                              int *n) {
+state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor,
+                              int64_t upto, int *n) {
     due d = { .uidlen = strlen(uid) };
     state_key from = {0}, to = {0};
     for (int i = 0; i < nkgs; i++) {
         d.kg = kgs[i];
-        if (state_key_timer(&from, uid, kgs[i], kind, INT64_MIN, "", 0) < 0) break;
+        if (state_key_timer(&from, uid, kgs[i], kind, floor, "", 0) < 0) break;
         /* everything at or before upto: up to the first key of upto + 1 */
         int64_t end = upto == INT64_MAX ? INT64_MAX : upto + 1;
         if (state_key_timer(&to, uid, kgs[i], kind, end, "", 0) < 0) break;
@@ -515,11 +515,11 @@ void state_timers_free(state_timer *t, int n) {
     free(t);
 }
 
-int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs) {
+int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor) {
     due d = { .uidlen = strlen(uid), .first_only = 1, .first = INT64_MAX };
     state_key from = {0}, to = {0};
     for (int i = 0; i < nkgs; i++) {
-        if (state_key_timer(&from, uid, kgs[i], kind, INT64_MIN, "", 0) < 0) break;
+        if (state_key_timer(&from, uid, kgs[i], kind, floor, "", 0) < 0) break;
         if (state_key_timer(&to, uid, kgs[i], kind, INT64_MAX, "", 0) < 0) break;
         to.len -= 4 + 8;
         to.p[to.len - 1]++;                    /* past every timer of this kind */

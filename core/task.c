@@ -92,7 +92,6 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     }
     if (sh->state && !(t->stx = state_tx_create(sh->state))) { snprintf(err, errlen, "out of memory"); goto err; }
     buf_init(&t->statebuf);
-    t->next_event_timer = t->next_proc_timer = INT64_MIN;   /* unknown until the first scan */
     t->io.wm = TS_NONE;
     t->io.maxts = TS_NONE;
     t->sent_wm = TS_NONE;
@@ -746,6 +745,7 @@ void task_destroy(task *t) {
     buf_free(&t->statebuf);
     state_key_free(&t->skey);
     state_tx_destroy(t->stx);
+    lua_api_free_timer_books(t);
     free(t->kgs);
     pthread_mutex_destroy(&t->swap_mu);
     free(t);

@@ -135,7 +135,7 @@ typedef struct task {
     uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */
     state_key skey;             /* reused to build state keys */
     buf statebuf;               /* reused to encode state values */
-    int64_t next_event_timer, next_proc_timer;   /* earliest timers (INT64_MAX: none), to skip scans */
+    struct timer_book *timer_books; int ntimer_books;   /* per operator and kind: where its timers are (lua_api.c) */
 
     atomic_int status;          /* TASK_* */
     char error[2048];
