@@ -194,8 +194,9 @@ static int copy_file(const char *src, const char *dst, int link_it) {
 /* Copies the db folder of a checkpoint or savepoint (from) into dst (table
  * files linked when link_tables, else copied).  0 or -1 with err. */
 static int copy_db(const char *src, const char *dst, int link_tables, char *err, size_t errlen) {
-    rm_tree(dst);
     DIR *dd = opendir(src);
+    if (!dd && errno != ENOENT) { snprintf(err, errlen, "cannot read %s: %s", src, strerror(errno)); return -1; }
+    rm_tree(dst);
     if (!dd) return 0;                       /* a pipeline without keyed state has no db */
     if (mkdirs(dst) < 0) { closedir(dd); snprintf(err, errlen, "cannot create %s: %s", dst, strerror(errno)); return -1; }
     struct dirent *e;
@@ -311,6 +312,7 @@ void ckpt_destroy(ckpt *c) {
 }
 
 int ckpt_running(const ckpt *c) { return c->running != 0; }
+int64_t ckpt_completed(const ckpt *c) { return c->completed; }
 
 /* A source task's place, as the manifest keeps it. */
 static json_t *source_json(task *t) {
@@ -341,14 +343,19 @@ static json_t *manifest_json(ckpt *c, int64_t id) {
             json_t *s = source_json(t);
             if (s) json_array_append_new(sources, s);
         } else if (atomic_load(&t->status) == TASK_RUNNING) {
-            json_t *wms = json_array();
-            for (int k = 0; k < t->nin; k++) json_array_append_new(wms, json_integer((json_int_t)t->chan_wm[k]));
+            json_t *wms = json_array(), *idle = json_array();
+            for (int k = 0; k < t->nin; k++) {
+                json_array_append_new(wms, json_integer((json_int_t)t->chan_wm[k]));
+                json_array_append_new(idle, json_boolean(t->chan_idle[k]));
+            }
             json_t *kg = json_array();
             if (t->nkgs > 0) {
                 json_array_append_new(kg, json_integer(t->kgs[0]));
                 json_array_append_new(kg, json_integer(t->kgs[t->nkgs - 1] + 1));
             }
-            json_array_append_new(tasks, json_pack("{s:s, s:o, s:o}", "task", t->name, "chan_wm", wms, "key_groups", kg));
+            json_array_append_new(tasks, json_pack("{s:s, s:I, s:o, s:o, s:o}", "task", t->name, "watermark",
+                                                   (json_int_t)t->io.wm, "chan_wm", wms, "chan_idle", idle,
+                                                   "key_groups", kg));
         }
         for (int k = 0; k < t->nsinks; k++) {
             const sink_part *pt;
@@ -496,7 +503,9 @@ static int complete(ckpt *c, int64_t id, int final) {
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(m, "sources"), i, e) {
-        if (!json_object_get(e, "kafka_partition")) continue;
+        /* the group's offsets follow the checkpoints (exactly_once only: at
+         * least once, acks.c commits what the sinks acknowledged) */
+        if (!json_object_get(e, "kafka_partition") || c->sh->cfg->guarantee != GUARANTEE_EXACTLY_ONCE) continue;
         for (int k = 0; k < c->ntasks; k++) {
             task *t = c->tasks[k];
             if (t->kp && t->source >= 0 &&
@@ -671,14 +680,16 @@ static int apply_manifest(ckpt *c, json_t *m, int64_t id, char *err, size_t errl
         task *t = task_named(c, json_string_value(json_object_get(e, "task")));
         json_t *wms = json_object_get(e, "chan_wm");
         if (!t || (int)json_array_size(wms) != t->nin) continue;
-        int64_t low = INT64_MAX;
+        json_t *idle = json_object_get(e, "chan_idle");
         for (int k = 0; k < t->nin; k++) {
             t->chan_wm[k] = json_integer_value(json_array_get(wms, k));
-            if (t->chan_wm[k] < low) low = t->chan_wm[k];
+            t->chan_idle[k] = json_is_true(json_array_get(idle, k));
         }
-        if (low != INT64_MAX && low < WM_END) {
-            t->io.wm = low;
-            for (int k = 0; k < t->nwins; k++) window_restore_watermark(t->wins[k].w, low);
+        /* the task's own watermark (the minimum over inputs that were not idle) */
+        int64_t wm = json_integer_value(json_object_get(e, "watermark"));
+        if (json_object_get(e, "watermark") && wm > INT64_MIN && wm < WM_END) {
+            t->io.wm = wm;
+            for (int k = 0; k < t->nwins; k++) window_restore_watermark(t->wins[k].w, wm);
         }
     }
 out:

@@ -72,6 +72,7 @@ int ckpt_begin(ckpt *c);
  * barrier or ended.  1 when it ended (committed or failed), 0 otherwise. */
 int ckpt_poll(ckpt *c);
 int ckpt_running(const ckpt *c);
+int64_t ckpt_completed(const ckpt *c);   /* checkpoints this process committed */
 /* After the workers stopped (every task done): the last checkpoint.  0 or -1. */
 int ckpt_final(ckpt *c);
 /* /status's last_checkpoint (owned) and the /metrics families. */

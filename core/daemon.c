@@ -564,7 +564,12 @@ static json_t *h_savepoint(void *ud, const char *query, int *http_status) {
         *http_status = 503;
         return json_pack("{s:s}", "error", "a reload is rolling out; try again");
     }
-    if (ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, path, sizeof path, err, sizeof err) < 0) {
+    int rc = ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, path, sizeof path, err, sizeof err);
+    if (ckpt_running(d->ckpt)) {                  /* timed out: it completes as a checkpoint */
+        struct timeval pt = { 0, 2000 };
+        event_add(d->ckpt_poll_ev, &pt);
+    }
+    if (rc < 0) {
         log_error("savepoint failed: %s", err);
         *http_status = 500;
         return json_pack("{s:s}", "error", err);
@@ -1214,6 +1219,14 @@ int daemon_run(const char *config_path, const run_opts *o) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/running", d.cfg->state_dir);
         unlink(path);
+    } else if (exactly_once && restore == 0) {
+        /* nothing in the state store is committed before the first checkpoint */
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/running", d.cfg->state_dir);
+        if (access(path, F_OK) == 0) {
+            log_warn("the last run did not stop cleanly and committed no checkpoint: this run starts afresh");
+            drop_state(&d);
+        }
     } else if (restore > 0) {
         if (ckpt_restore_db(d.cfg->state_dir, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 1; goto out; }
         char path[PATH_MAX];
@@ -1309,6 +1322,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
     d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_interval_ms,
                          d.cfg->checkpoint_retain);
     if (!d.ckpt) { fprintf(stderr, "eddy: cannot create %s/checkpoints\n", d.cfg->state_dir); goto out; }
+    d.ckpt_poll_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint_poll, &d);
     if (o->from_savepoint && ckpt_recover_savepoint(d.ckpt, o->from_savepoint, err, sizeof err) < 0) {
         fprintf(stderr, "eddy: %s\n", err);
         code = 2;
@@ -1318,7 +1332,6 @@ int daemon_run(const char *config_path, const run_opts *o) {
         if (ckpt_recover(d.ckpt, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
         struct timeval iv = { d.cfg->checkpoint_interval_ms / 1000, (d.cfg->checkpoint_interval_ms % 1000) * 1000 };
         d.ckpt_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint, &d);
-        d.ckpt_poll_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint_poll, &d);
         event_add(d.ckpt_ev, &iv);
     }
     if (d.cfg->reload_watch) {
@@ -1404,6 +1417,19 @@ out:
                      cfg->restart_strategy == RESTART_FIXED ? "fixed" : "exponential");
             char n[16];
             snprintf(n, sizeof n, "%d", attempt + 1);
+            /* once this run committed a checkpoint, that is where the next
+             * one starts: not the savepoint again */
+            if (o->from_savepoint && ckpt_completed(d.ckpt) > 0) {
+                int k = 0;
+                for (int i = 0; o->argv[i]; i++) {
+                    if (strcmp(o->argv[i], "--from-savepoint") == 0 && o->argv[i + 1]) { i++; continue; }
+                    if (strncmp(o->argv[i], "--from-savepoint=", 17) == 0 ||
+                        strcmp(o->argv[i], "--allow-non-restored-state") == 0)
+                        continue;
+                    o->argv[k++] = o->argv[i];
+                }
+                o->argv[k] = NULL;
+            }
             daemon_free(&d);
             fflush(stderr);
             usleep((useconds_t)(delay * 1000));

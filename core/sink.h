@@ -15,7 +15,7 @@ typedef struct sink sink;
 
 /* A part file prepared for a checkpoint: written and fsynced under its
  * hidden name; renamed to its final name once the checkpoint commits. */
-typedef struct sink_part { char hidden[1024], final[1024]; } sink_part;
+typedef struct sink_part { char hidden[4096], final[4096]; } sink_part;
 
 typedef enum { SINK_FILE, SINK_STDOUT, SINK_KAFKA } sink_kind;
 struct kafka_sink;

@@ -231,6 +231,7 @@ int sink_prepared(const sink *s, const sink_part **parts) {
 
 void sink_committed(sink *s, int n) {
     if (n > s->nparts) n = s->nparts;
+    if (n <= 0) return;
     memmove(s->parts, s->parts + n, sizeof *s->parts * (s->nparts - n));
     s->nparts -= n;
 }

@@ -64,6 +64,11 @@ state_db *state_open(const char *dir, int64_t cache_bytes, const opt_list *rocks
     s->table = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(s->table, s->cache);
     rocksdb_block_based_options_set_cache_index_and_filter_blocks(s->table, 1);
+    /* most reads are of keys that are not there yet (a new window, a new
+     * key's state): a bloom filter answers those without reading the table,
+     * and the level-0 filters and indexes stay in the cache */
+    rocksdb_block_based_options_set_filter_policy(s->table, rocksdb_filterpolicy_create_bloom(10));
+    rocksdb_block_based_options_set_pin_l0_filter_and_index_blocks_in_cache(s->table, 1);
     rocksdb_options_set_block_based_table_factory(s->opts, s->table);
     size_t wb = (size_t)cache_bytes / 4;
     if (wb < (1 << 20)) wb = 1 << 20;

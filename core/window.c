@@ -475,7 +475,8 @@ int window_advance(window_op *w, int64_t wm) {
                 int changed = 0;
                 if (!x.fired) {
                     x.fired = 1;
-                    x.dirty = 0;
+                    /* a processing-time trigger fires the changes itself: they stay marked */
+                    if (!w->keep_unfired) x.dirty = 0;
                     changed = 1;
                     if (push_fired(w, e->key, e->klen, &x) < 0) { rc = -1; break; }
                 }
