@@ -203,6 +203,133 @@ bench_reload() {
     while IFS= read -r line; do notes+=("$line"); done <<< "$out"
 }
 
+# windows: BENCH_WINDOW_KEYS records (default 10M), each with its own key and
+# all in the same hour, counted per key in tumbling 1h windows, so every
+# window stays open until the end of input fires them all: memory for 10M
+# open windows.  Each eddy row's note has its peak RSS against state.cache
+# (from scripts/bench/windows/eddy.conf.lua) and the rest, the fixed
+# overhead; the baseline counts in a Lua table.  Its input is its own
+# (bench-out/windows-input).  At 10M keys an eddy run took 1-1.5 min with
+# window contents in memory (2 cores), so both thread counts run.
+bench_windows() {
+    local n=${BENCH_WINDOW_KEYS:-10000000} in=$OUT/windows-input
+    local conf=scripts/bench/windows/eddy.conf.lua
+    if [ "$(cat "$in/.size" 2>/dev/null)" != "$n" ]; then
+        rm -rf "$in" && mkdir -p "$in"
+        echo "bench: generating $n records with distinct keys in ${in#"$ROOT"/}/"
+        luajit scripts/bench/windows/gen.lua "$in" "$n"
+        echo "$n" > "$in/.size"
+    fi
+    local cache_mb
+    cache_mb=$(sed -nE 's/.*cache[[:space:]]*=[[:space:]]*"([0-9]+)MB".*/\1/p' "$conf")
+    [ -n "$cache_mb" ] || { echo "bench: no state.cache in MB in $conf" >&2; exit 1; }
+    # baseline reads $INPUT/part-*.jsonl and row divides $RECORDS by the wall
+    # time: both this benchmark's, for the functions it calls
+    local INPUT=$in RECORDS=$n
+    baseline windows "$ROOT/scripts/bench/windows/baseline.lua"
+    local threads lines i sep
+    for threads in 1 2; do
+        dir=$OUT/windows-t$threads
+        rm -rf "$dir" && mkdir -p "$dir/out"
+        cp scripts/bench/windows/pipeline.lua "$dir/"
+        sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" "$conf" > "$dir/eddy.conf.lua"
+        ln -s "$in" "$dir/input"
+        measure "$dir" "$EDDY_BIN" run eddy.conf.lua
+        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
+        row "windows/eddy threads=$threads" "$lines"
+        if [ "$rc" -eq 0 ]; then
+            i=$((${#rows[@]} - 1)) sep=""
+            [[ ${rows[i]} == *$'\t' ]] || sep="; "
+            rows[i]+=$sep$(awk -v m="$rss_kb" -v c="$cache_mb" \
+                'BEGIN { printf "cache %d MB, RSS - cache = %.1f MB", c, m / 1024 - c }')
+        fi
+    done
+    notes+=("windows: $n keys, one record and one open tumbling 1h window each until the end of input; state.cache = $cache_mb MB")
+}
+
+# checkpoint: the cost of exactly_once.  (1) Event time: 2 files of
+# BENCH_CKPT_RECORDS records (default 5 x BENCH_RECORDS) of bench-gen.lua,
+# counted per word in tumbling 1m windows, under at_least_once (the
+# baseline) and under exactly_once with a checkpoint every 10 s; the note has
+# the checkpoints committed (periodic and final) and their durations, and a
+# run that leaves a hidden .part-*.inprogress file fails.  (2) State size:
+# BENCH_CKPT_KEYS keys (default 5M, about 1 GB of value state): the first
+# checkpoint (all new), then one after 1% of the keys changed
+# (scripts/bench/checkpoint/state-size.py).  Inputs are their own
+# (bench-out/checkpoint-input, bench-out/checkpoint-state-input).
+bench_checkpoint() {
+    local n=${BENCH_CKPT_RECORDS:-$((BENCH_RECORDS * 5))} keys=${BENCH_CKPT_KEYS:-5000000}
+    local in=$OUT/checkpoint-input sin=$OUT/checkpoint-state-input
+    if [ "$(cat "$in/.records" 2>/dev/null)" != "$n" ]; then
+        rm -rf "$in" && mkdir -p "$in"
+        echo "bench: generating $BENCH_FILES x $n records in ${in#"$ROOT"/}/"
+        for i in $(seq 1 "$BENCH_FILES"); do
+            luajit scripts/bench-gen.lua "$in/part-$i.jsonl" "$n" "$i"
+        done
+        echo "$n" > "$in/.records"
+    fi
+    local RECORDS=$((n * BENCH_FILES))
+    local g lines i note cpu base_cpu="" hidden
+    # CPU seconds as well (user + sys): on a shared machine they tell the
+    # runtimes' costs apart better than wall times do
+    local cputime=()
+    [ -x /usr/bin/time ] && cputime=(/usr/bin/time -o cpu.txt -f "%U %S")
+    base_wall="" base_lines=""
+    for g in alo eo; do
+        dir=$OUT/checkpoint-$g-t2
+        rm -rf "$dir" && mkdir -p "$dir/out"
+        cp scripts/bench/checkpoint/pipeline.lua "$dir/"
+        # not eddy.conf.lua: spec/e2e/event_time_spec.lua stops every
+        # "eddy run eddy.conf.lua" of the machine (pkill -f)
+        cp "scripts/bench/checkpoint/$g.conf.lua" "$dir/bench.conf.lua"
+        ln -s "$in" "$dir/input"
+        measure "$dir" "${cputime[@]}" "$EDDY_BIN" run bench.conf.lua
+        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
+        if [ "$g" = alo ]; then
+            row "checkpoint/at_least_once t=2" "$lines"
+        else
+            row "checkpoint/exactly_once t=2" "$lines"
+        fi
+        [ "$rc" -eq 0 ] || continue
+        cpu=$(tail -n 1 "$dir/cpu.txt" 2>/dev/null | awk '{ printf "%.1f", $1 + $2 }')
+        note="cpu ${cpu:-?} s"
+        if [ "$g" = alo ]; then
+            [ "$lines" -gt 0 ] && base_wall=$wall base_lines=$lines base_cpu=$cpu
+        else
+            [ -n "$cpu" ] && [ -n "$base_cpu" ] &&
+                note+=$(awk -v c="$cpu" -v b="$base_cpu" 'BEGIN { printf " (%.2fx at_least_once)", c / b }')
+            note+="; "$(awk 'match($0, /checkpoint [0-9]+ committed in [0-9.]+ ms \(alignment [0-9.]+/) {
+                    split(substr($0, RSTART, RLENGTH), f, " ")
+                    n++; ms = f[5] + 0; s += ms; if (ms > max) max = ms
+                    a = f[8] + 0; if (a > amax) amax = a }
+                END { printf "%d checkpoints committed (last-id %s), %.0f ms mean, %.0f ms max, alignment max %.0f ms",
+                      n, id, n ? s / n : 0, max, amax }' id="$(cat "$dir/state/checkpoints/last-id" 2>/dev/null)" "$dir/run.log")
+            hidden=$(find "$dir/out" -maxdepth 1 -name '.part-*' | wc -l)
+            if [ "$hidden" -ne 0 ]; then
+                note+="; FAILED: $hidden hidden part files left in ${dir#"$ROOT"/}/out"
+                status=1
+            fi
+        fi
+        i=$((${#rows[@]} - 1))
+        [[ ${rows[i]} == *$'\t' ]] || rows[i]+="; "
+        rows[i]+=$note
+    done
+    if [ "$(cat "$sin/.keys" 2>/dev/null)" != "$keys" ]; then
+        rm -rf "$sin" && mkdir -p "$sin"
+        echo "bench: generating $keys keys and 1% updates in ${sin#"$ROOT"/}/"
+        luajit scripts/bench/checkpoint/gen-state.lua "$sin" "$keys"
+        echo "$keys" > "$sin/.keys"
+    fi
+    local out
+    if out=$(python3 scripts/bench/checkpoint/state-size.py "$EDDY_BIN" "$OUT/checkpoint-state" "$sin" "$keys" 2>&1); then
+        :
+    else
+        status=1
+    fi
+    notes+=("checkpoint: $RECORDS records (2 files), a count per word and event-time minute; exactly_once vs at_least_once, same input and output")
+    while IFS= read -r line; do notes+=("$line"); done <<< "$out"
+}
+
 # ------------------------------------------------------------------------------
 
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
