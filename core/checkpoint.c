@@ -313,6 +313,7 @@ void ckpt_destroy(ckpt *c) {
 
 int ckpt_running(const ckpt *c) { return c->running != 0; }
 int64_t ckpt_completed(const ckpt *c) { return c->completed; }
+int64_t ckpt_last(const ckpt *c) { return c->last_id; }
 
 /* A source task's place, as the manifest keeps it. */
 static json_t *source_json(task *t) {

@@ -73,6 +73,7 @@ int ckpt_begin(ckpt *c);
 int ckpt_poll(ckpt *c);
 int ckpt_running(const ckpt *c);
 int64_t ckpt_completed(const ckpt *c);   /* checkpoints this process committed */
+int64_t ckpt_last(const ckpt *c);        /* the last committed one (restored or taken), or 0 */
 /* After the workers stopped (every task done): the last checkpoint.  0 or -1. */
 int ckpt_final(ckpt *c);
 /* /status's last_checkpoint (owned) and the /metrics families. */

@@ -997,6 +997,8 @@ static void save_positions(daemon_state *d) {
         if (write_durably(path, "the last run read all of its input\n") < 0) log_warn("cannot write %s", path);
         snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
         unlink(path);
+    } else if (files > 0 && d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE) {
+        log_info("stopped: the next run continues from checkpoint %lld", (long long)ckpt_last(d->ckpt));
     } else if (files > 0) {
         json_t *j = json_pack("{s:o}", "sources", a);
         a = NULL;
