@@ -310,13 +310,14 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     (void)rk;
     kgroup *g = opaque;
     g->rebalances++;
-    atomic_store(&g->settled, 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) take(g, parts);
     else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) give_up(g, parts);
     else {
         log_error("kafka: rebalance failed: %s", rd_kafka_err2str(err));
         give_up(g, parts);
     }
+    /* only now: a partition being taken is not "elsewhere" while take() waits */
+    atomic_store(&g->settled, 1);
 }
 
 static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets,
@@ -666,6 +667,13 @@ int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, cha
             if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                     log_warn("kafka: %s/%d: %s", kp->topic, kp->partition, rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+                continue;
+            }
+            if (m->offset < atomic_load(&kp->position)) {
+                /* read already: librdkafka 2.0 fetches a partition again from
+                 * its start offset when it is resumed right after an assign
+                 * (librdkafka #4637); each offset counts once */
                 rd_kafka_message_destroy(m);
                 continue;
             }

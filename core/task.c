@@ -492,6 +492,8 @@ static uint64_t send_mark(task *t, int draining) {
     return id;
 }
 
+static int exactly_once(const task *t) { return t->sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE; }
+
 /* A Kafka source task: reads its partition while the group assigns it here.
  * Sets *n_read (-1 when the step is over without a read: return its result). */
 static step_result step_kafka(task *t, int *n_read) {
@@ -502,12 +504,14 @@ static step_result step_kafka(task *t, int *n_read) {
         /* given up: stop reading, and let the group know when what was read is acknowledged */
         uint64_t id = send_mark(t, 1);
         if (!id) kpart_draining(t->kp, 0);
-        if (!t->idle_sent) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        if (!t->idle_sent && !exactly_once(t)) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
         return STEP_PROGRESS;
     }
     if (st != KP_ASSIGNED) {
-        /* another instance reads it: it holds no watermark back here */
-        if (!t->idle_sent && t->nouts > 0 && kpart_elsewhere(t->kp)) {
+        /* another instance reads it: it holds no watermark back here (under
+         * exactly_once it does: a restarted instance waits for the partitions
+         * a dead one still holds, rather than fire windows without them) */
+        if (!t->idle_sent && t->nouts > 0 && kpart_elsewhere(t->kp) && !exactly_once(t)) {
             t->idle_sent = 1;
             push_all(t, CH_WATERMARK, WM_IDLE);
         }

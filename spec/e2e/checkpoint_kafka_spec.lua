@@ -1,0 +1,525 @@
+-- Checkpoints and exactly-once with a Kafka source, end to end, with real
+-- crashes: an exactly_once job reading a 4-partition topic of `eddy
+-- kafka-mock` (a broker process of its own, which outlives the daemon's
+-- kills) into file sinks (a running total per user in value state, tumbling
+-- one-minute counts per user), SIGKILLed at random moments at least 20 times
+-- and made to kill itself at each fault-injection point (EDDY_CRASH_AT:
+-- prepared, manifest, committed, post_commit), restarted each time with the
+-- same config (so the same consumer group): the committed output (the
+-- visible part files) equals that of a run without crashes, row for row, and
+-- that run's output equals what the input makes (computed here).
+--
+-- Time: a restart after a SIGKILL leaves the dead consumer in the group until
+-- its session times out, and librdkafka's mock broker makes a joining member
+-- wait (3 s when the group is empty, session.timeout.ms - 1 s while a dead
+-- member is still in it, then the whole session timeout for the dead one to
+-- sync).  So every restart costs seconds before the partitions are assigned:
+-- the kill moments count from the assignment, each restart waits
+-- RESTART_GAP s so that the dead member has gone when the new one's join
+-- completes (about 5 s from kill to assignment, instead of about 7.5), and
+-- the kills are spread over JOBS crash jobs run side by side (each its own
+-- consumer group, state and output), next to the run without crashes.
+--
+-- Every part file is checked as soon as it is visible (after each run): a
+-- row the input does not make (or makes fewer times) fails the spec there,
+-- naming the run.  EDDY_SPEC_KEEP=DIR keeps the jobs' folders (outputs,
+-- state, each run's log) for a post-mortem; EDDY_SPEC_VERBOSE=1 prints the
+-- runs and the times.
+local E = require("support.eddy")
+local cjson = require("cjson")
+local lfs = require("lfs")
+
+local KILLS = 20                                 -- random SIGKILLs in all (over the jobs), at least
+local JOBS = 3                                   -- crash jobs run side by side
+-- the crash points, dealt out to the jobs in turn; k is past the
+-- checkpoints taken while the group is still being joined (one each 300 ms),
+-- so that the point is reached while the job is reading (post_commit is
+-- reached only by a checkpoint with output)
+local CRASH_POINTS = { "prepared:13", "manifest:14", "committed:13", "post_commit:1" }
+local AT_RUNS = { 3, 7 }                         -- a job's runs that get its crash points
+local KILL_MIN, KILL_MAX = 0.2, 1.5              -- seconds after the assignment
+local RESTART_GAP = 2.0                          -- seconds between a kill and the restart
+local SESSION_MS = 4000                          -- over the mock's 3 s initial join delay
+
+local PARTITIONS, PER_PARTITION, USERS = 4, 80000, 1000
+local T0 = 1700000000000                         -- event times in ms
+local PUSH = 3600000                             -- the watermark pushers' lead
+local SINKS = { "totals", "windows" }
+
+-- The pipeline.  Both outputs are multisets that do not depend on how the
+-- partitions interleave:
+--   totals:  per input record, the user's running count and sum of x; a
+--            user's records are all in one partition, in order, and the
+--            shuffle straight from the source keeps a partition's order
+--   windows: per user and event-time minute, the count of records; event
+--            times never decrease within a partition, so no record is late; the
+--            last record of each partition (user "push<P>", an hour after
+--            the latest real one, the same time in each) moves the watermark
+--            past every real window, and its own window stays open (kept in
+--            the state store, never fired)
+local PIPELINE = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local src = p:source("in", { kafka = "in", format = "json", timestamp = "ts",
+                             watermark = eddy.watermark.bounded("30s") })
+
+src:key_by("user")
+ :process{ process = function(v, ctx)
+   local s = ctx.state:value("total")
+   local t = s:get() or { n = 0, sum = 0 }
+   t.n, t.sum = t.n + 1, t.sum + v.x
+   s:set(t)
+   return { user = ctx.key, n = t.n, total = t.sum }
+ end }:uid("user-total")
+ :sink("totals", { file = "out/totals", format = "json" })
+
+src:key_by("user")
+ :window(eddy.window.tumbling("1m")):count():uid("per-minute")
+ :map(function(n, ctx) return { user = ctx.key, start = ctx.window.start, count = n } end)
+ :sink("windows", { file = "out/windows", format = "json" })
+
+return p
+]]
+
+-- ---- rows -----------------------------------------------------------------------
+
+-- row(line): a canonical text of a flat JSON object line (its "key":value
+-- pairs sorted), so that rows compare whatever order the keys were written in
+local pairs_buf = {}
+local function row(line)
+  local k, len = 0, 1
+  for pair in line:gmatch('"[^"]*":[^,}]+') do
+    k = k + 1
+    pairs_buf[k] = pair
+    len = len + #pair + 1
+  end
+  for j = k + 1, #pairs_buf do pairs_buf[j] = nil end
+  if len ~= #line or line:sub(1, 1) ~= "{" then return E.canon(cjson.decode(line)) end  -- not flat
+  table.sort(pairs_buf)
+  return "{" .. table.concat(pairs_buf, ",") .. "}"
+end
+
+-- a multiset of rows: { rows = { [row] = times }, n = rows }
+local function multiset() return { rows = {}, n = 0 } end
+local function add(m, r)
+  m.rows[r] = (m.rows[r] or 0) + 1
+  m.n = m.n + 1
+end
+
+-- ---- input ----------------------------------------------------------------------
+
+-- rng(seed): a deterministic generator of integers 0 .. n-1 (Park-Miller)
+local function rng(seed)
+  local x = seed % 2147483646 + 1
+  return function(n)
+    x = x * 48271 % 2147483647
+    return math.floor(x / 2147483647 * n)
+  end
+end
+
+-- input(): made once: per partition its lines "key<TAB>json" (key = user;
+-- user u is in partition u % 4), and the rows the sinks must hold in the
+-- end, computed here (as row() writes them: keys sorted)
+local INPUT
+local function input()
+  if INPUT then return INPUT end
+  local rnd = rng(20240611)
+  local parts, n, last = {}, 0, 0
+  local want = { totals = multiset(), windows = multiset() }
+  local minutes = {}
+  for p = 0, PARTITIONS - 1 do
+    local lines, acc = {}, {}
+    local ts = T0 + rnd(1000)
+    for i = 1, PER_PARTITION do
+      ts = ts + rnd(1000)
+      local user = "u" .. (p + PARTITIONS * rnd(USERS / PARTITIONS))
+      local x = 1 + rnd(100)
+      lines[i] = string.format('%s\t{"user":"%s","ts":%d,"x":%d}', user, user, ts, x)
+      local a = acc[user] or { n = 0, sum = 0 }
+      acc[user] = a
+      a.n, a.sum = a.n + 1, a.sum + x
+      add(want.totals, string.format('{"n":%d,"total":%d,"user":"%s"}', a.n, a.sum, user))
+      local m = string.format('"start":%d,"user":"%s"}', ts - ts % 60000, user)
+      minutes[m] = (minutes[m] or 0) + 1
+    end
+    parts[p] = lines
+    last = math.max(last, ts)
+  end
+  -- the watermark pushers: one last record in each partition, all at the
+  -- same time (so that their window is one, and stays open)
+  for p = 0, PARTITIONS - 1 do
+    local pusher, lines = "push" .. p, parts[p]
+    lines[#lines + 1] = string.format('%s\t{"user":"%s","ts":%d,"x":0}', pusher, pusher, last + PUSH)
+    add(want.totals, string.format('{"n":1,"total":0,"user":"%s"}', pusher))
+    parts[p] = table.concat(lines, "\n") .. "\n"
+    n = n + #lines
+  end
+  for m, c in pairs(minutes) do add(want.windows, string.format('{"count":%d,%s', c, m)) end
+  INPUT = { parts = parts, n = n, want = want }
+  return INPUT
+end
+
+-- ---- output and state -----------------------------------------------------------
+
+-- hidden(dir): the in-progress part files (sink/name) in the sinks' folders
+local function hidden(dir)
+  local out = {}
+  for _, s in ipairs(SINKS) do
+    for _, name in ipairs(E.ls(dir .. "/out/" .. s) or {}) do
+      if name:match("^%.part%-") or name:match("^%..*%.inprogress$") then out[#out + 1] = s .. "/" .. name end
+    end
+  end
+  return out
+end
+
+-- last_committed(state_dir): the id of the newest committed checkpoint, or nil
+local function last_committed(state_dir)
+  local last
+  local root = state_dir .. "/checkpoints"
+  for _, name in ipairs(E.ls(root) or {}) do
+    local text = E.read(root .. "/" .. name .. "/manifest.json")
+    if text then
+      local ok, m = pcall(cjson.decode, text)
+      if ok and type(m) == "table" and m.committed == true then
+        local id = tonumber(m.id) or tonumber(name)
+        if id and (not last or id > last) then last = id end
+      end
+    end
+  end
+  return last
+end
+
+-- restored(log): the id of the log line "restored checkpoint <id>", or nil
+local function restored(log)
+  local id = log:match("restored checkpoint ([%w%-_]+)")
+  return id and (tonumber(id) or id)
+end
+
+local function tail(s, n)
+  local l = E.lines(s)
+  return table.concat(l, "\n", math.max(1, #l - (n or 15) + 1))
+end
+
+-- differences(expected, got): "" when every sink has the same multiset of
+-- rows, else per sink the counts and the first rows missing and extra
+local function differences(expected, got)
+  local report = {}
+  for _, s in ipairs(SINKS) do
+    local e, g = expected[s].rows, got[s].rows
+    local missing, extra, nmissing, nextra = {}, {}, 0, 0
+    for r, c in pairs(e) do
+      local d = c - (g[r] or 0)
+      if d > 0 then missing[#missing + 1] = r; nmissing = nmissing + d end
+    end
+    for r, c in pairs(g) do
+      local d = c - (e[r] or 0)
+      if d > 0 then extra[#extra + 1] = (d > 1 and d .. "x " or "") .. r; nextra = nextra + d end
+    end
+    if nmissing + nextra > 0 then
+      table.sort(missing)
+      table.sort(extra)
+      report[#report + 1] = string.format("sink %s: %d rows expected, %d committed: %d missing, %d extra",
+        s, expected[s].n, got[s].n, nmissing, nextra)
+      for k = 1, math.min(5, #missing) do report[#report + 1] = "  missing " .. missing[k] end
+      for k = 1, math.min(5, #extra) do report[#report + 1] = "  extra   " .. extra[k] end
+    end
+  end
+  return table.concat(report, "\n")
+end
+
+-- ---- the spec -------------------------------------------------------------------
+
+describe("checkpoints (exactly_once, Kafka source to files)", function()
+  local dir, boot
+  before_each(function()
+    dir = E.tmpdir()
+    -- the mock runs as dir/mock/eddy (a symlink to eddy), so that another
+    -- spec's `pkill -f '^bin/eddy kafka-mock'` leaves it alone; $! is
+    -- timeout(1)'s pid: a TERM to it reaches the mock
+    E.mkdirs(dir .. "/mock")
+    assert.are.equal(0, (E.shell("ln -s \"$(realpath " .. E.quote(E.bin) .. ")\" " .. dir .. "/mock/eddy")))
+    assert(os.execute(string.format("(timeout -k 2 400 %s/mock/eddy kafka-mock --topic in:%d "
+      .. "> %s/mock.out 2>&1 & echo $! > %s/mock.pid)", dir, PARTITIONS, dir, dir)))
+    boot = E.poll(10, function()
+      local out = E.read(dir .. "/mock.out")
+      return out and out:match("^(127%.0%.0%.1:%d+)\n")
+    end)
+    assert.truthy(boot, "the mock broker did not start: " .. tostring(E.read(dir .. "/mock.out")))
+  end)
+  after_each(function()
+    local pid = dir and (E.read(dir .. "/mock.pid") or ""):match("%d+")
+    local keep = os.getenv("EDDY_SPEC_KEEP")
+    if keep and dir then E.shell("rm -rf " .. E.quote(keep) .. " && cp -a " .. dir .. " " .. E.quote(keep) .. " 2>/dev/null") end
+    E.cleanup()       -- SIGKILLs the daemons it started (by pid); removes dir
+    if pid then E.shell("kill -TERM " .. pid) end
+  end)
+
+  -- a job: its folder (pipeline, config, out/, state/, logs/), consumer
+  -- group `name`, and its runs to come (plan: "kill" or a crash point each)
+  local function job(name, plan)
+    local jdir = dir .. "/" .. name
+    E.write(jdir .. "/pipeline.lua", PIPELINE)
+    local conf = E.write_config(jdir, {
+      name = name, threads = 2, parallelism = 2, guarantee = "exactly_once",
+      checkpoint = { interval = "300ms", retain = 2 }, state = { dir = jdir .. "/state" },
+      kafka = { ["bootstrap.servers"] = boot, ["session.timeout.ms"] = tostring(SESSION_MS),
+                ["heartbeat.interval.ms"] = "300" } })
+    return { name = name, dir = jdir, conf = conf, state_dir = jdir .. "/state", plan = plan, runs = {},
+             phase = "wait", at = 0, kills = 0, points = 0,
+             audited = {}, got = { totals = multiset(), windows = multiset() } }
+  end
+
+  it("a job killed at random moments at least 20 times, and at each crash point, commits the same rows as a run without crashes", function()
+    local t_begin = E.now()
+    local inp = input()
+    for p = 0, PARTITIONS - 1 do
+      E.write(dir .. "/p" .. p .. ".txt", inp.parts[p])
+      local rc, out = E.shell(string.format("timeout 60 kcat -P -b %s -t in -p %d -K '\t' -z lz4 < %s/p%d.txt 2>&1",
+        boot, p, dir, p))
+      assert(rc == 0, "kcat could not produce to in/" .. p .. ": " .. out)
+    end
+    -- every message arrived (the mock drops the oldest past 5 MB of batches
+    -- a partition: compressed, they take about 2 MB)
+    local _, offsets = E.shell(string.format("timeout 30 kcat -C -b %s -t in -o beginning -e -q -f '%%p\\n' "
+      .. "| sort | uniq -c", boot))
+    for p = 0, PARTITIONS - 1 do
+      local c = offsets:match("(%d+) " .. p .. "\n")
+      assert(tonumber(c) == PER_PARTITION + 1, string.format("in/%d holds %s messages, not %d:\n%s", p,
+        tostring(c), PER_PARTITION + 1, offsets))
+    end
+    local t_produced = E.now() - t_begin
+
+    -- the jobs: the run without crashes, and JOBS crash jobs, each with its
+    -- share of the random kills and of the crash points
+    local ref = job("ckk-ref", {})
+    local jobs = { ref }
+    for j = 1, JOBS do
+      local kills = math.floor(KILLS / JOBS) + (j <= KILLS % JOBS and 1 or 0)
+      local at, i = {}, 0
+      for k = j, #CRASH_POINTS, JOBS do
+        i = i + 1
+        at[AT_RUNS[i] or (AT_RUNS[#AT_RUNS] + 4 * (i - #AT_RUNS))] = CRASH_POINTS[k]
+      end
+      local plan, n = {}, 0
+      while kills > 0 or next(at) do
+        n = n + 1
+        if at[n] then plan[n] = at[n]; at[n] = nil
+        else plan[n] = "kill"; kills = kills - 1 end
+      end
+      jobs[#jobs + 1] = job("ckk-" .. string.char(96 + j), plan)
+    end
+
+    local rnd = rng(4242)
+
+    local function story_of(jb)
+      local lines = {}
+      for _, run in ipairs(jb.runs) do
+        lines[#lines + 1] = string.format("  run %d at %.1f s: after checkpoint %s (%d totals rows committed), %s",
+          run.n, run.started - t_begin, tostring(run.after), run.before, run.how or "?")
+      end
+      return table.concat(lines, "\n")
+    end
+
+    local function fail(jb, run, msg)
+      error(string.format("%s run %d (%s): %s\n%s's runs:\n%s\nthe log of run %d:\n%s", jb.name, run.n, run.kind,
+        msg, jb.name, story_of(jb), run.n, tail(run.d:stderr())), 0)
+    end
+
+    -- a run started after a committed checkpoint logs "restored checkpoint <its id>"
+    local function check_restore(jb, run)
+      if run.after == nil then return end
+      local id = restored(run.d:stderr())
+      if id == nil then fail(jb, run, "started after checkpoint " .. run.after .. " had committed, "
+        .. "but did not log 'restored checkpoint'") end
+      if id ~= run.after then fail(jb, run, "restored checkpoint " .. tostring(id) .. ", but the newest "
+        .. "committed one was " .. run.after) end
+    end
+
+    -- audit(jb, run): reads the part files that became visible since the
+    -- last audit (during run, or at the start of the one before it, which
+    -- redoes the renames of its checkpoint) into jb.got: each of their rows
+    -- must be one the input makes, and no more often than it makes it; a
+    -- visible part file never changes nor goes
+    local function audit(jb, run)
+      for _, s in ipairs(SINKS) do
+        local want, got = inp.want[s].rows, jb.got[s]
+        local present = {}
+        for _, path in ipairs(E.part_files(jb.dir .. "/out/" .. s)) do
+          present[path] = true
+          local size = lfs.attributes(path, "size")
+          local seen = jb.audited[path]
+          if seen and seen ~= size then
+            fail(jb, run, string.format("the committed part file %s/%s changed (%d bytes, then %d)", s,
+              path:match("[^/]+$"), seen, size))
+          end
+          if not seen then
+            jb.audited[path] = size
+            local extra = {}
+            for l in io.lines(path) do
+              if l ~= "" then
+                local r = row(l)
+                add(got, r)
+                if got.rows[r] > (want[r] or 0) then extra[#extra + 1] = r end
+              end
+            end
+            if #extra > 0 then
+              fail(jb, run, string.format("the committed part file %s/%s holds %d rows the input does not make "
+                .. "(or makes fewer times), e.g.\n  %s", s, path:match("[^/]+$"), #extra,
+                table.concat(extra, "\n  ", 1, math.min(5, #extra))))
+            end
+          end
+        end
+        for path in pairs(jb.audited) do
+          if path:find("/out/" .. s .. "/", 1, true) and not present[path] then
+            fail(jb, run, "the committed part file " .. s .. "/" .. path:match("[^/]+$") .. " is gone")
+          end
+        end
+      end
+    end
+
+    -- a run is over: its log kept (for EDDY_SPEC_KEEP), its output audited
+    local function over(jb, run)
+      E.write(string.format("%s/logs/run-%02d.log", jb.dir, run.n), run.d:stderr())
+      audit(jb, run)
+    end
+
+    -- one step of a job's runs: start, wait for the assignment, kill (or
+    -- wait for the crash point, or for the end of the input and SIGTERM)
+    local function step(jb, now)
+      local run = jb.runs[#jb.runs]
+      if jb.phase == "wait" then
+        if now < jb.at then return end
+        local n = #jb.runs + 1
+        local kind = jb.plan[n] or "final"
+        run = { n = n, kind = kind, after = last_committed(jb.state_dir), started = now, before = jb.got.totals.n }
+        jb.runs[n] = run
+        run.d = E.start({ "run", jb.conf }, { timeout = kind == "final" and 150 or 60,
+          env = kind:find(":", 1, true) and { EDDY_CRASH_AT = kind } or nil })
+        jb.phase = "join"
+        return
+      end
+      local code = run.d:code()
+      if jb.phase == "join" then
+        if run.d:stderr():find("kafka: group '" .. jb.name .. "' assigned", 1, true) then
+          run.assigned = now - run.started
+          check_restore(jb, run)
+          if run.kind == "kill" then
+            run.delay = KILL_MIN + (KILL_MAX - KILL_MIN) * rnd(1001) / 1000
+            run.kill_at = now + run.delay
+            jb.phase = "run"
+          else
+            jb.phase = run.kind == "final" and "final" or "point"
+          end
+        elseif code ~= nil and run.kind:find(":", 1, true) then
+          jb.phase = "point"               -- the crash point came first
+        elseif code ~= nil then
+          fail(jb, run, "exited " .. code .. " before its partitions were assigned")
+        elseif now - run.started > 40 then
+          fail(jb, run, "no partitions assigned after 40 s")
+        end
+        return
+      end
+      if jb.phase == "run" then
+        if code ~= nil then fail(jb, run, "exited " .. code .. " by itself") end
+        if now < run.kill_at then return end
+        run.d:kill("KILL")
+        code = run.d:wait(10)
+        if code ~= 137 then fail(jb, run, "status " .. tostring(code) .. " after SIGKILL") end
+        jb.kills = jb.kills + 1
+        run.how = string.format("killed %.2f s after the assignment (%.1f s after its start)", run.delay,
+          run.assigned)
+      elseif jb.phase == "point" then
+        if code == nil then
+          if now - run.started > 40 then fail(jb, run, "did not reach its crash point in 40 s") end
+          return
+        end
+        check_restore(jb, run)
+        if code ~= 137 then fail(jb, run, "EDDY_CRASH_AT=" .. run.kind .. " should have killed it with "
+          .. "SIGKILL (status 137), got " .. code) end
+        if not run.d:stderr():find("EDDY_CRASH_AT=" .. run.kind .. ": killing myself", 1, true) then
+          fail(jb, run, "status 137, but it did not say it killed itself at " .. run.kind)
+        end
+        jb.points = jb.points + 1
+        run.how = "killed itself at " .. run.kind .. (run.assigned
+          and string.format(" (assigned %.1f s after its start)", run.assigned) or " before the assignment")
+      elseif jb.phase == "final" then
+        -- until every input record's total is committed, then SIGTERM (a
+        -- last checkpoint: the windows the pushers closed are in it)
+        if code ~= nil then fail(jb, run, "exited " .. code .. " by itself") end
+        if now < (jb.next_audit or 0) then return end
+        jb.next_audit = now + 0.25
+        audit(jb, run)
+        if jb.got.totals.n < inp.n then
+          if now - run.started > 90 then
+            fail(jb, run, string.format("only %d of %d totals rows committed after 90 s", jb.got.totals.n, inp.n))
+          end
+          return
+        end
+        run.d:kill("TERM")
+        code = run.d:wait(30)
+        if code ~= 0 then fail(jb, run, "exited " .. tostring(code) .. " after SIGTERM") end
+        run.how = string.format("to the end (assigned %.1f s after its start), then SIGTERM", run.assigned)
+        over(jb, run)
+        jb.phase = "done"
+        return
+      end
+      over(jb, run)
+      jb.phase = "wait"
+      jb.at = now + RESTART_GAP
+    end
+
+    local busy = true
+    while busy do
+      busy = false
+      local now = E.now()
+      assert(now - t_begin < 300, "the runs took over 300 s")
+      for _, jb in ipairs(jobs) do
+        if jb.phase ~= "done" then
+          busy = true
+          step(jb, now)
+        end
+      end
+      E.sleep(0.05)
+    end
+    local t_runs = E.now() - t_begin
+
+    -- the run without crashes holds what the input makes
+    local d = differences(inp.want, ref.got)
+    assert(d == "", "the run without crashes did not commit what the input makes:\n" .. d .. "\nits log:\n"
+      .. tail(ref.runs[1].d:stderr()))
+    local h = hidden(ref.dir)
+    assert(#h == 0, "the run without crashes left in-progress files: " .. table.concat(h, " "))
+
+    -- and each crash job the same rows
+    local total_kills, total_points, story = 0, 0, {}
+    for j = 2, #jobs do
+      local jb = jobs[j]
+      total_kills, total_points = total_kills + jb.kills, total_points + jb.points
+      local restores = 0
+      for _, run in ipairs(jb.runs) do
+        if run.after ~= nil then restores = restores + 1 end
+      end
+      story[#story + 1] = string.format("%s: %d runs, %d random kills, %d crash points, %d restores:\n%s",
+        jb.name, #jb.runs, jb.kills, jb.points, restores, story_of(jb))
+      local final = jb.runs[#jb.runs]
+      d = differences(ref.got, jb.got)
+      assert(d == "", "the committed output differs from the run without crashes\n" .. d .. "\n" .. story[#story]
+        .. "\nthe last run's log:\n" .. tail(final.d:stderr()))
+      h = hidden(jb.dir)
+      assert(#h == 0, jb.name .. ": in-progress files left after the last run exited 0: " .. table.concat(h, " "))
+      -- and the crashes tested something
+      assert(final.before > 0, "no output was committed before " .. jb.name .. "'s last run: the kills all came "
+        .. "before the job read anything\n" .. story[#story])
+      assert(final.before < inp.n, jb.name .. " had committed all its output before its last run: "
+        .. "the kills came after the job had read everything\n" .. story[#story])
+      assert(restores >= #jb.runs / 2, string.format("only %d of %d runs restored a committed checkpoint\n%s",
+        restores, #jb.runs, story[#story]))
+    end
+    assert(total_kills >= KILLS, total_kills .. " random kills, not " .. KILLS)
+    assert(total_points == #CRASH_POINTS, total_points .. " crash points of " .. #CRASH_POINTS)
+    if os.getenv("EDDY_SPEC_VERBOSE") then
+      io.stderr:write(string.format("\ninput produced at %.1f s, runs done at %.1f s, all %.1f s\n%s\n",
+        t_produced, t_runs, E.now() - t_begin, table.concat(story, "\n")))
+    end
+  end)
+end)
