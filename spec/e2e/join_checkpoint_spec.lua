@@ -27,14 +27,9 @@
 --    hidden part file.  The join state carried by each checkpoint (versions
 --    and waiting orders of the temporal join; both sides' buffers, matched
 --    flags and timers of the interval join) is what makes that hold.
---    Size: ~19K records (JOIN_CP_ORDERS sets the orders a file).  The joins
---    run at a few thousand records a second (each watermark step looks for
---    due timers in every key group of the task), so more would not fit the
---    time this file may take.  Batches and channels are small so that
---    checkpoints come every few hundred records (see setup()).  A run made to
---    crash at post_commit may crash in its recovery, where the renames of a
---    checkpoint that committed just before the last kill are redone: it then
---    dies before it logs "restored checkpoint", which counts as that crash.
+--    Size: ~60K records (JOIN_CP_ORDERS sets the orders a file), enough that
+--    the crashes come before the job could finish.  Batches and channels are
+--    small so that checkpoints come every few hundred records (see setup()).
 -- 2. Tables are checkpointed: a plain stream-table join (p:table from a
 --    followed customers file, orders from a followed file) is SIGKILLed once
 --    a checkpoint holds the loaded table; the restart restores it, /state
@@ -50,7 +45,7 @@ local CRASH_POINTS = { [3] = "prepared:1", [6] = "manifest:1", [10] = "committed
 
 local T0 = 1700000000000                         -- event times in ms
 local ORDER_FILES, PAYMENT_FILES = 3, 2
-local ORDERS_PER_FILE = tonumber(os.getenv("JOIN_CP_ORDERS")) or 3000
+local ORDERS_PER_FILE = tonumber(os.getenv("JOIN_CP_ORDERS")) or 10000
 local CUSTOMERS = 400
 local SINKS = { "enriched", "paid" }
 
