@@ -170,9 +170,12 @@ return p
     end
     E.write(dir .. "/orders.jsonl", rows({ { '{"id":"o1","ts":%d}', 0 }, { '{"id":"o2","ts":%d}', 60000 },
       { '{"id":"o3","ts":%d}', 120000 }, { '{"id":"o4","ts":%d}', 600000 } }))
+    -- each input in time order: a record behind its own source's watermark
+    -- would be late, and whether it still meets its match would depend on
+    -- when the watermark reaches the join
     E.write(dir .. "/payments.jsonl", rows({ { '{"order":"o1","ts":%d,"amount":10}', 30000 },
-      { '{"order":"o2","ts":%d,"amount":20}', 500000 }, { '{"order":"o3","ts":%d,"amount":30}', 100000 },
-      { '{"order":"o3","ts":%d,"amount":31}', 200000 }, { '{"order":"o9","ts":%d,"amount":90}', 610000 } }))
+      { '{"order":"o3","ts":%d,"amount":30}', 100000 }, { '{"order":"o3","ts":%d,"amount":31}', 200000 },
+      { '{"order":"o2","ts":%d,"amount":20}', 500000 }, { '{"order":"o9","ts":%d,"amount":90}', 610000 } }))
   end
 
   for _, jtype in ipairs({ "inner", "left", "outer" }) do
