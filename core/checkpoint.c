@@ -1,5 +1,6 @@
 #include "checkpoint.h"
 #include "clock.h"
+#include "kafka.h"
 #include "log.h"
 #include "metrics.h"
 #include "sink.h"
@@ -145,6 +146,35 @@ int64_t ckpt_newest_committed(const char *state_dir) {
     }
     free(ids);
     return found;
+}
+
+int64_t ckpt_newest_prepared(const char *state_dir) {
+    char dir[PATH_MAX];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    int n;
+    int64_t *ids = list_ids(dir, &n), found = 0;
+    for (int i = n - 1; i >= 0 && !found; i--) {
+        json_t *m = load_manifest(dir, ids[i]);
+        if (m && json_is_true(json_object_get(m, "committed"))) { json_decref(m); break; }
+        if (m && json_object_get(m, "kafka_transaction")) found = ids[i];
+        json_decref(m);
+    }
+    free(ids);
+    return found;
+}
+
+int ckpt_mark_committed(const char *state_dir, int64_t id) {
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    json_t *m = load_manifest(dir, id);
+    if (!m) return -1;
+    json_object_set_new(m, "committed", json_true());
+    snprintf(path, sizeof path, "%s/%lld/manifest.json", dir, (long long)id);
+    char *text = json_dumps(m, JSON_INDENT(1));
+    int rc = text ? write_durably(path, text) : -1;
+    free(text);
+    json_decref(m);
+    return rc;
 }
 
 /* Every id this state dir has used is below the one returned. */
@@ -466,6 +496,10 @@ static int complete(ckpt *c, int64_t id, int final) {
         atomic_store(&t->ckpt_passed, id);
     }
     if (err[0]) goto fail;
+    /* a Kafka transaction: everything sent in it is delivered (or it fails) */
+    kafka *k = c->sh->kafka;
+    int txn = kafka_txn_active(k);
+    if (txn && kafka_txn_prepare(k, id, err, sizeof err) < 0) goto kafka_fail;
     crash_point("prepared");
     char dir[PATH_MAX], db[PATH_MAX + 8], prev[PATH_MAX + 32];
     snprintf(dir, sizeof dir, "%s/%lld", c->dir, (long long)id);
@@ -474,13 +508,20 @@ static int complete(ckpt *c, int64_t id, int final) {
     snprintf(db, sizeof db, "%s/db", dir);
     if (c->sh->state && state_checkpoint(c->sh->state, db, err, sizeof err) < 0) goto fail;
     json_t *m = manifest_json(c, id);
+    if (m && txn) json_object_set_new(m, "kafka_transaction", json_string(kafka_txn_id(k)));
     if (!m || write_manifest(c, id, m) < 0) {
         json_decref(m);
         snprintf(err, sizeof err, "cannot write the manifest of checkpoint %lld in %s", (long long)id, dir);
         goto fail;
     }
     crash_point("manifest");
-    /* the commit point */
+    /* the commit point: the Kafka transaction's commit when there is one
+     * (recovery then learns from Kafka whether it happened), else marking
+     * the manifest committed */
+    if (txn) {
+        if (kafka_txn_commit(k, id, err, sizeof err) < 0) { json_decref(m); goto kafka_fail; }
+        crash_point("txn_committed");
+    }
     json_object_set_new(m, "committed", json_true());
     if (write_manifest(c, id, m) < 0) {
         json_decref(m);
@@ -493,7 +534,11 @@ static int complete(ckpt *c, int64_t id, int final) {
     snprintf(text, sizeof text, "%lld\n", (long long)id);
     if (write_durably(last, text) < 0) log_warn("checkpoint: cannot write %s", last);
     int64_t done_us = now_us();
-    if (!final) release(c, id);
+    /* the next checkpoint's transaction is open before any task goes on */
+    if (txn && !final && kafka_txn_begin(k, 0, err, sizeof err) < 0)
+        log_error("checkpoint %lld committed, but the next transaction cannot begin: %s; stopping", (long long)id, err);
+    else if (!final)
+        release(c, id);
     /* post-commit: idempotent, and redone by recovery */
     rename_parts(m, 1);
     for (int i = 0; i < c->ntasks; i++)
@@ -532,6 +577,13 @@ fail:
     c->failed++;
     log_error("checkpoint %lld failed: %s (the next one includes what it had)", (long long)id, err);
     if (!final) release(c, id);
+    return -1;
+kafka_fail:
+    /* the transaction is gone with its records: the daemon stops (kafka_failed)
+     * and restarts from the last committed checkpoint; the tasks stay where
+     * they are meanwhile */
+    c->failed++;
+    log_error("checkpoint %lld failed: %s", (long long)id, err);
     return -1;
 }
 

@@ -16,9 +16,14 @@
  *   state.dir/checkpoints/<n>/db/             the RocksDB checkpoint
  *   state.dir/checkpoints/last-id             ids go on across jobs
  *
+ * With Kafka sinks (one transaction per checkpoint, kafka.h) the sinks'
+ * prepare also flushes the transaction, and its commit is the commit point,
+ * after the manifest is written and before it is marked committed.
+ *
  * EDDY_CRASH_AT=<point>:<k> kills the daemon (SIGKILL) the k-th time it
- * reaches point: prepared, manifest, committed or post_commit (tests).
- * Calls state, sink, task, source_file, source_kafka, window and log. */
+ * reaches point: prepared, manifest, txn_committed, committed or
+ * post_commit (tests).
+ * Calls state, sink, kafka, task, source_file, source_kafka, window and log. */
 #ifndef EDDY_CHECKPOINT_H
 #define EDDY_CHECKPOINT_H
 
@@ -33,6 +38,11 @@ typedef struct ckpt ckpt;
 
 /* The newest committed checkpoint under state_dir, or 0. */
 int64_t ckpt_newest_committed(const char *state_dir);
+/* The newest checkpoint newer than the newest committed one whose manifest
+ * was written with a Kafka transaction (its commit point), or 0; and marking
+ * one committed, once Kafka says its transaction was.  0 or -1. */
+int64_t ckpt_newest_prepared(const char *state_dir);
+int ckpt_mark_committed(const char *state_dir, int64_t id);
 /* Replaces state_dir/db by checkpoint id's snapshot of it.  0, or -1 with err. */
 int ckpt_restore_db(const char *state_dir, int64_t id, char *err, size_t errlen);
 /* Replaces state_dir/db by savepoint folder sp's copy.  0, or -1 with err. */

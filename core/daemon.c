@@ -1145,18 +1145,41 @@ static void daemon_free(daemon_state *d) {
     config_destroy(d->cfg);
 }
 
-/* Settings the config accepts that this version cannot honour are refused
- * before anything starts, never ignored. */
-static int refuse_unsupported(const config *cfg, const plan *p, char *err, size_t errlen) {
-    if (cfg->guarantee != GUARANTEE_EXACTLY_ONCE) return 0;
-    for (int i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].kind == NODE_SINK && node_opt(&p->nodes[i], "kafka")) {
-            snprintf(err, errlen, "guarantee: \"exactly_once\" with the Kafka sink '%s' (%s) needs Kafka transactions, "
-                     "which this version of eddy does not have yet; use file sinks, or \"at_least_once\"",
-                     p->nodes[i].name, p->nodes[i].where);
-            return -1;
+/* exactly_once with Kafka sinks: a checkpoint newer than the newest
+ * committed one may have had its Kafka transaction committed just before a
+ * crash (the commit point), with its manifest not yet marked.  The
+ * transaction carried the checkpoint's id as an offset (kafka_txn_marker):
+ * when the broker has it, that checkpoint is committed and this run starts
+ * there.  1, or 0 when eddy cannot start (message printed). */
+static int confirm_kafka_commit(daemon_state *d, int64_t *restore) {
+    int64_t pending = ckpt_newest_prepared(d->cfg->state_dir);
+    if (pending <= *restore) return 1;
+    const char *topic = NULL;
+    for (int i = 0; i < d->p->nnodes && !topic; i++)
+        if (d->p->nodes[i].kind == NODE_SINK) topic = node_opt(&d->p->nodes[i], "kafka");
+    char err[1024];
+    int64_t marked = 0;
+    if (kafka_txn_marker(d->sh.kafka, topic, &marked, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: checkpoint %lld was prepared when the last run stopped, and whether its Kafka "
+                "transaction committed cannot be told now: %s\n", (long long)pending, err);
+        return 0;
+    }
+    if (marked == pending) {
+        log_info("checkpoint %lld: its Kafka transaction committed before the last run stopped; so is the checkpoint",
+                 (long long)pending);
+        if (ckpt_mark_committed(d->cfg->state_dir, pending) < 0) {
+            fprintf(stderr, "eddy: cannot mark checkpoint %lld committed in %s/checkpoints\n", (long long)pending,
+                    d->cfg->state_dir);
+            return 0;
         }
-    return 0;
+        *restore = pending;
+    } else {
+        char from[64] = "afresh";
+        if (*restore > 0) snprintf(from, sizeof from, "from checkpoint %lld", (long long)*restore);
+        log_info("checkpoint %lld was prepared, but the broker has no record that its Kafka transaction committed "
+                 "(the last it has is %lld): starting %s", (long long)pending, (long long)marked, from);
+    }
+    return 1;
 }
 
 int daemon_run(const char *config_path, const run_opts *o) {
@@ -1177,7 +1200,6 @@ int daemon_run(const char *config_path, const run_opts *o) {
     log_setup(d.cfg->log_level, d.cfg->log_format == LOGFMT_JSON);
     d.p = plan_create(d.cfg, daemon_lua_dir(), err, sizeof err);
     if (!d.p) { fprintf(stderr, "eddy: %s\n", err); goto out; }
-    if (refuse_unsupported(d.cfg, d.p, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     int exactly_once = d.cfg->guarantee == GUARANTEE_EXACTLY_ONCE;
     if (mkdirs(d.cfg->state_dir) < 0) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
@@ -1210,8 +1232,24 @@ int daemon_run(const char *config_path, const run_opts *o) {
             goto out;
         }
     }
+    int kafka_sinks = 0, kafka_sources = plan_has_kafka_sources(d.p);
+    for (int i = 0; i < d.p->nnodes; i++)
+        if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) kafka_sinks++;
+    int kafka_dlq = d.cfg->dead_letter_kafka != NULL;
+    if (kafka_sinks || kafka_sources || kafka_dlq || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
+        if ((kafka_sinks || kafka_sources || kafka_dlq) && !d.cfg->kafka_embedded &&
+            !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
+            fprintf(stderr, "eddy: kafka: the pipeline %s Kafka: set kafka[\"bootstrap.servers\"] or "
+                    "kafka.embedded in the config\n", kafka_sources ? "reads from" : kafka_sinks ? "writes to"
+                    : "sends dead letters to (dead_letter.kafka)");
+            goto out;
+        }
+        d.sh.kafka = kafka_create(d.cfg, err, sizeof err);
+        if (!d.sh.kafka) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+    }
     /* exactly_once: the newest committed checkpoint is where this run starts */
     int64_t restore = exactly_once && !o->from_savepoint ? ckpt_newest_committed(d.cfg->state_dir) : 0;
+    if (exactly_once && !o->from_savepoint && kafka_sinks && !confirm_kafka_commit(&d, &restore)) goto out;
     {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/positions.json", d.cfg->state_dir);
@@ -1263,21 +1301,6 @@ int daemon_run(const char *config_path, const run_opts *o) {
     if (!d.plans) goto out;
     d.plans[d.nplans++] = d.p;
     vm_global_init();
-    int kafka_sinks = 0, kafka_sources = plan_has_kafka_sources(d.p);
-    for (int i = 0; i < d.p->nnodes; i++)
-        if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) kafka_sinks++;
-    int kafka_dlq = d.cfg->dead_letter_kafka != NULL;
-    if (kafka_sinks || kafka_sources || kafka_dlq || d.cfg->kafka_embedded || d.cfg->kafka.n > 0) {
-        if ((kafka_sinks || kafka_sources || kafka_dlq) && !d.cfg->kafka_embedded &&
-            !opt_find(&d.cfg->kafka, "bootstrap.servers")) {
-            fprintf(stderr, "eddy: kafka: the pipeline %s Kafka: set kafka[\"bootstrap.servers\"] or "
-                    "kafka.embedded in the config\n", kafka_sources ? "reads from" : kafka_sinks ? "writes to"
-                    : "sends dead letters to (dead_letter.kafka)");
-            goto out;
-        }
-        d.sh.kafka = kafka_create(d.cfg, err, sizeof err);
-        if (!d.sh.kafka) { fprintf(stderr, "eddy: %s\n", err); goto out; }
-    }
     if (kafka_sources) {
         kgroup_hooks hooks = { .ud = &d, .wake = on_group_wake, .serve = on_group_serve };
         d.group = kgroup_create(d.sh.kafka, d.cfg, hooks, err, sizeof err);
@@ -1332,6 +1355,11 @@ int daemon_run(const char *config_path, const run_opts *o) {
     }
     if (exactly_once) {
         if (ckpt_recover(d.ckpt, restore, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); code = 2; goto out; }
+        /* the first transaction: fences an older producer with this id */
+        if (kafka_txn_active(d.sh.kafka) && kafka_txn_begin(d.sh.kafka, 1, err, sizeof err) < 0) {
+            fprintf(stderr, "eddy: %s\n", err);
+            goto out;
+        }
         struct timeval iv = { d.cfg->checkpoint_interval_ms / 1000, (d.cfg->checkpoint_interval_ms % 1000) * 1000 };
         d.ckpt_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint, &d);
         event_add(d.ckpt_ev, &iv);

@@ -11,11 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct kafka_sink {
     kafka *k;
     char *name, *topic;
     rd_kafka_t *rk;
+    int shared;                     /* writes through the daemon's transactional producer */
     atomic_long sent, failed, bytes;
     /* acknowledgements: every message gets a sequence number; `low` is the
      * first one not yet acknowledged (delivered, or refused and handed to the
@@ -36,7 +38,18 @@ struct kafka {
     pthread_mutex_t mu;             /* sinks list; the dead-letter file */
     FILE *dead_letter;
     kafka_sink *dead_letters;       /* the producer of dead_letter.kafka, created on first use */
-    char failed[1024];              /* the first delivery failure under on_error = "fail" */
+    char failed[1024];              /* the first delivery failure under on_error = "fail", or a
+                                     * transaction that failed (exactly_once) */
+    /* exactly_once: one transactional producer for every Kafka sink, so a
+     * checkpoint has one Kafka transaction; txn_records counts the records
+     * sent in the open one, txn_error is the first delivery failure in it */
+    rd_kafka_t *txn_rk;
+    char txn_id[512], txn_topic[512];
+    int txn_open;
+    atomic_long txn_records;
+    int64_t txn_committed, txn_aborted;
+    pthread_mutex_t txn_mu;
+    char txn_error[512];
 };
 
 kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
@@ -44,6 +57,10 @@ kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
     if (!k) { snprintf(err, errlen, "out of memory"); return NULL; }
     k->cfg = cfg;
     pthread_mutex_init(&k->mu, NULL);
+    pthread_mutex_init(&k->txn_mu, NULL);
+    const opt *tid = opt_find(&cfg->kafka, "transactional.id");
+    if (tid) snprintf(k->txn_id, sizeof k->txn_id, "%s", tid->s);
+    else snprintf(k->txn_id, sizeof k->txn_id, "eddy-%s", cfg->name);
     if (cfg->kafka_embedded) {
         char e[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -138,6 +155,18 @@ static void ack(kafka_sink *s, int64_t seq) {
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_opaque) {
     (void)rk;
+    if (!conf_opaque) {                         /* the transactional producer: the message names its sink */
+        kafka_sink *s = m->_private;
+        if (!m->err) { s->sent++; s->bytes += (long)(m->len + m->key_len); return; }
+        s->failed++;
+        kafka *k = s->k;
+        pthread_mutex_lock(&k->txn_mu);
+        if (!k->txn_error[0])
+            snprintf(k->txn_error, sizeof k->txn_error, "sink '%s': Kafka refused a message for topic %s: %s", s->name,
+                     s->topic, rd_kafka_err2str(m->err));
+        pthread_mutex_unlock(&k->txn_mu);
+        return;
+    }
     kafka_sink *s = conf_opaque;                /* one producer per sink */
     if (m->err) delivery_failed(s, m);
     else { s->sent++; s->bytes += (long)(m->len + m->key_len); }
@@ -194,6 +223,7 @@ int kafka_conf_apply(const kafka *k, rd_kafka_conf_t *conf, const opt_list *own,
         for (int i = 0; i < lists[l]->n; i++) {
             const opt *o = &lists[l]->items[i];
             if (!strchr(o->key, '.') && l == 1) continue;     /* a sink's options that are not librdkafka's */
+            if (l == 0 && strcmp(o->key, "transactional.id") == 0) continue;   /* the transactional producer's only */
             if (rd_kafka_conf_set(conf, o->key, o->s, e, sizeof e) != RD_KAFKA_CONF_OK) {
                 if (l == 0) snprintf(err, errlen, "kafka.%s: %s", o->key, e);
                 else snprintf(err, errlen, "%s.%s: %s", own_prefix, o->key, e);
@@ -204,6 +234,30 @@ int kafka_conf_apply(const kafka *k, rd_kafka_conf_t *conf, const opt_list *own,
     return 0;
 }
 
+/* exactly_once: the producer every Kafka sink writes through, created with
+ * the first of them (k->mu held).  0, or -1 with err. */
+static int txn_producer(kafka *k, char *err, size_t errlen) {
+    if (k->txn_rk) return 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char e[512];
+    struct { const char *k, *v; } defaults[] = {
+        {"enable.idempotence", "true"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"}, {"log_level", "3"},
+        {"transaction.timeout.ms", "60000"},
+    };
+    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
+        rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
+    if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return -1; }
+    if (rd_kafka_conf_set(conf, "transactional.id", k->txn_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka.transactional.id: %s", e);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);      /* no opaque: each message names its sink */
+    k->txn_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
+    if (!k->txn_rk) { snprintf(err, errlen, "kafka: the transactional producer: %s", e); return -1; }
+    return 0;
+}
+
 kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
                            char *err, size_t errlen) {
     pthread_mutex_lock(&k->mu);
@@ -211,13 +265,33 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
         if (strcmp(k->sinks[i]->name, name) == 0) { pthread_mutex_unlock(&k->mu); return k->sinks[i]; }
     kafka_sink *s = calloc(1, sizeof *s);
     kafka_sink **ns = realloc(k->sinks, sizeof *ns * (k->nsinks + 1));
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_t *conf = NULL;
     char e[512];
     if (!s || !ns) { snprintf(err, errlen, "out of memory"); goto err; }
     k->sinks = ns;
     s->k = k;
     s->name = strdup(name);
     s->topic = strdup(topic);
+    if (k->cfg->guarantee == GUARANTEE_EXACTLY_ONCE && strcmp(name, "dead_letter.kafka") != 0) {
+        /* one transaction per checkpoint: every sink shares one producer */
+        for (int i = 0; props && i < props->n; i++)
+            if (strchr(props->items[i].key, '.')) {
+                snprintf(err, errlen, "sinks.%s.%s: under exactly_once every Kafka sink writes through one "
+                         "transactional producer: set librdkafka properties in kafka = { ... }", name,
+                         props->items[i].key);
+                goto err;
+            }
+        if (txn_producer(k, err, errlen) < 0) goto err;
+        s->shared = 1;
+        s->rk = k->txn_rk;
+        if (!k->txn_topic[0]) snprintf(k->txn_topic, sizeof k->txn_topic, "%s", topic);
+        pthread_mutex_init(&s->ack_mu, NULL);
+        s->low = 1;
+        k->sinks[k->nsinks++] = s;
+        pthread_mutex_unlock(&k->mu);
+        return s;
+    }
+    conf = rd_kafka_conf_new();
     /* defaults, then the config's kafka properties, then the sink's own */
     struct { const char *k, *v; } defaults[] = {
         {"enable.idempotence", "true"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"},
@@ -268,19 +342,23 @@ static rd_kafka_headers_t *headers_of(const char *p, size_t n) {
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
                     const char *hdrs, size_t hlen, char *err, size_t errlen) {
     int64_t seq = atomic_fetch_add(&s->next_seq, 1) + 1;     /* sequence numbers start at 1 */
+    void *opaque = s->shared ? (void *)s : (void *)(intptr_t)seq;
     for (int attempt = 0;; attempt++) {
         rd_kafka_headers_t *h = hdrs && hlen ? headers_of(hdrs, hlen) : NULL;
         rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
-            RD_KAFKA_V_OPAQUE((void *)(intptr_t)seq), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (!e) return 0;                         /* the message owns h now */
+            RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (!e) {                                 /* the message owns h now */
+            if (s->shared) s->k->txn_records++;
+            return 0;
+        }
         if (h) rd_kafka_headers_destroy(h);
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempt < 600) {
             rd_kafka_poll(s->rk, 100);            /* the producer's queue is full: wait for Kafka (backpressure) */
             continue;
         }
-        ack(s, seq);                              /* never queued: the error policy has it */
+        if (!s->shared) ack(s, seq);              /* never queued: the error policy has it */
         snprintf(err, errlen, "sink '%s': cannot queue a message for topic %s: %s", s->name, s->topic, rd_kafka_err2str(e));
         return -1;
     }
@@ -290,12 +368,15 @@ void kafka_poll(kafka *k) {
     pthread_mutex_lock(&k->mu);
     int n = k->nsinks;
     pthread_mutex_unlock(&k->mu);
-    for (int i = 0; i < n; i++) rd_kafka_poll(k->sinks[i]->rk, 0);
+    for (int i = 0; i < n; i++)
+        if (!k->sinks[i]->shared) rd_kafka_poll(k->sinks[i]->rk, 0);
+    if (k->txn_rk) rd_kafka_poll(k->txn_rk, 0);
 }
 
 int kafka_flush(kafka *k, int timeout_ms) {
     int rc = 0;
     for (int i = 0; i < k->nsinks; i++) {
+        if (k->sinks[i]->shared) continue;      /* a transaction commits what it holds */
         rd_kafka_resp_err_t e = rd_kafka_flush(k->sinks[i]->rk, timeout_ms);
         if (e) {
             log_error("sink '%s': %d messages not delivered after %d ms: %s", k->sinks[i]->name,
@@ -323,8 +404,20 @@ int64_t kafka_sink_bytes(const kafka_sink *s) { return s->bytes; }
 
 void kafka_destroy(kafka *k) {
     if (!k) return;
+    if (k->txn_rk) {
+        if (k->txn_open) {
+            /* a run that failed or stopped before its last commit */
+            rd_kafka_error_t *e = rd_kafka_abort_transaction(k->txn_rk, 10000);
+            log_warn("kafka: the open transaction (%ld records since the last checkpoint) %s%s", (long)k->txn_records,
+                     e ? "could not be aborted now (the broker aborts it when the producer comes back or times out): "
+                       : "was aborted", e ? rd_kafka_error_string(e) : "");
+            if (e) rd_kafka_error_destroy(e);
+        }
+        rd_kafka_destroy(k->txn_rk);
+    }
+    pthread_mutex_destroy(&k->txn_mu);
     for (int i = 0; i < k->nsinks; i++) {
-        rd_kafka_destroy(k->sinks[i]->rk);
+        if (!k->sinks[i]->shared) rd_kafka_destroy(k->sinks[i]->rk);
         pthread_mutex_destroy(&k->sinks[i]->ack_mu);
         free(k->sinks[i]->done);
         free(k->sinks[i]->name);
@@ -338,4 +431,155 @@ void kafka_destroy(kafka *k) {
     pthread_mutex_destroy(&k->mu);
     free(k->bootstrap);
     free(k);
+}
+
+/* ---- exactly_once: the transaction of each checkpoint ------------------------- */
+
+int kafka_txn_active(const kafka *k) { return k && k->txn_rk != NULL; }
+const char *kafka_txn_id(const kafka *k) { return k->txn_id; }
+const char *kafka_txn_topic(const kafka *k) { return k->txn_topic[0] ? k->txn_topic : NULL; }
+int64_t kafka_txn_committed(const kafka *k) { return k->txn_committed; }
+int64_t kafka_txn_aborted(const kafka *k) { return k->txn_aborted; }
+
+/* A failed transaction stops the daemon (kafka_failed): the restart
+ * strategy brings it back from the last committed checkpoint. */
+static int txn_failed(kafka *k, char *err, size_t errlen, const char *fmt, const char *what, const char *why) {
+    snprintf(err, errlen, fmt, what, why);
+    pthread_mutex_lock(&k->mu);
+    if (!k->failed[0]) snprintf(k->failed, sizeof k->failed, "%s", err);
+    pthread_mutex_unlock(&k->mu);
+    return -1;
+}
+
+/* An error of a transactional call: retriable ones are retried by the
+ * caller; one that needs an abort aborts the open transaction (its records
+ * are never visible to read_committed consumers); a fatal one (the producer
+ * was fenced by another with the same transactional.id) leaves nothing to do
+ * but restart.  Takes e.  -1 with err. */
+static int txn_error(kafka *k, rd_kafka_error_t *e, const char *what, char *err, size_t errlen) {
+    char why[1024];
+    long n = (long)k->txn_records;
+    if (rd_kafka_error_txn_requires_abort(e)) {
+        rd_kafka_error_t *a = rd_kafka_abort_transaction(k->txn_rk, 30000);
+        snprintf(why, sizeof why, "%s: %s; the transaction %s (%ld records in it)", rd_kafka_error_name(e),
+                 rd_kafka_error_string(e), a ? "could not be aborted" : "was aborted", n);
+        if (a) rd_kafka_error_destroy(a);
+        k->txn_aborted++;
+    } else {
+        snprintf(why, sizeof why, "%s: %s%s (%ld records in the open transaction, which the broker aborts)",
+                 rd_kafka_error_name(e), rd_kafka_error_string(e),
+                 rd_kafka_error_is_fatal(e) ? "; the producer cannot go on (fenced by another with the same "
+                                              "transactional.id, or a fatal error)" : "", n);
+    }
+    k->txn_open = 0;
+    rd_kafka_error_destroy(e);
+    return txn_failed(k, err, errlen, "kafka: %s: %s", what, why);
+}
+
+/* Runs a transactional call again while it fails with a retriable error,
+ * for up to TXN_RETRY_MS in all. */
+#define TXN_RETRY_MS 60000
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+#define TXN_RETRYING(e, call, what)                                                              \
+    do {                                                                                           \
+        int64_t until_ = mono_ms() + TXN_RETRY_MS;                                                 \
+        (e) = (call);                                                                              \
+        while ((e) && rd_kafka_error_is_retriable(e) && mono_ms() < until_) {                      \
+            log_warn("kafka: %s: %s (retrying)", (what), rd_kafka_error_string(e));                \
+            rd_kafka_error_destroy(e);                                                             \
+            usleep(500000);                                                                        \
+            (e) = (call);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen) {
+    rd_kafka_error_t *e;
+    if (init) {
+        /* fences an earlier producer with the same id; its open transaction is aborted */
+        TXN_RETRYING(e, rd_kafka_init_transactions(k->txn_rk, 20000), "init_transactions");
+        if (e) return txn_error(k, e, "init_transactions", err, errlen);
+    }
+    e = rd_kafka_begin_transaction(k->txn_rk);
+    if (e) return txn_error(k, e, "begin_transaction", err, errlen);
+    k->txn_open = 1;
+    k->txn_records = 0;
+    pthread_mutex_lock(&k->txn_mu);
+    k->txn_error[0] = 0;
+    pthread_mutex_unlock(&k->txn_mu);
+    return 0;
+}
+
+int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
+    char what[96];
+    snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
+    if (!k->txn_open) return txn_failed(k, err, errlen, "kafka: %s: %s", what, "no transaction is open");
+    rd_kafka_resp_err_t fe = rd_kafka_flush(k->txn_rk, 60000);
+    pthread_mutex_lock(&k->txn_mu);
+    char refused[512];
+    snprintf(refused, sizeof refused, "%s", k->txn_error);
+    pthread_mutex_unlock(&k->txn_mu);
+    if (!fe && !refused[0]) return 0;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", refused[0] ? refused : rd_kafka_err2str(fe));
+    rd_kafka_error_t *a = rd_kafka_abort_transaction(k->txn_rk, 30000);
+    k->txn_open = 0;
+    k->txn_aborted++;
+    char full[1200];
+    snprintf(full, sizeof full, "%s; the transaction %s (%ld records in it)", why,
+             a ? "could not be aborted" : "was aborted", (long)k->txn_records);
+    if (a) rd_kafka_error_destroy(a);
+    return txn_failed(k, err, errlen, "kafka: %s: %s", what, full);
+}
+
+int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
+    char what[96];
+    snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
+    /* the checkpoint's id goes into the transaction as an offset of the
+     * group named by the transactional id: committed with it or not at all,
+     * so recovery can tell whether a checkpoint's commit went through */
+    rd_kafka_topic_partition_list_t *marker = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(marker, k->txn_topic, 0)->offset = checkpoint;
+    rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata_new(k->txn_id);
+    rd_kafka_error_t *e;
+    TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, marker, cgmd, 30000), what);
+    rd_kafka_consumer_group_metadata_destroy(cgmd);
+    rd_kafka_topic_partition_list_destroy(marker);
+    if (!e) TXN_RETRYING(e, rd_kafka_commit_transaction(k->txn_rk, 60000), what);
+    if (e) return txn_error(k, e, what, err, errlen);
+    k->txn_open = 0;
+    k->txn_committed++;
+    log_debug("kafka: %s committed (%ld records)", what, (long)k->txn_records);
+    return 0;
+}
+
+int kafka_txn_marker(kafka *k, const char *topic, int64_t *checkpoint, char *err, size_t errlen) {
+    *checkpoint = 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char e[512];
+    if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return -1; }
+    if (rd_kafka_conf_set(conf, "group.id", k->txn_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka: %s", e);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
+    if (!rk) { snprintf(err, errlen, "kafka: %s", e); return -1; }
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, 0);
+    rd_kafka_resp_err_t re = rd_kafka_committed(rk, l, 30000);
+    int rc = 0;
+    if (re || l->elems[0].err) {
+        snprintf(err, errlen, "kafka: cannot read the committed offsets of group %s: %s", k->txn_id,
+                 rd_kafka_err2str(re ? re : l->elems[0].err));
+        rc = -1;
+    } else if (l->elems[0].offset >= 0) {
+        *checkpoint = l->elems[0].offset;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(rk);
+    return rc;
 }

@@ -51,9 +51,59 @@ struct relay {
 
 static int usage(const char *msg, const char *arg) {
     fprintf(stderr, "eddy kafka-mock: %s%s%s\n"
-            "usage: eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]...\n",
+            "usage: eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]... [--error REQUEST:ERR[,ERR]...]...\n",
             msg, arg ? ": " : "", arg ? arg : "");
     return 2;
+}
+
+/* --error REQUEST:ERR[,ERR...]: the next requests of that kind are answered
+ * with these errors, one each, in order (NO_ERROR lets one through):
+ * rd_kafka_mock_push_request_errors, to test clients against failures */
+#define MAX_ERRS 32
+typedef struct error_arg { int16_t api; int n; rd_kafka_resp_err_t errs[MAX_ERRS]; } error_arg;
+
+static const struct { const char *name; int16_t key; } REQUESTS[] = {
+    { "Produce", 0 }, { "Fetch", 1 }, { "ListOffsets", 2 }, { "Metadata", 3 }, { "OffsetCommit", 8 },
+    { "OffsetFetch", 9 }, { "FindCoordinator", 10 }, { "JoinGroup", 11 }, { "Heartbeat", 12 }, { "LeaveGroup", 13 },
+    { "SyncGroup", 14 }, { "InitProducerId", 22 }, { "AddPartitionsToTxn", 24 }, { "AddOffsetsToTxn", 25 },
+    { "EndTxn", 26 }, { "TxnOffsetCommit", 28 },
+};
+
+/* "EndTxn:NOT_COORDINATOR,PRODUCER_FENCED" into e.  0, or -1 (usage printed). */
+static int parse_error_arg(const char *v, error_arg *e) {
+    const char *colon = strchr(v, ':');
+    size_t nl = colon ? (size_t)(colon - v) : 0;
+    e->api = -1;
+    for (size_t i = 0; colon && i < sizeof REQUESTS / sizeof REQUESTS[0]; i++)
+        if (strlen(REQUESTS[i].name) == nl && strncmp(REQUESTS[i].name, v, nl) == 0) e->api = REQUESTS[i].key;
+    if (e->api < 0) {
+        usage("--error needs REQUEST:ERR[,ERR...] with a request such as Produce, InitProducerId, "
+              "AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit or EndTxn; got", v);
+        return -1;
+    }
+    const struct rd_kafka_err_desc *descs;
+    size_t ndescs;
+    rd_kafka_get_err_descs(&descs, &ndescs);
+    e->n = 0;
+    for (const char *p = colon + 1; *p;) {
+        size_t len = strcspn(p, ",");
+        int found = 0;
+        for (size_t i = 0; i < ndescs && !found; i++)
+            if (descs[i].name && strlen(descs[i].name) == len && strncmp(descs[i].name, p, len) == 0) {
+                if (e->n == MAX_ERRS) { usage("--error takes at most 32 errors a request", v); return -1; }
+                e->errs[e->n++] = descs[i].code;
+                found = 1;
+            }
+        if (!found) {
+            fprintf(stderr, "eddy kafka-mock: --error %s: '%.*s' is not a Kafka error name (such as NOT_COORDINATOR, "
+                    "PRODUCER_FENCED or NO_ERROR)\n", v, (int)len, p);
+            return -1;
+        }
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (!e->n) { usage("--error needs at least one error after the request", v); return -1; }
+    return 0;
 }
 
 /* closes both sides of p (whichever are still open) and frees it */
@@ -194,14 +244,15 @@ static void on_outage(evutil_socket_t sig, short what, void *arg) {
 int kafka_mock_main(int argc, char **argv) {
     int brokers = 1, port = -1;              /* -1: no --port */
     topic_arg *topics = calloc(argc > 0 ? argc : 1, sizeof *topics);
-    int ntopics = 0, rc = 1, lfd = -1;
+    error_arg *errors = calloc(argc > 0 ? argc : 1, sizeof *errors);
+    int ntopics = 0, nerrors = 0, rc = 1, lfd = -1;
     rd_kafka_t *rk = NULL;
     rd_kafka_mock_cluster_t *mc = NULL;
     relay r = { 0 };
     struct event *sig_ev[4] = { NULL, NULL, NULL, NULL };
     outage og = { 0 };
     char err[512];
-    if (!topics) return 1;
+    if (!topics || !errors) { free(topics); free(errors); return 1; }
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -222,6 +273,10 @@ int kafka_mock_main(int argc, char **argv) {
             memcpy(topics[ntopics].name, v, colon - v);
             topics[ntopics].partitions = (int)n;
             ntopics++;
+            i++;
+        } else if (strcmp(a, "--error") == 0 && v) {
+            if (parse_error_arg(v, &errors[nerrors]) < 0) { rc = 2; goto out; }
+            nerrors++;
             i++;
         } else if (strcmp(a, "--port") == 0 && v) {
             char *end;
@@ -263,6 +318,8 @@ int kafka_mock_main(int argc, char **argv) {
             goto out;
         }
     }
+    for (int i = 0; i < nerrors; i++)
+        rd_kafka_mock_push_request_errors_array(mc, errors[i].api, (size_t)errors[i].n, errors[i].errs);
     const char *boots = rd_kafka_mock_cluster_bootstraps(mc);
 
     r.base = event_base_new();
@@ -327,5 +384,6 @@ out:
     if (mc) rd_kafka_mock_cluster_destroy(mc);
     if (rk) rd_kafka_destroy(rk);
     free(topics);
+    free(errors);
     return rc;
 }

@@ -41,13 +41,6 @@ describe("a config error", function()
     assert.are.same({ '{"n":1}', '{"n":2}' }, E.sink_lines(dir .. "/out"))
   end)
 
-  it("exactly_once with a Kafka sink exits 2 naming the sink (Kafka transactions are not built yet)", function()
-    E.write(dir .. "/pipeline.lua", (PIPELINE:gsub('{ file = "out", format = "json" }', '{ kafka = "out" }')))
-    local r = run_with('guarantee = "exactly_once", kafka = { ["bootstrap.servers"] = "127.0.0.1:1" }')
-    assert.are.equal(2, r.code, r.stderr)
-    assert.matches("exactly_once\" with the Kafka sink 'out' (pipeline.lua:5)", r.stderr, 1, true)
-  end)
-
   it("an unknown top-level key exits 2 with 'KEY: unknown key'", function()
     local r = run_with('colour = "red"')
     assert.are.equal(2, r.code)
