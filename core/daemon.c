@@ -785,6 +785,13 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             metrics_sample(out, "eddy_kafka_messages_total", failed, (double)kafka_sink_failed(ks));
         }
     }
+    if (kafka_txn_active(d->sh.kafka)) {
+        metrics_family(out, "eddy_kafka_transactions_total", "counter",
+                       "Kafka transactions of the sinks (exactly_once: one per checkpoint), committed or failed.");
+        const char *c_l[] = {"result", "committed", NULL}, *a_l[] = {"result", "aborted", NULL};
+        metrics_sample(out, "eddy_kafka_transactions_total", c_l, (double)kafka_txn_committed(d->sh.kafka));
+        metrics_sample(out, "eddy_kafka_transactions_total", a_l, (double)kafka_txn_aborted(d->sh.kafka));
+    }
     if (d->ckpt) ckpt_metrics(d->ckpt, out);
     metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};

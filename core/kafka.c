@@ -470,6 +470,7 @@ static int txn_error(kafka *k, rd_kafka_error_t *e, const char *what, char *err,
                  rd_kafka_error_name(e), rd_kafka_error_string(e),
                  rd_kafka_error_is_fatal(e) ? "; the producer cannot go on (fenced by another with the same "
                                               "transactional.id, or a fatal error)" : "", n);
+        k->txn_aborted++;
     }
     k->txn_open = 0;
     rd_kafka_error_destroy(e);

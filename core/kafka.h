@@ -81,6 +81,6 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen);
  * embedded one, knows none).  0, or -1 with err. */
 int kafka_txn_marker(kafka *k, const char *topic, int64_t *checkpoint, char *err, size_t errlen);
 int64_t kafka_txn_committed(const kafka *k);  /* transactions committed by this process */
-int64_t kafka_txn_aborted(const kafka *k);
+int64_t kafka_txn_aborted(const kafka *k);    /* failed: aborted, or left to the broker to abort */
 
 #endif

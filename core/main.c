@@ -16,7 +16,7 @@ static void usage(FILE *out) {
         "usage:\n"
         "  eddy run CONFIG                 run the pipeline the config names\n"
         "  eddy check CONFIG|PIPELINE.lua  compile and plan; print the topology\n"
-        "  eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]...\n"
+        "  eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]... [--error REQUEST:ERR[,ERR]...]...\n"
         "                                  a Kafka-protocol broker on loopback (librdkafka's mock\n"
         "                                  cluster); prints its bootstrap servers first; with --port,\n"
         "                                  listens on 127.0.0.1:P (0: any free port) and forwards\n"

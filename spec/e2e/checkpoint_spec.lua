@@ -313,10 +313,12 @@ describe("checkpoints (exactly_once, file to file)", function()
         points_done = points_done + 1
         run.how = point
       else
-        -- 0.15 to 1.2 s, more of them short (mean 0.5 s): the job must not
-        -- end before the kills do
+        -- 0.15 s to 0.15 s + span, more of them short (mean 0.15 + span/3):
+        -- the job must not end before the kills do, so the span follows the
+        -- time the run without crashes took (a fast machine gets short ones)
+        local span = math.min(1.05, math.max(0.25, ref.seconds * 1.5 / KILLS))
         local u = rnd(1001) / 1000
-        local delay = 0.15 + 1.05 * u * u
+        local delay = 0.15 + span * u * u
         code = d:wait(delay)
         if code == nil and run.after ~= nil then
           -- not before it has said which checkpoint it restored

@@ -349,8 +349,11 @@ describe("joins under exactly_once (file to file)", function()
         if run.code == nil then d:stop() end
       else
         -- 0.15 to 1.2 s, more of them short (mean 0.5 s)
+        -- the span follows the run without crashes: the job must not end
+        -- before the kills do, on a fast machine too
+        local span = math.min(1.05, math.max(0.25, ref_secs * 1.5 / KILLS))
         local u = rnd(1001) / 1000
-        local delay = 0.15 + 1.05 * u * u
+        local delay = 0.15 + span * u * u
         run.how = string.format("SIGKILL at %.2f s", delay)
         run.code = d:wait(delay)
         if run.code == nil and run.after ~= nil then
