@@ -1,5 +1,6 @@
 #include "checkpoint.h"
 #include "clock.h"
+#include "files.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
@@ -55,48 +56,6 @@ struct ckpt {
 
 /* ---- files ----------------------------------------------------------------- */
 
-static int mkdirs(const char *dir) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
-}
-
-static void fsync_dir(const char *path) {
-    char d[PATH_MAX];
-    snprintf(d, sizeof d, "%s", path);
-    char *slash = strrchr(d, '/');
-    if (slash) *slash = 0;
-    int fd = open(slash ? d : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) { fsync(fd); close(fd); }
-}
-
-/* Writes path atomically and durably: a temporary file, fsync, rename,
- * fsync of the folder.  0 or -1. */
-static int write_durably(const char *path, const char *text) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0) ok = 0;
-    if (!ok || rename(tmp, path) != 0) { unlink(tmp); return -1; }
-    fsync_dir(path);
-    return 0;
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st; (void)flag; (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* Checkpoint ids under dir (ascending, owned) and how many. */
 static int64_t *list_ids(const char *dir, int *n) {
@@ -134,45 +93,43 @@ static void checkpoints_dir(const char *state_dir, char *out, size_t len) {
     snprintf(out, len, "%s/checkpoints", state_dir);
 }
 
-int64_t ckpt_newest_committed(const char *state_dir) {
+static int save_manifest(const char *dir, int64_t id, json_t *m) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%lld/manifest.json", dir, (long long)id);
+    char *text = json_dumps(m, JSON_INDENT(1));
+    int rc = text ? files_write_durably(path, text) : -1;
+    free(text);
+    return rc;
+}
+
+/* The newest committed checkpoint under state_dir; or (prepared) the newest
+ * one after it whose manifest names a Kafka transaction.  0: none. */
+static int64_t newest(const char *state_dir, int prepared) {
     char dir[PATH_MAX];
     checkpoints_dir(state_dir, dir, sizeof dir);
     int n;
     int64_t *ids = list_ids(dir, &n), found = 0;
     for (int i = n - 1; i >= 0 && !found; i--) {
         json_t *m = load_manifest(dir, ids[i]);
-        if (m && json_is_true(json_object_get(m, "committed"))) found = ids[i];
+        int committed = m && json_is_true(json_object_get(m, "committed"));
+        if (committed && prepared) { json_decref(m); break; }
+        if (committed || (prepared && m && json_object_get(m, "kafka_transaction"))) found = ids[i];
         json_decref(m);
     }
     free(ids);
     return found;
 }
 
-int64_t ckpt_newest_prepared(const char *state_dir) {
-    char dir[PATH_MAX];
-    checkpoints_dir(state_dir, dir, sizeof dir);
-    int n;
-    int64_t *ids = list_ids(dir, &n), found = 0;
-    for (int i = n - 1; i >= 0 && !found; i--) {
-        json_t *m = load_manifest(dir, ids[i]);
-        if (m && json_is_true(json_object_get(m, "committed"))) { json_decref(m); break; }
-        if (m && json_object_get(m, "kafka_transaction")) found = ids[i];
-        json_decref(m);
-    }
-    free(ids);
-    return found;
-}
+int64_t ckpt_newest_committed(const char *state_dir) { return newest(state_dir, 0); }
+int64_t ckpt_newest_prepared(const char *state_dir) { return newest(state_dir, 1); }
 
 int ckpt_mark_committed(const char *state_dir, int64_t id) {
-    char dir[PATH_MAX], path[PATH_MAX + 64];
+    char dir[PATH_MAX];
     checkpoints_dir(state_dir, dir, sizeof dir);
     json_t *m = load_manifest(dir, id);
     if (!m) return -1;
     json_object_set_new(m, "committed", json_true());
-    snprintf(path, sizeof path, "%s/%lld/manifest.json", dir, (long long)id);
-    char *text = json_dumps(m, JSON_INDENT(1));
-    int rc = text ? write_durably(path, text) : -1;
-    free(text);
+    int rc = save_manifest(dir, id, m);
     json_decref(m);
     return rc;
 }
@@ -198,7 +155,7 @@ void ckpt_forget_all(const char *state_dir) {
     int64_t *ids = list_ids(dir, &n);
     for (int i = 0; i < n; i++) {
         snprintf(path, sizeof path, "%s/%lld", dir, (long long)ids[i]);
-        rm_tree(path);
+        files_rm_tree(path);
     }
     free(ids);
 }
@@ -226,9 +183,9 @@ static int copy_file(const char *src, const char *dst, int link_it) {
 static int copy_db(const char *src, const char *dst, int link_tables, char *err, size_t errlen) {
     DIR *dd = opendir(src);
     if (!dd && errno != ENOENT) { snprintf(err, errlen, "cannot read %s: %s", src, strerror(errno)); return -1; }
-    rm_tree(dst);
+    files_rm_tree(dst);
     if (!dd) return 0;                       /* a pipeline without keyed state has no db */
-    if (mkdirs(dst) < 0) { closedir(dd); snprintf(err, errlen, "cannot create %s: %s", dst, strerror(errno)); return -1; }
+    if (files_mkdirs(dst) < 0) { closedir(dd); snprintf(err, errlen, "cannot create %s: %s", dst, strerror(errno)); return -1; }
     struct dirent *e;
     int rc = 0;
     while (rc == 0 && (e = readdir(dd))) {
@@ -323,7 +280,7 @@ ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_d
     char dir[PATH_MAX];
     checkpoints_dir(state_dir, dir, sizeof dir);
     c->dir = strdup(dir);
-    if (!c->dir || mkdirs(dir) < 0) { ckpt_destroy(c); return NULL; }
+    if (!c->dir || files_mkdirs(dir) < 0) { ckpt_destroy(c); return NULL; }
     c->sh = sh;
     c->tasks = tasks;
     c->ntasks = ntasks;
@@ -401,14 +358,7 @@ static json_t *manifest_json(ckpt *c, int64_t id) {
                      c->sh->cfg->max_parallelism, "uids", uids, "sources", sources, "tasks", tasks, "part_files", parts);
 }
 
-static int write_manifest(ckpt *c, int64_t id, json_t *m) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%lld/manifest.json", c->dir, (long long)id);
-    char *text = json_dumps(m, JSON_INDENT(1));
-    int rc = text ? write_durably(path, text) : -1;
-    free(text);
-    return rc;
-}
+static int write_manifest(ckpt *c, int64_t id, json_t *m) { return save_manifest(c->dir, id, m); }
 
 /* Bytes of the files in dir, and of those not in prev (NULL: none). */
 static void dir_sizes(const char *dir, const char *prev, int64_t *total, int64_t *fresh) {
@@ -440,7 +390,7 @@ static void rename_parts(json_t *m, int live) {
         const char *f = json_string_value(json_object_get(e, "final"));
         if (!h || !f || access(h, F_OK) != 0) continue;
         if (rename(h, f) < 0) log_error("checkpoint: cannot rename %s to %s: %s", h, f, strerror(errno));
-        else fsync_dir(f);
+        else files_fsync_dir(f);
         if (first && live) { first = 0; crash_point("post_commit"); }
     }
 }
@@ -459,7 +409,7 @@ static void prune(ckpt *c, int64_t id) {
         if (committed && kept < c->retain) { kept++; continue; }
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[i]);
-        rm_tree(path);
+        files_rm_tree(path);
     }
     free(ids);
 }
@@ -503,8 +453,8 @@ static int complete(ckpt *c, int64_t id, int final) {
     crash_point("prepared");
     char dir[PATH_MAX], db[PATH_MAX + 8], prev[PATH_MAX + 32];
     snprintf(dir, sizeof dir, "%s/%lld", c->dir, (long long)id);
-    rm_tree(dir);                              /* a leftover of a run that crashed */
-    if (mkdirs(dir) < 0) { snprintf(err, sizeof err, "cannot create %s: %s", dir, strerror(errno)); goto fail; }
+    files_rm_tree(dir);                              /* a leftover of a run that crashed */
+    if (files_mkdirs(dir) < 0) { snprintf(err, sizeof err, "cannot create %s: %s", dir, strerror(errno)); goto fail; }
     snprintf(db, sizeof db, "%s/db", dir);
     if (c->sh->state && state_checkpoint(c->sh->state, db, err, sizeof err) < 0) goto fail;
     json_t *m = manifest_json(c, id);
@@ -532,7 +482,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     char last[PATH_MAX + 16], text[32];
     snprintf(last, sizeof last, "%s/last-id", c->dir);
     snprintf(text, sizeof text, "%lld\n", (long long)id);
-    if (write_durably(last, text) < 0) log_warn("checkpoint: cannot write %s", last);
+    if (files_write_durably(last, text) < 0) log_warn("checkpoint: cannot write %s", last);
     int64_t done_us = now_us();
     /* the next checkpoint's transaction is open before any task goes on */
     if (txn && !final && kafka_txn_begin(k, 0, err, sizeof err) < 0)
@@ -705,7 +655,7 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen) {
             if (ids[k] > id) {
                 char path[PATH_MAX];
                 snprintf(path, sizeof path, "%s/%lld", c->dir, (long long)ids[k]);
-                rm_tree(path);
+                files_rm_tree(path);
             }
         free(ids);
         c->last_id = id;
@@ -771,18 +721,18 @@ int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *pat
     snprintf(sp, sizeof sp, "%s/savepoints/savepoint-%lld-%lld", state_dir, (long long)id, (long long)wall_ms());
     snprintf(a, sizeof a, "%s/db", src);
     snprintf(b, sizeof b, "%s/db", sp);
-    if (mkdirs(sp) < 0) { snprintf(err, errlen, "cannot create %s: %s", sp, strerror(errno)); return -1; }
-    if (access(a, F_OK) == 0 && copy_db(a, b, 0, err, errlen) < 0) { rm_tree(sp); return -1; }
+    if (files_mkdirs(sp) < 0) { snprintf(err, errlen, "cannot create %s: %s", sp, strerror(errno)); return -1; }
+    if (access(a, F_OK) == 0 && copy_db(a, b, 0, err, errlen) < 0) { files_rm_tree(sp); return -1; }
     json_t *m = load_manifest(c->dir, id);
-    if (!m) { snprintf(err, errlen, "cannot read the manifest of checkpoint %lld", (long long)id); rm_tree(sp); return -1; }
+    if (!m) { snprintf(err, errlen, "cannot read the manifest of checkpoint %lld", (long long)id); files_rm_tree(sp); return -1; }
     json_object_set_new(m, "savepoint", json_true());
     json_object_set_new(m, "part_files", json_array());     /* committed, renamed: nothing to redo */
     char *text = json_dumps(m, JSON_INDENT(1));
     json_decref(m);
     snprintf(a, sizeof a, "%s/manifest.json", sp);
-    int rc = text ? write_durably(a, text) : -1;
+    int rc = text ? files_write_durably(a, text) : -1;
     free(text);
-    if (rc < 0) { snprintf(err, errlen, "cannot write %s", a); rm_tree(sp); return -1; }
+    if (rc < 0) { snprintf(err, errlen, "cannot write %s", a); files_rm_tree(sp); return -1; }
     char *real = realpath(sp, NULL);
     snprintf(path, plen, "%s", real ? real : sp);
     free(real);

@@ -1,6 +1,7 @@
 #include "daemon.h"
 #include "admin.h"
 #include "config.h"
+#include "files.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
@@ -97,17 +98,6 @@ const char *daemon_lua_dir(void) {
     return dir;
 }
 
-static int mkdirs(const char *path) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *q = tmp + 1; *q; q++) {
-        if (*q != '/') continue;
-        *q = 0;
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
-        *q = '/';
-    }
-    return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
-}
 
 /* ---- checking ---------------------------------------------------------- */
 
@@ -923,16 +913,12 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 /* state.dir/finished: the last run read all of its input, so this run is a
  * new job over it: its keyed state and positions are dropped.  (A run that
  * was stopped leaves positions.json instead, and the next one continues.) */
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(path);
-}
 
 /* Drops keyed state and file positions: the next run starts afresh. */
 static void drop_state(daemon_state *d) {
     char sub[PATH_MAX];
     snprintf(sub, sizeof sub, "%s/db", d->cfg->state_dir);
-    nftw(sub, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    files_rm_tree(sub);
     snprintf(sub, sizeof sub, "%s/positions.json", d->cfg->state_dir);
     unlink(sub);
     ckpt_forget_all(d->cfg->state_dir);
@@ -969,17 +955,6 @@ static void check_unclean_stop(daemon_state *d) {
     drop_state(d);
 }
 
-/* Writes path atomically: a temporary file, fsync, rename.  0 or -1. */
-static int write_durably(const char *path, const char *text) {
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return -1;
-    int ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (fclose(f) != 0) ok = 0;
-    if (!ok || rename(tmp, path) != 0) { unlink(tmp); return -1; }
-    return 0;
-}
 
 /* At a clean end: state.dir/finished when every file source read all of
  * its input, else state.dir/positions.json with where each one stopped. */
@@ -1001,7 +976,7 @@ static void save_positions(daemon_state *d) {
     char path[PATH_MAX];
     if (files > 0 && all_ended) {
         snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
-        if (write_durably(path, "the last run read all of its input\n") < 0) log_warn("cannot write %s", path);
+        if (files_write_durably(path, "the last run read all of its input\n") < 0) log_warn("cannot write %s", path);
         snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
         unlink(path);
     } else if (files > 0 && d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE) {
@@ -1011,7 +986,7 @@ static void save_positions(daemon_state *d) {
         a = NULL;
         char *text = json_dumps(j, JSON_INDENT(2));
         snprintf(path, sizeof path, "%s/positions.json", d->cfg->state_dir);
-        if (!text || write_durably(path, text) < 0) log_error("cannot write %s: the next run reads its files again", path);
+        if (!text || files_write_durably(path, text) < 0) log_error("cannot write %s: the next run reads its files again", path);
         else log_info("stopped: the next run continues where this one stopped (%s)", path);
         free(text);
         json_decref(j);
@@ -1208,14 +1183,14 @@ int daemon_run(const char *config_path, const run_opts *o) {
     d.p = plan_create(d.cfg, daemon_lua_dir(), err, sizeof err);
     if (!d.p) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     int exactly_once = d.cfg->guarantee == GUARANTEE_EXACTLY_ONCE;
-    if (mkdirs(d.cfg->state_dir) < 0) {
+    if (files_mkdirs(d.cfg->state_dir) < 0) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
     }
     if (d.cfg->on_error == ON_ERROR_DEAD_LETTER && !d.cfg->dead_letter_kafka) {
         char dlw[PATH_MAX];
         snprintf(dlw, sizeof dlw, "%s", d.cfg->dead_letter_file);
-        if (mkdirs(dirname(dlw)) < 0 || !(d.sh.dead_letter = fopen(d.cfg->dead_letter_file, "a"))) {
+        if (files_mkdirs(dirname(dlw)) < 0 || !(d.sh.dead_letter = fopen(d.cfg->dead_letter_file, "a"))) {
             fprintf(stderr, "eddy: dead_letter.file: cannot open %s: %s\n", d.cfg->dead_letter_file, strerror(errno));
             goto out;
         }
@@ -1294,7 +1269,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
     }
     char running[PATH_MAX];
     snprintf(running, sizeof running, "%s/running", d.cfg->state_dir);
-    if (d.sh.state && write_durably(running, "a run is in progress (removed at a clean end)\n") < 0)
+    if (d.sh.state && files_write_durably(running, "a run is in progress (removed at a clean end)\n") < 0)
         log_warn("cannot write %s", running);
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);

@@ -1,5 +1,6 @@
 /* The file, stdout and Kafka sinks (see sink.h). */
 #include "sink.h"
+#include "files.h"
 #include "kafka.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -31,18 +32,6 @@ struct sink {
     char error[512];
 };
 
-static int mkdirs(const char *dir) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", dir);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
-    return 0;
-}
 
 sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
                   int append, pthread_mutex_t *stdout_lock, char *err, size_t errlen) {
@@ -56,7 +45,7 @@ sink *sink_create(sink_kind kind, const char *name, const char *dir, const char 
     s->buf = malloc(s->cap);
     if (!s->name || !s->buf) { snprintf(err, errlen, "out of memory"); goto err; }
     if (kind == SINK_FILE) {
-        if (mkdirs(dir) < 0) {
+        if (files_mkdirs(dir) < 0) {
             snprintf(err, errlen, "sink '%s': cannot create %s: %s", name, dir, strerror(errno));
             goto err;
         }
