@@ -5,15 +5,7 @@
 local cjson = require("cjson")
 local decode, encode, upper = cjson.decode, cjson.encode, string.upper
 
-local nargs = select("#", ...)
-if nargs < 2 then
-  io.stderr:write("usage: luajit scripts/bench/baseline.lua INPUT... OUTPUT\n")
-  os.exit(2)
-end
-local inputs = { ... }
-local out = assert(io.open(inputs[nargs], "wb"))
-inputs[nargs] = nil
-out:setvbuf("full", 1024 * 1024)
+local inputs, out = dofile(arg[0]:match("^(.*scripts/bench/)") .. "baseline_io.lua")(...)
 
 -- The same functions as stateless/pipeline.lua.
 local function keep(v) return v.amount >= 10 end

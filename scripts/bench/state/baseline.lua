@@ -5,15 +5,7 @@
 local cjson = require("cjson")
 local decode, encode = cjson.decode, cjson.encode
 
-local nargs = select("#", ...)
-if nargs < 2 then
-  io.stderr:write("usage: luajit scripts/bench/state/baseline.lua INPUT... OUTPUT\n")
-  os.exit(2)
-end
-local inputs = { ... }
-local out = assert(io.open(inputs[nargs], "wb"))
-inputs[nargs] = nil
-out:setvbuf("full", 1024 * 1024)
+local inputs, out = dofile(arg[0]:match("^(.*scripts/bench/)") .. "baseline_io.lua")(...)
 
 local totals = {}
 for _, path in ipairs(inputs) do
@@ -24,4 +16,4 @@ for _, path in ipairs(inputs) do
     out:write(encode({ user = v.user, total = t }), "\n")
   end
 end
-out:close()
+assert(out:close())

@@ -7,15 +7,7 @@
 local cjson = require("cjson")
 local decode, encode = cjson.decode, cjson.encode
 
-local nargs = select("#", ...)
-if nargs < 2 then
-  io.stderr:write("usage: luajit scripts/bench/windows/baseline.lua INPUT... OUTPUT\n")
-  os.exit(2)
-end
-local inputs = { ... }
-local out = assert(io.open(inputs[nargs], "wb"))
-inputs[nargs] = nil
-out:setvbuf("full", 1024 * 1024)
+local inputs, out = dofile(arg[0]:match("^(.*scripts/bench/)") .. "baseline_io.lua")(...)
 
 local counts = {}
 for _, path in ipairs(inputs) do
