@@ -28,18 +28,6 @@
 #pragma GCC diagnostic ignored "-Wformat-truncation"
 #endif
 
-static int64_t now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct ckpt {
     task_shared *sh;
     task **tasks; int ntasks;
@@ -354,7 +342,7 @@ static json_t *manifest_json(ckpt *c, int64_t id) {
         }
     }
     return json_pack("{s:I, s:b, s:I, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)id, "committed", 0,
-                     "time", (json_int_t)wall_ms(), "pipeline_sha256", p->hash, "max_parallelism",
+                     "time", (json_int_t)clock_wall_ms(), "pipeline_sha256", p->hash, "max_parallelism",
                      c->sh->cfg->max_parallelism, "uids", uids, "sources", sources, "tasks", tasks, "part_files", parts);
 }
 
@@ -417,7 +405,7 @@ static void prune(ckpt *c, int64_t id) {
 int ckpt_begin(ckpt *c) {
     if (c->running) return 0;
     c->running = c->next_id++;
-    c->began_us = now_us();
+    c->began_us = clock_mono_us();
     c->aligned_us = 0;
     for (int i = 0; i < c->ntasks; i++) {
         task *t = c->tasks[i];
@@ -483,7 +471,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     snprintf(last, sizeof last, "%s/last-id", c->dir);
     snprintf(text, sizeof text, "%lld\n", (long long)id);
     if (files_write_durably(last, text) < 0) log_warn("checkpoint: cannot write %s", last);
-    int64_t done_us = now_us();
+    int64_t done_us = clock_mono_us();
     /* the next checkpoint's transaction is open before any task goes on */
     if (txn && !final && kafka_txn_begin(k, 0, err, sizeof err) < 0)
         log_error("checkpoint %lld committed, but the next transaction cannot begin: %s; stopping", (long long)id, err);
@@ -515,7 +503,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     dir_sizes(db, have_prev ? prev : NULL, &c->last_bytes, &c->last_new_bytes);
     prune(c, id);
     c->last_id = id;
-    c->last_time_ms = wall_ms();
+    c->last_time_ms = clock_wall_ms();
     c->last_duration_us = done_us - c->began_us;
     c->last_alignment_us = (c->aligned_us ? c->aligned_us : done_us) - c->began_us;
     c->completed++;
@@ -551,7 +539,7 @@ int ckpt_poll(ckpt *c) {
         }
         if (st != TASK_DONE && atomic_load(&t->ckpt_passed) < id) return 0;
     }
-    c->aligned_us = now_us();
+    c->aligned_us = clock_mono_us();
     complete(c, id, 0);
     c->running = 0;
     return 1;
@@ -560,7 +548,7 @@ int ckpt_poll(ckpt *c) {
 int ckpt_final(ckpt *c) {
     int64_t id = c->running ? c->running : c->next_id++;
     c->running = 0;
-    c->began_us = now_us();
+    c->began_us = clock_mono_us();
     c->aligned_us = c->began_us;
     return complete(c, id, 1);
 }
@@ -703,12 +691,12 @@ out:
 
 int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
                    size_t errlen) {
-    int64_t deadline = now_us() + timeout_ms * 1000;
-    while (c->running && now_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }   /* one already running */
+    int64_t deadline = clock_mono_us() + timeout_ms * 1000;
+    while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }   /* one already running */
     int64_t failed = c->failed;
     if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
     int64_t id = c->running;
-    while (c->running && now_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }
+    while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }
     if (c->running) {
         snprintf(err, errlen, "the savepoint's checkpoint %lld did not complete within %lld s (a task does not reach "
                  "its barrier); it completes later as a checkpoint", (long long)id, (long long)(timeout_ms / 1000));
@@ -718,7 +706,7 @@ int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *pat
     /* a self-contained copy: the manifest and every file of the state */
     char src[PATH_MAX], sp[PATH_MAX], a[PATH_MAX], b[PATH_MAX];
     snprintf(src, sizeof src, "%s/%lld", c->dir, (long long)id);
-    snprintf(sp, sizeof sp, "%s/savepoints/savepoint-%lld-%lld", state_dir, (long long)id, (long long)wall_ms());
+    snprintf(sp, sizeof sp, "%s/savepoints/savepoint-%lld-%lld", state_dir, (long long)id, (long long)clock_wall_ms());
     snprintf(a, sizeof a, "%s/db", src);
     snprintf(b, sizeof b, "%s/db", sp);
     if (files_mkdirs(sp) < 0) { snprintf(err, errlen, "cannot create %s: %s", sp, strerror(errno)); return -1; }

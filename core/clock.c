@@ -3,11 +3,19 @@
 #include <stdlib.h>
 #include <time.h>
 
-static int64_t wall(void) {
+int64_t clock_wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+int64_t clock_mono_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t clock_mono_ms(void) { return clock_mono_us() / 1000; }
 
 /* EDDY_TEST_CLOCK_FILE: the time is whatever number the file holds now. */
 static int64_t from_file(void) {
@@ -25,7 +33,7 @@ static int64_t from_file(void) {
 static int64_t (*clock_fn)(void);
 
 int64_t clock_now_ms(void) {
-    if (!clock_fn) clock_fn = getenv("EDDY_TEST_CLOCK_FILE") ? from_file : wall;
+    if (!clock_fn) clock_fn = getenv("EDDY_TEST_CLOCK_FILE") ? from_file : clock_wall_ms;
     return clock_fn();
 }
 

@@ -2,7 +2,8 @@
  * ingestion timestamps and (later) processing-time triggers read it.  By
  * default the wall clock; with EDDY_TEST_CLOCK_FILE set, the number of ms
  * written in that file (a test advances time by rewriting it); unit tests
- * may install their own function.  Calls nothing of eddy. */
+ * may install their own function.  Also the real clocks, never replaced,
+ * for measuring durations and stamping files.  Calls nothing of eddy. */
 #ifndef EDDY_CLOCK_H
 #define EDDY_CLOCK_H
 
@@ -13,5 +14,10 @@ int64_t clock_now_ms(void);
 /* Replaces the clock (NULL restores the default).  Not thread-safe: call
  * before the workers start. */
 void clock_set(int64_t (*fn)(void));
+/* The real clocks: monotonic (durations) in ms and in µs, and the wall
+ * clock in ms since the epoch (times written down, such as a manifest's). */
+int64_t clock_mono_ms(void);
+int64_t clock_mono_us(void);
+int64_t clock_wall_ms(void);
 
 #endif

@@ -2,6 +2,7 @@
 #include "admin.h"
 #include "config.h"
 #include "files.h"
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include "pipeline.h"
@@ -70,18 +71,6 @@ typedef struct daemon_state {
 static int holding_input(const task *t);
 static json_t *wm_json(int64_t wm);
 static json_t *input_json(const daemon_state *d, const task *t, int c);
-
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 const char *daemon_lua_dir(void) {
     static char dir[PATH_MAX];
@@ -205,7 +194,7 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
 static void on_watchdog(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     int64_t limit = d->cfg->limit_time_ms;
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
@@ -503,7 +492,7 @@ static int request_reload(daemon_state *d, const char *trigger, int allow_droppe
     }
     d->plans[d->nplans++] = p;
     d->version = version;
-    d->loaded_at_ms = wall_ms();
+    d->loaded_at_ms = clock_wall_ms();
     d->last_reload_error[0] = 0;
     d->reloads_ok++;
     /* every task gets its version before the sources start the barrier:
@@ -675,7 +664,7 @@ static json_t *h_status(void *ud) {
         "pipeline", "path", cur->script, "version", d->version, "hash", hash, "sha256", cur->hash,
         "loaded_at", (json_int_t)d->loaded_at_ms, "last_reload_error", err, "reloading", reload_in_progress(d),
         "state", atomic_load(&d->sh.stopping) ? "stopping" : d->waiting[0] ? "waiting" : "running",
-        "uptime_ms", (json_int_t)(mono_ms() - d->started_ms),
+        "uptime_ms", (json_int_t)(clock_mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
@@ -757,7 +746,7 @@ static void h_metrics(void *ud, struct evbuffer *out) {
     }
     metrics_family(out, "eddy_watermark_lag_ms", "gauge",
                    "Wall-clock time minus a task's event-time watermark (tasks that have one).");
-    int64_t now = wall_ms();
+    int64_t now = clock_wall_ms();
     for (int i = 0; i < d->ntasks; i++) {
         int64_t wm = d->tasks[i]->io.wm;
         if (wm == TS_NONE || wm >= ((int64_t)1 << 62)) continue;
@@ -1171,7 +1160,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
     pthread_mutex_init(&d.sh.stdout_mu, NULL);
     char err[4096];
     int code = 2;
-    d.started_ms = mono_ms();
+    d.started_ms = clock_mono_ms();
     if (looks_like_pipeline(config_path)) {
         fprintf(stderr, "eddy: %s is a pipeline script; eddy run takes a config file that names it "
                 "(return { pipeline = \"%s\" }); eddy check takes either\n", config_path, config_path);
@@ -1278,7 +1267,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
     d.sh.lua_dir = daemon_lua_dir();
     d.sh.version = 1;
     d.version = 1;
-    d.loaded_at_ms = wall_ms();
+    d.loaded_at_ms = clock_wall_ms();
     d.plans = malloc(sizeof *d.plans);
     if (!d.plans) goto out;
     d.plans[d.nplans++] = d.p;
@@ -1409,7 +1398,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
         if (d.sh.poison && atomic_load(&d.sh.poison->hit)) unlink(d.poison_path);
         long in = 0;
         for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;
-        log_info("finished: %ld records read in %.3f s", in, (mono_ms() - d.started_ms) / 1000.0);
+        log_info("finished: %ld records read in %.3f s", in, (clock_mono_ms() - d.started_ms) / 1000.0);
     }
 out:
     {

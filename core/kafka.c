@@ -1,4 +1,5 @@
 #include "kafka.h"
+#include "clock.h"
 #include "log.h"
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -480,16 +481,11 @@ static int txn_error(kafka *k, rd_kafka_error_t *e, const char *what, char *err,
 /* Runs a transactional call again while it fails with a retriable error,
  * for up to TXN_RETRY_MS in all. */
 #define TXN_RETRY_MS 60000
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 #define TXN_RETRYING(e, call, what)                                                              \
     do {                                                                                           \
-        int64_t until_ = mono_ms() + TXN_RETRY_MS;                                                 \
+        int64_t until_ = clock_mono_ms() + TXN_RETRY_MS;                                                 \
         (e) = (call);                                                                              \
-        while ((e) && rd_kafka_error_is_retriable(e) && mono_ms() < until_) {                      \
+        while ((e) && rd_kafka_error_is_retriable(e) && clock_mono_ms() < until_) {                      \
             log_warn("kafka: %s: %s (retrying)", (what), rd_kafka_error_string(e));                \
             rd_kafka_error_destroy(e);                                                             \
             usleep(500000);                                                                        \

@@ -1,5 +1,6 @@
 #include "source_kafka.h"
 #include "kafka.h"
+#include "clock.h"
 #include "log.h"
 #include "metrics.h"
 #include <event2/buffer.h>
@@ -55,12 +56,6 @@ struct kgroup {
     int64_t last_down_log;
 };
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static kpart *find_part(kgroup *g, const char *topic, int partition) {
     for (int i = 0; i < g->nparts; i++)
         if (g->parts[i]->partition == partition && strcmp(g->parts[i]->topic, topic) == 0) return g->parts[i];
@@ -73,7 +68,7 @@ static void set_down(kgroup *g, const char *why) {
     if (why) snprintf(g->down, sizeof g->down, "%s", why);
     else g->down[0] = 0;
     pthread_mutex_unlock(&g->mu);
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     if (why && (!was || now - g->last_down_log >= DOWN_LOG_MS)) {
         g->last_down_log = now;
         log_warn("kafka: %s (brokers %s); eddy keeps retrying", why, kafka_bootstrap(g->k));
@@ -93,7 +88,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
         set_down(g, reason);
         return;
     }
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     if (now - g->last_down_log >= DOWN_LOG_MS) {
         g->last_down_log = now;
         log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
@@ -269,7 +264,7 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     if (!lost && !g->closing) {
         /* drain: each task stops reading and sends a marker; wait until the
          * outputs before every marker were acknowledged, then commit */
-        int64_t until = mono_ms() + g->drain_timeout_ms;
+        int64_t until = clock_mono_ms() + g->drain_timeout_ms;
         for (;;) {
             int pending = 0;
             for (int i = 0; i < parts->cnt; i++) {
@@ -277,7 +272,7 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
                 if (kp && !atomic_load(&kp->drained)) pending++;
             }
             if (!pending) break;
-            if (mono_ms() >= until) {
+            if (clock_mono_ms() >= until) {
                 log_warn("kafka: partitions %s: %d not drained after %d ms; giving them up with the offsets "
                          "acknowledged so far (the next owner reads the rest again)", list, pending, (int)g->drain_timeout_ms);
                 break;
@@ -370,7 +365,7 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     conf = NULL;
     if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }
     rd_kafka_poll_set_consumer(g->rk);
-    g->last_commit_ms = mono_ms();
+    g->last_commit_ms = clock_mono_ms();
     return g;
 err:
     if (conf) rd_kafka_conf_destroy(conf);
@@ -463,7 +458,7 @@ void kgroup_poll(kgroup *g) {
         if (!m) break;
         /* partitions read from their own queues: only errors arrive here */
         if (m->err && m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            int64_t now = mono_ms();
+            int64_t now = clock_mono_ms();
             if (now - g->last_down_log >= DOWN_LOG_MS) {
                 g->last_down_log = now;
                 log_warn("kafka: %s", rd_kafka_message_errstr(m));
@@ -471,7 +466,7 @@ void kgroup_poll(kgroup *g) {
         }
         rd_kafka_message_destroy(m);
     }
-    int64_t now = mono_ms();
+    int64_t now = clock_mono_ms();
     if (now - g->last_commit_ms >= g->commit_interval_ms) {
         g->last_commit_ms = now;
         commit_acked(g, NULL, 1);

@@ -17,12 +17,6 @@
 
 sched_entry *task_sched_entry(task *t) { return &t->se; }
 
-static int64_t now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 #define TICK_MS 10   /* processing-time triggers are checked this often */
 
 int task_pollable(const task *t) {
@@ -333,7 +327,7 @@ static void swap_version(task *t) {
     pthread_mutex_unlock(&t->swap_mu);
     free(tv);
     task_forget_windows(t, t->cur.p, 1);   /* state a reload let go (allow_dropped_state) */
-    t->swapped_at_us = now_us();
+    t->swapped_at_us = clock_mono_us();
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
 }
@@ -353,7 +347,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
         /* first records on a new version: the pause is measured from the last
          * records on the old one (or from the swap, when input was idle) */
         int64_t from = t->last_call_end_us > 0 ? t->last_call_end_us : t->swapped_at_us;
-        t->last_pause_us = now_us() - from;
+        t->last_pause_us = clock_mono_us() - from;
         t->swapped_at_us = 0;
     }
     t->io.recs = b ? b->recs : NULL;
@@ -372,7 +366,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     t->io.recs = NULL;
     t->io.data = NULL;
     t->io.n = 0;
-    if (b) { t->records_in += b->n; t->batches++; t->last_call_end_us = now_us(); }
+    if (b) { t->records_in += b->n; t->batches++; t->last_call_end_us = clock_mono_us(); }
     if (b && t->retired) { task_vm_destroy(t->retired); t->retired = NULL; }
     if (rc != 0) {
         task_fail(t, "%s", vm_errstr(L, -1));
@@ -486,7 +480,7 @@ static uint64_t send_mark(task *t, int draining) {
     if (!id) return 0;
     if (draining) kpart_draining(t->kp, id);
     t->marked_position = pos;
-    t->last_mark_ms = now_us() / 1000;
+    t->last_mark_ms = clock_mono_us() / 1000;
     push_all(t, CH_MARK, (int64_t)id);
     report_mark(t, id);
     return id;
@@ -519,7 +513,7 @@ static step_result step_kafka(task *t, int *n_read) {
     }
     if (kpart_position(t->kp) < t->marked_position) t->marked_position = -1;   /* re-assigned, further back */
     if (sh->acks && kpart_position(t->kp) > t->marked_position &&
-        now_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
+        clock_mono_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
         send_mark(t, 0);
     batch_clear(t->inbatch);
     char err[600];
@@ -644,7 +638,7 @@ static int maybe_tick(task *t) {
     if (!t->wants_ticks || t->cur.tick_ref == LUA_NOREF) return 0;
     /* how often is a matter of CPU, not of meaning: the real clock paces
      * ticks (the processing time the triggers see is clock.h's) */
-    int64_t now = now_us() / 1000;
+    int64_t now = clock_mono_us() / 1000;
     if (now - t->last_tick_ms < TICK_MS) return 0;
     t->last_tick_ms = now;
     if (call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return -1;
