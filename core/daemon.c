@@ -1125,12 +1125,9 @@ static void daemon_free(daemon_state *d) {
 static int confirm_kafka_commit(daemon_state *d, int64_t *restore) {
     int64_t pending = ckpt_newest_prepared(d->cfg->state_dir);
     if (pending <= *restore) return 1;
-    const char *topic = NULL;
-    for (int i = 0; i < d->p->nnodes && !topic; i++)
-        if (d->p->nodes[i].kind == NODE_SINK) topic = node_opt(&d->p->nodes[i], "kafka");
     char err[1024];
     int64_t marked = 0;
-    if (kafka_txn_marker(d->sh.kafka, topic, &marked, err, sizeof err) < 0) {
+    if (kafka_txn_marker(d->sh.kafka, &marked, err, sizeof err) < 0) {
         fprintf(stderr, "eddy: checkpoint %lld was prepared when the last run stopped, and whether its Kafka "
                 "transaction committed cannot be told now: %s\n", (long long)pending, err);
         return 0;
@@ -1217,6 +1214,13 @@ int daemon_run(const char *config_path, const run_opts *o) {
         }
         d.sh.kafka = kafka_create(d.cfg, err, sizeof err);
         if (!d.sh.kafka) { fprintf(stderr, "eddy: %s\n", err); goto out; }
+        /* exactly_once: where each transaction's checkpoint id goes, chosen
+         * from the plan once, for the commits and for recovery alike */
+        for (int i = 0; i < d.p->nnodes; i++)
+            if (d.p->nodes[i].kind == NODE_SINK && node_opt(&d.p->nodes[i], "kafka")) {
+                kafka_txn_set_topic(d.sh.kafka, node_opt(&d.p->nodes[i], "kafka"));
+                break;
+            }
     }
     /* exactly_once: the newest committed checkpoint is where this run starts */
     int64_t restore = exactly_once && !o->from_savepoint ? ckpt_newest_committed(d.cfg->state_dir) : 0;

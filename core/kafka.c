@@ -42,23 +42,23 @@ struct kafka {
     char failed[1024];              /* the first delivery failure under on_error = "fail", or a
                                      * transaction that failed (exactly_once) */
     /* exactly_once: one transactional producer for every Kafka sink, so a
-     * checkpoint has one Kafka transaction; txn_records counts the records
-     * sent in the open one, txn_error is the first delivery failure in it */
+     * checkpoint has one Kafka transaction; txn_error is the first delivery
+     * failure in the open one */
     rd_kafka_t *txn_rk;
     char txn_id[512], txn_topic[512];
     int txn_open;
-    atomic_long txn_records;
+    int64_t txn_base;               /* the sinks' messages queued when the open transaction began */
     int64_t txn_committed, txn_aborted;
-    pthread_mutex_t txn_mu;
-    char txn_error[512];
+    char txn_error[512];            /* under mu */
 };
+
+static int64_t txn_queued(kafka *k);
 
 kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
     kafka *k = calloc(1, sizeof *k);
     if (!k) { snprintf(err, errlen, "out of memory"); return NULL; }
     k->cfg = cfg;
     pthread_mutex_init(&k->mu, NULL);
-    pthread_mutex_init(&k->txn_mu, NULL);
     const opt *tid = opt_find(&cfg->kafka, "transactional.id");
     if (tid) snprintf(k->txn_id, sizeof k->txn_id, "%s", tid->s);
     else snprintf(k->txn_id, sizeof k->txn_id, "eddy-%s", cfg->name);
@@ -156,21 +156,22 @@ static void ack(kafka_sink *s, int64_t seq) {
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_opaque) {
     (void)rk;
-    if (!conf_opaque) {                         /* the transactional producer: the message names its sink */
-        kafka_sink *s = m->_private;
-        if (!m->err) { s->sent++; s->bytes += (long)(m->len + m->key_len); return; }
-        s->failed++;
-        kafka *k = s->k;
-        pthread_mutex_lock(&k->txn_mu);
-        if (!k->txn_error[0])
-            snprintf(k->txn_error, sizeof k->txn_error, "sink '%s': Kafka refused a message for topic %s: %s", s->name,
-                     s->topic, rd_kafka_err2str(m->err));
-        pthread_mutex_unlock(&k->txn_mu);
+    /* one producer per sink, or the transactional one: the message names its sink */
+    kafka_sink *s = conf_opaque ? conf_opaque : m->_private;
+    if (!m->err) { s->sent++; s->bytes += (long)(m->len + m->key_len); }
+    if (s->shared) {
+        /* exactly_once: a refused message fails the transaction (kafka_txn_prepare) */
+        if (m->err) {
+            s->failed++;
+            pthread_mutex_lock(&s->k->mu);
+            if (!s->k->txn_error[0])
+                snprintf(s->k->txn_error, sizeof s->k->txn_error, "sink '%s': Kafka refused a message for topic %s: %s",
+                         s->name, s->topic, rd_kafka_err2str(m->err));
+            pthread_mutex_unlock(&s->k->mu);
+        }
         return;
     }
-    kafka_sink *s = conf_opaque;                /* one producer per sink */
     if (m->err) delivery_failed(s, m);
-    else { s->sent++; s->bytes += (long)(m->len + m->key_len); }
     /* a refused message under on_error = "fail" is never acknowledged: no
      * offset past it is committed, and eddy stops (kafka_failed) */
     if (!m->err || s->k->cfg->on_error != ON_ERROR_FAIL || s == s->k->dead_letters)
@@ -197,9 +198,7 @@ static long lib_log_dropped;
 static void on_lib_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     (void)rk;
     if (level > 4) { log_info("librdkafka %s: %s", fac, buf); return; }    /* debug asked for in the config */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t now = clock_mono_ms();
     pthread_mutex_lock(&lib_log_mu);
     long dropped = -1;
     if (now - lib_log_last >= LIB_LOG_EVERY_MS) { lib_log_last = now; dropped = lib_log_dropped; lib_log_dropped = 0; }
@@ -235,28 +234,31 @@ int kafka_conf_apply(const kafka *k, rd_kafka_conf_t *conf, const opt_list *own,
     return 0;
 }
 
-/* exactly_once: the producer every Kafka sink writes through, created with
- * the first of them (k->mu held).  0, or -1 with err. */
-static int txn_producer(kafka *k, char *err, size_t errlen) {
-    if (k->txn_rk) return 0;
+/* A producer: eddy's defaults (extra, then the config's kafka properties,
+ * then `props` may override them), `own` set last; opaque as the delivery
+ * reports' (NULL: each message names its sink).  Owned, or NULL with err. */
+static rd_kafka_t *producer(kafka *k, const char *extra_key, const char *extra_value, const opt_list *props,
+                            const char *prefix, const char *own_key, const char *own_value, void *opaque,
+                            const char *what, char *err, size_t errlen) {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char e[512];
     struct { const char *k, *v; } defaults[] = {
         {"enable.idempotence", "true"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"}, {"log_level", "3"},
-        {"transaction.timeout.ms", "60000"},
+        {extra_key, extra_value},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
-        rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
-    if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return -1; }
-    if (rd_kafka_conf_set(conf, "transactional.id", k->txn_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
-        snprintf(err, errlen, "kafka.transactional.id: %s", e);
+        if (defaults[i].k) rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
+    if (kafka_conf_apply(k, conf, props, prefix, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return NULL; }
+    if (own_key && rd_kafka_conf_set(conf, own_key, own_value, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka.%s: %s", own_key, e);
         rd_kafka_conf_destroy(conf);
-        return -1;
+        return NULL;
     }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);      /* no opaque: each message names its sink */
-    k->txn_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
-    if (!k->txn_rk) { snprintf(err, errlen, "kafka: the transactional producer: %s", e); return -1; }
-    return 0;
+    if (opaque) rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);   /* takes conf, or frees it */
+    if (!rk) snprintf(err, errlen, "%s: %s", what, e);
+    return rk;
 }
 
 kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
@@ -266,13 +268,13 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
         if (strcmp(k->sinks[i]->name, name) == 0) { pthread_mutex_unlock(&k->mu); return k->sinks[i]; }
     kafka_sink *s = calloc(1, sizeof *s);
     kafka_sink **ns = realloc(k->sinks, sizeof *ns * (k->nsinks + 1));
-    rd_kafka_conf_t *conf = NULL;
-    char e[512];
     if (!s || !ns) { snprintf(err, errlen, "out of memory"); goto err; }
     k->sinks = ns;
     s->k = k;
     s->name = strdup(name);
     s->topic = strdup(topic);
+    char what[300];
+    snprintf(what, sizeof what, "sinks.%s", name);
     if (k->cfg->guarantee == GUARANTEE_EXACTLY_ONCE && strcmp(name, "dead_letter.kafka") != 0) {
         /* one transaction per checkpoint: every sink shares one producer */
         for (int i = 0; props && i < props->n; i++)
@@ -282,39 +284,20 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
                          props->items[i].key);
                 goto err;
             }
-        if (txn_producer(k, err, errlen) < 0) goto err;
+        if (!k->txn_rk && !(k->txn_rk = producer(k, "transaction.timeout.ms", "60000", NULL, NULL, "transactional.id",
+                                                 k->txn_id, NULL, "kafka: the transactional producer", err, errlen)))
+            goto err;
         s->shared = 1;
         s->rk = k->txn_rk;
-        if (!k->txn_topic[0]) snprintf(k->txn_topic, sizeof k->txn_topic, "%s", topic);
-        pthread_mutex_init(&s->ack_mu, NULL);
-        s->low = 1;
-        k->sinks[k->nsinks++] = s;
-        pthread_mutex_unlock(&k->mu);
-        return s;
+    } else if (!(s->rk = producer(k, NULL, NULL, props, what, NULL, NULL, s, what, err, errlen))) {
+        goto err;
     }
-    conf = rd_kafka_conf_new();
-    /* defaults, then the config's kafka properties, then the sink's own */
-    struct { const char *k, *v; } defaults[] = {
-        {"enable.idempotence", "true"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"},
-        {"log_level", "3"},
-    };
-    for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
-        rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
-    char prefix[300];
-    snprintf(prefix, sizeof prefix, "sinks.%s", name);
-    if (kafka_conf_apply(k, conf, props, prefix, err, errlen) < 0) goto err;
     pthread_mutex_init(&s->ack_mu, NULL);
     s->low = 1;
-    rd_kafka_conf_set_opaque(conf, s);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
-    conf = NULL;                                   /* rd_kafka_new took it, or freed it on failure */
-    if (!s->rk) { snprintf(err, errlen, "sink '%s': %s", name, e); goto err; }
     k->sinks[k->nsinks++] = s;
     pthread_mutex_unlock(&k->mu);
     return s;
 err:
-    if (conf) rd_kafka_conf_destroy(conf);
     if (s) { free(s->name); free(s->topic); free(s); }
     pthread_mutex_unlock(&k->mu);
     return NULL;
@@ -350,10 +333,7 @@ int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
             RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (!e) {                                 /* the message owns h now */
-            if (s->shared) s->k->txn_records++;
-            return 0;
-        }
+        if (!e) return 0;                         /* the message owns h now */
         if (h) rd_kafka_headers_destroy(h);
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempt < 600) {
             rd_kafka_poll(s->rk, 100);            /* the producer's queue is full: wait for Kafka (backpressure) */
@@ -409,14 +389,14 @@ void kafka_destroy(kafka *k) {
         if (k->txn_open) {
             /* a run that failed or stopped before its last commit */
             rd_kafka_error_t *e = rd_kafka_abort_transaction(k->txn_rk, 10000);
-            log_warn("kafka: the open transaction (%ld records since the last checkpoint) %s%s", (long)k->txn_records,
+            log_warn("kafka: the open transaction (%ld records since the last checkpoint) %s%s",
+                     (long)(txn_queued(k) - k->txn_base),
                      e ? "could not be aborted now (the broker aborts it when the producer comes back or times out): "
                        : "was aborted", e ? rd_kafka_error_string(e) : "");
             if (e) rd_kafka_error_destroy(e);
         }
         rd_kafka_destroy(k->txn_rk);
     }
-    pthread_mutex_destroy(&k->txn_mu);
     for (int i = 0; i < k->nsinks; i++) {
         if (!k->sinks[i]->shared) rd_kafka_destroy(k->sinks[i]->rk);
         pthread_mutex_destroy(&k->sinks[i]->ack_mu);
@@ -438,59 +418,66 @@ void kafka_destroy(kafka *k) {
 
 int kafka_txn_active(const kafka *k) { return k && k->txn_rk != NULL; }
 const char *kafka_txn_id(const kafka *k) { return k->txn_id; }
-const char *kafka_txn_topic(const kafka *k) { return k->txn_topic[0] ? k->txn_topic : NULL; }
+void kafka_txn_set_topic(kafka *k, const char *topic) { snprintf(k->txn_topic, sizeof k->txn_topic, "%s", topic); }
 int64_t kafka_txn_committed(const kafka *k) { return k->txn_committed; }
 int64_t kafka_txn_aborted(const kafka *k) { return k->txn_aborted; }
 
-/* A failed transaction stops the daemon (kafka_failed): the restart
- * strategy brings it back from the last committed checkpoint. */
-static int txn_failed(kafka *k, char *err, size_t errlen, const char *fmt, const char *what, const char *why) {
-    snprintf(err, errlen, fmt, what, why);
+/* Messages the transactional producer's sinks were given so far. */
+static int64_t txn_queued(kafka *k) {
+    int64_t n = 0;
+    for (int i = 0; i < k->nsinks; i++)
+        if (k->sinks[i]->shared) n += atomic_load(&k->sinks[i]->next_seq);
+    return n;
+}
+
+/* The open transaction failed (why): it is aborted when abort is set (its
+ * records are never visible to read_committed consumers), else left to the
+ * broker (a fenced or fatally failed producer cannot abort).  The daemon then
+ * stops (kafka_failed) and the restart strategy brings it back from the
+ * last committed checkpoint.  -1 with err. */
+static int txn_failed(kafka *k, const char *what, const char *why, int abort, char *err, size_t errlen) {
+    long n = (long)(txn_queued(k) - k->txn_base);
+    rd_kafka_error_t *a = abort ? rd_kafka_abort_transaction(k->txn_rk, 30000) : NULL;
+    if (abort)
+        snprintf(err, errlen, "kafka: %s: %s; the transaction %s (%ld records in it)", what, why,
+                 a ? "could not be aborted" : "was aborted", n);
+    else
+        snprintf(err, errlen, "kafka: %s: %s (%ld records in the open transaction, which the broker aborts)", what,
+                 why, n);
+    if (a) rd_kafka_error_destroy(a);
+    k->txn_open = 0;
+    k->txn_aborted++;
     pthread_mutex_lock(&k->mu);
     if (!k->failed[0]) snprintf(k->failed, sizeof k->failed, "%s", err);
     pthread_mutex_unlock(&k->mu);
     return -1;
 }
 
-/* An error of a transactional call: retriable ones are retried by the
- * caller; one that needs an abort aborts the open transaction (its records
- * are never visible to read_committed consumers); a fatal one (the producer
- * was fenced by another with the same transactional.id) leaves nothing to do
- * but restart.  Takes e.  -1 with err. */
+/* An error of a transactional call (retriable ones were retried): aborts
+ * when it needs an abort.  Takes e.  -1 with err. */
 static int txn_error(kafka *k, rd_kafka_error_t *e, const char *what, char *err, size_t errlen) {
     char why[1024];
-    long n = (long)k->txn_records;
-    if (rd_kafka_error_txn_requires_abort(e)) {
-        rd_kafka_error_t *a = rd_kafka_abort_transaction(k->txn_rk, 30000);
-        snprintf(why, sizeof why, "%s: %s; the transaction %s (%ld records in it)", rd_kafka_error_name(e),
-                 rd_kafka_error_string(e), a ? "could not be aborted" : "was aborted", n);
-        if (a) rd_kafka_error_destroy(a);
-        k->txn_aborted++;
-    } else {
-        snprintf(why, sizeof why, "%s: %s%s (%ld records in the open transaction, which the broker aborts)",
-                 rd_kafka_error_name(e), rd_kafka_error_string(e),
-                 rd_kafka_error_is_fatal(e) ? "; the producer cannot go on (fenced by another with the same "
-                                              "transactional.id, or a fatal error)" : "", n);
-        k->txn_aborted++;
-    }
-    k->txn_open = 0;
+    snprintf(why, sizeof why, "%s: %s%s", rd_kafka_error_name(e), rd_kafka_error_string(e),
+             rd_kafka_error_is_fatal(e) ? "; the producer cannot go on (fenced by another with the same "
+                                          "transactional.id, or a fatal error)" : "");
+    int abort = rd_kafka_error_txn_requires_abort(e);
     rd_kafka_error_destroy(e);
-    return txn_failed(k, err, errlen, "kafka: %s: %s", what, why);
+    return txn_failed(k, what, why, abort, err, errlen);
 }
 
 /* Runs a transactional call again while it fails with a retriable error,
- * for up to TXN_RETRY_MS in all. */
+ * for up to TXN_RETRY_MS in all (the event loop waits meanwhile). */
 #define TXN_RETRY_MS 60000
-#define TXN_RETRYING(e, call, what)                                                              \
-    do {                                                                                           \
-        int64_t until_ = clock_mono_ms() + TXN_RETRY_MS;                                                 \
-        (e) = (call);                                                                              \
-        while ((e) && rd_kafka_error_is_retriable(e) && clock_mono_ms() < until_) {                      \
-            log_warn("kafka: %s: %s (retrying)", (what), rd_kafka_error_string(e));                \
-            rd_kafka_error_destroy(e);                                                             \
-            usleep(500000);                                                                        \
-            (e) = (call);                                                                          \
-        }                                                                                          \
+#define TXN_RETRYING(e, call, what)                                                 \
+    do {                                                                              \
+        int64_t until_ = clock_mono_ms() + TXN_RETRY_MS;                              \
+        (e) = (call);                                                                 \
+        while ((e) && rd_kafka_error_is_retriable(e) && clock_mono_ms() < until_) {   \
+            log_warn("kafka: %s: %s (retrying)", (what), rd_kafka_error_string(e));   \
+            rd_kafka_error_destroy(e);                                                \
+            usleep(500000);                                                           \
+            (e) = (call);                                                             \
+        }                                                                             \
     } while (0)
 
 int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen) {
@@ -503,33 +490,22 @@ int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen) {
     e = rd_kafka_begin_transaction(k->txn_rk);
     if (e) return txn_error(k, e, "begin_transaction", err, errlen);
     k->txn_open = 1;
-    k->txn_records = 0;
-    pthread_mutex_lock(&k->txn_mu);
+    k->txn_base = txn_queued(k);
+    pthread_mutex_lock(&k->mu);
     k->txn_error[0] = 0;
-    pthread_mutex_unlock(&k->txn_mu);
+    pthread_mutex_unlock(&k->mu);
     return 0;
 }
 
 int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
-    char what[96];
+    char what[96], why[512];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
-    if (!k->txn_open) return txn_failed(k, err, errlen, "kafka: %s: %s", what, "no transaction is open");
+    if (!k->txn_open) return txn_failed(k, what, "no transaction is open", 0, err, errlen);
     rd_kafka_resp_err_t fe = rd_kafka_flush(k->txn_rk, 60000);
-    pthread_mutex_lock(&k->txn_mu);
-    char refused[512];
-    snprintf(refused, sizeof refused, "%s", k->txn_error);
-    pthread_mutex_unlock(&k->txn_mu);
-    if (!fe && !refused[0]) return 0;
-    char why[1024];
-    snprintf(why, sizeof why, "%s", refused[0] ? refused : rd_kafka_err2str(fe));
-    rd_kafka_error_t *a = rd_kafka_abort_transaction(k->txn_rk, 30000);
-    k->txn_open = 0;
-    k->txn_aborted++;
-    char full[1200];
-    snprintf(full, sizeof full, "%s; the transaction %s (%ld records in it)", why,
-             a ? "could not be aborted" : "was aborted", (long)k->txn_records);
-    if (a) rd_kafka_error_destroy(a);
-    return txn_failed(k, err, errlen, "kafka: %s: %s", what, full);
+    pthread_mutex_lock(&k->mu);
+    snprintf(why, sizeof why, "%s", k->txn_error[0] ? k->txn_error : fe ? rd_kafka_err2str(fe) : "");
+    pthread_mutex_unlock(&k->mu);
+    return why[0] ? txn_failed(k, what, why, 1, err, errlen) : 0;
 }
 
 int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
@@ -549,11 +525,12 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
     if (e) return txn_error(k, e, what, err, errlen);
     k->txn_open = 0;
     k->txn_committed++;
-    log_debug("kafka: %s committed (%ld records)", what, (long)k->txn_records);
+    log_debug("kafka: %s committed (%ld records)", what, (long)(txn_queued(k) - k->txn_base));
     return 0;
 }
 
-int kafka_txn_marker(kafka *k, const char *topic, int64_t *checkpoint, char *err, size_t errlen) {
+int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen) {
+    const char *topic = k->txn_topic;
     *checkpoint = 0;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char e[512];

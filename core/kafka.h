@@ -62,15 +62,17 @@ int64_t kafka_sink_bytes(const kafka_sink *s);     /* key and value bytes delive
  * (transactional.id: kafka["transactional.id"], else "eddy-<name>"); the
  * coordinator drives it (event loop): begin, then at each checkpoint
  * prepare (flush; a refused message fails it) and commit (the checkpoint's
- * id is sent to the transaction as the offset of partition 0 of the first
- * sink's topic in the group named by the transactional id, then
+ * id is sent to the transaction as the offset of partition 0 of the marker
+ * topic in the group named by the transactional id, then
  * commit_transaction: the commit point).  Retriable errors are retried; an
  * abortable one aborts; any failure is also kept for kafka_failed, so the
  * daemon stops and restarts from the last committed checkpoint.
  * kafka_destroy aborts a transaction still open. */
 int kafka_txn_active(const kafka *k);        /* a transactional producer exists (k may be NULL) */
 const char *kafka_txn_id(const kafka *k);
-const char *kafka_txn_topic(const kafka *k); /* where the marker offset goes; NULL before any sink */
+/* The marker topic: the daemon's first Kafka sink's, set once from the plan
+ * before any commit or kafka_txn_marker. */
+void kafka_txn_set_topic(kafka *k, const char *topic);
 /* init (init_transactions first: fences an older producer with the id, whose
  * open transaction the broker aborts) and begin_transaction.  0, or -1 with err. */
 int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen);
@@ -79,7 +81,7 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen);
 /* The checkpoint id the last committed transaction carried (0: none known;
  * a broker that does not keep offsets sent to transactions, such as the
  * embedded one, knows none).  0, or -1 with err. */
-int kafka_txn_marker(kafka *k, const char *topic, int64_t *checkpoint, char *err, size_t errlen);
+int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen);
 int64_t kafka_txn_committed(const kafka *k);  /* transactions committed by this process */
 int64_t kafka_txn_aborted(const kafka *k);    /* failed: aborted, or left to the broker to abort */
 

@@ -90,7 +90,7 @@ static int parse_error_arg(const char *v, error_arg *e) {
         int found = 0;
         for (size_t i = 0; i < ndescs && !found; i++)
             if (descs[i].name && strlen(descs[i].name) == len && strncmp(descs[i].name, p, len) == 0) {
-                if (e->n == MAX_ERRS) { usage("--error takes at most 32 errors a request", v); return -1; }
+                if (e->n == MAX_ERRS) { fprintf(stderr, "eddy kafka-mock: --error %s: at most %d errors a request\n", v, MAX_ERRS); return -1; }
                 e->errs[e->n++] = descs[i].code;
                 found = 1;
             }
