@@ -32,7 +32,6 @@ struct ckpt {
     task_shared *sh;
     task **tasks; int ntasks;
     char *dir;                   /* state.dir/checkpoints */
-    int64_t interval_ms;
     int retain;
     int64_t next_id;
     int64_t running;             /* the id in progress, 0 when none */
@@ -262,7 +261,7 @@ static void crash_point(const char *point) {
 
 /* ---- the coordinator ------------------------------------------------------- */
 
-ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int64_t interval_ms, int retain) {
+ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int retain) {
     ckpt *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     char dir[PATH_MAX];
@@ -272,7 +271,6 @@ ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_d
     c->sh = sh;
     c->tasks = tasks;
     c->ntasks = ntasks;
-    c->interval_ms = interval_ms;
     c->retain = retain > 0 ? retain : 1;
     c->next_id = next_id(dir);
     for (int i = 0; i < ntasks; i++)

@@ -16,9 +16,10 @@
  *   state.dir/checkpoints/<n>/db/             the RocksDB checkpoint
  *   state.dir/checkpoints/last-id             ids go on across jobs
  *
- * With Kafka sinks (one transaction per checkpoint, kafka.h) the sinks'
- * prepare also flushes the transaction, and its commit is the commit point,
- * after the manifest is written and before it is marked committed.
+ * With Kafka sinks (one transaction per checkpoint, kafka.h) the
+ * coordinator flushes the transaction with the sinks' prepare, and its
+ * commit is the commit point, after the manifest is written and before it
+ * is marked committed.
  *
  * EDDY_CRASH_AT=<point>:<k> kills the daemon (SIGKILL) the k-th time it
  * reaches point: prepared, manifest, txn_committed, committed or
@@ -58,14 +59,13 @@ void ckpt_forget_all(const char *state_dir);
 
 /* ---- the coordinator ------------------------------------------------------ */
 
-/* For the daemon's tasks (borrowed); the checkpoint ids go on from those
- * state_dir has seen.  Owned, or NULL. */
-ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int64_t interval_ms, int retain);
+/* For the daemon's tasks (borrowed); the checkpoint ids, and so the next
+ * part files' numbers, go on from those state_dir has seen.  Owned, or NULL. */
+ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_dir, int retain);
 void ckpt_destroy(ckpt *c);     /* NULL is a no-op */
 /* After the tasks are built, before they run: continues from committed
- * checkpoint id (0: none) — sources seek, watermarks and the next part
- * files' numbers are restored, its post-commit steps redone, and what was
- * prepared after it deleted.  0, or -1 with err. */
+ * checkpoint id (0: none) — sources seek, watermarks are restored, its
+ * post-commit steps redone, and what was prepared after it deleted.  0, or -1 with err. */
 int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
 /* After the tasks are built: continues from savepoint sp (positions and
  * watermarks by source, file and task name; state by uid and key group,

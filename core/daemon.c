@@ -531,7 +531,7 @@ static void stop_after_savepoint(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* POST /savepoint[?stop=1]: a checkpoint copied into a folder of its own;
- * the event loop waits for it (a few seconds at most for the barriers). */
+ * the event loop waits for it (up to 60 s for the barriers). */
 static json_t *h_savepoint(void *ud, const char *query, int *http_status) {
     daemon_state *d = ud;
     char path[PATH_MAX], err[2048];
@@ -1319,8 +1319,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
         }
     }
     /* checkpoints: every interval under exactly_once; savepoints always */
-    d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_interval_ms,
-                         d.cfg->checkpoint_retain);
+    d.ckpt = ckpt_create(&d.sh, d.tasks, d.ntasks, d.cfg->state_dir, d.cfg->checkpoint_retain);
     if (!d.ckpt) { fprintf(stderr, "eddy: cannot create %s/checkpoints\n", d.cfg->state_dir); goto out; }
     d.ckpt_poll_ev = event_new(d.base, -1, EV_PERSIST, on_checkpoint_poll, &d);
     if (o->from_savepoint && ckpt_recover_savepoint(d.ckpt, o->from_savepoint, err, sizeof err) < 0) {

@@ -1,7 +1,8 @@
 /* window — the state of one window operator in one keyed task: assigning a
  * record to its tumbling or hopping windows, the built-in aggregates (count,
  * sum, min, max, avg) kept in C, firing every window whose end the
- * watermark has reached (end - 1 <= watermark) in end then key order, so a
+ * watermark has reached (end - 1 <= watermark) in order of end, then key
+ * group, then key, so a
  * run's output does not depend on batching, late firings for records within
  * the allowed lateness, and freeing a window once the watermark passes
  * end - 1 + lateness.  Windows live in the task's RocksDB state (state.h),
@@ -42,9 +43,11 @@ void window_drop(window_op *w);
  * every window of the record is past its lateness (nothing added), or -1 on
  * allocation failure. */
 int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double x);
-/* Fires every window with end - 1 <= wm that has not fired, and frees those
- * with end - 1 + lateness <= wm.  Returns how many fired; read them with
- * window_fired (valid until the next window_add or window_advance). */
+/* Fires the windows with end - 1 <= wm that have not fired, and frees those
+ * with end - 1 + lateness <= wm, a chunk (about 1024) a call: call until it
+ * returns 0.  Returns how many fired (read them with window_fired, valid
+ * until the next window_add or window_advance), or -1 when the store
+ * failed. */
 int window_advance(window_op *w, int64_t wm);
 const eddy_fired *window_fired(const window_op *w, int i);
 /* For window functions in Lua: the starts of the windows a record at ts
