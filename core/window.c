@@ -573,19 +573,21 @@ int window_store(window_op *w, const char *key, size_t klen, int64_t start, cons
     win x;
     int found = lookup(w, kg, key, klen, start, 1, 0, &x);
     if (found < 0) return -1;
-    size_t old = mode == WINDOW_APPEND ? x.state_len : 0;
-    char *st = malloc(old + n + 1);
-    if (!st) return -1;
-    if (old) memcpy(st, x.state, old);
-    memcpy(st + old, p, n);
+    if (mode == WINDOW_APPEND && x.state_len) {
+        /* the old state is in the read buffer (decode): append there */
+        if (grow(&w->rbuf, &w->rcap, x.state_len + n) < 0) return -1;
+        memcpy(w->rbuf + x.state_len, p, n);
+        x.state = w->rbuf;
+        x.state_len += n;
+    } else {
+        x.state = p;
+        x.state_len = n;
+    }
     x.count += 1;
     x.dirty = 1;
-    x.state = st;
-    x.state_len = old + n;
-    int rc = keep(w, kg, key, klen, &x, found, st, old + n);
+    int rc = keep(w, kg, key, klen, &x, found, x.state, x.state_len);
     if (rc == 0 && count) *count = x.count;
     if (rc == 0 && x.fired) rc = push_fired(w, key, klen, &x) < 0 ? -1 : 1;
-    free(st);
     return rc;
 }
 
