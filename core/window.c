@@ -593,6 +593,17 @@ int window_store(window_op *w, const char *key, size_t klen, int64_t start, cons
 
 static int session_add(window_op *w, const char *key, size_t klen, int64_t ts, double x);
 
+/* One more value in x's built-in aggregates (a window that is new, or
+ * emptied by a purge, starts its min and max at v). */
+static void accumulate(win *x, double v) {
+    if (x->count == 0) x->min = x->max = v;
+    x->count += 1;
+    x->sum += v;
+    if (v < x->min) x->min = v;
+    if (v > x->max) x->max = v;
+    x->dirty = 1;
+}
+
 int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double v) {
     bury(w);
     if (w->gap) return session_add(w, key, klen, ts, v);
@@ -604,11 +615,7 @@ int window_add(window_op *w, const char *key, size_t klen, int64_t ts, double v)
         win x;
         int found = lookup(w, kg, key, klen, start, 1, v, &x);
         if (found < 0) return -1;
-        x.count += 1;
-        x.sum += v;
-        if (v < x.min) x.min = v;
-        if (v > x.max) x.max = v;
-        x.dirty = 1;
+        accumulate(&x, v);
         if (keep(w, kg, key, klen, &x, found, x.state, x.state_len) < 0) return -1;
         if (x.fired && push_fired(w, key, klen, &x) < 0) return -1;
         added = 1;
@@ -759,12 +766,7 @@ int window_add_at(window_op *w, const char *key, size_t klen, int64_t start, dou
     win x;
     int found = lookup(w, kg, key, klen, start, 1, v, &x);
     if (found < 0) return -1;
-    if (x.count == 0) { x.min = v; x.max = v; }   /* new, or emptied by a purge */
-    x.count += 1;
-    x.sum += v;
-    if (v < x.min) x.min = v;
-    if (v > x.max) x.max = v;
-    x.dirty = 1;
+    accumulate(&x, v);
     if (keep(w, kg, key, klen, &x, found, x.state, x.state_len) < 0) return -1;
     *count = x.count;
     return x.fired;
