@@ -24,6 +24,10 @@ local PER_FILE = 80000                           -- records a file (and ~5% dupl
 local PER_FILE_SMALL = 15000                     -- for the commit-point test
 local T0 = 1700000000000                         -- event times in ms
 local SINKS = { "dedup", "totals", "windows" }
+local C = require("support.crash")
+local rng, last_committed, restored, tail = C.rng, C.last_committed, C.restored, C.tail
+local function hidden(dir) return C.hidden(dir, SINKS) end
+local function differences(expected, got) return C.differences(expected, got, SINKS) end
 
 -- The pipeline.  Every output is a multiset that does not depend on how the
 -- 4 partitions interleave:
@@ -63,16 +67,6 @@ return p
 ]]
 
 -- ---- input ------------------------------------------------------------------
-
--- rng(seed): a deterministic generator of integers 0 .. n-1 (Park-Miller:
--- exact in doubles, and n is taken from the high bits)
-local function rng(seed)
-  local x = seed % 2147483646 + 1
-  return function(n)
-    x = x * 48271 % 2147483647
-    return math.floor(x / 2147483647 * n)
-  end
-end
 
 -- inputs(per_file): { [filename] = content }, the same on every run: FILES
 -- files of per_file records {"id","user","ts","x"} and ~5% duplicates.
@@ -154,85 +148,6 @@ local function committed(dir)
     out[s] = { rows = rows, n = n }
   end
   return out
-end
-
--- hidden(dir): the in-progress part files (sink/name) in the sinks' folders:
--- .part-<task>-<checkpoint>.<ext>.inprogress, or any dot file ending so
-local function hidden(dir)
-  local out = {}
-  for _, s in ipairs(SINKS) do
-    for _, name in ipairs(E.ls(dir .. "/out/" .. s) or {}) do
-      if name:match("^%.part%-") or name:match("^%..*%.inprogress$") then out[#out + 1] = s .. "/" .. name end
-    end
-  end
-  return out
-end
-
--- manifests(state_dir): the checkpoints that have a manifest, { id,
--- committed } sorted by id (a manifest that is not JSON counts as not
--- committed)
-local function manifests(state_dir)
-  local out = {}
-  local root = state_dir .. "/checkpoints"
-  for _, name in ipairs(E.ls(root) or {}) do
-    local text = E.read(root .. "/" .. name .. "/manifest.json")
-    if text then
-      local ok, m = pcall(cjson.decode, text)
-      if not ok or type(m) ~= "table" then m = {} end
-      out[#out + 1] = { id = tonumber(m.id) or tonumber(name) or name, committed = m.committed == true }
-    end
-  end
-  table.sort(out, function(a, b)
-    if type(a.id) == type(b.id) then return a.id < b.id end
-    return tostring(a.id) < tostring(b.id)
-  end)
-  return out
-end
-
--- last_committed(state_dir): the id of the newest committed checkpoint, or nil
-local function last_committed(state_dir)
-  local last
-  for _, m in ipairs(manifests(state_dir)) do if m.committed then last = m.id end end
-  return last
-end
-
--- restored(log): the id of the log line "restored checkpoint <id>", or nil
-local function restored(log)
-  local id = log:match("restored checkpoint ([%w%-_]+)")
-  return id and (tonumber(id) or id)
-end
-
--- tail(log[, n]): its last n lines, for failure messages
-local function tail(s, n)
-  local l = E.lines(s)
-  return table.concat(l, "\n", math.max(1, #l - (n or 15) + 1))
-end
-
--- differences(expected, got): "" when every sink has the same multiset of
--- rows, else per sink the counts and the first rows missing and extra
-local function differences(expected, got)
-  local report = {}
-  for _, s in ipairs(SINKS) do
-    local e, g = expected[s].rows, got[s].rows
-    local missing, extra, nmissing, nextra = {}, {}, 0, 0
-    for r, c in pairs(e) do
-      local d = c - (g[r] or 0)
-      if d > 0 then missing[#missing + 1] = r; nmissing = nmissing + d end
-    end
-    for r, c in pairs(g) do
-      local d = c - (e[r] or 0)
-      if d > 0 then extra[#extra + 1] = (d > 1 and d .. "x " or "") .. r; nextra = nextra + d end
-    end
-    if nmissing + nextra > 0 then
-      table.sort(missing)
-      table.sort(extra)
-      report[#report + 1] = string.format("sink %s: %d rows expected, %d committed: %d missing, %d extra",
-        s, expected[s].n, got[s].n, nmissing, nextra)
-      for k = 1, math.min(5, #missing) do report[#report + 1] = "  missing " .. missing[k] end
-      for k = 1, math.min(5, #extra) do report[#report + 1] = "  extra   " .. extra[k] end
-    end
-  end
-  return table.concat(report, "\n")
 end
 
 local function assert_same_output(expected, got, context)

@@ -48,6 +48,10 @@ local ORDER_FILES, PAYMENT_FILES = 3, 2
 local ORDERS_PER_FILE = tonumber(os.getenv("JOIN_CP_ORDERS")) or 10000
 local CUSTOMERS = 400
 local SINKS = { "enriched", "paid" }
+local C = require("support.crash")
+local rng, last_committed, restored, tail = C.rng, C.last_committed, C.restored, C.tail
+local function hidden(dir) return C.hidden(dir, SINKS) end
+local function differences(expected, got) return C.differences(expected, got, SINKS) end
 
 local PIPELINE = [[
 local eddy = require("eddy")
@@ -79,15 +83,6 @@ return p
 ]]
 
 -- ---- input ------------------------------------------------------------------
-
--- rng(seed): integers 0 .. n-1, the same on every run (Park-Miller)
-local function rng(seed)
-  local x = seed % 2147483646 + 1
-  return function(n)
-    x = x * 48271 % 2147483647
-    return math.floor(x / 2147483647 * n)
-  end
-end
 
 local TIERS = { "bronze", "silver", "gold", "platinum" }
 
@@ -191,70 +186,6 @@ local function committed(dir)
     out[s] = { rows = rows, n = n }
   end
   return out
-end
-
--- hidden(dir): in-progress part files left in the sinks' folders
-local function hidden(dir)
-  local out = {}
-  for _, s in ipairs(SINKS) do
-    for _, name in ipairs(E.ls(dir .. "/out/" .. s) or {}) do
-      if name:match("^%.part%-") or name:match("%.inprogress$") then out[#out + 1] = s .. "/" .. name end
-    end
-  end
-  return out
-end
-
--- last_committed(state_dir): the id of the newest committed checkpoint (its
--- manifest says "committed": true), or nil
-local function last_committed(state_dir)
-  local last
-  local root = state_dir .. "/checkpoints"
-  for _, name in ipairs(E.ls(root) or {}) do
-    local text = E.read(root .. "/" .. name .. "/manifest.json")
-    local ok, m = pcall(cjson.decode, text or "")
-    if ok and type(m) == "table" and m.committed == true then
-      local id = tonumber(m.id) or tonumber(name)
-      if id and (last == nil or id > last) then last = id end
-    end
-  end
-  return last
-end
-
-local function restored(log)
-  local id = log:match("restored checkpoint (%d+)")
-  return id and tonumber(id)
-end
-
-local function tail(s, n)
-  local l = E.lines(s)
-  return table.concat(l, "\n", math.max(1, #l - (n or 15) + 1))
-end
-
--- differences(expected, got): "" when every sink has the same multiset of
--- rows, else per sink the counts and a few missing and extra rows
-local function differences(expected, got)
-  local report = {}
-  for _, s in ipairs(SINKS) do
-    local e, g = expected[s].rows, got[s].rows
-    local missing, extra, nmissing, nextra = {}, {}, 0, 0
-    for r, c in pairs(e) do
-      local d = c - (g[r] or 0)
-      if d > 0 then missing[#missing + 1] = r; nmissing = nmissing + d end
-    end
-    for r, c in pairs(g) do
-      local d = c - (e[r] or 0)
-      if d > 0 then extra[#extra + 1] = (d > 1 and d .. "x " or "") .. r; nextra = nextra + d end
-    end
-    if nmissing + nextra > 0 then
-      table.sort(missing)
-      table.sort(extra)
-      report[#report + 1] = string.format("sink %s: %d rows expected, %d committed: %d missing, %d extra",
-        s, expected[s].n, got[s].n, nmissing, nextra)
-      for k = 1, math.min(5, #missing) do report[#report + 1] = "  missing " .. missing[k] end
-      for k = 1, math.min(5, #extra) do report[#report + 1] = "  extra   " .. extra[k] end
-    end
-  end
-  return table.concat(report, "\n")
 end
 
 -- ---- specs ------------------------------------------------------------------
