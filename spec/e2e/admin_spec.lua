@@ -16,17 +16,7 @@ p:source("in", { file = "in.jsonl", follow = true })
 return p
 ]]
 
--- metrics(text): { ['name{labels}'] = value } of a Prometheus text page
-local function metrics(text)
-  local out = {}
-  for line in text:gmatch("[^\n]+") do
-    if line:sub(1, 1) ~= "#" then
-      local series, value = line:match("^(%S+)%s+(%S+)$")
-      if series then out[series] = tonumber(value) end
-    end
-  end
-  return out
-end
+local metrics = E.metrics
 
 describe("the admin server", function()
   local dir, daemon, addr

@@ -331,17 +331,7 @@ describe("checkpoints (exactly_once, file to file)", function()
   end)
 end)
 
--- metrics(text): { ['name{labels}'] = value } of a Prometheus text page
-local function metrics(text)
-  local out = {}
-  for line in text:gmatch("[^\n]+") do
-    if line:sub(1, 1) ~= "#" then
-      local series, value = line:match("^(%S+)%s+(%S+)$")
-      if series then out[series] = tonumber(value) end
-    end
-  end
-  return out
-end
+local metrics = E.metrics
 
 describe("checkpoints on the admin server", function()
   after_each(E.cleanup)

@@ -451,6 +451,18 @@ end
 -- ---- generated inputs -------------------------------------------------------
 
 -- a deterministic pseudo-random generator (the same numbers on every run)
+-- metrics(text): the samples of a Prometheus text page, { ["series{labels}"] = value }
+function M.metrics(text)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) ~= "#" then
+      local series, value = line:match("^(%S+)%s+(%S+)$")
+      if series then out[series] = tonumber(value) end
+    end
+  end
+  return out
+end
+
 function M.rng(seed)
   local x = seed or 12345
   return function(n)
