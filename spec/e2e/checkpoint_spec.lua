@@ -165,7 +165,7 @@ local function reference(per_file)
   local dir = E.tmpdir()
   local conf = setup(dir, per_file)
   local t = E.now()
-  local r = E.run({ "run", conf }, { timeout = 60 })
+  local r = E.run({ "run", conf }, { timeout = 240 })
   local secs = E.now() - t
   assert(r.code == 0, "the reference run (no crashes) exited " .. tostring(r.code) .. ":\n" .. tail(r.stderr))
   local out = committed(dir)
@@ -258,7 +258,7 @@ describe("checkpoints (exactly_once, file to file)", function()
 
     -- then to the end without kills
     local final = { n = n + 1, after = last_committed(state_dir) }
-    local r = E.run({ "run", conf }, { timeout = 60 })
+    local r = E.run({ "run", conf }, { timeout = 240 })
     final.log = r.stderr
     assert(r.code == 0, "the last run (no kills) exited " .. tostring(r.code) .. ":\n" .. tail(r.stderr))
     check_restore(final)

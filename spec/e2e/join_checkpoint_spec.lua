@@ -201,7 +201,7 @@ describe("joins under exactly_once (file to file)", function()
     local rdir = E.tmpdir()
     local rconf = setup(rdir)
     local t = E.now()
-    local r = E.run({ "run", rconf }, { timeout = 60 })
+    local r = E.run({ "run", rconf }, { timeout = 240 })
     local ref_secs = E.now() - t
     assert(r.code == 0, "the reference run (no crashes) exited " .. tostring(r.code) .. ":\n" .. tail(r.stderr))
     local ref = committed(rdir)
@@ -315,7 +315,7 @@ describe("joins under exactly_once (file to file)", function()
     local final = { n = n + 1, after = last_committed(state_dir), how = "to the end" }
     runs[#runs + 1] = final
     local started = E.now()
-    local fr = E.run({ "run", conf }, { timeout = 60 })
+    local fr = E.run({ "run", conf }, { timeout = 240 })
     final.secs, final.code, final.log, final.rows = E.now() - started, fr.code, fr.stderr, rows_now()
     if fr.code ~= 0 then fail("the last run (no kills) exited " .. tostring(fr.code), final) end
     check_restore(final)
