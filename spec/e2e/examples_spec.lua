@@ -78,6 +78,14 @@ describe("examples", function()
       return n == 80
     end, 30, 0.2)
     assert(all, "the clicks did not all come back from Kafka: " .. d:stderr())
+    -- and the windows they close fired (a stop keeps open windows): wait for
+    -- the keyed task to catch up with the source before stopping
+    local want = E.lines(read(root .. "/spec/fixtures/kafka-clicks.out"))
+    E.wait_for(function()
+      local n = 0
+      for _, path in ipairs(E.part_files(dir .. "/out")) do n = n + #E.lines(E.read(path) or "") end
+      return n >= #want
+    end, 30, 0.2)
     d:kill("TERM")
     assert.are.equal(0, d:wait(20), d:stderr())
     local rows = {}
