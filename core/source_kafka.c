@@ -33,6 +33,7 @@ struct kpart {
     atomic_ullong drain_marker;    /* the marker a revoked partition's task sent, 0 before */
     atomic_int drained;            /* that marker was acknowledged */
     atomic_llong restore;          /* recovery: start here when assigned; -1: none */
+    atomic_int at_end;             /* the last thing read was the partition's end (no record since) */
     char error[512];               /* a failure the task reports (start = "committed" without an offset) */
     int64_t committed;             /* the last offset eddy committed (event loop) */
     int64_t lag, high;             /* from the statistics (event loop); -1 unknown */
@@ -240,6 +241,7 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         atomic_store(&kp->acked, -1);
         atomic_store(&kp->drain_marker, 0);
         atomic_store(&kp->drained, 0);
+        atomic_store(&kp->at_end, 0);
         atomic_store(&kp->state, KP_ASSIGNED);
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);
@@ -349,6 +351,8 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     /* eddy commits what its sinks acknowledged; nothing else may commit */
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", e, sizeof e);
     rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", e, sizeof e);
+    /* the end of a partition is what makes it idle for watermarks (task.c) */
+    rd_kafka_conf_set(conf, "enable.partition.eof", "true", e, sizeof e);
     const opt *ci = opt_find(&cfg->kafka, "auto.commit.interval.ms");
     g->commit_interval_ms = ci ? atoll(ci->s) : 5000;
     if (g->commit_interval_ms <= 0) g->commit_interval_ms = 5000;
@@ -584,6 +588,7 @@ int kpart_elsewhere(kpart *kp) {
     return atomic_load(&kp->g->settled) && atomic_load(&kp->state) == KP_UNASSIGNED;
 }
 int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
+int kpart_at_end(kpart *kp) { return atomic_load(&kp->at_end); }
 
 void kpart_restore(kpart *kp, int64_t offset) { atomic_store(&kp->restore, offset); }
 
@@ -660,7 +665,8 @@ int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, cha
         for (ssize_t i = 0; i < n; i++) {
             rd_kafka_message_t *m = msgs[i];
             if (m->err) {
-                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) atomic_store(&kp->at_end, 1);
+                else
                     log_warn("kafka: %s/%d: %s", kp->topic, kp->partition, rd_kafka_message_errstr(m));
                 rd_kafka_message_destroy(m);
                 continue;
@@ -672,6 +678,7 @@ int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, cha
                 rd_kafka_message_destroy(m);
                 continue;
             }
+            atomic_store(&kp->at_end, 0);
             eddy_rec *r;
             if ((int64_t)m->len > kp->max_bytes) {
                 char msg[200];

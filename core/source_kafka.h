@@ -72,6 +72,9 @@ int kpart_elsewhere(kpart *kp);
 int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, char *err, size_t errlen);
 void kpart_pause(kpart *kp, int paused);       /* backpressure: stop or restart fetching (event loop) */
 int64_t kpart_position(kpart *kp);             /* the offset after the last one read */
+/* 1 when the last read reached the partition's end (nothing left to read
+ * now): only then may the partition count as idle. */
+int kpart_at_end(kpart *kp);
 /* Recovery: the partition starts at offset when assigned (before the
  * group's committed offset).  And where a checkpoint restarts it: the
  * position, or the offset it was restored to while nothing was read (-1:

@@ -502,6 +502,9 @@ static step_result step_kafka(task *t, int *n_read) {
         return STEP_PROGRESS;
     }
     if (st != KP_ASSIGNED) {
+        /* idleness counts from the assignment: a partition not yet read here
+         * is not idle (on its first empty fetch its records would be late) */
+        t->last_record_ms = clock_now_ms();
         /* another instance reads it: it holds no watermark back here (under
          * exactly_once it does: a restarted instance waits for the partitions
          * a dead one still holds, rather than fire windows without them) */
@@ -580,7 +583,9 @@ static step_result step_source(task *t) {
     }
     if (eof) { t->input_ended = 1; return finish(t); }
     int64_t idle = t->cur.p->sources[t->source].idle_ms;
-    if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle) {
+    /* a Kafka partition is idle only at its end: a fetch still on its way
+     * (or a slow one) is not the absence of records */
+    if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle && (!t->kp || kpart_at_end(t->kp))) {
         log_task_debug(t->name, "idle: no record for %lld ms", (long long)idle);
         t->idle_sent = 1;
         push_all(t, CH_WATERMARK, WM_IDLE);

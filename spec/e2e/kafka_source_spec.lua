@@ -148,6 +148,42 @@ p:source("in", { kafka = "one", format = "json", timestamp = "kafka", watermark 
     assert.falsy(d:stdout():find("8000", 1, true))
   end)
 
+  it("counts a partition's idle time from its assignment: a slow group join makes no record late", function()
+    -- the group assigns the partitions some 3 s after the start (the
+    -- broker's initial rebalance delay), past `idle`; a partition that had
+    -- counted that wait would be idle on its first empty fetch, and the other
+    -- partition's later event times would make its records late
+    local early, later = {}, {}
+    for i = 1, 200 do
+      early[i] = string.format('{"t":%d}', T + i * 10)
+      later[i] = string.format('{"t":%d}', T + 600000 + i * 10)
+    end
+    early[#early + 1] = later[#later]     -- moves partition 1's watermark past the first window
+    produce("in", later, 0)
+    produce("in", early, 1)
+    pipeline([[
+p:source("in", { kafka = "in", format = "json", timestamp = "t", watermark = eddy.watermark.bounded(0), idle = "500ms" })
+ :key_by(function() return "all" end)
+ :window(eddy.window.tumbling("1m"))
+ :count()
+ :map(function(n, ctx) return (ctx.window.start - ]] .. T .. [[) .. " " .. n end)
+ :sink("out", { stdout = true, format = "lines" })]])
+    local d = start("slowjoin")
+    -- both partitions' watermarks close partition 1's first window, which
+    -- holds every one of its records
+    assert.are.same({ "-20000 200" }, printed(d, 1))
+    local addr = E.admin_addr(dir .. "/state-slowjoin")
+    local _, page = E.curl("http://" .. addr .. "/metrics")
+    local late, seen = 0, 0
+    for series, v in pairs(E.metrics(page)) do
+      if series:find("^eddy_late_records_dropped_total") then late, seen = late + v, seen + 1 end
+    end
+    assert.is_true(seen > 0)
+    assert.are.equal(0, late)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+
   it("continues from the group's committed offsets after a clean stop: no message read twice", function()
     pipeline([[p:source("in", { kafka = "in", format = "json" }):map(function(v) return v.n end)
  :sink("out", { stdout = true, format = "lines" })]])
