@@ -801,6 +801,15 @@ static void h_metrics(void *ud, struct evbuffer *out) {
         metrics_sample(out, "eddy_state_keys", NULL, (double)state_estimate_keys(d->sh.state));
         metrics_family(out, "eddy_state_bytes", "gauge", "Keyed state on disk and in memtables, in bytes.");
         metrics_sample(out, "eddy_state_bytes", NULL, (double)state_disk_bytes(d->sh.state));
+        int64_t mem[STATE_MEMORY_PARTS];
+        state_memory(d->sh.state, mem);
+        metrics_family(out, "eddy_state_memory_bytes", "gauge",
+                       "RocksDB's memory: block cache (pinned: the part of it that cannot be evicted), memtables, "
+                       "table readers outside the cache.");
+        for (int i = 0; i < STATE_MEMORY_PARTS; i++) {
+            const char *labels[] = {"part", state_memory_parts[i], NULL};
+            if (mem[i] >= 0) metrics_sample(out, "eddy_state_memory_bytes", labels, (double)mem[i]);
+        }
     }
     metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
     int counts[3] = {0, 0, 0};

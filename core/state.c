@@ -464,6 +464,15 @@ int64_t state_disk_bytes(state_db *db) {
     return (sst > 0 ? sst : 0) + (mem > 0 ? mem : 0);
 }
 
+const char *const state_memory_parts[STATE_MEMORY_PARTS] = {"block_cache", "pinned", "memtables", "table_readers"};
+
+void state_memory(state_db *db, int64_t bytes[STATE_MEMORY_PARTS]) {
+    bytes[0] = (int64_t)rocksdb_cache_get_usage(db->cache);
+    bytes[1] = (int64_t)rocksdb_cache_get_pinned_usage(db->cache);
+    bytes[2] = int_property(db, "rocksdb.cur-size-all-mem-tables");
+    bytes[3] = int_property(db, "rocksdb.estimate-table-readers-mem");
+}
+
 /* ---- timers -------------------------------------------------------------- */
 
 typedef struct due { state_timer *t; int n, cap; size_t uidlen; uint32_t kg; int first_only; int64_t first; } due;

@@ -111,6 +111,11 @@ void state_compact(state_db *db);
 /* RocksDB's estimate of live keys and of the disk the database uses. */
 int64_t state_estimate_keys(state_db *db);
 int64_t state_disk_bytes(state_db *db);
+/* RocksDB's memory: the block cache's usage and the part of it pinned,
+ * memtables, and table readers outside the cache (-1: unknown). */
+enum { STATE_MEMORY_PARTS = 4 };
+extern const char *const state_memory_parts[STATE_MEMORY_PARTS];
+void state_memory(state_db *db, int64_t bytes[STATE_MEMORY_PARTS]);
 /* The named states of one key of operator uid as JSON (values, lists, and
  * maps as objects), expired ones left out: owned, or NULL when it has none. */
 json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);

@@ -1,6 +1,6 @@
--- Keyed state benchmark: a running total per user (about 100k users) in
+-- Keyed state benchmark: a running total per user (1M users by default) in
 -- value state on RocksDB, one state read and one write per record.
--- scripts/bench/state/baseline.lua does the same with a Lua table.
+-- scripts/bench/state/ceiling.c does the same in C on RocksDB directly.
 local eddy = require("eddy")
 local p = eddy.pipeline()
 
