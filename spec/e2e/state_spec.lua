@@ -569,6 +569,20 @@ keyed:dedup{ ttl = "1h" }:uid("firsts")
       stop(d)
     end)
 
+    it("/metrics shows the state store's keys, bytes and memory (block cache within state.cache)", function()
+      local _, page = get("/metrics")
+      local m = E.metrics(page)
+      assert.is_true(m["eddy_state_keys"] > 0)
+      assert.is_true(m["eddy_state_bytes"] > 0)
+      for _, part in ipairs({ "block_cache", "pinned", "memtables", "table_readers" }) do
+        assert.is_number(m['eddy_state_memory_bytes{part="' .. part .. '"}'], part)
+      end
+      -- the default state.cache is 64 MB, half of it block cache
+      assert.is_true(m['eddy_state_memory_bytes{part="block_cache"}'] <= 32 * 2 ^ 20)
+      assert.is_true(m['eddy_state_memory_bytes{part="memtables"}'] > 0)
+      stop(d)
+    end)
+
     it("/state/UID?prefix=P&limit=N lists keys and states", function()
       local function keys_of(arr)
         local out = {}
