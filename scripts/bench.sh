@@ -114,11 +114,12 @@ baseline() {
     fi
 }
 
-# eddy_run NAME THREADS: copies scripts/bench/NAME/ into its own folder next
-# to a link to the input, sets `threads`, runs `eddy run` from there, and
-# counts the lines of the part files in out/.
+# eddy_run NAME THREADS [INPUT]: copies scripts/bench/NAME/ into its own
+# folder next to a link to the input (default: the shared one), sets
+# `threads`, runs `eddy run` from there, and counts the lines of the part
+# files in out/.
 eddy_run() {
-    local name=$1 threads=$2
+    local name=$1 threads=$2 input=${3:-../input}
     dir=$OUT/$name-t$threads
     rm -rf "$dir" && mkdir -p "$dir/out"
     cp "$ROOT/scripts/bench/$name/pipeline.lua" "$dir/"
@@ -126,11 +127,37 @@ eddy_run() {
         "$ROOT/scripts/bench/$name/eddy.conf.lua" > "$dir/eddy.conf.lua"
     grep -Eq "^[[:space:]]*threads[[:space:]]*=[[:space:]]*$threads," "$dir/eddy.conf.lua" ||
         { echo "bench: could not set threads in scripts/bench/$name/eddy.conf.lua" >&2; exit 1; }
-    ln -s ../input "$dir/input"
+    ln -s "$input" "$dir/input"
     measure "$dir" "$EDDY_BIN" run eddy.conf.lua
     local lines
     lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
     row "$name/eddy threads=$threads" "$lines"
+}
+
+# own_input DIR STAMP WHAT GENERATOR...: a benchmark's own input in DIR,
+# generated again only when its parameters (STAMP) changed.
+own_input() {
+    local in=$1 stamp=$2 what=$3
+    shift 3
+    [ "$(cat "$in/.size" 2>/dev/null)" = "$stamp" ] && return 0
+    rm -rf "$in" && mkdir -p "$in"
+    echo "bench: generating $what in ${in#"$ROOT"/}/"
+    "$@"
+    echo "$stamp" > "$in/.size"
+}
+
+# ceiling NAME LABEL OUT COMMAND...: runs a C ceiling that writes its rows to
+# OUT; its wall time and line count become the reference for the rows that
+# follow.
+ceiling() {
+    local name=$1 label=$2 out=$3
+    shift 3
+    base_wall="" base_lines=""
+    measure "$dir" "$@"
+    local lines
+    lines=$(wc -l < "$out" 2>/dev/null || echo 0)
+    row "$name/$label" "$lines"
+    base_wall=$wall base_lines=$lines
 }
 
 # ---- benchmarks --------------------------------------------------------------
@@ -148,35 +175,15 @@ bench_stateless() {
 # with default options.  Its input is its own (bench-out/state-input).
 bench_state() {
     local n=${BENCH_STATE_RECORDS:-5000000} keys=${BENCH_STATE_KEYS:-1000000}
-    local in=$OUT/state-input
-    if [ "$(cat "$in/.size" 2>/dev/null)" != "$n $keys" ]; then
-        rm -rf "$in" && mkdir -p "$in"
-        echo "bench: generating $n records over $keys users in ${in#"$ROOT"/}/"
-        luajit scripts/bench/state/gen.lua "$in" "$n" "$keys"
-        echo "$n $keys" > "$in/.size"
-    fi
-    local ceiling=$OUT/state-ceiling
-    cc -O2 -o "$ceiling" scripts/bench/state/ceiling.c -ljansson -lrocksdb
-    local saved_records=$RECORDS
+    local in=$OUT/state-input exe=$OUT/state-ceiling saved_records=$RECORDS
+    own_input "$in" "$n $keys" "$n records over $keys users" luajit scripts/bench/state/gen.lua "$in" "$n" "$keys"
+    cc -O2 -o "$exe" scripts/bench/state/ceiling.c -ljansson -lrocksdb
     RECORDS=$n
     dir=$OUT/state-ceiling-run
     rm -rf "$dir" && mkdir -p "$dir"
-    base_wall="" base_lines=""
-    measure "$dir" "$ceiling" "$dir/db" "$dir/out.jsonl" "$in"/part-*.jsonl
-    local lines threads
-    lines=$(wc -l < "$dir/out.jsonl" 2>/dev/null || echo 0)
-    row "state/C RocksDB get+put" "$lines"
-    base_wall=$wall base_lines=$lines
-    for threads in 1 2; do
-        dir=$OUT/state-t$threads
-        rm -rf "$dir" && mkdir -p "$dir/out"
-        cp scripts/bench/state/pipeline.lua "$dir/"
-        sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" scripts/bench/state/eddy.conf.lua > "$dir/eddy.conf.lua"
-        ln -s "$in" "$dir/input"
-        measure "$dir" "$EDDY_BIN" run eddy.conf.lua
-        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
-        row "state/eddy threads=$threads" "$lines"
-    done
+    ceiling state "C RocksDB get+put" "$dir/out.jsonl" "$exe" "$dir/db" "$dir/out.jsonl" "$in"/part-*.jsonl
+    eddy_run state 1 "$in"
+    eddy_run state 2 "$in"
     RECORDS=$saved_records
     notes+=("state: $n records over $keys users, one value state read and write per record")
 }
@@ -187,35 +194,15 @@ bench_state() {
 # is its own (bench-out/join-input).
 bench_join() {
     local n=${BENCH_JOIN_RECORDS:-5000000} keys=${BENCH_JOIN_KEYS:-1000000}
-    local in=$OUT/join-input
-    if [ "$(cat "$in/.size" 2>/dev/null)" != "$n $keys" ]; then
-        rm -rf "$in" && mkdir -p "$in"
-        echo "bench: generating $n orders and $keys customers in ${in#"$ROOT"/}/"
-        luajit scripts/bench/join/gen.lua "$in" "$n" "$keys"
-        echo "$n $keys" > "$in/.size"
-    fi
-    local hj=$OUT/hashjoin
-    cc -O2 -o "$hj" scripts/bench/join/hashjoin.c -ljansson
-    local saved_records=$RECORDS
+    local in=$OUT/join-input exe=$OUT/hashjoin saved_records=$RECORDS
+    own_input "$in" "$n $keys" "$n orders and $keys customers" luajit scripts/bench/join/gen.lua "$in" "$n" "$keys"
+    cc -O2 -o "$exe" scripts/bench/join/hashjoin.c -ljansson
     RECORDS=$n
     dir=$OUT/join-baseline
     rm -rf "$dir" && mkdir -p "$dir"
-    base_wall="" base_lines=""
-    measure "$dir" "$hj" "$in/customers.jsonl" "$in/orders.jsonl" "$dir/out.jsonl"
-    local lines
-    lines=$(wc -l < "$dir/out.jsonl" 2>/dev/null || echo 0)
-    row "join/C hash join" "$lines"
-    base_wall=$wall base_lines=$lines
-    for threads in 1 2; do
-        dir=$OUT/join-t$threads
-        rm -rf "$dir" && mkdir -p "$dir/out"
-        cp scripts/bench/join/pipeline.lua "$dir/"
-        sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" scripts/bench/join/eddy.conf.lua > "$dir/eddy.conf.lua"
-        ln -s "$in" "$dir/input"
-        measure "$dir" "$EDDY_BIN" run eddy.conf.lua
-        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
-        row "join/eddy threads=$threads" "$lines"
-    done
+    ceiling join "C hash join" "$dir/out.jsonl" "$exe" "$in/customers.jsonl" "$in/orders.jsonl" "$dir/out.jsonl"
+    eddy_run join 1 "$in"
+    eddy_run join 2 "$in"
     RECORDS=$saved_records
     notes+=("join: $n orders x $keys customers (a left join: a row is joined when the customer was loaded before the order)")
 }
@@ -247,12 +234,7 @@ bench_windows() {
     # store's filters are partitioned; it did not end in 27 min before)
     local n=${BENCH_WINDOW_KEYS:-2000000} in=$OUT/windows-input
     local conf=scripts/bench/windows/eddy.conf.lua
-    if [ "$(cat "$in/.size" 2>/dev/null)" != "$n" ]; then
-        rm -rf "$in" && mkdir -p "$in"
-        echo "bench: generating $n records with distinct keys in ${in#"$ROOT"/}/"
-        luajit scripts/bench/windows/gen.lua "$in" "$n"
-        echo "$n" > "$in/.size"
-    fi
+    own_input "$in" "$n" "$n records with distinct keys" luajit scripts/bench/windows/gen.lua "$in" "$n"
     local cache_mb
     cache_mb=$(sed -nE 's/.*cache[[:space:]]*=[[:space:]]*"([0-9]+)MB".*/\1/p' "$conf")
     [ -n "$cache_mb" ] || { echo "bench: no state.cache in MB in $conf" >&2; exit 1; }
@@ -260,16 +242,9 @@ bench_windows() {
     # time: both this benchmark's, for the functions it calls
     local INPUT=$in RECORDS=$n
     baseline windows "$ROOT/scripts/bench/windows/baseline.lua"
-    local threads lines i sep
+    local threads i sep
     for threads in 1 2; do
-        dir=$OUT/windows-t$threads
-        rm -rf "$dir" && mkdir -p "$dir/out"
-        cp scripts/bench/windows/pipeline.lua "$dir/"
-        sed -E "s/^([[:space:]]*threads[[:space:]]*=[[:space:]]*)[0-9]+/\1$threads/" "$conf" > "$dir/eddy.conf.lua"
-        ln -s "$in" "$dir/input"
-        measure "$dir" "$EDDY_BIN" run eddy.conf.lua
-        lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
-        row "windows/eddy threads=$threads" "$lines"
+        eddy_run windows "$threads" "$in"
         if [ "$rc" -eq 0 ]; then
             i=$((${#rows[@]} - 1)) sep=""
             [[ ${rows[i]} == *$'\t' ]] || sep="; "
