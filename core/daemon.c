@@ -422,7 +422,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
                              t->in[h]->producer->name, (long long)t->chan_wm[h]);
                 } else {
                     snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
-                             "every input is idle, so the watermark waits for records", (long long)end, (long long)(end - 1));
+                             "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));
                 }
                 json_object_set_new(jt, "why", json_string(why));
             }

@@ -600,7 +600,16 @@ static void forward_watermark(task *t) {
     int active = 0;
     for (int c = 0; c < t->nin; c++) if (!t->ended[c] && !t->chan_idle[c]) active++;
     if (active == 0 && t->eos < t->nin) {
-        if (!t->idle_sent) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        /* every input idle: the watermark the inputs' highest gave it goes
+         * first, then the idle mark */
+        if (!t->idle_sent) {
+            if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
+                t->sent_wm = t->io.wm;
+                push_all(t, CH_WATERMARK, t->io.wm);
+            }
+            t->idle_sent = 1;
+            push_all(t, CH_WATERMARK, WM_IDLE);
+        }
         return;
     }
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {

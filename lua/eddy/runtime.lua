@@ -1416,18 +1416,24 @@ function M.task(args)
   local ninputs = args.ninputs or 0
   local cw, cidle = tio.chan_wm, tio.chan_idle
   -- the minimum over inputs that are not idle; an ended input counts as +inf
-  -- but does not count as active: with every other input idle the watermark
-  -- waits (only the end of every input makes it +inf, in finish)
+  -- but does not count as active.  With every input idle nothing holds the
+  -- watermark back: it moves to the highest of the idle inputs' (as
+  -- Flink's valve does), so which input went idle last does not decide
+  -- what fires.  Ended inputs are left out of that (only the end of every
+  -- input makes the watermark +inf, in finish).
   local function merge_watermark()
-    local m, active = INF, false
+    local m, active, idle_max = INF, false, nil
     for c = 0, ninputs - 1 do
+      local w = tonumber(cw[c])
       if cidle[c] == 0 then
-        local w = tonumber(cw[c])
         if w < m then m = w end
         if w < INF then active = true end
+      elseif w < INF and (idle_max == nil or w > idle_max) then
+        idle_max = w
       end
     end
-    if active and m > wm then wm = m; tio.wm = m; return true end
+    if not active then m = idle_max end
+    if m and m > wm then wm = m; tio.wm = m; return true end
     return false
   end
 

@@ -78,18 +78,19 @@ describe("idle partitions", function()
     assert.are.equal("ev-1", keyed.held_back_by)
     assert.are.equal("", output())
 
-    -- 6 s of processing time pass: both partitions are idle (with every input
-    -- idle the watermark stays); then a produces again and alone moves it to 26000
+    -- 6 s of processing time pass: both partitions are idle, and with every
+    -- input idle the watermark is the highest of theirs (a's, 25000 - 1),
+    -- whichever went idle last: [0,10s) fires
     write(dir .. "/clock", "1006000")
     assert.truthy(eventually(5, function()
       for _, t in ipairs(get("/status").tasks) do
         if t.inputs and t.inputs[1].idle and t.inputs[2].idle then return true end
       end
     end), "the partitions never went idle")
-    -- (whichever partition went idle first let the other one move the watermark for a moment)
-    E.append(dir .. "/a.jsonl", '{"t":' .. (T + 26000) .. ',"k":"x"}\n')
     local out = eventually(5, function() local o = output(); if o ~= "" then return o end end)
     assert.are.equal("0 2\n", out)          -- [0,10s): 1000 from a, 2000 from b
+    -- a produces again, and alone moves the watermark on
+    E.append(dir .. "/a.jsonl", '{"t":' .. (T + 26000) .. ',"k":"x"}\n')
 
     -- b produces again: it counts in the minimum again (its new record is at 21000)
     E.append(dir .. "/b.jsonl", '{"t":' .. (T + 21000) .. ',"k":"x"}\n')
