@@ -94,24 +94,32 @@ row() {
             printf "%s\t%.0f\t%.1f\t%.2fx\t%s", n, r / w, m / 1024, b / w, note }')")
 }
 
-# baseline NAME [SCRIPT]: runs SCRIPT (default scripts/bench/baseline.lua)
-# over the input; its wall time and line count become the reference for the
-# rows that follow.
-baseline() {
-    local name=$1 script=${2:-$ROOT/scripts/bench/baseline.lua}
-    dir=$OUT/$name-baseline
-    rm -rf "$dir" && mkdir -p "$dir"
+# reference NAME LABEL COMMAND...: runs COMMAND in $dir, where it writes its
+# rows to $dir/out.jsonl; its wall time and line count become the reference
+# for the rows that follow (none when it failed or wrote nothing).
+reference() {
+    local name=$1 label=$2
+    shift 2
     base_wall="" base_lines=""
-    measure "$dir" luajit "$script" "$INPUT"/part-*.jsonl "$dir/out.jsonl"
+    measure "$dir" "$@"
     local lines
     lines=$(wc -l 2>/dev/null < "$dir/out.jsonl" || echo 0)
-    row "$name/baseline" "$lines"
+    row "$name/$label" "$lines"
     if [ "$rc" -ne 0 ] || [ "$lines" -eq 0 ]; then
-        echo "bench: $name baseline failed or wrote nothing; eddy runs are not compared" >&2
+        echo "bench: $name $label failed or wrote nothing; eddy runs are not compared" >&2
         status=1
     else
         base_wall=$wall base_lines=$lines
     fi
+}
+
+# baseline NAME [SCRIPT]: the reference is SCRIPT (default
+# scripts/bench/baseline.lua) run by LuaJIT over the input.
+baseline() {
+    local name=$1 script=${2:-$ROOT/scripts/bench/baseline.lua}
+    dir=$OUT/$name-baseline
+    rm -rf "$dir" && mkdir -p "$dir"
+    reference "$name" baseline luajit "$script" "$INPUT"/part-*.jsonl "$dir/out.jsonl"
 }
 
 # eddy_run NAME THREADS [INPUT]: copies scripts/bench/NAME/ into its own
@@ -146,20 +154,6 @@ own_input() {
     echo "$stamp" > "$in/.size"
 }
 
-# ceiling NAME LABEL OUT COMMAND...: runs a C ceiling that writes its rows to
-# OUT; its wall time and line count become the reference for the rows that
-# follow.
-ceiling() {
-    local name=$1 label=$2 out=$3
-    shift 3
-    base_wall="" base_lines=""
-    measure "$dir" "$@"
-    local lines
-    lines=$(wc -l < "$out" 2>/dev/null || echo 0)
-    row "$name/$label" "$lines"
-    base_wall=$wall base_lines=$lines
-}
-
 # ---- benchmarks --------------------------------------------------------------
 
 # stateless: json decode, filter amount >= 10, map to a new table, json encode.
@@ -181,7 +175,7 @@ bench_state() {
     RECORDS=$n
     dir=$OUT/state-ceiling-run
     rm -rf "$dir" && mkdir -p "$dir"
-    ceiling state "C RocksDB get+put" "$dir/out.jsonl" "$exe" "$dir/db" "$dir/out.jsonl" "$in"/part-*.jsonl
+    reference state "C RocksDB get+put" "$exe" "$dir/db" "$dir/out.jsonl" "$in"/part-*.jsonl
     eddy_run state 1 "$in"
     eddy_run state 2 "$in"
     RECORDS=$saved_records
@@ -200,7 +194,7 @@ bench_join() {
     RECORDS=$n
     dir=$OUT/join-baseline
     rm -rf "$dir" && mkdir -p "$dir"
-    ceiling join "C hash join" "$dir/out.jsonl" "$exe" "$in/customers.jsonl" "$in/orders.jsonl" "$dir/out.jsonl"
+    reference join "C hash join" "$exe" "$in/customers.jsonl" "$in/orders.jsonl" "$dir/out.jsonl"
     eddy_run join 1 "$in"
     eddy_run join 2 "$in"
     RECORDS=$saved_records
