@@ -666,8 +666,7 @@ int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, cha
             rd_kafka_message_t *m = msgs[i];
             if (m->err) {
                 if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) atomic_store(&kp->at_end, 1);
-                else
-                    log_warn("kafka: %s/%d: %s", kp->topic, kp->partition, rd_kafka_message_errstr(m));
+                else log_warn("kafka: %s/%d: %s", kp->topic, kp->partition, rd_kafka_message_errstr(m));
                 rd_kafka_message_destroy(m);
                 continue;
             }

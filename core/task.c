@@ -594,28 +594,20 @@ static step_result step_source(task *t) {
 }
 
 /* Tells the tasks downstream how far this task's watermark got (records
- * carry it too; this covers advances without records), or that every input
- * of this task is idle. */
+ * carry it too; this covers advances without records), then, when every
+ * input of this task is idle, that it is idle (its watermark is then the
+ * highest of the idle inputs', runtime.lua's merge_watermark). */
 static void forward_watermark(task *t) {
-    int active = 0;
-    for (int c = 0; c < t->nin; c++) if (!t->ended[c] && !t->chan_idle[c]) active++;
-    if (active == 0 && t->eos < t->nin) {
-        /* every input idle: the watermark the inputs' highest gave it goes
-         * first, then the idle mark */
-        if (!t->idle_sent) {
-            if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
-                t->sent_wm = t->io.wm;
-                push_all(t, CH_WATERMARK, t->io.wm);
-            }
-            t->idle_sent = 1;
-            push_all(t, CH_WATERMARK, WM_IDLE);
-        }
-        return;
-    }
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
         t->sent_wm = t->io.wm;
         t->idle_sent = 0;
         push_all(t, CH_WATERMARK, t->io.wm);
+    }
+    int active = 0;
+    for (int c = 0; c < t->nin; c++) if (!t->ended[c] && !t->chan_idle[c]) active++;
+    if (active == 0 && t->eos < t->nin && !t->idle_sent) {
+        t->idle_sent = 1;
+        push_all(t, CH_WATERMARK, WM_IDLE);
     }
 }
 
