@@ -174,10 +174,7 @@ p:source("in", { kafka = "in", format = "json", timestamp = "t", watermark = edd
     assert.are.same({ "-20000 200" }, printed(d, 1))
     local addr = E.admin_addr(dir .. "/state-slowjoin")
     local _, page = E.curl("http://" .. addr .. "/metrics")
-    local late, seen = 0, 0
-    for series, v in pairs(E.metrics(page)) do
-      if series:find("^eddy_late_records_dropped_total") then late, seen = late + v, seen + 1 end
-    end
+    local late, seen = E.metric_sum(page, "eddy_late_records_dropped_total")
     assert.is_true(seen > 0)
     assert.are.equal(0, late)
     d:kill("TERM")

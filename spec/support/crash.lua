@@ -1,6 +1,7 @@
 -- What the crash specs (checkpoint_spec, checkpoint_kafka_spec,
 -- join_checkpoint_spec) share: a seeded random sequence for the kill
 -- moments, and reading a job's committed output, checkpoints and logs.
+-- `differences` and `tail` serve any spec that compares outputs.
 local E = require("support.eddy")
 local cjson = require("cjson")
 

@@ -463,6 +463,16 @@ function M.metrics(text)
   return out
 end
 
+-- metric_sum(text, family): the sum of a family's samples over all labels,
+-- and how many samples it had
+function M.metric_sum(text, family)
+  local sum, n = 0, 0
+  for series, v in pairs(M.metrics(text or "")) do
+    if series == family or series:sub(1, #family + 1) == family .. "{" then sum, n = sum + v, n + 1 end
+  end
+  return sum, n
+end
+
 function M.rng(seed)
   local x = seed or 12345
   return function(n)
