@@ -180,7 +180,12 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         rd_kafka_topic_partition_t *p = &parts->elems[i];
         kpart *kp = find_part(g, p->topic, p->partition);
         int64_t committed = ce || c->elems[i].err ? RD_KAFKA_OFFSET_INVALID : c->elems[i].offset;
-        if (kp && atomic_load(&kp->restore) >= 0) {
+        if (!kp) {
+            log_warn("kafka: partition %s/%d was assigned but eddy has no task for it (added after the start?): "
+                     "restart eddy to read it", p->topic, p->partition);
+            continue;
+        }
+        if (atomic_load(&kp->restore) >= 0) {
             /* recovery: where the checkpoint restored says, whatever the group committed */
             p->offset = atomic_load(&kp->restore);
             kp->committed = committed >= 0 ? committed : -1;
@@ -191,11 +196,6 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
              * (auto.offset.reset where there is none) */
             p->offset = RD_KAFKA_OFFSET_INVALID;
             kp->committed = -1;
-            continue;
-        }
-        if (!kp) {
-            log_warn("kafka: partition %s/%d was assigned but eddy has no task for it (added after the start?): "
-                     "restart eddy to read it", p->topic, p->partition);
             continue;
         }
         if (committed >= 0) p->offset = committed;
