@@ -359,10 +359,19 @@ static int l_state_entries(lua_State *L) {
     return 1;
 }
 
-/* Per operator uid and kind, what this task knows of its timers: the
- * earliest (INT64_MIN: unknown, scan), and a floor below which there are
- * none (the due ones were deleted; deleted keys are not walked again). */
-typedef struct timer_book { char *uid; char kind; int64_t next, floor; } timer_book;
+/* Per operator uid and kind, what this task knows of its timers, by key
+ * group (each array is [t->nkgs], in t->kgs's order): the earliest timer
+ * (INT64_MIN: unknown, scan; INT64_MAX: none), and a floor below which
+ * there are none (the due ones were deleted: deleted keys are not walked
+ * again).  `first` is the earliest over every key group (INT64_MIN:
+ * unknown).  So a watermark scans only the key groups it makes due, from
+ * their floors: each timer costs a few seeks, however many there are. */
+typedef struct timer_book { char *uid; char kind; int64_t first, *next, *floor; } timer_book;
+
+static void book_forget(timer_book *b, int nkgs) {
+    b->first = INT64_MIN;
+    for (int i = 0; i < nkgs; i++) b->next[i] = b->floor[i] = INT64_MIN;
+}
 
 static timer_book *book_of(task *t, const char *uid, char kind) {
     for (int i = 0; i < t->ntimer_books; i++)
@@ -371,15 +380,36 @@ static timer_book *book_of(task *t, const char *uid, char kind) {
     if (!nb) return NULL;
     t->timer_books = nb;
     timer_book *b = &nb[t->ntimer_books];
-    if (!(b->uid = strdup(uid))) return NULL;
+    size_t n = t->nkgs > 0 ? (size_t)t->nkgs : 1;
+    b->uid = strdup(uid);
+    b->next = malloc(n * sizeof *b->next);
+    b->floor = malloc(n * sizeof *b->floor);
+    if (!b->uid || !b->next || !b->floor) { free(b->uid); free(b->next); free(b->floor); return NULL; }
     b->kind = kind;
-    b->next = b->floor = INT64_MIN;
+    book_forget(b, t->nkgs);
     t->ntimer_books++;
     return b;
 }
 
+/* The index of key group kg in t->kgs (an ascending range), or -1. */
+static int kg_index(const task *t, uint32_t kg) {
+    int lo = 0, hi = t->nkgs - 1;
+    if (t->nkgs > 0 && kg >= t->kgs[0] && kg - t->kgs[0] < (uint32_t)t->nkgs && t->kgs[kg - t->kgs[0]] == kg)
+        return (int)(kg - t->kgs[0]);
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (t->kgs[mid] == kg) return mid;
+        if (t->kgs[mid] < kg) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+}
+
 void lua_api_free_timer_books(task *t) {
-    for (int i = 0; i < t->ntimer_books; i++) free(t->timer_books[i].uid);
+    for (int i = 0; i < t->ntimer_books; i++) {
+        free(t->timer_books[i].uid);
+        free(t->timer_books[i].next);
+        free(t->timer_books[i].floor);
+    }
     free(t->timer_books);
     t->timer_books = NULL;
     t->ntimer_books = 0;
@@ -398,8 +428,11 @@ static int l_timer_set(lua_State *L) {
     state_tx_put(tx, t->skey.p, t->skey.len, "", 0);
     timer_book *b = book_of(t, uid, kind[0]);
     if (!b) return luaL_error(L, "out of memory");
-    if (b->next != INT64_MIN && ts < b->next) b->next = ts;
-    if (ts < b->floor) b->floor = ts;
+    int i = kg_index(t, (uint32_t)luaL_checkinteger(L, 2));
+    if (i < 0) { book_forget(b, t->nkgs); return 0; }     /* not this task's key group: scan afresh */
+    if (b->next[i] != INT64_MIN && ts < b->next[i]) b->next[i] = ts;
+    if (ts < b->floor[i]) b->floor[i] = ts;
+    if (b->first != INT64_MIN && ts < b->first) b->first = ts;
     return 0;
 }
 
@@ -426,9 +459,26 @@ static int l_timers_due(lua_State *L) {
     int64_t upto = (int64_t)luaL_checknumber(L, 3);
     timer_book *b = book_of(t, uid, kind[0]);
     if (!b) return luaL_error(L, "out of memory");
-    if (b->next != INT64_MIN && upto < b->next) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
+    if (b->first != INT64_MIN && upto < b->first) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
+    /* the key groups with a timer due (or not known yet), from their floors */
+    uint32_t *kgs = malloc(sizeof *kgs * (size_t)(t->nkgs + 1));
+    int64_t *floors = malloc(sizeof *floors * (size_t)(t->nkgs + 1));
+    int *idx = malloc(sizeof *idx * (size_t)(t->nkgs + 1));
+    if (!kgs || !floors || !idx) { free(kgs); free(floors); free(idx); return luaL_error(L, "out of memory"); }
+    int m = 0;
+    for (int i = 0; i < t->nkgs; i++)
+        if (b->next[i] == INT64_MIN || b->next[i] <= upto) { kgs[m] = t->kgs[i]; floors[m] = b->floor[i]; idx[m++] = i; }
     int n = 0;
-    state_timer *due = state_timers_due(tx, uid, kind[0], t->kgs, t->nkgs, b->floor, upto, &n);
+    state_timer *due = state_timers_due(tx, uid, kind[0], kgs, floors, m, upto, &n);
+    /* every timer up to upto is gone from those key groups: their next ones */
+    for (int j = 0; j < m; j++) {
+        int i = idx[j];
+        if (upto < INT64_MAX && upto + 1 > b->floor[i]) b->floor[i] = upto + 1;
+        b->next[i] = upto == INT64_MAX ? INT64_MAX : state_timers_next(tx, uid, kind[0], t->kgs[i], b->floor[i]);
+    }
+    free(kgs); free(floors); free(idx);
+    b->first = INT64_MAX;
+    for (int i = 0; i < t->nkgs; i++) if (b->next[i] < b->first) b->first = b->next[i];
     lua_createtable(L, n, 0);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
@@ -438,8 +488,6 @@ static int l_timers_due(lua_State *L) {
         lua_rawseti(L, -2, i + 1);
     }
     state_timers_free(due, n);
-    if (upto < INT64_MAX && upto + 1 > b->floor) b->floor = upto + 1;   /* every timer up to upto is gone */
-    b->next = state_timers_next(tx, uid, kind[0], t->kgs, t->nkgs, b->floor);
     return 2;
 }
 
@@ -454,7 +502,7 @@ static int l_state_undo(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     if (t->stx) state_tx_undo(t->stx);
     /* timers the record deleted or set are back or gone: scan afresh */
-    for (int i = 0; i < t->ntimer_books; i++) t->timer_books[i].next = t->timer_books[i].floor = INT64_MIN;
+    for (int i = 0; i < t->ntimer_books; i++) book_forget(&t->timer_books[i], t->nkgs);
     return 0;
 }
 

@@ -391,10 +391,17 @@ static int each(rocksdb_iterator_t *it, const char *from, size_t fl, const char 
 }
 
 int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud) {
-    rocksdb_iterator_t *base = rocksdb_create_iterator(tx->db->db, tx->db->ropts);
+    /* the stored part stops at `to`: without a bound, a seek into a range
+     * with no live key walks every deleted key after it (the tombstones of
+     * fired timers in the key groups that follow) until it finds one */
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    if (!ro) return -1;
+    rocksdb_readoptions_set_iterate_upper_bound(ro, to, tl);
+    rocksdb_iterator_t *base = rocksdb_create_iterator(tx->db->db, ro);
     rocksdb_iterator_t *it = rocksdb_writebatch_wi_create_iterator_with_base(tx->wb, base);   /* owns base */
     int rc = each(it, from, fl, to, tl, fn, ud);
     rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
     return rc;
 }
 
@@ -512,13 +519,13 @@ static int by_time(const void *a, const void *b) {
     return c ? c : (x->klen < y->klen ? -1 : x->klen > y->klen);
 }
 
-state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor,
-                              int64_t upto, int *n) {
+state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, const int64_t *floors,
+                              int nkgs, int64_t upto, int *n) {
     due d = { .uidlen = strlen(uid) };
     state_key from = {0}, to = {0};
     for (int i = 0; i < nkgs; i++) {
         d.kg = kgs[i];
-        if (state_key_timer(&from, uid, kgs[i], kind, floor, "", 0) < 0) break;
+        if (state_key_timer(&from, uid, kgs[i], kind, floors[i], "", 0) < 0) break;
         /* everything at or before upto: up to the first key of upto + 1 */
         int64_t end = upto == INT64_MAX ? INT64_MAX : upto + 1;
         if (state_key_timer(&to, uid, kgs[i], kind, end, "", 0) < 0) break;
@@ -542,12 +549,11 @@ void state_timers_free(state_timer *t, int n) {
     free(t);
 }
 
-int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor) {
+int64_t state_timers_next(state_tx *tx, const char *uid, char kind, uint32_t kg, int64_t floor) {
     due d = { .uidlen = strlen(uid), .first_only = 1, .first = INT64_MAX };
     state_key from = {0}, to = {0};
-    for (int i = 0; i < nkgs; i++) {
-        if (state_key_timer(&from, uid, kgs[i], kind, floor, "", 0) < 0) break;
-        if (state_key_timer(&to, uid, kgs[i], kind, INT64_MAX, "", 0) < 0) break;
+    if (state_key_timer(&from, uid, kg, kind, floor, "", 0) == 0 &&
+        state_key_timer(&to, uid, kg, kind, INT64_MAX, "", 0) == 0) {
         to.len -= 4 + 8;
         to.p[to.len - 1]++;                    /* past every timer of this kind */
         state_tx_range(tx, from.p, from.len - 4, to.p, to.len, due_cb, &d);

@@ -88,15 +88,16 @@ void state_tx_undo(state_tx *tx);
 /* ---- timers ---- */
 typedef struct state_timer { int64_t ts; char *key; size_t klen; uint32_t kg; } state_timer;
 /* The timers of kind ('e' event time, 'p' processing time) of operator uid
- * in key groups kgs[0..nkgs) due at `upto` (floor <= ts <= upto: the caller
- * knows there are none below floor, so the deleted ones there are not
- * walked again), removed from the store (in tx) and returned in time order:
- * an owned array of *n (free with state_timers_free), or NULL with *n = 0. */
-state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor,
-                              int64_t upto, int *n);
+ * in key groups kgs[0..nkgs) due at `upto` (floors[i] <= ts <= upto: the
+ * caller knows key group kgs[i] has none below floors[i], so the deleted
+ * ones there are not walked again), removed from the store (in tx) and
+ * returned in time order: an owned array of *n (free with
+ * state_timers_free), or NULL with *n = 0. */
+state_timer *state_timers_due(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, const int64_t *floors,
+                              int nkgs, int64_t upto, int *n);
 void state_timers_free(state_timer *t, int n);
-/* The earliest timer of that kind in those key groups at or after floor, or INT64_MAX. */
-int64_t state_timers_next(state_tx *tx, const char *uid, char kind, const uint32_t *kgs, int nkgs, int64_t floor);
+/* The earliest timer of that kind in key group kg at or after floor, or INT64_MAX. */
+int64_t state_timers_next(state_tx *tx, const char *uid, char kind, uint32_t kg, int64_t floor);
 
 /* ---- readers (admin thread): committed data only ---- */
 /* Like state_tx_range, over what is committed (a snapshot). */
