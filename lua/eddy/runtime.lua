@@ -204,6 +204,12 @@ function M.task(args)
   local cur_kts = NONE          -- the Kafka timestamp of the message being processed (source tasks)
   local wm = NONE               -- this task's watermark, and a source's largest timestamp:
   local maxts = NONE            -- both kept in C (tio.wm, tio.maxts) so they survive reloads
+  -- the watermark the records this task sends downstream carry: the one that
+  -- stood before what is being processed (a record, or the advance that fires
+  -- windows and timers), so a task downstream applies it before that record,
+  -- whichever task the records in between went to
+  local out_wm = NONE
+  local pending_wm              -- a source: the watermark its current record moves it to
   local firing                  -- while a window's result goes downstream: {key, window}
   local ctx = {}
   local getters = {
@@ -328,7 +334,7 @@ function M.task(args)
           k = kfn(v, ctx)
           if k == nil then error("key_by: the key function returned nil", 0) end
         end
-        shuffle(id, key_string(k), v, cur_ts, wm, firing == nil)
+        shuffle(id, key_string(k), v, cur_ts, out_wm, firing == nil)
         cout[id] = cout[id] + 1
       end
     elseif kind == "window" then
@@ -1311,14 +1317,17 @@ function M.task(args)
         local ts = stamp(v)
         cur_ts = ts
         if ts > maxts then maxts = ts; tio.maxts = ts end
+        -- the record carries the watermark as it stood before it; the one it
+        -- moves the partition to applies after it (batch, below), so every
+        -- task downstream sees the same watermark before this record
         if wmfn then
           local w = wmfn(ts, v, ctx)
           if w ~= nil then
             w = to_ms(w)
             if not w then error("the watermark function returned no usable time", 0) end
-            if w > wm then wm = w; tio.wm = w end
+            pending_wm = w
           end
-        elseif maxts - bound - 1 > wm then wm = maxts - bound - 1; tio.wm = wm end
+        else pending_wm = maxts - bound - 1 end
         r.ts = ts
         r.wm = wm
       end
@@ -1408,8 +1417,12 @@ function M.task(args)
   end
 
   -- fires what the watermark completed; i is the record that moved it (or nil)
-  local function advance(i)
+  -- before: the watermark before this advance (the records its firings
+  -- send carry it: a task downstream applies the new one after them)
+  local function advance(i, before)
+    out_wm = before
     for k = 1, #windows do windows[k].advance(i) end
+    out_wm = wm
   end
 
   -- keyed tasks: the watermark of each input channel (kept in C); the task's is their minimum
@@ -1456,6 +1469,7 @@ function M.task(args)
   local function batch()
     recs, data = tio.recs, tio.data
     wm, maxts = tonumber(tio.wm), tonumber(tio.maxts)
+    out_wm = wm
     local n = tio.n
     local ch = tio.channel
     for i = 0, n - 1 do
@@ -1464,19 +1478,28 @@ function M.task(args)
       last_tb = nil
       cur_proc = nil
       local r = recs[i]
-      if keyed then cur_ts = tonumber(r.ts) end
+      if keyed then
+        -- the watermark its source had before this record: what it completes
+        -- fires before the record is processed
+        local w = tonumber(r.wm)
+        if w > tonumber(cw[ch]) and w < INF then
+          cw[ch] = w
+          local before = wm
+          if merge_watermark() and has_windows then advance(i, before) end
+          out_wm = wm
+        end
+        cur_ts = tonumber(r.ts)
+        cur = i; tio.cur = i; last_tb = nil
+      end
       if stateful then state_mark() end
       local ok, err = xpcall(process, handler, i)
       if not ok then
         if stateful then state_undo() end     -- a failed record's state writes do not count
         on_error(err, i)
       end
-      if keyed then
-        local w = tonumber(r.wm)
-        if w > tonumber(cw[ch]) and w < INF then
-          cw[ch] = w
-          if merge_watermark() and has_windows then advance(i) end
-        end
+      if pending_wm then                      -- a source: the record's own watermark
+        if pending_wm > wm then wm = pending_wm; tio.wm = wm; out_wm = wm end
+        pending_wm = nil
       end
     end
     cur = nil
@@ -1486,7 +1509,9 @@ function M.task(args)
   -- an input ended, went idle, or sent a watermark without records
   local function inputs_changed()
     wm = tonumber(tio.wm)
-    if merge_watermark() and has_windows then advance(nil) end
+    out_wm = wm
+    local before = wm
+    if merge_watermark() and has_windows then advance(nil, before) end
     flush_counts()
   end
 
@@ -1495,9 +1520,10 @@ function M.task(args)
   local function finish(stopped)
     stopping = stopped == 1
     if stopping then flush_counts(); return end
+    local before = wm
     wm = INF
     tio.wm = INF
-    if has_windows then advance(nil) end
+    if has_windows then advance(nil, before) end
     flush_counts()
   end
 
