@@ -603,8 +603,8 @@ static void forward_watermark(task *t) {
         t->idle_sent = 0;
         push_all(t, CH_WATERMARK, t->io.wm);
     }
-    int active = 0;
-    for (int c = 0; c < t->nin; c++) if (!t->ended[c] && !t->chan_idle[c]) active++;
+    int active = 0;                    /* (an input stopped, not ended, still holds the watermark) */
+    for (int c = 0; c < t->nin; c++) if (!t->chan_idle[c] && (!t->ended[c] || t->chan_wm[c] < WM_END)) active++;
     if (active == 0 && t->eos < t->nin && !t->idle_sent) {
         t->idle_sent = 1;
         push_all(t, CH_WATERMARK, WM_IDLE);
@@ -691,9 +691,11 @@ static step_result step_keyed(task *t) {
     } else if (m->kind == CH_EOS) {
         t->eos++;
         t->ended[idx] = 1;
-        if (m->value == EOS_STOP) t->stop_eos = 1;
         t->chan_idle[idx] = 0;
-        t->chan_wm[idx] = WM_END;
+        /* an input that ended because eddy stops holds the watermark where
+         * it was: a stop never advances event time (the next run goes on) */
+        if (m->value == EOS_STOP) t->stop_eos = 1;
+        else t->chan_wm[idx] = WM_END;
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
     }
