@@ -39,6 +39,8 @@ struct ckpt {
     /* the last completed checkpoint, for /status and /metrics */
     int64_t last_id, last_time_ms, last_duration_us, last_alignment_us, last_bytes, last_new_bytes;
     int64_t completed, failed;
+    int hold;                    /* ckpt_savepoint(..., stop): the next commit keeps the tasks at its barrier */
+    int64_t held;                /* the checkpoint whose barrier the tasks wait at (ckpt_release), or 0 */
 };
 
 /* ---- files ----------------------------------------------------------------- */
@@ -473,8 +475,11 @@ static int complete(ckpt *c, int64_t id, int final) {
     /* the next checkpoint's transaction is open before any task goes on */
     if (txn && !final && kafka_txn_begin(k, 0, err, sizeof err) < 0)
         log_error("checkpoint %lld committed, but the next transaction cannot begin: %s; stopping", (long long)id, err);
+    else if (!final && c->hold)
+        c->held = id;                            /* a stop with savepoint: nothing goes on past it */
     else if (!final)
         release(c, id);
+    c->hold = 0;
     /* post-commit: idempotent, and redone by recovery */
     rename_parts(m, 1);
     for (int i = 0; i < c->ntasks; i++)
@@ -511,6 +516,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     return 0;
 fail:
     c->failed++;
+    c->hold = 0;
     log_error("checkpoint %lld failed: %s (the next one includes what it had)", (long long)id, err);
     if (!final) release(c, id);
     return -1;
@@ -687,15 +693,23 @@ out:
 
 /* ---- savepoints ------------------------------------------------------------ */
 
-int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
+void ckpt_release(ckpt *c) {
+    if (!c || !c->held) return;
+    release(c, c->held);
+    c->held = 0;
+}
+
+int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, int stop, char *path, size_t plen, char *err,
                    size_t errlen) {
     int64_t deadline = clock_mono_us() + timeout_ms * 1000;
     while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }   /* one already running */
     int64_t failed = c->failed;
     if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
     int64_t id = c->running;
+    c->hold = stop;
     while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }
     if (c->running) {
+        c->hold = 0;                             /* it completes later as a plain checkpoint */
         snprintf(err, errlen, "the savepoint's checkpoint %lld did not complete within %lld s (a task does not reach "
                  "its barrier); it completes later as a checkpoint", (long long)id, (long long)(timeout_ms / 1000));
         return -1;

@@ -73,9 +73,14 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
 int ckpt_recover_savepoint(ckpt *c, const char *sp, char *err, size_t errlen);
 /* Event loop: takes a checkpoint now (waiting for it, up to timeout_ms) and
  * copies it into state_dir/savepoints/savepoint-<id>-<time>/ (manifest and
- * every state file: no links).  0 with its absolute path, or -1 with err. */
-int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
+ * every state file: no links).  0 with its absolute path, or -1 with err.
+ * stop: the tasks stay at the checkpoint's barrier once it is committed
+ * (nothing is read or processed past the savepoint) until ckpt_release;
+ * the caller sets stopping first, so the savepoint is the final state. */
+int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, int stop, char *path, size_t plen, char *err,
                    size_t errlen);
+/* Event loop: lets the tasks a stop-with-savepoint holds go on (to their end). */
+void ckpt_release(ckpt *c);
 /* Event loop: starts the next checkpoint unless one is running.  1 when started. */
 int ckpt_begin(ckpt *c);
 /* Event loop: completes the running checkpoint once every task passed its

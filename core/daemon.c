@@ -17,6 +17,7 @@
 #include "acks.h"
 #include "state.h"
 #include "keygroup.h"
+#include <dirent.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -26,6 +27,7 @@
 #include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,11 +296,25 @@ static void on_done_check(evutil_socket_t fd, short what, void *arg) {
     if (atomic_load(&d->ended) == d->ntasks) event_base_loopbreak(d->base);
 }
 
+/* A second stop signal: the workers get ABORT_GRACE_MS to leave the call
+ * they are in; past that the process exits as after a crash (nothing of
+ * this run is committed, and the next one recovers as from a SIGKILL). */
+#define ABORT_GRACE_MS 2000
+static void *exit_soon(void *arg) {
+    (void)arg;
+    usleep(ABORT_GRACE_MS * 1000);
+    log_warn("still stopping after %d ms (a call that does not return): exiting now", ABORT_GRACE_MS);
+    _exit(1);
+    return NULL;
+}
+
 static void stop_gracefully(daemon_state *d, const char *why) {
     if (atomic_exchange(&d->sh.stopping, 1)) {
         log_warn("%s again: stopping now without draining", why);
         atomic_store(&d->sh.aborting, 1);
         event_base_loopbreak(d->base);
+        pthread_t th;
+        if (pthread_create(&th, NULL, exit_soon, NULL) == 0) pthread_detach(th);
         return;
     }
     log_info("%s: stopping (sources end, everything in flight is drained and written)", why);
@@ -525,9 +541,13 @@ static json_t *h_reload(void *ud, const char *query, int *http_status) {
     return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
 }
 
+/* The savepoint is the final state: stopping is set before the tasks held
+ * at its barrier go on, so the sources end without reading further. */
 static void stop_after_savepoint(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
-    stop_gracefully(arg, "savepoint --stop");
+    daemon_state *d = arg;
+    stop_gracefully(d, "savepoint --stop");
+    ckpt_release(d->ckpt);
 }
 
 /* POST /savepoint[?stop=1]: a checkpoint copied into a folder of its own;
@@ -543,17 +563,19 @@ static json_t *h_savepoint(void *ud, const char *query, int *http_status) {
         *http_status = 503;
         return json_pack("{s:s}", "error", "a reload is rolling out; try again");
     }
-    int rc = ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, path, sizeof path, err, sizeof err);
+    int stop = query && strstr(query, "stop=1") != NULL;
+    int rc = ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, stop, path, sizeof path, err, sizeof err);
     if (ckpt_running(d->ckpt)) {                  /* timed out: it completes as a checkpoint */
         struct timeval pt = { 0, 2000 };
         event_add(d->ckpt_poll_ev, &pt);
     }
     if (rc < 0) {
+        ckpt_release(d->ckpt);                        /* (held when only the copy failed) */
         log_error("savepoint failed: %s", err);
         *http_status = 500;
         return json_pack("{s:s}", "error", err);
     }
-    if (query && strstr(query, "stop=1")) {           /* once the answer is on its way */
+    if (stop) {                                       /* once the answer is on its way */
         struct timeval soon = { 0, 100 * 1000 };
         event_base_once(d->base, -1, EV_TIMEOUT, stop_after_savepoint, d, &soon);
     }
@@ -922,6 +944,33 @@ static void drop_state(daemon_state *d) {
     ckpt_forget_all(d->cfg->state_dir);
 }
 
+/* A new job (nothing to continue: no positions, no checkpoint, no
+ * savepoint) replaces its file sinks' output: the part files an earlier job
+ * left in their folders go, under either guarantee, before a task opens
+ * one.  (A run that continues a stopped one keeps and adds to them.) */
+static void clear_file_sinks(daemon_state *d) {
+    for (int i = 0; i < d->p->nnodes; i++) {
+        const node *nd = &d->p->nodes[i];
+        const char *file = nd->kind == NODE_SINK ? node_opt(nd, "file") : NULL;
+        if (!file) continue;
+        char dir[PATH_MAX], path[PATH_MAX + 256];
+        if (file[0] != '/') snprintf(dir, sizeof dir, "%s/%s", d->p->dir, file);
+        else snprintf(dir, sizeof dir, "%s", file);
+        DIR *dh = opendir(dir);
+        if (!dh) continue;
+        int n = 0;
+        struct dirent *e;
+        while ((e = readdir(dh))) {
+            if (strncmp(e->d_name, "part-", 5) != 0 && strncmp(e->d_name, ".part-", 6) != 0) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (unlink(path) == 0) n++;
+        }
+        closedir(dh);
+        if (n > 0) log_info("sink '%s': a new job: the %d part file%s of the last one in %s went", nd->name, n,
+                            n == 1 ? "" : "s", dir);
+    }
+}
+
 static void forget_finished_run(daemon_state *d) {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
@@ -1239,6 +1288,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
         snprintf(path, sizeof path, "%s/positions.json", d.cfg->state_dir);
         d.sh.continuing = o->from_savepoint != NULL || access(path, F_OK) == 0;
     }
+    if (exactly_once ? restore == 0 && !o->from_savepoint : !d.sh.continuing) clear_file_sinks(&d);
     if (o->from_savepoint) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/running", d.cfg->state_dir);
