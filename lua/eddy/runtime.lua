@@ -243,7 +243,7 @@ function M.task(args)
       return cur_key
     end,
     window = function() return firing and firing.window end,
-    watermark = function() if wm == NONE then return nil end return wm end,
+    watermark = function() if wm == NONE then return -math.huge end return wm end,   -- -inf before the first
     headers = function() if cur and firing == nil then return native.headers(cur) end return {} end,
     version = function() return args.version end,
     task = function() return args.name end,
