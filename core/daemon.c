@@ -351,7 +351,9 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
     const plan *p = d->plans[d->nplans - 1];
     const node *op = NULL;
     for (int i = 0; uid && i < p->nnodes; i++)
-        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) op = &p->nodes[i];
+        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0 && p->nodes[i].kind != NODE_SINK &&
+            p->nodes[i].kind != NODE_SOURCE)
+            op = &p->nodes[i];                     /* (sources and sinks have uids of their own: their names) */
     if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
     if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN &&
                 op->kind != NODE_GLOBAL_TABLE && op->kind != NODE_WINDOW) || !d->sh.state) {
@@ -490,6 +492,14 @@ static int request_reload(daemon_state *d, const char *trigger, int allow_droppe
         snprintf(msg, len, "a checkpoint is in progress; try again");
         return 503;
     }
+    /* the same content as the running version: nothing to roll out */
+    const plan *cur = d->plans[d->nplans - 1];
+    char hash[65];
+    if (!allow_dropped_state && plan_hash(cur->script, hash, msg, len) == 0 && strcmp(hash, cur->hash) == 0) {
+        log_info("reload (%s): nothing changed (sha256 %.12s): version %d keeps running", trigger, hash, d->version);
+        snprintf(msg, len, "%d", d->version);
+        return 200;
+    }
     int version = d->version + 1;
     task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
     plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
@@ -536,8 +546,11 @@ static json_t *h_reload(void *ud, const char *query, int *http_status) {
     daemon_state *d = ud;
     char msg[2048];
     int force = query && strstr(query, "allow_dropped_state=1") != NULL;
+    int before = d->version;
     *http_status = request_reload(d, "POST /reload", force, msg, sizeof msg);
-    if (*http_status == 200) return json_pack("{s:i, s:s}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash);
+    if (*http_status == 200)
+        return json_pack("{s:i, s:s, s:b}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash, "unchanged",
+                         d->version == before);
     return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
 }
 
@@ -1460,7 +1473,8 @@ int daemon_run(const char *config_path, const run_opts *o) {
         if (d.sh.poison && atomic_load(&d.sh.poison->hit)) unlink(d.poison_path);
         long in = 0;
         for (int i = 0; i < d.ntasks; i++) if (d.tasks[i]->source >= 0) in += d.tasks[i]->records_in;
-        log_info("finished: %ld records read in %.3f s", in, (clock_mono_ms() - d.started_ms) / 1000.0);
+        log_info("%s: %ld records read in %.3f s", atomic_load(&d.sh.stopping) ? "stopped" : "finished", in,
+                 (clock_mono_ms() - d.started_ms) / 1000.0);
     }
 out:
     {

@@ -63,7 +63,7 @@ static void digest_file(EVP_MD_CTX *md, const char *path) {
 
 /* The version's content hash: the script, then every .lua file beside it
  * (the modules it may require) in name order, each preceded by its name. */
-static int hash_file(const char *path, char hex[65], char *err, size_t errlen) {
+int plan_hash(const char *path, char hex[65], char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, errlen, "%s: cannot open the pipeline script", path); return -1; }
     fclose(f);
@@ -423,7 +423,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     tmp = strdup(cfg->pipeline);
     p->script_rel = strdup(basename(tmp));
     free(tmp);
-    if (hash_file(p->script, p->hash, err, errlen) < 0) goto err;
+    if (plan_hash(p->script, p->hash, err, errlen) < 0) goto err;
 
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = lua_dir, .pipeline_dir = p->dir };
@@ -624,9 +624,13 @@ static int same_str(const char *a, const char *b) {
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+/* The operator with that uid (sources and sinks, whose uids are their names,
+ * are a namespace of their own and never match). */
 static const node *find_uid(const plan *p, const char *uid) {
     for (int i = 0; i < p->nnodes; i++)
-        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0) return &p->nodes[i];
+        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0 && p->nodes[i].kind != NODE_SINK &&
+            p->nodes[i].kind != NODE_SOURCE)
+            return &p->nodes[i];
     return NULL;
 }
 

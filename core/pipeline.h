@@ -68,6 +68,9 @@ typedef struct plan {
 /* Plans the pipeline the config names.  Returns an owned plan, or NULL with
  * err naming the file:line or config key at fault. */
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen);
+/* The content hash of a version (plan->hash): sha-256 of the script, then
+ * of every .lua file beside it in name order, as hex.  0, or -1 with err. */
+int plan_hash(const char *script, char hex[65], char *err, size_t errlen);
 void plan_destroy(plan *p);          /* NULL is a no-op */
 /* Whether a running plan `old` can swap to `p` by a reload: the same sources
  * (files, formats), stages, channels and sinks; every window uid of old kept

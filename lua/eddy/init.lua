@@ -217,7 +217,9 @@ end
 function Stream:uid(s)
   if type(s) ~= "string" or s == "" then fail("uid needs a non-empty string") end
   for _, node in ipairs(self.p.nodes) do
-    if node.uid == s and node ~= self.node then fail("uid '" .. s .. "' is used twice") end
+    if node.uid == s and node ~= self.node and node.kind ~= "source" and node.kind ~= "sink" then
+      fail("uid '" .. s .. "' is used twice")
+    end
   end
   self.node.uid = s
   return self

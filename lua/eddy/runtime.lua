@@ -58,11 +58,14 @@ local function load_pipeline(args)
   for _, n in ipairs(p.nodes) do
     if n.kind == "source" then has_source = true end
     n.uid = n.uid or (n.kind .. "-" .. n.id)
-    local other = seen[n.uid]
+    -- sources and sinks are named, and their names are a namespace of their
+    -- own: a window may take the name of the sink it feeds as its uid
+    local space = (n.kind == "source" or n.kind == "sink") and (n.kind .. ":") or ""
+    local other = seen[space .. n.uid]
     if other then
       error(n.where .. ": uid '" .. n.uid .. "' is already the uid of the " .. other.kind .. " at " .. other.where, 0)
     end
-    seen[n.uid] = n
+    seen[space .. n.uid] = n
   end
   if not has_source then error(args.script .. ": the pipeline has no source", 0) end
   return p, env
@@ -1006,10 +1009,14 @@ function M.task(args)
       if agg == "count" then return 1 end
       local x
       if xfn then x = xfn(v, ctx) elseif field then x = type(v) == "table" and v[field] or nil else x = v end
-      if type(x) ~= "number" then
-        error(agg .. " needs a number, got " .. type(x) .. (field and (" in field '" .. field .. "'") or ""), 0)
+      if type(x) == "number" then return x end
+      -- a numeric string (CSV fields are strings) counts as its number
+      local n = type(x) == "string" and tonumber(x) or nil
+      if n == nil or n ~= n then
+        error(agg .. " needs a number, got " .. (type(x) == "string" and ("the string \"" .. x:sub(1, 40) .. "\"")
+          or type(x)) .. (field and (" in field '" .. field .. "'") or ""), 0)
       end
-      return x
+      return n
     end
 
     -- the state a Lua window function keeps for window (k, start), with v added

@@ -207,7 +207,7 @@ return p
     assert.is_truthy(E.wait_for(function() return #E.part_files(dir .. "/out") > 0 end, 10))
     daemon:kill("TERM")
     assert.are.equal(0, daemon:wait(10), daemon:stderr())
-    local read = tonumber(daemon:stderr():match("finished: (%d+) records read"))
+    local read = tonumber(daemon:stderr():match("stopped: (%d+) records read"))
     assert.is_number(read, daemon:stderr())
     if os.getenv("EDDY_SPEC_DEBUG") then io.stderr:write("drain: read ", read, "\n") end
     local got = E.sink_lines(dir .. "/out")

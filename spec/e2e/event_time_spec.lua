@@ -94,6 +94,37 @@ describe("event time", function()
     assert.are.equal("a 0 5\na 10000 4\n", out)
   end)
 
+  it("takes numeric strings (as CSV gives them) in sum, min, max and avg, and names a string that is no number", function()
+    local input = table.concat({
+      '{"t":1700000001000,"k":"a","x":"2"}', '{"t":1700000002000,"k":"a","x":" 3.5"}',
+      '{"t":1700000003000,"k":"a","x":"1e1"}', '{"t":1700000004000,"k":"a","x":"zebra"}', "" }, "\n")
+    for agg, want in pairs({ ["sum('x')"] = 15.5, ["min('x')"] = 2, ["max('x')"] = 10, ["avg('x')"] = 15.5 / 3 }) do
+      local rc, out = go(input, "0s", agg)
+      assert.are.equal(0, rc)
+      local got = tonumber(out:match("^a 0 (%S+)\n$"))
+      assert(got and math.abs(got - want) < 1e-9, agg .. ": " .. out)
+      assert.matches("needs a number, got the string \"zebra\" in field 'x'", E.read(dir .. "/err.log"), 1, true)
+    end
+  end)
+
+  it("lets a window take the name of the sink it feeds as its uid", function()
+    write(dir .. "/in.jsonl", '{"t":1700000001000,"k":"a"}\n')
+    write(dir .. "/pipeline.lua", [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("counts", { file = "in.jsonl", timestamp = "t" })
+ :key_by("k")
+ :window(eddy.window.tumbling("10s")):count():uid("counts")
+ :map(function(n, ctx) return ctx.key .. " " .. n end)
+ :sink("counts", { stdout = true, format = "lines" })
+return p
+]])
+    write(dir .. "/eddy.conf.lua", "return { pipeline = 'pipeline.lua', admin = false }")
+    local rc, out = run("cd " .. dir .. " && " .. eddy_bin .. " run eddy.conf.lua 2>" .. dir .. "/err.log")
+    assert.are.equal(0, rc, E.read(dir .. "/err.log"))
+    assert.are.equal("a 1\n", out)
+  end)
+
   it("takes the watermark from a Lua function when the source gives one", function()
     write(dir .. "/in.jsonl", table.concat({
       '{"t":1700000001000,"k":"a"}', '{"t":1700000012000,"k":"a","wm":1700000005000}',

@@ -560,6 +560,27 @@ describe("hot reload", function()
     check_output(recs, n, { "A" })
   end)
 
+  it("takes a reload with nothing changed (POST, SIGHUP, the same bytes saved again) as a no-op that says so", function()
+    E.write(dir .. "/in.txt", "")
+    E.write(dir .. "/pipeline.lua", script("A"))
+    config(dir, {})
+    local d, addr = start(dir)
+    local code, body = post(addr, "/reload")
+    assert.are.equal(200, code, cjson.encode(body))
+    assert.are.same({ 1, true }, { body.version, body.unchanged })
+    d:kill("HUP")
+    write_renamed(dir .. "/pipeline.lua", script("A"))   -- saved again, the same bytes
+    E.sleep(0.2 + 0.8)                                   -- the debounce, and a margin
+    assert.are.equal(1, status(addr).pipeline.version)
+    assert(E.wait_for(function()
+      local _, n = d:stderr():gsub("nothing changed", "")
+      return n >= 3
+    end, 10), "three no-op reloads should be logged:\n" .. d:stderr())
+    assert.are.same({ 0, 0 }, { reload_counts(addr) })
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20), d:stderr())
+  end)
+
   it("with reload.watch = false does not reload on a file change, but does on POST /reload", function()
     E.write(dir .. "/in.txt", "")
     E.write(dir .. "/pipeline.lua", script("A"))
