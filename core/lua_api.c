@@ -332,30 +332,42 @@ static int entry_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl
     return 0;
 }
 
-/* state_entries(uid, kg, key, kind, name) -> table of every sub key -> value.
- * Stack: args -> args table */
+/* state_entries(uid, kg, key, kind, name[, from[, to]]) -> table of sub key
+ * -> value: every entry, or those whose sub key is in [from, to) (from nil:
+ * from the first; to nil: to the last).  A lower bound skips what lies
+ * below it unread: the deleted entries there (tombstones until a
+ * compaction) are not walked again.  Stack: args -> args table */
 static int l_state_entries(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     state_tx *tx = tx_of(L, t);
-    lua_settop(L, 5);
-    state_key from = {0};
-    key_from_args(L, t, &from);
-    char z = 0;
-    if (state_key_state(&from, lua_tostring(L, 1), (uint32_t)lua_tointeger(L, 2), lua_tostring(L, 3),
-                        lua_objlen(L, 3), lua_tostring(L, 4)[0], lua_tostring(L, 5), lua_objlen(L, 5), &z, 0) < 0) {
-        state_key_free(&from);
-        return luaL_error(L, "out of memory");
+    lua_settop(L, 7);
+    size_t klen, nlen;
+    const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen), *kind = luaL_checkstring(L, 4);
+    const char *name = luaL_checklstring(L, 5, &nlen);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    /* the prefix ... name 0x00; a bound: the prefix and the packed sub key */
+    state_key lo = {0}, hi = {0};
+    int rc = -1, bad = 0;
+    for (int i = 0; i < 2; i++) {
+        state_key *k = i ? &hi : &lo;
+        if (lua_isnil(L, 6 + i)) {
+            if (state_key_state(k, uid, kg, key, klen, kind[0], name, nlen, "", 0) < 0) goto done;
+            if (i) k->p[k->len - 1] = 1;          /* name 0x00 ... up to name 0x01 */
+        } else {
+            lua_pushvalue(L, 6 + i);
+            lua_replace(L, 6);                    /* key_from_args packs argument 6 */
+            key_from_args(L, t, k);
+        }
     }
-    char *to = malloc(from.len);
-    if (!to) { state_key_free(&from); return luaL_error(L, "out of memory"); }
-    memcpy(to, from.p, from.len);
-    to[from.len - 1] = 1;                      /* name 0x00 ... up to name 0x01 */
+    size_t prefix = strlen(uid) + 1 + 2 + 4 + klen + 1 + nlen + 1;
     lua_newtable(L);                           /* args t */
-    entries_ud e = { L, from.len, clock_now_ms(), 0 };
-    int rc = state_tx_range(tx, from.p, from.len, to, from.len, entry_cb, &e);
-    free(to);
-    state_key_free(&from);
-    if (rc < 0 || e.bad) return luaL_error(L, "stored state cannot be read");
+    entries_ud e = { L, prefix, clock_now_ms(), 0 };
+    rc = state_tx_range(tx, lo.p, lo.len, hi.p, hi.len, entry_cb, &e);
+    bad = e.bad;
+done:
+    state_key_free(&lo);
+    state_key_free(&hi);
+    if (rc < 0 || bad) return luaL_error(L, "stored state cannot be read");
     return 1;
 }
 

@@ -698,14 +698,22 @@ function M.task(args)
       sh = { nxt = build(id) }
       temporal_shared[id] = sh
       -- the records of key whose time the watermark passed join their versions
+      -- Each key keeps floors ("v" "sfloor", "vfloor"): the sub keys below
+      -- which its waiting records and its versions are all gone, so a
+      -- release reads from there and never walks what it deleted before.
       local function release(key, kg, now)
-        local versions = entries(uid, kg, key, "m", "V")
+        -- sub keys hold times rounded to 1024 ms (doubles past 2^62): read
+        -- a bucket further, and compare the times themselves
+        local upto = time_sub(now + 1)          -- every record after now is at or above this
+        local reach = time_sub(now + 2049)
+        local vfloor = get(uid, kg, key, "v", "vfloor")
+        local versions = entries(uid, kg, key, "m", "V", vfloor, reach)
         local vkeys = sorted_keys(versions)
-        local waiting = entries(uid, kg, key, "m", "S")
-        local pending = false
+        local sfloor = get(uid, kg, key, "v", "sfloor")
+        local waiting = entries(uid, kg, key, "m", "S", sfloor, reach)
         for _, sub in ipairs(sorted_keys(waiting)) do
           local e = waiting[sub]
-          if e.ts <= now then
+          if e.ts <= now then                   -- (later ones in the bucket wait)
             local row
             for _, vk in ipairs(vkeys) do
               local ver = versions[vk]
@@ -718,16 +726,17 @@ function M.task(args)
               if out ~= nil then cout[id] = cout[id] + 1; sh.nxt(out) end
             end
             del(uid, kg, key, "m", "S", sub)
-          else
-            pending = true
           end
         end
-        if not pending then del(uid, kg, key, "v", "seq") end
+        put(uid, kg, key, "v", "sfloor", nil, upto)
+        -- none waits any more: the sequence starts again (the floor stays)
+        if next(entries(uid, kg, key, "m", "S", upto, nil)) == nil then del(uid, kg, key, "v", "seq") end
         -- old versions: keep the last one at or before the cutoff (still valid then)
         local cutoff = now - retention
         local keep
         for i, vk in ipairs(vkeys) do if versions[vk].ts <= cutoff then keep = i end end
         for i = 1, (keep or 1) - 1 do del(uid, kg, key, "m", "V", vkeys[i]) end
+        if keep and keep > 1 then put(uid, kg, key, "v", "vfloor", nil, vkeys[keep]) end
       end
       local entry = { id = id }
       entry.advance = function()
@@ -744,12 +753,18 @@ function M.task(args)
       local key, kg = current_key()
       if table_side then
         -- a version of the row from cur_ts on (nil: deleted from then on)
-        put(uid, kg, key, "m", "V", time_sub(cur_ts), { ts = cur_ts, row = v == nil and cjson.null or v })
+        local sub = time_sub(cur_ts)
+        put(uid, kg, key, "m", "V", sub, { ts = cur_ts, row = v == nil and cjson.null or v })
+        local floor = get(uid, kg, key, "v", "vfloor")
+        if floor and sub < floor then put(uid, kg, key, "v", "vfloor", nil, sub) end   -- an older version came late
         native.timer_set(uid, kg, key, "e", cur_ts + retention)   -- old versions are swept then
       else
         local seq = (get(uid, kg, key, "v", "seq") or 0) + 1
         put(uid, kg, key, "v", "seq", nil, seq)
-        put(uid, kg, key, "m", "S", time_sub(cur_ts, seq), { v = v, ts = cur_ts })
+        local sub = time_sub(cur_ts, seq)
+        put(uid, kg, key, "m", "S", sub, { v = v, ts = cur_ts })
+        local floor = get(uid, kg, key, "v", "sfloor")
+        if floor and sub < floor then put(uid, kg, key, "v", "sfloor", nil, sub) end   -- behind the watermark
         native.timer_set(uid, kg, key, "e", cur_ts)
       end
     end
