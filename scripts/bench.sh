@@ -332,6 +332,35 @@ bench_checkpoint() {
     while IFS= read -r line; do notes+=("$line"); done <<< "$out"
 }
 
+# curves: what one timer and one as-of join record cost as their number
+# grows (one key, one event-time timer per record; 100 customers x N
+# orders): CPU seconds per record at each size, which stay flat when each
+# operation costs O(log n).  Notes only: there is no baseline to beat.
+bench_curves() {
+    local sizes=${BENCH_CURVE_SIZES:-"2500 10000 40000"} job n line
+    for job in timers asof; do
+        line="curves: $job:"
+        for n in $sizes; do
+            local in=$OUT/curves-input-$n
+            own_input "$in" "$n" "$n curve records" luajit "$ROOT/scripts/bench/curves/gen.lua" "$in" "$n"
+            dir=$OUT/curves-$job-$n
+            rm -rf "$dir" && mkdir -p "$dir/out"
+            cp "$ROOT/scripts/bench/curves/$job.lua" "$dir/pipeline.lua"
+            echo "return { name = 'curve-$job', pipeline = 'pipeline.lua', admin = false, threads = 1 }" > "$dir/eddy.conf.lua"
+            ln -s "$in" "$dir/input"
+            local tf=$dir/cpu.txt
+            (cd "$dir" && /usr/bin/time -o "$tf" -f "%U %S" timeout -k 10 "$BENCH_TIMEOUT" "$EDDY_BIN" run eddy.conf.lua \
+                >run.log 2>&1) || { echo "bench: curves $job $n failed (see ${dir#"$ROOT"/}/run.log)" >&2; status=1; }
+            local cpu lines
+            cpu=$(tail -n 1 "$tf" | awk '{ print $1 + $2 }')
+            lines=$(find "$dir/out" -maxdepth 1 -type f -name 'part-*' -exec cat {} + 2>/dev/null | wc -l || true)
+            [ "$lines" -eq "$n" ] || { echo "bench: curves $job $n wrote $lines rows, not $n" >&2; status=1; }
+            line="$line  $n -> $(awk -v c="$cpu" -v n="$n" 'BEGIN { printf "%.2f s CPU, %.1f us/record", c, c * 1e6 / n }')"
+        done
+        notes+=("$line")
+    done
+}
+
 # ------------------------------------------------------------------------------
 
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
