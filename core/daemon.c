@@ -937,6 +937,7 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
         t->kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[t->index]], si->kpart[t->index], t->id,
                            si->start, max_bytes);
         if (!t->kp) { snprintf(err, errlen, "out of memory"); return -1; }
+        if (si->bounded) kpart_set_bounded(t->kp);
     }
     return 0;
 }
@@ -1114,6 +1115,11 @@ static int build_tasks(daemon_state *d, char *err, size_t errlen) {
             task *t = task_create(&d->sh, &p->stages[s], i, d->ntasks, err, errlen);
             if (!t) goto err;
             d->tasks[d->ntasks++] = t;
+            if (p->stages[s].source >= 0 && p->sources[p->stages[s].source].bootstrap &&
+                task_bootstrap_add(&d->sh, t) < 0) {
+                snprintf(err, errlen, "out of memory");
+                goto err;
+            }
         }
     }
     /* channels: every task of a stage holding a key_by into stage D, to every task of D */
@@ -1169,6 +1175,7 @@ static void daemon_free(daemon_state *d) {
     ckpt_destroy(d->ckpt);
     sched_destroy(d->s);
     for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
+    free(d->sh.boot);
     acks_destroy(d->sh.acks);
     state_close(d->sh.state);                      /* after the tasks: their transactions are gone */
     kgroup_destroy(d->group);                      /* its partitions' tasks are gone */

@@ -213,6 +213,8 @@ static int build_sources(plan *p, char *err, size_t errlen) {
             return -1;
         }
         si->follow = node_opt_bool(nd, "follow");
+        si->bootstrap = node_opt_bool(nd, "bootstrap");
+        si->bounded = node_opt_bool(nd, "bounded");
         const opt *idle = opt_find(&nd->opts, "idle_ms");
         si->idle_ms = idle && idle->type == OPT_NUMBER ? (int64_t)idle->n : 0;
         si->header = node_opt_bool(nd, "header");

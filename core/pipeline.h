@@ -42,6 +42,8 @@ typedef struct source_info {
     int follow, header;
     char delimiter;
     int64_t idle_ms;        /* idle = d: after d without records the partition stops holding watermarks back; 0 = never */
+    int bootstrap;          /* bootstrap = true: read to its end before any other source reads */
+    int bounded;            /* bounded = true (Kafka): read to the end offsets as of the start, then end */
 } source_info;
 
 typedef struct stage {

@@ -34,6 +34,8 @@ struct kpart {
     atomic_int drained;            /* that marker was acknowledged */
     atomic_llong restore;          /* recovery: start here when assigned; -1: none */
     atomic_int at_end;             /* the last thing read was the partition's end (no record since) */
+    int bounded;                   /* bounded = true: read up to `end`, then end */
+    atomic_llong end;              /* bounded: the partition's end offset at its assignment; -1 unknown */
     char error[512];               /* a failure the task reports (start = "committed" without an offset) */
     int64_t committed;             /* the last offset eddy committed (event loop) */
     int64_t lag, high;             /* from the statistics (event loop); -1 unknown */
@@ -242,6 +244,14 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         atomic_store(&kp->drain_marker, 0);
         atomic_store(&kp->drained, 0);
         atomic_store(&kp->at_end, 0);
+        if (kp->bounded && atomic_load(&kp->end) < 0) {
+            /* the end as of the first assignment: what a bounded source reads */
+            int64_t low, high;
+            rd_kafka_resp_err_t qe = rd_kafka_query_watermark_offsets(g->rk, kp->topic, kp->partition, &low, &high, 5000);
+            if (qe) log_warn("kafka: source '%s': the end offset of %s/%d is unknown (%s): it ends at its end of "
+                             "partition", kp->source, kp->topic, kp->partition, rd_kafka_err2str(qe));
+            atomic_store(&kp->end, qe ? INT64_MAX : high);
+        }
         atomic_store(&kp->state, KP_ASSIGNED);
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);
@@ -438,6 +448,7 @@ kpart *kgroup_add(kgroup *g, const char *source, const char *topic, int partitio
     atomic_init(&kp->position, -1);
     atomic_init(&kp->acked, -1);
     atomic_init(&kp->restore, -1);
+    atomic_init(&kp->end, -1);
     pthread_mutex_init(&kp->mu, NULL);
     g->parts[g->nparts++] = kp;
     return kp;
@@ -589,6 +600,21 @@ int kpart_elsewhere(kpart *kp) {
 }
 int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
 int kpart_at_end(kpart *kp) { return atomic_load(&kp->at_end); }
+
+void kpart_set_bounded(kpart *kp) { kp->bounded = 1; }
+
+int64_t kpart_bound_left(kpart *kp) {
+    int64_t end = atomic_load(&kp->end), pos = atomic_load(&kp->position);
+    if (!kp->bounded || end < 0 || pos < 0) return INT64_MAX;
+    return end > pos ? end - pos : 0;
+}
+
+int kpart_ended(kpart *kp) {
+    if (!kp->bounded) return 0;
+    int64_t end = atomic_load(&kp->end), pos = atomic_load(&kp->position);
+    if (end < 0) return 0;                              /* not assigned yet */
+    return (pos >= 0 && pos >= end) || atomic_load(&kp->at_end);
+}
 
 void kpart_restore(kpart *kp, int64_t offset) { atomic_store(&kp->restore, offset); }
 

@@ -75,6 +75,11 @@ int64_t kpart_position(kpart *kp);             /* the offset after the last one 
 /* 1 when the last read reached the partition's end (nothing left to read
  * now): only then may the partition count as idle. */
 int kpart_at_end(kpart *kp);
+/* bounded = true: the partition ends once read up to its end offset as of
+ * its first assignment (or to its end, when that offset is unknown). */
+void kpart_set_bounded(kpart *kp);
+int kpart_ended(kpart *kp);                     /* 1 once a bounded partition was read to that end */
+int64_t kpart_bound_left(kpart *kp);            /* bounded: offsets left to that end (INT64_MAX: not known) */
 /* Recovery: the partition starts at offset when assigned (before the
  * group's committed offset).  And where a checkpoint restarts it: the
  * position, or the offset it was restored to while nothing was read (-1:

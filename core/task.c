@@ -1,4 +1,5 @@
 #include "task.h"
+#include <sys/stat.h>
 #include "log.h"
 #include "lua_api.h"
 #include "sink.h"
@@ -22,7 +23,8 @@ sched_entry *task_sched_entry(task *t) { return &t->se; }
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
     const source_info *si = &t->cur.p->sources[t->source];
-    return si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA;
+    return si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA ||
+           (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
 int task_version(const task *t) { return t->cur.version; }
@@ -73,6 +75,8 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         if (p->sources[st->source].kind != SRC_KAFKA) {   /* Kafka: the daemon attaches the partition */
             t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
             if (!t->src) goto err;
+            struct stat sb;        /* a followed file bootstraps up to its size at the start */
+            t->boot_end = stat(p->sources[st->source].files[index], &sb) == 0 ? (int64_t)sb.st_size : 0;
         }
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
@@ -520,7 +524,15 @@ static step_result step_kafka(task *t, int *n_read) {
         send_mark(t, 0);
     batch_clear(t->inbatch);
     char err[600];
-    int n = kpart_read(t->kp, t->inbatch, (int)sh->cfg->batch_size, (uint32_t)t->source, t->index, err, sizeof err);
+    int max = (int)sh->cfg->batch_size;
+    if (t->cur.p->sources[t->source].bounded) {
+        /* bounded: nothing past the end offset as of the assignment (one
+         * record first, while the position is not known yet) */
+        int64_t pos = kpart_position(t->kp);
+        max = pos < 0 ? 1 : (int)(kpart_bound_left(t->kp) < max ? kpart_bound_left(t->kp) : max);
+        if (max <= 0) { *n_read = 0; return STEP_IDLE; }
+    }
+    int n = kpart_read(t->kp, t->inbatch, max, (uint32_t)t->source, t->index, err, sizeof err);
     if (n < 0) { task_fail(t, "%s", err); return STEP_FAILED; }
     t->position = kpart_position(t->kp);
     *n_read = n;
@@ -538,6 +550,41 @@ static int pass_checkpoint(task *t, int64_t id) {
     return 0;
 }
 
+/* bootstrap = true: has this source task read to its end? */
+static int boot_reached_end(task *t, int eof) {
+    if (eof) return 1;
+    if (t->kp) {
+        int st = kpart_state(t->kp);
+        return kpart_at_end(t->kp) || kpart_ended(t->kp) || (st != KP_ASSIGNED && kpart_elsewhere(t->kp));
+    }
+    return t->src && source_position(t->src) >= t->boot_end;
+}
+
+/* 1 while a bootstrap source has not been read to its end, or what it sent
+ * still waits in a channel: the other sources do not read meanwhile, so
+ * every record they send meets the tables as loaded. */
+static int bootstrapping(task *t) {
+    task_shared *sh = t->sh;
+    if (sh->nboot == 0 || atomic_load(&sh->boot_open)) return 0;
+    for (int i = 0; i < sh->nboot; i++) {
+        task *b = sh->boot[i];
+        if (!atomic_load(&b->boot_reached)) return 1;
+        for (int o = 0; o < b->nouts; o++)
+            for (int k = 0; k < b->outs[o].ntargets; k++)
+                if (channel_depth(b->outs[o].ch[k]) > 0) return 1;
+    }
+    if (!atomic_exchange(&sh->boot_open, 1)) log_info("the bootstrap sources were read to their end: the others start");
+    return 0;
+}
+
+int task_bootstrap_add(task_shared *sh, task *t) {
+    task **nb = realloc(sh->boot, sizeof *nb * (sh->nboot + 1));
+    if (!nb) return -1;
+    sh->boot = nb;
+    sh->boot[sh->nboot++] = t;
+    return 0;
+}
+
 static step_result step_source(task *t) {
     task_shared *sh = t->sh;
     if (atomic_load(&t->next)) {
@@ -551,6 +598,13 @@ static step_result step_source(task *t) {
         return pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
     if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) return STEP_BLOCKED;
     if (atomic_load(&sh->stopping)) return finish(t);
+    const source_info *si = &t->cur.p->sources[t->source];
+    if (!si->bootstrap && bootstrapping(t)) return STEP_IDLE;       /* (on_poll wakes it again) */
+    /* bounded: a partition another instance reads ends here */
+    if (t->kp && si->bounded && kpart_state(t->kp) != KP_ASSIGNED && kpart_elsewhere(t->kp)) {
+        t->input_ended = 1;
+        return finish(t);
+    }
     int eof = 0, n;
     if (t->kp) {
         step_result r = step_kafka(t, &n);
@@ -573,6 +627,7 @@ static step_result step_source(task *t) {
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
         if (sh->poison) mark_poison(t, t->inbatch);
         if (call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
+        if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, 0)) atomic_store(&t->boot_reached, 1);
         /* records carry the watermark only to the tasks their keys go to:
          * tell every task downstream, behind the batch */
         if (t->nouts > 0 && t->io.wm > t->sent_wm && t->io.wm < WM_END) {
@@ -581,7 +636,8 @@ static step_result step_source(task *t) {
         }
         return STEP_PROGRESS;
     }
-    if (eof) { t->input_ended = 1; return finish(t); }
+    if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, eof)) atomic_store(&t->boot_reached, 1);
+    if (eof || (t->kp && kpart_ended(t->kp))) { t->input_ended = 1; return finish(t); }
     int64_t idle = t->cur.p->sources[t->source].idle_ms;
     /* a Kafka partition is idle only at its end: a fetch still on its way
      * (or a slow one) is not the absence of records */

@@ -47,6 +47,8 @@ typedef struct task_shared {
     int64_t mark_interval_ms;   /* how often a Kafka source task sends a marker */
     _Atomic int64_t ckpt_released;   /* tasks that passed this checkpoint's barrier (or an earlier one) go on */
     int continuing;             /* this run goes on from an earlier one (positions, a savepoint): sinks append */
+    struct task **boot; int nboot;   /* the tasks of bootstrap sources (task_bootstrap_add) */
+    atomic_int boot_open;       /* every bootstrap source was read to its end and drained: the others read */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */
@@ -116,6 +118,8 @@ typedef struct task {
     int idle_sent;              /* an idle mark went downstream and no record since */
     int64_t last_record_ms;     /* sources: processing time of the last record read */
     int input_ended;            /* sources: finished at the end of the input (not by a stop) */
+    int64_t boot_end;           /* a bootstrap file source: the file's size at the start (what it reads first) */
+    atomic_int boot_reached;    /* a bootstrap source: read to its end (the others may start once it is drained) */
     int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
     int64_t wm_at_end;          /* the watermark before finish made it +inf */
     int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
@@ -176,7 +180,9 @@ step_result task_step(task *t);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);
 sched_entry *task_sched_entry(task *t);
-int task_pollable(const task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
+int task_pollable(const task *t);
+/* Registers t as a task of a bootstrap source (before the workers start).  0 or -1. */
+int task_bootstrap_add(task_shared *sh, task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
 /* 1 when a channel to a downstream task is full (backpressure).  Any thread. */
 int task_outputs_full(task *t);
 

@@ -92,7 +92,8 @@ end
 
 local SOURCE_OPTS = { file = "string", stdin = "boolean", kafka = "any", format = "string",
   key = "any", follow = "boolean", header = "boolean", delimiter = "string",
-  timestamp = "any", watermark = "any", idle = "any", start = "string", max_bytes = "any" }
+  timestamp = "any", watermark = "any", idle = "any", start = "string", max_bytes = "any",
+  bootstrap = "boolean", bounded = "boolean" }
 local SINK_OPTS = { file = "string", stdout = "boolean", kafka = "any", format = "string", key = "any" }
 
 local function check_opts(kind, name, opts, allowed)
@@ -147,6 +148,12 @@ function Pipeline:source(name, opts)
     end
   end
   if opts.idle ~= nil then check_duration("source '" .. name .. "': idle", opts.idle) end
+  if opts.bounded and not opts.kafka then
+    fail("source '" .. name .. "': bounded is for kafka sources (a file without follow ends by itself)")
+  end
+  if opts.bootstrap and opts.stdin then
+    fail("source '" .. name .. "': bootstrap needs an end to read to (a file or a kafka topic, not stdin)")
+  end
   local ts = opts.timestamp
   if ts ~= nil and type(ts) ~= "string" and type(ts) ~= "function" then
     fail("source '" .. name .. "': timestamp must be a field name, a function, \"kafka\" or \"ingest\"")
@@ -171,7 +178,7 @@ function Pipeline:source(name, opts)
       header = opts.header or false, delimiter = opts.delimiter or ",",
       timestamp = type(ts) == "string" and ts or nil,
       watermark_bound = type(wm) == "table" and wm.bound or (ts ~= nil and wm == nil and "0" or nil),
-      idle = opts.idle,
+      idle = opts.idle, bootstrap = opts.bootstrap or false, bounded = opts.bounded or false,
     }, key = key, timestamp = ts, watermark_fn = type(wm) == "function" and wm or nil })
   return s
 end

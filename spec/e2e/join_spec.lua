@@ -117,6 +117,35 @@ return p
     assert.are.equal(E.read(E.root .. "/spec/fixtures/join-clicks-countries.out"), table.concat(lines, "\n") .. "\n")
   end)
 
+  for _, kind in ipairs({ "table", "global_table" }) do
+    it("with bootstrap = true loads the " .. kind .. " to its end before a stream record is joined", function()
+      local c, o = {}, {}
+      for i = 1, 30000 do c[i] = string.format('{"id":"c%d","city":"city%d"}', i, i) end
+      for i = 1, 5000 do o[i] = string.format('{"id":%d,"customer":"c%d"}', i, (i * 7919) % 30000 + 1) end
+      E.write(dir .. "/customers.jsonl", table.concat(c, "\n") .. "\n")
+      E.write(dir .. "/orders.jsonl", table.concat(o, "\n") .. "\n")
+      local join = kind == "table"
+        and 'p:source("orders", { file = "orders.jsonl" }):key_by("customer")\n :join(customers, j, { type = "left" })'
+        or 'p:source("orders", { file = "orders.jsonl" })\n :join(customers, j, { type = "left", key = "customer" })'
+      E.write(dir .. "/pipeline.lua", string.format([[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+local customers = p:%s("customers", { file = "customers.jsonl", key = "id", bootstrap = true })
+local function j(o, c) return o.id .. " " .. (c and c.city or "unknown") end
+%s
+ :sink("out", { file = "out", format = "lines" })
+return p
+]], kind, join))
+      E.write_config(dir, { parallelism = 2, threads = 2 })
+      local r = E.run_config(dir, { timeout = 120 })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.matches("the bootstrap sources were read to their end", r.stderr, 1, true)
+      local rows = E.sink_lines(dir .. "/out")
+      assert.are.equal(5000, #rows)
+      for _, l in ipairs(rows) do assert.is_nil(l:find("unknown", 1, true), l) end
+    end)
+  end
+
   it("refuses joins this version does not have, naming the line", function()
     for _, case in ipairs({
       { 'p:source("a", { file = "x" }):key_by("k"):join(p:source("b", { file = "x" }):key_by("k"), function() end)',

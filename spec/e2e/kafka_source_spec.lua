@@ -181,6 +181,39 @@ p:source("in", { kafka = "in", format = "json", timestamp = "t", watermark = edd
     assert.are.equal(0, d:wait(15), d:stderr())
   end)
 
+  it("with bounded = true reads to the end offsets as of its start, fires the last windows and exits 0; the next run reads only what came since", function()
+    local msgs = {}
+    for i = 1, 400 do msgs[i] = string.format('{"t":%d,"k":"k%d"}', T + i * 100, i % 3) end
+    for p = 0, 3 do
+      local part = {}
+      for i = p + 1, #msgs, 4 do part[#part + 1] = msgs[i] end
+      produce("in", part, p)
+    end
+    pipeline([[
+p:source("in", { kafka = "in", timestamp = "t", watermark = eddy.watermark.bounded("1s"), bounded = true })
+ :key_by("k")
+ :window(eddy.window.tumbling("10s"))
+ :count()
+ :map(function(n, ctx) return ctx.key .. " " .. (ctx.window.start - ]] .. T .. [[) .. " " .. n end)
+ :sink("out", { stdout = true, format = "lines" })]])
+    local r = E.run({ "run", config("bounded") }, { timeout = 60 })
+    assert.are.equal(0, r.code, r.stderr)
+    -- every window, the last one (which only the end fires) too
+    local total, last = 0, false
+    for _, l in ipairs(E.lines(r.stdout)) do
+      local start, n = l:match("^k%d (%d+) (%d+)$")
+      total = total + tonumber(n)
+      if tonumber(start) == 40000 then last = true end
+    end
+    assert.are.equal(400, total, r.stdout)
+    assert.is_true(last, "the last window did not fire:\n" .. r.stdout)
+    -- a second run: the committed offsets are at the end, and 4 new messages
+    produce("in", { string.format('{"t":%d,"k":"k0"}', T + 100000) }, 0)
+    r = E.run({ "run", config("bounded") }, { timeout = 60 })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("k0 100000 1\n", r.stdout)
+  end)
+
   it("continues from the group's committed offsets after a clean stop: no message read twice", function()
     pipeline([[p:source("in", { kafka = "in", format = "json" }):map(function(v) return v.n end)
  :sink("out", { stdout = true, format = "lines" })]])
