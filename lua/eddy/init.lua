@@ -178,7 +178,7 @@ function Pipeline:source(name, opts)
       header = opts.header or false, delimiter = opts.delimiter or ",",
       timestamp = type(ts) == "string" and ts or nil,
       watermark_bound = type(wm) == "table" and wm.bound or (ts ~= nil and wm == nil and "0" or nil),
-      idle = opts.idle, bootstrap = opts.bootstrap or false, bounded = opts.bounded or false,
+      idle = opts.idle, bootstrap = opts.bootstrap or nil, bounded = opts.bounded or nil,
     }, key = key, timestamp = ts, watermark_fn = type(wm) == "function" and wm or nil })
   return s
 end
@@ -221,10 +221,14 @@ function Stream:union(...)
   return s
 end
 
+-- sources and sinks are known by their names: their uids are a namespace
+-- of their own (a window may take the name of the sink it feeds)
+local function uid_space(n) return (n.kind == "source" or n.kind == "sink") and n.kind or "" end
+
 function Stream:uid(s)
   if type(s) ~= "string" or s == "" then fail("uid needs a non-empty string") end
   for _, node in ipairs(self.p.nodes) do
-    if node.uid == s and node ~= self.node and node.kind ~= "source" and node.kind ~= "sink" then
+    if node.uid == s and node ~= self.node and uid_space(node) == uid_space(self.node) then
       fail("uid '" .. s .. "' is used twice")
     end
   end
