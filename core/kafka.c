@@ -1,6 +1,7 @@
 #include "kafka.h"
 #include "clock.h"
 #include "log.h"
+#include "source_kafka.h"
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -508,24 +509,42 @@ int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
     return why[0] ? txn_failed(k, what, why, 1, err, errlen) : 0;
 }
 
-int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
+int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int noffs, kgroup *g, char *err,
+                     size_t errlen) {
     char what[96];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
+    rd_kafka_error_t *e = NULL;
+    /* the source partitions' offsets go to the consumer group with the
+     * consumer's metadata (generation, member): committed with the output or
+     * not at all, and refused to a member the group has dropped (a zombie) */
+    if (noffs > 0 && g) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(noffs);
+        for (int i = 0; i < noffs; i++)
+            rd_kafka_topic_partition_list_add(l, offs[i].topic, offs[i].partition)->offset = offs[i].offset;
+        rd_kafka_consumer_group_metadata_t *cgmd = kgroup_metadata(g);
+        if (cgmd) {
+            TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, l, cgmd, 30000), what);
+            rd_kafka_consumer_group_metadata_destroy(cgmd);
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+    }
     /* the checkpoint's id goes into the transaction as an offset of the
-     * group named by the transactional id: committed with it or not at all,
-     * so recovery can tell whether a checkpoint's commit went through */
-    rd_kafka_topic_partition_list_t *marker = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(marker, k->txn_topic, 0)->offset = checkpoint;
-    rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata_new(k->txn_id);
-    rd_kafka_error_t *e;
-    TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, marker, cgmd, 30000), what);
-    rd_kafka_consumer_group_metadata_destroy(cgmd);
-    rd_kafka_topic_partition_list_destroy(marker);
+     * group named by the transactional id (one instance's own, whatever the
+     * group of its sources): committed with it or not at all, so recovery
+     * can tell whether a checkpoint's commit went through */
+    if (!e) {
+        rd_kafka_topic_partition_list_t *marker = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(marker, k->txn_topic, 0)->offset = checkpoint;
+        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata_new(k->txn_id);
+        TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, marker, cgmd, 30000), what);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        rd_kafka_topic_partition_list_destroy(marker);
+    }
     if (!e) TXN_RETRYING(e, rd_kafka_commit_transaction(k->txn_rk, 60000), what);
     if (e) return txn_error(k, e, what, err, errlen);
     k->txn_open = 0;
     k->txn_committed++;
-    log_debug("kafka: %s committed (%ld records)", what, (long)(txn_queued(k) - k->txn_base));
+    log_debug("kafka: %s committed (%ld records, %d source offsets)", what, (long)(txn_queued(k) - k->txn_base), noffs);
     return 0;
 }
 

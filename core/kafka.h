@@ -61,8 +61,9 @@ int64_t kafka_sink_bytes(const kafka_sink *s);     /* key and value bytes delive
  * Every Kafka sink then writes through one transactional producer
  * (transactional.id: kafka["transactional.id"], else "eddy-<name>"); the
  * coordinator drives it (event loop): begin, then at each checkpoint
- * prepare (flush; a refused message fails it) and commit (the checkpoint's
- * id is sent to the transaction as the offset of partition 0 of the marker
+ * prepare (flush; a refused message fails it) and commit (the Kafka
+ * sources' offsets are sent to the transaction for the consumer group
+ * `name`, the checkpoint's id as the offset of partition 0 of the marker
  * topic in the group named by the transactional id, then
  * commit_transaction: the commit point).  Retriable errors are retried; an
  * abortable one aborts; any failure is also kept for kafka_failed, so the
@@ -77,7 +78,13 @@ void kafka_txn_set_topic(kafka *k, const char *topic);
  * open transaction the broker aborts) and begin_transaction.  0, or -1 with err. */
 int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen);
 int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen);
-int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen);
+/* Commits the open transaction with the source partitions' offsets of the
+ * checkpoint (offs: those assigned to this instance; sent to g's consumer
+ * group with its metadata; none when noffs is 0 or g NULL) and the marker. */
+typedef struct kafka_offset { const char *topic; int partition; int64_t offset; } kafka_offset;
+struct kgroup;
+int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int noffs, struct kgroup *g, char *err,
+                     size_t errlen);
 /* The checkpoint id the last committed transaction carried (0: none known;
  * a broker that does not keep offsets sent to transactions, such as the
  * embedded one, knows none).  0, or -1 with err. */

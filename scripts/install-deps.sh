@@ -8,7 +8,7 @@ PKGS="build-essential pkg-config clang
       libluajit-5.1-dev luajit
       librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev uthash-dev libssl-dev
       lua-busted lua-cjson
-      kcat curl python3 procps time valgrind"
+      kcat curl python3 python3-confluent-kafka procps time valgrind"
 
 missing=""
 for p in $PKGS; do
