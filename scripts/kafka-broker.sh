@@ -25,8 +25,10 @@
 # The settings make transactions and consumer groups work on one node: the
 # offsets topic and the transaction state log have replication factor 1
 # (min ISR 1) and few partitions, a group's first rebalance is not delayed,
-# sessions may be as short as 1 s (the specs use 4-6 s), segments are
-# small.  The heap is modest (KAFKA_HEAP, -Xmx512m): CI has 2 cores.
+# sessions may be as short as 1 s (the specs use 3-4 s), segments are
+# small, and nothing is deleted by age (log.retention.ms=-1): eddy's Kafka
+# sinks stamp records with their event time, and the specs' event times lie
+# years back, so time retention would delete their segments within minutes.  The heap is modest (KAFKA_HEAP, -Xmx512m): CI has 2 cores.
 #
 #   KAFKA_JARS   where the jars are copied (default build/kafka-VERSION)
 #   KAFKA_HEAP   the JVM's heap options (default "-Xms256m -Xmx512m")
@@ -122,6 +124,7 @@ transaction.state.log.segment.bytes=16777216
 log.cleaner.dedupe.buffer.size=16777216
 log.cleaner.threads=1
 log.flush.interval.ms=9223372036854775807
+log.retention.ms=-1
 EOF
     # a cluster id as Kafka writes one (16 random bytes, base64url); saves
     # `StorageTool random-uuid` a JVM start
