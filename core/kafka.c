@@ -502,7 +502,18 @@ int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
     char what[96], why[512];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
     if (!k->txn_open) return txn_failed(k, what, "no transaction is open", 0, err, errlen);
-    rd_kafka_resp_err_t fe = rd_kafka_flush(k->txn_rk, 60000);
+    /* flushed in slices: once a message was refused the transaction must be
+     * aborted, and what is still queued is not sent before that (a flush
+     * would wait its whole timeout) */
+    int64_t until = clock_mono_ms() + 60000;
+    rd_kafka_resp_err_t fe;
+    for (;;) {
+        fe = rd_kafka_flush(k->txn_rk, 100);
+        pthread_mutex_lock(&k->mu);
+        int refused = k->txn_error[0] != 0;
+        pthread_mutex_unlock(&k->mu);
+        if (!fe || refused || clock_mono_ms() >= until) break;
+    }
     pthread_mutex_lock(&k->mu);
     snprintf(why, sizeof why, "%s", k->txn_error[0] ? k->txn_error : fe ? rd_kafka_err2str(fe) : "");
     pthread_mutex_unlock(&k->mu);
@@ -551,6 +562,22 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int
 int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen) {
     const char *topic = k->txn_topic;
     *checkpoint = 0;
+    /* the transaction of the last run may still be open (killed before its
+     * commit) or completing: while it is, the marker's offset is unstable and
+     * a read of it waits (until the transaction times out).  A producer with
+     * the same id ends it first: init_transactions aborts an open one and
+     * waits for one being completed. */
+    rd_kafka_t *p = producer(k, "transaction.timeout.ms", "60000", NULL, NULL, "transactional.id", k->txn_id, NULL,
+                             "kafka: the transactional producer", err, errlen);
+    if (!p) return -1;
+    rd_kafka_error_t *ie;
+    TXN_RETRYING(ie, rd_kafka_init_transactions(p, 20000), "init_transactions");
+    rd_kafka_destroy(p);
+    if (ie) {
+        snprintf(err, errlen, "kafka: init_transactions: %s", rd_kafka_error_string(ie));
+        rd_kafka_error_destroy(ie);
+        return -1;
+    }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char e[512];
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return -1; }
