@@ -87,7 +87,9 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int
                      size_t errlen);
 /* The checkpoint id the last committed transaction carried (0: none known;
  * a broker that does not keep offsets sent to transactions, such as the
- * embedded one, knows none).  0, or -1 with err. */
+ * embedded one, knows none).  Ends the last run's transaction first (a
+ * producer with the id calls init_transactions), so the offset is stable.
+ * 0, or -1 with err. */
 int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen);
 int64_t kafka_txn_committed(const kafka *k);  /* transactions committed by this process */
 int64_t kafka_txn_aborted(const kafka *k);    /* failed: aborted, or left to the broker to abort */
