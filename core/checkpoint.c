@@ -731,8 +731,18 @@ int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(vo
 
 int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
                    size_t errlen) {
-    int64_t id = ckpt_now(c, timeout_ms, "savepoint's", NULL, NULL, err, errlen);
-    if (id < 0) return -1;
+    int64_t deadline = clock_mono_us() + timeout_ms * 1000;
+    while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }   /* one already running */
+    int64_t failed = c->failed;
+    if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
+    int64_t id = c->running;
+    while (c->running && clock_mono_us() < deadline) { if (!ckpt_poll(c)) usleep(1000); }
+    if (c->running) {
+        snprintf(err, errlen, "the savepoint's checkpoint %lld did not complete within %lld s (a task does not reach "
+                 "its barrier); it completes later as a checkpoint", (long long)id, (long long)(timeout_ms / 1000));
+        return -1;
+    }
+    if (c->failed != failed || c->last_id != id) { snprintf(err, errlen, "checkpoint %lld failed (see the log)", (long long)id); return -1; }
     /* a self-contained copy: the manifest and every file of the state */
     char src[PATH_MAX], sp[PATH_MAX], a[PATH_MAX], b[PATH_MAX];
     snprintf(src, sizeof src, "%s/%lld", c->dir, (long long)id);

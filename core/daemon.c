@@ -840,7 +840,7 @@ static void on_group_serve(void *ud) {
 static int on_group_checkpoint(void *ud) {
     daemon_state *d = ud;
     if (!d->ckpt || !d->workers_running) return 0;          /* nothing read yet */
-    if (atomic_load(&d->sh.aborting) || atomic_load(&d->sh.stopping) || reload_in_progress(d)) return -1;
+    if (atomic_load(&d->sh.aborting) || reload_in_progress(d)) return -1;
     char err[2048];
     int64_t id = ckpt_now(d->ckpt, REVOKE_CHECKPOINT_TIMEOUT_MS, "revocation's", on_group_serve, d, err, sizeof err);
     if (ckpt_running(d->ckpt)) {

@@ -377,6 +377,12 @@ int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t er
 kafka_sink *kafka_dead_letter_sink(kafka *k) { return k->dead_letters; }
 
 const char *kafka_failed(const kafka *k) { return k->failed[0] ? k->failed : NULL; }
+
+void kafka_fail(kafka *k, const char *why) {
+    pthread_mutex_lock(&k->mu);
+    if (!k->failed[0]) snprintf(k->failed, sizeof k->failed, "%s", why);
+    pthread_mutex_unlock(&k->mu);
+}
 int kafka_nsinks(const kafka *k) { return k->nsinks; }
 kafka_sink *kafka_sink_at(const kafka *k, int i) { return i >= 0 && i < k->nsinks ? k->sinks[i] : NULL; }
 const char *kafka_sink_name(const kafka_sink *s) { return s->name; }
@@ -502,6 +508,10 @@ int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
     char what[96], why[512];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
     if (!k->txn_open) return txn_failed(k, what, "no transaction is open", 0, err, errlen);
+    pthread_mutex_lock(&k->mu);
+    snprintf(why, sizeof why, "%.500s", k->failed);
+    pthread_mutex_unlock(&k->mu);
+    if (why[0]) return txn_failed(k, what, why, 1, err, errlen);      /* eddy stops: nothing more commits */
     /* flushed in slices: once a message was refused the transaction must be
      * aborted, and what is still queued is not sent before that (a flush
      * would wait its whole timeout) */

@@ -50,6 +50,9 @@ int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t er
 kafka_sink *kafka_dead_letter_sink(kafka *k);    /* borrowed; NULL without dead_letter.kafka */
 /* The first delivery failure under on_error = "fail", or NULL. */
 const char *kafka_failed(const kafka *k);
+/* Makes eddy stop as kafka_failed says (why, unless a failure came first);
+ * under exactly_once the open transaction then commits no more. */
+void kafka_fail(kafka *k, const char *why);
 int kafka_nsinks(const kafka *k);
 kafka_sink *kafka_sink_at(const kafka *k, int i);      /* borrowed */
 const char *kafka_sink_name(const kafka_sink *s);

@@ -275,6 +275,17 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);
     }
+    if (lost && g->hooks.checkpoint && kafka_txn_active(g->k)) {
+        /* exactly_once: the group dropped this instance (a session that
+         * expired: frozen, or cut off); the next owner reads these partitions
+         * from the last committed offsets, and the open transaction holds
+         * what was read from them since: it must not commit.  eddy stops,
+         * aborting it, and the restart joins the group anew. */
+        char why[1200];
+        snprintf(why, sizeof why, "kafka: partitions %s were lost (the group dropped this instance): the open "
+                 "transaction holds output their next owner writes again", list);
+        kafka_fail(g->k, why);
+    }
     if (!lost && !g->closing && g->hooks.checkpoint) {
         /* exactly_once: what was read from these partitions is committed by
          * a checkpoint now (with their offsets), before the next owner reads

@@ -12,7 +12,11 @@
 --   * exactly_once, a stateless job, members joining, leaving and SIGKILLed:
 --     a read_committed reader sees every input exactly once (a revoked
 --     partition's reads are committed by a checkpoint, whose transaction
---     carries the partitions' offsets to the group, before it is given up).
+--     carries the partitions' offsets to the group, before it is given up);
+--   * exactly_once, a member frozen (SIGSTOP) past its session but not its
+--     transaction timeout: the group drops it and hands its partitions on;
+--     woken, it must not commit what it read before (its open transaction,
+--     which the broker still keeps): it stops, aborting it, and rejoins.
 local E = require("support.eddy")
 local cjson = require("cjson")
 local run = E.shell
@@ -62,11 +66,11 @@ return p
                 admin = { listen = "127.0.0.1:0" }, kafka = kafka }
     if o.exactly_once then
       c.guarantee = "exactly_once"
-      c.checkpoint = { interval = "200ms", retain = 2 }
+      c.checkpoint = { interval = o.interval or "200ms", retain = 2 }
       kafka["transactional.id"] = group .. "-" .. tag
       -- a SIGKILLed member's open transaction holds read_committed readers
       -- back until its restart aborts it, or this long
-      kafka["transaction.timeout.ms"] = "15000"
+      kafka["transaction.timeout.ms"] = o.txn_timeout or "15000"
     end
     return E.write_config(dir, c, tag .. ".conf.lua")
   end
@@ -316,6 +320,50 @@ return p
     local all = {}
     for k = 1, 8 do all[k] = batch(k) end
     wait_output(all, 60)
+    stop("b")
+    assert_exactly_once(all)
+  end)
+
+  it("exactly_once: a member frozen past its session and woken again commits nothing its partitions' next owner "
+    .. "writes again", function()
+    pipeline()
+    -- A's transactions are long: when it freezes, the open one holds what
+    -- it read, and the broker keeps it open through the freeze
+    start("a", { exactly_once = true, interval = "4s", txn_timeout = "120000" })
+    start("b", { exactly_once = true })
+    wait_assigned({ a = 6, b = 6 }, 30)
+    produce(table.unpack(batch(1)))
+    wait_output({ batch(1) }, 30)
+    produce(table.unpack(batch(2)))
+    -- A has read its share of batch 2 (into its open transaction)
+    local function read_by(tag)
+      local s = status(tag)
+      local n = 0
+      for _, p in ipairs(s and s.kafka and s.kafka.partitions or {}) do
+        if p.assigned then n = n + (type(p.position) == "number" and p.position or 0) end
+      end
+      return n
+    end
+    assert(E.wait_for(function() return read_by("a") >= N end, 20, 0.2),
+      "A did not read its share of two batches\n" .. describe_daemons())
+    run("kill -STOP " .. daemons.a.pid)
+    -- B takes A's partitions from the group's offsets (its output waits
+    -- behind A's open transaction for a read_committed reader) and reads on
+    wait_assigned({ b = 12 }, 30)
+    produce(table.unpack(batch(3)))
+    assert(E.wait_for(function() return read_by("b") >= 3 * N end, 30, 0.2),
+      "B did not read all three batches\n" .. describe_daemons())
+    run("kill -CONT " .. daemons.a.pid)
+    -- woken, A finds its partitions lost (or its transaction's offsets
+    -- refused: its generation is gone), stops, aborting the transaction,
+    -- and comes back (restart)
+    assert(E.wait_for(function() return daemons.a:stderr():find("restarting in", 1, true) end, 30),
+      "A did not notice it was dropped\n" .. describe_daemons())
+    wait_assigned({ a = 6, b = 6 }, 60)
+    produce(table.unpack(batch(4)))
+    local all = { batch(1), batch(2), batch(3), batch(4) }
+    wait_output(all, 60)
+    stop("a")
     stop("b")
     assert_exactly_once(all)
   end)
