@@ -570,6 +570,29 @@ int ckpt_final(ckpt *c) {
     return complete(c, id, 1);
 }
 
+int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(void *), void *ud, char *err,
+                 size_t errlen) {
+    int64_t deadline = clock_mono_us() + timeout_ms * 1000;
+    while (c->running && clock_mono_us() < deadline) {         /* one already running */
+        if (serve) serve(ud);
+        if (!ckpt_poll(c)) usleep(1000);
+    }
+    int64_t failed = c->failed;
+    if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
+    int64_t id = c->running;
+    while (c->running && clock_mono_us() < deadline) {
+        if (serve) serve(ud);
+        if (!ckpt_poll(c)) usleep(1000);
+    }
+    if (c->running) {
+        snprintf(err, errlen, "the %s checkpoint %lld did not complete within %lld s (a task does not reach "
+                 "its barrier); it completes later", what, (long long)id, (long long)(timeout_ms / 1000));
+        return -1;
+    }
+    if (c->failed != failed || c->last_id != id) { snprintf(err, errlen, "checkpoint %lld failed (see the log)", (long long)id); return -1; }
+    return id;
+}
+
 /* ---- recovery --------------------------------------------------------------- */
 
 /* Deletes hidden part files of this daemon's file sinks (what was prepared
@@ -705,29 +728,6 @@ out:
 }
 
 /* ---- savepoints ------------------------------------------------------------ */
-
-int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(void *), void *ud, char *err,
-                 size_t errlen) {
-    int64_t deadline = clock_mono_us() + timeout_ms * 1000;
-    while (c->running && clock_mono_us() < deadline) {         /* one already running */
-        if (serve) serve(ud);
-        if (!ckpt_poll(c)) usleep(1000);
-    }
-    int64_t failed = c->failed;
-    if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
-    int64_t id = c->running;
-    while (c->running && clock_mono_us() < deadline) {
-        if (serve) serve(ud);
-        if (!ckpt_poll(c)) usleep(1000);
-    }
-    if (c->running) {
-        snprintf(err, errlen, "the %s checkpoint %lld did not complete within %lld s (a task does not reach "
-                 "its barrier); it completes later", what, (long long)id, (long long)(timeout_ms / 1000));
-        return -1;
-    }
-    if (c->failed != failed || c->last_id != id) { snprintf(err, errlen, "checkpoint %lld failed (see the log)", (long long)id); return -1; }
-    return id;
-}
 
 int ckpt_savepoint(ckpt *c, const char *state_dir, int64_t timeout_ms, char *path, size_t plen, char *err,
                    size_t errlen) {
