@@ -457,7 +457,22 @@ static int complete(ckpt *c, int64_t id, int final) {
      * (recovery then learns from Kafka whether it happened), else marking
      * the manifest committed */
     if (txn) {
-        if (kafka_txn_commit(k, id, err, sizeof err) < 0) { json_decref(m); goto kafka_fail; }
+        /* the offsets of the partitions this instance holds (a revoked one
+         * is held until its rebalance callback returns) go with it */
+        kafka_offset *offs = calloc((size_t)c->ntasks + 1, sizeof *offs);
+        int noffs = 0;
+        struct kgroup *g = NULL;
+        for (int i = 0; offs && i < c->ntasks; i++) {
+            task *t = c->tasks[i];
+            int64_t off = t->kp && t->source >= 0 && kpart_state(t->kp) != KP_UNASSIGNED ? kpart_checkpoint_offset(t->kp) : -1;
+            if (off < 0) continue;
+            offs[noffs++] = (kafka_offset){ kpart_topic(t->kp), kpart_partition(t->kp), off };
+            g = kpart_group(t->kp);
+        }
+        int rc = offs ? kafka_txn_commit(k, id, offs, noffs, g, err, sizeof err) : -1;
+        if (!offs) snprintf(err, sizeof err, "out of memory");
+        free(offs);
+        if (rc < 0) { json_decref(m); goto kafka_fail; }
         crash_point("txn_committed");
     }
     json_object_set_new(m, "committed", json_true());
@@ -491,13 +506,17 @@ static int complete(ckpt *c, int64_t id, int final) {
     json_t *e;
     json_array_foreach(json_object_get(m, "sources"), i, e) {
         /* the group's offsets follow the checkpoints (exactly_once only: at
-         * least once, acks.c commits what the sinks acknowledged) */
+         * least once, acks.c commits what the sinks acknowledged): the
+         * transaction committed them, else the consumer commits them now */
         if (!json_object_get(e, "kafka_partition") || c->sh->cfg->guarantee != GUARANTEE_EXACTLY_ONCE) continue;
         for (int k = 0; k < c->ntasks; k++) {
             task *t = c->tasks[k];
-            if (t->kp && t->source >= 0 &&
-                strcmp(t->cur.p->sources[t->source].files[t->index], json_string_value(json_object_get(e, "partition_label"))) == 0)
-                kpart_acked(t->kp, 0, json_integer_value(json_object_get(e, "offset")));
+            if (!t->kp || t->source < 0 ||
+                strcmp(t->cur.p->sources[t->source].files[t->index], json_string_value(json_object_get(e, "partition_label"))) != 0)
+                continue;
+            int64_t off = json_integer_value(json_object_get(e, "offset"));
+            if (txn) { if (kpart_state(t->kp) != KP_UNASSIGNED) kpart_committed(t->kp, off); }
+            else kpart_acked(t->kp, 0, off);
         }
     }
     json_decref(m);
@@ -555,6 +574,29 @@ int ckpt_final(ckpt *c) {
     c->began_us = clock_mono_us();
     c->aligned_us = c->began_us;
     return complete(c, id, 1);
+}
+
+int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(void *), void *ud, char *err,
+                 size_t errlen) {
+    int64_t deadline = clock_mono_us() + timeout_ms * 1000;
+    while (c->running && clock_mono_us() < deadline) {         /* one already running */
+        if (serve) serve(ud);
+        if (!ckpt_poll(c)) usleep(1000);
+    }
+    int64_t failed = c->failed;
+    if (c->running || !ckpt_begin(c)) { snprintf(err, errlen, "a checkpoint is still running"); return -1; }
+    int64_t id = c->running;
+    while (c->running && clock_mono_us() < deadline) {
+        if (serve) serve(ud);
+        if (!ckpt_poll(c)) usleep(1000);
+    }
+    if (c->running) {
+        snprintf(err, errlen, "the %s checkpoint %lld did not complete within %lld s (a task does not reach "
+                 "its barrier); it completes later", what, (long long)id, (long long)(timeout_ms / 1000));
+        return -1;
+    }
+    if (c->failed != failed || c->last_id != id) { snprintf(err, errlen, "checkpoint %lld failed (see the log)", (long long)id); return -1; }
+    return id;
 }
 
 /* ---- recovery --------------------------------------------------------------- */

@@ -71,6 +71,12 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
  * watermarks by source, file and task name; state by uid and key group,
  * whatever the parallelism now).  0, or -1 with err. */
 int ckpt_recover_savepoint(ckpt *c, const char *sp, char *err, size_t errlen);
+/* Event loop: takes a checkpoint now (after the one running, if any) and
+ * waits for it up to timeout_ms, calling serve(ud) meanwhile (NULL: none);
+ * `what` names it in err.  Its id, or -1 with err (failed, or still
+ * running: it completes later through ckpt_poll). */
+int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(void *), void *ud, char *err,
+                 size_t errlen);
 /* Event loop: takes a checkpoint now (waiting for it, up to timeout_ms) and
  * copies it into state_dir/savepoints/savepoint-<id>-<time>/ (manifest and
  * every state file: no links).  0 with its absolute path, or -1 with err.

@@ -868,6 +868,25 @@ static void on_group_serve(void *ud) {
     if (d->sh.acks) acks_poll(d->sh.acks);
 }
 
+/* exactly_once: partitions are being revoked; what was read from them is
+ * committed by a checkpoint before the group hands them on (on the event
+ * loop, inside the rebalance callback). */
+#define REVOKE_CHECKPOINT_TIMEOUT_MS 30000
+static int on_group_checkpoint(void *ud) {
+    daemon_state *d = ud;
+    if (!d->ckpt || !d->workers_running) return 0;          /* nothing read yet */
+    if (atomic_load(&d->sh.aborting) || reload_in_progress(d)) return -1;
+    char err[2048];
+    int64_t id = ckpt_now(d->ckpt, REVOKE_CHECKPOINT_TIMEOUT_MS, "revocation's", on_group_serve, d, err, sizeof err);
+    if (ckpt_running(d->ckpt)) {
+        struct timeval pt = { 0, 2000 };
+        event_add(d->ckpt_poll_ev, &pt);
+    }
+    if (id < 0) { log_warn("kafka: %s", err); return -1; }
+    log_info("kafka: checkpoint %lld committed what was read from the partitions given up", (long long)id);
+    return 0;
+}
+
 static void on_acked(void *ud, int source_task, uint64_t marker, int64_t position) {
     daemon_state *d = ud;
     if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->kp)
@@ -1356,7 +1375,8 @@ int daemon_run(const char *config_path, const run_opts *o) {
     d.plans[d.nplans++] = d.p;
     vm_global_init();
     if (kafka_sources) {
-        kgroup_hooks hooks = { .ud = &d, .wake = on_group_wake, .serve = on_group_serve };
+        kgroup_hooks hooks = { .ud = &d, .wake = on_group_wake, .serve = on_group_serve,
+                               .checkpoint = exactly_once ? on_group_checkpoint : NULL };
         d.group = kgroup_create(d.sh.kafka, d.cfg, hooks, err, sizeof err);
         if (!d.group) { fprintf(stderr, "eddy: %s\n", err); goto out; }
     }

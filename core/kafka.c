@@ -1,6 +1,7 @@
 #include "kafka.h"
 #include "clock.h"
 #include "log.h"
+#include "source_kafka.h"
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -376,6 +377,12 @@ int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t er
 kafka_sink *kafka_dead_letter_sink(kafka *k) { return k->dead_letters; }
 
 const char *kafka_failed(const kafka *k) { return k->failed[0] ? k->failed : NULL; }
+
+void kafka_fail(kafka *k, const char *why) {
+    pthread_mutex_lock(&k->mu);
+    if (!k->failed[0]) snprintf(k->failed, sizeof k->failed, "%s", why);
+    pthread_mutex_unlock(&k->mu);
+}
 int kafka_nsinks(const kafka *k) { return k->nsinks; }
 kafka_sink *kafka_sink_at(const kafka *k, int i) { return i >= 0 && i < k->nsinks ? k->sinks[i] : NULL; }
 const char *kafka_sink_name(const kafka_sink *s) { return s->name; }
@@ -501,37 +508,86 @@ int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
     char what[96], why[512];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
     if (!k->txn_open) return txn_failed(k, what, "no transaction is open", 0, err, errlen);
-    rd_kafka_resp_err_t fe = rd_kafka_flush(k->txn_rk, 60000);
+    pthread_mutex_lock(&k->mu);
+    snprintf(why, sizeof why, "%.500s", k->failed);
+    pthread_mutex_unlock(&k->mu);
+    if (why[0]) return txn_failed(k, what, why, 1, err, errlen);      /* eddy stops: nothing more commits */
+    /* flushed in slices: once a message was refused the transaction must be
+     * aborted, and what is still queued is not sent before that (a flush
+     * would wait its whole timeout) */
+    int64_t until = clock_mono_ms() + 60000;
+    rd_kafka_resp_err_t fe;
+    for (;;) {
+        fe = rd_kafka_flush(k->txn_rk, 100);
+        pthread_mutex_lock(&k->mu);
+        int refused = k->txn_error[0] != 0;
+        pthread_mutex_unlock(&k->mu);
+        if (!fe || refused || clock_mono_ms() >= until) break;
+    }
     pthread_mutex_lock(&k->mu);
     snprintf(why, sizeof why, "%s", k->txn_error[0] ? k->txn_error : fe ? rd_kafka_err2str(fe) : "");
     pthread_mutex_unlock(&k->mu);
     return why[0] ? txn_failed(k, what, why, 1, err, errlen) : 0;
 }
 
-int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen) {
+int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int noffs, kgroup *g, char *err,
+                     size_t errlen) {
     char what[96];
     snprintf(what, sizeof what, "the transaction of checkpoint %lld", (long long)checkpoint);
+    rd_kafka_error_t *e = NULL;
+    /* the source partitions' offsets go to the consumer group with the
+     * consumer's metadata (generation, member): committed with the output or
+     * not at all, and refused to a member the group has dropped (a zombie) */
+    if (noffs > 0 && g) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(noffs);
+        for (int i = 0; i < noffs; i++)
+            rd_kafka_topic_partition_list_add(l, offs[i].topic, offs[i].partition)->offset = offs[i].offset;
+        rd_kafka_consumer_group_metadata_t *cgmd = kgroup_metadata(g);
+        if (cgmd) {
+            TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, l, cgmd, 30000), what);
+            rd_kafka_consumer_group_metadata_destroy(cgmd);
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+    }
     /* the checkpoint's id goes into the transaction as an offset of the
-     * group named by the transactional id: committed with it or not at all,
-     * so recovery can tell whether a checkpoint's commit went through */
-    rd_kafka_topic_partition_list_t *marker = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(marker, k->txn_topic, 0)->offset = checkpoint;
-    rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata_new(k->txn_id);
-    rd_kafka_error_t *e;
-    TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, marker, cgmd, 30000), what);
-    rd_kafka_consumer_group_metadata_destroy(cgmd);
-    rd_kafka_topic_partition_list_destroy(marker);
+     * group named by the transactional id (one instance's own, whatever the
+     * group of its sources): committed with it or not at all, so recovery
+     * can tell whether a checkpoint's commit went through */
+    if (!e) {
+        rd_kafka_topic_partition_list_t *marker = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(marker, k->txn_topic, 0)->offset = checkpoint;
+        rd_kafka_consumer_group_metadata_t *cgmd = rd_kafka_consumer_group_metadata_new(k->txn_id);
+        TXN_RETRYING(e, rd_kafka_send_offsets_to_transaction(k->txn_rk, marker, cgmd, 30000), what);
+        rd_kafka_consumer_group_metadata_destroy(cgmd);
+        rd_kafka_topic_partition_list_destroy(marker);
+    }
     if (!e) TXN_RETRYING(e, rd_kafka_commit_transaction(k->txn_rk, 60000), what);
     if (e) return txn_error(k, e, what, err, errlen);
     k->txn_open = 0;
     k->txn_committed++;
-    log_debug("kafka: %s committed (%ld records)", what, (long)(txn_queued(k) - k->txn_base));
+    log_debug("kafka: %s committed (%ld records, %d source offsets)", what, (long)(txn_queued(k) - k->txn_base), noffs);
     return 0;
 }
 
 int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen) {
     const char *topic = k->txn_topic;
     *checkpoint = 0;
+    /* the transaction of the last run may still be open (killed before its
+     * commit) or completing: while it is, the marker's offset is unstable and
+     * a read of it waits (until the transaction times out).  A producer with
+     * the same id ends it first: init_transactions aborts an open one and
+     * waits for one being completed. */
+    rd_kafka_t *p = producer(k, "transaction.timeout.ms", "60000", NULL, NULL, "transactional.id", k->txn_id, NULL,
+                             "kafka: the transactional producer", err, errlen);
+    if (!p) return -1;
+    rd_kafka_error_t *ie;
+    TXN_RETRYING(ie, rd_kafka_init_transactions(p, 20000), "init_transactions");
+    rd_kafka_destroy(p);
+    if (ie) {
+        snprintf(err, errlen, "kafka: init_transactions: %s", rd_kafka_error_string(ie));
+        rd_kafka_error_destroy(ie);
+        return -1;
+    }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char e[512];
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return -1; }

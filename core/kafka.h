@@ -50,6 +50,9 @@ int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t er
 kafka_sink *kafka_dead_letter_sink(kafka *k);    /* borrowed; NULL without dead_letter.kafka */
 /* The first delivery failure under on_error = "fail", or NULL. */
 const char *kafka_failed(const kafka *k);
+/* Makes eddy stop as kafka_failed says (why, unless a failure came first);
+ * under exactly_once the open transaction then commits no more. */
+void kafka_fail(kafka *k, const char *why);
 int kafka_nsinks(const kafka *k);
 kafka_sink *kafka_sink_at(const kafka *k, int i);      /* borrowed */
 const char *kafka_sink_name(const kafka_sink *s);
@@ -61,8 +64,9 @@ int64_t kafka_sink_bytes(const kafka_sink *s);     /* key and value bytes delive
  * Every Kafka sink then writes through one transactional producer
  * (transactional.id: kafka["transactional.id"], else "eddy-<name>"); the
  * coordinator drives it (event loop): begin, then at each checkpoint
- * prepare (flush; a refused message fails it) and commit (the checkpoint's
- * id is sent to the transaction as the offset of partition 0 of the marker
+ * prepare (flush; a refused message fails it) and commit (the Kafka
+ * sources' offsets are sent to the transaction for the consumer group
+ * `name`, the checkpoint's id as the offset of partition 0 of the marker
  * topic in the group named by the transactional id, then
  * commit_transaction: the commit point).  Retriable errors are retried; an
  * abortable one aborts; any failure is also kept for kafka_failed, so the
@@ -77,10 +81,18 @@ void kafka_txn_set_topic(kafka *k, const char *topic);
  * open transaction the broker aborts) and begin_transaction.  0, or -1 with err. */
 int kafka_txn_begin(kafka *k, int init, char *err, size_t errlen);
 int kafka_txn_prepare(kafka *k, int64_t checkpoint, char *err, size_t errlen);
-int kafka_txn_commit(kafka *k, int64_t checkpoint, char *err, size_t errlen);
+/* Commits the open transaction with the source partitions' offsets of the
+ * checkpoint (offs: those assigned to this instance; sent to g's consumer
+ * group with its metadata; none when noffs is 0 or g NULL) and the marker. */
+typedef struct kafka_offset { const char *topic; int partition; int64_t offset; } kafka_offset;
+struct kgroup;
+int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int noffs, struct kgroup *g, char *err,
+                     size_t errlen);
 /* The checkpoint id the last committed transaction carried (0: none known;
  * a broker that does not keep offsets sent to transactions, such as the
- * embedded one, knows none).  0, or -1 with err. */
+ * embedded one, knows none).  Ends the last run's transaction first (a
+ * producer with the id calls init_transactions), so the offset is stable.
+ * 0, or -1 with err. */
 int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen);
 int64_t kafka_txn_committed(const kafka *k);  /* transactions committed by this process */
 int64_t kafka_txn_aborted(const kafka *k);    /* failed: aborted, or left to the broker to abort */

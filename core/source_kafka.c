@@ -32,7 +32,9 @@ struct kpart {
     atomic_llong acked;            /* outputs before this offset were acknowledged; -1: none yet */
     atomic_ullong drain_marker;    /* the marker a revoked partition's task sent, 0 before */
     atomic_int drained;            /* that marker was acknowledged */
-    atomic_llong restore;          /* recovery: start here when assigned; -1: none */
+    atomic_llong restore;          /* where the partition started while nothing was read here: the
+                                    * checkpoint's offset (recovery), else the assignment's; -1: none */
+    int recovering;                /* restore is a recovered checkpoint's, not used yet (event loop) */
     atomic_int at_end;             /* the last thing read was the partition's end (no record since) */
     int bounded;                   /* bounded = true: read up to `end`, then end */
     atomic_llong end;              /* bounded: the partition's end offset at its assignment; -1 unknown */
@@ -176,6 +178,7 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     /* where each partition starts: the group's committed offset, else `start` */
     rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
     rd_kafka_resp_err_t ce = rd_kafka_committed(g->rk, c, 10000);
+    int txn = kafka_txn_active(g->k);
     if (ce) log_warn("kafka: cannot read the group's committed offsets (%s): partitions start by `start`",
                      rd_kafka_err2str(ce));
     for (int i = 0; i < parts->cnt; i++) {
@@ -187,9 +190,18 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
                      "restart eddy to read it", p->topic, p->partition);
             continue;
         }
-        if (atomic_load(&kp->restore) >= 0) {
-            /* recovery: where the checkpoint restored says, whatever the group committed */
-            p->offset = atomic_load(&kp->restore);
+        /* recovery: where the checkpoint restored says, the first time the
+         * partition is assigned.  With Kafka sinks under exactly_once the
+         * group's offsets are the checkpoints' (committed in the same
+         * transaction as the output) and ahead of this instance's checkpoint
+         * where another member read on: the group's offset wins, and the
+         * checkpoint's counts only where the group has none */
+        int64_t restore = kp->recovering ? atomic_load(&kp->restore) : -1;
+        kp->recovering = 0;
+        atomic_store(&kp->restore, -1);
+        if (restore >= 0 && !(txn && (ce || c->elems[i].err || committed >= 0))) {
+            p->offset = restore;
+            atomic_store(&kp->restore, restore);
             kp->committed = committed >= 0 ? committed : -1;
             continue;
         }
@@ -200,7 +212,7 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
             kp->committed = -1;
             continue;
         }
-        if (committed >= 0) p->offset = committed;
+        if (committed >= 0) atomic_store(&kp->restore, p->offset = committed);
         else if (kp->start == START_LATEST) {
             /* the end as of this assignment, not as of whenever fetching starts */
             int64_t low, high;
@@ -273,7 +285,26 @@ static void give_up(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);
     }
-    if (!lost && !g->closing) {
+    if (lost && g->hooks.checkpoint && kafka_txn_active(g->k)) {
+        /* exactly_once: the group dropped this instance (a session that
+         * expired: frozen, or cut off); the next owner reads these partitions
+         * from the last committed offsets, and the open transaction holds
+         * what was read from them since: it must not commit.  eddy stops,
+         * aborting it, and the restart joins the group anew. */
+        char why[1200];
+        snprintf(why, sizeof why, "kafka: partitions %s were lost (the group dropped this instance): the open "
+                 "transaction holds output their next owner writes again", list);
+        kafka_fail(g->k, why);
+    }
+    if (!lost && !g->closing && g->hooks.checkpoint) {
+        /* exactly_once: what was read from these partitions is committed by
+         * a checkpoint now (with their offsets), before the next owner reads
+         * on from the group's offsets; a failed one stops eddy, and what the
+         * next owner reads again was never committed here */
+        if (g->hooks.checkpoint(g->hooks.ud) < 0)
+            log_warn("kafka: partitions %s are given up without a checkpoint of what was read from them", list);
+        commit_acked(g, parts, 0);
+    } else if (!lost && !g->closing) {
         /* drain: each task stops reading and sends a marker; wait until the
          * outputs before every marker were acknowledged, then commit */
         int64_t until = clock_mono_ms() + g->drain_timeout_ms;
@@ -616,7 +647,21 @@ int kpart_ended(kpart *kp) {
     return (pos >= 0 && pos >= end) || atomic_load(&kp->at_end);
 }
 
-void kpart_restore(kpart *kp, int64_t offset) { atomic_store(&kp->restore, offset); }
+void kpart_restore(kpart *kp, int64_t offset) {
+    atomic_store(&kp->restore, offset);
+    kp->recovering = 1;
+}
+
+const char *kpart_topic(const kpart *kp) { return kp->topic; }
+int kpart_partition(const kpart *kp) { return kp->partition; }
+kgroup *kpart_group(kpart *kp) { return kp->g; }
+
+void kpart_committed(kpart *kp, int64_t offset) {
+    kpart_acked(kp, 0, offset);
+    if (offset > kp->committed) kp->committed = offset;
+}
+
+rd_kafka_consumer_group_metadata_t *kgroup_metadata(kgroup *g) { return rd_kafka_consumer_group_metadata(g->rk); }
 
 int64_t kpart_checkpoint_offset(kpart *kp) {
     int64_t pos = atomic_load(&kp->position);

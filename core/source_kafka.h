@@ -30,6 +30,9 @@ typedef struct kgroup_hooks {
     void *ud;
     void (*wake)(void *ud, int task_id);          /* a partition's state changed */
     void (*serve)(void *ud);                      /* while revoked partitions drain: deliveries, acks */
+    /* exactly_once (NULL otherwise): a revocation commits a checkpoint of
+     * what was read first, instead of draining.  0, or -1 when it failed. */
+    int (*checkpoint)(void *ud);
 } kgroup_hooks;
 
 /* The group's consumer, with the config's kafka properties.  Owned, or NULL with err. */
@@ -80,12 +83,22 @@ int kpart_at_end(kpart *kp);
 void kpart_set_bounded(kpart *kp);
 int kpart_ended(kpart *kp);                     /* 1 once a bounded partition was read to that end */
 int64_t kpart_bound_left(kpart *kp);            /* bounded: offsets left to that end (INT64_MAX: not known) */
-/* Recovery: the partition starts at offset when assigned (before the
- * group's committed offset).  And where a checkpoint restarts it: the
- * position, or the offset it was restored to while nothing was read (-1:
- * neither). */
+/* Recovery: the partition starts at offset the first time it is assigned
+ * (before the group's committed offset; with Kafka sinks under exactly_once
+ * only where the group has none, its offsets being the checkpoints').  And
+ * where a checkpoint restarts it: the position, or while nothing was read
+ * the offset it started at (-1: not known). */
 void kpart_restore(kpart *kp, int64_t offset);
 int64_t kpart_checkpoint_offset(kpart *kp);
+const char *kpart_topic(const kpart *kp);
+int kpart_partition(const kpart *kp);
+kgroup *kpart_group(kpart *kp);
+/* Event loop: a Kafka transaction committed offset for the partition (the
+ * group has it; nothing is left for the consumer to commit). */
+void kpart_committed(kpart *kp, int64_t offset);
+/* The consumer's group metadata for send_offsets_to_transaction (owned). */
+struct rd_kafka_consumer_group_metadata_s;
+struct rd_kafka_consumer_group_metadata_s *kgroup_metadata(kgroup *g);
 /* The task stopped reading a revoked partition and sent marker `marker`. */
 void kpart_draining(kpart *kp, uint64_t marker);
 /* acks.c: every output caused by the records before `position` was

@@ -4,10 +4,15 @@
 #   EDDY_BIN      the eddy binary under test (default bin/eddy)
 #   BUILD         object dir; C test binaries are $BUILD/spec/test_*
 #   TEST_TIMEOUT  seconds one suite may run before it is killed (default 1200)
+#   EDDY_TEST_KAFKA  host:port of a Kafka broker to use; unset, one is started
+#                 (scripts/kafka-broker.sh, in a temporary folder) for the run
+#                 and stopped at its end
 #
 # Runs the C unit tests, then busted over spec/unit and spec/e2e, shows each
 # suite's output, and ends with one line "N passed, N failed[, N skipped]".
-# Exit 1 when anything failed.
+# Exit 1 when anything failed.  The specs that need a real Kafka broker
+# (exactly-once and consumer groups) get its address in EDDY_TEST_KAFKA; when
+# it could not be started they fail with the reason (EDDY_TEST_KAFKA_ERROR).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +28,15 @@ export LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;${LUA_PAT
 
 passed=0 failed=0 skipped=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+broker_dir=""
+cleanup() {
+    rm -f "$log"
+    if [ -n "$broker_dir" ]; then
+        "$ROOT/scripts/kafka-broker.sh" stop "$broker_dir" || true
+        rm -rf "$broker_dir"
+    fi
+}
+trap cleanup EXIT
 
 # run NAME CMD...: runs one suite with its output in $log, then shows it.
 # The output goes to a file rather than through a pipe, so a daemon a failed
@@ -67,6 +80,23 @@ for t in "$BUILD"/spec/test_*; do
         failed=$((failed + 1))
     fi
 done
+
+# One real Kafka broker for the Lua specs (started here, while the C tests
+# are done: its JVM start would slow them)
+if [ -z "${EDDY_TEST_KAFKA:-}" ]; then
+    broker_dir=$(mktemp -d /tmp/eddy-kafka.XXXXXXXX)
+    echo "=== kafka broker (scripts/kafka-broker.sh start $broker_dir)"
+    if addr=$("$ROOT/scripts/kafka-broker.sh" start "$broker_dir" 2>"$broker_dir/start.err" | head -n 1) &&
+       [ -n "$addr" ]; then
+        echo "$addr"
+        export EDDY_TEST_KAFKA=$addr
+    else
+        cat "$broker_dir/start.err"
+        EDDY_TEST_KAFKA_ERROR="scripts/kafka-broker.sh could not start a broker: $(tail -n 1 "$broker_dir/start.err")"
+        export EDDY_TEST_KAFKA_ERROR
+        echo "$EDDY_TEST_KAFKA_ERROR (the specs that need it fail)"
+    fi
+fi
 
 # Lua specs: count TAP lines; "ok N - # SKIP" is a skip.  A run that fails
 # without reporting a failing test (a spec file that does not load, busted

@@ -43,6 +43,19 @@ function M.last_committed(state_dir)
   return last
 end
 
+-- newest(state_dir): the id of the newest checkpoint with a manifest,
+-- committed or only prepared, or nil
+function M.newest(state_dir)
+  local last
+  for _, name in ipairs(E.ls(state_dir .. "/checkpoints") or {}) do
+    local id = tonumber(name)
+    if id and E.exists(state_dir .. "/checkpoints/" .. name .. "/manifest.json") and (last == nil or id > last) then
+      last = id
+    end
+  end
+  return last
+end
+
 -- restored(log): the id of the log line "restored checkpoint <id>", or nil
 function M.restored(log)
   local id = log:match("restored checkpoint ([%w%-_]+)")

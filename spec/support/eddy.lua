@@ -448,6 +448,57 @@ function M.curl(url, method)
   return tonumber(code), body
 end
 
+-- ---- a real Kafka broker ---------------------------------------------------
+
+-- kafka_broker(): the bootstrap address of the real Kafka broker the
+-- exactly-once and consumer-group specs run against (EDDY_TEST_KAFKA, which
+-- scripts/test.sh sets after starting one with scripts/kafka-broker.sh).
+-- Without one the calling spec fails with the reason: it never skips.
+function M.kafka_broker()
+  local b = os.getenv("EDDY_TEST_KAFKA")
+  if b and b ~= "" then return b end
+  error("no real Kafka broker for this spec: " .. (os.getenv("EDDY_TEST_KAFKA_ERROR")
+    or "EDDY_TEST_KAFKA is not set (make test starts one; by hand: "
+    .. "scripts/kafka-broker.sh start DIR, then EDDY_TEST_KAFKA=<the address it printed>)"), 2)
+end
+
+-- kafka_tool(args): runs spec/support/kafka_tool.py with args (a list):
+-- create, alter, committed, fence (see there); its stdout, or an error with
+-- its message
+function M.kafka_tool(args)
+  local rc, out = M.shell("timeout 60 " .. q(M.root .. "/spec/support/kafka_tool.py") .. " " .. cmdline(args) .. " 2>&1")
+  if rc ~= 0 then error("kafka_tool.py " .. table.concat(args, " ") .. ": " .. out, 2) end
+  return out
+end
+
+-- create_topic(boot, name, partitions[, configs]): a new topic on the real
+-- broker (configs: a list of "key=value")
+function M.create_topic(boot, name, partitions, configs)
+  local args = { "create", boot, name, tostring(partitions) }
+  for _, c in ipairs(configs or {}) do args[#args + 1] = c end
+  M.kafka_tool(args)
+end
+
+-- committed_offsets(boot, group, topic): { [partition] = offset } of what
+-- the group committed (-1: nothing), offsets of open transactions left out
+function M.committed_offsets(boot, group, topic)
+  local out = {}
+  for p, o in M.kafka_tool({ "committed", boot, group, topic }):gmatch("(%d+) (%-?%d+)\n") do
+    out[tonumber(p)] = tonumber(o)
+  end
+  return out
+end
+
+-- run_id(): a text unique to this process, for topic and group names on a
+-- broker that outlives a run
+local RUN_ID
+function M.run_id()
+  if not RUN_ID then
+    RUN_ID = M.capture("date +%s%N"):gsub("%s+$", ""):sub(-10) .. tostring(math.random(1000, 9999))
+  end
+  return RUN_ID
+end
+
 -- ---- generated inputs -------------------------------------------------------
 
 -- a deterministic pseudo-random generator (the same numbers on every run)
