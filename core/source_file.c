@@ -18,6 +18,7 @@ struct source_reader {
     int csv;
     int json;                 /* flag lines that hold an empty array (EDDY_REC_EMPTY_ARRAY) */
     int header;
+    unsigned char delimiter;  /* csv */
     int source_index, partition;
     char *buf;
     size_t len, pos, cap;     /* buffered bytes are buf[pos..len) */
@@ -36,6 +37,13 @@ struct source_reader {
     int64_t rec_offset, rec_line;   /* where it started */
     size_t rec_buf;           /* and where its bytes start in buf (kept across refills) */
 };
+
+/* (Re)starts the CSV parser with the source's options: after a malformed
+ * record too, so that the records after it are split the same way. */
+static void csv_start(source_reader *r) {
+    csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+    csv_set_delim(&r->parser, r->delimiter);
+}
 
 source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
     source_reader *r = calloc(1, sizeof *r);
@@ -61,10 +69,8 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
             return NULL;
         }
     }
-    if (r->csv) {
-        csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
-        csv_set_delim(&r->parser, (unsigned char)si->delimiter);
-    }
+    r->delimiter = (unsigned char)si->delimiter;
+    if (r->csv) csv_start(r);
     return r;
 }
 
@@ -165,6 +171,8 @@ static int pack_csv(source_reader *r, batch *b, int64_t offset, int64_t line) {
     else msgpack_pack_array(&pk, r->ncur);
     for (int i = 0; i < r->ncur; i++) {
         if (named) {
+            /* a column past the header, or whose name repeats an earlier
+             * column's (header_names[i] NULL), is keyed by its number */
             const char *h = i < r->nheader ? r->header_names[i] : NULL;
             if (h) { msgpack_pack_str(&pk, strlen(h)); msgpack_pack_str_body(&pk, h, strlen(h)); }
             else msgpack_pack_int(&pk, i + 1);
@@ -264,7 +272,7 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             if (add_malformed(r, b, raw, rawlen, msg, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
             n++;
             csv_free(&r->parser);
-            csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+            csv_start(r);
             r->ncur = 0;
             r->record_done = 0;
             r->in_record = 0;
@@ -276,8 +284,17 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             if (r->ncur == 0) continue;
             if (r->header && !r->header_done) {
                 r->header_names = calloc(r->ncur, sizeof *r->header_names);
-                for (int i = 0; i < r->ncur; i++) r->header_names[i] = strdup(r->cur[i]);
+                if (!r->header_names) { snprintf(err, errlen, "out of memory"); return -1; }
                 r->nheader = r->ncur;
+                for (int i = 0; i < r->ncur; i++) {
+                    int dup = 0;
+                    for (int j = 0; j < i && !dup; j++)
+                        dup = r->header_names[j] && strcmp(r->header_names[j], r->cur[i]) == 0;
+                    if (!dup && !(r->header_names[i] = strdup(r->cur[i]))) {
+                        snprintf(err, errlen, "out of memory");
+                        return -1;
+                    }
+                }
                 r->header_done = 1;
             } else {
                 if (pack_csv(r, b, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
