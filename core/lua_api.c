@@ -180,7 +180,7 @@ static int l_shuffle(lua_State *L) {
         long off = batch_reserve(b, hlen);
         if (off < 0) return luaL_error(L, "out of memory");
         memcpy(b->data + off, hdrs, hlen);
-        b->recs[idx].hdr_off = (uint32_t)off;
+        b->recs[idx].hdr_off = (uint64_t)off;
         b->recs[idx].hdr_len = (uint32_t)hlen;
     }
     return 0;
@@ -679,7 +679,16 @@ int eddy_parse_time(const char *s, size_t n, int64_t *ms) {
         rest = e;
     }
     if (*rest) return -1;
+    struct tm want = tm, got;
     time_t secs = timegm(&tm);
-    *ms = ((int64_t)secs - off) * 1000 + frac;
+    /* timegm rolls an impossible date over (2023-02-30 -> 2023-03-02): refuse
+     * any date or time that does not come back as it was written */
+    if (!gmtime_r(&secs, &got) || got.tm_year != want.tm_year || got.tm_mon != want.tm_mon ||
+        got.tm_mday != want.tm_mday || got.tm_hour != want.tm_hour || got.tm_min != want.tm_min ||
+        got.tm_sec != want.tm_sec)
+        return -1;
+    int64_t t = ((int64_t)secs - off) * 1000 + frac;
+    if (t < EDDY_TS_MIN || t > EDDY_TS_MAX) return -1;
+    *ms = t;
     return 0;
 }

@@ -9,14 +9,15 @@ typedef struct eddy_rec {
     int64_t wm;
     int64_t offset;
     int64_t line;
-    uint32_t key_off, key_len;
-    uint32_t val_off, val_len;
+    uint64_t key_off, val_off;
+    uint32_t key_len, val_len;
     int32_t partition;
     int16_t port;
     int16_t flags;
     uint32_t kg;
     uint32_t source;
-    uint32_t hdr_off, hdr_len;
+    uint64_t hdr_off;
+    uint32_t hdr_len;
 } eddy_rec;
 
 typedef struct eddy_io {

@@ -159,7 +159,10 @@ local function to_ms(x)
   if t == "number" then
     if x ~= x or x == math.huge or x == -math.huge then return nil end
     if x < 1e11 and x > -1e11 then x = x * 1000 end
-    return math.floor(x)
+    x = math.floor(x)
+    -- years 1 to 9999 (EDDY_TS_MIN/MAX in core/ffi_api.h): 1e300 is no time
+    if x < -62135596800000 or x > 253402300799999 then return nil end
+    return x
   end
   if t == "string" then
     local n = tonumber(x)

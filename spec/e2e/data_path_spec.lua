@@ -72,6 +72,28 @@ p:source("in", { file = "in.csv", format = "csv", header = true })
     end)
   end)
 
+  describe("timestamps", function()
+    it("refuses one out of years 1..9999 (1e300) and a date that does not exist (2023-02-30) at the source", function()
+      setup([[
+p:source("in", { file = "in.jsonl", timestamp = "ts" })
+ :map(function(v, ctx) return v.id .. " " .. ctx.ts end)
+ :sink("out", { file = "out", format = "lines" })
+]], { ["in.jsonl"] = table.concat({
+        '{"id":"a","ts":1e300}', '{"id":"b","ts":"2023-02-30T00:00:00Z"}', '{"id":"c","ts":"2024-02-29T12:00:00Z"}',
+        '{"id":"d","ts":"2023-04-31"}', '{"id":"e","ts":"2023-01-01T24:00:00Z"}', '{"id":"f","ts":-1e20}',
+        '{"id":"g","ts":' .. T .. '}' }, "\n") .. "\n" }, { on_error = "dead_letter" })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.same({ "c 1709208000000", "g " .. T }, E.sink_lines(dir .. "/out"))
+      local dl = dead_letters()
+      assert.are.equal(5, #dl)
+      for _, d in ipairs(dl) do
+        assert.matches("no usable timestamp in field 'ts'", d.error, 1, true)
+        assert.are.equal("in", d.source)
+      end
+    end)
+  end)
+
   describe("GET /state", function()
     it("gives back every key, one that is not UTF-8 as key_base64 and one with a NUL whole, and windows' keys the same way", function()
       local keys = { "ok", "bad\255key", "nul\0key", "zz" }
