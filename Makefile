@@ -2,12 +2,14 @@
 #
 # ---- options ---------------------------------------------------------------
 # CC        compiler (gcc by default; `make asan` uses clang-compatible flags too)
+# CXX       C++ compiler for core/*.cc (the JSON codec: RapidJSON is C++)
 # OPT       optimisation flags for the normal build
 # SAN       extra flags for the sanitizer build (set by `make asan`)
 # BUILD     object directory (build/ normally, build-asan/ for `make asan`)
 # EXAMPLE   the config `make run` runs
 # ---------------------------------------------------------------------------
 CC      ?= cc
+CXX     ?= c++
 OPT     ?= -O2 -g
 SAN     ?=
 BUILD   ?= build
@@ -17,11 +19,13 @@ EXAMPLE ?= examples/wordcount/eddy.conf.lua
 PKGS    := luajit libevent_pthreads rdkafka rocksdb msgpack jansson libcrypto
 CFLAGS  += $(OPT) $(SAN) -std=gnu11 -Wall -Wextra -Werror -MMD -MP -D_GNU_SOURCE \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/luajit-2.1 -iquote core
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent -lcsv -lpthread -lm -ldl
+CXXFLAGS += $(OPT) $(SAN) -std=gnu++17 -Wall -Wextra -Werror -MMD -MP -D_GNU_SOURCE \
+           -I/usr/include/luajit-2.1 -iquote core
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent -lcsv -ldouble-conversion -lstdc++ -lpthread -lm -ldl
 LDFLAGS += $(SAN) -Wl,-E
 
-SRCS    := $(wildcard core/*.c)
-OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o)
+SRCS    := $(wildcard core/*.c) $(wildcard core/*.cc)
+OBJS    := $(patsubst core/%.cc,$(BUILD)/%.o,$(SRCS:core/%.c=$(BUILD)/%.o))
 LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 CTESTS  := $(patsubst spec/c/%.c,$(BUILD)/spec/%,$(wildcard spec/c/test_*.c))
 
@@ -35,6 +39,10 @@ $(BIN): $(OBJS)
 $(BUILD)/%.o: core/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.o: core/%.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
 
 $(BUILD)/spec/%: spec/c/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
@@ -54,7 +62,7 @@ test: deps
 	@EDDY_BIN=$(BIN) BUILD=$(BUILD) scripts/test.sh
 
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/eddy CC=clang \
+	@$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/eddy CC=clang CXX=clang++ \
 	  OPT="-O1 -g -fno-omit-frame-pointer" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all ctests
 	@EDDY_BIN=build-asan/eddy BUILD=build-asan EDDY_ASAN=1 \

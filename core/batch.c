@@ -60,12 +60,3 @@ eddy_rec *batch_add(batch *b, const void *key, size_t klen, const void *val, siz
     r->val_len = (uint32_t)vlen;
     return r;
 }
-
-int batch_closes_right_after(const char *s, size_t n, char open, char close) {
-    for (const char *p = memchr(s, close, n); p; p = memchr(p + 1, close, (size_t)(s + n - p - 1))) {
-        const char *q = p;
-        while (q > s && (q[-1] == ' ' || q[-1] == '\t')) q--;
-        if (q > s && q[-1] == open) return 1;
-    }
-    return 0;
-}

@@ -108,13 +108,6 @@ int eddy_parse_duration(const char *s, int64_t *ms);
  * ms since the epoch: 0 and *ms, or -1. */
 int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
-/* A JSON check on the hot path (an FFI call compiles; string.find in this
- * LuaJIT does not): did cjson write s lossily ("e+": a number cut to 14
- * digits) or write an empty table that may be a marked array ("{}")?
- * (Input lines with an empty array are flagged EDDY_REC_EMPTY_ARRAY by the
- * file reader.) */
-int eddy_json_needs_exact(const char *s, size_t n);
-
 /* Appends one encoded value and a newline to sink `sink` of `task`.  Returns 0,
  * or -1 when the sink failed (the task then fails). */
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
@@ -132,7 +125,7 @@ int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 /* FFI-END */
 
-enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2, EDDY_REC_EMPTY_ARRAY = 4,
+enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2,
        EDDY_REC_KEY = 8 /* a Kafka record with a key (an empty one included) */,
        EDDY_REC_TOMBSTONE = 16 /* a Kafka message without a value */ };
 

@@ -10,16 +10,13 @@
 #include "kafka.h"
 #include "state.h"
 #include <lauxlib.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 /* ---- FFI exports (ffi_api.h) ------------------------------------------- */
-
-int eddy_json_needs_exact(const char *s, size_t n) {
-    return batch_closes_right_after(s, n, 'e', '+') || batch_closes_right_after(s, n, '{', '}');
-}
 
 int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
     task *t = tp;
@@ -186,9 +183,9 @@ static int l_shuffle(lua_State *L) {
     return 0;
 }
 
-/* json_exact(value) -> string: JSON with integers written exactly.
+/* json_encode(value) -> string: the value as JSON (codec_json's rules).
  * Stack: value -> value string */
-static int l_json_exact(lua_State *L) {
+static int l_json_encode(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     buf *b = &t->packbuf;
     b->len = 0;
@@ -198,14 +195,71 @@ static int l_json_exact(lua_State *L) {
     return 1;
 }
 
-/* json_decode_exact(string) -> value, with empty arrays marked.
+/* json_decode(string) -> value (codec_json_decode's rules).
  * Stack: s -> s value */
-static int l_json_decode_exact(lua_State *L) {
+static int l_json_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     char err[256];
     if (codec_json_decode(L, s, n, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     return 1;
+}
+
+/* json_decode_rec(i) -> the value of record i of the current batch, decoded
+ * as JSON where it lies (no Lua string of the line is made).
+ * Stack: i -> i value */
+static int l_json_decode_rec(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int i = (int)luaL_checkinteger(L, 1);
+    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
+    const eddy_rec *r = &t->io.recs[i];
+    char err[256];
+    if (codec_json_decode(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+/* dead_letter(meta[, i]) -> true, or false when the dead-letter file or
+ * topic refused the line (logged).  Writes the JSON object meta (its error
+ * and traceback scrubbed to valid UTF-8) and, with i, the bytes of record i
+ * of the current batch as "record" (a string when they are valid UTF-8, else
+ * "record_base64"): built here, outside the VM's memory, so that a record as
+ * large as limits.memory allows still gets its dead letter.
+ * Stack: meta [i] -> meta [i] boolean */
+static int l_dead_letter(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int i = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
+    static const char *const text[] = { "error", "traceback" };
+    for (int k = 0; k < 2; k++) {
+        lua_getfield(L, 1, text[k]);                       /* meta [i] s */
+        codec_utf8_scrub(L, -1);
+        lua_setfield(L, 1, text[k]);                       /* meta [i] */
+    }
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_json(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "dead letter: %s", err);
+    if (i >= 0 && i < t->io.n && b->len >= 2 && b->data[b->len - 1] == '}') {
+        const eddy_rec *r = &t->io.recs[i];
+        const char *p = t->io.data + r->val_off;
+        size_t n = r->val_len;
+        b->len--;                                          /* reopen the object */
+        const char *sep = b->len > 1 ? "," : "";
+        if (buf_append(b, sep, strlen(sep)) < 0 || buf_append(b, "\"record\":", 9) < 0) goto oom;
+        if (codec_json_string(p, n, b) < 0) {
+            b->len -= 9;
+            size_t cap = 4 * ((n + 2) / 3) + 1;
+            if (buf_append(b, "\"record_base64\":\"", 17) < 0 || buf_reserve(b, cap) < 0) goto oom;
+            b->len += (size_t)EVP_EncodeBlock((unsigned char *)b->data + b->len, (const unsigned char *)p, (int)n);
+            if (buf_append(b, "\"", 1) < 0) goto oom;
+        }
+        if (buf_append(b, "}", 1) < 0) goto oom;
+    }
+    lua_pushboolean(L, eddy_dead_letter(t, b->data, b->len) == 0);
+    return 1;
+oom:
+    return luaL_error(L, "dead letter: out of memory");
 }
 
 /* pack(value) -> MessagePack string.  Stack: value -> value string */
@@ -503,11 +557,17 @@ void lua_api_push_native(lua_State *L, task *t) {
     lua_setfield(L, -2, "pack");
     lua_pushcfunction(L, l_unpack_all);
     lua_setfield(L, -2, "unpack_all");
-    lua_pushcfunction(L, l_json_decode_exact);
-    lua_setfield(L, -2, "json_decode_exact");
+    lua_pushcfunction(L, l_json_decode);
+    lua_setfield(L, -2, "json_decode");
     lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_json_exact, 1);
-    lua_setfield(L, -2, "json_exact");
+    lua_pushcclosure(L, l_json_decode_rec, 1);
+    lua_setfield(L, -2, "json_decode_rec");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_json_encode, 1);
+    lua_setfield(L, -2, "json_encode");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_dead_letter, 1);
+    lua_setfield(L, -2, "dead_letter");
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_shuffle, 1);
     lua_setfield(L, -2, "shuffle");

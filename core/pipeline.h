@@ -42,6 +42,7 @@ typedef struct source_info {
     int follow, header;
     char delimiter;
     int64_t idle_ms;        /* idle = d: after d without records the partition stops holding watermarks back; 0 = never */
+    int64_t max_bytes;      /* files and stdin: the longest record (max_bytes; SOURCE_FILE_MAX_BYTES) */
 } source_info;
 
 typedef struct stage {

@@ -16,7 +16,6 @@ struct source_reader {
     int is_stdin;
     int follow;
     int csv;
-    int json;                 /* flag lines that hold an empty array (EDDY_REC_EMPTY_ARRAY) */
     int header;
     unsigned char delimiter;  /* csv */
     int source_index, partition;
@@ -25,6 +24,8 @@ struct source_reader {
     int64_t offset;           /* file offset of buf[pos] */
     int64_t line;             /* lines consumed so far */
     int input_ended;          /* read() returned 0 and no follow */
+    size_t max_bytes;         /* the longest record (source option max_bytes) */
+    int skipping;             /* dropping the rest of a line longer than max_bytes */
     /* csv */
     struct csv_parser parser;
     msgpack_sbuffer fields;   /* fields of the record being parsed, packed */
@@ -52,8 +53,8 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
     r->partition = partition;
     r->follow = si->follow;
     r->csv = strcmp(si->format, "csv") == 0;
-    r->json = strcmp(si->format, "json") == 0;
     r->header = si->header;
+    r->max_bytes = si->max_bytes > 0 ? (size_t)si->max_bytes : (size_t)16 << 20;
     r->cap = READ_CHUNK * 2;
     r->buf = malloc(r->cap);
     if (!r->buf) { snprintf(err, errlen, "out of memory"); free(r); return NULL; }
@@ -214,6 +215,45 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
         char *nl = avail ? memchr(start, '\n', avail) : NULL;
         size_t linelen;      /* without the newline */
         size_t consumed;
+        if (r->skipping) {   /* the rest of a record longer than max_bytes: dropped as it arrives */
+            size_t k = nl ? (size_t)(nl - start) + 1 : avail;
+            r->pos += k; r->offset += k;
+            if (nl || (r->input_ended && avail > 0)) { r->skipping = 0; r->line++; }
+            if (nl || avail > 0) continue;
+            if (r->input_ended) { *eof = 1; break; }
+            long got = fill(r, err, errlen);
+            if (got < 0) return -1;
+            if (got == 0 && !r->input_ended) break;
+            continue;
+        }
+        if ((nl ? (size_t)(nl - start) : avail) > r->max_bytes ||
+            (r->csv && r->in_record && r->pos - r->rec_buf + (nl ? (size_t)(nl - start) : avail) > r->max_bytes)) {
+            /* a record longer than max_bytes: its first KiB goes to the error
+             * policy with its position, and the rest of its line is skipped
+             * without being held in memory */
+            char msg[160];
+            snprintf(msg, sizeof msg, "a record longer than max_bytes (%zu bytes); its first 1024 bytes are kept",
+                     r->max_bytes);
+            int in_csv = r->csv && r->in_record;
+            const char *raw = in_csv ? r->buf + r->rec_buf : start;
+            size_t here = nl ? (size_t)(nl - start) : avail;
+            size_t have = in_csv ? r->pos - r->rec_buf + here : here;
+            if (add_malformed(r, b, raw, have < 1024 ? have : 1024, msg, in_csv ? r->rec_offset : r->offset,
+                              in_csv ? r->rec_line : r->line + 1) < 0) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            n++;
+            if (in_csv) {    /* the lines after it are read as new records */
+                csv_free(&r->parser);
+                csv_start(r);
+                r->ncur = 0;
+                r->record_done = 0;
+                r->in_record = 0;
+            }
+            r->skipping = 1;
+            continue;
+        }
         if (nl) {
             linelen = (size_t)(nl - start);
             consumed = linelen + 1;
@@ -243,7 +283,6 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             }
             eddy_rec *rec = batch_add(b, NULL, 0, start, linelen);
             if (!rec) { snprintf(err, errlen, "out of memory"); return -1; }
-            if (r->json && batch_closes_right_after(start, linelen, '[', ']')) rec->flags = EDDY_REC_EMPTY_ARRAY;
             rec->offset = r->offset;
             rec->line = r->line + 1;
             rec->partition = r->partition;

@@ -7,6 +7,7 @@ set -eu
 PKGS="build-essential pkg-config clang
       libluajit-5.1-dev luajit
       librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev uthash-dev libssl-dev
+      rapidjson-dev libdouble-conversion-dev
       lua-busted lua-cjson
       kcat curl python3 procps time valgrind"
 

@@ -80,8 +80,6 @@ int64_t eddy_now_ms(void);
 int eddy_parse_duration(const char *s, int64_t *ms);
 int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
-int eddy_json_needs_exact(const char *s, size_t n);
-
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
 int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
                        int32_t carry);
@@ -94,7 +92,6 @@ void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 if not pcall(ffi.typeof, "eddy_rec") then ffi.cdef(M.cdef) end
 M.REC_MALFORMED = 1
 M.REC_PACKED = 2
-M.REC_EMPTY_ARRAY = 4
 M.REC_KEY = 8
 M.REC_TOMBSTONE = 16
 return M

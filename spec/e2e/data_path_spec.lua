@@ -94,6 +94,114 @@ p:source("in", { file = "in.jsonl", timestamp = "ts" })
     end)
   end)
 
+  describe("json", function()
+    -- pairs of lines that differ only by an unrelated field holding []: each
+    -- pair must get the same verdict (both through, or both to the error policy)
+    it("decodes every line with one decoder: an unrelated [] changes nothing (big integers, invalid UTF-8, NaN)", function()
+      local pairs_ = {
+        { '{"id":"big","n":18446744073709551616}', '{"id":"big[]","n":18446744073709551616,"t":[]}' },
+        { '{"id":"utf","s":"a\255b"}', '{"id":"utf[]","s":"a\255b","t":[]}' },
+        { '{"id":"nan","x":NaN}', '{"id":"nan[]","x":NaN,"t":[]}' },
+        { '{"id":"str","s":"[]"}', '{"id":"str[]","s":"x","t":[ ]}' },
+      }
+      local lines = {}
+      for _, p2 in ipairs(pairs_) do lines[#lines + 1] = p2[1]; lines[#lines + 1] = p2[2] end
+      setup([[
+p:source("in", { file = "in.jsonl" })
+ :map(function(v) return v.id end)
+ :sink("out", { file = "out", format = "lines" })
+]], { ["in.jsonl"] = table.concat(lines, "\n") .. "\n" }, { on_error = "dead_letter" })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      local through = {}
+      for _, id in ipairs(E.sink_lines(dir .. "/out")) do through[id] = true end
+      for _, p2 in ipairs(pairs_) do
+        local a, b = p2[1]:match('"id":"([^"]*)"'), p2[2]:match('"id":"([^"]*)"')
+        assert.are.equal(through[a] or false, through[b] or false, a .. " vs " .. b)
+      end
+      -- the rules themselves (docs/contract.md, "JSON")
+      assert.is_true(through["big"])
+      assert.is_nil(through["utf"])
+      assert.is_nil(through["nan"])
+      assert.is_true(through["str"])
+      local dl = dead_letters()
+      assert.are.equal(4, #dl)
+      for _, d in ipairs(dl) do assert.matches("^malformed json: ", d.error) end
+      -- a record that is not UTF-8 comes back whole, as base64
+      local utf = {}
+      for _, d in ipairs(dl) do if d.record_base64 then utf[#utf + 1] = d.record_base64 end end
+      table.sort(utf)
+      assert.are.same({ b64('{"id":"utf","s":"a\255b"}'), b64('{"id":"utf[]","s":"a\255b","t":[]}') }, utf)
+    end)
+
+    it("writes integers as integers and every other number in the shortest form that reads back the same", function()
+      local nums = { "0.1", "1.2345678901234567", "1e+300", "5e-324", "-0", "123456789.12345679", "0.000001",
+                     "1e-7", "123456789012345680000", "2.5", "3", "1000000000000000", "9007199254740992",
+                     "-42", "1e+21" }
+      local src = {}
+      for i, n in ipairs(nums) do src[i] = '{"x":' .. (n == "-0" and "-0.0" or n) .. '}' end
+      setup([[
+p:source("in", { file = "in.jsonl" }):sink("out", { file = "out", format = "json" })
+]], { ["in.jsonl"] = table.concat(src, "\n") .. "\n" })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      local want = {}
+      for i, n in ipairs(nums) do want[i] = '{"x":' .. n .. '}' end
+      -- 123456789012345680000 and 1e21 are integral but past int64: the shortest
+      -- form, plain up to 1e21 as JavaScript writes it
+      assert.are.same(E.sorted(want), E.sink_lines(dir .. "/out"))
+    end)
+
+    it("dead-letters a record too large for limits.memory whole, with its position, and goes on", function()
+      local big = '{"id":"big","s":"' .. string.rep("x", 6 * 1024 * 1024) .. '"}'
+      setup([[
+p:source("in", { file = "in.jsonl" })
+ :map(function(v) return v.id .. " " .. #(v.s or "") end)
+ :sink("out", { file = "out", format = "lines" })
+]], { ["in.jsonl"] = '{"id":"a"}\n' .. big .. '\n{"id":"b"}\n' },
+        { on_error = "dead_letter", limits = { memory = "6MB" } })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.same({ "a 0", "b 0" }, E.sink_lines(dir .. "/out"))
+      local dl = dead_letters()
+      assert.are.equal(1, #dl)
+      assert.matches("not enough memory", dl[1].error, 1, true)
+      assert.are.equal(2, dl[1].line)
+      assert.are.equal(11, dl[1].offset)
+      assert.are.equal(big, dl[1].record)
+    end)
+  end)
+
+  describe("a file source's max_bytes", function()
+    it("sends a longer record to the error policy with its position and first KiB, and reads on after it", function()
+      local long = string.rep("y", 3000)
+      setup([[
+p:source("in", { file = "in.txt", format = "lines", max_bytes = 100 })
+ :sink("out", { file = "out", format = "lines" })
+]], { ["in.txt"] = "a\n" .. long .. "\nb\n" .. string.rep("z", 150) }, { on_error = "dead_letter" })
+      local r = E.run_config(dir)
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.same({ "a", "b" }, E.sink_lines(dir .. "/out"))
+      local dl = dead_letters()
+      assert.are.equal(2, #dl)
+      assert.matches("longer than max_bytes (100 bytes)", dl[1].error, 1, true)
+      assert.are.equal(2, dl[1].line)
+      assert.are.equal(2, dl[1].offset)
+      assert.are.equal(string.rep("y", 1024), dl[1].record)
+      assert.are.equal(4, dl[2].line)
+      assert.are.equal(5 + #long, dl[2].offset)
+    end)
+
+    it("is refused when it is not a size", function()
+      setup([[
+p:source("in", { file = "in.txt", format = "lines", max_bytes = "lots" }):sink("out", { file = "out", format = "lines" })
+]], { ["in.txt"] = "a\n" })
+      local r = E.run_config(dir)
+      assert.are.equal(2, r.code, r.stderr)
+      assert.matches("max_bytes", r.stderr, 1, true)
+    end)
+  end)
+
   describe("GET /state", function()
     it("gives back every key, one that is not UTF-8 as key_base64 and one with a NUL whole, and windows' keys the same way", function()
       local keys = { "ok", "bad\255key", "nul\0key", "zz" }
