@@ -9,8 +9,15 @@
 #include <cstdio>
 #include <cstring>
 
+#include <vector>
+
+/* SSE2 is in every x86-64: RapidJSON then scans strings 16 bytes at a time */
+#if defined(__x86_64__) && !defined(RAPIDJSON_SSE2)
+#define RAPIDJSON_SSE2
+#endif
 #include <double-conversion/double-to-string.h>
 #include <rapidjson/error/en.h>
+#include <rapidjson/internal/itoa.h>
 #include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
@@ -25,56 +32,107 @@ namespace {
 
 /* ---- decoding ------------------------------------------------------------ */
 
-/* The SAX handler: every value is pushed, then added to the container below
- * it on the Lua stack.  Stack while inside containers (base = the array
- * metatable):  base  t1 [k1]  t2 [k2] ...  value  */
+/* An output stream that drops what it gets (for validating only). */
+struct NullStream {
+    typedef char Ch;
+    void Put(char) {}
+};
+
+/* 1 when s[0..n) is valid UTF-8.  Text is mostly ASCII: eight bytes at a
+ * time are checked for a high bit, and only a string that has one is
+ * walked by RapidJSON's UTF-8 validator. */
+bool valid_utf8(const char *s, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ull) break;
+    }
+    for (; i < n && !(s[i] & 0x80); i++) {}
+    if (i == n) return true;
+    rapidjson::MemoryStream ms(s + i, n - i);
+    NullStream sink;
+    while (ms.Tell() < n - i)
+        if (!rapidjson::UTF8<>::Validate(ms, sink)) return false;
+    return true;
+}
+
+/* The SAX handler.  The members of an open container wait on the Lua stack
+ * (object: k1 v1 k2 v2 ..., array: v1 v2 ...) until it ends; then its table
+ * is made at its final size at once (no rehash as it grows) and takes them.
+ * Stack: mt  [members of level 1]  [members of level 2] ...  */
 struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
     lua_State *L;
     int mt;                              /* stack index of CODEC_ARRAY_MT */
     int depth = 0;
-    bool too_deep = false;
-    bool in_array[CODEC_JSON_MAX_DEPTH + 1];
-    int index[CODEC_JSON_MAX_DEPTH + 1]; /* items so far in each open array */
+    bool too_deep = false, bad_utf8 = false;
+    int base[CODEC_JSON_MAX_DEPTH + 1];  /* stack top when each open container started */
 
     ToLua(lua_State *L_, int mt_) : L(L_), mt(mt_) {}
 
-    bool add() {
-        if (depth == 0) return true;                      /* the root: stays pushed */
-        if (in_array[depth]) lua_rawseti(L, -2, ++index[depth]);   /* t v -> t */
-        else lua_rawset(L, -3);                           /* t k v -> t */
+    int spare = 0;                       /* stack slots known free above the top */
+    /* room for the next value (and the copies EndObject makes): asked of
+     * LuaJIT 64 slots at a time */
+    bool room() {
+        if (--spare > 4) return true;
+        if (!lua_checkstack(L, 64)) { too_deep = true; return false; }
+        spare = 64;
         return true;
     }
-    bool Null() { lua_pushlightuserdata(L, nullptr); return add(); }   /* cjson.null */
-    bool Bool(bool b) { lua_pushboolean(L, b); return add(); }
-    bool Int(int i) { lua_pushnumber(L, i); return add(); }
-    bool Uint(unsigned u) { lua_pushnumber(L, u); return add(); }
-    bool Int64(int64_t i) { lua_pushnumber(L, (lua_Number)i); return add(); }
-    bool Uint64(uint64_t u) { lua_pushnumber(L, (lua_Number)u); return add(); }
-    bool Double(double d) { lua_pushnumber(L, d); return add(); }
-    bool String(const char *s, rapidjson::SizeType n, bool) { lua_pushlstring(L, s, n); return add(); }
-    bool Key(const char *s, rapidjson::SizeType n, bool) { lua_pushlstring(L, s, n); return true; }
-    bool open(bool array) {
-        if (depth >= CODEC_JSON_MAX_DEPTH || !lua_checkstack(L, 4)) { too_deep = true; return false; }
-        depth++;
-        in_array[depth] = array;
-        index[depth] = 0;
-        lua_createtable(L, 0, 0);
+    bool Null() { if (!room()) return false; lua_pushlightuserdata(L, nullptr); return true; }   /* cjson.null */
+    bool Bool(bool b) { if (!room()) return false; lua_pushboolean(L, b); return true; }
+    bool Int(int i) { if (!room()) return false; lua_pushnumber(L, i); return true; }
+    bool Uint(unsigned u) { if (!room()) return false; lua_pushnumber(L, u); return true; }
+    bool Int64(int64_t i) { if (!room()) return false; lua_pushnumber(L, (lua_Number)i); return true; }
+    bool Uint64(uint64_t u) { if (!room()) return false; lua_pushnumber(L, (lua_Number)u); return true; }
+    bool Double(double d) { if (!room()) return false; lua_pushnumber(L, d); return true; }
+    bool String(const char *s, rapidjson::SizeType n, bool) {
+        if (!valid_utf8(s, n)) { bad_utf8 = true; return false; }
+        if (!room()) return false;
+        lua_pushlstring(L, s, n);
         return true;
     }
-    bool StartObject() { return open(false); }
-    bool StartArray() { return open(true); }
-    bool EndObject(rapidjson::SizeType) { depth--; return add(); }
+    bool Key(const char *s, rapidjson::SizeType n, bool copy) { return String(s, n, copy); }
+    bool open() {
+        if (depth >= CODEC_JSON_MAX_DEPTH) { too_deep = true; return false; }
+        base[++depth] = lua_gettop(L);
+        return true;
+    }
+    bool StartObject() { return open(); }
+    bool StartArray() { return open(); }
+    bool EndObject(rapidjson::SizeType n) {
+        int b = base[depth--];
+        lua_createtable(L, 0, (int)n);                       /* b: k1 v1 ... t */
+        for (int k = b + 1; k < b + 2 * (int)n; k += 2) {
+            lua_pushvalue(L, k);
+            lua_pushvalue(L, k + 1);
+            lua_rawset(L, -3);
+        }
+        lua_replace(L, b + 1);                               /* b: t v1 ... */
+        lua_settop(L, b + 1);                                /* b: t */
+        return true;
+    }
     bool EndArray(rapidjson::SizeType n) {
-        if (n == 0) {                                     /* keep [] an array */
+        int b = base[depth--];
+        lua_createtable(L, (int)n, 0);                       /* b: v1 ... t */
+        for (int k = 1; k <= (int)n; k++) {
+            lua_pushvalue(L, b + k);
+            lua_rawseti(L, -2, k);
+        }
+        if (n == 0) {                                        /* keep [] an array */
             lua_pushvalue(L, mt);
             lua_setmetatable(L, -2);
+            return true;                                     /* b: t */
         }
-        depth--;
-        return add();
+        lua_replace(L, b + 1);
+        lua_settop(L, b + 1);                                /* b: t */
+        return true;
     }
 };
 
-const unsigned kParseFlags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseFullPrecisionFlag |
+/* (UTF-8 is checked in ToLua::String, faster for mostly-ASCII text than
+ * kParseValidateEncodingFlag, with RapidJSON's validator all the same) */
+const unsigned kParseFlags = rapidjson::kParseFullPrecisionFlag |
                              rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag;
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -105,8 +163,11 @@ const double_conversion::DoubleToStringConverter shortest(
 /* Writes d to out (NUL-terminated, < 32 bytes): an integer when it is one
  * that int64 holds (not -0.0), else the shortest round-trip form. */
 int number_text(double d, char *out) {
-    if (d >= -0x1p63 && d < 0x1p63 && d == std::floor(d) && !(d == 0 && std::signbit(d)))
-        return snprintf(out, 32, "%lld", (long long)d);
+    if (d >= -0x1p63 && d < 0x1p63 && d == std::floor(d) && !(d == 0 && std::signbit(d))) {
+        char *e = rapidjson::internal::i64toa((int64_t)d, out);
+        *e = 0;
+        return (int)(e - out);
+    }
     double_conversion::StringBuilder sb(out, 32);
     shortest.ToShortest(d, &sb);
     int n = sb.position();
@@ -128,6 +189,8 @@ struct Encoder {
 
     bool number(double d, bool key) {
         if (!std::isfinite(d)) return fail(d != d ? "NaN" : "an infinite number");
+        if (!key && d >= -0x1p63 && d < 0x1p63 && d == (double)(int64_t)d && !(d == 0 && std::signbit(d)))
+            return w.Int64((int64_t)d);
         char t[32];
         int n = number_text(d, t);
         if (key) return w.Key(t, (rapidjson::SizeType)n);
@@ -166,10 +229,15 @@ struct Encoder {
         size_t n = lua_objlen(L, idx), count = 0;
         bool array = true;
         lua_pushnil(L);                                            /* ... k */
-        while (lua_next(L, idx)) {                                 /* ... k v */
-            count++;
-            if (lua_type(L, -2) != LUA_TNUMBER) array = false;
-            lua_pop(L, 1);                                         /* ... k */
+        if (n == 0) {
+            /* no array part: an object, or empty; written in one pass */
+            if (lua_next(L, idx)) return object(idx, depth, true);  /* ... k v */
+        } else {
+            while (lua_next(L, idx)) {                             /* ... k v */
+                count++;
+                if (lua_type(L, -2) != LUA_TNUMBER) array = false;
+                lua_pop(L, 1);                                     /* ... k */
+            }
         }
         if (count == 0) {
             bool marked = false;
@@ -190,9 +258,17 @@ struct Encoder {
             }
             return w.EndArray();
         }
-        if (!w.StartObject()) return false;
         lua_pushnil(L);                                            /* ... k */
-        while (lua_next(L, idx)) {                                 /* ... k v */
+        if (!lua_next(L, idx)) return w.StartObject() && w.EndObject();
+        return object(idx, depth, true);
+    }
+
+    /* Writes table idx as an object; with `started` its first pair is
+     * already pushed.  Stack: ... k v -> ... */
+    bool object(int idx, int depth, bool started) {
+        if (!w.StartObject()) { lua_pop(L, 2); return false; }
+        while (started || lua_next(L, idx)) {                      /* ... k v */
+            started = false;
             bool ok;
             int kt = lua_type(L, -2);
             if (kt == LUA_TSTRING) {
@@ -219,18 +295,27 @@ extern "C" int codec_json_decode(lua_State *L, const char *s, size_t n, char *er
     int top = lua_gettop(L);
     luaL_newmetatable(L, CODEC_ARRAY_MT);                           /* mt (created once per VM) */
     ToLua h(L, top + 1);
-    rapidjson::MemoryStream ms(s, n);
-    rapidjson::Reader reader;
+    /* A NUL-terminated copy with 16 zero bytes after it: RapidJSON's SIMD
+     * string scan reads whole aligned 16-byte blocks. */
+    static thread_local std::vector<char> copy;
+    if (copy.size() < n + 17) copy.resize(n + 17 + 256);
+    memcpy(copy.data(), s, n);
+    memset(copy.data() + n, 0, 17);
+    rapidjson::StringStream ms(copy.data());
+    static thread_local rapidjson::Reader reader;                   /* keeps its string stack */
     rapidjson::ParseResult pr = reader.Parse<kParseFlags>(ms, h);
+    size_t end = ms.Tell();
+    if (copy.size() > ((size_t)1 << 20)) std::vector<char>().swap(copy);   /* a huge record's copy goes */
     if (!pr) {
-        if (h.too_deep) snprintf(err, errlen, "nested deeper than %d levels", CODEC_JSON_MAX_DEPTH);
+        if (h.bad_utf8) snprintf(err, errlen, "a string that is not valid UTF-8 (at byte %zu)", pr.Offset() + 1);
+        else if (h.too_deep) snprintf(err, errlen, "nested deeper than %d levels", CODEC_JSON_MAX_DEPTH);
         else if (pr.Code() == rapidjson::kParseErrorDocumentEmpty) snprintf(err, errlen, "no JSON value");
         else snprintf(err, errlen, "%s (at byte %zu)", rapidjson::GetParseError_En(pr.Code()), pr.Offset() + 1);
         lua_settop(L, top);
         return -1;
     }
-    /* only blanks may follow the value (a NUL byte would end MemoryStream's view early) */
-    for (size_t i = ms.Tell(); i < n; i++) {
+    /* only blanks may follow the value (a NUL byte ends StringStream's view early) */
+    for (size_t i = end; i < n; i++) {
         char c = s[i];
         if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
             snprintf(err, errlen, "unexpected text after the JSON value (at byte %zu)", i + 1);

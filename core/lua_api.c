@@ -195,6 +195,21 @@ static int l_json_encode(lua_State *L) {
     return 1;
 }
 
+/* json_write(sink, value) -> true, or false when the sink failed (logged):
+ * encodes value as JSON straight into sink `sink` of the task (no Lua
+ * string of the line is made).  An encoding error is raised.
+ * Stack: sink value -> sink value boolean */
+static int l_json_write(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int idx = (int)luaL_checkinteger(L, 1);
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_json(L, 2, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    lua_pushboolean(L, eddy_sink_write(t, idx, b->data, b->len) == 0);
+    return 1;
+}
+
 /* json_decode(string) -> value (codec_json_decode's rules).
  * Stack: s -> s value */
 static int l_json_decode(lua_State *L) {
@@ -565,6 +580,9 @@ void lua_api_push_native(lua_State *L, task *t) {
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_json_encode, 1);
     lua_setfield(L, -2, "json_encode");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_json_write, 1);
+    lua_setfield(L, -2, "json_write");
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_dead_letter, 1);
     lua_setfield(L, -2, "dead_letter");

@@ -452,6 +452,14 @@ function M.task(args)
           cout[id] = cout[id] + 1
         end
       end
+      if fmt == "json" then
+        local json_write = native.json_write           -- encoded into the sink, in C
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          if not json_write(sidx, v) then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end
+          cout[id] = cout[id] + 1
+        end
+      end
       return function(v)
         tio.cur_node = id; cin[id] = cin[id] + 1
         local s = enc(v)
