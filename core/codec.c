@@ -508,6 +508,84 @@ overflow:
     return -1;
 }
 
+/* Big-endian unsigned of n bytes at p. */
+static uint64_t be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* 1 when no length in the first value of data[0..len) claims more than the
+ * bytes there are: every array element or map key and value takes at least
+ * one byte, and strings, bin and ext take their length.  msgpack-c allocates
+ * an array's objects as soon as it reads the header, so a 5-byte input
+ * claiming 4 billion elements would otherwise cost 64 GB of address space.
+ * Reads only the headers (the format bytes of the MessagePack spec); what
+ * is truncated or malformed is left for msgpack_unpack to report. */
+static int claims_fit(const unsigned char *data, size_t len)
+{
+    size_t pos = 0;
+    uint64_t pending = 1;                               /* values still to read */
+    while (pending > 0 && pos < len) {
+        unsigned c = data[pos++];
+        uint64_t items = 0, skip = 0;
+        int lenbytes = 0;
+        pending--;
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+            continue;                                   /* fixints, nil, booleans */
+        } else if (c <= 0x8f) {
+            items = 2 * (uint64_t)(c & 0x0f);           /* fixmap */
+        } else if (c <= 0x9f) {
+            items = c & 0x0f;                           /* fixarray */
+        } else if (c <= 0xbf) {
+            skip = c & 0x1f;                            /* fixstr */
+        } else {
+            switch (c) {
+            case 0xc4: case 0xd9: lenbytes = 1; break;  /* bin8, str8 */
+            case 0xc5: case 0xda: lenbytes = 2; break;
+            case 0xc6: case 0xdb: lenbytes = 4; break;
+            case 0xc7: lenbytes = 1; skip = 1; break;   /* ext8: length, type */
+            case 0xc8: lenbytes = 2; skip = 1; break;
+            case 0xc9: lenbytes = 4; skip = 1; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;                 /* fixext: type and data */
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xde: lenbytes = 2; break;  /* array16, map16 */
+            case 0xdd: case 0xdf: lenbytes = 4; break;
+            default: return 1;                          /* 0xc1: msgpack_unpack refuses it */
+            }
+            if (lenbytes) {
+                if (len - pos < (size_t)lenbytes)
+                    return 1;                           /* truncated */
+                uint64_t n = be(data + pos, lenbytes);
+                pos += (size_t)lenbytes;
+                if (c == 0xdc || c == 0xdd) items = n;
+                else if (c == 0xde || c == 0xdf) items = 2 * n;
+                else skip += n;
+            }
+        }
+        if (items > len - pos || pending + items > len - pos)
+            return 0;
+        pending += items;
+        if (skip > len - pos) {
+            if (c >= 0xc4 && c <= 0xc9) return 0;       /* bin and ext are copied as claimed */
+            return 1;
+        }
+        pos += (size_t)skip;
+    }
+    return 1;
+}
+
 long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t errlen)
 {
     int top = lua_gettop(L);
@@ -528,6 +606,12 @@ long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t 
     }
     /* A Lua error (out of memory) while pushing skips the clear at the end. */
     msgpack_zone_clear(z);
+    if (!claims_fit((const unsigned char *)data, len)) {
+        if (err && errlen)
+            snprintf(err, errlen, "cannot decode: malformed msgpack (a length claims more than the %zu bytes there are)",
+                     len);
+        goto err;
+    }
 
     switch (msgpack_unpack(data, len, &off, z, &obj)) {
     case MSGPACK_UNPACK_SUCCESS:

@@ -52,7 +52,7 @@ long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t 
 /* Encodes the Lua value at stack index idx as compact JSON text and appends
  * it to out.  A number that is integral and fits int64 (not -0.0) is written
  * as an integer; any other finite number in its shortest form that reads
- * back as the same double (0.1, 1e+300, -0); NaN and infinities are refused.
+ * back as the same double (0.1, 1e+300; -0.0 as -0.0); NaN and infinities are refused.
  * nil and cjson.null are null; a table with keys exactly 1..n (n >= 1) is an
  * array; an empty table is [] when it carries CODEC_ARRAY_MT (decoded from
  * []) and {} otherwise; any other table an object, whose number keys are
@@ -70,7 +70,8 @@ int codec_json(lua_State *L, int idx, buf *out, char *err, size_t errlen);
  * and pushes it (stack +1): objects and arrays become tables, an empty array
  * gets CODEC_ARRAY_MT, null inside them is cjson.null and at the top nil;
  * every number becomes a Lua number, the double nearest to it (integers past
- * 2^53 are rounded like any other; beyond the double range is an error).
+ * 2^53 are rounded like any other; -0 is -0.0; beyond the double range is an
+ * error).
  * Refuses invalid UTF-8 (in strings and \u escapes), NaN and Infinity,
  * comments, trailing commas, text after the value and nesting deeper than
  * CODEC_JSON_MAX_DEPTH.  Returns 0, or -1 (nothing pushed) with err. */

@@ -16,6 +16,7 @@
 #define RAPIDJSON_SSE2
 #endif
 #include <double-conversion/double-to-string.h>
+#include <double-conversion/string-to-double.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/internal/itoa.h>
 #include <rapidjson/memorystream.h>
@@ -31,6 +32,9 @@ extern "C" {
 namespace {
 
 /* ---- decoding ------------------------------------------------------------ */
+
+const double_conversion::StringToDoubleConverter number_reader(
+    double_conversion::StringToDoubleConverter::NO_FLAGS, 0.0, NAN, nullptr, nullptr);
 
 /* An output stream that drops what it gets (for validating only). */
 struct NullStream {
@@ -65,7 +69,7 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
     lua_State *L;
     int mt;                              /* stack index of CODEC_ARRAY_MT */
     int depth = 0;
-    bool too_deep = false, bad_utf8 = false;
+    bool too_deep = false, bad_utf8 = false, too_big = false;
     int base[CODEC_JSON_MAX_DEPTH + 1];  /* stack top when each open container started */
 
     ToLua(lua_State *L_, int mt_) : L(L_), mt(mt_) {}
@@ -81,11 +85,17 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
     }
     bool Null() { if (!room()) return false; lua_pushlightuserdata(L, nullptr); return true; }   /* cjson.null */
     bool Bool(bool b) { if (!room()) return false; lua_pushboolean(L, b); return true; }
-    bool Int(int i) { if (!room()) return false; lua_pushnumber(L, i); return true; }
-    bool Uint(unsigned u) { if (!room()) return false; lua_pushnumber(L, u); return true; }
-    bool Int64(int64_t i) { if (!room()) return false; lua_pushnumber(L, (lua_Number)i); return true; }
-    bool Uint64(uint64_t u) { if (!room()) return false; lua_pushnumber(L, (lua_Number)u); return true; }
-    bool Double(double d) { if (!room()) return false; lua_pushnumber(L, d); return true; }
+    /* Numbers arrive as their text (kParseNumbersAsStringsFlag: RapidJSON
+     * checks the syntax) and double-conversion rounds them correctly:
+     * RapidJSON 1.1.0's own full-precision path misreads "0e300". */
+    bool RawNumber(const char *s, rapidjson::SizeType n, bool) {
+        int used = 0;
+        double d = number_reader.StringToDouble(s, (int)n, &used);
+        if (!std::isfinite(d) || used != (int)n) { too_big = true; return false; }
+        if (!room()) return false;
+        lua_pushnumber(L, d);
+        return true;
+    }
     bool String(const char *s, rapidjson::SizeType n, bool) {
         if (!valid_utf8(s, n)) { bad_utf8 = true; return false; }
         if (!room()) return false;
@@ -132,7 +142,7 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
 
 /* (UTF-8 is checked in ToLua::String, faster for mostly-ASCII text than
  * kParseValidateEncodingFlag, with RapidJSON's validator all the same) */
-const unsigned kParseFlags = rapidjson::kParseFullPrecisionFlag |
+const unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag |
                              rapidjson::kParseIterativeFlag | rapidjson::kParseStopWhenDoneFlag;
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -155,8 +165,8 @@ typedef rapidjson::Writer<BufStream, rapidjson::UTF8<>, rapidjson::UTF8<>, rapid
     Writer;
 
 /* Shortest text that reads back as the same double (JSON syntax: no NaN or
- * infinity reach it; -0.0 keeps its sign; plain decimals from 1e-6 to 1e21,
- * exponents outside, as JavaScript writes them). */
+ * infinity reach it; plain decimals from 1e-6 to 1e21, exponents outside,
+ * as JavaScript writes them). */
 const double_conversion::DoubleToStringConverter shortest(
     double_conversion::DoubleToStringConverter::EMIT_POSITIVE_EXPONENT_SIGN, "Infinity", "NaN", 'e', -6, 21, 6, 0);
 
@@ -167,6 +177,10 @@ int number_text(double d, char *out) {
         char *e = rapidjson::internal::i64toa((int64_t)d, out);
         *e = 0;
         return (int)(e - out);
+    }
+    if (d == 0) {                       /* -0.0: "-0" would read back as the integer 0 */
+        memcpy(out, "-0.0", 5);
+        return 4;
     }
     double_conversion::StringBuilder sb(out, 32);
     shortest.ToShortest(d, &sb);
@@ -307,7 +321,8 @@ extern "C" int codec_json_decode(lua_State *L, const char *s, size_t n, char *er
     size_t end = ms.Tell();
     if (copy.size() > ((size_t)1 << 20)) std::vector<char>().swap(copy);   /* a huge record's copy goes */
     if (!pr) {
-        if (h.bad_utf8) snprintf(err, errlen, "a string that is not valid UTF-8 (at byte %zu)", pr.Offset() + 1);
+        if (h.too_big) snprintf(err, errlen, "a number beyond the range of a double (at byte %zu)", pr.Offset() + 1);
+        else if (h.bad_utf8) snprintf(err, errlen, "a string that is not valid UTF-8 (at byte %zu)", pr.Offset() + 1);
         else if (h.too_deep) snprintf(err, errlen, "nested deeper than %d levels", CODEC_JSON_MAX_DEPTH);
         else if (pr.Code() == rapidjson::kParseErrorDocumentEmpty) snprintf(err, errlen, "no JSON value");
         else snprintf(err, errlen, "%s (at byte %zu)", rapidjson::GetParseError_En(pr.Code()), pr.Offset() + 1);

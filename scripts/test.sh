@@ -4,8 +4,10 @@
 #   EDDY_BIN      the eddy binary under test (default bin/eddy)
 #   BUILD         object dir; C test binaries are $BUILD/spec/test_*
 #   TEST_TIMEOUT  seconds one suite may run before it is killed (default 1200)
+#   FUZZ_SECONDS  seconds each fuzz target runs (default 3)
 #
-# Runs the C unit tests, then busted over spec/unit and spec/e2e, shows each
+# Runs the C unit tests, the fuzz targets briefly, then busted over spec/unit
+# and spec/e2e, shows each
 # suite's output, and ends with one line "N passed, N failed[, N skipped]".
 # Exit 1 when anything failed.
 set -uo pipefail
@@ -67,6 +69,19 @@ for t in "$BUILD"/spec/test_*; do
         failed=$((failed + 1))
     fi
 done
+
+# Fuzz targets (spec/fuzz, built by `make fuzzers`): each runs FUZZ_SECONDS
+# (default 3) from its seed corpus, so a regression in a decoder shows here;
+# `make fuzz` is the longer run.  One passed or failed test per target.
+run fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-3}"
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+if [ -n "$summary" ]; then
+    read -r p _ f _ <<<"${summary//,/}"
+    passed=$((passed + p)) failed=$((failed + f))
+else
+    echo "not ok fuzz ($why, no summary line)"
+    failed=$((failed + 1))
+fi
 
 # Lua specs: count TAP lines; "ok N - # SKIP" is a skip.  A run that fails
 # without reporting a failing test (a spec file that does not load, busted

@@ -522,6 +522,27 @@ TEST(unpack_of_every_truncation_fails_and_pushes_nothing)
     lua_close(L);
 }
 
+/* A length field alone must not make the decoder allocate: an array32 or
+ * map32 header claiming 4 billion entries in a 5-byte input is refused
+ * before msgpack-c would allocate room for them. */
+TEST(unpack_refuses_lengths_that_claim_more_than_the_bytes_there_are)
+{
+    lua_State *L = new_state();
+    char err[256];
+
+    CHECK(unpack_fails(L, "\xdd\xff\xff\xff\xff", 5, err, sizeof err));        /* array32 */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\xdf\x7f\xff\xff\xff", 5, err, sizeof err));        /* map32 */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\x91\xdd\x00\x01\x00\x00\x01", 7, err, sizeof err)); /* nested, 65536 claimed */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\xc6\xff\xff\xff\xff" "ab", 7, err, sizeof err));      /* bin32 */
+    CHECK(unpack_fails(L, "\x92\xdc\x00\x02\x01\x02", 6, err, sizeof err));     /* 3 claimed, 2 there */
+    CHECK(codec_unpack(L, "\x92\xdc\x00\x01\x01\x02", 6, err, sizeof err) == 6);  /* [[1], 2] fits exactly */
+    lua_pop(L, 1);
+    lua_close(L);
+}
+
 TEST(unpack_refuses_malformed_bytes_ext_types_and_bad_map_keys)
 {
     lua_State *L = new_state();
@@ -631,6 +652,7 @@ int main(void)
     RUN(unpack_of_every_truncation_fails_and_pushes_nothing);
     RUN(unpack_refuses_malformed_bytes_ext_types_and_bad_map_keys);
     RUN(unpack_consumes_one_value_and_reports_its_length);
+    RUN(unpack_refuses_lengths_that_claim_more_than_the_bytes_there_are);
     RUN(repeated_pack_unpack_reuses_buffers_and_stays_balanced);
     RUN(codec_works_in_two_states_and_after_a_state_is_closed);
     return TEST_END();
