@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <vector>
@@ -89,9 +90,17 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
      * checks the syntax) and double-conversion rounds them correctly:
      * RapidJSON 1.1.0's own full-precision path misreads "0e300". */
     bool RawNumber(const char *s, rapidjson::SizeType n, bool) {
-        int used = 0;
-        double d = number_reader.StringToDouble(s, (int)n, &used);
-        if (!std::isfinite(d) || used != (int)n) { too_big = true; return false; }
+        double d;
+        if (n <= 16 && !memchr(s, '.', n) && !memchr(s, 'e', n) && !memchr(s, 'E', n)) {
+            /* an integer below 10^16: int64 holds it, and its conversion to
+             * double rounds to nearest (s is NUL-terminated here) */
+            long long i = strtoll(s, nullptr, 10);
+            d = i == 0 && s[0] == '-' ? -0.0 : (double)i;
+        } else {
+            int used = 0;
+            d = number_reader.StringToDouble(s, (int)n, &used);
+            if (!std::isfinite(d) || used != (int)n) { too_big = true; return false; }
+        }
         if (!room()) return false;
         lua_pushnumber(L, d);
         return true;
@@ -113,6 +122,7 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
     bool EndObject(rapidjson::SizeType n) {
         int b = base[depth--];
         lua_createtable(L, 0, (int)n);                       /* b: k1 v1 ... t */
+        if (n == 0) return true;                             /* b: t */
         for (int k = b + 1; k < b + 2 * (int)n; k += 2) {
             lua_pushvalue(L, k);
             lua_pushvalue(L, k + 1);
