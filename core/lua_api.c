@@ -102,13 +102,18 @@ void eddy_log(void *tp, int32_t level, int32_t limited, const char *msg) {
 
 /* ---- classic functions ------------------------------------------------- */
 
+/* Record i (argument arg) of the current batch; raises when out of range. */
+static const eddy_rec *arg_rec(lua_State *L, const task *t, int arg) {
+    int i = (int)luaL_checkinteger(L, arg);
+    if (i < 0 || i >= t->io.n) luaL_error(L, "record %d out of range", i);
+    return &t->io.recs[i];
+}
+
 /* unpack(i) -> value of record i of the current batch.
  * Stack: i -> i value */
 static int l_unpack(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
-    int i = (int)luaL_checkinteger(L, 1);
-    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
-    const eddy_rec *r = &t->io.recs[i];
+    const eddy_rec *r = arg_rec(L, t, 1);
     char err[256];
     if (codec_unpack(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
         return luaL_error(L, "cannot decode a record: %s", err);
@@ -120,9 +125,7 @@ static int l_unpack(lua_State *L) {
  * Stack: i -> i table */
 static int l_headers(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
-    int i = (int)luaL_checkinteger(L, 1);
-    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
-    const eddy_rec *r = &t->io.recs[i];
+    const eddy_rec *r = arg_rec(L, t, 1);
     if (r->hdr_len == 0) { lua_newtable(L); return 1; }
     char err[256];
     if (codec_unpack(L, t->io.data + r->hdr_off, r->hdr_len, err, sizeof err) < 0)
@@ -225,9 +228,7 @@ static int l_json_decode(lua_State *L) {
  * Stack: i -> i value */
 static int l_json_decode_rec(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
-    int i = (int)luaL_checkinteger(L, 1);
-    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
-    const eddy_rec *r = &t->io.recs[i];
+    const eddy_rec *r = arg_rec(L, t, 1);
     char err[256];
     if (codec_json_decode(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
