@@ -1,31 +1,37 @@
-# eddy — stream processor daemon.  One Makefile; targets: all run test asan bench.
+# eddy — stream processor daemon.  One Makefile; targets: all run test asan bench fuzz.
 #
 # ---- options ---------------------------------------------------------------
 # CC        compiler (gcc by default; `make asan` uses clang-compatible flags too)
+# CXX       C++ compiler for core/*.cc (the JSON codec: RapidJSON is C++)
 # OPT       optimisation flags for the normal build
 # SAN       extra flags for the sanitizer build (set by `make asan`)
 # BUILD     object directory (build/ normally, build-asan/ for `make asan`)
 # EXAMPLE   the config `make run` runs
+# FUZZ_TIME seconds each fuzz target runs in `make fuzz` (`make test` runs each 3 s)
 # ---------------------------------------------------------------------------
 CC      ?= cc
+CXX     ?= c++
 OPT     ?= -O2 -g
 SAN     ?=
 BUILD   ?= build
 BIN     ?= bin/eddy
 EXAMPLE ?= examples/wordcount/eddy.conf.lua
+FUZZ_TIME ?= 300
 
 PKGS    := luajit libevent_pthreads rdkafka rocksdb msgpack jansson libcrypto
 CFLAGS  += $(OPT) $(SAN) -std=gnu11 -Wall -Wextra -Werror -MMD -MP -D_GNU_SOURCE \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -I/usr/include/luajit-2.1 -iquote core
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent -lcsv -lpthread -lm -ldl
+CXXFLAGS += $(OPT) $(SAN) -std=gnu++17 -Wall -Wextra -Werror -MMD -MP -D_GNU_SOURCE \
+           -I/usr/include/luajit-2.1 -iquote core
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent -lcsv -ldouble-conversion -lstdc++ -lpthread -lm -ldl
 LDFLAGS += $(SAN) -Wl,-E
 
-SRCS    := $(wildcard core/*.c)
-OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o)
+SRCS    := $(wildcard core/*.c) $(wildcard core/*.cc)
+OBJS    := $(patsubst core/%.cc,$(BUILD)/%.o,$(SRCS:core/%.c=$(BUILD)/%.o))
 LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 CTESTS  := $(patsubst spec/c/%.c,$(BUILD)/spec/%,$(wildcard spec/c/test_*.c))
 
-.PHONY: all run test asan bench deps clean ctests
+.PHONY: all run test asan bench deps clean ctests fuzz fuzzers fuzz-bins
 all: $(BIN)
 
 $(BIN): $(OBJS)
@@ -36,11 +42,33 @@ $(BUILD)/%.o: core/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+$(BUILD)/%.o: core/%.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
 $(BUILD)/spec/%: spec/c/%.c $(LIBOBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -iquote spec/c $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
 
 ctests: $(CTESTS)
+
+# libFuzzer targets (spec/fuzz/fuzz_*.c) over the core built with clang,
+# ASan and UBSan in build-fuzz/
+FUZZERS := $(patsubst spec/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard spec/fuzz/fuzz_*.c))
+
+$(BUILD)/fuzz/%: spec/fuzz/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS)
+
+fuzz-bins: $(FUZZERS)
+
+fuzzers:
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CXX=clang++ OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -fsanitize-ignorelist=$(CURDIR)/scripts/sanitizer-ignore.txt" fuzz-bins
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzzers
+	scripts/fuzz.sh $(FUZZ_TIME)
 
 deps:
 	@scripts/install-deps.sh
@@ -51,12 +79,14 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all ctests
+	@$(MAKE) --no-print-directory fuzzers
 	@EDDY_BIN=$(BIN) BUILD=$(BUILD) scripts/test.sh
 
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/eddy CC=clang \
+	@$(MAKE) --no-print-directory BUILD=build-asan BIN=build-asan/eddy CC=clang CXX=clang++ \
 	  OPT="-O1 -g -fno-omit-frame-pointer" \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all ctests
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fsanitize-ignorelist=$(CURDIR)/scripts/sanitizer-ignore.txt" all ctests
+	@$(MAKE) --no-print-directory fuzzers
 	@EDDY_BIN=build-asan/eddy BUILD=build-asan EDDY_ASAN=1 \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:quarantine_size_mb=8 UBSAN_OPTIONS=print_stacktrace=1 \
 	  scripts/test.sh
@@ -66,6 +96,6 @@ bench: deps
 	scripts/bench.sh
 
 clean:
-	rm -rf build build-asan bin/eddy
+	rm -rf build build-asan build-fuzz bin/eddy
 
--include $(OBJS:.o=.d) $(OBJS:$(BUILD)/%.o=build-asan/%.d)
+-include $(OBJS:.o=.d) $(OBJS:$(BUILD)/%.o=build-asan/%.d) $(OBJS:$(BUILD)/%.o=build-fuzz/%.d)

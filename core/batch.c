@@ -37,6 +37,7 @@ long batch_reserve(batch *b, size_t n) {
 }
 
 eddy_rec *batch_add(batch *b, const void *key, size_t klen, const void *val, size_t vlen) {
+    if (klen > UINT32_MAX || vlen > UINT32_MAX) return NULL;     /* eddy_rec's lengths */
     if (b->n == b->cap) {
         int ncap = b->cap * 2;
         eddy_rec *r = realloc(b->recs, sizeof *r * ncap);
@@ -53,18 +54,9 @@ eddy_rec *batch_add(batch *b, const void *key, size_t klen, const void *val, siz
     r->ts = TS_NONE;
     r->wm = TS_NONE;
     r->port = -1;
-    r->key_off = (uint32_t)off;
+    r->key_off = (uint64_t)off;
     r->key_len = (uint32_t)klen;
-    r->val_off = (uint32_t)(off + klen);
+    r->val_off = (uint64_t)off + klen;
     r->val_len = (uint32_t)vlen;
     return r;
-}
-
-int batch_closes_right_after(const char *s, size_t n, char open, char close) {
-    for (const char *p = memchr(s, close, n); p; p = memchr(p + 1, close, (size_t)(s + n - p - 1))) {
-        const char *q = p;
-        while (q > s && (q[-1] == ' ' || q[-1] == '\t')) q--;
-        if (q > s && q[-1] == open) return 1;
-    }
-    return 0;
 }

@@ -24,9 +24,5 @@ eddy_rec *batch_add(batch *b, const void *key, size_t klen, const void *val, siz
 /* Reserves n bytes at the end of the arena and returns their offset, or -1. */
 long batch_reserve(batch *b, size_t n);
 
-/* 1 when a `close` byte in s[0..n) has `open` right before it (blanks
- * between allowed): "[]", "[ ]", "{}", "e+".  memchr over a rare byte beats
- * memmem's setup on short lines. */
-int batch_closes_right_after(const char *s, size_t n, char open, char close);
 
 #endif

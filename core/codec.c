@@ -1,7 +1,8 @@
 /* codec — Lua values <-> MessagePack through msgpack-c.  Packing walks the
  * value with the raw Lua API and feeds a msgpack_packer whose write callback
  * appends to a buf; unpacking lets msgpack_unpack() build an object tree in a
- * zone kept per lua_State, then pushes that tree.  See codec.h for the rules. */
+ * zone kept per lua_State, then pushes that tree.  See codec.h for the rules.
+ * JSON is in codec_json.cc. */
 #include "codec.h"
 
 #include <math.h>
@@ -12,7 +13,6 @@
 #include <string.h>
 
 #include <lauxlib.h>
-#include <jansson.h>
 #include <msgpack.h>
 
 /* LuaJIT's lua_type() returns 10 for cdata; lua.h has no name for it. */
@@ -508,6 +508,84 @@ overflow:
     return -1;
 }
 
+/* Big-endian unsigned of n bytes at p. */
+static uint64_t be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* 1 when no length in the first value of data[0..len) claims more than the
+ * bytes there are: every array element or map key and value takes at least
+ * one byte, and strings, bin and ext take their length.  msgpack-c allocates
+ * an array's objects as soon as it reads the header, so a 5-byte input
+ * claiming 4 billion elements would otherwise cost 64 GB of address space.
+ * Reads only the headers (the format bytes of the MessagePack spec); what
+ * is truncated or malformed is left for msgpack_unpack to report. */
+static int claims_fit(const unsigned char *data, size_t len)
+{
+    size_t pos = 0;
+    uint64_t pending = 1;                               /* values still to read */
+    while (pending > 0 && pos < len) {
+        unsigned c = data[pos++];
+        uint64_t items = 0, skip = 0;
+        int lenbytes = 0;
+        pending--;
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+            continue;                                   /* fixints, nil, booleans */
+        } else if (c <= 0x8f) {
+            items = 2 * (uint64_t)(c & 0x0f);           /* fixmap */
+        } else if (c <= 0x9f) {
+            items = c & 0x0f;                           /* fixarray */
+        } else if (c <= 0xbf) {
+            skip = c & 0x1f;                            /* fixstr */
+        } else {
+            switch (c) {
+            case 0xc4: case 0xd9: lenbytes = 1; break;  /* bin8, str8 */
+            case 0xc5: case 0xda: lenbytes = 2; break;
+            case 0xc6: case 0xdb: lenbytes = 4; break;
+            case 0xc7: lenbytes = 1; skip = 1; break;   /* ext8: length, type */
+            case 0xc8: lenbytes = 2; skip = 1; break;
+            case 0xc9: lenbytes = 4; skip = 1; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;                 /* fixext: type and data */
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xde: lenbytes = 2; break;  /* array16, map16 */
+            case 0xdd: case 0xdf: lenbytes = 4; break;
+            default: return 1;                          /* 0xc1: msgpack_unpack refuses it */
+            }
+            if (lenbytes) {
+                if (len - pos < (size_t)lenbytes)
+                    return 1;                           /* truncated */
+                uint64_t n = be(data + pos, lenbytes);
+                pos += (size_t)lenbytes;
+                if (c == 0xdc || c == 0xdd) items = n;
+                else if (c == 0xde || c == 0xdf) items = 2 * n;
+                else skip += n;
+            }
+        }
+        if (items > len - pos || pending + items > len - pos)
+            return 0;
+        pending += items;
+        if (skip > len - pos) {
+            if (c >= 0xc4 && c <= 0xc9) return 0;       /* bin and ext are copied as claimed */
+            return 1;
+        }
+        pos += (size_t)skip;
+    }
+    return 1;
+}
+
 long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t errlen)
 {
     int top = lua_gettop(L);
@@ -528,6 +606,12 @@ long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t 
     }
     /* A Lua error (out of memory) while pushing skips the clear at the end. */
     msgpack_zone_clear(z);
+    if (!claims_fit((const unsigned char *)data, len)) {
+        if (err && errlen)
+            snprintf(err, errlen, "cannot decode: malformed msgpack (a length claims more than the %zu bytes there are)",
+                     len);
+        goto err;
+    }
 
     switch (msgpack_unpack(data, len, &off, z, &obj)) {
     case MSGPACK_UNPACK_SUCCESS:
@@ -554,169 +638,4 @@ err:
         msgpack_zone_clear(z);
     lua_settop(L, top);
     return -1;
-}
-
-/* ---- exact JSON --------------------------------------------------------- */
-
-/* Builds a jansson value from the Lua value at idx; NULL with err.
- * Stack: unchanged (pushes and pops while walking tables). */
-static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen) {
-    if (idx < 0) idx = lua_gettop(L) + idx + 1;
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL: return json_null();
-    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-    case LUA_TNUMBER: {
-        double d = lua_tonumber(L, idx);
-        if (isfinite(d) && d == floor(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
-            return json_integer((json_int_t)d);
-        if (!isfinite(d)) { snprintf(err, errlen, "cannot encode %g as JSON", d); return NULL; }
-        return json_real(d);
-    }
-    case LUA_TSTRING: {
-        size_t n;
-        const char *s = lua_tolstring(L, idx, &n);
-        json_t *j = json_stringn(s, n);
-        if (!j) snprintf(err, errlen, "cannot encode a string that is not UTF-8 as JSON");
-        return j;
-    }
-    case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL) return json_null();   /* cjson.null */
-        break;
-    case LUA_TTABLE: {
-        if (depth >= CODEC_MAX_DEPTH) { snprintf(err, errlen, "cannot encode a table nested deeper than %d levels", CODEC_MAX_DEPTH); return NULL; }
-        if (!lua_checkstack(L, 4)) { snprintf(err, errlen, "out of Lua stack"); return NULL; }
-        size_t n = lua_objlen(L, idx);
-        size_t count = 0;
-        int array = 1;
-        lua_pushnil(L);                                          /* ... k */
-        while (lua_next(L, idx)) {                               /* ... k v */
-            count++;
-            if (lua_type(L, -2) != LUA_TNUMBER) array = 0;
-            lua_pop(L, 1);                                       /* ... k */
-        }
-        if (count == 0 || count != n) array = 0;
-        if (count == 0 && lua_getmetatable(L, idx)) {            /* ... mt */
-            luaL_getmetatable(L, CODEC_ARRAY_MT);                /* ... mt array_mt */
-            int marked = lua_rawequal(L, -1, -2);
-            lua_pop(L, 2);
-            if (marked) return json_array();
-        }
-        if (array) {
-            json_t *a = json_array();
-            for (size_t i = 1; i <= n; i++) {
-                lua_rawgeti(L, idx, (int)i);                     /* ... v */
-                json_t *v = to_json(L, -1, depth + 1, err, errlen);
-                lua_pop(L, 1);                                   /* ... */
-                if (!v) { json_decref(a); return NULL; }
-                json_array_append_new(a, v);
-            }
-            return a;
-        }
-        json_t *o = json_object();
-        lua_pushnil(L);                                          /* ... k */
-        while (lua_next(L, idx)) {                               /* ... k v */
-            char kbuf[64];
-            const char *k;
-            if (lua_type(L, -2) == LUA_TSTRING) k = lua_tostring(L, -2);
-            else if (lua_type(L, -2) == LUA_TNUMBER) {
-                double kd = lua_tonumber(L, -2);
-                if (kd == floor(kd) && fabs(kd) < 1e15) snprintf(kbuf, sizeof kbuf, "%.0f", kd);
-                else snprintf(kbuf, sizeof kbuf, "%.14g", kd);
-                k = kbuf;
-            } else {
-                snprintf(err, errlen, "cannot encode a table key of type %s as JSON", luaL_typename(L, -2));
-                lua_pop(L, 2);
-                json_decref(o);
-                return NULL;
-            }
-            json_t *v = to_json(L, -1, depth + 1, err, errlen);
-            if (!v || json_object_set_new(o, k, v) < 0) {
-                lua_pop(L, 2);
-                json_decref(o);
-                if (v) snprintf(err, errlen, "cannot encode a key that is not UTF-8 as JSON");
-                return NULL;
-            }
-            lua_pop(L, 1);                                       /* ... k */
-        }
-        return o;
-    }
-    default:
-        break;
-    }
-    snprintf(err, errlen, "cannot encode a %s as JSON", luaL_typename(L, idx));
-    return NULL;
-}
-
-int codec_json(lua_State *L, int idx, buf *out, char *err, size_t errlen) {
-    int top = lua_gettop(L);
-    json_t *j = to_json(L, idx, 0, err, errlen);
-    lua_settop(L, top);
-    if (!j) return -1;
-    size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(14);
-    size_t need = json_dumpb(j, NULL, 0, flags);
-    int rc = -1;
-    if (need == 0) snprintf(err, errlen, "cannot encode the value as JSON");
-    else if (buf_reserve(out, need) < 0) snprintf(err, errlen, "out of memory");
-    else {
-        out->len += json_dumpb(j, out->data + out->len, need, flags);
-        rc = 0;
-    }
-    json_decref(j);
-    return rc;
-}
-
-/* Pushes the Lua value of j.  Stack: +1 */
-static int from_json(lua_State *L, json_t *j, int depth, char *err, size_t errlen) {
-    if (depth > CODEC_MAX_DEPTH || !lua_checkstack(L, 3)) {
-        snprintf(err, errlen, "JSON nested deeper than %d levels", CODEC_MAX_DEPTH);
-        return -1;
-    }
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: {
-        lua_createtable(L, 0, (int)json_object_size(j));          /* t */
-        const char *k;
-        json_t *v;
-        json_object_foreach(j, k, v) {
-            if (from_json(L, v, depth + 1, err, errlen) < 0) { lua_pop(L, 1); return -1; }   /* t v */
-            lua_setfield(L, -2, k);                               /* t */
-        }
-        return 0;
-    }
-    case JSON_ARRAY: {
-        size_t n = json_array_size(j);
-        lua_createtable(L, (int)n, 0);                            /* t */
-        for (size_t i = 0; i < n; i++) {
-            if (from_json(L, json_array_get(j, i), depth + 1, err, errlen) < 0) { lua_pop(L, 1); return -1; }
-            lua_rawseti(L, -2, (int)i + 1);
-        }
-        if (n == 0) {
-            luaL_getmetatable(L, CODEC_ARRAY_MT);                 /* t mt */
-            lua_setmetatable(L, -2);                              /* t */
-        }
-        return 0;
-    }
-    case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); return 0;
-    case JSON_INTEGER: lua_pushnumber(L, (lua_Number)json_integer_value(j)); return 0;
-    case JSON_REAL: lua_pushnumber(L, json_real_value(j)); return 0;
-    case JSON_TRUE: lua_pushboolean(L, 1); return 0;
-    case JSON_FALSE: lua_pushboolean(L, 0); return 0;
-    case JSON_NULL: lua_pushlightuserdata(L, NULL); return 0;
-    }
-    snprintf(err, errlen, "unknown JSON value");
-    return -1;
-}
-
-int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen) {
-    json_error_t je;
-    json_t *j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
-    if (!j) {
-        snprintf(err, errlen, "%s at character %d", je.text, je.position + 1);
-        return -1;
-    }
-    luaL_newmetatable(L, CODEC_ARRAY_MT);                         /* mt (created once per VM) */
-    lua_pop(L, 1);
-    int rc = from_json(L, j, 0, err, errlen);
-    if (rc == 0 && json_is_null(j)) { lua_pop(L, 1); lua_pushnil(L); }   /* top-level null: nil */
-    json_decref(j);
-    return rc;
 }

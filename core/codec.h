@@ -42,22 +42,49 @@ int codec_pack(lua_State *L, int idx, buf *out, char *err, size_t errlen);
  * registry, freed by lua_close), so steady-state calls do not allocate in C. */
 long codec_unpack(lua_State *L, const char *data, size_t len, char *err, size_t errlen);
 
-/* Encodes the Lua value at stack index idx as compact JSON text through
- * jansson and appends it to out.  Integral numbers up to 2^63 are written
- * exactly (lua-cjson's encoder keeps only 14 digits); other numbers with 14
- * significant digits, as cjson does; cjson.null is null; a table with keys
- * 1..n is an array, other tables objects (number keys become strings).
- * Returns 0, or -1 with err (functions, userdata, invalid UTF-8, nesting
- * deeper than CODEC_MAX_DEPTH).  Stack unchanged. */
+/* ---- JSON (codec_json.cc: RapidJSON, double-conversion) ------------------
+ * One decoder and one encoder for every JSON record; docs/contract.md
+ * ("JSON") states the same rules for users. */
+
+/* Containers nested deeper than this are refused by both. */
+#define CODEC_JSON_MAX_DEPTH 1000
+
+/* Encodes the Lua value at stack index idx as compact JSON text and appends
+ * it to out.  A number that is integral and fits int64 (not -0.0) is written
+ * as an integer; any other finite number in its shortest form that reads
+ * back as the same double (0.1, 1e+300; -0.0 as -0.0); NaN and infinities are refused.
+ * nil and cjson.null are null; a table with keys exactly 1..n (n >= 1) is an
+ * array; an empty table is [] when it carries CODEC_ARRAY_MT (decoded from
+ * []) and {} otherwise; any other table an object, whose number keys are
+ * written as their text.  Strings (and keys) must be valid UTF-8.  Returns 0,
+ * or -1 with err (functions, userdata, invalid UTF-8, other key types,
+ * nesting deeper than CODEC_JSON_MAX_DEPTH); out->len is then restored.
+ * Stack unchanged. */
 int codec_json(lua_State *L, int idx, buf *out, char *err, size_t errlen);
 
 /* The metatable that marks an empty Lua table as an empty JSON array (in the
  * registry under this name); codec_json writes such a table as []. */
 #define CODEC_ARRAY_MT "eddy.array_mt"
 
-/* Decodes JSON text through jansson and pushes the value (stack +1): objects
- * and arrays become tables, an empty array gets CODEC_ARRAY_MT, null inside
- * them is cjson.null.  Returns 0, or -1 (nothing pushed) with err. */
+/* Decodes one JSON value (RFC 8259; blanks around it allowed) from s[0..n)
+ * and pushes it (stack +1): objects and arrays become tables, an empty array
+ * gets CODEC_ARRAY_MT, null inside them is cjson.null and at the top nil;
+ * every number becomes a Lua number, the double nearest to it (integers past
+ * 2^53 are rounded like any other; -0 is -0.0; beyond the double range is an
+ * error).
+ * Refuses invalid UTF-8 (in strings and \u escapes), NaN and Infinity,
+ * comments, trailing commas, text after the value and nesting deeper than
+ * CODEC_JSON_MAX_DEPTH.  Returns 0, or -1 (nothing pushed) with err. */
 int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+
+/* Appends s[0..n) as a JSON string literal to out.  0, or -1 (out unchanged)
+ * when s is not valid UTF-8. */
+int codec_json_string(const char *s, size_t n, buf *out);
+
+/* Replaces the string at stack index idx by a copy in which every byte that
+ * is not part of valid UTF-8 is U+FFFD (no-op for valid UTF-8 or a
+ * non-string).  For text that must be written as JSON whatever it holds
+ * (an error message quoting input). */
+void codec_utf8_scrub(lua_State *L, int idx);
 
 #endif

@@ -9,20 +9,25 @@
 #include <stdint.h>
 #include <stddef.h>
 
+/* Event times eddy takes, in ms since the epoch: years 1 to 9999. */
+#define EDDY_TS_MIN (-62135596800000LL)
+#define EDDY_TS_MAX 253402300799999LL
+
 /* FFI-BEGIN (everything up to FFI-END is mirrored in lua/eddy/ffi.lua) */
 typedef struct eddy_rec {
     int64_t ts;          /* event time in ms, or INT64_MIN when none */
     int64_t wm;          /* the source partition's watermark after this record */
     int64_t offset;      /* source position: byte offset in a file, Kafka offset */
     int64_t line;        /* line number in a file (1-based), or 0 */
-    uint32_t key_off, key_len;  /* key bytes in data (or, for a malformed record, the error) */
-    uint32_t val_off, val_len;  /* value bytes in data */
+    uint64_t key_off, val_off;  /* key and value bytes in data (the key of a malformed record: the error) */
+    uint32_t key_len, val_len;  /* (a batch may pass 4 GiB; one key or value may not) */
     int32_t partition;   /* source partition index */
     int16_t port;        /* the key_by node a shuffled record came through, else -1 */
     int16_t flags;       /* EDDY_REC_* */
     uint32_t kg;         /* key group of a keyed record */
     uint32_t source;     /* index of the source it was read from */
-    uint32_t hdr_off, hdr_len;  /* Kafka headers in data, a MessagePack map (hdr_len 0: none) */
+    uint64_t hdr_off;    /* Kafka headers in data, a MessagePack map */
+    uint32_t hdr_len;    /* (0: none) */
 } eddy_rec;
 
 typedef struct eddy_io {
@@ -103,13 +108,6 @@ int eddy_parse_duration(const char *s, int64_t *ms);
  * ms since the epoch: 0 and *ms, or -1. */
 int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
-/* A JSON check on the hot path (an FFI call compiles; string.find in this
- * LuaJIT does not): did cjson write s lossily ("e+": a number cut to 14
- * digits) or write an empty table that may be a marked array ("{}")?
- * (Input lines with an empty array are flagged EDDY_REC_EMPTY_ARRAY by the
- * file reader.) */
-int eddy_json_needs_exact(const char *s, size_t n);
-
 /* Appends one encoded value and a newline to sink `sink` of `task`.  Returns 0,
  * or -1 when the sink failed (the task then fails). */
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
@@ -127,7 +125,7 @@ int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 /* FFI-END */
 
-enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2, EDDY_REC_EMPTY_ARRAY = 4,
+enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2,
        EDDY_REC_KEY = 8 /* a Kafka record with a key (an empty one included) */,
        EDDY_REC_TOMBSTONE = 16 /* a Kafka message without a value */ };
 

@@ -10,16 +10,13 @@
 #include "kafka.h"
 #include "state.h"
 #include <lauxlib.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 /* ---- FFI exports (ffi_api.h) ------------------------------------------- */
-
-int eddy_json_needs_exact(const char *s, size_t n) {
-    return batch_closes_right_after(s, n, 'e', '+') || batch_closes_right_after(s, n, '{', '}');
-}
 
 int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
     task *t = tp;
@@ -105,13 +102,18 @@ void eddy_log(void *tp, int32_t level, int32_t limited, const char *msg) {
 
 /* ---- classic functions ------------------------------------------------- */
 
+/* Record i (argument arg) of the current batch; raises when out of range. */
+static const eddy_rec *arg_rec(lua_State *L, const task *t, int arg) {
+    int i = (int)luaL_checkinteger(L, arg);
+    if (i < 0 || i >= t->io.n) luaL_error(L, "record %d out of range", i);
+    return &t->io.recs[i];
+}
+
 /* unpack(i) -> value of record i of the current batch.
  * Stack: i -> i value */
 static int l_unpack(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
-    int i = (int)luaL_checkinteger(L, 1);
-    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
-    const eddy_rec *r = &t->io.recs[i];
+    const eddy_rec *r = arg_rec(L, t, 1);
     char err[256];
     if (codec_unpack(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
         return luaL_error(L, "cannot decode a record: %s", err);
@@ -123,9 +125,7 @@ static int l_unpack(lua_State *L) {
  * Stack: i -> i table */
 static int l_headers(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
-    int i = (int)luaL_checkinteger(L, 1);
-    if (i < 0 || i >= t->io.n) return luaL_error(L, "record %d out of range", i);
-    const eddy_rec *r = &t->io.recs[i];
+    const eddy_rec *r = arg_rec(L, t, 1);
     if (r->hdr_len == 0) { lua_newtable(L); return 1; }
     char err[256];
     if (codec_unpack(L, t->io.data + r->hdr_off, r->hdr_len, err, sizeof err) < 0)
@@ -180,15 +180,15 @@ static int l_shuffle(lua_State *L) {
         long off = batch_reserve(b, hlen);
         if (off < 0) return luaL_error(L, "out of memory");
         memcpy(b->data + off, hdrs, hlen);
-        b->recs[idx].hdr_off = (uint32_t)off;
+        b->recs[idx].hdr_off = (uint64_t)off;
         b->recs[idx].hdr_len = (uint32_t)hlen;
     }
     return 0;
 }
 
-/* json_exact(value) -> string: JSON with integers written exactly.
+/* json_encode(value) -> string: the value as JSON (codec_json's rules).
  * Stack: value -> value string */
-static int l_json_exact(lua_State *L) {
+static int l_json_encode(lua_State *L) {
     task *t = lua_touserdata(L, lua_upvalueindex(1));
     buf *b = &t->packbuf;
     b->len = 0;
@@ -198,14 +198,84 @@ static int l_json_exact(lua_State *L) {
     return 1;
 }
 
-/* json_decode_exact(string) -> value, with empty arrays marked.
+/* json_write(sink, value) -> true, or false when the sink failed (logged):
+ * encodes value as JSON straight into sink `sink` of the task (no Lua
+ * string of the line is made).  An encoding error is raised.
+ * Stack: sink value -> sink value boolean */
+static int l_json_write(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    int idx = (int)luaL_checkinteger(L, 1);
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_json(L, 2, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    lua_pushboolean(L, eddy_sink_write(t, idx, b->data, b->len) == 0);
+    return 1;
+}
+
+/* json_decode(string) -> value (codec_json_decode's rules).
  * Stack: s -> s value */
-static int l_json_decode_exact(lua_State *L) {
+static int l_json_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     char err[256];
     if (codec_json_decode(L, s, n, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     return 1;
+}
+
+/* json_decode_rec(i) -> the value of record i of the current batch, decoded
+ * as JSON where it lies (no Lua string of the line is made).
+ * Stack: i -> i value */
+static int l_json_decode_rec(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    const eddy_rec *r = arg_rec(L, t, 1);
+    char err[256];
+    if (codec_json_decode(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
+        return luaL_error(L, "%s", err);
+    return 1;
+}
+
+/* dead_letter(meta[, i]) -> true, or false when the dead-letter file or
+ * topic refused the line (logged).  Writes the JSON object meta (its error
+ * and traceback scrubbed to valid UTF-8) and, with i, the bytes of record i
+ * of the current batch as "record" (a string when they are valid UTF-8, else
+ * "record_base64"): built here, outside the VM's memory, so that a record as
+ * large as limits.memory allows still gets its dead letter.
+ * Stack: meta [i] -> meta [i] boolean */
+static int l_dead_letter(lua_State *L) {
+    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int i = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
+    static const char *const text[] = { "error", "traceback" };
+    for (int k = 0; k < 2; k++) {
+        lua_getfield(L, 1, text[k]);                       /* meta [i] s */
+        codec_utf8_scrub(L, -1);
+        lua_setfield(L, 1, text[k]);                       /* meta [i] */
+    }
+    buf *b = &t->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_json(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "dead letter: %s", err);
+    if (i >= 0 && i < t->io.n && b->len >= 2 && b->data[b->len - 1] == '}') {
+        const eddy_rec *r = &t->io.recs[i];
+        const char *p = t->io.data + r->val_off;
+        size_t n = r->val_len;
+        b->len--;                                          /* reopen the object */
+        const char *sep = b->len > 1 ? "," : "";
+        if (buf_append(b, sep, strlen(sep)) < 0 || buf_append(b, "\"record\":", 9) < 0) goto oom;
+        if (codec_json_string(p, n, b) < 0) {
+            b->len -= 9;
+            size_t cap = 4 * ((n + 2) / 3) + 1;
+            if (buf_append(b, "\"record_base64\":\"", 17) < 0 || buf_reserve(b, cap) < 0) goto oom;
+            b->len += (size_t)EVP_EncodeBlock((unsigned char *)b->data + b->len, (const unsigned char *)p, (int)n);
+            if (buf_append(b, "\"", 1) < 0) goto oom;
+        }
+        if (buf_append(b, "}", 1) < 0) goto oom;
+    }
+    lua_pushboolean(L, eddy_dead_letter(t, b->data, b->len) == 0);
+    return 1;
+oom:
+    return luaL_error(L, "dead letter: out of memory");
 }
 
 /* pack(value) -> MessagePack string.  Stack: value -> value string */
@@ -563,11 +633,20 @@ void lua_api_push_native(lua_State *L, task *t) {
     lua_setfield(L, -2, "pack");
     lua_pushcfunction(L, l_unpack_all);
     lua_setfield(L, -2, "unpack_all");
-    lua_pushcfunction(L, l_json_decode_exact);
-    lua_setfield(L, -2, "json_decode_exact");
+    lua_pushcfunction(L, l_json_decode);
+    lua_setfield(L, -2, "json_decode");
     lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_json_exact, 1);
-    lua_setfield(L, -2, "json_exact");
+    lua_pushcclosure(L, l_json_decode_rec, 1);
+    lua_setfield(L, -2, "json_decode_rec");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_json_encode, 1);
+    lua_setfield(L, -2, "json_encode");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_json_write, 1);
+    lua_setfield(L, -2, "json_write");
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, l_dead_letter, 1);
+    lua_setfield(L, -2, "dead_letter");
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, l_shuffle, 1);
     lua_setfield(L, -2, "shuffle");
@@ -739,7 +818,16 @@ int eddy_parse_time(const char *s, size_t n, int64_t *ms) {
         rest = e;
     }
     if (*rest) return -1;
+    struct tm want = tm, got;
     time_t secs = timegm(&tm);
-    *ms = ((int64_t)secs - off) * 1000 + frac;
+    /* timegm rolls an impossible date over (2023-02-30 -> 2023-03-02): refuse
+     * any date or time that does not come back as it was written */
+    if (!gmtime_r(&secs, &got) || got.tm_year != want.tm_year || got.tm_mon != want.tm_mon ||
+        got.tm_mday != want.tm_mday || got.tm_hour != want.tm_hour || got.tm_min != want.tm_min ||
+        got.tm_sec != want.tm_sec)
+        return -1;
+    int64_t t = ((int64_t)secs - off) * 1000 + frac;
+    if (t < EDDY_TS_MIN || t > EDDY_TS_MAX) return -1;
+    *ms = t;
     return 0;
 }

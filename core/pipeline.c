@@ -1,4 +1,5 @@
 #include "pipeline.h"
+#include "config.h"
 #include "vm.h"
 #include "log.h"
 #include <glob.h>
@@ -218,6 +219,18 @@ static int build_sources(plan *p, char *err, size_t errlen) {
         const opt *idle = opt_find(&nd->opts, "idle_ms");
         si->idle_ms = idle && idle->type == OPT_NUMBER ? (int64_t)idle->n : 0;
         si->header = node_opt_bool(nd, "header");
+        const opt *mb = opt_find(&nd->opts, "max_bytes");
+        si->max_bytes = 16 << 20;                  /* files and stdin; Kafka's is read in daemon.c */
+        if (mb && mb->type == OPT_NUMBER) si->max_bytes = (int64_t)mb->n;
+        else if (mb && mb->type == OPT_STRING && config_parse_size(mb->s, &si->max_bytes) < 0) {
+            snprintf(err, errlen, "source '%s' (%s): max_bytes: expected a size like \"16MB\", got \"%s\"", si->name,
+                     nd->where, mb->s);
+            return -1;
+        }
+        if (si->max_bytes < 1) {
+            snprintf(err, errlen, "source '%s' (%s): max_bytes must be at least 1 byte", si->name, nd->where);
+            return -1;
+        }
         const char *d = node_opt(nd, "delimiter");
         si->delimiter = d && *d ? d[0] : ',';
         const char *file = node_opt(nd, "file");

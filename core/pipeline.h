@@ -44,6 +44,7 @@ typedef struct source_info {
     int64_t idle_ms;        /* idle = d: after d without records the partition stops holding watermarks back; 0 = never */
     int bootstrap;          /* bootstrap = true: read to its end before any other source reads */
     int bounded;            /* bounded = true (Kafka): read to the end offsets as of the start, then end */
+    int64_t max_bytes;      /* files and stdin: the longest record (max_bytes; SOURCE_FILE_MAX_BYTES) */
 } source_info;
 
 typedef struct stage {

@@ -16,14 +16,16 @@ struct source_reader {
     int is_stdin;
     int follow;
     int csv;
-    int json;                 /* flag lines that hold an empty array (EDDY_REC_EMPTY_ARRAY) */
     int header;
+    unsigned char delimiter;  /* csv */
     int source_index, partition;
     char *buf;
     size_t len, pos, cap;     /* buffered bytes are buf[pos..len) */
     int64_t offset;           /* file offset of buf[pos] */
     int64_t line;             /* lines consumed so far */
     int input_ended;          /* read() returned 0 and no follow */
+    size_t max_bytes;         /* the longest record (source option max_bytes) */
+    int skipping;             /* dropping the rest of a line longer than max_bytes */
     /* csv */
     struct csv_parser parser;
     msgpack_sbuffer fields;   /* fields of the record being parsed, packed */
@@ -37,6 +39,13 @@ struct source_reader {
     size_t rec_buf;           /* and where its bytes start in buf (kept across refills) */
 };
 
+/* (Re)starts the CSV parser with the source's options: after a malformed
+ * record too, so that the records after it are split the same way. */
+static void csv_start(source_reader *r) {
+    csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+    csv_set_delim(&r->parser, r->delimiter);
+}
+
 source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
     source_reader *r = calloc(1, sizeof *r);
     if (!r) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -44,8 +53,8 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
     r->partition = partition;
     r->follow = si->follow;
     r->csv = strcmp(si->format, "csv") == 0;
-    r->json = strcmp(si->format, "json") == 0;
     r->header = si->header;
+    r->max_bytes = si->max_bytes > 0 ? (size_t)si->max_bytes : (size_t)16 << 20;
     r->cap = READ_CHUNK * 2;
     r->buf = malloc(r->cap);
     if (!r->buf) { snprintf(err, errlen, "out of memory"); free(r); return NULL; }
@@ -61,10 +70,8 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
             return NULL;
         }
     }
-    if (r->csv) {
-        csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
-        csv_set_delim(&r->parser, (unsigned char)si->delimiter);
-    }
+    r->delimiter = (unsigned char)si->delimiter;
+    if (r->csv) csv_start(r);
     return r;
 }
 
@@ -165,6 +172,8 @@ static int pack_csv(source_reader *r, batch *b, int64_t offset, int64_t line) {
     else msgpack_pack_array(&pk, r->ncur);
     for (int i = 0; i < r->ncur; i++) {
         if (named) {
+            /* a column past the header, or whose name repeats an earlier
+             * column's (header_names[i] NULL), is keyed by its number */
             const char *h = i < r->nheader ? r->header_names[i] : NULL;
             if (h) { msgpack_pack_str(&pk, strlen(h)); msgpack_pack_str_body(&pk, h, strlen(h)); }
             else msgpack_pack_int(&pk, i + 1);
@@ -206,6 +215,45 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
         char *nl = avail ? memchr(start, '\n', avail) : NULL;
         size_t linelen;      /* without the newline */
         size_t consumed;
+        if (r->skipping) {   /* the rest of a record longer than max_bytes: dropped as it arrives */
+            size_t k = nl ? (size_t)(nl - start) + 1 : avail;
+            r->pos += k; r->offset += k;
+            if (nl || (r->input_ended && avail > 0)) { r->skipping = 0; r->line++; }
+            if (nl || avail > 0) continue;
+            if (r->input_ended) { *eof = 1; break; }
+            long got = fill(r, err, errlen);
+            if (got < 0) return -1;
+            if (got == 0 && !r->input_ended) break;
+            continue;
+        }
+        if ((nl ? (size_t)(nl - start) : avail) > r->max_bytes ||
+            (r->csv && r->in_record && r->pos - r->rec_buf + (nl ? (size_t)(nl - start) : avail) > r->max_bytes)) {
+            /* a record longer than max_bytes: its first KiB goes to the error
+             * policy with its position, and the rest of its line is skipped
+             * without being held in memory */
+            char msg[160];
+            snprintf(msg, sizeof msg, "a record longer than max_bytes (%zu bytes); its first 1024 bytes are kept",
+                     r->max_bytes);
+            int in_csv = r->csv && r->in_record;
+            const char *raw = in_csv ? r->buf + r->rec_buf : start;
+            size_t here = nl ? (size_t)(nl - start) : avail;
+            size_t have = in_csv ? r->pos - r->rec_buf + here : here;
+            if (add_malformed(r, b, raw, have < 1024 ? have : 1024, msg, in_csv ? r->rec_offset : r->offset,
+                              in_csv ? r->rec_line : r->line + 1) < 0) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            n++;
+            if (in_csv) {    /* the lines after it are read as new records */
+                csv_free(&r->parser);
+                csv_start(r);
+                r->ncur = 0;
+                r->record_done = 0;
+                r->in_record = 0;
+            }
+            r->skipping = 1;
+            continue;
+        }
         if (nl) {
             linelen = (size_t)(nl - start);
             consumed = linelen + 1;
@@ -235,7 +283,6 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             }
             eddy_rec *rec = batch_add(b, NULL, 0, start, linelen);
             if (!rec) { snprintf(err, errlen, "out of memory"); return -1; }
-            if (r->json && batch_closes_right_after(start, linelen, '[', ']')) rec->flags = EDDY_REC_EMPTY_ARRAY;
             rec->offset = r->offset;
             rec->line = r->line + 1;
             rec->partition = r->partition;
@@ -264,7 +311,7 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             if (add_malformed(r, b, raw, rawlen, msg, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
             n++;
             csv_free(&r->parser);
-            csv_init(&r->parser, CSV_STRICT | CSV_APPEND_NULL | CSV_EMPTY_IS_NULL);
+            csv_start(r);
             r->ncur = 0;
             r->record_done = 0;
             r->in_record = 0;
@@ -276,8 +323,17 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
             if (r->ncur == 0) continue;
             if (r->header && !r->header_done) {
                 r->header_names = calloc(r->ncur, sizeof *r->header_names);
-                for (int i = 0; i < r->ncur; i++) r->header_names[i] = strdup(r->cur[i]);
+                if (!r->header_names) { snprintf(err, errlen, "out of memory"); return -1; }
                 r->nheader = r->ncur;
+                for (int i = 0; i < r->ncur; i++) {
+                    int dup = 0;
+                    for (int j = 0; j < i && !dup; j++)
+                        dup = r->header_names[j] && strcmp(r->header_names[j], r->cur[i]) == 0;
+                    if (!dup && !(r->header_names[i] = strdup(r->cur[i]))) {
+                        snprintf(err, errlen, "out of memory");
+                        return -1;
+                    }
+                }
                 r->header_done = 1;
             } else {
                 if (pack_csv(r, b, r->rec_offset, r->rec_line) < 0) { snprintf(err, errlen, "out of memory"); return -1; }

@@ -717,7 +717,7 @@ static int add_headers(batch *b, eddy_rec *r, rd_kafka_headers_t *h, msgpack_sbu
     if (off < 0) return -1;
     r = &b->recs[idx];
     memcpy(b->data + off, sb->data, sb->size);
-    r->hdr_off = (uint32_t)off;
+    r->hdr_off = (uint64_t)off;
     r->hdr_len = (uint32_t)sb->size;
     return 0;
 }

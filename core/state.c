@@ -4,6 +4,7 @@
 #include <rocksdb/c.h>
 #include <jansson.h>
 #include <msgpack.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -620,6 +621,17 @@ json_t *state_msgpack_json(const char *p, size_t n, int all) {
     return a;
 }
 
+void state_key_field(json_t *obj, const char *k, size_t n) {
+    json_t *s = json_stringn(k, n);          /* NULL when k is not valid UTF-8 */
+    if (s) { json_object_set_new(obj, "key", s); return; }
+    size_t cap = 4 * ((n + 2) / 3) + 1;
+    unsigned char *b = malloc(cap);
+    if (!b) return;
+    int len = EVP_EncodeBlock(b, (const unsigned char *)k, (int)n);
+    json_object_set_new(obj, "key_base64", json_stringn((const char *)b, (size_t)len));
+    free(b);
+}
+
 /* Adds one state entry (after its key prefix: kind name [0x00 sub]) to obj. */
 static void add_entry(json_t *obj, const char *rest, size_t rl, const char *v, size_t vl, int64_t now) {
     size_t pl;
@@ -706,8 +718,11 @@ static int scan_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl)
         if (!w->curkey) return 1;
         memcpy(w->curkey, key, klen);
         w->curlen = klen;
+        json_t *e = json_object();
+        state_key_field(e, key, klen);
         w->cur = json_object();
-        json_array_append_new(w->out, json_pack("{s:s%, s:o}", "key", key, klen, "state", w->cur));
+        json_object_set_new(e, "state", w->cur);
+        json_array_append_new(w->out, e);
     }
     add_entry(w->cur, key + klen, kl - (at + 4 + klen), v, vl, w->now);
     return 0;

@@ -123,6 +123,9 @@ json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *k
 /* MessagePack bytes as JSON: the first object, or with all an array of
  * every object in them.  Owned. */
 json_t *state_msgpack_json(const char *p, size_t n, int all);
+/* Sets the record key k[0..n) in obj, losslessly: as "key" (a string) when
+ * it is valid UTF-8, else as "key_base64" (RFC 4648 base64 of its bytes). */
+void state_key_field(json_t *obj, const char *k, size_t n);
 /* Up to limit keys of operator uid whose key starts with prefix, as an array
  * of {"key", "state"}: owned. */
 json_t *state_scan_json(state_db *db, const char *uid, const char *prefix, size_t plen, int limit);

@@ -444,7 +444,8 @@ static void mark_poison(task *t, batch *b) {
             size_t mlen = j == i ? strlen(ps->message) : o->key_len;
             eddy_rec *c = batch_add(nb, msg, mlen, b->data + o->val_off, o->val_len);
             if (!c) { batch_destroy(nb); return; }
-            uint32_t ko = c->key_off, kl = c->key_len, vo = c->val_off, vl = c->val_len;
+            uint64_t ko = c->key_off, vo = c->val_off;
+            uint32_t kl = c->key_len, vl = c->val_len;
             *c = *o;
             c->key_off = ko; c->key_len = kl; c->val_off = vo; c->val_len = vl;
             if (j == i) c->flags = EDDY_REC_MALFORMED;

@@ -10,6 +10,8 @@
 
 struct vm {
     lua_State *L;
+    lua_Alloc base;              /* the allocator under the limit: LuaJIT's own, or realloc */
+    void *base_ud;
     _Atomic size_t used;
     size_t limit;
     int unlimited;
@@ -33,20 +35,43 @@ static __thread vm *current_vm;  /* the VM running on this thread, for the signa
 
 #define HOOK_STEP 1000
 
+/* Sanitizer builds give Lua memory to malloc, where ASan can watch it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define VM_SYSTEM_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define VM_SYSTEM_MALLOC 1
+#endif
+#endif
+
+#ifdef VM_SYSTEM_MALLOC
+static void *sys_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+    (void)ud; (void)osize;
+    if (nsize == 0) { free(p); return NULL; }
+    return realloc(p, nsize);
+}
+#endif
+
+/* The VM's allocator: the limit's exact accounting over v->base, which is
+ * LuaJIT's own per-state allocator (a dlmalloc arena per VM, no locks) in
+ * normal builds.  Only the thread running the VM allocates; others only read
+ * `used` (metrics), so relaxed loads and stores do, without a locked add. */
 static void *vm_alloc(void *ud, void *p, size_t osize, size_t nsize) {
     vm *v = ud;
+    size_t used = atomic_load_explicit(&v->used, memory_order_relaxed);
     if (nsize == 0) {
-        if (p) { free(p); atomic_fetch_sub(&v->used, osize); }
+        if (p) {
+            v->base(v->base_ud, p, osize, 0);
+            atomic_store_explicit(&v->used, used - osize, memory_order_relaxed);
+        }
         return NULL;
     }
     size_t cur = p ? osize : 0;
-    if (nsize > cur && v->limit && !v->unlimited &&
-        atomic_load(&v->used) + (nsize - cur) > v->limit)
+    if (nsize > cur && v->limit && !v->unlimited && used + (nsize - cur) > v->limit)
         return NULL;                                  /* LuaJIT raises "not enough memory" */
-    void *np = realloc(p, nsize);
+    void *np = v->base(v->base_ud, p, osize, nsize);
     if (!np) return NULL;
-    if (nsize >= cur) atomic_fetch_add(&v->used, nsize - cur);
-    else atomic_fetch_sub(&v->used, cur - nsize);
+    atomic_store_explicit(&v->used, used + nsize - cur, memory_order_relaxed);
     return np;
 }
 
@@ -61,7 +86,17 @@ vm *vm_create(const vm_opts *o, char *err, size_t errlen) {
     v->limit = o->memory_limit > 0 ? (size_t)o->memory_limit : 0;
     v->instructions = o->instructions > 0 ? o->instructions : 10000000;
     v->unlimited = 1;
+#ifdef VM_SYSTEM_MALLOC
+    v->base = sys_alloc;
     v->L = lua_newstate(vm_alloc, v);
+#else
+    v->L = luaL_newstate();                   /* LuaJIT's allocator, then the limit over it */
+    if (v->L) {
+        v->base = lua_getallocf(v->L, &v->base_ud);
+        atomic_store(&v->used, (size_t)lua_gc(v->L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(v->L, LUA_GCCOUNTB, 0));
+        lua_setallocf(v->L, vm_alloc, v);
+    }
+#endif
     if (!v->L) { snprintf(err, errlen, "cannot create a Lua state"); free(v); return NULL; }
     lua_atpanic(v->L, panic);
     lua_State *L = v->L;
@@ -78,7 +113,10 @@ vm *vm_create(const vm_opts *o, char *err, size_t errlen) {
 
 void vm_destroy(vm *v) {
     if (!v) return;
-    if (v->L) lua_close(v->L);
+    if (v->L) {
+        lua_setallocf(v->L, v->base, v->base_ud);     /* so that lua_close also frees LuaJIT's arena */
+        lua_close(v->L);
+    }
     free(v);
 }
 

@@ -911,15 +911,14 @@ static int jwalk_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl
         if (wk.klen != j->klen || memcmp(wk.key, j->key, wk.klen) != 0) return 0;
     } else {
         if (wk.klen < j->plen || memcmp(wk.key, j->prefix, j->plen) != 0) return 0;
-        char *ks = strndup(wk.key, wk.klen);
-        if (!ks) return 1;
-        arr = json_object_get(j->bykey, ks);
+        /* keyed by the key's bytes as they are (NUL, invalid UTF-8):
+         * state_key_field encodes them for the answer */
+        arr = json_object_getn(j->bykey, wk.key, wk.klen);
         if (!arr) {
-            if ((int)json_object_size(j->bykey) >= j->limit) { free(ks); return 0; }
+            if ((int)json_object_size(j->bykey) >= j->limit) return 0;
             arr = json_array();
-            json_object_set_new(j->bykey, ks, arr);
+            if (json_object_setn_new_nocheck(j->bykey, wk.key, wk.klen, arr) < 0) return 1;
         }
-        free(ks);
     }
     json_array_append_new(arr, json_pack("{s:I, s:I, s:o}", "start", (json_int_t)wk.start, "end", (json_int_t)wk.end,
                                          "value", value_json(j->agg, v, vl)));
@@ -959,7 +958,13 @@ json_t *window_key_json(struct state_db *db, const char *uid, uint32_t kg, const
     return json_pack("{s:o}", "windows", sorted(j.windows));
 }
 
-static int by_name(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+typedef struct keyref { const char *k; size_t n; } keyref;
+
+static int by_name(const void *a, const void *b) {
+    const keyref *x = a, *y = b;
+    int c = memcmp(x->k, y->k, x->n < y->n ? x->n : y->n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
 
 json_t *window_scan_json(struct state_db *db, const char *uid, const char *prefix, size_t plen, int limit,
                          const char *agg) {
@@ -979,17 +984,22 @@ json_t *window_scan_json(struct state_db *db, const char *uid, const char *prefi
     free(b);
     /* keys in order, as the other operators' scans give them */
     size_t n = json_object_size(j.bykey);
-    const char **keys = malloc(sizeof *keys * (n ? n : 1));
+    keyref *keys = malloc(sizeof *keys * (n ? n : 1));
     const char *k;
+    size_t kn;
     json_t *v;
     size_t i = 0;
     if (keys) {
-        json_object_foreach(j.bykey, k, v) keys[i++] = k;
+        json_object_keylen_foreach(j.bykey, k, kn, v) keys[i++] = (keyref){ k, kn };
         qsort(keys, n, sizeof *keys, by_name);
     }
-    for (i = 0; keys && i < n; i++)
-        json_array_append_new(out, json_pack("{s:s, s:{s:O}}", "key", keys[i], "state", "windows",
-                                             sorted(json_object_get(j.bykey, keys[i]))));
+    for (i = 0; keys && i < n; i++) {
+        json_t *e = json_object();
+        state_key_field(e, keys[i].k, keys[i].n);
+        json_object_set_new(e, "state", json_pack("{s:O}", "windows",
+                                                  sorted(json_object_getn(j.bykey, keys[i].k, keys[i].n))));
+        json_array_append_new(out, e);
+    }
     free(keys);
     json_decref(j.bykey);
     return out;

@@ -8,6 +8,13 @@
 #   BENCH_RECORDS   records per input file (default 1000000; 2 files)
 #   BENCH_ONLY      space-separated benchmarks to run (default: all)
 #   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
+#   BENCH_IPR_RECORDS  records of the small inputs behind the instructions-
+#                   per-record figures (default 10000; 0 skips them)
+#
+# Besides throughput, stateless, windows, state and join print a noise-free
+# figure: instructions per record (valgrind --tool=callgrind's Ir) of eddy
+# (threads = 1) and of that benchmark's reference, each run on a small input
+# of N and of 2N records: (Ir(2N) - Ir(N)) / N leaves start-up out.
 #
 # Work happens in bench-out/ (git-ignored): input/ is generated once per
 # record count; each run gets its own folder with its config, log and out/.
@@ -154,6 +161,66 @@ own_input() {
     echo "$stamp" > "$in/.size"
 }
 
+# ---- instructions per record -----------------------------------------------
+
+IPR_N=${BENCH_IPR_RECORDS:-10000}
+
+# callgrind_ir DIR CMD...: CMD's instruction count under callgrind, run in DIR
+# (its output in DIR/cg.log); empty when it failed
+callgrind_ir() {
+    local d=$1; shift
+    if (cd "$d" && timeout -k 10 "$BENCH_TIMEOUT" valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+            "$@" >cg.log 2>&1); then
+        sed -n 's/.*Collected : \([0-9][0-9]*\).*/\1/p' "$d/cg.log" | tail -n 1
+    fi
+}
+
+# ipr NAME GEN REF: instructions per record for benchmark NAME.  GEN DIR N
+# writes an input of N records to DIR (as NAME's own input, with its
+# pipeline's paths); REF IN OUT sets the array `cmd` to the reference run
+# over input folder IN writing OUT.  Adds a note with both figures.
+ipr() {
+    local name=$1 gen=$2 ref=$3
+    [ "$IPR_N" -gt 0 ] || return 0
+    command -v valgrind >/dev/null || { notes+=("$name instructions/record: valgrind missing"); status=1; return 0; }
+    local base=$OUT/ipr-$name n e_ir=() r_ir=() d in
+    for n in "$IPR_N" $((IPR_N * 2)); do
+        in=$base/input-$n
+        if [ "$(cat "$in/.n" 2>/dev/null)" != "$n" ]; then
+            rm -rf "$in" && mkdir -p "$in"
+            "$gen" "$in" "$n"
+            echo "$n" > "$in/.n"
+        fi
+        d=$base/eddy-$n
+        rm -rf "$d" && mkdir -p "$d/out"
+        cp "$ROOT/scripts/bench/$name/pipeline.lua" "$ROOT/scripts/bench/$name/eddy.conf.lua" "$d/"
+        ln -s "$in" "$d/input"
+        e_ir+=("$(callgrind_ir "$d" "$EDDY_BIN" run eddy.conf.lua)")
+        d=$base/ref-$n
+        rm -rf "$d" && mkdir -p "$d"
+        "$ref" "$in" "$d/out.jsonl"
+        r_ir+=("$(callgrind_ir "$d" "${cmd[@]}")")
+    done
+    if [ -z "${e_ir[0]}" ] || [ -z "${e_ir[1]}" ] || [ -z "${r_ir[0]}" ] || [ -z "${r_ir[1]}" ]; then
+        notes+=("$name instructions/record: FAILED (see ${base#"$ROOT"/}/*/cg.log)")
+        status=1
+        return 0
+    fi
+    notes+=("$(awk -v n="$name" -v N="$IPR_N" -v e1="${e_ir[0]}" -v e2="${e_ir[1]}" -v r1="${r_ir[0]}" -v r2="${r_ir[1]}" 'BEGIN {
+        e = (e2 - e1) / N; r = (r2 - r1) / N
+        printf "%s instructions/record (callgrind, %d vs %d records, eddy threads=1): eddy %.0f, reference %.0f (%.2fx)",
+               n, N, 2 * N, e, r, r / e }')")
+}
+
+gen_shared() { luajit "$ROOT/scripts/bench-gen.lua" "$1/part-1.jsonl" "$2" 1; }
+ref_baseline() { cmd=(luajit "$ROOT/scripts/bench/baseline.lua" "$1"/part-*.jsonl "$2"); }
+gen_windows() { luajit "$ROOT/scripts/bench/windows/gen.lua" "$1" "$2"; }
+ref_windows() { cmd=(luajit "$ROOT/scripts/bench/windows/baseline.lua" "$1"/part-*.jsonl "$2"); }
+gen_state() { luajit "$ROOT/scripts/bench/state/gen.lua" "$1" "$2" $((IPR_N / 5)); }
+ref_state() { rm -rf "$(dirname "$2")/db"; cmd=("$OUT/state-ceiling" "$(dirname "$2")/db" "$2" "$1"/part-*.jsonl); }
+gen_join() { luajit "$ROOT/scripts/bench/join/gen.lua" "$1" "$2" $((IPR_N / 5)); }
+ref_join() { cmd=("$OUT/hashjoin" "$1/customers.jsonl" "$1/orders.jsonl" "$2"); }
+
 # ---- benchmarks --------------------------------------------------------------
 
 # stateless: json decode, filter amount >= 10, map to a new table, json encode.
@@ -161,6 +228,7 @@ bench_stateless() {
     baseline stateless
     eddy_run stateless 1
     eddy_run stateless 2
+    ipr stateless gen_shared ref_baseline
 }
 
 # state: BENCH_STATE_RECORDS records (default 5M) over BENCH_STATE_KEYS users
@@ -179,6 +247,7 @@ bench_state() {
     eddy_run state 1 "$in"
     eddy_run state 2 "$in"
     RECORDS=$saved_records
+    ipr state gen_state ref_state
     notes+=("state: $n records over $keys users, one value state read and write per record")
 }
 
@@ -198,6 +267,7 @@ bench_join() {
     eddy_run join 1 "$in"
     eddy_run join 2 "$in"
     RECORDS=$saved_records
+    ipr join gen_join ref_join
     notes+=("join: $n orders x $keys customers (a left join: a row is joined when the customer was loaded before the order)")
 }
 
@@ -247,6 +317,7 @@ bench_windows() {
         fi
     done
     notes+=("windows: $n keys, one record and one open tumbling 1h window each until the end of input; state.cache = $cache_mb MB")
+    ipr windows gen_windows ref_windows
 }
 
 # checkpoint: the cost of exactly_once.  (1) Event time: 2 files of

@@ -4,9 +4,10 @@
 # something is missing.  Silent when everything is already installed.
 set -eu
 
-PKGS="build-essential pkg-config clang
+PKGS="build-essential pkg-config clang libclang-rt-dev
       libluajit-5.1-dev luajit
       librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev uthash-dev libssl-dev
+      rapidjson-dev libdouble-conversion-dev
       lua-busted lua-cjson
       kcat curl python3 python3-confluent-kafka procps time valgrind"
 

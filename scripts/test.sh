@@ -7,8 +7,10 @@
 #   EDDY_TEST_KAFKA  host:port of a Kafka broker to use; unset, one is started
 #                 (scripts/kafka-broker.sh, in a temporary folder) for the run
 #                 and stopped at its end
+#   FUZZ_SECONDS  seconds each fuzz target runs (default 3)
 #
-# Runs the C unit tests, then busted over spec/unit and spec/e2e, shows each
+# Runs the C unit tests, the fuzz targets briefly, then busted over spec/unit
+# and spec/e2e, shows each
 # suite's output, and ends with one line "N passed, N failed[, N skipped]".
 # Exit 1 when anything failed.  The specs that need a real Kafka broker
 # (exactly-once and consumer groups) get its address in EDDY_TEST_KAFKA; when
@@ -80,6 +82,19 @@ for t in "$BUILD"/spec/test_*; do
         failed=$((failed + 1))
     fi
 done
+
+# Fuzz targets (spec/fuzz, built by `make fuzzers`): each runs FUZZ_SECONDS
+# (default 3) from its seed corpus, so a regression in a decoder shows here;
+# `make fuzz` is the longer run.  One passed or failed test per target.
+run fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-3}"
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+if [ -n "$summary" ]; then
+    read -r p _ f _ <<<"${summary//,/}"
+    passed=$((passed + p)) failed=$((failed + f))
+else
+    echo "not ok fuzz ($why, no summary line)"
+    failed=$((failed + 1))
+fi
 
 # One real Kafka broker for the Lua specs (started here, while the C tests
 # are done: its JVM start would slow them)

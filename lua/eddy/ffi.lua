@@ -9,14 +9,15 @@ typedef struct eddy_rec {
     int64_t wm;
     int64_t offset;
     int64_t line;
-    uint32_t key_off, key_len;
-    uint32_t val_off, val_len;
+    uint64_t key_off, val_off;
+    uint32_t key_len, val_len;
     int32_t partition;
     int16_t port;
     int16_t flags;
     uint32_t kg;
     uint32_t source;
-    uint32_t hdr_off, hdr_len;
+    uint64_t hdr_off;
+    uint32_t hdr_len;
 } eddy_rec;
 
 typedef struct eddy_io {
@@ -79,8 +80,6 @@ int64_t eddy_now_ms(void);
 int eddy_parse_duration(const char *s, int64_t *ms);
 int eddy_parse_time(const char *s, size_t n, int64_t *ms);
 
-int eddy_json_needs_exact(const char *s, size_t n);
-
 int eddy_sink_write(void *task, int32_t sink, const char *p, size_t n);
 int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
                        int32_t carry);
@@ -93,7 +92,6 @@ void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
 if not pcall(ffi.typeof, "eddy_rec") then ffi.cdef(M.cdef) end
 M.REC_MALFORMED = 1
 M.REC_PACKED = 2
-M.REC_EMPTY_ARRAY = 4
 M.REC_KEY = 8
 M.REC_TOMBSTONE = 16
 return M

@@ -136,7 +136,6 @@ function Pipeline:source(name, opts)
     end
   end
   if opts.max_bytes ~= nil then
-    if not opts.kafka then fail("source '" .. name .. "': max_bytes is for kafka sources") end
     if type(opts.max_bytes) ~= "number" and type(opts.max_bytes) ~= "string" then
       fail("source '" .. name .. "': max_bytes must be a size like \"1MB\" or a number of bytes")
     end

@@ -16,7 +16,6 @@ local C = ffi.C
 
 local M = {}
 local ffi_string, band = ffi.string, bit.band
-local cjson_decode, cjson_encode = cjson.decode, cjson.encode
 local tonumber, type, tostring, error, xpcall = tonumber, type, tostring, error, xpcall
 
 local NONE = -2 ^ 63          -- no timestamp / no watermark yet (INT64_MIN)
@@ -162,7 +161,10 @@ local function to_ms(x)
   if t == "number" then
     if x ~= x or x == math.huge or x == -math.huge then return nil end
     if x < 1e11 and x > -1e11 then x = x * 1000 end
-    return math.floor(x)
+    x = math.floor(x)
+    -- years 1 to 9999 (EDDY_TS_MIN/MAX in core/ffi_api.h): 1e300 is no time
+    if x < -62135596800000 or x > 253402300799999 then return nil end
+    return x
   end
   if t == "string" then
     local n = tonumber(x)
@@ -183,6 +185,7 @@ function M.task(args)
   local tio = ffi.cast("eddy_io *", args.io)
   local native = args.native
   local shuffle, unpack_value = native.shuffle, native.unpack
+  local json_encode = native.json_encode
   local log = function(level, limited, msg) C.eddy_log(task, level, limited and 1 or 0, msg) end
   args.log = function(msg) log(1, false, msg) end
   local p = load_pipeline(args)
@@ -427,20 +430,7 @@ function M.task(args)
       local sidx, fmt, name = args.sinks[id], node.opts.format, node.name
       local enc
       if fmt == "json" then
-        -- lua-cjson writes numbers with 14 significant digits: an integer
-        -- beyond that comes out as 1.2345678901234e+14.  The exponent gives it
-        -- away; such a record is encoded again, exactly.  (A number in a
-        -- table key or a string that contains "e+" also takes that path.)
-        -- The same exact encoder writes an empty table marked as an array
-        -- (decoded from []) as [], which cjson cannot.
-        local json_exact, needs_exact = native.json_exact, C.eddy_json_needs_exact
-        enc = function(v)
-          local s = cjson_encode(v)
-          -- scanned in C: string.find is not compiled by this LuaJIT and cost
-          -- a microsecond a record (a false positive costs one exact re-encode)
-          if needs_exact(s, #s) ~= 0 then s = json_exact(v) end
-          return s
-        end
+        enc = json_encode         -- core/codec_json.cc: the rules in docs/contract.md ("JSON")
       else
         enc = function(v)
           local t = type(v)
@@ -468,6 +458,14 @@ function M.task(args)
                                           firing == nil and 1 or 0)
           if rc == -2 then error("sink '" .. name .. "': Kafka refused the record: " .. ffi_string(C.eddy_sink_error(task, sidx)), 0) end
           if rc ~= 0 then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end
+          cout[id] = cout[id] + 1
+        end
+      end
+      if fmt == "json" then
+        local json_write = native.json_write           -- encoded into the sink, in C
+        return function(v)
+          tio.cur_node = id; cin[id] = cin[id] + 1
+          if not json_write(sidx, v) then error({ fatal = "sink '" .. name .. "' failed (see the log)" }) end
           cout[id] = cout[id] + 1
         end
       end
@@ -1272,13 +1270,10 @@ function M.task(args)
     local bound = src.opts.bound_ms or 0
     local wmfn = src.watermark_fn
     local decode
-    local decode_exact = native.json_decode_exact
-    local EMPTY_ARRAY = effi.REC_EMPTY_ARRAY
+    local json_decode_rec = native.json_decode_rec
     decode_error_prefix = "malformed " .. fmt .. ": "
     if fmt == "json" then
-      -- cjson cannot tell [] from {}: a line with an empty array goes through
-      -- the decoder that marks it (codec_json_decode)
-      decode = cjson_decode   -- lines with an empty array take decode_exact (below)
+      decode = nil            -- json_decode_rec decodes the record where it lies in the batch
     elseif fmt == "lines" then decode = function(s) if s:byte(-1) == 13 then return s:sub(1, -2) end return s end
     else decode = function(s) return s end end
     local is_kafka = false
@@ -1320,11 +1315,7 @@ function M.task(args)
       elseif band(flags, TOMBSTONE) ~= 0 then v = fmt == "json" and cjson.null or ""   -- a Kafka message without a value
       else
         tio.cur_node = DECODING
-        -- cjson cannot tell [] from {}: the reader flagged lines with an
-        -- empty array, and those go through the decoder that marks it
-        local decoder = decode
-        if band(flags, EMPTY_ARRAY) ~= 0 then decoder = decode_exact end
-        v = decoder(ffi_string(data + r.val_off, r.val_len))
+        if decode then v = decode(ffi_string(data + r.val_off, r.val_len)) else v = json_decode_rec(i) end
         tio.cur_node = sid
       end
       if skey ~= nil then
@@ -1409,14 +1400,14 @@ function M.task(args)
     end
     if policy == "dead_letter" then
       local s = r and args.sources[tonumber(r.source) + 1]
-      local raw
+      local raw, rec_i
       if r and band(r.flags, effi.REC_PACKED) ~= 0 then
         local ok, v = pcall(unpack_value, i)
-        raw = ok and (select(2, pcall(cjson_encode, v))) or nil
+        raw = ok and (select(2, pcall(json_encode, v))) or nil
       elseif r then
-        raw = ffi_string(data + r.val_off, r.val_len)
+        rec_i = i             -- its bytes go in as they are, in C (native.dead_letter)
       end
-      local line = cjson_encode({
+      local ok = native.dead_letter({
         time = tonumber(C.eddy_now_ms()), task = args.name,
         source = s and s.name, file = s and s.files and s.files[tonumber(r.partition) + 1],
         topic = s and s.kafka and s.kafka[tonumber(r.partition) + 1] and s.kafka[tonumber(r.partition) + 1].topic,
@@ -1428,8 +1419,8 @@ function M.task(args)
         operator = nodes[id] and nodes[id].uid, operator_kind = nodes[id] and nodes[id].kind,
         operator_where = nodes[id] and nodes[id].where,
         error = msg, traceback = last_tb, record = raw,
-      })
-      if C.eddy_dead_letter(task, line, #line) ~= 0 then error("cannot write the dead-letter file (see the log)", 0) end
+      }, rec_i)
+      if not ok then error("cannot write the dead-letter file (see the log)", 0) end
       tio.dead_letters = tio.dead_letters + 1
     else
       tio.skipped = tio.skipped + 1

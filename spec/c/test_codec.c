@@ -522,6 +522,27 @@ TEST(unpack_of_every_truncation_fails_and_pushes_nothing)
     lua_close(L);
 }
 
+/* A length field alone must not make the decoder allocate: an array32 or
+ * map32 header claiming 4 billion entries in a 5-byte input is refused
+ * before msgpack-c would allocate room for them. */
+TEST(unpack_refuses_lengths_that_claim_more_than_the_bytes_there_are)
+{
+    lua_State *L = new_state();
+    char err[256];
+
+    CHECK(unpack_fails(L, "\xdd\xff\xff\xff\xff", 5, err, sizeof err));        /* array32 */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\xdf\x7f\xff\xff\xff", 5, err, sizeof err));        /* map32 */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\x91\xdd\x00\x01\x00\x00\x01", 7, err, sizeof err)); /* nested, 65536 claimed */
+    CHECK(strstr(err, "claims more than") != NULL);
+    CHECK(unpack_fails(L, "\xc6\xff\xff\xff\xff" "ab", 7, err, sizeof err));      /* bin32 */
+    CHECK(unpack_fails(L, "\x92\xdc\x00\x02\x01\x02", 6, err, sizeof err));     /* 3 claimed, 2 there */
+    CHECK(codec_unpack(L, "\x92\xdc\x00\x01\x01\x02", 6, err, sizeof err) == 6);  /* [[1], 2] fits exactly */
+    lua_pop(L, 1);
+    lua_close(L);
+}
+
 TEST(unpack_refuses_malformed_bytes_ext_types_and_bad_map_keys)
 {
     lua_State *L = new_state();
@@ -607,6 +628,89 @@ TEST(codec_works_in_two_states_and_after_a_state_is_closed)
     lua_close(L2);
 }
 
+/* ---- JSON (codec_json.cc) ----------------------------------------------- */
+
+/* Decodes text, encodes the result, and compares with want (NULL: decoding
+ * must fail, with an error containing err_has). */
+static int json_round(lua_State *L, const char *text, const char *want, const char *err_has)
+{
+    char err[256];
+    buf b;
+    int ok;
+    int top = lua_gettop(L);
+
+    buf_init(&b);
+    err[0] = 0;
+    if (codec_json_decode(L, text, strlen(text), err, sizeof err) < 0) {
+        ok = !want && lua_gettop(L) == top && (!err_has || strstr(err, err_has));
+        if (!ok) printf("  %s: refused (%s)\n", text, err);
+        return ok;
+    }
+    ok = want && codec_json(L, -1, &b, err, sizeof err) == 0 && b.len == strlen(want) &&
+         memcmp(b.data, want, b.len) == 0;
+    if (!ok) printf("  %s: got %.*s (%s), want %s\n", text, (int)b.len, b.data ? b.data : "", err,
+                    want ? want : "a refusal");
+    lua_settop(L, top);
+    buf_free(&b);
+    return ok;
+}
+
+TEST(json_decodes_and_encodes_by_one_set_of_rules)
+{
+    lua_State *L = new_state();
+
+    CHECK(json_round(L, "{\"a\":[]}", "{\"a\":[]}", NULL));                 /* [] stays an array */
+    CHECK(json_round(L, "{\"a\":{}}", "{\"a\":{}}", NULL));                 /* an empty object kept */
+    CHECK(json_round(L, "[{},{\"b\":{}},[]]", "[{},{\"b\":{}},[]]", NULL));
+    CHECK(json_round(L, " [1, 2.5, \"x\", true, null] ", "[1,2.5,\"x\",true,null]", NULL));
+    CHECK(json_round(L, "0.1", "0.1", NULL));                                /* shortest round trip */
+    CHECK(json_round(L, "1.2345678901234567", "1.2345678901234567", NULL));
+    CHECK(json_round(L, "9007199254740993", "9007199254740992", NULL));      /* past 2^53: rounded */
+    CHECK(json_round(L, "18446744073709551616", "18446744073709552000", NULL));
+    CHECK(json_round(L, "1e300", "1e+300", NULL));
+    CHECK(json_round(L, "0e300", "0", NULL));
+    CHECK(json_round(L, "-0", "-0.0", NULL));
+    CHECK(json_round(L, "1E2", "100", NULL));
+    CHECK(json_round(L, "\"\\u00e9\\ud83d\\ude00/\"", "\"\xc3\xa9\xf0\x9f\x98\x80/\"", NULL));
+    CHECK(json_round(L, "\"a\\u0000b\"", "\"a\\u0000b\"", NULL));
+    CHECK(json_round(L, "1e400", NULL, "too big"));
+    CHECK(json_round(L, "\"\xff\"", NULL, "UTF-8"));
+    CHECK(json_round(L, "\"\\ud800\"", NULL, NULL));                         /* a lone surrogate */
+    CHECK(json_round(L, "NaN", NULL, NULL));
+    CHECK(json_round(L, "[1,]", NULL, NULL));
+    CHECK(json_round(L, "{} x", NULL, "after the JSON value"));
+    CHECK(json_round(L, "", NULL, "no JSON value"));
+    lua_close(L);
+}
+
+TEST(json_encode_refuses_what_json_cannot_hold)
+{
+    lua_State *L = new_state();
+    char err[256];
+    buf b;
+
+    buf_init(&b);
+    push_expr(L, "{ x = 0/0 }");
+    CHECK(codec_json(L, -1, &b, err, sizeof err) < 0 && strstr(err, "NaN") && b.len == 0);
+    lua_pop(L, 1);
+    push_expr(L, "{ 'a\255' }");
+    CHECK(codec_json(L, -1, &b, err, sizeof err) < 0 && strstr(err, "UTF-8"));
+    lua_pop(L, 1);
+    push_expr(L, "{ f = print }");
+    CHECK(codec_json(L, -1, &b, err, sizeof err) < 0 && strstr(err, "function"));
+    lua_pop(L, 1);
+    CHECK(luaL_dostring(L, "local t = {} t.t = t return t") == 0);               /* a cycle */
+    CHECK(codec_json(L, -1, &b, err, sizeof err) < 0 && strstr(err, "deeper"));
+    lua_pop(L, 1);
+    push_expr(L, "{ [1.5] = 1, [2] = 2 }");                                     /* number keys */
+    CHECK(codec_json(L, -1, &b, err, sizeof err) == 0);
+    CHECK((b.len == 15 && memcmp(b.data, "{\"1.5\":1,\"2\":2}", 15) == 0) ||
+          (b.len == 15 && memcmp(b.data, "{\"2\":2,\"1.5\":1}", 15) == 0));
+    lua_pop(L, 1);
+    buf_free(&b);
+    lua_close(L);
+}
+
 int main(void)
 {
     RUN(buf_append_grows_and_buf_free_allows_reuse);
@@ -631,6 +735,9 @@ int main(void)
     RUN(unpack_of_every_truncation_fails_and_pushes_nothing);
     RUN(unpack_refuses_malformed_bytes_ext_types_and_bad_map_keys);
     RUN(unpack_consumes_one_value_and_reports_its_length);
+    RUN(unpack_refuses_lengths_that_claim_more_than_the_bytes_there_are);
+    RUN(json_decodes_and_encodes_by_one_set_of_rules);
+    RUN(json_encode_refuses_what_json_cannot_hold);
     RUN(repeated_pack_unpack_reuses_buffers_and_stays_balanced);
     RUN(codec_works_in_two_states_and_after_a_state_is_closed);
     return TEST_END();

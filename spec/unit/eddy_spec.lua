@@ -171,11 +171,12 @@ describe("p:source", function()
       function() eddy.pipeline():source("in", { kafka = "t", max_bytes = true }) end)
   end)
 
-  it("refuses start and max_bytes on a file source; keeps idle, and refuses a bad one", function()
+  it("refuses start on a file source; keeps max_bytes and idle, and refuses a bad one", function()
     raises("source 'in': start is for kafka sources",
       function() eddy.pipeline():source("in", { file = "x", start = "earliest" }) end)
-    raises("source 'in': max_bytes is for kafka sources",
-      function() eddy.pipeline():source("in", { file = "x", max_bytes = 10 }) end)
+    assert.equal("1MB", eddy.pipeline():source("in", { file = "x", max_bytes = "1MB" }).p.nodes[1].opts.max_bytes)
+    raises("source 'in': max_bytes must be a size",
+      function() eddy.pipeline():source("in", { file = "x", max_bytes = true }) end)
     local q = eddy.pipeline()
     q:source("in", { file = "x", idle = "1m" })
     assert.equal("1m", q.nodes[1].opts.idle)
