@@ -18,6 +18,10 @@ for p in $PKGS; do
         *) missing="$missing $p" ;;
     esac
 done
+# Java and Maven run the real Kafka broker of the tests (scripts/kafka-broker.sh)
+# and the benchmark peers; any JRE >= 11 will do, so ask for the commands
+command -v java >/dev/null 2>&1 || missing="$missing default-jre-headless"
+command -v mvn >/dev/null 2>&1 || missing="$missing maven"
 [ -z "$missing" ] && exit 0
 
 SUDO=""
