@@ -359,6 +359,7 @@ bench_checkpoint() {
 #   BENCH_KAFKA_ROWS     the systems to run (default "copy eddy kstreams flink")
 #   BENCH_KAFKA_JOBS     the jobs (default "stateless keyed")
 #   BENCH_KAFKA_THREADS  the core counts (default "1 2")
+#   BENCH_KAFKA_GUARANTEES  (default "at_least_once exactly_once")
 bench_kafka() {
     local kdir=$OUT/kafka bdir=$OUT/kafka/broker kb=$OUT/kafka/kbench brokers
     local interval=${BENCH_KAFKA_INTERVAL_MS:-2000} systems=${BENCH_KAFKA_ROWS:-"copy eddy kstreams flink"}
@@ -400,7 +401,7 @@ bench_kafka() {
     for job in $jobs; do
         want=$want_stateless
         [ "$job" = keyed ] && want=$want_keyed
-        for g in at_least_once exactly_once; do
+        for g in ${BENCH_KAFKA_GUARANTEES:-at_least_once exactly_once}; do
             for t in $threads; do
                 for sys in eddy kstreams flink; do
                     [[ " $systems " == *" $sys "* ]] || continue

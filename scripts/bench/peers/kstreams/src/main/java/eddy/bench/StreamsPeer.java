@@ -53,6 +53,10 @@ public final class StreamsPeer {
                 });
         props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
         props.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
+        // eddy's and the Flink peer's: Kafka Streams' own default (10 s) had
+        // the broker abort its transactions on one busy core (producer
+        // fenced, tasks migrated and restored, no output for minutes)
+        props.put(StreamsConfig.producerPrefix("transaction.timeout.ms"), 60000);
 
         ObjectMapper json = new ObjectMapper();
         StreamsBuilder b = new StreamsBuilder();
