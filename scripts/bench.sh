@@ -7,7 +7,7 @@
 #   EDDY_BIN        the eddy binary (default bin/eddy)
 #   BENCH_RECORDS   records per input file (default 1000000; 2 files)
 #   BENCH_ONLY      space-separated benchmarks to run (default: all but kafka,
-#                   which takes about 40 minutes on a shared 2-core machine:
+#                   which takes 25 to 40 minutes on a shared 2-core machine:
 #                   BENCH_ONLY=kafka runs it, BENCH_ONLY=all runs everything)
 #   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
 #
@@ -353,7 +353,7 @@ bench_checkpoint() {
 # expected count (scripts/bench/kafka/expect.lua), then it is stopped
 # (SIGTERM) and its output counted again to the end.  CPU seconds and peak
 # RSS come from GNU time over the process (start and stop included).
-# Not in the default set of `make bench` (about 40 minutes here): run it
+# Not in the default set of `make bench` (25 to 40 minutes here): run it
 # with BENCH_ONLY=kafka.
 #   BENCH_JAVA_OPTS      the peers' JVM options (default -Xmx512m)
 #   BENCH_KAFKA_ROWS     the systems to run (default "copy eddy kstreams flink")
