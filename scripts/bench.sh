@@ -6,7 +6,9 @@
 #
 #   EDDY_BIN        the eddy binary (default bin/eddy)
 #   BENCH_RECORDS   records per input file (default 1000000; 2 files)
-#   BENCH_ONLY      space-separated benchmarks to run (default: all)
+#   BENCH_ONLY      space-separated benchmarks to run (default: all but kafka,
+#                   which takes 25 to 40 minutes on a shared 2-core machine:
+#                   BENCH_ONLY=kafka runs it, BENCH_ONLY=all runs everything)
 #   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
 #   BENCH_IPR_RECORDS  records of the small inputs behind the instructions-
 #                   per-record figures (default 10000; 0 skips them)
@@ -432,12 +434,212 @@ bench_curves() {
     done
 }
 
+# kafka: eddy beside Kafka Streams and Flink, Kafka topic to Kafka topic on
+# one real broker (scripts/kafka-broker.sh, in bench-out/kafka/broker).  The
+# shared input is loaded once into a 4-partition topic, keyed by its word and
+# timestamped with its ts, plus an end marker per partition an hour later
+# that moves every partition's event time past the last window
+# (scripts/bench/kafka/kbench.c).  Jobs: stateless (the stateless
+# benchmark's filter and map, JSON in and out) and keyed (a count per key in
+# tumbling 1m windows of event time, RocksDB state), each under
+# at_least_once (offsets committed every 5 s) and exactly_once (a
+# checkpoint / Kafka Streams commit every BENCH_KAFKA_INTERVAL_MS, default
+# 2000, read_committed output), on one core (taskset -c 0) and on two
+# (taskset -c 0,1): eddy (scripts/bench/kafka/), Kafka Streams and Flink
+# (scripts/bench/peers/, built with Maven; Flink as a local MiniCluster in
+# one JVM), and the copy ceiling (librdkafka consume + produce, no
+# processing).  Each row reads the input from its start in a new consumer
+# group into a new output topic; its time is until its output reached the
+# expected count (scripts/bench/kafka/expect.lua), then it is stopped
+# (SIGTERM) and its output counted again to the end.  CPU seconds and peak
+# RSS come from GNU time over the process (start and stop included).
+# Not in the default set of `make bench` (25 to 40 minutes here): run it
+# with BENCH_ONLY=kafka.
+#   BENCH_JAVA_OPTS      the peers' JVM options (default -Xmx512m)
+#   BENCH_KAFKA_ROWS     the systems to run (default "copy eddy kstreams flink")
+#   BENCH_KAFKA_JOBS     the jobs (default "stateless keyed")
+#   BENCH_KAFKA_THREADS  the core counts (default "1 2")
+#   BENCH_KAFKA_GUARANTEES  (default "at_least_once exactly_once")
+bench_kafka() {
+    local kdir=$OUT/kafka bdir=$OUT/kafka/broker kb=$OUT/kafka/kbench brokers
+    local interval=${BENCH_KAFKA_INTERVAL_MS:-2000} systems=${BENCH_KAFKA_ROWS:-"copy eddy kstreams flink"}
+    local java_opts=${BENCH_JAVA_OPTS:-"-Xmx512m"} nparts=4 parts=4
+    rm -rf "$kdir" && mkdir -p "$kdir"
+    cc -O2 -o "$kb" scripts/bench/kafka/kbench.c -lrdkafka -ljansson
+    local peer
+    for peer in kstreams flink; do
+        [[ " $systems " == *" $peer "* ]] || continue
+        if ! (cd "scripts/bench/peers/$peer" && mvn -q -B package >"$kdir/mvn-$peer.log" 2>&1); then
+            tail -n 20 "$kdir/mvn-$peer.log" >&2
+            echo "bench: could not build scripts/bench/peers/$peer (see ${kdir#"$ROOT"/}/mvn-$peer.log)" >&2
+            status=1
+            systems=${systems/$peer/}
+        fi
+    done
+    if ! brokers=$(scripts/kafka-broker.sh start "$bdir" | head -n 1) || [ -z "$brokers" ]; then
+        echo "bench: kafka: the broker did not start" >&2
+        notes+=("kafka: FAILED: the broker did not start (scripts/kafka-broker.sh start ${bdir#"$ROOT"/})")
+        status=1
+        return
+    fi
+    # shellcheck disable=SC2064  # the folder is known now
+    trap "scripts/kafka-broker.sh stop '$bdir' || true" EXIT
+    echo "bench: kafka: broker at $brokers, loading $RECORDS records"
+    local expect load_s=$SECONDS
+    "$kb" topic "$brokers" bench-in "$nparts"
+    "$kb" load "$brokers" bench-in "$INPUT"/part-*.jsonl >"$kdir/load.txt"
+    load_s=$((SECONDS - load_s))
+    expect=$(luajit scripts/bench/kafka/expect.lua "$INPUT"/part-*.jsonl)
+    local want_stateless=${expect%%[[:space:]]*} want_keyed=${expect##*[[:space:]]}
+
+    local krows=() job g t sys cpus want name
+    local jobs=${BENCH_KAFKA_JOBS:-"stateless keyed"} threads=${BENCH_KAFKA_THREADS:-"1 2"}
+    for t in $threads; do
+        [[ " $systems " == *" copy "* ]] || break
+        kafka_run "copy t=$t" "$t" $((RECORDS + parts)) "$kb" copy "$brokers" bench-in @OUT@ @GROUP@
+    done
+    for job in $jobs; do
+        want=$want_stateless
+        [ "$job" = keyed ] && want=$want_keyed
+        for g in ${BENCH_KAFKA_GUARANTEES:-at_least_once exactly_once}; do
+            for t in $threads; do
+                for sys in eddy kstreams flink; do
+                    [[ " $systems " == *" $sys "* ]] || continue
+                    name="$job $g t=$t $sys"
+                    case $sys in
+                        eddy) kafka_run "$name" "$t" "$want" "$EDDY_BIN" run bench.conf.lua ;;
+                        kstreams|flink)
+                            local main=eddy.bench.StreamsPeer ms=5000
+                            [ "$sys" = flink ] && main=eddy.bench.FlinkPeer
+                            [ "$g" = exactly_once ] && ms=$interval
+                            # shellcheck disable=SC2086  # the options are words
+                            kafka_run "$name" "$t" "$want" java $java_opts \
+                                -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+                                -cp "$ROOT/scripts/bench/peers/$sys/target/classes:$(cat "scripts/bench/peers/$sys/target/classpath.txt")" \
+                                "$main" "$job" "$g" "$brokers" bench-in @OUT@ @GROUP@ "$t" "$ms" @DIR@ ;;
+                    esac
+                done
+            done
+        done
+    done
+    scripts/kafka-broker.sh stop "$bdir" || true
+    trap - EXIT
+    kafka_table
+}
+
+# kafka_run NAME THREADS WANT COMMAND...: one row of bench_kafka in its own
+# folder: a new output topic and consumer group (@OUT@, @GROUP@ and @DIR@
+# in COMMAND are replaced), COMMAND under GNU time and taskset, its output
+# counted until WANT records (read_committed), then SIGTERM.  Adds a line
+# to krows: name, records/s, CPU s, peak RSS MB, output records, note.
+kafka_run() {
+    local name=$1 t=$2 want=$3
+    shift 3
+    local slug=${name// /-} cpus=0
+    slug=${slug//=/}
+    [ "$t" -ge 2 ] && cpus=0-$((t - 1))
+    local dir=$OUT/kafka/$slug out=out-$slug group=bench-$slug-$$
+    rm -rf "$dir" && mkdir -p "$dir"
+    local args=() a
+    for a in "$@"; do
+        a=${a//@OUT@/$out}
+        a=${a//@GROUP@/$group}
+        args+=("${a//@DIR@/$dir}")
+    done
+    if [[ $name == *eddy ]]; then
+        local job=${name%% *} g
+        g=$(echo "$name" | awk '{ print $2 }')
+        sed -e "s/@IN@/bench-in/; s/@OUT@/$out/" "scripts/bench/kafka/$job.lua" >"$dir/pipeline.lua"
+        sed -e "s/@NAME@/$group/; s/@THREADS@/$t/; s/@GUARANTEE@/$g/; s/@BROKERS@/$brokers/" \
+            -e "s/@INTERVAL@/$((interval / 1000))s/" scripts/bench/kafka/eddy.conf.lua >"$dir/bench.conf.lua"
+    fi
+    "$kb" topic "$brokers" "$out" "$nparts"
+    echo "bench: kafka: $name"
+    # one core: the broker (and the counting below) on the other core
+    local other=0-$(($(nproc) - 1))
+    [ "$t" -eq 1 ] && [ "$(nproc)" -ge 2 ] && other=1-$(($(nproc) - 1))
+    taskset -a -p -c "$other" "$(cat "$bdir/broker.pid")" >/dev/null
+    (cd "$dir" && exec /usr/bin/time -o time.txt -f "%e %M %U %S" taskset -c "$cpus" "${args[@]}" >run.log 2>&1) &
+    local tpid=$! crc=0 pid
+    taskset -c "$other" "$kb" count "$brokers" "$out" "$want" 120 >"$dir/count.txt" 2>&1 || crc=$?
+    pid=$(pgrep -P "$tpid" || true)
+    local note="" early=""
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+    else
+        early=1
+    fi
+    local i
+    for i in $(seq 1 600); do kill -0 "$tpid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$tpid" 2>/dev/null; then
+        note="did not stop within 60 s of SIGTERM; "
+        [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$tpid" || true
+    local first mark secs n total cpu rss
+    first=$(awk '$1 == "first" { print $2 }' "$dir/count.txt")
+    mark=$(awk '$1 == "mark" { print $2 }' "$dir/count.txt")
+    read -r n secs < <(awk '$1 == "count" { print $2, $3 }' "$dir/count.txt")
+    total=$("$kb" count "$brokers" "$out" 0 0 | awk '$1 == "count" { print $2 }')
+    read -r cpu rss < <(tail -n 1 "$dir/time.txt" | awk '{ printf "%.1f %.0f\n", $3 + $4, $2 / 1024 }')
+    if [ "$crc" -ne 0 ] || [ "${total:-0}" != "$want" ]; then
+        status=1
+        note+="FAILED: ${total:-no} output records, expected $want"
+        [ -n "$early" ] && note+="; it exited early"
+        note+=" (see ${dir#"$ROOT"/}/run.log)"
+        tail -n 20 "$dir/run.log" | sed "s|^|  $name: |" >&2
+        krows+=("$name	-	-	${cpu:--}	${rss:--}	${total:--}	$note")
+        return
+    fi
+    note+="first output after ${first:-?} s, complete after $secs s"
+    krows+=("$(awk -v n="$name" -v r="$RECORDS" -v s="$secs" -v m10="${mark:-0}" -v c="$cpu" -v m="$rss" -v o="$total" -v note="$note" \
+        'BEGIN { if (s <= 0) s = 0.01; d = s - m10; if (d <= 0) d = 0.01
+                 printf "%s\t%.0f\t%.0f\t%s\t%s\t%s\t%s", n, 0.9 * r / d, r / s, c, m, o, note }')")
+}
+
+# kafka_table: bench_kafka's rows as a table, then eddy's ratios to each
+# peer for every job, guarantee and core count: records/s (higher is
+# better for eddy), records per CPU second, and peak RSS (lower is better).
+kafka_table() {
+    notes+=("" "kafka: $RECORDS records (the shared input) in a $nparts-partition topic, loaded in ${load_s} s; exactly_once interval ${interval} ms; peers' JVM: $java_opts")
+    notes+=("records/s = the last 90% of the input records / the time from 10% to 100% of the expected output (start-up left out); whole run = input records / time from start until the output was complete; rec/CPU-s = input records / CPU seconds of the whole run")
+    local line
+    while IFS= read -r line; do notes+=("$line"); done < <(
+        {
+            printf 'row\trecords/s\twhole run\tCPU s\tpeak RSS MB\toutput\tnote\n'
+            printf '%s\n' "${krows[@]}"
+        } | awk -F '\t' '{ printf "%-36s %10s %10s %8s %12s %9s  %s\n", $1, $2, $3, $4, $5, $6, $7 }'
+        echo
+        printf '%s\n' "${krows[@]}" | awk -F '\t' -v N="$RECORDS" '
+            { split($1, f, " "); sys = f[4]; key = f[1] " " f[2] " " f[3]
+              if (sys == "") next
+              rate[key, sys] = $2; cpu[key, sys] = $4; rss[key, sys] = $5
+              if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
+            function ratio(a, b) { return (a > 0 && b > 0 && a != "-" && b != "-") ? sprintf("%.2fx", a / b) : "-" }
+            function per(c) { return (c > 0 && c != "-") ? N / c : 0 }
+            END {
+                printf "%-30s %14s %14s %16s %16s %14s %14s\n", "eddy vs", "rec/s KStreams", "rec/s Flink",
+                    "rec/CPU-s KStr.", "rec/CPU-s Flink", "RSS KStreams", "RSS Flink"
+                for (i = 1; i <= n; i++) {
+                    k = order[i]
+                    printf "%-30s %14s %14s %16s %16s %14s %14s\n", k,
+                        ratio(rate[k, "eddy"], rate[k, "kstreams"]), ratio(rate[k, "eddy"], rate[k, "flink"]),
+                        ratio(per(cpu[k, "eddy"]), per(cpu[k, "kstreams"])), ratio(per(cpu[k, "eddy"]), per(cpu[k, "flink"])),
+                        ratio(rss[k, "eddy"], rss[k, "kstreams"]), ratio(rss[k, "eddy"], rss[k, "flink"])
+                }
+                print "(rec/s and rec/CPU-s: eddy / peer, above 1 eddy is faster; RSS: eddy / peer, below 1 eddy uses less)"
+            }'
+    )
+}
+
 # ------------------------------------------------------------------------------
 
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
 mkdir -p "$OUT"
 generate
-for b in ${BENCH_ONLY:-$(declare -F | sed -n 's/^declare -f bench_//p')}; do
+only=${BENCH_ONLY:-$(declare -F | sed -n 's/^declare -f bench_//p' | grep -vx kafka)}
+[ "$only" = all ] && only=$(declare -F | sed -n 's/^declare -f bench_//p')
+for b in $only; do
     declare -F "bench_$b" >/dev/null || { echo "bench: unknown benchmark '$b'" >&2; exit 2; }
     echo "bench: $b"
     "bench_$b"
