@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -903,6 +904,10 @@ static int finish(config *c, char *err, size_t n)
     if (!c->pipeline)
         return fail(err, n, "pipeline: missing; set pipeline = \"pipeline.lua\" "
                     "(the script's path, relative to the config file)");
+    struct stat pst;
+    if (stat(c->pipeline, &pst) == 0 && S_ISDIR(pst.st_mode))
+        return fail(err, n, "pipeline: %s is a folder; name the pipeline script in it "
+                    "(e.g. pipeline = \"pipeline.lua\")", c->pipeline);
     if (!c->name && !(c->name = default_name(c->path ? c->path : c->pipeline)))
         return fail(err, n, "name: missing; set name = \"my-app\"");
     if (!c->threads)

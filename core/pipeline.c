@@ -442,7 +442,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     lua_pushstring(L, p->dir);        lua_setfield(L, -2, "dir");
     lua_pushboolean(L, cfg->sandbox_ffi); lua_setfield(L, -2, "ffi");
     lua_pushboolean(L, cfg->sandbox_os);  lua_setfield(L, -2, "os");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime nodes | err */
+    if (vm_pcall_bounded(v, 1, 1, cfg->limit_time_ms) != 0) {  /* runtime nodes | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;
     }

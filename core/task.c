@@ -258,7 +258,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     }
     lua_setfield(L, -2, "sources");
     lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime fns | err */
+    if (vm_pcall_bounded(tv->vm, 1, 1, cfg->limit_time_ms) != 0) {   /* runtime fns | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;
     }

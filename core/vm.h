@@ -54,6 +54,15 @@ uint64_t vm_call(const vm *v);
 /* Installs the signal handler vm_interrupt relies on; once per process. */
 void vm_global_init(void);
 
+/* lua_pcall(L, nargs, nresults, 0) for building a version of the pipeline
+ * (running the user's script, `eddy check`): runs on the calling thread under
+ * limits.time (time_ms) as well as limits.memory.  The JIT is off meanwhile,
+ * so a count hook sees every loop; once the time is up the hook raises an
+ * error at every instruction, so a script that catches it with pcall cannot
+ * go on.  Returns lua_pcall's result; on a timeout the error value is
+ * "building the pipeline ran longer than N ms (limits.time)". */
+int vm_pcall_bounded(vm *v, int nargs, int nresults, int64_t time_ms);
+
 /* Reports a Lua error value at the top of the stack as a string (borrowed
  * from the stack); never NULL. */
 const char *vm_errstr(lua_State *L, int idx);
