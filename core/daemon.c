@@ -1182,6 +1182,11 @@ int daemon_run(const char *config_path, const run_opts *o) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
     }
+    if (files_lock_dir(d.cfg->state_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        code = 1;
+        goto out;
+    }
     if (d.cfg->on_error == ON_ERROR_DEAD_LETTER && !d.cfg->dead_letter_kafka) {
         char dlw[PATH_MAX];
         snprintf(dlw, sizeof dlw, "%s", d.cfg->dead_letter_file);
