@@ -278,6 +278,7 @@ static int load_admin(lua_State *, int, const key *, config *, char *, size_t);
 static int check_name(config *, const key *, char *, size_t);
 static int check_listen(config *, const key *, char *, size_t);
 static int check_memory(config *, const key *, char *, size_t);
+static int check_token(config *, const key *, char *, size_t);
 
 static const char *const GUARANTEES[] = { "at_least_once", "exactly_once", NULL };
 static const char *const ON_ERRORS[] = { "fail", "skip", "dead_letter", NULL };
@@ -313,6 +314,7 @@ static const key SCHEMA[] = {
     CUSTOM("sinks",                           load_sinks),
     SECTION("admin", .load = load_admin, .flags = F_OR_FALSE),
     STRING("admin.listen",           "127.0.0.1:8600", admin_listen, .check = check_listen),
+    STRING("admin.token",            NULL,    admin_token, .check = check_token),
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
     ENUM("on_error",                 "fail",  on_error, ON_ERRORS),
@@ -826,6 +828,20 @@ static int check_name(config *c, const key *k, char *err, size_t n)
                 "topics and the state folder), got %s", k->path, MAX_NAME, q);
 }
 
+/* A bearer token: at least 16 characters a header can carry (no spaces). */
+static int check_token(config *c, const key *k, char *err, size_t n)
+{
+    const char *s = c->admin_token;
+    size_t len = strlen(s);
+    int ok = len >= 16 && len <= 512;
+    for (const char *p = s; ok && *p; p++)
+        ok = *p > ' ' && *p < 127;
+    if (ok)
+        return 0;
+    return fail(err, n, "%s: expected 16 to 512 printable characters without spaces (a secret the "
+                "admin clients send as \"Authorization: Bearer <token>\"), got %zu characters", k->path, len);
+}
+
 /* "host:port", "[::1]:port"; port 0..65535 (0 picks a free one). */
 static int check_listen(config *c, const key *k, char *err, size_t n)
 {
@@ -1241,6 +1257,7 @@ void config_destroy(config *c)
     groups_free(c->sources, c->nsources);
     groups_free(c->sinks, c->nsinks);
     free(c->admin_listen);
+    free(c->admin_token);
     free(c->dead_letter_file);
     free(c->dead_letter_kafka);
     free(c);

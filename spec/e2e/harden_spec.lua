@@ -121,6 +121,83 @@ describe("hardening", function()
     end)
   end)
 
+  describe("admin API", function()
+    -- curl with extra headers: status and body
+    local function curl_h(url, method, headers)
+      local hs = ""
+      for _, h in ipairs(headers or {}) do hs = hs .. " -H " .. E.quote(h) end
+      local out = E.capture(string.format("curl -s -m 5 -X %s%s -w '\\n%%{http_code}' %s", method or "GET", hs, E.quote(url)))
+      local body, code = out:match("^(.*)\n(%d+)$")
+      return tonumber(code), body
+    end
+
+    it("refuses a cross-origin POST and a request through a foreign Host name (DNS rebinding); same-origin passes", function()
+      local d, addr = daemon(dir, running_script())
+      local port = addr:match(":(%d+)$")
+      local code, body = curl_h("http://" .. addr .. "/savepoint?stop=1", "POST", { "Origin: http://evil.example" })
+      assert.equal(403, code, body)
+      assert.matches("Origin", body, 1, true)
+      code, body = curl_h("http://" .. addr .. "/status", "GET", { "Host: rebind.evil.example:" .. port })
+      assert.equal(403, code, body)
+      code = curl_h("http://" .. addr .. "/reload", "POST", { "Host: rebind.evil.example:" .. port, "Origin: http://rebind.evil.example:" .. port })
+      assert.equal(403, code)
+      code = curl_h("http://" .. addr .. "/health", "GET", { "Host: 127.0.0.1:" .. (tonumber(port) + 1) })
+      assert.equal(403, code)
+      assert.is_true(d:alive())
+      assert.equal(200, (curl_h("http://" .. addr .. "/health", "GET", { "Host: localhost:" .. port })))
+      assert.equal(200, (curl_h("http://" .. addr .. "/reload", "POST", { "Origin: http://127.0.0.1:" .. port })))
+      d:kill("TERM")
+      assert.equal(0, d:wait(20), d:stderr())
+    end)
+
+    it("with admin.token, POST /reload and /savepoint need the bearer token (eddy reload/savepoint --token, EDDY_ADMIN_TOKEN); GETs do not", function()
+      local token = "s3cret-token-0123456789"
+      local d, addr = daemon(dir, running_script(), { admin = { listen = "127.0.0.1:0", token = token } })
+      local code, body = curl_h("http://" .. addr .. "/reload", "POST")
+      assert.equal(401, code, body)
+      assert.equal(401, (curl_h("http://" .. addr .. "/savepoint?stop=1", "POST", { "Authorization: Bearer wrong-token-0123456789" })))
+      assert.equal(200, (curl_h("http://" .. addr .. "/health")))
+      assert.equal(200, (curl_h("http://" .. addr .. "/status")))
+      assert.equal(200, (curl_h("http://" .. addr .. "/reload", "POST", { "Authorization: Bearer " .. token })))
+      local r = E.run({ "reload", "--admin", addr })
+      assert.equal(1, r.code)
+      assert.matches("401", r.stderr, 1, true)
+      E.wait_for(function() return E.run({ "reload", "--admin", addr, "--token", token }).code == 0 end, 10)
+      r = E.run({ "savepoint", "--admin", addr, "--stop" }, { env = { EDDY_ADMIN_TOKEN = token } })
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(0, d:wait(20), d:stderr())
+    end)
+
+    it("a flood of idle connections is bounded: with few file descriptors the sink still opens its part files, and /health answers once they go", function()
+      -- eddy runs with 256 file descriptors; 400 idle connections would take them all
+      local wrapper = E.write(dir .. "/eddy-lowfd.sh", "#!/bin/sh\nulimit -n 256\nexec " .. E.quote(E.bin) .. ' "$@"\n')
+      E.sh("chmod +x " .. E.quote(wrapper))
+      local bin = E.bin
+      E.bin = wrapper
+      local ok, d, addr = pcall(daemon, dir, running_script(), { guarantee = "exactly_once", checkpoint = { interval = "100ms" } })
+      E.bin = bin
+      assert(ok, d)
+      local port = addr:match(":(%d+)$")
+      assert.is_truthy(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 2 end, 20), d:stderr())
+      local holder = dir .. "/holder.pid"
+      os.execute("bash -c " .. E.quote("echo $$ > " .. holder .. "; for i in $(seq 400); do exec {fd}<>/dev/tcp/127.0.0.1/" .. port
+        .. " || break; done; exec sleep 30") .. " >/dev/null 2>&1 &")
+      local hpid = E.wait_for(function() return (E.read(holder) or ""):match("%d+") end, 10)
+      E.sleep(2)
+      -- part files keep being made (a checkpoint every 100 ms) while the connections are held
+      for i = 1, 5 do
+        E.append(dir .. "/in.txt", "flood" .. i .. "\n")
+        assert.is_truthy(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 2 + i end, 20),
+          "output stopped during the flood: " .. d:stderr())
+      end
+      assert.is_true(d:alive(), d:stderr())
+      E.sh("kill " .. hpid)
+      assert.is_truthy(E.wait_for(function() return (curl_h("http://" .. addr .. "/health")) == 200 end, 30))
+      d:kill("TERM")
+      assert.equal(0, d:wait(20), d:stderr())
+    end)
+  end)
+
   describe("config mistakes", function()
     it("a pipeline that names a folder is an error naming it, not a runtime traceback", function()
       E.mkdirs(dir .. "/pl.lua")
