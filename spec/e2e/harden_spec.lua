@@ -198,6 +198,41 @@ describe("hardening", function()
     end)
   end)
 
+  describe("state.dir on a full disk", function()
+    -- mount_small(dir): a 3 MB tmpfs at dir; unmounted by the caller's finally
+    local function mount_small(path)
+      E.mkdirs(path)
+      local rc, out = E.shell("mount -t tmpfs -o size=3m eddy-spec-full " .. E.quote(path) .. " 2>&1")
+      assert(rc == 0, "cannot mount a 3 MB tmpfs at " .. path .. " (this spec fills a real disk and needs root, as CI "
+        .. "runs it): " .. tostring(out))
+    end
+
+    it("ends in a clear 'no space left on device' error and exit 1, not a RocksDB assertion (SIGABRT)", function()
+      local mnt = dir .. "/mnt"
+      mount_small(mnt)
+      finally(function() E.sh("umount -l " .. E.quote(mnt)) end)
+      E.write(dir .. "/pipeline.lua", table.concat({
+        'local eddy = require("eddy")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "in.txt", format = "lines" })',
+        '  :key_by(function(v) return v end)',
+        '  :process{ process = function(v, ctx) ctx.state:value("x"):set(string.rep(v, 20)) end }',
+        '  :sink("out", { file = "out", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n")
+      local lines = {}
+      for i = 1, 300000 do lines[i] = tostring(i) end
+      E.write(dir .. "/in.txt", table.concat(lines, "\n") .. "\n")
+      E.write_config(dir, { state = { dir = "mnt/state" } })
+      for run = 1, 2 do     -- the second starts on the disk the first filled
+        local r = E.run_config(dir, { timeout = 120 })
+        assert.equal(1, r.code, "run " .. run .. ": " .. r.stderr)
+        assert.matches("state.dir: no space left on device writing to " .. mnt .. "/state/db", r.stderr, 1, true)
+        assert.not_matches("Assertion", r.stderr, 1, true)
+      end
+    end)
+  end)
+
   describe("config mistakes", function()
     it("a pipeline that names a folder is an error naming it, not a runtime traceback", function()
       E.mkdirs(dir .. "/pl.lua")
