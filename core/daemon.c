@@ -1238,6 +1238,11 @@ int daemon_run(const char *config_path, const run_opts *o) {
             }
     }
     /* exactly_once: the newest committed checkpoint is where this run starts */
+    if (exactly_once && !o->from_savepoint && ckpt_check_manifests(d.cfg->state_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        code = 1;
+        goto out;
+    }
     int64_t restore = exactly_once && !o->from_savepoint ? ckpt_newest_committed(d.cfg->state_dir) : 0;
     if (exactly_once && !o->from_savepoint && kafka_sinks && !confirm_kafka_commit(&d, &restore)) goto out;
     {

@@ -233,6 +233,43 @@ describe("hardening", function()
     end)
   end)
 
+  describe("a damaged manifest of the newest committed checkpoint", function()
+    it("is refused, naming the file, instead of a fall back to an older checkpoint that writes committed output again", function()
+      E.write(dir .. "/pipeline.lua", table.concat({
+        'local eddy = require("eddy")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "in.txt", format = "lines" })',
+        '  :map(function(v) local t = os.clock() + 0.0002 while os.clock() < t do end return v end)',
+        '  :sink("out", { file = "out", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n")
+      local lines = {}
+      for i = 1, 20000 do lines[i] = "r" .. i end
+      E.write(dir .. "/in.txt", table.concat(lines, "\n") .. "\n")
+      E.write_config(dir, { guarantee = "exactly_once", checkpoint = { interval = "100ms", retain = 5 },
+                            state = { dir = "state" }, tuning = { batch = 64 } })
+      -- killed (SIGKILL) just after checkpoint 3 committed and renamed its first part file
+      local r = E.run_config(dir, { env = { EDDY_CRASH_AT = "post_commit:3" } })
+      assert.equal(137, r.code, "the run was to kill itself after checkpoint 3 committed: " .. r.stderr)
+      local manifest = dir .. "/state/checkpoints/3/manifest.json"
+      assert.matches('"committed": true', E.read(manifest), 1, true)
+      local before = E.sink_lines(dir .. "/out")
+      assert.is_true(#before > 0)
+      local good = E.read(manifest)
+      E.write(manifest, good:sub(1, 40))          -- damaged: cut short
+      r = E.run_config(dir)
+      assert.equal(1, r.code, r.stderr)
+      assert.matches("checkpoint 3: its manifest " .. manifest .. " is damaged", r.stderr, 1, true)
+      assert.same(before, E.sink_lines(dir .. "/out"))          -- nothing published again
+      -- once the file is put right, the job ends with every record exactly once
+      E.write(manifest, good)
+      r = E.run_config(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("restored checkpoint 3", r.stderr, 1, true)
+      assert.same(E.sorted(lines), E.sink_lines(dir .. "/out"))
+    end)
+  end)
+
   describe("config mistakes", function()
     it("a pipeline that names a folder is an error naming it, not a runtime traceback", function()
       E.mkdirs(dir .. "/pl.lua")
