@@ -701,6 +701,7 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             const char *labels[] = {"task", t->name, NULL};
             metrics_sample(out, per_task[m].name, labels, v);
         }
+        if (per_task[m].which == 4) kafka_metrics_dead_letters(d->sh.kafka, out);   /* {sink}: refused after retries */
     }
     for (int dir = 0; dir < 2; dir++) {
         const char *name = dir == 0 ? "eddy_operator_records_in_total" : "eddy_operator_records_out_total";

@@ -270,6 +270,48 @@ describe("hardening", function()
     end)
   end)
 
+  describe("a Kafka sink's delivery failures under dead_letter", function()
+    it("dead letters carry the input position, eddy_dead_letters_total counts them, and the log is rate-limited", function()
+      -- the sink's broker is a port nobody listens on: librdkafka gives up on
+      -- every message after message.timeout.ms
+      E.write(dir .. "/pipeline.lua", table.concat({
+        'local eddy = require("eddy")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "in.txt", format = "lines", follow = true })',
+        '  :sink("out", { kafka = "out", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n")
+      local lines = {}
+      for i = 1, 60 do lines[i] = "m" .. i end
+      E.write(dir .. "/in.txt", table.concat(lines, "\n") .. "\n")
+      E.write_config(dir, { on_error = "dead_letter", state = { dir = "state" }, admin = { listen = "127.0.0.1:0" },
+        kafka = { ["bootstrap.servers"] = "127.0.0.1:1", ["message.timeout.ms"] = "1000" } })
+      local d = E.start({ "run", dir .. "/eddy.conf.lua" })
+      local addr = E.admin_addr(dir .. "/state", 20)
+      assert.is_truthy(addr, d:stderr())
+      local dl = E.wait_for(function()
+        local t = E.json_lines(dir .. "/state/dead-letter.jsonl")
+        return #t >= 60 and t
+      end, 30)
+      assert.is_truthy(dl, "dead letters: " .. #E.json_lines(dir .. "/state/dead-letter.jsonl") .. "\n" .. d:stderr())
+      assert.equal(60, #dl)
+      table.sort(dl, function(a, b) return a.line < b.line end)
+      for i, l in ipairs(dl) do
+        assert.same({ "in", dir .. "/in.txt", 0, i, "m" .. i, "out", "out", "sink" },
+          { l.source, l.file, l.partition, l.line, l.record, l.sink, l.sink_topic, l.operator_kind })
+        assert.equal(#table.concat(lines, "\n", 1, i - 1) + (i > 1 and 1 or 0), l.offset)
+        assert.is_string(l.task)
+        assert.matches("sink 'out': Kafka refused a message for topic out", l.error, 1, true)
+      end
+      local _, metrics = E.curl("http://" .. addr .. "/metrics")
+      assert.equal(60, (E.metric_sum(metrics, "eddy_dead_letters_total")))
+      local logged = select(2, d:stderr():gsub("Kafka refused a message", ""))
+      assert.is_true(logged <= 10, logged .. " log lines for 60 refused messages:\n" .. d:stderr())
+      d:kill("TERM")
+      assert.equal(0, d:wait(30), d:stderr())
+    end)
+  end)
+
   describe("config mistakes", function()
     it("a pipeline that names a folder is an error naming it, not a runtime traceback", function()
       E.mkdirs(dir .. "/pl.lua")
