@@ -322,5 +322,24 @@ describe("hardening", function()
       assert.matches("is a folder", r.stderr, 1, true)
       assert.not_matches("sandbox.lua", r.stderr, 1, true)
     end)
+
+    it("a file sink writing into the folder a file source reads is warned about, naming both", function()
+      E.write(dir .. "/data/a.txt", "x\n")
+      E.write(dir .. "/pipeline.lua", table.concat({
+        'local eddy = require("eddy")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "data/*", format = "lines" }):sink("out", { file = "data", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n")
+      E.write_config(dir, {})
+      local r = E.run({ "check", dir .. "/eddy.conf.lua" })
+      assert.equal(0, r.code, r.stderr)
+      assert.matches("sink 'out' (pipeline.lua:3) writes its part files into " .. dir .. "/data, the folder source 'in' "
+        .. "reads its input from (data/*)", r.stderr, 1, true)
+      E.write(dir .. "/pipeline.lua", (E.read(dir .. "/pipeline.lua"):gsub('file = "data", ', 'file = "out", ')))
+      r = E.run({ "check", dir .. "/eddy.conf.lua" })
+      assert.equal(0, r.code, r.stderr)
+      assert.not_matches("writes its part files into", r.stderr, 1, true)
+    end)
   end)
 end)
