@@ -12,6 +12,7 @@
 #include "vm.h"
 #include "window.h"
 #include "checkpoint.h"
+#include "crash.h"
 #include "kafka.h"
 #include "source_kafka.h"
 #include "acks.h"
@@ -1287,6 +1288,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
         log_warn("cannot write %s", running);
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);
+    crash_install(d.poison_path);
     d.sh.cfg = d.cfg;
     d.sh.p = d.p;
     d.sh.lua_dir = daemon_lua_dir();

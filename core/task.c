@@ -204,6 +204,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
     tv->vm = vm_create(&vo, err, errlen);
     if (tv->vm) vm_watch_progress(tv->vm, &t->io.seq, &t->io.cur);
+    if (tv->vm) vm_set_owner(tv->vm, t);
     if (!tv->vm) goto err;
     lua_State *L = vm_state(tv->vm);
     lua_getglobal(L, "require");                               /* require */

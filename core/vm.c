@@ -28,6 +28,7 @@ struct vm {
     const int32_t *cur;
     uint64_t armed_seq;          /* their values when the hook was armed */
     int32_t armed_cur;
+    void *owner;                 /* vm_set_owner */
 };
 
 static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
@@ -165,6 +166,9 @@ void vm_leave(vm *v) {
     atomic_store(&v->interrupt, 0);
     current_vm = NULL;
 }
+
+void vm_set_owner(vm *v, void *owner) { v->owner = owner; }
+void *vm_current_owner(void) { return current_vm ? current_vm->owner : NULL; }
 
 uint64_t vm_call(const vm *v) { return atomic_load(&((vm *)v)->calls); }
 

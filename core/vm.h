@@ -51,6 +51,11 @@ void vm_interrupt(vm *v, const char *reason, uint64_t call);
  * vm_interrupt act only while that same call runs, so a signal that lands
  * after it ended cannot touch the next one. */
 uint64_t vm_call(const vm *v);
+/* The owner of the VM (the task, for crash.c) and, on this thread, the
+ * owner of the VM whose call is running now (between vm_enter and
+ * vm_leave), or NULL.  Async-signal-safe. */
+void vm_set_owner(vm *v, void *owner);
+void *vm_current_owner(void);
 /* Installs the signal handler vm_interrupt relies on; once per process. */
 void vm_global_init(void);
 

@@ -91,6 +91,33 @@ describe("hardening", function()
       assert.matches("coroutines nested more than", dl[1].error, 1, true)
     end)
 
+    it("a crash inside a user call (FFI, sandbox.ffi) stops eddy saying where, and the next start hands that record to the error policy", function()
+      E.write(dir .. "/pipeline.lua", table.concat({
+        'local eddy = require("eddy")',
+        'local ffi = require("ffi")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "in.txt", format = "lines" })',
+        '  :map(function(v) if v == "boom" then return ffi.cast("int *", 0)[0] end return v end)',
+        '  :sink("out", { file = "out", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n")
+      E.write(dir .. "/in.txt", "a\nboom\nb\n")
+      E.write_config(dir, { on_error = "dead_letter", state = { dir = "state" }, sandbox = { ffi = true } })
+      local r = E.run_config(dir)
+      assert.equal(1, r.code, r.stderr)
+      assert.matches("operator map (uid map-2, pipeline.lua:5) crashed the process (SIGSEGV) on input in "
+        .. dir .. "/in.txt:2 (byte 2)", r.stderr, 1, true)
+      assert.is_truthy(E.read(dir .. "/state/poison.json"))
+      r = E.run_config(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.same({ "a", "b" }, E.sink_lines(dir .. "/out"))
+      local dl = E.json_lines(dir .. "/state/dead-letter.jsonl")
+      assert.equal(1, #dl)
+      assert.equal("boom", dl[1].record)
+      assert.matches("an earlier run stopped here: operator map", dl[1].error, 1, true)
+      assert.is_false(E.exists(dir .. "/state/poison.json"))
+    end)
+
     it("at a reloaded script's top level is a refused reload, and the daemon keeps running", function()
       local d, addr = daemon(dir, running_script())
       assert.is_truthy(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 2 end, 20), d:stderr())
