@@ -275,8 +275,16 @@ static int host_ok(const admin *a, const char *hp)
     unsigned char bin[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1)
         return 1;
-    return strcasecmp(host, "localhost") == 0 || strcasecmp(host, a->listen_host) == 0 ||
-           (a->hostname[0] && strcasecmp(host, a->hostname) == 0);
+    if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, a->listen_host) == 0 ||
+        (a->hostname[0] && strcasecmp(host, a->hostname) == 0))
+        return 1;
+    for (const char *h = a->h.hosts; h && *h;) {          /* admin.hosts */
+        size_t n = strcspn(h, ",");
+        if (n == hlen && strncasecmp(h, host, n) == 0)
+            return 1;
+        h += n + (h[n] == ',');
+    }
+    return 0;
 }
 
 /* 0 when the request may go on; else answers it (403, 401) and returns -1. */

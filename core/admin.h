@@ -37,6 +37,8 @@ typedef struct admin_handlers {
     /* admin.token: POST requests need "Authorization: Bearer <token>" (401
      * otherwise); NULL lets them through.  Borrowed; must outlive the server. */
     const char *token;
+    /* admin.hosts: more names Host may carry, comma-separated, or NULL.  Borrowed. */
+    const char *hosts;
 } admin_handlers;
 
 /* Every request must name this server in Host (an IP address, "localhost",

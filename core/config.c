@@ -275,6 +275,7 @@ static int load_topics(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sources(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sinks(lua_State *, int, const key *, config *, char *, size_t);
 static int load_admin(lua_State *, int, const key *, config *, char *, size_t);
+static int load_hosts(lua_State *, int, const key *, config *, char *, size_t);
 static int check_name(config *, const key *, char *, size_t);
 static int check_listen(config *, const key *, char *, size_t);
 static int check_memory(config *, const key *, char *, size_t);
@@ -315,6 +316,7 @@ static const key SCHEMA[] = {
     SECTION("admin", .load = load_admin, .flags = F_OR_FALSE),
     STRING("admin.listen",           "127.0.0.1:8600", admin_listen, .check = check_listen),
     STRING("admin.token",            NULL,    admin_token, .check = check_token),
+    CUSTOM("admin.hosts",                     load_hosts),
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
     ENUM("on_error",                 "fail",  on_error, ON_ERRORS),
@@ -804,6 +806,45 @@ static int load_admin(lua_State *L, int idx, const key *k, config *c, char *err,
     return 0;
 }
 
+/* admin.hosts = { "eddy.example.com", ... }: kept comma-separated */
+static int load_hosts(lua_State *L, int idx, const key *k, config *c, char *err, size_t n)
+{
+    char d[128];
+    if (!lua_istable(L, idx))
+        return fail(err, n, "%s: expected a list of host names, e.g. { \"eddy.example.com\" }, got %s", k->path,
+                    describe(L, idx, LUA_TTABLE, d, sizeof d));
+    size_t len = lua_objlen(L, idx), used = 0, cap = 1;
+    char *out = calloc(1, 1);
+    for (size_t i = 1; out && i <= len; i++) {
+        lua_rawgeti(L, idx, (int)i);                      /* ... name */
+        size_t l = 0;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
+        int ok = s && l > 0 && l < 256;
+        for (size_t j = 0; ok && j < l; j++)
+            ok = s[j] > ' ' && s[j] < 127 && s[j] != ',' && s[j] != '/';
+        if (!ok) {
+            fail(err, n, "%s[%zu]: expected a host name like \"eddy.example.com\", got %s", k->path, i,
+                 describe(L, -1, LUA_TSTRING, d, sizeof d));
+            lua_pop(L, 1);
+            free(out);
+            return -1;
+        }
+        char *no = realloc(out, cap + l + 1);
+        if (!no) { free(out); out = NULL; break; }
+        out = no;
+        if (used) out[used++] = ',';
+        memcpy(out + used, s, l);
+        used += l;
+        out[used] = 0;
+        cap = used + 1;
+        lua_pop(L, 1);                                    /* ... */
+    }
+    if (!out) return fail(err, n, "out of memory");
+    free(c->admin_hosts);
+    c->admin_hosts = out;
+    return 0;
+}
+
 /* ---- checks ------------------------------------------------------------------ */
 
 static int name_char_ok(char ch)
@@ -1258,6 +1299,7 @@ void config_destroy(config *c)
     groups_free(c->sinks, c->nsinks);
     free(c->admin_listen);
     free(c->admin_token);
+    free(c->admin_hosts);
     free(c->dead_letter_file);
     free(c->dead_letter_kafka);
     free(c);

@@ -1034,7 +1034,7 @@ static int start_admin(daemon_state *d, char *err, size_t errlen) {
     if (!d->cfg->admin_enabled) return 0;
     admin_handlers h = { .ud = d, .health = h_health, .status = h_status, .metrics = h_metrics,
                          .reload = h_reload, .savepoint = h_savepoint, .get_prefixed = h_prefixed,
-                         .token = d->cfg->admin_token };
+                         .token = d->cfg->admin_token, .hosts = d->cfg->admin_hosts };
     char addr_file[PATH_MAX];
     snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d->cfg->state_dir);
     d->adm = admin_create(d->base, d->cfg->admin_listen, addr_file, &h, err, errlen);

@@ -61,7 +61,7 @@ void vm_global_init(void);
 
 /* lua_pcall(L, nargs, nresults, 0) for building a version of the pipeline
  * (running the user's script, `eddy check`): runs on the calling thread under
- * limits.time (time_ms) as well as limits.memory.  The JIT is off meanwhile,
+ * limits.time (time_ms, of the thread's CPU time) as well as limits.memory.  The JIT is off meanwhile,
  * so a count hook sees every loop; once the time is up the hook raises an
  * error at every instruction, so a script that catches it with pcall cannot
  * go on.  Returns lua_pcall's result; on a timeout the error value is

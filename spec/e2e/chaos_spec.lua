@@ -160,7 +160,8 @@ describe("chaos", function()
           local code = d:wait(90)
           assert(code ~= nil, "round 4: eddy hangs on a full disk:\n" .. C.tail(d:stderr()))
           if code ~= 0 then
-            assert.equal(1, code, C.tail(d:stderr()))
+            -- 1, or 2 when the restart after it found a broken version of the storm on disk
+            assert(code == 1 or code == 2, "round 4: exit " .. code .. ":\n" .. C.tail(d:stderr()))
             assert.matches("[Nn]o space left on device", d:stderr())
           else
             finished = true

@@ -177,6 +177,17 @@ describe("hardening", function()
       assert.equal(0, d:wait(20), d:stderr())
     end)
 
+    it("admin.hosts names more host names the API answers to", function()
+      local d, addr = daemon(dir, running_script(), { admin = { listen = "127.0.0.1:0", hosts = { "eddy.example.test" } } })
+      local port = addr:match(":(%d+)$")
+      assert.equal(200, (curl_h("http://" .. addr .. "/status", "GET", { "Host: eddy.example.test:" .. port })))
+      assert.equal(200, (curl_h("http://" .. addr .. "/status", "GET", { "Host: EDDY.example.test" })))
+      assert.equal(403, (curl_h("http://" .. addr .. "/status", "GET", { "Host: other.example.test:" .. port })))
+      assert.equal(403, (curl_h("http://" .. addr .. "/status", "GET", { "Host: eddy.example.testx:" .. port })))
+      d:kill("TERM")
+      assert.equal(0, d:wait(20), d:stderr())
+    end)
+
     it("with admin.token, POST /reload and /savepoint need the bearer token (eddy reload/savepoint --token, EDDY_ADMIN_TOKEN); GETs do not", function()
       local token = "s3cret-token-0123456789"
       local d, addr = daemon(dir, running_script(), { admin = { listen = "127.0.0.1:0", token = token } })
