@@ -102,8 +102,12 @@ void crash_install(const char *path) {
 void crash_thread_init(void) {
     static __thread void *alt;
     if (alt) return;
+    stack_t cur;
+    /* one the thread has already (AddressSanitizer gives each thread its own,
+     * and unmaps it when the thread ends): keep it */
+    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;
     size_t size = 64 * 1024;
-    if (!(alt = malloc(size))) return;
+    if (!(alt = malloc(size))) return;     /* lives as long as the thread: the workers' last as long as eddy */
     stack_t st = { .ss_sp = alt, .ss_size = size, .ss_flags = 0 };
     sigaltstack(&st, NULL);
 }
