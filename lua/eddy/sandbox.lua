@@ -35,6 +35,21 @@ local function realpath(path)
   return ffi.string(buf)
 end
 
+-- seekable(path): false for a FIFO or a socket, whose open() would wait
+-- for a writer (a build that never ends, which no hook can stop: it uses
+-- no CPU).  It is opened without waiting, and asked to seek: those cannot.
+pcall(ffi.cdef, "int open(const char *pathname, int flags, ...);")
+pcall(ffi.cdef, "long lseek(int fd, long offset, int whence);")
+pcall(ffi.cdef, "int close(int fd);")
+local O_RDONLY_NONBLOCK = 2048          -- O_RDONLY | O_NONBLOCK (Linux)
+local function seekable(path)
+  local fd = ffi.C.open(path, O_RDONLY_NONBLOCK)
+  if fd < 0 then return true end         -- io.open will say why
+  local ok = ffi.C.lseek(fd, 0, 2) >= 0
+  ffi.C.close(fd)
+  return ok
+end
+
 -- Nested coroutine resumes nest on the C stack (each resume is a C frame in
 -- LuaJIT, which counts none of them): unbounded recursion through
 -- coroutine.wrap overflows it and kills the process.  The sandbox's resume
@@ -88,6 +103,7 @@ function M.new(opts)
     if real:sub(1, #realdir + 1) ~= realdir .. "/" then
       return nil, shown .. " leads outside " .. dir .. " (through a symlink to " .. real .. "): the sandbox reads only inside the pipeline's folder"
     end
+    if not seekable(real) then return nil, shown .. " is not a regular file (a FIFO or a socket): the sandbox reads files" end
     return real
   end
   local base = {
