@@ -14,25 +14,32 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/listener.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
 #define HEALTH_REASON_MAX  512
 #define MAX_HEADERS_SIZE   (16 * 1024)
 #define MAX_BODY_SIZE      (64 * 1024)   /* POST bodies are ignored today */
-#define CONN_TIMEOUT_S     30
 #define ADDR_MAX           (INET6_ADDRSTRLEN + 8)
 
 struct admin {
     struct evhttp *http;
+    struct evconnlistener *listener;     /* the bound socket's, paused while conns is at the bound */
     admin_handlers h;
     int port;
     char addr[ADDR_MAX];                 /* "127.0.0.1:9100", "[::1]:9100" */
+    char listen_host[256];               /* admin.listen's host ("localhost", "0.0.0.0", ...) */
+    char hostname[256];                  /* this machine's name (gethostname) */
+    struct event *resume;                /* checks whether to accept again, while paused */
+    int paused;
 };
 
 /* ---- replies ------------------------------------------------------------ */
@@ -226,6 +233,99 @@ static const char *method_name(enum evhttp_cmd_type m)
     }
 }
 
+/* ---- who may ask ---------------------------------------------------------- */
+
+/* 1 when the host part of a Host header or an Origin ("h", "h:port",
+ * "[v6]:port") names this server: an IP address (a DNS-rebinding page
+ * always comes through a name), "localhost", admin.listen's host or the
+ * machine's name, and no port or the bound one. */
+static int host_ok(const admin *a, const char *hp)
+{
+    char host[256];
+    const char *port = NULL;
+    size_t hlen;
+    if (hp[0] == '[') {
+        const char *close = strchr(hp, ']');
+        if (!close)
+            return 0;
+        hlen = (size_t)(close - hp - 1);
+        if (hlen == 0 || hlen >= sizeof host)
+            return 0;
+        memcpy(host, hp + 1, hlen);
+        if (close[1] == ':')
+            port = close + 2;
+        else if (close[1])
+            return 0;
+    } else {
+        const char *colon = strchr(hp, ':');
+        hlen = colon ? (size_t)(colon - hp) : strlen(hp);
+        if (hlen == 0 || hlen >= sizeof host)
+            return 0;
+        memcpy(host, hp, hlen);
+        if (colon)
+            port = colon + 1;
+    }
+    host[hlen] = 0;
+    if (port) {
+        char *end;
+        long v = strtol(port, &end, 10);
+        if (!*port || *end || v != a->port)
+            return 0;
+    }
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1)
+        return 1;
+    if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, a->listen_host) == 0 ||
+        (a->hostname[0] && strcasecmp(host, a->hostname) == 0))
+        return 1;
+    for (const char *h = a->h.hosts; h && *h;) {          /* admin.hosts */
+        size_t n = strcspn(h, ",");
+        if (n == hlen && strncasecmp(h, host, n) == 0)
+            return 1;
+        h += n + (h[n] == ',');
+    }
+    return 0;
+}
+
+/* 0 when the request may go on; else answers it (403, 401) and returns -1. */
+static int check_caller(admin *a, struct evhttp_request *req, enum evhttp_cmd_type method)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *host = evhttp_find_header(in, "Host");
+    const char *origin = evhttp_find_header(in, "Origin");
+    if (host && !host_ok(a, host)) {
+        send_error(req, 403, "Host \"%.200s\" does not name this server (an address, localhost, or "
+                   "admin.listen's host): refused, as a request a web page made through a name it "
+                   "resolves to this machine would be", host);
+        return -1;
+    }
+    if (origin) {
+        const char *hp = strncmp(origin, "http://", 7) == 0 ? origin + 7
+                       : strncmp(origin, "https://", 8) == 0 ? origin + 8 : NULL;
+        if (!hp || !host_ok(a, hp)) {
+            send_error(req, 403, "Origin \"%.200s\" is another site: the admin API does not answer "
+                       "requests web pages make", origin);
+            return -1;
+        }
+    }
+    if (a->h.token && method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
+        const char *auth = evhttp_find_header(in, "Authorization");
+        size_t tl = strlen(a->h.token);
+        /* compared in constant time over the token's length */
+        int ok = auth && strncmp(auth, "Bearer ", 7) == 0 && strlen(auth + 7) == tl;
+        unsigned char diff = 0;
+        for (size_t i = 0; ok && i < tl; i++)
+            diff |= (unsigned char)(auth[7 + i] ^ a->h.token[i]);
+        if (!ok || diff) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+            send_error(req, 401, "this request needs \"Authorization: Bearer <admin.token>\" "
+                       "(eddy reload and eddy savepoint send it with --token or EDDY_ADMIN_TOKEN)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     admin *a = arg;
@@ -238,6 +338,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         query = "";
 
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    if (check_caller(a, req, method) < 0)
+        return;
     char allow[64] = "";
     for (size_t i = 0; i < N_ROUTES; i++) {
         const struct route *r = &routes[i];
@@ -258,6 +360,72 @@ static void on_request(struct evhttp_request *req, void *arg)
         return;
     }
     send_error(req, 404, "no such path: %s", path);
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+/* The admin connections open now: the sockets of this process bound to the
+ * admin port and connected to a peer (the listening socket has none).  Read
+ * from /proc/self/fd, so nothing of evhttp's internals is needed; an admin
+ * API takes few connections, so the scan is cheap. */
+static int open_conns(const admin *a)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir)
+        return 0;
+    int n = 0, self = dirfd(dir);
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end || end == e->d_name || fd == self)
+            continue;
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        if (getsockname((int)fd, (struct sockaddr *)&ss, &sl) != 0)
+            continue;
+        int port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+                 : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) : -1;
+        if (port != a->port)
+            continue;
+        sl = sizeof ss;
+        if (getpeername((int)fd, (struct sockaddr *)&ss, &sl) == 0)
+            n++;
+    }
+    closedir(dir);
+    return n;
+}
+
+/* Once a second while paused: accept again when connections have gone. */
+static void on_resume_check(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    admin *a = arg;
+    if (open_conns(a) < ADMIN_MAX_CONNECTIONS) {
+        evconnlistener_enable(a->listener);
+        a->paused = 0;
+        return;
+    }
+    struct timeval tv = { 1, 0 };
+    evtimer_add(a->resume, &tv);
+}
+
+/* evhttp asks for each accepted connection's bufferevent: the moment to
+ * count.  At ADMIN_MAX_CONNECTIONS the listener stops accepting (new
+ * connections wait in the kernel's backlog, holding none of our file
+ * descriptors) until idle ones have closed. */
+static struct bufferevent *new_conn(struct event_base *base, void *arg)
+{
+    admin *a = arg;
+    if (a->listener && a->resume && !a->paused && open_conns(a) >= ADMIN_MAX_CONNECTIONS) {
+        evconnlistener_disable(a->listener);
+        a->paused = 1;
+        struct timeval tv = { 1, 0 };
+        evtimer_add(a->resume, &tv);
+        log_warn("admin: %d connections are open: new ones wait until some close (idle ones close after %d s)",
+                 ADMIN_MAX_CONNECTIONS, ADMIN_IDLE_S);
+    }
+    return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
 /* ---- listening ---------------------------------------------------------- */
@@ -421,8 +589,14 @@ admin *admin_create(struct event_base *base, const char *listen, const char *add
                                EVHTTP_REQ_PATCH);
     evhttp_set_max_headers_size(a->http, MAX_HEADERS_SIZE);
     evhttp_set_max_body_size(a->http, MAX_BODY_SIZE);
-    evhttp_set_timeout(a->http, CONN_TIMEOUT_S);
+    evhttp_set_timeout(a->http, ADMIN_IDLE_S);
     evhttp_set_gencb(a->http, on_request, a);
+    evhttp_set_bevcb(a->http, new_conn, a);
+    a->resume = evtimer_new(base, on_resume_check, a);
+    snprintf(a->listen_host, sizeof a->listen_host, "%s", host);
+    if (gethostname(a->hostname, sizeof a->hostname) != 0)
+        a->hostname[0] = 0;
+    a->hostname[sizeof a->hostname - 1] = 0;
 
     errno = 0;
     struct evhttp_bound_socket *bound =
@@ -432,6 +606,7 @@ admin *admin_create(struct event_base *base, const char *listen, const char *add
                  errno ? strerror(errno) : "bind failed");
         goto err;
     }
+    a->listener = evhttp_bound_socket_get_listener(bound);
     if (read_bound(a, bound) != 0) {
         snprintf(err, errlen, "admin.listen: cannot read the bound address of %s: %s",
                  listen, strerror(errno));
@@ -461,5 +636,7 @@ void admin_destroy(admin *a)
         return;
     if (a->http)
         evhttp_free(a->http);
+    if (a->resume)
+        event_free(a->resume);
     free(a);
 }

@@ -34,7 +34,22 @@ typedef struct admin_handlers {
      * owned json_t (object or array); NULL with no error status set, or a
      * NULL handler, answers 404. */
     json_t *(*get_prefixed)(void *ud, const char *path, const char *query, int *http_status);
+    /* admin.token: POST requests need "Authorization: Bearer <token>" (401
+     * otherwise); NULL lets them through.  Borrowed; must outlive the server. */
+    const char *token;
+    /* admin.hosts: more names Host may carry, comma-separated, or NULL.  Borrowed. */
+    const char *hosts;
 } admin_handlers;
+
+/* Every request must name this server in Host (an IP address, "localhost",
+ * the host of admin.listen or this machine's name, with no port or the bound
+ * one), and an Origin header, when there is one, must name the same: a page
+ * of another site cannot reach the API through the browser (cross-origin or
+ * DNS rebinding); 403 otherwise.  At most ADMIN_MAX_CONNECTIONS connections
+ * are open at once (the listener pauses until one closes), and a connection
+ * idle for ADMIN_IDLE_S seconds is closed. */
+#define ADMIN_MAX_CONNECTIONS 64
+#define ADMIN_IDLE_S          10
 
 /* Listens on "host:port", "[v6addr]:port" or "localhost:port" (port 0 picks
  * a free port); a bad string or a failed bind is an error naming

@@ -812,3 +812,31 @@ void ckpt_metrics(ckpt *c, struct evbuffer *out) {
     metrics_sample(out, "eddy_checkpoints_total", ok, (double)c->completed);
     metrics_sample(out, "eddy_checkpoints_total", bad, (double)c->failed);
 }
+
+int ckpt_check_manifests(const char *state_dir, char *err, size_t errlen) {
+    char dir[PATH_MAX], path[PATH_MAX];
+    checkpoints_dir(state_dir, dir, sizeof dir);
+    int n, rc = 0;
+    int64_t *ids = list_ids(dir, &n);
+    for (int i = n - 1; i >= 0; i--) {
+        snprintf(path, sizeof path, "%s/%lld/manifest.json", dir, (long long)ids[i]);
+        if (access(path, F_OK) != 0 && errno == ENOENT) continue;      /* never written: not committed */
+        json_error_t je;
+        json_t *m = json_load_file(path, 0, &je);
+        int ok = m && json_is_object(m) && json_integer_value(json_object_get(m, "id")) == ids[i];
+        int committed = ok && json_is_true(json_object_get(m, "committed"));
+        json_decref(m);
+        if (!ok) {
+            snprintf(err, errlen, "checkpoint %lld: its manifest %s is damaged (%s): it may belong to the newest "
+                     "committed checkpoint, whose output is already published, so eddy does not fall back to an "
+                     "older one (that would write that output again). Put the file back from a backup; or, to "
+                     "accept duplicated output, remove %s/%lld and run again",
+                     (long long)ids[i], path, m ? "no \"id\" of its own" : je.text, dir, (long long)ids[i]);
+            rc = -1;
+            break;
+        }
+        if (committed) break;
+    }
+    free(ids);
+    return rc;
+}

@@ -39,6 +39,13 @@ typedef struct ckpt ckpt;
 
 /* The newest committed checkpoint under state_dir, or 0. */
 int64_t ckpt_newest_committed(const char *state_dir);
+/* Checks the manifests a restore would read: from the newest checkpoint
+ * down to the newest committed one, each manifest.json must be missing (a
+ * checkpoint that crashed before its manifest was written) or readable JSON
+ * with its "id".  A damaged one may be that of the newest committed
+ * checkpoint, whose output is published: falling back past it would publish
+ * that output again, so this is -1 with err naming the file. */
+int ckpt_check_manifests(const char *state_dir, char *err, size_t errlen);
 /* The newest checkpoint newer than the newest committed one whose manifest
  * was written with a Kafka transaction (its commit point), or 0; and marking
  * one committed, once Kafka says its transaction was.  0 or -1. */

@@ -27,7 +27,7 @@ static void on_done(struct evhttp_request *req, void *arg) {
     }
 }
 
-int client_post(const char *admin, const char *path, const char *field) {
+int client_post(const char *admin, const char *path, const char *field, const char *token) {
     char host[256];
     const char *colon = strrchr(admin, ':');
     int port = colon ? atoi(colon + 1) : 0;
@@ -50,6 +50,11 @@ int client_post(const char *admin, const char *path, const char *field) {
     if (!req) { fprintf(stderr, "eddy: cannot set up an HTTP request\n"); goto out; }
     evhttp_connection_set_timeout(conn, 60);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
+    if (token && *token) {
+        char auth[600];
+        snprintf(auth, sizeof auth, "Bearer %s", token);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Authorization", auth);
+    }
     /* an empty body, said so: without a length the server waits for the body until the connection closes */
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", "0");
     if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, path) != 0) {

@@ -7,6 +7,7 @@
 /* POSTs to http://admin/path (admin is "host:port") and prints the answer
  * (with field, only that string of the JSON answer).  Returns the exit
  * code: 0 on a 2xx answer, 1 otherwise (2 for a bad address). */
-int client_post(const char *admin, const char *path, const char *field);
+/* token (NULL: none) goes as "Authorization: Bearer <token>" (admin.token). */
+int client_post(const char *admin, const char *path, const char *field, const char *token);
 
 #endif

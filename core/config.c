@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -274,9 +275,11 @@ static int load_topics(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sources(lua_State *, int, const key *, config *, char *, size_t);
 static int load_sinks(lua_State *, int, const key *, config *, char *, size_t);
 static int load_admin(lua_State *, int, const key *, config *, char *, size_t);
+static int load_hosts(lua_State *, int, const key *, config *, char *, size_t);
 static int check_name(config *, const key *, char *, size_t);
 static int check_listen(config *, const key *, char *, size_t);
 static int check_memory(config *, const key *, char *, size_t);
+static int check_token(config *, const key *, char *, size_t);
 
 static const char *const GUARANTEES[] = { "at_least_once", "exactly_once", NULL };
 static const char *const ON_ERRORS[] = { "fail", "skip", "dead_letter", NULL };
@@ -312,6 +315,8 @@ static const key SCHEMA[] = {
     CUSTOM("sinks",                           load_sinks),
     SECTION("admin", .load = load_admin, .flags = F_OR_FALSE),
     STRING("admin.listen",           "127.0.0.1:8600", admin_listen, .check = check_listen),
+    STRING("admin.token",            NULL,    admin_token, .check = check_token),
+    CUSTOM("admin.hosts",                     load_hosts),
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
     ENUM("on_error",                 "fail",  on_error, ON_ERRORS),
@@ -801,6 +806,45 @@ static int load_admin(lua_State *L, int idx, const key *k, config *c, char *err,
     return 0;
 }
 
+/* admin.hosts = { "eddy.example.com", ... }: kept comma-separated */
+static int load_hosts(lua_State *L, int idx, const key *k, config *c, char *err, size_t n)
+{
+    char d[128];
+    if (!lua_istable(L, idx))
+        return fail(err, n, "%s: expected a list of host names, e.g. { \"eddy.example.com\" }, got %s", k->path,
+                    describe(L, idx, LUA_TTABLE, d, sizeof d));
+    size_t len = lua_objlen(L, idx), used = 0, cap = 1;
+    char *out = calloc(1, 1);
+    for (size_t i = 1; out && i <= len; i++) {
+        lua_rawgeti(L, idx, (int)i);                      /* ... name */
+        size_t l = 0;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &l) : NULL;
+        int ok = s && l > 0 && l < 256;
+        for (size_t j = 0; ok && j < l; j++)
+            ok = s[j] > ' ' && s[j] < 127 && s[j] != ',' && s[j] != '/';
+        if (!ok) {
+            fail(err, n, "%s[%zu]: expected a host name like \"eddy.example.com\", got %s", k->path, i,
+                 describe(L, -1, LUA_TSTRING, d, sizeof d));
+            lua_pop(L, 1);
+            free(out);
+            return -1;
+        }
+        char *no = realloc(out, cap + l + 1);
+        if (!no) { free(out); out = NULL; break; }
+        out = no;
+        if (used) out[used++] = ',';
+        memcpy(out + used, s, l);
+        used += l;
+        out[used] = 0;
+        cap = used + 1;
+        lua_pop(L, 1);                                    /* ... */
+    }
+    if (!out) return fail(err, n, "out of memory");
+    free(c->admin_hosts);
+    c->admin_hosts = out;
+    return 0;
+}
+
 /* ---- checks ------------------------------------------------------------------ */
 
 static int name_char_ok(char ch)
@@ -823,6 +867,20 @@ static int check_name(config *c, const key *k, char *err, size_t n)
     quote(q, sizeof q, s, strlen(s));
     return fail(err, n, "%s: expected up to %d letters, digits, '.', '_' or '-' (it names Kafka "
                 "topics and the state folder), got %s", k->path, MAX_NAME, q);
+}
+
+/* A bearer token: at least 16 characters a header can carry (no spaces). */
+static int check_token(config *c, const key *k, char *err, size_t n)
+{
+    const char *s = c->admin_token;
+    size_t len = strlen(s);
+    int ok = len >= 16 && len <= 512;
+    for (const char *p = s; ok && *p; p++)
+        ok = *p > ' ' && *p < 127;
+    if (ok)
+        return 0;
+    return fail(err, n, "%s: expected 16 to 512 printable characters without spaces (a secret the "
+                "admin clients send as \"Authorization: Bearer <token>\"), got %zu characters", k->path, len);
 }
 
 /* "host:port", "[::1]:port"; port 0..65535 (0 picks a free one). */
@@ -903,6 +961,10 @@ static int finish(config *c, char *err, size_t n)
     if (!c->pipeline)
         return fail(err, n, "pipeline: missing; set pipeline = \"pipeline.lua\" "
                     "(the script's path, relative to the config file)");
+    struct stat pst;
+    if (stat(c->pipeline, &pst) == 0 && S_ISDIR(pst.st_mode))
+        return fail(err, n, "pipeline: %s is a folder; name the pipeline script in it "
+                    "(e.g. pipeline = \"pipeline.lua\")", c->pipeline);
     if (!c->name && !(c->name = default_name(c->path ? c->path : c->pipeline)))
         return fail(err, n, "name: missing; set name = \"my-app\"");
     if (!c->threads)
@@ -1236,6 +1298,8 @@ void config_destroy(config *c)
     groups_free(c->sources, c->nsources);
     groups_free(c->sinks, c->nsinks);
     free(c->admin_listen);
+    free(c->admin_token);
+    free(c->admin_hosts);
     free(c->dead_letter_file);
     free(c->dead_letter_kafka);
     free(c);

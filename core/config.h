@@ -62,6 +62,8 @@ typedef struct config {
     opt_group *sinks;   int nsinks;   /* per-sink overrides */
     int admin_enabled;       /* admin = false turns it off; default on */
     char *admin_listen;      /* default "127.0.0.1:8600" */
+    char *admin_token;       /* bearer token POST /reload and /savepoint need; NULL = none */
+    char *admin_hosts;       /* more names Host may carry, comma-separated; NULL = none */
     int reload_watch;        /* default 1 */
     int on_error;            /* ON_ERROR_* ; default fail */
     char *dead_letter_file;  /* absolute; default <state_dir>/dead-letter.jsonl (set even

@@ -12,6 +12,7 @@
 #include "vm.h"
 #include "window.h"
 #include "checkpoint.h"
+#include "crash.h"
 #include "kafka.h"
 #include "source_kafka.h"
 #include "acks.h"
@@ -736,6 +737,7 @@ static void h_metrics(void *ud, struct evbuffer *out) {
             const char *labels[] = {"task", t->name, NULL};
             metrics_sample(out, per_task[m].name, labels, v);
         }
+        if (per_task[m].which == 4) kafka_metrics_dead_letters(d->sh.kafka, out);   /* {sink}: refused after retries */
     }
     for (int dir = 0; dir < 2; dir++) {
         const char *name = dir == 0 ? "eddy_operator_records_in_total" : "eddy_operator_records_out_total";
@@ -1113,7 +1115,8 @@ static void load_positions(daemon_state *d) {
 static int start_admin(daemon_state *d, char *err, size_t errlen) {
     if (!d->cfg->admin_enabled) return 0;
     admin_handlers h = { .ud = d, .health = h_health, .status = h_status, .metrics = h_metrics,
-                         .reload = h_reload, .savepoint = h_savepoint, .get_prefixed = h_prefixed };
+                         .reload = h_reload, .savepoint = h_savepoint, .get_prefixed = h_prefixed,
+                         .token = d->cfg->admin_token, .hosts = d->cfg->admin_hosts };
     char addr_file[PATH_MAX];
     snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d->cfg->state_dir);
     d->adm = admin_create(d->base, d->cfg->admin_listen, addr_file, &h, err, errlen);
@@ -1270,6 +1273,11 @@ int daemon_run(const char *config_path, const run_opts *o) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d.cfg->state_dir, strerror(errno));
         goto out;
     }
+    if (files_lock_dir(d.cfg->state_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        code = 1;
+        goto out;
+    }
     if (d.cfg->on_error == ON_ERROR_DEAD_LETTER && !d.cfg->dead_letter_kafka) {
         char dlw[PATH_MAX];
         snprintf(dlw, sizeof dlw, "%s", d.cfg->dead_letter_file);
@@ -1320,6 +1328,11 @@ int daemon_run(const char *config_path, const run_opts *o) {
             }
     }
     /* exactly_once: the newest committed checkpoint is where this run starts */
+    if (exactly_once && !o->from_savepoint && ckpt_check_manifests(d.cfg->state_dir, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        code = 1;
+        goto out;
+    }
     int64_t restore = exactly_once && !o->from_savepoint ? ckpt_newest_committed(d.cfg->state_dir) : 0;
     if (exactly_once && !o->from_savepoint && kafka_sinks && !confirm_kafka_commit(&d, &restore)) goto out;
     {
@@ -1364,6 +1377,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
         log_warn("cannot write %s", running);
     snprintf(d.poison_path, sizeof d.poison_path, "%s/poison.json", d.cfg->state_dir);
     poison_load(&d);
+    crash_install(d.poison_path);
     d.sh.cfg = d.cfg;
     d.sh.p = d.p;
     d.sh.lua_dir = daemon_lua_dir();

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,3 +50,35 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 }
 
 void files_rm_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+int files_lock_dir(const char *dir, char *err, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "state.dir: cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (e == EWOULDBLOCK)
+            snprintf(err, errlen, "state.dir %s is in use by another eddy (pid %s holds %s): stop it, "
+                     "or give this run a state.dir of its own", dir, pid[0] ? pid : "unknown", path);
+        else
+            snprintf(err, errlen, "state.dir: cannot lock %s: %s", path, strerror(e));
+        close(fd);
+        return -1;
+    }
+    char text[32];
+    int len = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)len, 0) != len) {
+        snprintf(err, errlen, "state.dir: cannot write %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return 0;                    /* fd stays open: the lock lives as long as the process */
+}

@@ -2,6 +2,7 @@
 #include "clock.h"
 #include "log.h"
 #include "source_kafka.h"
+#include "metrics.h"
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -21,6 +22,8 @@ struct kafka_sink {
     rd_kafka_t *rk;
     int shared;                     /* writes through the daemon's transactional producer */
     atomic_long sent, failed, bytes;
+    atomic_long dead_letters;       /* refused after the retries and dead-lettered */
+    int with_origin;                /* each message's opaque is a struct pending (dead_letter policy) */
     /* acknowledgements: every message gets a sequence number; `low` is the
      * first one not yet acknowledged (delivered, or refused and handed to the
      * error policy).  Reports arrive out of order across partitions, so the
@@ -51,6 +54,16 @@ struct kafka {
     int64_t txn_base;               /* the sinks' messages queued when the open transaction began */
     int64_t txn_committed, txn_aborted;
     char txn_error[512];            /* under mu */
+    int64_t refused_log_ms;         /* rate limit of the "Kafka refused a message" lines (under mu) */
+    int refused_log_n;
+    long refused_unlogged;
+};
+
+/* A message's opaque under on_error = "dead_letter": its sequence number and
+ * the input position it came from, until its delivery report. */
+struct pending {
+    int64_t seq;
+    char origin[];                  /* a JSON object's text, "" when none */
 };
 
 static int64_t txn_queued(kafka *k);
@@ -95,8 +108,10 @@ err:
 
 const char *kafka_bootstrap(const kafka *k) { return k->bootstrap; }
 
-/* A message Kafka finally refused: counted, logged, and handed to the error policy. */
-static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
+/* A message Kafka finally refused: counted, logged (at most 5 lines a
+ * second, then a count of the ones left out), and handed to the error
+ * policy.  origin: the input position's JSON object text, or NULL. */
+static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m, const char *origin) {
     kafka *k = s->k;
     s->failed++;
     const char *why = rd_kafka_err2str(m->err);
@@ -105,7 +120,17 @@ static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
                   (int)(m->len > 2000 ? 2000 : m->len), m->payload ? (const char *)m->payload : "");
         return;
     }
-    log_error("sink '%s': Kafka refused a message for topic %s: %s", s->name, s->topic, why);
+    pthread_mutex_lock(&k->mu);
+    int show = log_ratelimited(&k->refused_log_ms, &k->refused_log_n, 5);
+    long left_out = show ? k->refused_unlogged : 0;
+    if (show) k->refused_unlogged = 0;
+    else k->refused_unlogged++;
+    pthread_mutex_unlock(&k->mu);
+    if (show && left_out)
+        log_error("sink '%s': Kafka refused a message for topic %s: %s (and %ld more refused messages not logged)",
+                  s->name, s->topic, why, left_out);
+    else if (show)
+        log_error("sink '%s': Kafka refused a message for topic %s: %s", s->name, s->topic, why);
     if (k->cfg->on_error == ON_ERROR_FAIL) {
         pthread_mutex_lock(&k->mu);
         if (!k->failed[0])
@@ -113,19 +138,29 @@ static void delivery_failed(kafka_sink *s, const rd_kafka_message_t *m) {
                      s->topic, why);
         pthread_mutex_unlock(&k->mu);
     } else if (k->cfg->on_error == ON_ERROR_DEAD_LETTER) {
-        json_t *j = json_pack("{s:s, s:s, s:s, s:s%, s:s%}", "sink", s->name, "topic", s->topic, "error", why,
-                              "key", m->key ? (const char *)m->key : "", m->key ? m->key_len : 0,
-                              "record", m->payload ? (const char *)m->payload : "", m->payload ? m->len : 0);
+        /* the input position first (task, source, file or topic, partition, offset, line) */
+        json_t *j = origin && *origin ? json_loads(origin, 0, NULL) : NULL;
+        if (!j) j = json_object();
+        char msg[1024];
+        snprintf(msg, sizeof msg, "sink '%s': Kafka refused a message for topic %s: %s", s->name, s->topic, why);
+        json_t *more = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s%, s:s%}", "time", (json_int_t)clock_wall_ms(),
+                                 "sink", s->name, "sink_topic", s->topic, "operator_kind", "sink", "error", msg,
+                                 "key", m->key ? (const char *)m->key : "", m->key ? m->key_len : 0,
+                                 "record", m->payload ? (const char *)m->payload : "", m->payload ? m->len : 0);
+        if (j && more) json_object_update(j, more);
+        json_decref(more);
         char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
         char err[512];
         if (!line) log_error("sink '%s': out of memory writing a dead letter", s->name);
         else if (k->cfg->dead_letter_kafka) {
             if (kafka_dead_letter(k, line, strlen(line), err, sizeof err) < 0) log_error("%s", err);
+            else s->dead_letters++;
         } else {
             pthread_mutex_lock(&k->mu);
             if (!k->dead_letter) k->dead_letter = fopen(k->cfg->dead_letter_file, "a");
-            if (k->dead_letter && fputs(line, k->dead_letter) >= 0 && fputc('\n', k->dead_letter) != EOF)
-                fflush(k->dead_letter);
+            if (k->dead_letter && fputs(line, k->dead_letter) >= 0 && fputc('\n', k->dead_letter) != EOF &&
+                fflush(k->dead_letter) == 0)
+                s->dead_letters++;
             else
                 log_error("sink '%s': cannot write the refused message to %s", s->name, k->cfg->dead_letter_file);
             pthread_mutex_unlock(&k->mu);
@@ -172,11 +207,13 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *conf_
         }
         return;
     }
-    if (m->err) delivery_failed(s, m);
+    struct pending *pd = s->with_origin ? m->_private : NULL;
+    if (m->err) delivery_failed(s, m, pd ? pd->origin : NULL);
     /* a refused message under on_error = "fail" is never acknowledged: no
      * offset past it is committed, and eddy stops (kafka_failed) */
     if (!m->err || s->k->cfg->on_error != ON_ERROR_FAIL || s == s->k->dead_letters)
-        ack(s, (int64_t)(intptr_t)m->_private);     /* the message's opaque: its sequence number */
+        ack(s, pd ? pd->seq : (int64_t)(intptr_t)m->_private);     /* the opaque: its sequence number */
+    free(pd);
 }
 
 int64_t kafka_sink_seq(kafka_sink *s) { return atomic_load(&s->next_seq); }
@@ -295,6 +332,7 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
     }
     pthread_mutex_init(&s->ack_mu, NULL);
     s->low = 1;
+    s->with_origin = !s->shared && k->cfg->on_error == ON_ERROR_DEAD_LETTER && strcmp(name, "dead_letter.kafka") != 0;
     k->sinks[k->nsinks++] = s;
     pthread_mutex_unlock(&k->mu);
     return s;
@@ -325,22 +363,35 @@ static rd_kafka_headers_t *headers_of(const char *p, size_t n) {
 }
 
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
-                    const char *hdrs, size_t hlen, char *err, size_t errlen) {
+                    const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen) {
     int64_t seq = atomic_fetch_add(&s->next_seq, 1) + 1;     /* sequence numbers start at 1 */
     void *opaque = s->shared ? (void *)s : (void *)(intptr_t)seq;
+    struct pending *pd = NULL;
+    if (s->with_origin) {
+        size_t on = origin ? strlen(origin) : 0;
+        if (!(pd = malloc(sizeof *pd + on + 1))) {
+            ack(s, seq);
+            snprintf(err, errlen, "sink '%s': out of memory", s->name);
+            return -1;
+        }
+        pd->seq = seq;
+        memcpy(pd->origin, origin ? origin : "", on + 1);
+        opaque = pd;
+    }
     for (int attempt = 0;; attempt++) {
         rd_kafka_headers_t *h = hdrs && hlen ? headers_of(hdrs, hlen) : NULL;
         rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
             RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (!e) return 0;                         /* the message owns h now */
+        if (!e) return 0;                         /* the message owns h now (and pd, until its report) */
         if (h) rd_kafka_headers_destroy(h);
         if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempt < 600) {
             rd_kafka_poll(s->rk, 100);            /* the producer's queue is full: wait for Kafka (backpressure) */
             continue;
         }
         if (!s->shared) ack(s, seq);              /* never queued: the error policy has it */
+        free(pd);
         snprintf(err, errlen, "sink '%s': cannot queue a message for topic %s: %s", s->name, s->topic, rd_kafka_err2str(e));
         return -1;
     }
@@ -371,7 +422,7 @@ int kafka_flush(kafka *k, int timeout_ms) {
 
 int kafka_dead_letter(kafka *k, const char *line, size_t n, char *err, size_t errlen) {
     if (!k->dead_letters) { snprintf(err, errlen, "dead_letter.kafka is not set"); return -1; }
-    return kafka_sink_send(k->dead_letters, NULL, 0, line, n, -1, NULL, 0, err, errlen);
+    return kafka_sink_send(k->dead_letters, NULL, 0, line, n, -1, NULL, 0, NULL, err, errlen);
 }
 
 kafka_sink *kafka_dead_letter_sink(kafka *k) { return k->dead_letters; }
@@ -612,4 +663,16 @@ int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen) {
     rd_kafka_topic_partition_list_destroy(l);
     rd_kafka_destroy(rk);
     return rc;
+}
+
+void kafka_metrics_dead_letters(kafka *k, struct evbuffer *out) {
+    if (!k) return;
+    pthread_mutex_lock(&k->mu);
+    for (int i = 0; i < k->nsinks; i++) {
+        kafka_sink *s = k->sinks[i];
+        if (s == k->dead_letters || s->shared) continue;
+        const char *labels[] = { "sink", s->name, NULL };
+        metrics_sample(out, "eddy_dead_letters_total", labels, (double)atomic_load(&s->dead_letters));
+    }
+    pthread_mutex_unlock(&k->mu);
 }

@@ -25,9 +25,17 @@ const char *kafka_bootstrap(const kafka *k);
 kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const opt_list *props,
                            char *err, size_t errlen);
 /* Queues one message (copied).  ts < 0: no timestamp; hdrs: a MessagePack
- * map of header names to strings, or NULL.  0, or -1 with err. */
+ * map of header names to strings, or NULL.  origin: a JSON object of the
+ * input position the message was made from ({"task", "source", "file" or
+ * "topic", "partition", "offset", "line"}), or NULL; copied and kept until
+ * the delivery report under on_error = "dead_letter", so that a message
+ * Kafka finally refuses is dead-lettered with it.  0, or -1 with err. */
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
-                    const char *hdrs, size_t hlen, char *err, size_t errlen);
+                    const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen);
+/* Appends the samples of eddy_dead_letters_total{sink} (messages Kafka
+ * refused after its retries, dead-lettered) to out, one per Kafka sink. */
+struct evbuffer;
+void kafka_metrics_dead_letters(kafka *k, struct evbuffer *out);
 /* The sequence number of the last message queued (0: none yet); and whether
  * every message up to seq was acknowledged (delivered, or refused and handed
  * to the error policy).  Any thread. */

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "kafka.h"
 #include "state.h"
+#include <jansson.h>
 #include <lauxlib.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -36,13 +37,44 @@ static const char *current_headers(const task *t, size_t *len) {
     return r->hdr_len ? t->io.data + r->hdr_off : NULL;
 }
 
+/* The input position of the record being processed, as the fields of a
+ * dead letter ({"task", "source", "file" or "topic", "partition", "offset",
+ * "line"}; only "task" for a window firing, which has none).  Owned text, or
+ * NULL. */
+static char *origin_json(const task *t) {
+    json_t *j = json_pack("{s:s}", "task", t->name);
+    if (!j) return NULL;
+    const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
+    const plan *p = t->cur.p;
+    const source_info *si = r && r->source < (uint32_t)p->nsources ? &p->sources[r->source] : NULL;
+    if (si) {
+        json_object_set_new(j, "source", json_string(si->name));
+        int part = r->partition;
+        if (si->kind == SRC_KAFKA && part >= 0 && part < si->nfiles) {
+            json_object_set_new(j, "topic", json_string(si->topics[si->ktopic[part]]));
+            json_object_set_new(j, "partition", json_integer(si->kpart[part]));
+        } else {
+            if (part >= 0 && part < si->nfiles) json_object_set_new(j, "file", json_string(si->files[part]));
+            json_object_set_new(j, "partition", json_integer(part));
+        }
+        json_object_set_new(j, "offset", json_integer(r->offset));
+        if (r->line > 0) json_object_set_new(j, "line", json_integer(r->line));
+    }
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return s;
+}
+
 int eddy_sink_write_kv(void *tp, int32_t idx, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
                        int32_t carry) {
     task *t = tp;
     if (idx < 0 || idx >= t->nsinks) return -1;
     size_t hlen = 0;
     const char *hdrs = carry ? current_headers(t, &hlen) : NULL;
-    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts, hdrs, hlen);
+    /* under dead_letter, a message Kafka refuses later is dead-lettered with where it came from */
+    char *origin = t->sh->cfg->on_error == ON_ERROR_DEAD_LETTER && sink_kafka(t->sinks[idx]) ? origin_json(t) : NULL;
+    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts, hdrs, hlen, origin);
+    free(origin);
     if (rc == -1) log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
     return rc;
 }

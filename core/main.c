@@ -5,6 +5,7 @@
 #include "daemon.h"
 #include "kafka_mock.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define EDDY_VERSION "0.1.0"
@@ -21,9 +22,9 @@ static void usage(FILE *out) {
         "                                  cluster); prints its bootstrap servers first; with --port,\n"
         "                                  listens on 127.0.0.1:P (0: any free port) and forwards\n"
         "                                  to the first broker\n"
-        "  eddy reload [--admin HOST:PORT] [--allow-dropped-state]\n"
+        "  eddy reload [--admin HOST:PORT] [--allow-dropped-state] [--token T]\n"
         "                                  ask a running daemon to reload its pipeline\n"
-        "  eddy savepoint [--admin HOST:PORT] [--stop]\n"
+        "  eddy savepoint [--admin HOST:PORT] [--stop] [--token T]\n"
         "                                  ask a running daemon for a savepoint; prints its folder\n"
         "  eddy run CONFIG --from-savepoint DIR [--allow-non-restored-state]\n"
         "                                  start from a savepoint (the pipeline may have changed)\n"
@@ -64,24 +65,28 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "reload") == 0) {
         const char *admin = "127.0.0.1:8600";
         const char *path = "/reload";
+        const char *token = getenv("EDDY_ADMIN_TOKEN");
         for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
             else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
             else if (strcmp(argv[i], "--allow-dropped-state") == 0) path = "/reload?allow_dropped_state=1";
+            else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) token = argv[++i];
             else { fprintf(stderr, "eddy reload: unknown argument '%s'\n", argv[i]); return 2; }
         }
-        return client_post(admin, path, NULL);
+        return client_post(admin, path, NULL, token);
     }
     if (strcmp(cmd, "savepoint") == 0) {
         const char *admin = "127.0.0.1:8600";
         const char *path = "/savepoint";
+        const char *token = getenv("EDDY_ADMIN_TOKEN");
         for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
             else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
             else if (strcmp(argv[i], "--stop") == 0) path = "/savepoint?stop=1";
+            else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) token = argv[++i];
             else { fprintf(stderr, "eddy savepoint: unknown argument '%s'\n", argv[i]); return 2; }
         }
-        return client_post(admin, path, "path");
+        return client_post(admin, path, "path", token);
     }
     fprintf(stderr, "eddy: unknown command '%s' (eddy help lists them)\n", cmd);
     return 2;

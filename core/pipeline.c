@@ -274,12 +274,44 @@ static int build_sources(plan *p, char *err, size_t errlen) {
     return 0;
 }
 
+/* path with symlinks resolved when it exists, else as given.  Owned. */
+static char *real_or_same(const char *path) {
+    char *r = realpath(path, NULL);
+    return r ? r : strdup(path);
+}
+
+/* A file sink writing into a folder a file source reads: its part files
+ * sit beside the input, and a glob that matches them (say in/ with every file) reads the
+ * output as input the next run (or at once, with follow).  A warning: the
+ * glob may well not match them. */
+static void warn_sink_in_input(const plan *p, const node *snk, const char *sink_dir) {
+    char *sd = real_or_same(sink_dir);
+    for (int s = 0; sd && s < p->nsources; s++) {
+        const source_info *si = &p->sources[s];
+        if (si->kind != SRC_FILE) continue;
+        for (int j = 0; j < si->nfiles; j++) {
+            char *f = real_or_same(si->files[j]);
+            char *slash = f ? strrchr(f, '/') : NULL;
+            int same = slash && (*slash = 0, strcmp(f, sd) == 0);
+            free(f);
+            if (same) {
+                log_warn("sink '%s' (%s) writes its part files into %s, the folder source '%s' reads its input from "
+                         "(%s): a later run, or this one with follow, may read the output as input; give the sink "
+                         "a folder of its own", snk->name, snk->where, sd, si->name, node_opt(&p->nodes[si->node - 1], "file"));
+                break;
+            }
+        }
+    }
+    free(sd);
+}
+
 /* Two file sinks in one folder would write the same part files. */
 static int check_sinks(const plan *p, char *err, size_t errlen) {
     for (int i = 0; i < p->nnodes; i++) {
         const node *a = &p->nodes[i];
         if (a->kind != NODE_SINK || !node_opt(a, "file")) continue;
         char *da = resolve(p->dir, node_opt(a, "file"));
+        if (da) warn_sink_in_input(p, a, da);
         for (int j = i + 1; j < p->nnodes && da; j++) {
             const node *b = &p->nodes[j];
             if (b->kind != NODE_SINK || !node_opt(b, "file")) continue;
@@ -457,7 +489,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     lua_pushstring(L, p->dir);        lua_setfield(L, -2, "dir");
     lua_pushboolean(L, cfg->sandbox_ffi); lua_setfield(L, -2, "ffi");
     lua_pushboolean(L, cfg->sandbox_os);  lua_setfield(L, -2, "os");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime nodes | err */
+    if (vm_pcall_bounded(v, 1, 1, cfg->limit_time_ms) != 0) {  /* runtime nodes | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;
     }

@@ -1,4 +1,5 @@
 #include "sched.h"
+#include "crash.h"
 #include "task.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@ void sched_wake(struct task *t) {
 
 static void *worker(void *arg) {
     sched *s = arg;
+    crash_thread_init();          /* a crash in user code is handled on its own stack */
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);

@@ -53,8 +53,9 @@ sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size
  * Kafka headers (a MessagePack map, or NULL); for file and stdout sinks only
  * the value is written.  0; -1 when the sink failed; -2 when only this record
  * was refused (sink_error says why). */
+/* origin: the input position as a JSON object's text (kafka_sink_send), or NULL. */
 int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts, const char *hdrs,
-                  size_t hlen);
+                  size_t hlen, const char *origin);
 /* The Kafka producer of a Kafka sink (borrowed), or NULL. */
 struct kafka_sink *sink_kafka(const sink *s);
 /* Writes out what is buffered (end of a batch).  0 or -1. */

@@ -86,11 +86,11 @@ sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size
 struct kafka_sink *sink_kafka(const sink *s) { return s->kind == SINK_KAFKA ? s->ks : NULL; }
 
 int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts, const char *hdrs,
-                  size_t hlen) {
+                  size_t hlen, const char *origin) {
     if (s->kind != SINK_KAFKA) return sink_write(s, p, n);
     if (s->failed) return -1;
     /* a record Kafka will not take (too large, say) is that record's error, not the sink's */
-    if (kafka_sink_send(s->ks, key, klen, p, n, ts, hdrs, hlen, s->error, sizeof s->error) < 0) return -2;
+    if (kafka_sink_send(s->ks, key, klen, p, n, ts, hdrs, hlen, origin, s->error, sizeof s->error) < 0) return -2;
     s->records++;
     return 0;
 }
@@ -152,7 +152,7 @@ int sink_flush(sink *s) {
 }
 
 int sink_write(sink *s, const char *p, size_t n) {
-    if (s->kind == SINK_KAFKA) return sink_write_kv(s, NULL, 0, p, n, -1, NULL, 0);
+    if (s->kind == SINK_KAFKA) return sink_write_kv(s, NULL, 0, p, n, -1, NULL, 0, NULL);
     if (s->failed) return -1;
     if (s->len + n + 1 > s->cap) {
         if (sink_flush(s) < 0) return -1;

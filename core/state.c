@@ -91,6 +91,12 @@ state_db *state_open(const char *dir, int64_t cache_bytes, const opt_list *rocks
     rocksdb_options_set_max_open_files(s->opts, 256);
     s->ttl_filter = rocksdb_compactionfilter_create(NULL, ttl_filter_free, ttl_filter, ttl_filter_name);
     rocksdb_options_set_compaction_filter(s->opts, s->ttl_filter);
+    /* RocksDB's info LOG keeps only its header (options at open).  Debian's
+     * librocksdb keeps its assertions, and its file logger asserts (SIGABRT)
+     * on the next line it logs after a write to a full disk failed — which
+     * is where RocksDB logs the failed write.  eddy reports RocksDB's errors
+     * itself instead (state_tx_commit, state_checkpoint). */
+    rocksdb_options_set_info_log_level(s->opts, 5);      /* rocksdb::HEADER_LEVEL */
     char *e = NULL;
     /* the config's state.rocksdb options, over these defaults */
     for (int i = 0; rocksdb_opts && i < rocksdb_opts->n; i++) {
@@ -406,12 +412,22 @@ int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, si
     return rc;
 }
 
+/* RocksDB's error e about writing into dir, as the message a user acts on:
+ * a full disk says so first, and what to do. */
+static void write_error(char *err, size_t errlen, const char *what, const char *dir, const char *e) {
+    if (strstr(e, "No space left on device"))
+        snprintf(err, errlen, "state.dir: no space left on device %s %s: free space there (or move "
+                 "state.dir), then run eddy again; RocksDB said: %s", what, dir, e);
+    else
+        snprintf(err, errlen, "state: %s %s failed: %s", what, dir, e);
+}
+
 int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
     if (!tx->dirty) return 0;
     char *e = NULL;
     rocksdb_write_writebatch_wi(tx->db->db, tx->db->wopts, tx->wb, &e);
     if (e) {
-        snprintf(err, errlen, "state: writing to %s failed: %s", tx->db->dir, e);
+        write_error(err, errlen, "writing to", tx->db->dir, e);
         rocksdb_free(e);
         return -1;
     }
@@ -441,7 +457,7 @@ int state_checkpoint(state_db *db, const char *dir, char *err, size_t errlen) {
     if (cp && !e) rocksdb_checkpoint_create(cp, dir, 0, &e);   /* 0: flush first, no WAL to copy */
     if (cp) rocksdb_checkpoint_object_destroy(cp);
     if (e) {
-        snprintf(err, errlen, "state: checkpoint into %s failed: %s", dir, e);
+        write_error(err, errlen, "a checkpoint into", dir, e);
         rocksdb_free(e);
         return -1;
     }

@@ -208,6 +208,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
                    .lua_dir = sh->lua_dir, .pipeline_dir = p->dir };
     tv->vm = vm_create(&vo, err, errlen);
     if (tv->vm) vm_watch_progress(tv->vm, &t->io.seq, &t->io.cur);
+    if (tv->vm) vm_set_owner(tv->vm, t);
     if (!tv->vm) goto err;
     lua_State *L = vm_state(tv->vm);
     lua_getglobal(L, "require");                               /* require */
@@ -262,7 +263,7 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     }
     lua_setfield(L, -2, "sources");
     lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime fns | err */
+    if (vm_pcall_bounded(tv->vm, 1, 1, cfg->limit_time_ms) != 0) {   /* runtime fns | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;
     }

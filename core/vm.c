@@ -1,4 +1,5 @@
 #include "vm.h"
+#include "clock.h"
 #include <lauxlib.h>
 #include <lualib.h>
 #include <luajit.h>
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct vm {
     lua_State *L;
@@ -29,6 +31,7 @@ struct vm {
     const int32_t *cur;
     uint64_t armed_seq;          /* their values when the hook was armed */
     int32_t armed_cur;
+    void *owner;                 /* vm_set_owner */
 };
 
 static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
@@ -203,6 +206,9 @@ void vm_leave(vm *v) {
     current_vm = NULL;
 }
 
+void vm_set_owner(vm *v, void *owner) { v->owner = owner; }
+void *vm_current_owner(void) { return current_vm ? current_vm->owner : NULL; }
+
 uint64_t vm_call(const vm *v) { return atomic_load(&((vm *)v)->calls); }
 
 void vm_arm(vm *v, uint64_t call) {
@@ -229,4 +235,54 @@ const char *vm_errstr(lua_State *L, int idx) {
     if (s) return s;
     if (lua_isnil(L, idx)) return "nil";
     return luaL_typename(L, idx);
+}
+
+/* ---- building a version under limits.time ------------------------------- */
+
+static __thread int64_t build_deadline;   /* this thread's CPU time in ms; the bounded call on this thread */
+static __thread int64_t build_limit;
+static __thread int build_expired;
+static __thread char build_where[300];    /* " (at pipeline.lua:4)": where the time ran out */
+
+/* The calling thread's CPU time in ms: a build is bounded by the time it
+ * computes, not by how busy the machine is (a runaway loop computes all the
+ * time; a build on a loaded machine waits its turn without counting). */
+static int64_t thread_cpu_ms(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return clock_mono_ms();
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void build_hook(lua_State *L, lua_Debug *ar) {
+    if (!build_expired && thread_cpu_ms() < build_deadline) return;
+    if (!build_expired) {
+        build_expired = 1;
+        build_where[0] = 0;
+        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+            snprintf(build_where, sizeof build_where, " (at %s:%d)", ar->short_src, ar->currentline);
+        lua_sethook(L, build_hook, LUA_MASKCOUNT, 1);   /* from now on: every instruction fails */
+    }
+    lua_pushfstring(L, "building the pipeline ran longer than %d ms (limits.time)%s", (int)build_limit, build_where);
+    lua_error(L);
+}
+
+int vm_pcall_bounded(vm *v, int nargs, int nresults, int64_t time_ms) {
+    lua_State *L = v->L;
+    build_limit = time_ms > 0 ? time_ms : 1000;
+    build_deadline = thread_cpu_ms() + build_limit;
+    build_expired = 0;
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+    lua_sethook(L, build_hook, LUA_MASKCOUNT, HOOK_STEP);
+    int rc = lua_pcall(L, nargs, nresults, 0);
+    lua_sethook(L, NULL, 0, 0);
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+    if (rc != 0 && build_expired) {
+        /* the error may have passed through the script's own handlers (or
+         * become "error in error handling"): say what happened */
+        lua_pop(L, 1);
+        lua_pushfstring(L, "building the pipeline ran longer than %d ms (limits.time)%s", (int)build_limit, build_where);
+    }
+    build_expired = 0;
+    return rc;
 }

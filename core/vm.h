@@ -51,8 +51,22 @@ void vm_interrupt(vm *v, const char *reason, uint64_t call);
  * vm_interrupt act only while that same call runs, so a signal that lands
  * after it ended cannot touch the next one. */
 uint64_t vm_call(const vm *v);
+/* The owner of the VM (the task, for crash.c) and, on this thread, the
+ * owner of the VM whose call is running now (between vm_enter and
+ * vm_leave), or NULL.  Async-signal-safe. */
+void vm_set_owner(vm *v, void *owner);
+void *vm_current_owner(void);
 /* Installs the signal handler vm_interrupt relies on; once per process. */
 void vm_global_init(void);
+
+/* lua_pcall(L, nargs, nresults, 0) for building a version of the pipeline
+ * (running the user's script, `eddy check`): runs on the calling thread under
+ * limits.time (time_ms, of the thread's CPU time) as well as limits.memory.  The JIT is off meanwhile,
+ * so a count hook sees every loop; once the time is up the hook raises an
+ * error at every instruction, so a script that catches it with pcall cannot
+ * go on.  Returns lua_pcall's result; on a timeout the error value is
+ * "building the pipeline ran longer than N ms (limits.time)". */
+int vm_pcall_bounded(vm *v, int nargs, int nresults, int64_t time_ms);
 
 /* Reports a Lua error value at the top of the stack as a string (borrowed
  * from the stack); never NULL. */

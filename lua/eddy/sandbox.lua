@@ -23,9 +23,89 @@ local function inside(dir, path)
   return path:sub(1, #dir + 1) == dir .. "/"
 end
 
+-- realpath(path): the path with every symlink resolved (libc's realpath), or
+-- nil when it does not exist.  The sandbox checks where a file really is, so
+-- a symlink in the pipeline's folder (`etc -> /etc`) leads nowhere outside.
+local ffi = require("ffi")
+pcall(ffi.cdef, "char *realpath(const char *path, char *resolved_path);")
+local PATH_MAX = 4096
+local function realpath(path)
+  local buf = ffi.new("char[?]", PATH_MAX + 1)
+  if ffi.C.realpath(path, buf) == nil then return nil end
+  return ffi.string(buf)
+end
+
+-- seekable(path): false for a FIFO or a socket, whose open() would wait
+-- for a writer (a build that never ends, which no hook can stop: it uses
+-- no CPU).  It is opened without waiting, and asked to seek: those cannot.
+pcall(ffi.cdef, "int open(const char *pathname, int flags, ...);")
+pcall(ffi.cdef, "long lseek(int fd, long offset, int whence);")
+pcall(ffi.cdef, "int close(int fd);")
+local O_RDONLY_NONBLOCK = 2048          -- O_RDONLY | O_NONBLOCK (Linux)
+local function seekable(path)
+  local fd = ffi.C.open(path, O_RDONLY_NONBLOCK)
+  if fd < 0 then return true end         -- io.open will say why
+  local ok = ffi.C.lseek(fd, 0, 2) >= 0
+  ffi.C.close(fd)
+  return ok
+end
+
+-- Nested coroutine resumes nest on the C stack (each resume is a C frame in
+-- LuaJIT, which counts none of them): unbounded recursion through
+-- coroutine.wrap overflows it and kills the process.  The sandbox's resume
+-- and wrap count how deep they are nested and refuse past MAX_RESUME_DEPTH
+-- (PUC Lua's limit of nested C calls), which is a Lua error like any other.
+local MAX_RESUME_DEPTH = 200
+M.MAX_RESUME_DEPTH = MAX_RESUME_DEPTH
+
+local function counted_coroutines()
+  local create, resume = coroutine.create, coroutine.resume
+  local depth = 0
+  local function leave(...)       -- allocates nothing: the count cannot be left raised
+    depth = depth - 1
+    return ...
+  end
+  local function too_deep()        -- the error names the user's call, two levels up
+    error("coroutines nested more than " .. MAX_RESUME_DEPTH .. " deep (unbounded recursion through coroutine.resume/wrap?)", 3)
+  end
+  local function counted_resume(co, ...)
+    if depth >= MAX_RESUME_DEPTH then too_deep() end
+    depth = depth + 1
+    return leave(resume(co, ...))
+  end
+  local function wrapped(ok, ...)
+    if not ok then error((...), 0) end   -- as coroutine.wrap: the error goes on, message unchanged
+    return ...
+  end
+  local co = {}
+  for k, v in pairs(coroutine) do co[k] = v end
+  co.resume = counted_resume
+  co.wrap = function(f)
+    local c = create(f)
+    return function(...)
+      if depth >= MAX_RESUME_DEPTH then too_deep() end
+      return wrapped(counted_resume(c, ...))
+    end
+  end
+  return co
+end
+
 -- opts: { dir = pipeline folder, ffi = bool, os = bool, log = function(msg) }
 function M.new(opts)
   local dir = opts.dir
+  local realdir = realpath(dir) or dir
+
+  -- within(path): path (absolute) is a file whose real place is inside the
+  -- pipeline's real folder; nil, err otherwise (err names the file)
+  local function within(path, shown)
+    local real = realpath(path)
+    if not real then return nil, "cannot open " .. shown end
+    if real:sub(1, #realdir + 1) ~= realdir .. "/" then
+      return nil, shown .. " leads outside " .. dir .. " (through a symlink to " .. real .. "): the sandbox reads only inside the pipeline's folder"
+    end
+    if not seekable(real) then return nil, shown .. " is not a regular file (a FIFO or a socket): the sandbox reads files" end
+    return real
+  end
   local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = pcall, xpcall = xpcall, select = select, tonumber = tonumber,
@@ -33,7 +113,7 @@ function M.new(opts)
     rawset = rawset, rawequal = rawequal, setmetatable = setmetatable,
     getmetatable = getmetatable, collectgarbage = collectgarbage,
     string = copy(string), table = copy(table), math = copy(math), bit = copy(bit),
-    coroutine = copy(coroutine),
+    coroutine = counted_coroutines(),
     os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime, getenv = os.getenv },
     print = function(...)
       local parts = {}
@@ -53,8 +133,11 @@ function M.new(opts)
         mode = mode or "r"
         if not mode:match("^r") or mode:find("%+") then return nil, "the sandbox opens files read-only" end
         if not inside(dir, path) then return nil, "the sandbox reads only inside " .. dir end
+        local shown = path
         if path:sub(1, 1) ~= "/" then path = dir .. "/" .. path end
-        return io.open(path, mode)
+        local real, err = within(path, shown)
+        if not real then return nil, err end
+        return io.open(real, mode)
       end,
     }
     base.io.lines = function(path)
@@ -85,12 +168,25 @@ function M.new(opts)
     return setfenv(f, env)
   end
 
-  local function load_user_file(rel)
+  -- load_user_file(rel[, trusted]): the chunk of the file rel in the
+  -- pipeline's folder.  Only the pipeline script itself (trusted: the
+  -- config names it) may be a symlink to a file elsewhere.
+  local function load_user_file(rel, trusted)
     local path = dir .. "/" .. rel
+    if not trusted then
+      if not realpath(path) then return nil, "cannot open " .. rel, "missing" end
+      local real, err = within(path, rel)
+      if not real then return nil, err end
+      path = real
+    end
     local fh = io.open(path, "r")
     if not fh then return nil, "cannot open " .. rel, "missing" end
-    local src = fh:read("*a")
+    local src, rerr = fh:read("*a")
     fh:close()
+    if type(src) ~= "string" then
+      -- a folder opens, but does not read
+      return nil, "cannot read " .. rel .. ": " .. (rerr or "not a file") .. " (a Lua file is expected)"
+    end
     local f, err = load(src, "@" .. rel, "t")   -- text only: LuaJIT does not verify bytecode
     if not f then return nil, err end
     return setfenv(f, env)

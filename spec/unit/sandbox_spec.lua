@@ -17,9 +17,9 @@ describe("eddy.sandbox", function()
   end
 
   -- runs src in env and returns what it returns (errors propagate)
-  local function run(env, src)
+  local function run(env, src, ...)
     local f = assert(loadstring(src, "=user"))
-    return setfenv(f, env)()
+    return setfenv(f, env)(...)
   end
 
   -- runs src in env; it must fail; returns the message
@@ -379,7 +379,89 @@ describe("eddy.sandbox", function()
     end)
   end)
 
+  describe("symlinks out of the folder", function()
+    local outside
+    before_each(function()
+      outside = H.tmpdir()
+      H.write(outside, "secret.txt", "top secret\n")
+      H.write(outside, "evil.lua", "return 'evil'\n")
+      os.execute("ln -s '" .. outside .. "' '" .. dir .. "/out'")
+      os.execute("ln -s '" .. outside .. "/evil.lua' '" .. dir .. "/evil.lua'")
+      H.write(dir, "mine/data.txt", "mine\n")
+      os.execute("ln -s mine '" .. dir .. "/alias'")
+    end)
+    after_each(function() H.rmdir(outside) end)
+
+    it("io.open and io.lines refuse a file whose real place is outside, naming it", function()
+      local env = new()
+      local f, err = run(env, "return io.open('out/secret.txt')")
+      assert.is_nil(f)
+      assert.matches("out/secret.txt leads outside", err, 1, true)
+      assert.matches("symlink", err)
+      assert.matches("leads outside", fails(env, "for l in io.lines('out/secret.txt') do end"), 1, true)
+      assert.is_nil((run(env, "return io.open(...)", dir .. "/out/secret.txt")))
+    end)
+
+    it("io.open and require refuse a FIFO (its open would wait for a writer forever)", function()
+      os.execute("mkfifo '" .. dir .. "/pipe' '" .. dir .. "/fifo.lua'")
+      local env = new()
+      local f, err = run(env, "return io.open('pipe')")
+      assert.is_nil(f)
+      assert.matches("pipe is not a regular file", err, 1, true)
+      assert.matches("fifo.lua is not a regular file", fails(env, "return require('fifo')"), 1, true)
+    end)
+
+    it("io.open follows a symlink that stays inside the folder", function()
+      local env = new()
+      assert.equal("mine\n", run(env, "local f = assert(io.open('alias/data.txt')); local s = f:read('*a'); f:close(); return s"))
+    end)
+
+    it("require, loadfile and dofile refuse a module that is a symlink to a file outside", function()
+      local env = new()
+      assert.matches("evil.lua leads outside", fails(env, "return require('evil')"), 1, true)
+      local f, err = run(env, "return loadfile('evil.lua')")
+      assert.is_nil(f)
+      assert.matches("leads outside", err)
+      assert.matches("leads outside", fails(env, "return dofile('evil.lua')"))
+      assert.matches("leads outside", fails(env, "return require('out.evil')"))
+    end)
+  end)
+
+  describe("coroutines", function()
+    it("unbounded recursion through coroutine.wrap is a Lua error, not a crash", function()
+      local env = new()
+      local e = fails(env, "local function f() return coroutine.wrap(f)() end; f()")
+      assert.matches("coroutines nested more than " .. sandbox.MAX_RESUME_DEPTH .. " deep", e, 1, true)
+      e = fails(env, "local function f() local co = coroutine.create(f); local ok, e = coroutine.resume(co); error(e, 0) end; f()")
+      assert.matches("nested more than", e)
+    end)
+
+    it("counts only what is nested: deep but bounded nesting works after a refusal, and yields pass through", function()
+      local env = new()
+      fails(env, "local function f() return coroutine.wrap(f)() end; f()")
+      assert.equal(150, run(env, [[
+        local function g(n) if n == 0 then return 0 end return coroutine.wrap(function() return 1 + g(n - 1) end)() end
+        return g(150)]]))
+      assert.same({ 1, 2, 3 }, run(env, [[
+        local out = {}
+        for v in coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end) do out[#out + 1] = v end
+        return out]]))
+      local ok, msg = run(env, "return coroutine.resume(coroutine.create(function() error('boom', 0) end))")
+      assert.is_false(ok)
+      assert.equal("boom", msg)
+      assert.equal("boom", fails(env, "coroutine.wrap(function() error('boom', 0) end)()"))
+    end)
+  end)
+
   describe("load_user_file and loadin", function()
+    it("load_user_file names a folder where a Lua file is expected", function()
+      os.execute("mkdir -p '" .. dir .. "/pl.lua'")
+      local _, load_user_file = new()
+      local f, err = load_user_file("pl.lua", true)
+      assert.is_nil(f)
+      assert.matches("cannot read pl.lua: ", err, 1, true)
+    end)
+
     it("load_user_file loads a file of the folder in the sandbox, named by its relative path", function()
       H.write(dir, "p.lua", "answer = 42\nreturn debug")
       local env, load_user_file = new()
