@@ -459,6 +459,25 @@ err:
     return rc;
 }
 
+int plan_push_runtime(vm *v, const plan *p, const config *cfg, const char *fn, int nrec, char *err, size_t errlen) {
+    lua_State *L = vm_state(v);
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");                               /* require */
+    lua_pushstring(L, "eddy.runtime");
+    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime | err */
+        snprintf(err, errlen, "%s", vm_errstr(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_getfield(L, -1, fn);                                   /* runtime fn */
+    lua_createtable(L, 0, 4 + nrec);                           /* runtime fn args */
+    lua_pushstring(L, p->script_rel); lua_setfield(L, -2, "script");
+    lua_pushstring(L, p->dir);        lua_setfield(L, -2, "dir");
+    lua_pushboolean(L, cfg->sandbox_ffi); lua_setfield(L, -2, "ffi");
+    lua_pushboolean(L, cfg->sandbox_os);  lua_setfield(L, -2, "os");
+    return 0;
+}
+
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen) {
     plan *p = calloc(1, sizeof *p);
     vm *v = NULL;
@@ -477,18 +496,11 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     v = vm_create(&vo, err, errlen);
     if (!v) goto err;
     lua_State *L = vm_state(v);
-    lua_getglobal(L, "require");                               /* require */
-    lua_pushstring(L, "eddy.runtime");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime | err */
-        snprintf(err, errlen, "cannot load the eddy runtime from %s: %s", lua_dir, vm_errstr(L, -1));
+    char lerr[2048];
+    if (plan_push_runtime(v, p, cfg, "plan", 0, lerr, sizeof lerr) < 0) {   /* runtime plan args */
+        snprintf(err, errlen, "cannot load the eddy runtime from %s: %s", lua_dir, lerr);
         goto err;
     }
-    lua_getfield(L, -1, "plan");                               /* runtime plan */
-    lua_createtable(L, 0, 4);                                  /* runtime plan args */
-    lua_pushstring(L, p->script_rel); lua_setfield(L, -2, "script");
-    lua_pushstring(L, p->dir);        lua_setfield(L, -2, "dir");
-    lua_pushboolean(L, cfg->sandbox_ffi); lua_setfield(L, -2, "ffi");
-    lua_pushboolean(L, cfg->sandbox_os);  lua_setfield(L, -2, "os");
     if (vm_pcall_bounded(v, 1, 1, cfg->limit_time_ms) != 0) {  /* runtime nodes | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;

@@ -71,6 +71,16 @@ typedef struct plan {
 /* Plans the pipeline the config names.  Returns an owned plan, or NULL with
  * err naming the file:line or config key at fault. */
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen);
+/* Starts eddy.runtime in VM v and pushes its entry point `fn` ("plan",
+ * "task") with an args table holding what every entry point takes from the
+ * plan and config (script, dir, ffi, os), room made for nrec more fields
+ * the caller sets before it calls fn: the one place the runtime is started,
+ * for the plan's control VM and every task's VM alike.  Lua stack:
+ * ... -> ... runtime fn args.  0, or -1 with the Lua error in err and the
+ * stack as it was. */
+struct vm;
+int plan_push_runtime(struct vm *v, const plan *p, const config *cfg, const char *fn, int nrec, char *err,
+                      size_t errlen);
 /* The content hash of a version (plan->hash): sha-256 of the script, then
  * of every .lua file beside it in name order, as hex.  0, or -1 with err. */
 int plan_hash(const char *script, char hex[65], char *err, size_t errlen);

@@ -211,18 +211,11 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     if (tv->vm) vm_set_owner(tv->vm, t);
     if (!tv->vm) goto err;
     lua_State *L = vm_state(tv->vm);
-    lua_getglobal(L, "require");                               /* require */
-    lua_pushstring(L, "eddy.runtime");
-    if (lua_pcall(L, 1, 1, 0) != 0) {                          /* runtime | err */
-        snprintf(err, errlen, "cannot load the eddy runtime: %s", vm_errstr(L, -1));
+    char lerr[2048];
+    if (plan_push_runtime(tv->vm, p, cfg, "task", 16, lerr, sizeof lerr) < 0) {   /* runtime task args */
+        snprintf(err, errlen, "cannot load the eddy runtime: %s", lerr);
         goto err;
     }
-    lua_getfield(L, -1, "task");                               /* runtime task */
-    lua_createtable(L, 0, 20);                                 /* runtime task args */
-    lua_pushstring(L, p->script_rel);      lua_setfield(L, -2, "script");
-    lua_pushstring(L, p->dir);             lua_setfield(L, -2, "dir");
-    lua_pushboolean(L, cfg->sandbox_ffi);  lua_setfield(L, -2, "ffi");
-    lua_pushboolean(L, cfg->sandbox_os);   lua_setfield(L, -2, "os");
     lua_pushlightuserdata(L, t);           lua_setfield(L, -2, "task");
     lua_pushlightuserdata(L, &t->io);      lua_setfield(L, -2, "io");
     lua_pushlightuserdata(L, tv->node_in);  lua_setfield(L, -2, "node_in");
