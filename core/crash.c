@@ -50,11 +50,9 @@ static void on_crash(int sig, siginfo_t *si, void *ctx) {
     const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
     const node *nd = t->io.cur_node >= 1 && t->io.cur_node <= p->nnodes ? &p->nodes[t->io.cur_node - 1] : NULL;
     const source_info *src = r && r->source < (uint32_t)p->nsources ? &p->sources[r->source] : NULL;
-    const char *file = src && r->partition >= 0 && r->partition < src->nfiles ? src->files[r->partition] : "?";
     const char *signame = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGILL ? "SIGILL" : "SIGFPE";
     char msg[1024], pos[512];
-    if (r) snprintf(pos, sizeof pos, "%s %s:%lld (byte %lld)", src ? src->name : "?", file, (long long)r->line,
-                    (long long)r->offset);
+    if (r) plan_describe_input(p, r->source, r->partition, r->line, r->offset, pos, sizeof pos);   /* (snprintf only) */
     else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
     snprintf(msg, sizeof msg, "operator %s (uid %s, %s) crashed the process (%s) on input %s",
              nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", signame, pos);

@@ -478,6 +478,21 @@ int plan_push_runtime(vm *v, const plan *p, const config *cfg, const char *fn, i
     return 0;
 }
 
+void plan_describe_input(const plan *p, uint32_t source, int32_t partition, int64_t line, int64_t offset, char *out,
+                         size_t n) {
+    const source_info *si = source < (uint32_t)p->nsources ? &p->sources[source] : NULL;
+    int known = si && partition >= 0 && partition < si->nfiles;
+    if (known && si->kind == SRC_KAFKA) {
+        snprintf(out, n, "%s topic %s partition %d offset %lld", si->name, si->topics[si->ktopic[partition]],
+                 si->kpart[partition], (long long)offset);
+        return;
+    }
+    char at[64] = "";
+    if (line > 0) snprintf(at, sizeof at, ":%lld", (long long)line);
+    snprintf(out, n, "%s%s%s%s (byte %lld)", si ? si->name : "?", known ? " " : "", known ? si->files[partition] : "",
+             at, (long long)offset);
+}
+
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen) {
     plan *p = calloc(1, sizeof *p);
     vm *v = NULL;

@@ -85,6 +85,12 @@ int plan_push_runtime(struct vm *v, const plan *p, const config *cfg, const char
  * of every .lua file beside it in name order, as hex.  0, or -1 with err. */
 int plan_hash(const char *script, char hex[65], char *err, size_t errlen);
 void plan_destroy(plan *p);          /* NULL is a no-op */
+/* Where an input record came from, for messages: "SOURCE FILE:LINE (byte
+ * N)" (no ":LINE" when line is 0), or "SOURCE topic T partition P offset N"
+ * for Kafka.  The watchdog and crash messages and the error policy's
+ * (runtime.lua's position()) say it the same way. */
+void plan_describe_input(const plan *p, uint32_t source, int32_t partition, int64_t line, int64_t offset, char *out,
+                         size_t n);
 /* Whether a running plan `old` can swap to `p` by a reload: the same sources
  * (files, formats), stages, channels and sinks; every window uid of old kept
  * with the same assigner unless allow_dropped_state.  0, or -1 with err. */

@@ -46,18 +46,12 @@ static const node *node_by_id(const plan *p, int id) {
     return id >= 1 && id <= p->nnodes ? &p->nodes[id - 1] : NULL;
 }
 
-static void describe_position(const daemon_state *d, const eddy_rec *r, char *out, size_t n) {
-    const source_info *si = r->source < (uint32_t)d->p->nsources ? &d->p->sources[r->source] : NULL;
-    const char *file = si && r->partition >= 0 && r->partition < si->nfiles ? si->files[r->partition] : "?";
-    snprintf(out, n, "%s %s:%lld (byte %lld)", si ? si->name : "?", file, (long long)r->line, (long long)r->offset);
-}
-
 static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
     /* a call without a batch (windows firing at the end, a tick) has no input record */
     const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
     const node *nd = node_by_id(t->cur.p, t->io.cur_node);
     char pos[1024], msg[2048];
-    if (r) describe_position(d, r, pos, sizeof pos);
+    if (r) plan_describe_input(d->p, r->source, r->partition, r->line, r->offset, pos, sizeof pos);
     else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
     snprintf(msg, sizeof msg,
              "operator %s (uid %s, %s) has run for %lld ms on input %s and cannot be interrupted "
