@@ -20,10 +20,6 @@
 
 #define SAVEPOINT_TIMEOUT_MS 60000
 
-static int holding_input(const task *t);
-static json_t *wm_json(int64_t wm);
-static json_t *input_json(const daemon_state *d, const task *t, int c);
-
 /* ---- /state, /explain ------------------------------------------------------ */
 
 static json_t *error_json(int *http_status, int code, const char *msg) {
@@ -110,38 +106,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
     char *uid = evhttp_uridecode(path + 9, 0, NULL);
     json_t *tasks = json_array();
     int found = 0;
-    for (int i = 0; uid && i < d->ntasks; i++) {
-        task *t = d->tasks[i];
-        pthread_mutex_lock(&t->swap_mu);
-        for (int k = 0; k < t->nwins; k++) {
-            if (strcmp(t->wins[k].uid, uid) != 0) continue;
-            found = 1;
-            int64_t end = window_next_end(t->wins[k].w);
-            json_t *jt = json_pack("{s:s, s:o, s:I}", "task", t->name, "watermark", wm_json(t->io.wm),
-                                   "open_windows", (json_int_t)window_open_count(t->wins[k].w));
-            if (end == INT64_MAX) {
-                json_object_set_new(jt, "oldest_window", json_null());
-                json_object_set_new(jt, "why", json_string("no window is waiting to fire"));
-            } else {
-                json_object_set_new(jt, "oldest_window", json_pack("{s:I}", "end", (json_int_t)end));
-                json_object_set_new(jt, "fires_at_watermark", json_integer(end - 1));
-                int h = holding_input(t);
-                char why[512];
-                if (h >= 0) {
-                    json_object_set_new(jt, "held_back_by", input_json(d, t, h));
-                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
-                             "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
-                             t->in[h]->producer->name, (long long)t->chan_wm[h]);
-                } else {
-                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
-                             "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));
-                }
-                json_object_set_new(jt, "why", json_string(why));
-            }
-            json_array_append_new(tasks, jt);
-        }
-        pthread_mutex_unlock(&t->swap_mu);
-    }
+    for (int i = 0; uid && i < d->ntasks; i++) found += task_explain_json(d->tasks[i], uid, tasks);
     if (!found) {
         json_decref(tasks);
         *http_status = 404;
@@ -212,94 +177,17 @@ static int h_health(void *ud, char *reason, size_t len) {
     if (d->waiting[0]) { snprintf(reason, len, "%s", d->waiting); return 0; }
     if (d->group && kgroup_down(d->group, reason, len)) return 0;
     for (int i = 0; i < d->ntasks; i++)
-        if (atomic_load(&d->tasks[i]->status) == TASK_FAILED) {
-            snprintf(reason, len, "task %s failed: %s", d->tasks[i]->name, d->tasks[i]->error);
+        if (task_status(d->tasks[i]) == TASK_FAILED) {
+            snprintf(reason, len, "task %s failed: %s", task_name(d->tasks[i]), task_error(d->tasks[i]));
             return 0;
         }
     return 1;
 }
 
-/* The input of keyed task t that holds its watermark back (the lowest among
- * inputs that are neither idle nor ended), or -1. */
-static int holding_input(const task *t) {
-    int at = -1;
-    for (int c = 0; c < t->nin; c++) {
-        if (t->ended[c] || t->chan_idle[c]) continue;
-        if (at < 0 || t->chan_wm[c] < t->chan_wm[at]) at = c;
-    }
-    return at;
-}
-
-static json_t *wm_json(int64_t wm) {
-    if (wm == TS_NONE) return json_null();
-    if (wm >= WM_END) return json_string("+inf");
-    return json_integer(wm);
-}
-
-/* Where an input comes from: the upstream task, and for a source task its
- * source, partition and file. */
-static json_t *input_json(const daemon_state *d, const task *t, int c) {
-    const task *up = t->in[c]->producer;
-    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(t->chan_wm[c]),
-                          "idle", t->chan_idle[c] != 0, "ended", t->ended[c] != 0);
-    if (up->source >= 0) {
-        const source_info *si = &d->p->sources[up->source];
-        json_object_set_new(j, "source", json_string(si->name));
-        json_object_set_new(j, "partition", json_integer(up->index));
-        json_object_set_new(j, "file", json_string(si->files[up->index]));
-    }
-    return j;
-}
-
-static const char *status_name(int s) {
-    return s == TASK_DONE ? "done" : s == TASK_FAILED ? "failed" : "running";
-}
-
 static json_t *h_status(void *ud) {
     daemon_state *d = ud;
     json_t *tasks = json_array();
-    for (int i = 0; i < d->ntasks; i++) {
-        task *t = d->tasks[i];
-        pthread_mutex_lock(&t->swap_mu);
-        size_t vm_bytes = vm_memory(t->cur.vm);
-        int version = task_version(t);
-        pthread_mutex_unlock(&t->swap_mu);
-        json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
-            "name", t->name, "stage", t->st->name, "index", t->index,
-            "status", status_name(atomic_load(&t->status)),
-            "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
-            "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
-            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_bytes);
-        json_object_set_new(jt, "version", json_integer(version));
-        json_object_set_new(jt, "last_reload_pause_ms", json_real((double)t->last_pause_us / 1000.0));
-        json_object_set_new(jt, "watermark", wm_json(t->io.wm));
-        if (t->source >= 0) {
-            const source_info *si = &d->p->sources[t->source];
-            json_object_set_new(jt, "source", json_string(si->name));
-            json_object_set_new(jt, "partition", json_integer(t->index));
-            if (si->kind == SRC_KAFKA) {
-                json_object_set_new(jt, "topic", json_string(si->topics[si->ktopic[t->index]]));
-                json_object_set_new(jt, "kafka_partition", json_integer(si->kpart[t->index]));
-                json_object_set_new(jt, "assigned", json_boolean(t->kp && kpart_state(t->kp) != KP_UNASSIGNED));
-            } else {
-                json_object_set_new(jt, "file", json_string(si->files[t->index]));
-            }
-            json_object_set_new(jt, "position", json_integer(t->position));
-        } else {
-            int depth = 0;
-            json_t *inputs = json_array();
-            for (int c = 0; c < t->nin; c++) {
-                depth += channel_depth(t->in[c]);
-                json_array_append_new(inputs, input_json(d, t, c));
-            }
-            json_object_set_new(jt, "queue", json_integer(depth));
-            json_object_set_new(jt, "inputs", inputs);
-            int h = holding_input(t);
-            if (h >= 0) json_object_set_new(jt, "held_back_by", json_string(t->in[h]->producer->name));
-        }
-        if (t->error[0]) json_object_set_new(jt, "error", json_string(t->error));
-        json_array_append_new(tasks, jt);
-    }
+    for (int i = 0; i < d->ntasks; i++) json_array_append_new(tasks, task_status_json(d->tasks[i]));
     char hash[13];
     const plan *cur = d->plans[d->nplans - 1];
     snprintf(hash, sizeof hash, "%.12s", cur->hash);
@@ -329,22 +217,11 @@ static void task_metrics(const daemon_state *d, struct evbuffer *out) {
     for (size_t m = 0; m < sizeof per_task / sizeof per_task[0]; m++) {
         metrics_family(out, per_task[m].name, per_task[m].which == 5 ? "gauge" : "counter", per_task[m].help);
         for (int i = 0; i < d->ntasks; i++) {
-            task *t = d->tasks[i];
-            double v = 0;
-            switch (per_task[m].which) {
-            case 0: v = (double)t->records_in; break;
-            case 1: v = (double)t->records_out; break;
-            case 2: v = (double)t->io.errors; break;
-            case 3: v = (double)t->io.skipped; break;
-            case 4: v = (double)t->io.dead_letters; break;
-            default:
-                pthread_mutex_lock(&t->swap_mu);
-                v = (double)vm_memory(t->cur.vm);
-                pthread_mutex_unlock(&t->swap_mu);
-                break;
-            }
-            const char *labels[] = {"task", t->name, NULL};
-            metrics_sample(out, per_task[m].name, labels, v);
+            task_counters c;
+            task_get_counters(d->tasks[i], &c);
+            long which[] = {c.records_in, c.records_out, c.errors, c.skipped, c.dead_letters, (long)c.vm_memory};
+            const char *labels[] = {"task", task_name(d->tasks[i]), NULL};
+            metrics_sample(out, per_task[m].name, labels, (double)which[per_task[m].which]);
         }
         if (per_task[m].which == 4) kafka_metrics_dead_letters(d->sh.kafka, out);   /* {sink}: refused after retries */
     }
@@ -355,52 +232,28 @@ static void operator_metrics(const daemon_state *d, struct evbuffer *out) {
     for (int dir = 0; dir < 2; dir++) {
         const char *name = dir == 0 ? "eddy_operator_records_in_total" : "eddy_operator_records_out_total";
         metrics_family(out, name, "counter", dir == 0 ? "Records into an operator, per task." : "Records out of an operator, per task.");
-        for (int i = 0; i < d->ntasks; i++) {
-            task *t = d->tasks[i];
-            pthread_mutex_lock(&t->swap_mu);          /* cur must not change under us */
-            const plan *tp = t->cur.p;
-            for (int k = 0; k < t->cur.st->nnodes; k++) {
-                const node *nd = &tp->nodes[t->cur.st->nodes[k] - 1];
-                const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
-                metrics_sample(out, name, labels, (double)(dir == 0 ? t->cur.node_in[nd->id] : t->cur.node_out[nd->id]));
-            }
-            pthread_mutex_unlock(&t->swap_mu);
-        }
+        for (int i = 0; i < d->ntasks; i++) task_operator_samples(d->tasks[i], out, name, dir);
     }
     metrics_family(out, "eddy_channel_queue_depth", "gauge", "Batches waiting in a channel between two tasks.");
     for (int c = 0; c < d->nchans; c++) {
         channel *ch = d->chans[c];
-        const char *labels[] = {"from", ch->producer->name, "to", ch->consumer->name, NULL};
+        const char *labels[] = {"from", task_name(ch->producer), "to", task_name(ch->consumer), NULL};
         metrics_sample(out, "eddy_channel_queue_depth", labels, channel_depth(ch));
     }
     metrics_family(out, "eddy_late_records_dropped_total", "counter",
                    "Records too late for every window of an operator, with no side output to take them.");
-    for (int i = 0; i < d->ntasks; i++) {
-        pthread_mutex_lock(&d->tasks[i]->swap_mu);
-        for (int k = 0; k < d->tasks[i]->nwins; k++) {
-            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;     /* a window's helper store */
-            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
-            metrics_sample(out, "eddy_late_records_dropped_total", labels, (double)window_late_dropped(d->tasks[i]->wins[k].w));
-        }
-        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
-    }
+    for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_late_records_dropped_total", 0);
     metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
-    for (int i = 0; i < d->ntasks; i++) {
-        pthread_mutex_lock(&d->tasks[i]->swap_mu);
-        for (int k = 0; k < d->tasks[i]->nwins; k++) {
-            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;
-            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
-            metrics_sample(out, "eddy_open_windows", labels, (double)window_open_count(d->tasks[i]->wins[k].w));
-        }
-        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
-    }
+    for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_open_windows", 1);
     metrics_family(out, "eddy_watermark_lag_ms", "gauge",
                    "Wall-clock time minus a task's event-time watermark (tasks that have one).");
     int64_t now = clock_wall_ms();
     for (int i = 0; i < d->ntasks; i++) {
-        int64_t wm = d->tasks[i]->io.wm;
+        task_counters c;
+        task_get_counters(d->tasks[i], &c);
+        int64_t wm = c.watermark;
         if (wm == TS_NONE || wm >= ((int64_t)1 << 62)) continue;
-        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        const char *labels[] = {"task", task_name(d->tasks[i]), NULL};
         metrics_sample(out, "eddy_watermark_lag_ms", labels, (double)(now - wm));
     }
 }
@@ -435,14 +288,16 @@ static void reload_metrics(const daemon_state *d, struct evbuffer *out) {
     metrics_sample(out, "eddy_reloads_total", err_l, (double)d->reloads_failed);
     metrics_family(out, "eddy_pipeline_version", "gauge", "The pipeline version each task runs.");
     for (int i = 0; i < d->ntasks; i++) {
-        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        const char *labels[] = {"task", task_name(d->tasks[i]), NULL};
         metrics_sample(out, "eddy_pipeline_version", labels, task_version(d->tasks[i]));
     }
     metrics_family(out, "eddy_reload_pause_seconds", "gauge",
                    "Last reload: time between a task's last record on the old version and its first on the new.");
     for (int i = 0; i < d->ntasks; i++) {
-        const char *labels[] = {"task", d->tasks[i]->name, NULL};
-        metrics_sample(out, "eddy_reload_pause_seconds", labels, (double)d->tasks[i]->last_pause_us / 1e6);
+        task_counters c;
+        task_get_counters(d->tasks[i], &c);
+        const char *labels[] = {"task", task_name(d->tasks[i]), NULL};
+        metrics_sample(out, "eddy_reload_pause_seconds", labels, (double)c.last_pause_us / 1e6);
     }
 }
 
@@ -481,9 +336,9 @@ static void state_metrics(const daemon_state *d, struct evbuffer *out) {
 static void task_state_metrics(const daemon_state *d, struct evbuffer *out) {
     metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
     int counts[3] = {0, 0, 0};
-    for (int i = 0; i < d->ntasks; i++) counts[atomic_load(&d->tasks[i]->status)]++;
+    for (int i = 0; i < d->ntasks; i++) counts[task_status(d->tasks[i])]++;
     for (int s = 0; s < 3; s++) {
-        const char *labels[] = {"state", status_name(s), NULL};
+        const char *labels[] = {"state", task_status_name(s), NULL};
         metrics_sample(out, "eddy_tasks", labels, counts[s]);
     }
 }

@@ -1,4 +1,5 @@
 #include "checkpoint.h"
+#include "task_impl.h"   /* an exception: see task_impl.h */
 #include "clock.h"
 #include "files.h"
 #include "kafka.h"

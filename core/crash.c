@@ -46,9 +46,9 @@ static void on_crash(int sig, siginfo_t *si, void *ctx) {
         raise(sig);
         return;
     }
-    const plan *p = t->cur.p;
-    const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
-    const node *nd = t->io.cur_node >= 1 && t->io.cur_node <= p->nnodes ? &p->nodes[t->io.cur_node - 1] : NULL;
+    const plan *p = task_plan(t);
+    const eddy_rec *r = task_current_record(t);
+    const node *nd = task_current_node(t);
     const source_info *src = r && r->source < (uint32_t)p->nsources ? &p->sources[r->source] : NULL;
     const char *signame = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGILL ? "SIGILL" : "SIGFPE";
     char msg[1024], pos[512];
@@ -59,7 +59,7 @@ static void on_crash(int sig, siginfo_t *si, void *ctx) {
     int saved = 0;
     if (r && src && poison_path[0]) {
         char doc[4096], a[512], b[512], c[512], d[1200], e[512];
-        json_str(a, sizeof a, t->name);
+        json_str(a, sizeof a, task_name(t));
         json_str(b, sizeof b, src->name);
         json_str(c, sizeof c, nd ? nd->uid : "");
         json_str(d, sizeof d, msg);
@@ -78,7 +78,7 @@ static void on_crash(int sig, siginfo_t *si, void *ctx) {
         }
     }
     char line[2048];
-    int n = snprintf(line, sizeof line, "eddy: [task:%s] %s; stopping. %s\n", t->name, msg,
+    int n = snprintf(line, sizeof line, "eddy: [task:%s] %s; stopping. %s\n", task_name(t), msg,
                      saved ? "The next start hands this record to the error policy (its position is in "
                              "state.dir/poison.json)." : "");
     if (n > 0) write_all(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);

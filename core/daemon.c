@@ -113,10 +113,10 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
          * fetched (the broker keeps the rest) until its channels have room;
          * decided here, so that it holds even while every worker is busy */
         for (int i = 0; i < d->ntasks; i++)
-            if (d->tasks[i]->kp) kpart_pause(d->tasks[i]->kp, task_outputs_full(d->tasks[i]));
+            if (task_kpart(d->tasks[i])) kpart_pause(task_kpart(d->tasks[i]), task_outputs_full(d->tasks[i]));
     }
     for (int i = 0; i < d->ntasks; i++)
-        if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
+        if (task_pollable(d->tasks[i]) && task_status(d->tasks[i]) == TASK_RUNNING) sched_wake(d->tasks[i]);
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -145,7 +145,7 @@ static void on_checkpoint(evutil_socket_t fd, short what, void *arg) {
 
 static void on_task_done(void *ud, task *t) {
     daemon_state *d = ud;
-    if (atomic_load(&t->status) == TASK_FAILED && atomic_fetch_add(&d->failed, 1) == 0)
+    if (task_status(t) == TASK_FAILED && atomic_fetch_add(&d->failed, 1) == 0)
         atomic_store(&d->sh.aborting, 1);
     atomic_fetch_add(&d->ended, 1);
     event_active(d->done_ev, EV_READ, 0);
@@ -233,8 +233,8 @@ static int on_group_checkpoint(void *ud) {
 
 static void on_acked(void *ud, int source_task, uint64_t marker, int64_t position) {
     daemon_state *d = ud;
-    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->kp)
-        kpart_acked(d->tasks[source_task]->kp, marker, position);
+    if (source_task >= 0 && source_task < d->ntasks && task_kpart(d->tasks[source_task]))
+        kpart_acked(task_kpart(d->tasks[source_task]), marker, position);
 }
 
 typedef struct resolve_ctx { daemon_state *d; int why; } resolve_ctx;
@@ -285,8 +285,8 @@ static int wait_for_kafka(daemon_state *d, char *err, size_t errlen) {
 static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (t->source < 0) continue;
-        const source_info *si = &d->p->sources[t->source];
+        if (task_source(t) < 0) continue;
+        const source_info *si = &d->p->sources[task_source(t)];
         if (si->kind != SRC_KAFKA) continue;
         const node *nd = &d->p->nodes[si->node - 1];
         const opt *mb = opt_find(&nd->opts, "max_bytes");
@@ -297,10 +297,11 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
                      nd->where, mb->s);
             return -1;
         }
-        t->kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[t->index]], si->kpart[t->index], t->id,
-                           si->start, max_bytes);
-        if (!t->kp) { snprintf(err, errlen, "out of memory"); return -1; }
-        if (si->bounded) kpart_set_bounded(t->kp);
+        kpart *kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[task_index(t)]], si->kpart[task_index(t)], i,
+                               si->start, max_bytes);
+        if (!kp) { snprintf(err, errlen, "out of memory"); return -1; }
+        task_attach_kpart(t, kp);
+        if (si->bounded) kpart_set_bounded(kp);
     }
     return 0;
 }
@@ -357,7 +358,7 @@ static int build_tasks(daemon_state *d, char *err, size_t errlen) {
     for (int i = 0; i < d->ntasks; i++) {
         char terr[2048];
         if (task_start(d->tasks[i], terr, sizeof terr) < 0) {
-            snprintf(err, errlen, "task %s: %s", d->tasks[i]->name, terr);
+            snprintf(err, errlen, "task %s: %s", task_name(d->tasks[i]), terr);
             goto err;
         }
     }
@@ -392,6 +393,7 @@ void daemon_free(daemon_state *d) {
     pthread_mutex_destroy(&d->sh.dead_letter_mu);
     pthread_mutex_destroy(&d->sh.stdout_mu);
     watchdog_free_poison(d->sh.poison);
+    free(d->wd_marks);
     for (int i = 0; i < d->nplans; i++) plan_destroy(d->plans[i]);
     free(d->plans);
     if (!d->nplans) plan_destroy(d->p);
@@ -584,7 +586,7 @@ static int start_workers(daemon_state *d) {
         if (!d->watch) log_warn("%s: the pipeline will not reload on file changes", err);
     }
     d->s = sched_create(d->cfg->threads, on_task_done, d);
-    for (int i = 0; i < d->ntasks; i++) d->tasks[i]->se.s = d->s;
+    for (int i = 0; i < d->ntasks; i++) task_set_sched(d->tasks[i], d->s);
     if (!d->s || sched_start(d->s, err, sizeof err) < 0) { log_error("%s", err); return -1; }
     d->workers_running = 1;
     d->workers_ran = 1;
@@ -629,8 +631,8 @@ static int finish_run(daemon_state *d) {
     }
     if (atomic_load(&d->failed)) {
         for (int i = 0; i < d->ntasks; i++)
-            if (atomic_load(&d->tasks[i]->status) == TASK_FAILED) {
-                fprintf(stderr, "eddy: task %s failed: %s\n", d->tasks[i]->name, d->tasks[i]->error);
+            if (task_status(d->tasks[i]) == TASK_FAILED) {
+                fprintf(stderr, "eddy: task %s failed: %s\n", task_name(d->tasks[i]), task_error(d->tasks[i]));
                 break;
             }
         code = 1;
@@ -641,7 +643,11 @@ static int finish_run(daemon_state *d) {
         if (!code) recovery_clean_end(d);
         if (d->sh.poison && atomic_load(&d->sh.poison->hit)) unlink(d->poison_path);
         long in = 0;
-        for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->source >= 0) in += d->tasks[i]->records_in;
+        for (int i = 0; i < d->ntasks; i++) {
+            task_counters c;
+            task_get_counters(d->tasks[i], &c);
+            if (task_source(d->tasks[i]) >= 0) in += c.records_in;
+        }
         log_info("%s: %ld records read in %.3f s", atomic_load(&d->sh.stopping) ? "stopped" : "finished", in,
                  (clock_mono_ms() - d->started_ms) / 1000.0);
     }

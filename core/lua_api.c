@@ -3,7 +3,7 @@
 #include "keygroup.h"
 #include "log.h"
 #include "sink.h"
-#include "task.h"
+#include "task_impl.h"   /* an exception: see task_impl.h */
 #include "window.h"
 #include "clock.h"
 #include "config.h"

@@ -93,16 +93,18 @@ static void save_positions(daemon_state *d) {
     json_t *a = json_array();
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (t->source < 0 || !t->src) continue;
-        const source_info *si = &d->p->sources[t->source];
+        if (task_source(t) < 0 || !task_reader(t)) continue;
+        const source_info *si = &d->p->sources[task_source(t)];
         if (si->kind != SRC_FILE) { all_ended = 0; continue; }
         files++;
-        if (!t->input_ended) all_ended = 0;
+        if (!task_input_ended(t)) all_ended = 0;
+        int64_t wm, maxts;
+        task_end_marks(t, &wm, &maxts);
         json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
-            "file", si->files[t->index], "offset", (json_int_t)source_position(t->src),
-            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->wm_at_end, "max_ts", (json_int_t)t->io.maxts));
+            "file", si->files[task_index(t)], "offset", (json_int_t)source_position(task_reader(t)),
+            "line", (json_int_t)source_line(task_reader(t)), "watermark", (json_int_t)wm, "max_ts", (json_int_t)maxts));
     }
-    for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->kp) all_ended = 0;   /* Kafka never ends */
+    for (int i = 0; i < d->ntasks; i++) if (task_kpart(d->tasks[i])) all_ended = 0;   /* Kafka never ends */
     char path[PATH_MAX];
     if (files > 0 && all_ended) {
         snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);

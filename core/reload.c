@@ -88,7 +88,7 @@ plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running
         char terr[1024];
         tvs[i] = task_prepare(tasks[i], p, version, terr, sizeof terr);
         if (!tvs[i]) {
-            snprintf(err, errlen, "task %s: %s", tasks[i]->name, terr);
+            snprintf(err, errlen, "task %s: %s", task_name(tasks[i]), terr);
             for (int j = 0; j < i; j++) { task_vm_destroy(tvs[j]); tvs[j] = NULL; }
             /* the refused version's VMs opened window state of its own uids: drop it */
             for (int j = 0; j <= i; j++) task_forget_windows(tasks[j], running, 0);
@@ -107,7 +107,7 @@ err:
 int reload_in_progress(daemon_state *d) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (atomic_load(&t->status) == TASK_RUNNING && task_version(t) != d->version) return 1;
+        if (task_status(t) == TASK_RUNNING && task_version(t) != d->version) return 1;
     }
     return 0;
 }
@@ -166,7 +166,7 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
      * downstream first (tasks are numbered sources first), and a keyed task
      * that aligns a barrier before its version arrives waits for it */
     for (int i = d->ntasks - 1; i >= 0; i--) {
-        if (atomic_load(&d->tasks[i]->status) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
+        if (task_status(d->tasks[i]) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
         else task_vm_destroy(tvs[i]);
     }
     free(tvs);

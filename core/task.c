@@ -1,4 +1,4 @@
-#include "task.h"
+#include "task_impl.h"
 #include <sys/stat.h>
 #include "log.h"
 #include "lua_api.h"

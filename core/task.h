@@ -2,13 +2,18 @@
  * source task, channels for a keyed task), its outputs (channels to keyed
  * stages, sinks chained in it).  task_step() runs at most one batch: read or
  * pop it, hand it to the task's Lua function once, and route what comes out.
- * Calls vm, channel, source, sink, sched and the Lua runtime. */
+ * A task is opaque: its inside (task_impl.h, with which thread may touch
+ * which field) is for task*.c; the rest of eddy asks through the functions
+ * below (its facts, counters, /status and /explain objects, metric samples,
+ * the call in progress, its source partition).  Calls vm, channel, source,
+ * sink, sched and the Lua runtime. */
 #ifndef EDDY_TASK_H
 #define EDDY_TASK_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <jansson.h>
 #include "batch.h"
 #include "channel.h"
 #include "codec.h"
@@ -19,6 +24,8 @@
 #include "state.h"
 
 struct vm;
+struct evbuffer;
+struct kpart;
 struct sink;
 struct source_reader;
 
@@ -60,99 +67,8 @@ typedef struct poison {
     atomic_int hit;
 } poison;
 
-/* Channels to one downstream keyed stage: one per downstream task. */
-typedef struct out_port {
-    int stage;
-    int ntargets;
-    channel **ch;
-    batch **pending;            /* the batch being filled for each target */
-} out_port;
-
-/* One version of a task's logic: its VM and what depends on the plan it was
- * built from.  A reload prepares a new one off the hot path and the task
- * swaps to it at a barrier. */
-typedef struct task_vm {
-    struct vm *vm;
-    int batch_ref, inputs_ref, finish_ref, tick_ref;   /* the Lua runtime's entry points */
-    const plan *p;              /* borrowed: the daemon keeps every plan until exit */
-    const stage *st;            /* this task's stage in p */
-    int version;
-    int *sink_of_node;          /* sink node id -> sinks index, [p->nnodes + 1] */
-    int *out_of_node;           /* key_by node id -> outs index, [p->nnodes + 1] */
-    uint64_t *node_in, *node_out;   /* records per node, [p->nnodes + 1] */
-} task_vm;
-
-/* The state of one window operator, by uid: it outlives VMs. */
-typedef struct task_window {
-    char *uid;
-    int64_t size, advance, offset, lateness;
-    struct window_op *w;
-} task_window;
-
-typedef struct task {
-    sched_entry se;             /* first: sched reaches it through task_sched_entry */
-    int id;                     /* 0..ntasks-1, global */
-    char name[96];
-    task_shared *sh;
-    const stage *st;
-    int index;                  /* within its stage */
-    task_vm cur;                /* the version running */
-    pthread_mutex_t swap_mu;    /* held while cur and wins change; readers on other threads take it */
-    _Atomic(task_vm *) next;    /* a prepared version waiting for its barrier */
-    task_vm *retired;           /* the version swapped out: closed after the first batch on the new one */
-    task_window *wins; int nwins;
-    eddy_io io;
-
-    channel **in; int nin;      /* keyed task inputs */
-    int eos;                    /* inputs that have ended */
-    unsigned char *ended;       /* [nin]: input c has ended */
-    unsigned char *held;        /* [nin]: input c delivered a barrier and waits for the others */
-    int nheld;
-    int64_t barrier_version;    /* the version the held barrier announces */
-    int64_t held_checkpoint;    /* > 0: the held barriers are of this checkpoint (not a reload) */
-    _Atomic int64_t ckpt_req;   /* sources: the checkpoint whose barrier to send at the next batch boundary */
-    _Atomic int64_t ckpt_passed;    /* the last checkpoint barrier this task passed (then it waits for release) */
-    int64_t *chan_wm;           /* [nin]: watermark of each input (survives reloads) */
-    uint8_t *chan_idle;         /* [nin]: input c is idle */
-    int64_t sent_wm;            /* the last watermark sent downstream as a mark */
-    int idle_sent;              /* an idle mark went downstream and no record since */
-    int64_t last_record_ms;     /* sources: processing time of the last record read */
-    int input_ended;            /* sources: finished at the end of the input (not by a stop) */
-    int64_t boot_end;           /* a bootstrap file source: the file's size at the start (what it reads first) */
-    atomic_int boot_reached;    /* a bootstrap source: read to its end (the others may start once it is drained) */
-    int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
-    int64_t wm_at_end;          /* the watermark before finish made it +inf */
-    int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
-    int64_t last_tick_ms;
-    int rr;                     /* round-robin start */
-    out_port *outs; int nouts;
-    struct sink **sinks; int nsinks;
-
-    struct source_reader *src;  /* source tasks reading a file or stdin */
-    struct kpart *kp;           /* source tasks reading a Kafka partition (set by the daemon) */
-    int64_t last_mark_ms;       /* when it last sent a marker (monotonic) */
-    int64_t marked_position;    /* the position that marker had */
-    int source;                 /* source index, or -1 */
-    batch *inbatch;             /* source tasks: the batch being read into */
-    buf packbuf;                /* reused to pack shuffled values */
-    state_tx *stx;              /* keyed tasks with state: this batch's writes, committed after it */
-    uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */
-    state_key skey;             /* reused to build state keys */
-    buf statebuf;               /* reused to encode state values */
-    struct timer_book *timer_books; int ntimer_books;   /* per operator and kind: where its timers are (lua_api.c) */
-
-    atomic_int status;          /* TASK_* */
-    char error[2048];
-    atomic_long records_in, records_out, batches;
-    atomic_long position;       /* source tasks: byte offset read up to */
-    int64_t log_window; int log_count;   /* rate limit of per-record messages */
-    int64_t wd_seq; int32_t wd_cur; int64_t wd_since_ms; int wd_armed, wd_interrupted;  /* watchdog */
-    uint64_t wd_call;           /* the VM call the watchdog is watching (vm_call) */
-    int64_t last_call_end_us;   /* when the last batch call ended (monotonic) */
-    int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */
-    atomic_long last_pause_us;  /* last record on the old version -> first on the new */
-    atomic_long reloads;        /* versions swapped in */
-} task;
+typedef struct task_vm task_vm;     /* one version of a task's logic (task_impl.h) */
+typedef struct task task;           /* opaque outside task*.c (task_impl.h) */
 
 /* Creates task `index` of stage `st` with its VM and the user's functions
  * loaded.  Channels are attached afterwards (task_add_input/task_add_output).
@@ -185,5 +101,59 @@ int task_pollable(const task *t);
 int task_bootstrap_add(task_shared *sh, task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
 /* 1 when a channel to a downstream task is full (backpressure).  Any thread. */
 int task_outputs_full(task *t);
+
+/* ---- what other units read of a task (task_status.c) ---------------------- */
+
+const char *task_name(const task *t);      /* any thread */
+int task_index(const task *t);             /* within its stage */
+int task_source(const task *t);            /* a source task's source index, or -1 */
+int task_status(const task *t);            /* TASK_*; any thread */
+const char *task_status_name(int status);  /* "running", "done", "failed" */
+const char *task_error(const task *t);     /* why it failed: read once task_status() says TASK_FAILED */
+void task_set_sched(task *t, sched *s);    /* before the workers start */
+
+/* Counters, for metrics and logs; any thread (atomics; the VM's memory
+ * under swap_mu). */
+typedef struct task_counters {
+    long records_in, records_out, errors, skipped, dead_letters;
+    size_t vm_memory;
+    int64_t watermark;          /* TS_NONE before any; WM_END and above once ended */
+    long last_pause_us;         /* the last reload's pause */
+} task_counters;
+void task_get_counters(task *t, task_counters *c);
+/* GET /status: the task's object (counters, version, watermark, its source
+ * partition or its inputs and which holds the watermark back).  Owned.
+ * Event loop. */
+json_t *task_status_json(task *t);
+/* GET /explain/UID: appends to `tasks` one object per window operator of
+ * uid `uid` that t runs (why its oldest window has not fired); returns how
+ * many.  Event loop. */
+int task_explain_json(task *t, const char *uid, json_t *tasks);
+/* Metric samples of family `name` (the caller wrote the family line): per
+ * operator, records in (dir 0) or out (1); per window operator, records
+ * dropped late (which 0) or open windows (1).  Event loop. */
+void task_operator_samples(task *t, struct evbuffer *out, const char *name, int dir);
+void task_window_samples(task *t, struct evbuffer *out, const char *name, int which);
+
+/* The call in progress, for the watchdog (event loop) and the crash handler
+ * (the task's own worker, in a signal handler). */
+/* 1 while t is in a Lua call, with its progress marks (batch seq, record). */
+int task_in_call(const task *t, int64_t *seq, int32_t *cur);
+uint64_t task_call_id(task *t);            /* vm_call() of the running version */
+/* A call that overran: arms the VM's hook (arm) and/or interrupts it with
+ * reason `interrupt` (non-NULL), if `call` is still the one running. */
+void task_call_overrun(task *t, uint64_t call, int arm, const char *interrupt);
+const eddy_rec *task_current_record(const task *t);   /* the record the call is on, or NULL */
+const node *task_current_node(const task *t);         /* the operator it is in, or NULL */
+const plan *task_plan(const task *t);                 /* the plan of the running version */
+
+/* A source task's partition (daemon.c, recovery.c). */
+struct kpart *task_kpart(const task *t);              /* Kafka, or NULL */
+void task_attach_kpart(task *t, struct kpart *kp);    /* before the workers start */
+struct source_reader *task_reader(const task *t);     /* a file or stdin, or NULL */
+int task_input_ended(const task *t);                  /* it read all of its input (after the workers stopped) */
+/* What a stopped source saves beside its position: its watermark before
+ * the end made it +inf, and the highest event time it read. */
+void task_end_marks(const task *t, int64_t *wm, int64_t *maxts);
 
 #endif

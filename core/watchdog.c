@@ -42,14 +42,17 @@ void watchdog_free_poison(poison *ps) {
 
 /* ---- watchdog ---------------------------------------------------------- */
 
-static const node *node_by_id(const plan *p, int id) {
-    return id >= 1 && id <= p->nnodes ? &p->nodes[id - 1] : NULL;
-}
+/* What the watchdog knows of one task's call (d->wd_marks[task]; event loop). */
+struct watchdog_mark {
+    int64_t seq; int32_t cur;   /* the progress marks last seen (seq -1: not in a call) */
+    int64_t since_ms;           /* when they last moved */
+    int armed, interrupted;
+    uint64_t call;              /* the VM call being watched (vm_call) */
+};
 
 static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
-    /* a call without a batch (windows firing at the end, a tick) has no input record */
-    const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
-    const node *nd = node_by_id(t->cur.p, t->io.cur_node);
+    const eddy_rec *r = task_current_record(t);
+    const node *nd = task_current_node(t);
     char pos[1024], msg[2048];
     if (r) plan_describe_input(d->p, r->source, r->partition, r->line, r->offset, pos, sizeof pos);
     else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
@@ -59,7 +62,7 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
              nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)elapsed, pos);
     int saved = 0;
     if (r) {      /* the record to hand to the error policy next time */
-        json_t *j = json_pack("{s:s, s:s?, s:i, s:I, s:I, s:s?, s:s?, s:s}", "task", t->name,
+        json_t *j = json_pack("{s:s, s:s?, s:i, s:I, s:I, s:s?, s:s?, s:s}", "task", task_name(t),
                               "source", r->source < (uint32_t)d->p->nsources ? d->p->sources[r->source].name : NULL,
                               "partition", (int)r->partition, "offset", (json_int_t)r->offset,
                               "line", (json_int_t)r->line, "operator", nd ? nd->uid : NULL,
@@ -67,7 +70,7 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
         saved = j && json_dump_file(j, d->poison_path, JSON_INDENT(2)) == 0;
         json_decref(j);
     }
-    log_task_error(t->name, "%s; stopping. %s", msg,
+    log_task_error(task_name(t), "%s; stopping. %s", msg,
                    saved ? "The next start hands this record to the error policy (the position is in state.dir/poison.json)."
                          : r ? "Could not write state.dir/poison.json." : "");
     fflush(stderr);
@@ -77,32 +80,33 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
 void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
+    if (!d->wd_marks && !(d->wd_marks = calloc(d->ntasks > 0 ? d->ntasks : 1, sizeof *d->wd_marks))) return;
     int64_t now = clock_mono_ms();
     int64_t limit = d->cfg->limit_time_ms;
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (!t->io.in_call) { t->wd_seq = -1; continue; }
-        int64_t seq = (int64_t)t->io.seq;
-        int32_t cur = t->io.cur;
-        if (seq != t->wd_seq || cur != t->wd_cur) {
-            t->wd_seq = seq; t->wd_cur = cur; t->wd_since_ms = now;
-            pthread_mutex_lock(&t->swap_mu);
-            t->wd_call = vm_call(t->cur.vm);
-            pthread_mutex_unlock(&t->swap_mu);
-            t->wd_armed = t->wd_interrupted = 0;
+        struct watchdog_mark *w = &d->wd_marks[i];
+        int64_t seq;
+        int32_t cur;
+        if (!task_in_call(t, &seq, &cur)) { w->seq = -1; continue; }
+        if (seq != w->seq || cur != w->cur) {
+            w->seq = seq; w->cur = cur; w->since_ms = now;
+            w->call = task_call_id(t);
+            w->armed = w->interrupted = 0;
             continue;
         }
-        int64_t elapsed = now - t->wd_since_ms;
-        pthread_mutex_lock(&t->swap_mu);       /* t->cur.vm must not be swapped away under us */
-        if (elapsed >= WATCHDOG_ARM_MS && !t->wd_armed) { t->wd_armed = 1; vm_arm(t->cur.vm, t->wd_call); }
-        if (elapsed >= limit && !t->wd_interrupted) {
-            char reason[128];
+        int64_t elapsed = now - w->since_ms;
+        int arm = elapsed >= WATCHDOG_ARM_MS && !w->armed;
+        char reason[128];
+        const char *interrupt = NULL;
+        if (elapsed >= limit && !w->interrupted) {
             snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
-            t->wd_interrupted = 1;
-            vm_interrupt(t->cur.vm, reason, t->wd_call);
+            interrupt = reason;
         }
-        pthread_mutex_unlock(&t->swap_mu);
+        if (arm) w->armed = 1;
+        if (interrupt) w->interrupted = 1;
+        if (arm || interrupt) task_call_overrun(t, w->call, arm, interrupt);
         if (elapsed >= limit + grace) watchdog_fatal(d, t, elapsed);
     }
 }
