@@ -654,7 +654,7 @@ static step_result step_source(task *t) {
 /* Tells the tasks downstream how far this task's watermark got (records
  * carry it too; this covers advances without records), then, when every
  * input of this task is idle, that it is idle (its watermark is then the
- * highest of the idle inputs', runtime.lua's merge_watermark). */
+ * highest of the idle inputs', lua/eddy/runtime/task.lua's merge_watermark). */
 static void forward_watermark(task *t) {
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
         t->sent_wm = t->io.wm;
