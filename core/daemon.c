@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <ftw.h>
-#include "source_file.h"
+#include "source.h"
 
 #define WATCHDOG_TICK_MS 50
 #define WATCHDOG_ARM_MS 100      /* a call this long gets the instruction-count hook */
@@ -246,7 +246,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
          * fetched (the broker keeps the rest) until its channels have room;
          * decided here, so that it holds even while every worker is busy */
         for (int i = 0; i < d->ntasks; i++)
-            if (d->tasks[i]->kp) kpart_pause(d->tasks[i]->kp, task_outputs_full(d->tasks[i]));
+            if (d->tasks[i]->src) source_pause(d->tasks[i]->src, task_outputs_full(d->tasks[i]));
     }
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
@@ -668,13 +668,7 @@ static json_t *h_status(void *ud) {
             const source_info *si = &d->p->sources[t->source];
             json_object_set_new(jt, "source", json_string(si->name));
             json_object_set_new(jt, "partition", json_integer(t->index));
-            if (si->kind == SRC_KAFKA) {
-                json_object_set_new(jt, "topic", json_string(si->topics[si->ktopic[t->index]]));
-                json_object_set_new(jt, "kafka_partition", json_integer(si->kpart[t->index]));
-                json_object_set_new(jt, "assigned", json_boolean(t->kp && kpart_state(t->kp) != KP_UNASSIGNED));
-            } else {
-                json_object_set_new(jt, "file", json_string(si->files[t->index]));
-            }
+            if (t->src) source_status(t->src, jt);     /* its kind's fields: file, or topic and partition */
             json_object_set_new(jt, "position", json_integer(t->position));
         } else {
             int depth = 0;
@@ -891,8 +885,8 @@ static int on_group_checkpoint(void *ud) {
 
 static void on_acked(void *ud, int source_task, uint64_t marker, int64_t position) {
     daemon_state *d = ud;
-    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->kp)
-        kpart_acked(d->tasks[source_task]->kp, marker, position);
+    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->src)
+        source_acked(d->tasks[source_task]->src, marker, position);
 }
 
 typedef struct resolve_ctx { daemon_state *d; int why; } resolve_ctx;
@@ -941,25 +935,9 @@ static int wait_for_kafka(daemon_state *d, char *err, size_t errlen) {
 
 /* Attaches every Kafka source task to its partition. */
 static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
-    for (int i = 0; i < d->ntasks; i++) {
-        task *t = d->tasks[i];
-        if (t->source < 0) continue;
-        const source_info *si = &d->p->sources[t->source];
-        if (si->kind != SRC_KAFKA) continue;
-        const node *nd = &d->p->nodes[si->node - 1];
-        const opt *mb = opt_find(&nd->opts, "max_bytes");
-        int64_t max_bytes = 1 << 20;
-        if (mb && mb->type == OPT_NUMBER) max_bytes = (int64_t)mb->n;
-        else if (mb && mb->type == OPT_STRING && config_parse_size(mb->s, &max_bytes) < 0) {
-            snprintf(err, errlen, "source '%s' (%s): max_bytes: expected a size like \"1MB\", got \"%s\"", si->name,
-                     nd->where, mb->s);
+    for (int i = 0; i < d->ntasks; i++)
+        if (d->tasks[i]->src && source_kafka_attach(d->tasks[i]->src, d->group, d->p, d->tasks[i]->id, err, errlen) < 0)
             return -1;
-        }
-        t->kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[t->index]], si->kpart[t->index], t->id,
-                           si->start, max_bytes);
-        if (!t->kp) { snprintf(err, errlen, "out of memory"); return -1; }
-        if (si->bounded) kpart_set_bounded(t->kp);
-    }
     return 0;
 }
 
@@ -1046,15 +1024,13 @@ static void save_positions(daemon_state *d) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
         if (t->source < 0 || !t->src) continue;
-        const source_info *si = &d->p->sources[t->source];
-        if (si->kind != SRC_FILE) { all_ended = 0; continue; }
+        if (!source_resumes(t->src)) { all_ended = 0; continue; }     /* stdin, Kafka (its group keeps offsets) */
         files++;
         if (!t->input_ended) all_ended = 0;
-        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
-            "file", si->files[t->index], "offset", (json_int_t)source_position(t->src),
-            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->wm_at_end, "max_ts", (json_int_t)t->io.maxts));
+        source_mark m = { t->wm_at_end, t->io.maxts, -1 };
+        json_t *e = source_save(t->src, &m);
+        if (e) json_array_append_new(a, e);
     }
-    for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->kp) all_ended = 0;   /* Kafka never ends */
     char path[PATH_MAX];
     if (files > 0 && all_ended) {
         snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);
@@ -1092,13 +1068,13 @@ static void load_positions(daemon_state *d) {
         const char *file = json_string_value(json_object_get(e, "file"));
         for (int k = 0; src && file && k < d->ntasks; k++) {
             task *t = d->tasks[k];
-            if (t->source < 0 || !t->src) continue;
+            if (t->source < 0 || !t->src || !source_resumes(t->src)) continue;
             const source_info *si = &d->p->sources[t->source];
-            if (si->kind != SRC_FILE || strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file) != 0) continue;
+            if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file) != 0) continue;
             int64_t off = json_integer_value(json_object_get(e, "offset"));
             int64_t line = json_integer_value(json_object_get(e, "line"));
             char err[512];
-            if (source_seek(t->src, off, line, err, sizeof err) < 0) {
+            if (source_restore(t->src, e, err, sizeof err) < 0) {
                 log_warn("source '%s' %s: %s", src, file, err);
                 continue;
             }
