@@ -588,11 +588,11 @@ static task *task_named(ckpt *c, const char *name) {
     return NULL;
 }
 
-static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+int ckpt_seek_source(task **tasks, int ntasks, json_t *e, char *err, size_t errlen) {
     const char *src = json_string_value(json_object_get(e, "source"));
     const char *label = source_entry_label(e);
-    for (int k = 0; src && k < c->ntasks; k++) {
-        task *t = c->tasks[k];
+    for (int k = 0; src && k < ntasks; k++) {
+        task *t = tasks[k];
         if (t->source < 0 || !t->src) continue;
         const source_info *si = &t->cur.p->sources[t->source];
         if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], label ? label : "") != 0) continue;
@@ -600,8 +600,15 @@ static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
         if (source_position(t->src) >= 0) t->position = source_position(t->src);   /* (Kafka's: once read) */
         t->io.wm = json_integer_value(json_object_get(e, "watermark"));
         t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
-        return 0;
+        return 1;
     }
+    return 0;
+}
+
+static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+    int rc = ckpt_seek_source(c->tasks, c->ntasks, e, err, errlen);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    const char *src = json_string_value(json_object_get(e, "source")), *label = source_entry_label(e);
     log_warn("checkpoint: source '%s' %s is not in this pipeline: its position is not restored", src ? src : "?",
              label ? label : "?");
     return 0;
