@@ -358,16 +358,19 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     t->io.recs = b ? b->recs : NULL;
     t->io.data = b ? b->data : NULL;
     t->io.n = b ? b->n : 0;
-    t->io.cur = 0;
-    t->io.seq++;
-    t->io.in_call = 1;
+    /* cur, seq and in_call are the watchdog's progress marks, read on the
+     * event loop's thread: relaxed atomic stores (Lua's FFI stores them too,
+     * on this thread) */
+    __atomic_store_n(&t->io.cur, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.seq, t->io.seq + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.in_call, 1, __ATOMIC_RELAXED);
     vm_enter(t->cur.vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
     int nargs = 0;
     if (arg >= 0) { lua_pushinteger(L, arg); nargs = 1; }      /* fn [arg] */
     int rc = lua_pcall(L, nargs, 0, 0);                        /* | err */
     vm_leave(t->cur.vm);
-    t->io.in_call = 0;
+    __atomic_store_n(&t->io.in_call, 0, __ATOMIC_RELAXED);
     t->io.recs = NULL;
     t->io.data = NULL;
     t->io.n = 0;
