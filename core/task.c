@@ -20,14 +20,23 @@ sched_entry *task_sched_entry(task *t) { return &t->se; }
 
 #define TICK_MS 10   /* processing-time triggers are checked this often */
 
+/* Both on the event loop's thread: t->cur is the worker's to swap
+ * (swap_version), so they read it under swap_mu. */
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
+    pthread_mutex_lock((pthread_mutex_t *)&t->swap_mu);
     const source_info *si = &t->cur.p->sources[t->source];
-    return si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA ||
-           (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
+    int follow = si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->swap_mu);
+    return follow || (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
-int task_version(const task *t) { return t->cur.version; }
+int task_version(const task *t) {
+    pthread_mutex_lock((pthread_mutex_t *)&t->swap_mu);
+    int v = t->cur.version;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->swap_mu);
+    return v;
+}
 
 static const char *sink_ext(const char *format) {
     return strcmp(format, "json") == 0 ? "jsonl" : "txt";
@@ -729,13 +738,13 @@ static step_result step_keyed(task *t) {
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
         t->io.channel = idx;
-        t->chan_idle[idx] = 0;           /* records again: the input counts in the minimum */
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);   /* records again: the input counts in the minimum */
         if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_WATERMARK) {
-        if (m->value == WM_IDLE) t->chan_idle[idx] = 1;
+        if (m->value == WM_IDLE) __atomic_store_n(&t->chan_idle[idx], 1, __ATOMIC_RELAXED);
         else {
-            t->chan_idle[idx] = 0;
-            if (m->value > t->chan_wm[idx]) t->chan_wm[idx] = m->value;
+            __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
+            if (m->value > t->chan_wm[idx]) __atomic_store_n(&t->chan_wm[idx], m->value, __ATOMIC_RELAXED);
         }
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_BARRIER) {
@@ -751,12 +760,12 @@ static step_result step_keyed(task *t) {
         report_mark(t, (uint64_t)m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
-        t->ended[idx] = 1;
-        t->chan_idle[idx] = 0;
+        __atomic_store_n(&t->ended[idx], 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
         /* an input that ended because eddy stops holds the watermark where
          * it was: a stop never advances event time (the next run goes on) */
         if (m->value == EOS_STOP) t->stop_eos = 1;
-        else t->chan_wm[idx] = WM_END;
+        else __atomic_store_n(&t->chan_wm[idx], WM_END, __ATOMIC_RELAXED);
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
     }
