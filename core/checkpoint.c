@@ -634,12 +634,12 @@ static task *task_named(ckpt *c, const char *name) {
     return NULL;
 }
 
-static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+int ckpt_seek_source(task **tasks, int ntasks, json_t *e, char *err, size_t errlen) {
     const char *src = json_string_value(json_object_get(e, "source"));
     const char *file = json_string_value(json_object_get(e, "file"));
     const char *label = json_string_value(json_object_get(e, "partition_label"));
-    for (int k = 0; src && k < c->ntasks; k++) {
-        task *t = c->tasks[k];
+    for (int k = 0; src && k < ntasks; k++) {
+        task *t = tasks[k];
         if (t->source < 0) continue;
         const source_info *si = &t->cur.p->sources[t->source];
         if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file ? file : label ? label : "") != 0) continue;
@@ -651,8 +651,17 @@ static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
         }
         t->io.wm = json_integer_value(json_object_get(e, "watermark"));
         t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
-        return 0;
+        return 1;
     }
+    return 0;
+}
+
+static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+    int rc = ckpt_seek_source(c->tasks, c->ntasks, e, err, errlen);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    const char *src = json_string_value(json_object_get(e, "source"));
+    const char *file = json_string_value(json_object_get(e, "file"));
+    const char *label = json_string_value(json_object_get(e, "partition_label"));
     log_warn("checkpoint: source '%s' %s is not in this pipeline: its position is not restored", src ? src : "?",
              file ? file : label ? label : "?");
     return 0;
