@@ -88,9 +88,10 @@ void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (!t->io.in_call) { t->wd_seq = -1; continue; }
-        int64_t seq = (int64_t)t->io.seq;
-        int32_t cur = t->io.cur;
+        /* the worker (and its Lua, through the FFI) writes these as it goes */
+        if (!__atomic_load_n(&t->io.in_call, __ATOMIC_RELAXED)) { t->wd_seq = -1; continue; }
+        int64_t seq = (int64_t)__atomic_load_n(&t->io.seq, __ATOMIC_RELAXED);
+        int32_t cur = __atomic_load_n(&t->io.cur, __ATOMIC_RELAXED);
         if (seq != t->wd_seq || cur != t->wd_cur) {
             t->wd_seq = seq; t->wd_cur = cur; t->wd_since_ms = now;
             pthread_mutex_lock(&t->swap_mu);
