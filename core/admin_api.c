@@ -5,6 +5,7 @@
 #include "keygroup.h"
 #include "log.h"
 #include "metrics.h"
+#include "source.h"
 #include "state.h"
 #include "vm.h"
 #include "window.h"

@@ -3,7 +3,7 @@
 #include "files.h"
 #include "kafka.h"
 #include "log.h"
-#include "source_file.h"
+#include "source.h"
 #include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -93,18 +93,15 @@ static void save_positions(daemon_state *d) {
     json_t *a = json_array();
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (task_source(t) < 0 || !task_reader(t)) continue;
-        const source_info *si = &d->p->sources[task_source(t)];
-        if (si->kind != SRC_FILE) { all_ended = 0; continue; }
+        if (task_source(t) < 0 || !task_src(t)) continue;
+        if (!source_resumes(task_src(t))) { all_ended = 0; continue; }     /* stdin, Kafka (its group keeps offsets) */
         files++;
         if (!task_input_ended(t)) all_ended = 0;
-        int64_t wm, maxts;
-        task_end_marks(t, &wm, &maxts);
-        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
-            "file", si->files[task_index(t)], "offset", (json_int_t)source_position(task_reader(t)),
-            "line", (json_int_t)source_line(task_reader(t)), "watermark", (json_int_t)wm, "max_ts", (json_int_t)maxts));
+        source_mark m = { 0, 0, -1 };
+        task_end_marks(t, &m.wm, &m.maxts);
+        json_t *e = source_save(task_src(t), &m);
+        if (e) json_array_append_new(a, e);
     }
-    for (int i = 0; i < d->ntasks; i++) if (task_kpart(d->tasks[i])) all_ended = 0;   /* Kafka never ends */
     char path[PATH_MAX];
     if (files > 0 && all_ended) {
         snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);

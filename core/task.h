@@ -25,9 +25,8 @@
 
 struct vm;
 struct evbuffer;
-struct kpart;
 struct sink;
-struct source_reader;
+struct source;
 
 typedef enum { STEP_PROGRESS, STEP_IDLE, STEP_BLOCKED, STEP_DONE, STEP_FAILED } step_result;
 enum { TASK_RUNNING = 0, TASK_DONE = 1, TASK_FAILED = 2 };
@@ -148,9 +147,8 @@ const node *task_current_node(const task *t);         /* the operator it is in, 
 const plan *task_plan(const task *t);                 /* the plan of the running version */
 
 /* A source task's partition (daemon.c, recovery.c). */
-struct kpart *task_kpart(const task *t);              /* Kafka, or NULL */
-void task_attach_kpart(task *t, struct kpart *kp);    /* before the workers start */
-struct source_reader *task_reader(const task *t);     /* a file or stdin, or NULL */
+int task_id(const task *t);                           /* 0..ntasks-1, global */
+struct source *task_src(const task *t);               /* its partition, of any kind (source.h), or NULL */
 int task_input_ended(const task *t);                  /* it read all of its input (after the workers stopped) */
 /* What a stopped source saves beside its position: its watermark before
  * the end made it +inf, and the highest event time it read. */

@@ -88,7 +88,6 @@ struct task {
     int idle_sent;              /* an idle mark went downstream and no record since */
     int64_t last_record_ms;     /* sources: processing time of the last record read */
     int input_ended;            /* sources: finished at the end of the input (not by a stop); read after the workers stopped */
-    int64_t boot_end;           /* a bootstrap file source: the file's size at the start (what it reads first) */
     atomic_int boot_reached;    /* a bootstrap source: read to its end (the others may start once it is drained)  [A] */
     int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
     int64_t wm_at_end;          /* the watermark before finish made it +inf; read after the workers stopped */
@@ -100,8 +99,7 @@ struct task {
 
     /* The source: [B] pointers; the reader is [W]'s, and recovery (main
      * thread) reads and seeks it only while no worker runs. */
-    struct source_reader *src;  /* source tasks reading a file or stdin */
-    struct kpart *kp;           /* source tasks reading a Kafka partition (set by the daemon; kpart is thread-safe) */
+    struct source *src;         /* source tasks: their partition, of any kind (source.h) */
     int64_t last_mark_ms;       /* when it last sent a marker (monotonic) */
     int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */

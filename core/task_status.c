@@ -5,8 +5,7 @@
  * Reads the task under swap_mu where the running version matters. */
 #include "task_impl.h"
 #include "metrics.h"
-#include "source_file.h"
-#include "source_kafka.h"
+#include "source.h"
 #include "vm.h"
 #include "window.h"
 #include <event2/buffer.h>
@@ -40,9 +39,8 @@ void task_get_counters(task *t, task_counters *c) {
 
 /* ---- sources ------------------------------------------------------------------ */
 
-struct kpart *task_kpart(const task *t) { return t->kp; }
-void task_attach_kpart(task *t, struct kpart *kp) { t->kp = kp; }
-struct source_reader *task_reader(const task *t) { return t->src; }
+int task_id(const task *t) { return t->id; }
+struct source *task_src(const task *t) { return t->src; }
 int task_input_ended(const task *t) { return t->input_ended; }
 void task_end_marks(const task *t, int64_t *wm, int64_t *maxts) {
     *wm = t->wm_at_end;
@@ -52,9 +50,10 @@ void task_end_marks(const task *t, int64_t *wm, int64_t *maxts) {
 /* ---- the call in progress ------------------------------------------------------ */
 
 int task_in_call(const task *t, int64_t *seq, int32_t *cur) {
-    if (!t->io.in_call) return 0;
-    *seq = (int64_t)t->io.seq;
-    *cur = t->io.cur;
+    /* the worker (and its Lua, through the FFI) writes these as it goes */
+    if (!__atomic_load_n(&t->io.in_call, __ATOMIC_RELAXED)) return 0;
+    *seq = (int64_t)__atomic_load_n(&t->io.seq, __ATOMIC_RELAXED);
+    *cur = __atomic_load_n(&t->io.cur, __ATOMIC_RELAXED);
     return 1;
 }
 
@@ -86,13 +85,21 @@ const plan *task_plan(const task *t) { return t->cur.p; }
 
 /* ---- /status, /explain ------------------------------------------------------------ */
 
+/* A keyed task's per-input marks, as its worker last stored them (relaxed
+ * atomics: the worker writes them as messages arrive, step_keyed). */
+static int64_t chan_wm(const task *t, int c) { return __atomic_load_n(&t->chan_wm[c], __ATOMIC_RELAXED); }
+static int chan_idle(const task *t, int c) { return __atomic_load_n(&t->chan_idle[c], __ATOMIC_RELAXED); }
+static int chan_ended(const task *t, int c) { return __atomic_load_n(&t->ended[c], __ATOMIC_RELAXED); }
+
 /* The input of keyed task t that holds its watermark back (the lowest among
  * inputs that are neither idle nor ended), or -1. */
 static int holding_input(const task *t) {
     int at = -1;
+    int64_t at_wm = 0;
     for (int c = 0; c < t->nin; c++) {
-        if (t->ended[c] || t->chan_idle[c]) continue;
-        if (at < 0 || t->chan_wm[c] < t->chan_wm[at]) at = c;
+        if (chan_ended(t, c) || chan_idle(t, c)) continue;
+        int64_t wm = chan_wm(t, c);
+        if (at < 0 || wm < at_wm) { at = c; at_wm = wm; }
     }
     return at;
 }
@@ -107,8 +114,8 @@ static json_t *wm_json(int64_t wm) {
  * source, partition and file. */
 static json_t *input_json(const task *t, int c) {
     const task *up = t->in[c]->producer;
-    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(t->chan_wm[c]),
-                          "idle", t->chan_idle[c] != 0, "ended", t->ended[c] != 0);
+    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(chan_wm(t, c)),
+                          "idle", chan_idle(t, c) != 0, "ended", chan_ended(t, c) != 0);
     if (up->source >= 0) {
         const source_info *si = &t->sh->p->sources[up->source];
         json_object_set_new(j, "source", json_string(si->name));
@@ -119,12 +126,13 @@ static json_t *input_json(const task *t, int c) {
 }
 
 json_t *task_status_json(task *t) {
+    int version = task_version(t);
     pthread_mutex_lock(&t->swap_mu);
     size_t vm_bytes = vm_memory(t->cur.vm);
-    int version = task_version(t);
+    const char *stage = t->st->name;      /* t->st changes with the version (swap_version) */
     pthread_mutex_unlock(&t->swap_mu);
     json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
-        "name", t->name, "stage", t->st->name, "index", t->index,
+        "name", t->name, "stage", stage, "index", t->index,
         "status", task_status_name(atomic_load(&t->status)),
         "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
         "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
@@ -136,13 +144,7 @@ json_t *task_status_json(task *t) {
         const source_info *si = &t->sh->p->sources[t->source];
         json_object_set_new(jt, "source", json_string(si->name));
         json_object_set_new(jt, "partition", json_integer(t->index));
-        if (si->kind == SRC_KAFKA) {
-            json_object_set_new(jt, "topic", json_string(si->topics[si->ktopic[t->index]]));
-            json_object_set_new(jt, "kafka_partition", json_integer(si->kpart[t->index]));
-            json_object_set_new(jt, "assigned", json_boolean(t->kp && kpart_state(t->kp) != KP_UNASSIGNED));
-        } else {
-            json_object_set_new(jt, "file", json_string(si->files[t->index]));
-        }
+        if (t->src) source_status(t->src, jt);     /* its kind's fields: file, or topic and partition */
         json_object_set_new(jt, "position", json_integer(t->position));
     } else {
         int depth = 0;
@@ -181,7 +183,7 @@ int task_explain_json(task *t, const char *uid, json_t *tasks) {
                 json_object_set_new(jt, "held_back_by", input_json(t, h));
                 snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                          "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
-                         t->in[h]->producer->name, (long long)t->chan_wm[h]);
+                         t->in[h]->producer->name, (long long)chan_wm(t, h));
             } else {
                 snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                          "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));
