@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
 
 sched_entry *task_sched_entry(task *t) { return &t->se; }
@@ -325,6 +326,19 @@ static void task_fail(task *t, const char *fmt, const char *msg) {
 /* Calls one of the Lua entry points: over the batch b (ref = batch), or
  * with no batch and an optional integer argument (channel_end, finish); then
  * routes what came out.  0, or -1 after failing the task. */
+/* The CPU-time clock of the calling worker thread: the watchdog measures a
+ * call by the CPU time it used, so a call on a loaded machine (descheduled,
+ * or its sink waiting on the disk) is not taken for a runaway loop. */
+static clockid_t worker_clock(void) {
+    static __thread clockid_t clock;
+    static __thread int known;
+    if (!known) {
+        if (pthread_getcpuclockid(pthread_self(), &clock) != 0) clock = CLOCK_MONOTONIC;
+        known = 1;
+    }
+    return clock;
+}
+
 static int call_lua(task *t, int ref, batch *b, int arg) {
     lua_State *L = vm_state(t->cur.vm);
     if (t->swapped_at_us && b) {
@@ -342,7 +356,8 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
      * on this thread) */
     __atomic_store_n(&t->io.cur, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&t->io.seq, t->io.seq + 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&t->io.in_call, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->wd_clock, (int)worker_clock(), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.in_call, 1, __ATOMIC_RELEASE);          /* after wd_clock */
     vm_enter(t->cur.vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
     int nargs = 0;

@@ -139,6 +139,10 @@ void task_window_samples(task *t, struct evbuffer *out, const char *name, int wh
 /* 1 while t is in a Lua call, with its progress marks (batch seq, record). */
 int task_in_call(const task *t, int64_t *seq, int32_t *cur);
 uint64_t task_call_id(task *t);            /* vm_call() of the running version */
+/* The CPU time in ms of the worker thread running t's call (the clock it
+ * stored before entering the call, task.c worker_clock): the watchdog
+ * measures a call by what it ran, not by the wall clock. */
+int64_t task_call_cpu_ms(const task *t);
 /* A call that overran: arms the VM's hook (arm) and/or interrupts it with
  * reason `interrupt` (non-NULL), if `call` is still the one running. */
 void task_call_overrun(task *t, uint64_t call, int arm, const char *interrupt);

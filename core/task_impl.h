@@ -118,6 +118,8 @@ struct task {
     atomic_long position;       /* source tasks: byte offset read up to  [A: W writes] */
     /* [W] again: */
     int64_t log_window; int log_count;   /* rate limit of per-record messages */
+    int wd_clock;               /* the CPU-time clock (clockid_t) of the worker in the call: set by
+                                 * the worker before in_call, read by the watchdog  [A: relaxed] */
     int64_t last_call_end_us;   /* when the last batch call ended (monotonic) */
     int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */
     atomic_long last_pause_us;  /* last record on the old version -> first on the new  [A: W writes] */

@@ -4,12 +4,14 @@
  * daemon and recovery need to know of the call it is in and of its source.
  * Reads the task under swap_mu where the running version matters. */
 #include "task_impl.h"
+#include "clock.h"
 #include "metrics.h"
 #include "source.h"
 #include "vm.h"
 #include "window.h"
 #include <event2/buffer.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- plain facts ------------------------------------------------------------ */
 
@@ -51,10 +53,17 @@ void task_end_marks(const task *t, int64_t *wm, int64_t *maxts) {
 
 int task_in_call(const task *t, int64_t *seq, int32_t *cur) {
     /* the worker (and its Lua, through the FFI) writes these as it goes */
-    if (!__atomic_load_n(&t->io.in_call, __ATOMIC_RELAXED)) return 0;
+    if (!__atomic_load_n(&t->io.in_call, __ATOMIC_ACQUIRE)) return 0;   /* (after wd_clock) */
     *seq = (int64_t)__atomic_load_n(&t->io.seq, __ATOMIC_RELAXED);
     *cur = __atomic_load_n(&t->io.cur, __ATOMIC_RELAXED);
     return 1;
+}
+
+int64_t task_call_cpu_ms(const task *t) {
+    clockid_t c = (clockid_t)__atomic_load_n(&t->wd_clock, __ATOMIC_RELAXED);
+    struct timespec ts;
+    if (clock_gettime(c, &ts) != 0) return clock_mono_ms();
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 uint64_t task_call_id(task *t) {

@@ -57,7 +57,7 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
     if (r) plan_describe_input(d->p, r->source, r->partition, r->line, r->offset, pos, sizeof pos);
     else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
     snprintf(msg, sizeof msg,
-             "operator %s (uid %s, %s) has run for %lld ms on input %s and cannot be interrupted "
+             "operator %s (uid %s, %s) has run for %lld ms of CPU time on input %s and cannot be interrupted "
              "(a loop the JIT compiled runs no hooks)",
              nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)elapsed, pos);
     int saved = 0;
@@ -81,7 +81,6 @@ void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
     if (!d->wd_marks && !(d->wd_marks = calloc(d->ntasks > 0 ? d->ntasks : 1, sizeof *d->wd_marks))) return;
-    int64_t now = clock_mono_ms();
     int64_t limit = d->cfg->limit_time_ms;
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
@@ -90,6 +89,7 @@ void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
         int64_t seq;
         int32_t cur;
         if (!task_in_call(t, &seq, &cur)) { w->seq = -1; continue; }
+        int64_t now = task_call_cpu_ms(t);
         if (seq != w->seq || cur != w->cur) {
             w->seq = seq; w->cur = cur; w->since_ms = now;
             w->call = task_call_id(t);
