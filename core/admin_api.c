@@ -22,6 +22,12 @@
 #define SAVEPOINT_TIMEOUT_MS 60000
 
 static int holding_input(const task *t);
+
+/* A keyed task's per-input marks, as its worker last stored them (relaxed
+ * atomics: the worker writes them as messages arrive, step_keyed). */
+static int64_t chan_wm(const task *t, int c) { return __atomic_load_n(&t->chan_wm[c], __ATOMIC_RELAXED); }
+static int chan_idle(const task *t, int c) { return __atomic_load_n(&t->chan_idle[c], __ATOMIC_RELAXED); }
+static int chan_ended(const task *t, int c) { return __atomic_load_n(&t->ended[c], __ATOMIC_RELAXED); }
 static json_t *wm_json(int64_t wm);
 static json_t *input_json(const daemon_state *d, const task *t, int c);
 
@@ -132,7 +138,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
                     json_object_set_new(jt, "held_back_by", input_json(d, t, h));
                     snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                              "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
-                             t->in[h]->producer->name, (long long)t->chan_wm[h]);
+                             t->in[h]->producer->name, (long long)chan_wm(t, h));
                 } else {
                     snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                              "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));
@@ -224,9 +230,11 @@ static int h_health(void *ud, char *reason, size_t len) {
  * inputs that are neither idle nor ended), or -1. */
 static int holding_input(const task *t) {
     int at = -1;
+    int64_t at_wm = 0;
     for (int c = 0; c < t->nin; c++) {
-        if (t->ended[c] || t->chan_idle[c]) continue;
-        if (at < 0 || t->chan_wm[c] < t->chan_wm[at]) at = c;
+        if (chan_ended(t, c) || chan_idle(t, c)) continue;
+        int64_t wm = chan_wm(t, c);
+        if (at < 0 || wm < at_wm) { at = c; at_wm = wm; }
     }
     return at;
 }
@@ -241,8 +249,8 @@ static json_t *wm_json(int64_t wm) {
  * source, partition and file. */
 static json_t *input_json(const daemon_state *d, const task *t, int c) {
     const task *up = t->in[c]->producer;
-    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(t->chan_wm[c]),
-                          "idle", t->chan_idle[c] != 0, "ended", t->ended[c] != 0);
+    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(chan_wm(t, c)),
+                          "idle", chan_idle(t, c) != 0, "ended", chan_ended(t, c) != 0);
     if (up->source >= 0) {
         const source_info *si = &d->p->sources[up->source];
         json_object_set_new(j, "source", json_string(si->name));
@@ -261,12 +269,13 @@ static json_t *h_status(void *ud) {
     json_t *tasks = json_array();
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
+        int version = task_version(t);
         pthread_mutex_lock(&t->swap_mu);
         size_t vm_bytes = vm_memory(t->cur.vm);
-        int version = task_version(t);
+        const char *stage = t->st->name;      /* t->st changes with the version (swap_version) */
         pthread_mutex_unlock(&t->swap_mu);
         json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
-            "name", t->name, "stage", t->st->name, "index", t->index,
+            "name", t->name, "stage", stage, "index", t->index,
             "status", status_name(atomic_load(&t->status)),
             "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
             "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,

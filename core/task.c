@@ -12,19 +12,29 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
 
 sched_entry *task_sched_entry(task *t) { return &t->se; }
 
 #define TICK_MS 10   /* processing-time triggers are checked this often */
 
+/* On the event loop's thread: whether the poll timer should wake this task
+ * (it reads the task's source, never t->cur, which the worker swaps). */
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
     return (t->src && source_live(t->src)) ||
            (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
-int task_version(const task *t) { return t->cur.version; }
+/* On the event loop's thread: t->cur is the worker's to swap (swap_version),
+ * so it is read under swap_mu. */
+int task_version(const task *t) {
+    pthread_mutex_lock((pthread_mutex_t *)&t->swap_mu);
+    int v = t->cur.version;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->swap_mu);
+    return v;
+}
 
 task *task_create(task_shared *sh, const stage *st, int index, int id, char *err, size_t errlen) {
     const plan *p = sh->p;
@@ -323,6 +333,19 @@ static void task_fail(task *t, const char *fmt, const char *msg) {
 /* Calls one of the Lua entry points: over the batch b (ref = batch), or
  * with no batch and an optional integer argument (channel_end, finish); then
  * routes what came out.  0, or -1 after failing the task. */
+/* The CPU-time clock of the calling worker thread: the watchdog measures a
+ * call by the CPU time it used, so a call on a loaded machine (descheduled,
+ * or its sink waiting on the disk) is not taken for a runaway loop. */
+static clockid_t worker_clock(void) {
+    static __thread clockid_t clock;
+    static __thread int known;
+    if (!known) {
+        if (pthread_getcpuclockid(pthread_self(), &clock) != 0) clock = CLOCK_MONOTONIC;
+        known = 1;
+    }
+    return clock;
+}
+
 static int call_lua(task *t, int ref, batch *b, int arg) {
     lua_State *L = vm_state(t->cur.vm);
     if (t->swapped_at_us && b) {
@@ -335,16 +358,20 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     t->io.recs = b ? b->recs : NULL;
     t->io.data = b ? b->data : NULL;
     t->io.n = b ? b->n : 0;
-    t->io.cur = 0;
-    t->io.seq++;
-    t->io.in_call = 1;
+    /* cur, seq and in_call are the watchdog's progress marks, read on the
+     * event loop's thread: relaxed atomic stores (Lua's FFI stores them too,
+     * on this thread) */
+    __atomic_store_n(&t->io.cur, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.seq, t->io.seq + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->wd_clock, (int)worker_clock(), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.in_call, 1, __ATOMIC_RELEASE);          /* after wd_clock */
     vm_enter(t->cur.vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
     int nargs = 0;
     if (arg >= 0) { lua_pushinteger(L, arg); nargs = 1; }      /* fn [arg] */
     int rc = lua_pcall(L, nargs, 0, 0);                        /* | err */
     vm_leave(t->cur.vm);
-    t->io.in_call = 0;
+    __atomic_store_n(&t->io.in_call, 0, __ATOMIC_RELAXED);
     t->io.recs = NULL;
     t->io.data = NULL;
     t->io.n = 0;
@@ -611,7 +638,7 @@ static step_result step_source(task *t) {
 /* Tells the tasks downstream how far this task's watermark got (records
  * carry it too; this covers advances without records), then, when every
  * input of this task is idle, that it is idle (its watermark is then the
- * highest of the idle inputs', runtime.lua's merge_watermark). */
+ * highest of the idle inputs', lua/eddy/runtime/task.lua's merge_watermark). */
 static void forward_watermark(task *t) {
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
         t->sent_wm = t->io.wm;
@@ -683,13 +710,13 @@ static step_result step_keyed(task *t) {
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
         t->io.channel = idx;
-        t->chan_idle[idx] = 0;           /* records again: the input counts in the minimum */
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);   /* records again: the input counts in the minimum */
         if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_WATERMARK) {
-        if (m->value == WM_IDLE) t->chan_idle[idx] = 1;
+        if (m->value == WM_IDLE) __atomic_store_n(&t->chan_idle[idx], 1, __ATOMIC_RELAXED);
         else {
-            t->chan_idle[idx] = 0;
-            if (m->value > t->chan_wm[idx]) t->chan_wm[idx] = m->value;
+            __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
+            if (m->value > t->chan_wm[idx]) __atomic_store_n(&t->chan_wm[idx], m->value, __ATOMIC_RELAXED);
         }
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_BARRIER) {
@@ -705,12 +732,12 @@ static step_result step_keyed(task *t) {
         report_mark(t, (uint64_t)m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
-        t->ended[idx] = 1;
-        t->chan_idle[idx] = 0;
+        __atomic_store_n(&t->ended[idx], 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
         /* an input that ended because eddy stops holds the watermark where
          * it was: a stop never advances event time (the next run goes on) */
         if (m->value == EOS_STOP) t->stop_eos = 1;
-        else t->chan_wm[idx] = WM_END;
+        else __atomic_store_n(&t->chan_wm[idx], WM_END, __ATOMIC_RELAXED);
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
     }

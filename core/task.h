@@ -145,6 +145,8 @@ typedef struct task {
     atomic_long position;       /* source tasks: byte offset read up to */
     int64_t log_window; int log_count;   /* rate limit of per-record messages */
     int64_t wd_seq; int32_t wd_cur; int64_t wd_since_ms; int wd_armed, wd_interrupted;  /* watchdog */
+    int wd_clock;               /* the CPU-time clock (clockid_t) of the worker in the call: set by
+                                 * the worker before in_call, read by the watchdog (relaxed atomics) */
     uint64_t wd_call;           /* the VM call the watchdog is watching (vm_call) */
     int64_t last_call_end_us;   /* when the last batch call ended (monotonic) */
     int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */

@@ -147,6 +147,31 @@ p:source("in", { file = "in.jsonl" })
       assert.are.equal(200, #E.sink_lines(dir .. "/out"))
     end)
 
+    it("counts CPU time, not wall-clock time: two calls of ~75 ms on a core eddy barely gets (a busy loop beside it) are not cut short", function()
+      -- eddy at nice 12 on core 0 beside a busy loop at nice 0 gets ~5%
+      -- of it: each call of ~75 ms of CPU takes seconds of wall-clock time,
+      -- past limits.time + 1 s
+      E.write(dir .. "/pipeline.lua", pipeline([[
+p:source("in", { file = "in.jsonl" })
+ :map(function(v)
+   local x = 0; for i = 1, 20000000 do x = x + i % 7 end; v.x = x; return v
+ end)
+ :sink("out", { file = "out" })]]))
+      E.write(dir .. "/in.jsonl", input(2))
+      E.write_config(dir, { limits = { time = "300ms" }, threads = 1 })
+      local hogs = "taskset -c 0 sh -c 'while :; do :; done' & h1=$!; "
+      local cmd = string.format("cd %s; %s timeout -k 5 120 taskset -c 0 nice -n 12 %s run eddy.conf.lua 2>stderr; echo $? >rc; kill $h1",
+        E.quote(dir), hogs, E.quote(E.bin))
+      local t0 = E.now()
+      E.sh(cmd)
+      local took = E.now() - t0
+      local stderr = E.read(dir .. "/stderr") or ""
+      assert.are.equal("0", (E.read(dir .. "/rc") or ""):match("%d+"), stderr)
+      assert.is_nil(stderr:find("limits.time", 1, true), stderr)
+      assert.are.equal(2, #E.sink_lines(dir .. "/out"))
+      assert.is_true(took > 1.3, "the busy loops did not slow eddy down (" .. took .. " s): the spec tested nothing")
+    end)
+
     describe("a JIT-compiled endless loop", function()
       it("cannot be interrupted: eddy exits 1 after limits.time + 1s naming the operator and the input, and writes poison.json", function()
         setup(runaway("while true do end"), { on_error = "skip", limits = { time = "300ms" } }, 5, 3)
