@@ -5,6 +5,7 @@
 #include "keygroup.h"
 #include "log.h"
 #include "metrics.h"
+#include "source.h"
 #include "state.h"
 #include "vm.h"
 #include "window.h"
@@ -286,13 +287,7 @@ static json_t *h_status(void *ud) {
             const source_info *si = &d->p->sources[t->source];
             json_object_set_new(jt, "source", json_string(si->name));
             json_object_set_new(jt, "partition", json_integer(t->index));
-            if (si->kind == SRC_KAFKA) {
-                json_object_set_new(jt, "topic", json_string(si->topics[si->ktopic[t->index]]));
-                json_object_set_new(jt, "kafka_partition", json_integer(si->kpart[t->index]));
-                json_object_set_new(jt, "assigned", json_boolean(t->kp && kpart_state(t->kp) != KP_UNASSIGNED));
-            } else {
-                json_object_set_new(jt, "file", json_string(si->files[t->index]));
-            }
+            if (t->src) source_status(t->src, jt);     /* its kind's fields: file, or topic and partition */
             json_object_set_new(jt, "position", json_integer(t->position));
         } else {
             int depth = 0;

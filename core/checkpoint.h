@@ -24,7 +24,8 @@
  * EDDY_CRASH_AT=<point>:<k> kills the daemon (SIGKILL) the k-th time it
  * reaches point: prepared, manifest, txn_committed, committed or
  * post_commit (tests).
- * Calls state, sink, kafka, task, source_file, source_kafka, window and log. */
+ * Calls state, sink, kafka, task, source (a partition's position, through
+ * its kind), window and log. */
 #ifndef EDDY_CHECKPOINT_H
 #define EDDY_CHECKPOINT_H
 

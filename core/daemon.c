@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <ftw.h>
-#include "source_file.h"
+#include "source.h"
 
 #define POLL_TICK_MS 10          /* followed files and stdin are read again this often */
 
@@ -113,7 +113,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
          * fetched (the broker keeps the rest) until its channels have room;
          * decided here, so that it holds even while every worker is busy */
         for (int i = 0; i < d->ntasks; i++)
-            if (d->tasks[i]->kp) kpart_pause(d->tasks[i]->kp, task_outputs_full(d->tasks[i]));
+            if (d->tasks[i]->src) source_pause(d->tasks[i]->src, task_outputs_full(d->tasks[i]));
     }
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && atomic_load(&d->tasks[i]->status) == TASK_RUNNING) sched_wake(d->tasks[i]);
@@ -233,8 +233,8 @@ static int on_group_checkpoint(void *ud) {
 
 static void on_acked(void *ud, int source_task, uint64_t marker, int64_t position) {
     daemon_state *d = ud;
-    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->kp)
-        kpart_acked(d->tasks[source_task]->kp, marker, position);
+    if (source_task >= 0 && source_task < d->ntasks && d->tasks[source_task]->src)
+        source_acked(d->tasks[source_task]->src, marker, position);
 }
 
 typedef struct resolve_ctx { daemon_state *d; int why; } resolve_ctx;
@@ -283,25 +283,9 @@ static int wait_for_kafka(daemon_state *d, char *err, size_t errlen) {
 
 /* Attaches every Kafka source task to its partition. */
 static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
-    for (int i = 0; i < d->ntasks; i++) {
-        task *t = d->tasks[i];
-        if (t->source < 0) continue;
-        const source_info *si = &d->p->sources[t->source];
-        if (si->kind != SRC_KAFKA) continue;
-        const node *nd = &d->p->nodes[si->node - 1];
-        const opt *mb = opt_find(&nd->opts, "max_bytes");
-        int64_t max_bytes = 1 << 20;
-        if (mb && mb->type == OPT_NUMBER) max_bytes = (int64_t)mb->n;
-        else if (mb && mb->type == OPT_STRING && config_parse_size(mb->s, &max_bytes) < 0) {
-            snprintf(err, errlen, "source '%s' (%s): max_bytes: expected a size like \"1MB\", got \"%s\"", si->name,
-                     nd->where, mb->s);
+    for (int i = 0; i < d->ntasks; i++)
+        if (d->tasks[i]->src && source_kafka_attach(d->tasks[i]->src, d->group, d->p, d->tasks[i]->id, err, errlen) < 0)
             return -1;
-        }
-        t->kp = kgroup_add(d->group, si->name, si->topics[si->ktopic[t->index]], si->kpart[t->index], t->id,
-                           si->start, max_bytes);
-        if (!t->kp) { snprintf(err, errlen, "out of memory"); return -1; }
-        if (si->bounded) kpart_set_bounded(t->kp);
-    }
     return 0;
 }
 

@@ -3,7 +3,7 @@
 #include "files.h"
 #include "kafka.h"
 #include "log.h"
-#include "source_file.h"
+#include "source.h"
 #include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -94,15 +94,13 @@ static void save_positions(daemon_state *d) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
         if (t->source < 0 || !t->src) continue;
-        const source_info *si = &d->p->sources[t->source];
-        if (si->kind != SRC_FILE) { all_ended = 0; continue; }
+        if (!source_resumes(t->src)) { all_ended = 0; continue; }     /* stdin, Kafka (its group keeps offsets) */
         files++;
         if (!t->input_ended) all_ended = 0;
-        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name,
-            "file", si->files[t->index], "offset", (json_int_t)source_position(t->src),
-            "line", (json_int_t)source_line(t->src), "watermark", (json_int_t)t->wm_at_end, "max_ts", (json_int_t)t->io.maxts));
+        source_mark m = { t->wm_at_end, t->io.maxts, -1 };
+        json_t *e = source_save(t->src, &m);
+        if (e) json_array_append_new(a, e);
     }
-    for (int i = 0; i < d->ntasks; i++) if (d->tasks[i]->kp) all_ended = 0;   /* Kafka never ends */
     char path[PATH_MAX];
     if (files > 0 && all_ended) {
         snprintf(path, sizeof path, "%s/finished", d->cfg->state_dir);

@@ -60,7 +60,7 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
     if (r) describe_position(d, r, pos, sizeof pos);
     else snprintf(pos, sizeof pos, "(no input record: windows firing, or a processing-time tick)");
     snprintf(msg, sizeof msg,
-             "operator %s (uid %s, %s) has run for %lld ms on input %s and cannot be interrupted "
+             "operator %s (uid %s, %s) has run for %lld ms of CPU time on input %s and cannot be interrupted "
              "(a loop the JIT compiled runs no hooks)",
              nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)elapsed, pos);
     int saved = 0;
@@ -80,16 +80,25 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
     _exit(1);
 }
 
+/* The CPU time in ms of the worker thread running t's call (see task.c
+ * worker_clock): a call is measured by what it ran, not by the wall clock. */
+static int64_t call_cpu_ms(const task *t) {
+    clockid_t c = (clockid_t)__atomic_load_n(&t->wd_clock, __ATOMIC_RELAXED);
+    struct timespec ts;
+    if (clock_gettime(c, &ts) != 0) return clock_mono_ms();
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
-    int64_t now = clock_mono_ms();
     int64_t limit = d->cfg->limit_time_ms;
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
         /* the worker (and its Lua, through the FFI) writes these as it goes */
-        if (!__atomic_load_n(&t->io.in_call, __ATOMIC_RELAXED)) { t->wd_seq = -1; continue; }
+        if (!__atomic_load_n(&t->io.in_call, __ATOMIC_ACQUIRE)) { t->wd_seq = -1; continue; }
+        int64_t now = call_cpu_ms(t);
         int64_t seq = (int64_t)__atomic_load_n(&t->io.seq, __ATOMIC_RELAXED);
         int32_t cur = __atomic_load_n(&t->io.cur, __ATOMIC_RELAXED);
         if (seq != t->wd_seq || cur != t->wd_cur) {

@@ -1,6 +1,7 @@
 /* watchdog — a Lua call that runs too long, and the record it ran on.
  * Every WATCHDOG_TICK_MS the event loop looks at each task's call in
- * progress: past WATCHDOG_ARM_MS it arms the VM's instruction-count hook,
+ * progress, measured in CPU time of the worker running it (a call waiting
+ * for a core on a loaded machine, or on a disk, is not running away): past WATCHDOG_ARM_MS it arms the VM's instruction-count hook,
  * at limits.time it interrupts the call, and when even that does not end it
  * (a loop the JIT compiled runs no hooks) it writes the record at fault to
  * state.dir/poison.json and exits 1.  The next start loads that poison
