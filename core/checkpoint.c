@@ -5,8 +5,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "sink.h"
-#include "source_file.h"
-#include "source_kafka.h"
+#include "source.h"
 #include "state.h"
 #include "window.h"
 #include <dirent.h>
@@ -290,22 +289,12 @@ int ckpt_running(const ckpt *c) { return c->running != 0; }
 int64_t ckpt_completed(const ckpt *c) { return c->completed; }
 int64_t ckpt_last(const ckpt *c) { return c->last_id; }
 
-/* A source task's place, as the manifest keeps it. */
+/* A source task's place, as the manifest keeps it (its kind says how), or NULL. */
 static json_t *source_json(task *t) {
-    const source_info *si = &t->cur.p->sources[t->source];
-    int done = atomic_load(&t->status) == TASK_DONE;
-    int64_t wm = done ? t->wm_at_end : t->io.wm;
-    if (t->kp) {
-        int64_t off = kpart_checkpoint_offset(t->kp);
-        if (off < 0) return NULL;                /* nothing read, nothing restored: the group's offset holds */
-        return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name, "partition_label",
-                         si->files[t->index], "kafka_partition", (json_int_t)si->kpart[t->index], "offset",
-                         (json_int_t)off, "watermark", (json_int_t)wm, "max_ts", (json_int_t)t->io.maxts);
-    }
     if (!t->src) return NULL;
-    return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:b}", "source", si->name, "file", si->files[t->index], "offset",
-                     (json_int_t)source_position(t->src), "line", (json_int_t)source_line(t->src), "watermark",
-                     (json_int_t)wm, "max_ts", (json_int_t)t->io.maxts, "ended", t->input_ended);
+    int done = atomic_load(&t->status) == TASK_DONE;
+    source_mark m = { done ? t->wm_at_end : t->io.wm, t->io.maxts, t->input_ended };
+    return source_save(t->src, &m);
 }
 
 static json_t *manifest_json(ckpt *c, int64_t id) {
@@ -333,13 +322,7 @@ static json_t *manifest_json(ckpt *c, int64_t id) {
                                                    (json_int_t)t->io.wm, "chan_wm", wms, "chan_idle", idle,
                                                    "key_groups", kg));
         }
-        for (int k = 0; k < t->nsinks; k++) {
-            const sink_part *pt;
-            int n = sink_prepared(t->sinks[k], &pt);
-            for (int j = 0; j < n; j++)
-                json_array_append_new(parts, json_pack("{s:s, s:s, s:s}", "sink", sink_name(t->sinks[k]), "hidden",
-                                                       pt[j].hidden, "final", pt[j].final));
-        }
+        for (int k = 0; k < t->nsinks; k++) sink_prepared(t->sinks[k], parts);
     }
     return json_pack("{s:I, s:b, s:I, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)id, "committed", 0,
                      "time", (json_int_t)clock_wall_ms(), "pipeline_sha256", p->hash, "max_parallelism",
@@ -462,13 +445,9 @@ static int complete(ckpt *c, int64_t id, int final) {
         kafka_offset *offs = calloc((size_t)c->ntasks + 1, sizeof *offs);
         int noffs = 0;
         struct kgroup *g = NULL;
-        for (int i = 0; offs && i < c->ntasks; i++) {
-            task *t = c->tasks[i];
-            int64_t off = t->kp && t->source >= 0 && kpart_state(t->kp) != KP_UNASSIGNED ? kpart_checkpoint_offset(t->kp) : -1;
-            if (off < 0) continue;
-            offs[noffs++] = (kafka_offset){ kpart_topic(t->kp), kpart_partition(t->kp), off };
-            g = kpart_group(t->kp);
-        }
+        for (int i = 0; offs && i < c->ntasks; i++)
+            if (c->tasks[i]->source >= 0 && c->tasks[i]->src && source_txn_offset(c->tasks[i]->src, &offs[noffs], &g) == 0)
+                noffs++;
         int rc = offs ? kafka_txn_commit(k, id, offs, noffs, g, err, sizeof err) : -1;
         if (!offs) snprintf(err, sizeof err, "out of memory");
         free(offs);
@@ -498,25 +477,19 @@ static int complete(ckpt *c, int64_t id, int final) {
     /* post-commit: idempotent, and redone by recovery */
     rename_parts(m, 1);
     for (int i = 0; i < c->ntasks; i++)
-        for (int k = 0; k < c->tasks[i]->nsinks; k++) {
-            const sink_part *pt;
-            sink_committed(c->tasks[i]->sinks[k], sink_prepared(c->tasks[i]->sinks[k], &pt));
-        }
+        for (int k = 0; k < c->tasks[i]->nsinks; k++) sink_committed(c->tasks[i]->sinks[k]);
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(m, "sources"), i, e) {
         /* the group's offsets follow the checkpoints (exactly_once only: at
          * least once, acks.c commits what the sinks acknowledged): the
          * transaction committed them, else the consumer commits them now */
-        if (!json_object_get(e, "kafka_partition") || c->sh->cfg->guarantee != GUARANTEE_EXACTLY_ONCE) continue;
+        const char *label = json_string_value(json_object_get(e, "partition_label"));
+        if (!label || c->sh->cfg->guarantee != GUARANTEE_EXACTLY_ONCE) continue;
         for (int k = 0; k < c->ntasks; k++) {
             task *t = c->tasks[k];
-            if (!t->kp || t->source < 0 ||
-                strcmp(t->cur.p->sources[t->source].files[t->index], json_string_value(json_object_get(e, "partition_label"))) != 0)
-                continue;
-            int64_t off = json_integer_value(json_object_get(e, "offset"));
-            if (txn) { if (kpart_state(t->kp) != KP_UNASSIGNED) kpart_committed(t->kp, off); }
-            else kpart_acked(t->kp, 0, off);
+            if (t->source >= 0 && t->src && strcmp(t->cur.p->sources[t->source].files[t->index], label) == 0)
+                source_committed(t->src, json_integer_value(json_object_get(e, "offset")), txn);
         }
     }
     json_decref(m);
@@ -601,31 +574,12 @@ int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(vo
 
 /* ---- recovery --------------------------------------------------------------- */
 
-/* Deletes hidden part files of this daemon's file sinks (what was prepared
- * after the checkpoint restored, or written and never prepared). */
+/* Deletes what the sinks wrote and no checkpoint committed (a file sink's
+ * hidden part files: prepared after the checkpoint restored, or written and
+ * never prepared). */
 static void delete_hidden_parts(ckpt *c) {
-    for (int i = 0; i < c->ntasks; i++) {
-        task *t = c->tasks[i];
-        for (int k = 0; k < t->nsinks; k++) {
-            const char *dir = sink_dir(t->sinks[k]);
-            if (!dir) continue;
-            DIR *dd = opendir(dir);
-            if (!dd) continue;
-            char prefix[64];
-            snprintf(prefix, sizeof prefix, ".part-%d-", t->id);
-            struct dirent *e;
-            while ((e = readdir(dd))) {
-                size_t l = strlen(e->d_name);
-                if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || l < 11 ||
-                    strcmp(e->d_name + l - 11, ".inprogress") != 0)
-                    continue;
-                char path[PATH_MAX + 256];
-                snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-                unlink(path);
-            }
-            closedir(dd);
-        }
-    }
+    for (int i = 0; i < c->ntasks; i++)
+        for (int k = 0; k < c->tasks[i]->nsinks; k++) sink_abort(c->tasks[i]->sinks[k]);
 }
 
 static task *task_named(ckpt *c, const char *name) {
@@ -634,27 +588,29 @@ static task *task_named(ckpt *c, const char *name) {
     return NULL;
 }
 
-static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+int ckpt_seek_source(task **tasks, int ntasks, json_t *e, char *err, size_t errlen) {
     const char *src = json_string_value(json_object_get(e, "source"));
-    const char *file = json_string_value(json_object_get(e, "file"));
-    const char *label = json_string_value(json_object_get(e, "partition_label"));
-    for (int k = 0; src && k < c->ntasks; k++) {
-        task *t = c->tasks[k];
-        if (t->source < 0) continue;
+    const char *label = source_entry_label(e);
+    for (int k = 0; src && k < ntasks; k++) {
+        task *t = tasks[k];
+        if (t->source < 0 || !t->src) continue;
         const source_info *si = &t->cur.p->sources[t->source];
-        if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], file ? file : label ? label : "") != 0) continue;
-        int64_t off = json_integer_value(json_object_get(e, "offset"));
-        if (t->kp) kpart_restore(t->kp, off);
-        else if (t->src) {
-            if (source_seek(t->src, off, json_integer_value(json_object_get(e, "line")), err, errlen) < 0) return -1;
-            t->position = off;
-        }
+        if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], label ? label : "") != 0) continue;
+        if (source_restore(t->src, e, err, errlen) < 0) return -1;
+        if (source_position(t->src) >= 0) t->position = source_position(t->src);   /* (Kafka's: once read) */
         t->io.wm = json_integer_value(json_object_get(e, "watermark"));
         t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
-        return 0;
+        return 1;
     }
+    return 0;
+}
+
+static int restore_source(ckpt *c, json_t *e, char *err, size_t errlen) {
+    int rc = ckpt_seek_source(c->tasks, c->ntasks, e, err, errlen);
+    if (rc != 0) return rc < 0 ? -1 : 0;
+    const char *src = json_string_value(json_object_get(e, "source")), *label = source_entry_label(e);
     log_warn("checkpoint: source '%s' %s is not in this pipeline: its position is not restored", src ? src : "?",
-             file ? file : label ? label : "?");
+             label ? label : "?");
     return 0;
 }
 

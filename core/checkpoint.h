@@ -24,7 +24,8 @@
  * EDDY_CRASH_AT=<point>:<k> kills the daemon (SIGKILL) the k-th time it
  * reaches point: prepared, manifest, txn_committed, committed or
  * post_commit (tests).
- * Calls state, sink, kafka, task, source_file, source_kafka, window and log. */
+ * Calls state, sink, kafka, task, source (a partition's position, through
+ * its kind), window and log. */
 #ifndef EDDY_CHECKPOINT_H
 #define EDDY_CHECKPOINT_H
 
@@ -78,6 +79,13 @@ int ckpt_recover(ckpt *c, int64_t id, char *err, size_t errlen);
  * watermarks by source, file and task name; state by uid and key group,
  * whatever the parallelism now).  0, or -1 with err. */
 int ckpt_recover_savepoint(ckpt *c, const char *sp, char *err, size_t errlen);
+/* One entry of a manifest's (or positions.json's) "sources": the source
+ * task among tasks[ntasks] that reads that source's file (or partition
+ * label) seeks to its offset (and line) and takes back its watermark and
+ * max_ts.  The one way a task's position is restored, from a checkpoint, a
+ * savepoint or a stopped run alike.  1 when done, 0 when no task reads that
+ * input, -1 with err when the seek failed.  Before the workers run. */
+int ckpt_seek_source(task **tasks, int ntasks, json_t *e, char *err, size_t errlen);
 /* Event loop: takes a checkpoint now (after the one running, if any) and
  * waits for it up to timeout_ms, calling serve(ud) meanwhile (NULL: none);
  * `what` names it in err.  Its id, or -1 with err (failed, or still

@@ -1,7 +1,11 @@
 /* config — the daemon's configuration: a Lua file returning a table, evaluated
  * in a restricted environment, then checked key by key against one schema
  * table (name, type, default, check).  Owns config_t and the duration/size
- * parsers; calls nothing of the runtime (LuaJIT only, for the evaluation). */
+ * parsers; calls nothing of the runtime (LuaJIT only, for the evaluation).
+ * Modules (config_internal.h): config.c the schema and its walk,
+ * config_eval.c the restricted evaluation, config_value.c values in messages
+ * and the duration/size/path parsers, config_options.c the option maps
+ * (kafka, state.rocksdb, sources, sinks), config_checks.c the cross-checks. */
 #ifndef EDDY_CONFIG_H
 #define EDDY_CONFIG_H
 

@@ -1,4 +1,6 @@
 #include "reload.h"
+#include "clock.h"
+#include "daemon_state.h"
 #include "log.h"
 #include <errno.h>
 #include <event2/event.h>
@@ -97,4 +99,86 @@ plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running
 err:
     plan_destroy(p);
     return NULL;
+}
+
+/* ---- the policy: when a reload may start, and its roll-out ---------------- */
+
+/* A reload is in progress while a running task has not reached the newest version. */
+int reload_in_progress(daemon_state *d) {
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (atomic_load(&t->status) == TASK_RUNNING && task_version(t) != d->version) return 1;
+    }
+    return 0;
+}
+
+/* Validates the pipeline script as it is on disk now and, when it is good,
+ * offers the new version to every task.  Returns an HTTP-like status (200,
+ * 422 refused, 503 busy or stopping) with msg. */
+int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len) {
+    if (!d->workers_running) {
+        snprintf(msg, len, "eddy is still starting (waiting for Kafka): reload once it runs");
+        log_warn("%s: reload refused: %s", trigger, msg);
+        return 503;
+    }
+    if (atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting)) {
+        snprintf(msg, len, "eddy is stopping: no reload");
+        return 503;
+    }
+    if (reload_in_progress(d)) {
+        snprintf(msg, len, "version %d is still being rolled out to the tasks; try again", d->version);
+        return 503;
+    }
+    if (d->ckpt && ckpt_running(d->ckpt)) {
+        snprintf(msg, len, "a checkpoint is in progress; try again");
+        return 503;
+    }
+    /* the same content as the running version: nothing to roll out */
+    const plan *cur = d->plans[d->nplans - 1];
+    char hash[65];
+    if (!allow_dropped_state && plan_hash(cur->script, hash, msg, len) == 0 && strcmp(hash, cur->hash) == 0) {
+        log_info("reload (%s): nothing changed (sha256 %.12s): version %d keeps running", trigger, hash, d->version);
+        snprintf(msg, len, "%d", d->version);
+        return 200;
+    }
+    int version = d->version + 1;
+    task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
+    plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
+    if (!tvs || !plans) { free(tvs); snprintf(msg, len, "out of memory"); return 503; }
+    d->plans = plans;
+    char err[2048];
+    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), d->plans[d->nplans - 1], d->tasks, d->ntasks, version,
+                             allow_dropped_state, tvs, err, sizeof err);
+    if (!p) {
+        free(tvs);
+        d->reloads_failed++;
+        snprintf(d->last_reload_error, sizeof d->last_reload_error, "%s", err);
+        log_error("reload (%s) refused, version %d keeps running: %s", trigger, d->version, err);
+        snprintf(msg, len, "%s", err);
+        return 422;
+    }
+    d->plans[d->nplans++] = p;
+    d->version = version;
+    d->loaded_at_ms = clock_wall_ms();
+    d->last_reload_error[0] = 0;
+    d->reloads_ok++;
+    /* every task gets its version before the sources start the barrier:
+     * downstream first (tasks are numbered sources first), and a keyed task
+     * that aligns a barrier before its version arrives waits for it */
+    for (int i = d->ntasks - 1; i >= 0; i--) {
+        if (atomic_load(&d->tasks[i]->status) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
+        else task_vm_destroy(tvs[i]);
+    }
+    free(tvs);
+    for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+    log_info("reload (%s): version %d (sha256 %.12s) is rolling out", trigger, version, p->hash);
+    snprintf(msg, len, "%d", version);
+    return 200;
+}
+
+void reload_on_file_changed(void *ud, const char *file) {
+    char msg[2048];
+    char trigger[300];
+    snprintf(trigger, sizeof trigger, "%s changed", file);
+    reload_request(ud, trigger, 0, msg, sizeof msg);
 }

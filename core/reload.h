@@ -1,9 +1,14 @@
 /* reload — changing the pipeline's logic while it runs.  Watches the
- * pipeline's folder (inotify through the event loop, debounced) and
- * prepares a new version off the hot path: plan the script anew in a fresh
- * VM, check it against the running plan, and build every task's new VM.
- * The daemon then offers the versions to the tasks, which swap at a barrier
- * (task.c).  Calls pipeline, task and libevent. */
+ * pipeline's folder (inotify through the event loop, debounced); decides
+ * whether a reload may start now (not while eddy starts or stops, while a
+ * version or a checkpoint is still rolling out, nor when nothing changed);
+ * prepares the new version off the hot path (plan the script anew in a
+ * fresh VM, check it against the running plan, build every task's new VM);
+ * and offers it to the tasks, which swap at a barrier (task.c).  The policy
+ * lives here beside the mechanism, not in daemon.c, so that everything a
+ * reload does reads in one file; it is one of the daemon's modules
+ * (daemon_state.h) and runs on the event loop.  Calls pipeline, task,
+ * checkpoint, sched and libevent. */
 #ifndef EDDY_RELOAD_H
 #define EDDY_RELOAD_H
 
@@ -27,5 +32,16 @@ void reload_watch_destroy(reload_watch *w);   /* NULL is a no-op */
  * on failure nothing is left in tvs. */
 plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running, task **tasks, int ntasks,
                      int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen);
+
+struct daemon_state;
+/* 1 while a running task has not reached the newest version. */
+int reload_in_progress(struct daemon_state *d);
+/* Validates the pipeline script as it is on disk now and, when it is good,
+ * offers the new version to every task.  trigger names the cause in the log
+ * ("SIGHUP", "POST /reload").  Returns an HTTP-like status (200 with the
+ * version in msg, 422 refused, 503 busy or stopping, with why in msg). */
+int reload_request(struct daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len);
+/* A reload_watch callback (ud: the daemon_state): reloads as file changed. */
+void reload_on_file_changed(void *ud, const char *file);
 
 #endif

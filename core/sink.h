@@ -1,71 +1,106 @@
-/* sink — where a task's records leave eddy: a file sink writes a directory of
- * part files (DIR/part-<task>-<checkpoint>.<ext>, one per task), stdout
- * writes whole batches under one lock so lines of different tasks never
- * interleave, a Kafka sink hands each record to its producer (kafka.c).
- * Values arrive encoded; file and stdout sinks buffer and write at the end
- * of each batch.  Calls kafka for Kafka sinks, nothing else of the runtime. */
+/* sink — where a task's records leave eddy: the interface every sink kind
+ * implements, and the table of kinds.  A kind is a sink_ops: callbacks that
+ * open one task's sink from its node's options, write a record, flush at
+ * the end of a batch, prepare at a checkpoint's barrier (describing what the
+ * commit then finishes), forget what a committed checkpoint finished, abort
+ * what no checkpoint committed (recovery), and close.  The kinds: a file
+ * sink writes a directory of part files (DIR/part-<task>-<checkpoint>.<ext>,
+ * one per task), stdout writes whole batches under one lock so lines of
+ * different tasks never interleave (both in sink_file.c), a Kafka sink hands
+ * each record to its producer (sink_kafka.c, through kafka.c).  Adding a
+ * kind: its own sink_<kind>.c with a sink_ops, and one line in sink.c's
+ * table.  Calls the kinds only; the kinds call files and kafka. */
 #ifndef EDDY_SINK_H
 #define EDDY_SINK_H
 
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <jansson.h>
+#include "pipeline.h"
 
 typedef struct sink sink;
-
-/* A part file prepared for a checkpoint: written and fsynced under its
- * hidden name; renamed to its final name once the checkpoint commits. */
-typedef struct sink_part { char hidden[4096], final[4096]; } sink_part;
-
-typedef enum { SINK_FILE, SINK_STDOUT, SINK_KAFKA } sink_kind;
+struct kafka;
 struct kafka_sink;
 
-/* file: dir (created if missing), ext without dot ("jsonl"); with txn
- * (exactly_once) the records between two checkpoints go to a hidden part
- * file of their own (sink_prepare); without, one part file, appended to
- * when append is set (a run that continues an earlier one), else
- * truncated.  stdout: lock is shared by every stdout sink.  Returns an
- * owned sink, or NULL with err. */
-sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
-                  int append, pthread_mutex_t *stdout_lock, char *err, size_t errlen);
-/* The names of task task_id's part file for a checkpoint: hidden
- * (DIR/.part-<task>-<checkpoint>.<ext>.inprogress) and final. */
-void sink_part_names(const char *dir, int task_id, int64_t checkpoint, const char *ext, char *hidden, char *final,
-                     size_t len);
-/* Checkpoint `checkpoint` passed this sink: what was written since the last
- * one is flushed and fsynced (an exactly-once file sink closes its part file
- * and keeps it among the prepared ones); later records belong to the next
- * checkpoint.  0 or -1. */
-int sink_prepare(sink *s, int64_t checkpoint);
-/* The part files prepared and not yet committed (borrowed), and forgetting
- * the first n of them once their checkpoint committed. */
-int sink_prepared(const sink *s, const sink_part **parts);
-void sink_committed(sink *s, int n);
-/* An exactly-once file sink's folder, else NULL. */
-const char *sink_dir(const sink *s);
-/* The checkpoint the next records belong to (after a restore). */
-void sink_set_checkpoint(sink *s, int64_t next);
-/* Appends value bytes and a newline.  0, or -1 with the error kept for sink_error. */
+/* What opens one task's sink. */
+typedef struct sink_args {
+    const node *nd;             /* the sink's node: its name and options */
+    const char *dir;            /* the pipeline's folder (relative paths) */
+    int task_id;
+    int txn;                    /* exactly_once: what a checkpoint has not committed stays hidden */
+    int append;                 /* this run continues an earlier one: append, never truncate */
+    pthread_mutex_t *stdout_lock;   /* shared by every stdout sink */
+    struct kafka *kafka;        /* the Kafka connection, or NULL */
+} sink_args;
+
+/* One record as the task's Lua function emitted it (value encoded). */
+typedef struct sink_record {
+    const char *key; size_t klen;   /* NULL: none */
+    const char *val; size_t vlen;
+    int64_t ts;                     /* event time; < 0: none */
+    const char *hdrs; size_t hlen;  /* Kafka headers: a MessagePack map, or NULL */
+    const char *origin;             /* the input position as a JSON object's text, or NULL */
+} sink_record;
+
+typedef struct sink_ops {
+    const char *name;               /* "file", "stdout", "kafka" */
+    const char *option;             /* the sink option that picks this kind; NULL: the default kind */
+    const char *const *options;     /* the sink options it reads (NULL-terminated) */
+    /* Opens a (its state: owned, or NULL with err). */
+    void *(*open)(sink *s, const sink_args *a, char *err, size_t errlen);
+    /* 0; -1 when the sink failed; -2 when only this record was refused (sink_fail says why). */
+    int (*write)(sink *s, const sink_record *r);
+    int (*flush)(sink *s);                      /* end of a batch (NULL: nothing buffered).  0 or -1 */
+    /* Checkpoint `checkpoint` passed: what was written since the last one is
+     * durable; later records belong to the next checkpoint.  0 or -1. */
+    int (*prepare)(sink *s, int64_t checkpoint);
+    /* Appends what the commit of the prepared checkpoints finishes to parts
+     * (the manifest's part_files: {"sink", "hidden", "final"}: renames). */
+    void (*prepared)(sink *s, json_t *parts);
+    void (*committed)(sink *s);                 /* what prepared() listed is done (NULL: nothing) */
+    void (*abort)(sink *s);                     /* recovery: deletes what no checkpoint committed (NULL: nothing) */
+    void (*set_checkpoint)(sink *s, int64_t next);   /* after a restore (NULL: nothing) */
+    int (*close)(sink *s);                      /* flushes and makes durable.  0 or -1 */
+    void (*destroy)(void *impl);                /* NULL is a no-op */
+    /* The producer whose deliveries acknowledge this sink's records (markers
+     * wait for them); NULL: written when flushed. */
+    struct kafka_sink *(*producer)(sink *s);
+} sink_ops;
+
+/* Opens a sink of the kind the node's options pick.  Owned, or NULL with err. */
+sink *sink_open(const sink_args *a, char *err, size_t errlen);
+/* Appends value bytes (and for file and stdout sinks a newline).  0, or -1
+ * with the error kept for sink_error. */
 int sink_write(sink *s, const char *p, size_t n);
-/* A Kafka sink, writing through ks (borrowed: kafka.c owns it).  Owned, or NULL. */
-sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size_t errlen);
-/* Writes one record with its key (may be NULL), event time (< 0: none) and
- * Kafka headers (a MessagePack map, or NULL); for file and stdout sinks only
- * the value is written.  0; -1 when the sink failed; -2 when only this record
- * was refused (sink_error says why). */
-/* origin: the input position as a JSON object's text (kafka_sink_send), or NULL. */
+/* Writes one record with its key (may be NULL), event time (< 0: none),
+ * Kafka headers (a MessagePack map, or NULL) and origin (the input position
+ * as a JSON object's text, or NULL); file and stdout sinks write the value
+ * only.  0; -1 when the sink failed; -2 when only this record was refused
+ * (sink_error says why). */
 int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts, const char *hdrs,
                   size_t hlen, const char *origin);
-/* The Kafka producer of a Kafka sink (borrowed), or NULL. */
-struct kafka_sink *sink_kafka(const sink *s);
-/* Writes out what is buffered (end of a batch).  0 or -1. */
-int sink_flush(sink *s);
-/* Flushes, fsyncs and closes (an exactly-once file sink only flushes: the
- * next checkpoint prepares its file).  0 or -1. */
+int sink_flush(sink *s);                        /* writes out what is buffered (end of a batch).  0 or -1 */
+int sink_prepare(sink *s, int64_t checkpoint);  /* see sink_ops.prepare */
+void sink_prepared(sink *s, json_t *parts);     /* see sink_ops.prepared */
+void sink_committed(sink *s);
+void sink_abort(sink *s);
+void sink_set_checkpoint(sink *s, int64_t next);
+/* Flushes, makes durable and closes (an exactly-once file sink only
+ * flushes: the next checkpoint prepares its file).  0 or -1. */
 int sink_close(sink *s);
+struct kafka_sink *sink_kafka(sink *s);         /* see sink_ops.producer (borrowed), or NULL */
 const char *sink_error(const sink *s);
 const char *sink_name(const sink *s);
 int64_t sink_records(const sink *s);
-void sink_destroy(sink *s);      /* closes if needed; NULL is a no-op */
+void sink_destroy(sink *s);                     /* NULL is a no-op */
+
+/* ---- for the kinds ---- */
+void *sink_impl(sink *s);                       /* the kind's state (borrowed) */
+int sink_failed(const sink *s);                 /* the sink failed: it writes no more */
+/* Keeps the error (printf-style) and marks the sink failed (fail = 1) or
+ * only the record refused (fail = 0). */
+void sink_fail(sink *s, int fail, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void sink_count(sink *s);                       /* one more record written */
 
 #endif

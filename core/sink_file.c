@@ -1,9 +1,11 @@
-/* The file, stdout and Kafka sinks (see sink.h). */
+/* The file and stdout sink kinds (see sink.h): both buffer the lines of a
+ * batch and write them at its end. */
 #include "sink.h"
 #include "files.h"
-#include "kafka.h"
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,9 +14,12 @@
 
 #define FLUSH_AT (256 * 1024)
 
-struct sink {
-    sink_kind kind;
-    char *name;
+/* A part file prepared for a checkpoint: written and fsynced under its
+ * hidden name; renamed to its final name once the checkpoint commits. */
+typedef struct part { char hidden[4096], final[4096]; } part;
+
+typedef struct fsink {
+    int is_file;             /* else stdout */
     char *path;              /* file: the part file */
     int fd;
     /* exactly-once file sinks: one hidden part file per checkpoint */
@@ -22,108 +27,114 @@ struct sink {
     char *dir, *ext;
     int task_id;
     int64_t epoch;           /* the checkpoint the records being written belong to */
-    sink_part *parts; int nparts, capparts;   /* prepared, not yet committed */
+    part *parts; int nparts, capparts;   /* prepared, not yet committed */
     pthread_mutex_t *lock;   /* stdout */
-    struct kafka_sink *ks;   /* kafka */
     char *buf;
     size_t len, cap;
-    int64_t records;
-    int failed;
-    char error[512];
-};
+} fsink;
 
+static void fsink_destroy(void *impl) {
+    fsink *f = impl;
+    if (!f) return;
+    if (f->fd >= 0) close(f->fd);
+    free(f->path);
+    free(f->dir);
+    free(f->ext);
+    free(f->parts);
+    free(f->buf);
+    free(f);
+}
 
-sink *sink_create(sink_kind kind, const char *name, const char *dir, const char *ext, int task_id, int txn,
-                  int append, pthread_mutex_t *stdout_lock, char *err, size_t errlen) {
-    sink *s = calloc(1, sizeof *s);
-    if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }
-    s->kind = kind;
-    s->fd = -1;
-    s->name = strdup(name);
-    s->lock = stdout_lock;
-    s->cap = FLUSH_AT * 2;
-    s->buf = malloc(s->cap);
-    if (!s->name || !s->buf) { snprintf(err, errlen, "out of memory"); goto err; }
-    if (kind == SINK_FILE) {
-        if (files_mkdirs(dir) < 0) {
-            snprintf(err, errlen, "sink '%s': cannot create %s: %s", name, dir, strerror(errno));
-            goto err;
-        }
-        if (txn) {
-            /* files are opened per checkpoint, at the first write after it */
-            s->txn = 1;
-            s->task_id = task_id;
-            s->epoch = 1;
-            s->dir = strdup(dir);
-            s->ext = strdup(ext);
-            if (!s->dir || !s->ext) { snprintf(err, errlen, "out of memory"); goto err; }
-            return s;
-        }
-        size_t n = strlen(dir) + strlen(ext) + 64;
-        s->path = malloc(n);
-        snprintf(s->path, n, "%s/part-%d-0.%s", dir, task_id, ext);
-        s->fd = open(s->path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0644);
-        if (s->fd < 0) {
-            snprintf(err, errlen, "sink '%s': cannot open %s: %s", name, s->path, strerror(errno));
-            goto err;
-        }
+static fsink *fsink_new(char *err, size_t errlen) {
+    fsink *f = calloc(1, sizeof *f);
+    if (f) {
+        f->fd = -1;
+        f->cap = FLUSH_AT * 2;
+        f->buf = malloc(f->cap);
     }
-    return s;
+    if (!f || !f->buf) { fsink_destroy(f); snprintf(err, errlen, "out of memory"); return NULL; }
+    return f;
+}
+
+/* file: DIR (created if missing) gets the part files, .jsonl for json else
+ * .txt; with txn (exactly_once) the records between two checkpoints go to a
+ * hidden part file of their own (prepare); without, one part file, appended
+ * to when append is set (a run that continues an earlier one), else truncated. */
+static void *file_open(sink *s, const sink_args *a, char *err, size_t errlen) {
+    const char *file = node_opt(a->nd, "file");
+    const char *format = node_opt(a->nd, "format") ? node_opt(a->nd, "format") : "json";
+    const char *ext = strcmp(format, "json") == 0 ? "jsonl" : "txt";
+    char dir[4096];
+    if (file[0] != '/') snprintf(dir, sizeof dir, "%s/%s", a->dir, file);
+    else snprintf(dir, sizeof dir, "%s", file);
+    fsink *f = fsink_new(err, errlen);
+    if (!f) return NULL;
+    f->is_file = 1;
+    if (files_mkdirs(dir) < 0) {
+        snprintf(err, errlen, "sink '%s': cannot create %s: %s", sink_name(s), dir, strerror(errno));
+        goto err;
+    }
+    if (a->txn) {
+        /* files are opened per checkpoint, at the first write after it */
+        f->txn = 1;
+        f->task_id = a->task_id;
+        f->epoch = 1;
+        f->dir = strdup(dir);
+        f->ext = strdup(ext);
+        if (!f->dir || !f->ext) { snprintf(err, errlen, "out of memory"); goto err; }
+        return f;
+    }
+    size_t n = strlen(dir) + strlen(ext) + 64;
+    f->path = malloc(n);
+    if (!f->path) { snprintf(err, errlen, "out of memory"); goto err; }
+    snprintf(f->path, n, "%s/part-%d-0.%s", dir, a->task_id, ext);
+    f->fd = open(f->path, O_WRONLY | O_CREAT | (a->append ? O_APPEND : O_TRUNC) | O_CLOEXEC, 0644);
+    if (f->fd < 0) {
+        snprintf(err, errlen, "sink '%s': cannot open %s: %s", sink_name(s), f->path, strerror(errno));
+        goto err;
+    }
+    return f;
 err:
-    sink_destroy(s);
+    fsink_destroy(f);
     return NULL;
 }
 
-sink *sink_create_kafka(const char *name, struct kafka_sink *ks, char *err, size_t errlen) {
-    sink *s = calloc(1, sizeof *s);
-    if (!s || !(s->name = strdup(name))) { free(s); snprintf(err, errlen, "out of memory"); return NULL; }
-    s->kind = SINK_KAFKA;
-    s->fd = -1;
-    s->ks = ks;
-    return s;
+static void *stdout_open(sink *s, const sink_args *a, char *err, size_t errlen) {
+    (void)s;
+    fsink *f = fsink_new(err, errlen);
+    if (f) f->lock = a->stdout_lock;
+    return f;
 }
 
-struct kafka_sink *sink_kafka(const sink *s) { return s->kind == SINK_KAFKA ? s->ks : NULL; }
-
-int sink_write_kv(sink *s, const char *key, size_t klen, const char *p, size_t n, int64_t ts, const char *hdrs,
-                  size_t hlen, const char *origin) {
-    if (s->kind != SINK_KAFKA) return sink_write(s, p, n);
-    if (s->failed) return -1;
-    /* a record Kafka will not take (too large, say) is that record's error, not the sink's */
-    if (kafka_sink_send(s->ks, key, klen, p, n, ts, hdrs, hlen, origin, s->error, sizeof s->error) < 0) return -2;
-    s->records++;
-    return 0;
-}
-
-void sink_part_names(const char *dir, int task_id, int64_t checkpoint, const char *ext, char *hidden, char *final,
-                     size_t len) {
+/* The names of task task_id's part file for a checkpoint: hidden
+ * (DIR/.part-<task>-<checkpoint>.<ext>.inprogress) and final. */
+static void part_names(const char *dir, int task_id, int64_t checkpoint, const char *ext, char *hidden, char *final,
+                       size_t len) {
     snprintf(hidden, len, "%s/.part-%d-%lld.%s.inprogress", dir, task_id, (long long)checkpoint, ext);
     snprintf(final, len, "%s/part-%d-%lld.%s", dir, task_id, (long long)checkpoint, ext);
 }
 
 /* Opens this checkpoint's hidden part file (exactly-once). */
-static int open_part(sink *s) {
+static int open_part(sink *s, fsink *f) {
     char hidden[4096], final[4096];
-    sink_part_names(s->dir, s->task_id, s->epoch, s->ext, hidden, final, sizeof hidden);
-    free(s->path);
-    s->path = strdup(hidden);
-    s->fd = s->path ? open(s->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
-    if (s->fd < 0) {
-        snprintf(s->error, sizeof s->error, "sink '%.100s': cannot open %.300s: %s", s->name, hidden, strerror(errno));
-        s->failed = 1;
+    part_names(f->dir, f->task_id, f->epoch, f->ext, hidden, final, sizeof hidden);
+    free(f->path);
+    f->path = strdup(hidden);
+    f->fd = f->path ? open(f->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+    if (f->fd < 0) {
+        sink_fail(s, 1, "sink '%.100s': cannot open %.300s: %s", sink_name(s), hidden, strerror(errno));
         return -1;
     }
     return 0;
 }
 
-static int write_all(sink *s, const char *p, size_t n) {
-    if (s->fd < 0 && s->txn && open_part(s) < 0) return -1;
+static int write_all(sink *s, fsink *f, const char *p, size_t n) {
+    if (f->fd < 0 && f->txn && open_part(s, f) < 0) return -1;
     while (n > 0) {
-        ssize_t w = write(s->fd, p, n);
+        ssize_t w = write(f->fd, p, n);
         if (w < 0 && errno == EINTR) continue;
         if (w < 0) {
-            snprintf(s->error, sizeof s->error, "sink '%s': write to %s failed: %s", s->name, s->path, strerror(errno));
-            s->failed = 1;
+            sink_fail(s, 1, "sink '%s': write to %s failed: %s", sink_name(s), f->path, strerror(errno));
             return -1;
         }
         p += w;
@@ -132,115 +143,134 @@ static int write_all(sink *s, const char *p, size_t n) {
     return 0;
 }
 
-int sink_flush(sink *s) {
-    if (s->failed) return -1;
-    if (s->len == 0 || s->kind == SINK_KAFKA) return 0;
+static int fsink_flush(sink *s) {
+    fsink *f = sink_impl(s);
+    if (f->len == 0) return 0;
     int rc = 0;
-    if (s->kind == SINK_FILE) {
-        rc = write_all(s, s->buf, s->len);
+    if (f->is_file) {
+        rc = write_all(s, f, f->buf, f->len);
     } else {
-        pthread_mutex_lock(s->lock);
-        if (fwrite(s->buf, 1, s->len, stdout) != s->len || fflush(stdout) != 0) {
-            snprintf(s->error, sizeof s->error, "sink '%s': write to stdout failed: %s", s->name, strerror(errno));
-            s->failed = 1;
+        pthread_mutex_lock(f->lock);
+        if (fwrite(f->buf, 1, f->len, stdout) != f->len || fflush(stdout) != 0) {
+            sink_fail(s, 1, "sink '%s': write to stdout failed: %s", sink_name(s), strerror(errno));
             rc = -1;
         }
-        pthread_mutex_unlock(s->lock);
+        pthread_mutex_unlock(f->lock);
     }
-    s->len = 0;
+    f->len = 0;
     return rc;
 }
 
-int sink_write(sink *s, const char *p, size_t n) {
-    if (s->kind == SINK_KAFKA) return sink_write_kv(s, NULL, 0, p, n, -1, NULL, 0, NULL);
-    if (s->failed) return -1;
-    if (s->len + n + 1 > s->cap) {
+/* Appends the value and a newline; a file sink writes every FLUSH_AT bytes,
+ * stdout only at the end of a batch (or when its buffer is full). */
+static int fsink_write(sink *s, const sink_record *r) {
+    fsink *f = sink_impl(s);
+    size_t n = r->vlen;
+    if (f->len + n + 1 > f->cap) {
         if (sink_flush(s) < 0) return -1;
-        if (n + 1 > s->cap) {
+        if (n + 1 > f->cap) {
             size_t ncap = n + 1 + FLUSH_AT;
-            char *nb = realloc(s->buf, ncap);
-            if (!nb) { snprintf(s->error, sizeof s->error, "sink '%s': out of memory", s->name); s->failed = 1; return -1; }
-            s->buf = nb;
-            s->cap = ncap;
+            char *nb = realloc(f->buf, ncap);
+            if (!nb) { sink_fail(s, 1, "sink '%s': out of memory", sink_name(s)); return -1; }
+            f->buf = nb;
+            f->cap = ncap;
         }
     }
-    memcpy(s->buf + s->len, p, n);
-    s->len += n;
-    s->buf[s->len++] = '\n';
-    s->records++;
-    if (s->len >= FLUSH_AT && s->kind == SINK_FILE) return sink_flush(s);
+    memcpy(f->buf + f->len, r->val, n);
+    f->len += n;
+    f->buf[f->len++] = '\n';
+    sink_count(s);
+    if (f->len >= FLUSH_AT && f->is_file) return sink_flush(s);
     return 0;
 }
 
-int sink_close(sink *s) {
+static int fsink_close(sink *s) {
+    fsink *f = sink_impl(s);
     int rc = sink_flush(s);
-    if (s->txn) return rc;          /* the checkpoint after this prepares the file */
-    if (s->kind == SINK_FILE && s->fd >= 0) {
-        if (fsync(s->fd) < 0 && rc == 0) {
-            snprintf(s->error, sizeof s->error, "sink '%s': fsync of %s failed: %s", s->name, s->path, strerror(errno));
+    if (f->txn) return rc;          /* the checkpoint after this prepares the file */
+    if (f->is_file && f->fd >= 0) {
+        if (fsync(f->fd) < 0 && rc == 0) {
+            sink_fail(s, 0, "sink '%s': fsync of %s failed: %s", sink_name(s), f->path, strerror(errno));
             rc = -1;
         }
-        if (close(s->fd) < 0 && rc == 0) rc = -1;
-        s->fd = -1;
+        if (close(f->fd) < 0 && rc == 0) rc = -1;
+        f->fd = -1;
     }
     return rc;
 }
 
-int sink_prepare(sink *s, int64_t checkpoint) {
-    if (!s->txn) return sink_flush(s);
+/* An exactly-once file sink closes its part file and keeps it among the
+ * prepared ones; others flush. */
+static int file_prepare(sink *s, int64_t checkpoint) {
+    fsink *f = sink_impl(s);
     int rc = sink_flush(s);
-    if (rc == 0 && s->fd >= 0) {
-        if (fsync(s->fd) < 0) {
-            snprintf(s->error, sizeof s->error, "sink '%s': fsync of %s failed: %s", s->name, s->path, strerror(errno));
-            s->failed = 1;
+    if (!f->txn) return rc;
+    if (rc == 0 && f->fd >= 0) {
+        if (fsync(f->fd) < 0) {
+            sink_fail(s, 1, "sink '%s': fsync of %s failed: %s", sink_name(s), f->path, strerror(errno));
             rc = -1;
         }
-        close(s->fd);
-        s->fd = -1;
+        close(f->fd);
+        f->fd = -1;
         if (rc == 0) {
-            if (s->nparts == s->capparts) {
-                int nc = s->capparts ? s->capparts * 2 : 4;
-                sink_part *np = realloc(s->parts, sizeof *np * nc);
-                if (!np) { snprintf(s->error, sizeof s->error, "out of memory"); s->failed = 1; return -1; }
-                s->parts = np;
-                s->capparts = nc;
+            if (f->nparts == f->capparts) {
+                int nc = f->capparts ? f->capparts * 2 : 4;
+                part *np = realloc(f->parts, sizeof *np * nc);
+                if (!np) { sink_fail(s, 1, "out of memory"); return -1; }
+                f->parts = np;
+                f->capparts = nc;
             }
-            sink_part *pt = &s->parts[s->nparts++];
-            sink_part_names(s->dir, s->task_id, s->epoch, s->ext, pt->hidden, pt->final, sizeof pt->hidden);
+            part *pt = &f->parts[f->nparts++];
+            part_names(f->dir, f->task_id, f->epoch, f->ext, pt->hidden, pt->final, sizeof pt->hidden);
         }
     }
-    s->epoch = checkpoint + 1;
+    f->epoch = checkpoint + 1;
     return rc;
 }
 
-int sink_prepared(const sink *s, const sink_part **parts) {
-    *parts = s->parts;
-    return s->nparts;
+static void file_prepared(sink *s, json_t *parts) {
+    fsink *f = sink_impl(s);
+    for (int j = 0; j < f->nparts; j++)
+        json_array_append_new(parts, json_pack("{s:s, s:s, s:s}", "sink", sink_name(s), "hidden", f->parts[j].hidden,
+                                               "final", f->parts[j].final));
 }
 
-void sink_committed(sink *s, int n) {
-    if (n > s->nparts) n = s->nparts;
-    if (n <= 0) return;
-    memmove(s->parts, s->parts + n, sizeof *s->parts * (s->nparts - n));
-    s->nparts -= n;
+static void file_committed(sink *s) { ((fsink *)sink_impl(s))->nparts = 0; }
+
+/* Deletes this task's hidden part files (prepared after the checkpoint
+ * restored, or written and never prepared). */
+static void file_abort(sink *s) {
+    fsink *f = sink_impl(s);
+    if (!f->txn) return;
+    DIR *dd = opendir(f->dir);
+    if (!dd) return;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, ".part-%d-", f->task_id);
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || l < 11 || strcmp(e->d_name + l - 11, ".inprogress") != 0)
+            continue;
+        char path[PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", f->dir, e->d_name);
+        unlink(path);
+    }
+    closedir(dd);
 }
 
-void sink_set_checkpoint(sink *s, int64_t next) { s->epoch = next; }
+static void file_set_checkpoint(sink *s, int64_t next) { ((fsink *)sink_impl(s))->epoch = next; }
 
-const char *sink_dir(const sink *s) { return s->txn ? s->dir : NULL; }
+static const char *const file_options[] = { "file", "format", NULL };
+static const char *const stdout_options[] = { "stdout", "format", NULL };
 
-const char *sink_error(const sink *s) { return s->error; }
-const char *sink_name(const sink *s) { return s->name; }
-int64_t sink_records(const sink *s) { return s->records; }
+const sink_ops sink_file_ops = {
+    .name = "file", .option = "file", .options = file_options,
+    .open = file_open, .write = fsink_write, .flush = fsink_flush, .prepare = file_prepare,
+    .prepared = file_prepared, .committed = file_committed, .abort = file_abort,
+    .set_checkpoint = file_set_checkpoint, .close = fsink_close, .destroy = fsink_destroy,
+};
 
-void sink_destroy(sink *s) {
-    if (!s) return;
-    if (s->fd >= 0) close(s->fd);
-    free(s->name);
-    free(s->path);
-    free(s->dir);
-    free(s->ext);
-    free(s->parts);
-    free(s->buf);
-    free(s);
-}
+const sink_ops sink_stdout_ops = {
+    .name = "stdout", .option = NULL, .options = stdout_options,
+    .open = stdout_open, .write = fsink_write, .flush = fsink_flush, .close = fsink_close, .destroy = fsink_destroy,
+};

@@ -1,4 +1,6 @@
 #include "source_file.h"
+#include <sys/stat.h>
+#include "source.h"
 #include <csv.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +21,8 @@ struct source_reader {
     int header;
     unsigned char delimiter;  /* csv */
     int source_index, partition;
+    const source_info *si;    /* borrowed: the daemon keeps every plan until exit */
+    int64_t size_at_open;     /* the file's size when it opened (what a bootstrap reads first) */
     char *buf;
     size_t len, pos, cap;     /* buffered bytes are buf[pos..len) */
     int64_t offset;           /* file offset of buf[pos] */
@@ -46,11 +50,12 @@ static void csv_start(source_reader *r) {
     csv_set_delim(&r->parser, r->delimiter);
 }
 
-source_reader *source_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
+source_reader *source_file_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
     source_reader *r = calloc(1, sizeof *r);
     if (!r) { snprintf(err, errlen, "out of memory"); return NULL; }
     r->source_index = source_index;
     r->partition = partition;
+    r->si = si;
     r->follow = si->follow;
     r->csv = strcmp(si->format, "csv") == 0;
     r->header = si->header;
@@ -70,12 +75,14 @@ source_reader *source_open(const source_info *si, int source_index, int partitio
             return NULL;
         }
     }
+    struct stat sb;            /* a followed file bootstraps up to its size at the start */
+    r->size_at_open = stat(si->files[partition], &sb) == 0 ? (int64_t)sb.st_size : 0;
     r->delimiter = (unsigned char)si->delimiter;
     if (r->csv) csv_start(r);
     return r;
 }
 
-void source_close(source_reader *r) {
+void source_file_close(source_reader *r) {
     if (!r) return;
     if (!r->is_stdin && r->fd >= 0) close(r->fd);
     if (r->csv) csv_free(&r->parser);
@@ -89,10 +96,10 @@ void source_close(source_reader *r) {
     free(r);
 }
 
-int64_t source_position(const source_reader *r) { return r->offset; }
-int64_t source_line(const source_reader *r) { return r->line; }
+int64_t source_file_position(const source_reader *r) { return r->offset; }
+int64_t source_file_line(const source_reader *r) { return r->line; }
 
-int source_seek(source_reader *r, int64_t offset, int64_t line, char *err, size_t errlen) {
+int source_file_seek(source_reader *r, int64_t offset, int64_t line, char *err, size_t errlen) {
     if (r->is_stdin) { snprintf(err, errlen, "stdin cannot continue where it stopped"); return -1; }
     if (r->csv && r->header) { snprintf(err, errlen, "a CSV file with a header is read again from its start"); return -1; }
     off_t end = lseek(r->fd, 0, SEEK_END);
@@ -206,7 +213,7 @@ static int add_malformed(source_reader *r, batch *b, const char *raw, size_t raw
 
 /* ---- reading ------------------------------------------------------------ */
 
-int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen) {
+int source_file_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen) {
     int n = 0;
     *eof = 0;
     while (n < max) {
@@ -344,3 +351,58 @@ int source_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t
     }
     return n;
 }
+
+/* ---- the file and stdin kinds (source.h) ---------------------------------- */
+
+static const char *const file_options[] = { "file", "files", "format", "follow", "header", "delimiter", "max_bytes",
+                                            "idle", "bootstrap", NULL };
+
+static void *file_open(const source_info *si, int index, int partition, char *err, size_t errlen) {
+    return source_file_open(si, index, partition, err, errlen);
+}
+
+static int file_read(void *impl, batch *b, int max, int *eof, char *err, size_t errlen) {
+    source_reader *r = impl;
+    char e[512];
+    int n = source_file_read(r, b, max, eof, e, sizeof e);
+    if (n < 0) snprintf(err, errlen, "source '%s' %s: %s", r->si->name, r->si->files[r->partition], e);
+    return n;
+}
+
+static int64_t file_position(void *impl) { return source_file_position(impl); }
+static void file_close(void *impl) { source_file_close(impl); }
+static int file_live(void *impl) { return ((source_reader *)impl)->follow; }
+static int stdin_live(void *impl) { (void)impl; return 1; }
+static int file_caught_up(void *impl) { source_reader *r = impl; return r->offset >= r->size_at_open; }
+
+static json_t *file_save(void *impl, const source_info *si, int partition, const source_mark *m) {
+    source_reader *r = impl;
+    json_t *e = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I}", "source", si->name, "file", si->files[partition], "offset",
+                          (json_int_t)r->offset, "line", (json_int_t)r->line, "watermark", (json_int_t)m->wm,
+                          "max_ts", (json_int_t)m->maxts);
+    if (e && m->ended >= 0) json_object_set_new(e, "ended", json_boolean(m->ended));
+    return e;
+}
+
+static int file_restore(void *impl, json_t *e, char *err, size_t errlen) {
+    return source_file_seek(impl, json_integer_value(json_object_get(e, "offset")),
+                            json_integer_value(json_object_get(e, "line")), err, errlen);
+}
+
+static void file_status(void *impl, const source_info *si, int partition, json_t *out) {
+    (void)impl;
+    json_object_set_new(out, "file", json_string(si->files[partition]));
+}
+
+const source_ops source_file_ops = {
+    .kind = SRC_FILE, .name = "file", .options = file_options,
+    .open = file_open, .read = file_read, .position = file_position, .save = file_save, .restore = file_restore,
+    .status = file_status, .resumes = 1, .live = file_live, .caught_up = file_caught_up, .close = file_close,
+};
+
+/* stdin: read like a file, never seekable (its restore fails), always polled, never in positions.json */
+const source_ops source_stdin_ops = {
+    .kind = SRC_STDIN, .name = "stdin", .options = file_options,
+    .open = file_open, .read = file_read, .position = file_position, .save = file_save, .restore = file_restore,
+    .status = file_status, .live = stdin_live, .caught_up = file_caught_up, .close = file_close,
+};

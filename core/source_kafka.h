@@ -8,8 +8,9 @@
  * is drained first — its task stops reading and sends a marker, and once the
  * outputs before that marker are acknowledged (acks.c) its position is
  * committed and the partition given up.  eddy commits offsets itself, never
- * librdkafka's auto-commit.  Calls librdkafka, jansson, kafka (connection
- * properties), batch and log. */
+ * librdkafka's auto-commit.  Two files: kafka_group.c (the group) and
+ * source_kafka.c (a partition, as the source kind "kafka" of source.h).
+ * Calls librdkafka, jansson, kafka (connection properties), batch and log. */
 #ifndef EDDY_SOURCE_KAFKA_H
 #define EDDY_SOURCE_KAFKA_H
 
@@ -18,6 +19,8 @@
 #include <jansson.h>
 #include "batch.h"
 #include "config.h"
+#include "pipeline.h"
+#include "source.h"
 
 struct kafka;
 typedef struct kgroup kgroup;
@@ -63,44 +66,26 @@ json_t *kgroup_status(kgroup *g);              /* owned: the assignment, per par
 struct evbuffer;
 void kgroup_metrics(kgroup *g, struct evbuffer *out);
 
-/* ---- one partition (its task's side, on a worker thread) ---- */
+/* ---- one partition: the source kind "kafka" (source.h) ---- */
+extern const source_ops source_kafka_ops;
+/* Registers s's partition (a source of kind "kafka" opened by its task
+ * `task_id`, of plan p) with the group g, before kgroup_subscribe.  0 (also
+ * for a source of another kind), or -1 with err (max_bytes malformed). */
+int source_kafka_attach(source *s, kgroup *g, const plan *p, int task_id, char *err, size_t errlen);
+/* Shared by the group's two files (kafka_group.c, source_kafka.c). */
 int kpart_state(kpart *kp);
 /* 1 once the group has assigned partitions and this one is not among ours:
  * it then holds no watermark back here (before the first assignment every
  * partition may still become ours, and holds it). */
 int kpart_elsewhere(kpart *kp);
-/* Reads up to max messages into b (key, value, headers, Kafka timestamp in
- * ts); records carry partition `index` of source `source`.  Returns the
- * number read (0: none now), or -1 with err (the task fails). */
-int kpart_read(kpart *kp, batch *b, int max, uint32_t source, int32_t index, char *err, size_t errlen);
-void kpart_pause(kpart *kp, int paused);       /* backpressure: stop or restart fetching (event loop) */
 int64_t kpart_position(kpart *kp);             /* the offset after the last one read */
 /* 1 when the last read reached the partition's end (nothing left to read
  * now): only then may the partition count as idle. */
 int kpart_at_end(kpart *kp);
-/* bounded = true: the partition ends once read up to its end offset as of
- * its first assignment (or to its end, when that offset is unknown). */
-void kpart_set_bounded(kpart *kp);
-int kpart_ended(kpart *kp);                     /* 1 once a bounded partition was read to that end */
-int64_t kpart_bound_left(kpart *kp);            /* bounded: offsets left to that end (INT64_MAX: not known) */
-/* Recovery: the partition starts at offset the first time it is assigned
- * (before the group's committed offset; with Kafka sinks under exactly_once
- * only where the group has none, its offsets being the checkpoints').  And
- * where a checkpoint restarts it: the position, or while nothing was read
- * the offset it started at (-1: not known). */
-void kpart_restore(kpart *kp, int64_t offset);
-int64_t kpart_checkpoint_offset(kpart *kp);
-const char *kpart_topic(const kpart *kp);
-int kpart_partition(const kpart *kp);
-kgroup *kpart_group(kpart *kp);
-/* Event loop: a Kafka transaction committed offset for the partition (the
- * group has it; nothing is left for the consumer to commit). */
-void kpart_committed(kpart *kp, int64_t offset);
+int kpart_ended(kpart *kp);                     /* 1 once a bounded partition was read to its end */
 /* The consumer's group metadata for send_offsets_to_transaction (owned). */
 struct rd_kafka_consumer_group_metadata_s;
 struct rd_kafka_consumer_group_metadata_s *kgroup_metadata(kgroup *g);
-/* The task stopped reading a revoked partition and sent marker `marker`. */
-void kpart_draining(kpart *kp, uint64_t marker);
 /* acks.c: every output caused by the records before `position` was
  * acknowledged; `marker` is the marker that showed it. */
 void kpart_acked(kpart *kp, uint64_t marker, int64_t position);

@@ -1,11 +1,9 @@
 #include "task.h"
-#include <sys/stat.h>
 #include "log.h"
 #include "lua_api.h"
 #include "timer.h"
 #include "sink.h"
-#include "source_file.h"
-#include "source_kafka.h"
+#include "source.h"
 #include "acks.h"
 #include "vm.h"
 #include "window.h"
@@ -21,17 +19,21 @@ sched_entry *task_sched_entry(task *t) { return &t->se; }
 
 #define TICK_MS 10   /* processing-time triggers are checked this often */
 
+/* On the event loop's thread: whether the poll timer should wake this task
+ * (it reads the task's source, never t->cur, which the worker swaps). */
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
-    const source_info *si = &t->cur.p->sources[t->source];
-    return si->follow || si->kind == SRC_STDIN || si->kind == SRC_KAFKA ||
+    return (t->src && source_live(t->src)) ||
            (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
-int task_version(const task *t) { return t->cur.version; }
-
-static const char *sink_ext(const char *format) {
-    return strcmp(format, "json") == 0 ? "jsonl" : "txt";
+/* On the event loop's thread: t->cur is the worker's to swap (swap_version),
+ * so it is read under swap_mu. */
+int task_version(const task *t) {
+    pthread_mutex_lock((pthread_mutex_t *)&t->swap_mu);
+    int v = t->cur.version;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->swap_mu);
+    return v;
 }
 
 task *task_create(task_shared *sh, const stage *st, int index, int id, char *err, size_t errlen) {
@@ -53,31 +55,15 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     for (int i = 0; i < st->nnodes; i++) {
         const node *nd = &p->nodes[st->nodes[i] - 1];
         if (nd->kind != NODE_SINK) continue;
-        const char *file = node_opt(nd, "file");
-        const char *topic = node_opt(nd, "kafka");
-        const char *format = node_opt(nd, "format") ? node_opt(nd, "format") : "json";
-        char dir[4096];
-        if (file && file[0] != '/') snprintf(dir, sizeof dir, "%s/%s", p->dir, file);
-        else if (file) snprintf(dir, sizeof dir, "%s", file);
-        sink *s;
-        if (topic) {
-            kafka_sink *ks = sh->kafka ? kafka_sink_get(sh->kafka, nd->name, topic, &nd->opts, err, errlen) : NULL;
-            if (!ks) goto err;
-            s = sink_create_kafka(nd->name, ks, err, errlen);
-        } else {
-            s = sink_create(file ? SINK_FILE : SINK_STDOUT, nd->name, file ? dir : NULL, sink_ext(format), id,
-                            sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE, sh->continuing, &sh->stdout_mu, err, errlen);
-        }
+        sink_args a = { .nd = nd, .dir = p->dir, .task_id = id, .txn = sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE,
+                        .append = sh->continuing, .stdout_lock = &sh->stdout_mu, .kafka = sh->kafka };
+        sink *s = sink_open(&a, err, errlen);
         if (!s) goto err;
         t->sinks[t->nsinks++] = s;
     }
     if (!st->keyed) {
-        if (p->sources[st->source].kind != SRC_KAFKA) {   /* Kafka: the daemon attaches the partition */
-            t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
-            if (!t->src) goto err;
-            struct stat sb;        /* a followed file bootstraps up to its size at the start */
-            t->boot_end = stat(p->sources[st->source].files[index], &sb) == 0 ? (int64_t)sb.st_size : 0;
-        }
+        t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
+        if (!t->src) goto err;
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
     }
@@ -345,16 +331,19 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     t->io.recs = b ? b->recs : NULL;
     t->io.data = b ? b->data : NULL;
     t->io.n = b ? b->n : 0;
-    t->io.cur = 0;
-    t->io.seq++;
-    t->io.in_call = 1;
+    /* cur, seq and in_call are the watchdog's progress marks, read on the
+     * event loop's thread: relaxed atomic stores (Lua's FFI stores them too,
+     * on this thread) */
+    __atomic_store_n(&t->io.cur, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.seq, t->io.seq + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->io.in_call, 1, __ATOMIC_RELAXED);
     vm_enter(t->cur.vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);                    /* fn */
     int nargs = 0;
     if (arg >= 0) { lua_pushinteger(L, arg); nargs = 1; }      /* fn [arg] */
     int rc = lua_pcall(L, nargs, 0, 0);                        /* | err */
     vm_leave(t->cur.vm);
-    t->io.in_call = 0;
+    __atomic_store_n(&t->io.in_call, 0, __ATOMIC_RELAXED);
     t->io.recs = NULL;
     t->io.data = NULL;
     t->io.n = 0;
@@ -468,10 +457,10 @@ static void report_mark(task *t, uint64_t id) {
  * complete: with nothing in flight it completes in report_mark). */
 static uint64_t send_mark(task *t, int draining) {
     if (!t->sh->acks) return 0;
-    int64_t pos = kpart_position(t->kp);
+    int64_t pos = source_position(t->src);
     uint64_t id = acks_begin(t->sh->acks, t->st->id, t->id, pos);
     if (!id) return 0;
-    if (draining) kpart_draining(t->kp, id);
+    if (draining) source_drain(t->src, id);
     t->marked_position = pos;
     t->last_mark_ms = clock_mono_us() / 1000;
     push_all(t, CH_MARK, (int64_t)id);
@@ -481,49 +470,48 @@ static uint64_t send_mark(task *t, int draining) {
 
 static int exactly_once(const task *t) { return t->sh->cfg->guarantee == GUARANTEE_EXACTLY_ONCE; }
 
-/* A Kafka source task: reads its partition while the group assigns it here.
- * Sets *n_read (-1 when the step is over without a read: return its result). */
-static step_result step_kafka(task *t, int *n_read) {
+/* A source task reads its partition while it is read here (a group's
+ * partition may be assigned to another instance, or being given up).
+ * Sets *n_read (-1 when the step is over without a read: return its result)
+ * and *eof. */
+static step_result read_source(task *t, int *n_read, int *eof) {
     task_shared *sh = t->sh;
     *n_read = -1;
-    int st = kpart_state(t->kp);
-    if (st == KP_REVOKING) {
+    int st = source_state(t->src);
+    if (st == SOURCE_REVOKING) {
         /* given up: stop reading, and let the group know when what was read is acknowledged */
         uint64_t id = send_mark(t, 1);
-        if (!id) kpart_draining(t->kp, 0);
+        if (!id) source_drain(t->src, 0);
         if (!t->idle_sent && !exactly_once(t)) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
         return STEP_PROGRESS;
     }
-    if (st != KP_ASSIGNED) {
+    if (st != SOURCE_READING) {
         /* idleness counts from the assignment: a partition not yet read here
          * is not idle (on its first empty fetch its records would be late) */
         t->last_record_ms = clock_now_ms();
         /* another instance reads it: it holds no watermark back here (under
          * exactly_once it does: a restarted instance waits for the partitions
          * a dead one still holds, rather than fire windows without them) */
-        if (!t->idle_sent && t->nouts > 0 && kpart_elsewhere(t->kp) && !exactly_once(t)) {
+        if (!t->idle_sent && t->nouts > 0 && source_elsewhere(t->src) && !exactly_once(t)) {
             t->idle_sent = 1;
             push_all(t, CH_WATERMARK, WM_IDLE);
         }
         return STEP_IDLE;
     }
-    if (kpart_position(t->kp) < t->marked_position) t->marked_position = -1;   /* re-assigned, further back */
-    if (sh->acks && kpart_position(t->kp) > t->marked_position &&
-        clock_mono_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
-        send_mark(t, 0);
-    batch_clear(t->inbatch);
-    char err[600];
-    int max = (int)sh->cfg->batch_size;
-    if (t->cur.p->sources[t->source].bounded) {
-        /* bounded: nothing past the end offset as of the assignment (one
-         * record first, while the position is not known yet) */
-        int64_t pos = kpart_position(t->kp);
-        max = pos < 0 ? 1 : (int)(kpart_bound_left(t->kp) < max ? kpart_bound_left(t->kp) : max);
-        if (max <= 0) { *n_read = 0; return STEP_IDLE; }
+    if (source_marks(t->src)) {
+        if (source_position(t->src) < t->marked_position) t->marked_position = -1;   /* re-assigned, further back */
+        if (sh->acks && source_position(t->src) > t->marked_position &&
+            clock_mono_us() / 1000 - t->last_mark_ms >= sh->mark_interval_ms)
+            send_mark(t, 0);
     }
-    int n = kpart_read(t->kp, t->inbatch, max, (uint32_t)t->source, t->index, err, sizeof err);
+    batch_clear(t->inbatch);
+    char err[700];
+    int64_t left = source_bound_left(t->src);
+    int max = left < sh->cfg->batch_size ? (int)left : (int)sh->cfg->batch_size;
+    if (max <= 0) { *n_read = 0; return STEP_IDLE; }
+    int n = source_read(t->src, t->inbatch, max, eof, err, sizeof err);
     if (n < 0) { task_fail(t, "%s", err); return STEP_FAILED; }
-    t->position = kpart_position(t->kp);
+    t->position = source_position(t->src);
     *n_read = n;
     return n > 0 ? STEP_PROGRESS : STEP_IDLE;
 }
@@ -541,12 +529,7 @@ static int pass_checkpoint(task *t, int64_t id) {
 
 /* bootstrap = true: has this source task read to its end? */
 static int boot_reached_end(task *t, int eof) {
-    if (eof) return 1;
-    if (t->kp) {
-        int st = kpart_state(t->kp);
-        return kpart_at_end(t->kp) || kpart_ended(t->kp) || (st != KP_ASSIGNED && kpart_elsewhere(t->kp));
-    }
-    return t->src && source_position(t->src) >= t->boot_end;
+    return eof || source_caught_up(t->src);
 }
 
 /* 1 while a bootstrap source has not been read to its end, or what it sent
@@ -585,32 +568,18 @@ static step_result step_source(task *t) {
     int64_t req = atomic_load(&t->ckpt_req);
     if (req > atomic_load(&t->ckpt_passed))       /* between two batches too: the cut of this partition */
         return pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
-    if (outputs_blocked(t) && !(t->kp && kpart_state(t->kp) == KP_REVOKING)) return STEP_BLOCKED;
+    if (outputs_blocked(t) && source_state(t->src) != SOURCE_REVOKING) return STEP_BLOCKED;
     if (atomic_load(&sh->stopping)) return finish(t);
     const source_info *si = &t->cur.p->sources[t->source];
     if (!si->bootstrap && bootstrapping(t)) return STEP_IDLE;       /* (on_poll wakes it again) */
     /* bounded: a partition another instance reads ends here */
-    if (t->kp && si->bounded && kpart_state(t->kp) != KP_ASSIGNED && kpart_elsewhere(t->kp)) {
+    if (si->bounded && source_state(t->src) != SOURCE_READING && source_elsewhere(t->src)) {
         t->input_ended = 1;
         return finish(t);
     }
     int eof = 0, n;
-    if (t->kp) {
-        step_result r = step_kafka(t, &n);
-        if (n < 0) return r;                   /* not reading now (revoked, elsewhere, failed) */
-    } else {
-        batch_clear(t->inbatch);
-        char err[512];
-        n = source_read(t->src, t->inbatch, (int)sh->cfg->batch_size, &eof, err, sizeof err);
-        if (n < 0) {
-            char msg[700];
-            snprintf(msg, sizeof msg, "source '%s' %s: %s", t->cur.p->sources[t->source].name,
-                     t->cur.p->sources[t->source].files[t->index], err);
-            task_fail(t, "%s", msg);
-            return STEP_FAILED;
-        }
-        t->position = source_position(t->src);
-    }
+    step_result r = read_source(t, &n, &eof);
+    if (n < 0) return r;                       /* not reading now (revoked, elsewhere, failed) */
     if (n > 0) {
         t->last_record_ms = clock_now_ms();
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
@@ -626,11 +595,11 @@ static step_result step_source(task *t) {
         return STEP_PROGRESS;
     }
     if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, eof)) atomic_store(&t->boot_reached, 1);
-    if (eof || (t->kp && kpart_ended(t->kp))) { t->input_ended = 1; return finish(t); }
+    if (eof || source_ended(t->src)) { t->input_ended = 1; return finish(t); }
     int64_t idle = t->cur.p->sources[t->source].idle_ms;
     /* a Kafka partition is idle only at its end: a fetch still on its way
      * (or a slow one) is not the absence of records */
-    if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle && (!t->kp || kpart_at_end(t->kp))) {
+    if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle && source_at_end(t->src)) {
         log_task_debug(t->name, "idle: no record for %lld ms", (long long)idle);
         t->idle_sent = 1;
         push_all(t, CH_WATERMARK, WM_IDLE);
@@ -641,7 +610,7 @@ static step_result step_source(task *t) {
 /* Tells the tasks downstream how far this task's watermark got (records
  * carry it too; this covers advances without records), then, when every
  * input of this task is idle, that it is idle (its watermark is then the
- * highest of the idle inputs', runtime.lua's merge_watermark). */
+ * highest of the idle inputs', lua/eddy/runtime/task.lua's merge_watermark). */
 static void forward_watermark(task *t) {
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
         t->sent_wm = t->io.wm;
@@ -713,13 +682,13 @@ static step_result step_keyed(task *t) {
     step_result r = STEP_PROGRESS;
     if (m->kind == CH_BATCH) {
         t->io.channel = idx;
-        t->chan_idle[idx] = 0;           /* records again: the input counts in the minimum */
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);   /* records again: the input counts in the minimum */
         if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_WATERMARK) {
-        if (m->value == WM_IDLE) t->chan_idle[idx] = 1;
+        if (m->value == WM_IDLE) __atomic_store_n(&t->chan_idle[idx], 1, __ATOMIC_RELAXED);
         else {
-            t->chan_idle[idx] = 0;
-            if (m->value > t->chan_wm[idx]) t->chan_wm[idx] = m->value;
+            __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
+            if (m->value > t->chan_wm[idx]) __atomic_store_n(&t->chan_wm[idx], m->value, __ATOMIC_RELAXED);
         }
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_BARRIER) {
@@ -735,12 +704,12 @@ static step_result step_keyed(task *t) {
         report_mark(t, (uint64_t)m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
-        t->ended[idx] = 1;
-        t->chan_idle[idx] = 0;
+        __atomic_store_n(&t->ended[idx], 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
         /* an input that ended because eddy stops holds the watermark where
          * it was: a stop never advances event time (the next run goes on) */
         if (m->value == EOS_STOP) t->stop_eos = 1;
-        else t->chan_wm[idx] = WM_END;
+        else __atomic_store_n(&t->chan_wm[idx], WM_END, __ATOMIC_RELAXED);
         if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
         else if (t->eos == t->nin) r = finish(t);
     }

@@ -23,7 +23,7 @@
 
 struct vm;
 struct sink;
-struct source_reader;
+struct source;
 
 typedef enum { STEP_PROGRESS, STEP_IDLE, STEP_BLOCKED, STEP_DONE, STEP_FAILED } step_result;
 enum { TASK_RUNNING = 0, TASK_DONE = 1, TASK_FAILED = 2 };
@@ -121,7 +121,6 @@ typedef struct task {
     int idle_sent;              /* an idle mark went downstream and no record since */
     int64_t last_record_ms;     /* sources: processing time of the last record read */
     int input_ended;            /* sources: finished at the end of the input (not by a stop) */
-    int64_t boot_end;           /* a bootstrap file source: the file's size at the start (what it reads first) */
     atomic_int boot_reached;    /* a bootstrap source: read to its end (the others may start once it is drained) */
     int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
     int64_t wm_at_end;          /* the watermark before finish made it +inf */
@@ -131,8 +130,7 @@ typedef struct task {
     out_port *outs; int nouts;
     struct sink **sinks; int nsinks;
 
-    struct source_reader *src;  /* source tasks reading a file or stdin */
-    struct kpart *kp;           /* source tasks reading a Kafka partition (set by the daemon) */
+    struct source *src;         /* source tasks: their partition, of any kind (source.h) */
     int64_t last_mark_ms;       /* when it last sent a marker (monotonic) */
     int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */

@@ -10,7 +10,11 @@
  * windows come out by end and what is open is bounded by disk, not memory;
  * sessions add an index key -> its sessions (uid 0x00 kg key 'w' start).
  * The operator keeps per key group the earliest end it holds, so a
- * watermark that reaches no window costs no read.  Calls state, keygroup. */
+ * watermark that reaches no window costs no read.  Calls state, keygroup.
+ * Modules (window_internal.h): window.c one window in the store, assignment
+ * and the C aggregates; window_fire.c firing in chunks; window_session.c
+ * session merging; window_trigger.c what triggers call (listing, firing one
+ * window, marks); window_json.c the admin's JSON readers. */
 #ifndef EDDY_WINDOW_H
 #define EDDY_WINDOW_H
 

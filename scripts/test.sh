@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The test runner behind `make test` and `make asan`.
+# The test runner behind `make test`, `make asan` and `make tsan`.
 #
 #   EDDY_BIN      the eddy binary under test (default bin/eddy)
 #   BUILD         object dir; C test binaries are $BUILD/spec/test_*
 #   TEST_TIMEOUT  seconds one suite may run before it is killed (default 1200)
 #   EDDY_TEST_KAFKA  host:port of a Kafka broker to use; unset, one is started
 #                 (scripts/kafka-broker.sh, in a temporary folder) for the run
-#                 and stopped at its end
-#   FUZZ_SECONDS  seconds each fuzz target runs (default 3)
+#                 and stopped at its end, when one of SPECS needs it
+#   FUZZ_SECONDS  seconds each fuzz target runs (default 3; 0 skips them)
+#   SPECS         the busted suites, each a folder or a spec file (default
+#                 "spec/unit spec/e2e")
+#   SANITIZER_REPORTS  a folder the sanitizer writes its reports into
+#                 (log_path, as `make tsan` sets): each report found there
+#                 after a suite is shown and counts as one failure
 #
 # Runs the C unit tests, the fuzz targets briefly, then busted over spec/unit
-# and spec/e2e, shows each
+# and spec/e2e (or SPECS), shows each
 # suite's output, and ends with one line "N passed, N failed[, N skipped]".
 # Exit 1 when anything failed.  The specs that need a real Kafka broker
 # (exactly-once and consumer groups) get its address in EDDY_TEST_KAFKA; when
@@ -59,6 +64,22 @@ run() {
     return 0
 }
 
+# reports NAME: each sanitizer report in SANITIZER_REPORTS (files the run of
+# suite NAME left there) is shown and counts as one failure, then set aside
+# so the next suite starts clean
+reports() {
+    [ -n "${SANITIZER_REPORTS:-}" ] || return 0
+    local f
+    for f in "$SANITIZER_REPORTS"/*; do
+        [ -f "$f" ] || continue
+        cat "$f"
+        echo "not ok $1 (sanitizer report: $(basename "$f"))"
+        failed=$((failed + 1))
+        mkdir -p "$SANITIZER_REPORTS/seen"
+        mv "$f" "$SANITIZER_REPORTS/seen/$1.$(basename "$f")"
+    done
+}
+
 # C unit tests: trust the binary's own summary line; a crash, a missing
 # summary, or a non-zero exit with "0 failed" (a sanitizer report at exit)
 # counts as one failure named after the binary.
@@ -81,24 +102,30 @@ for t in "$BUILD"/spec/test_*; do
         echo "not ok $name ($why, no summary line)"
         failed=$((failed + 1))
     fi
+    reports "$name"
 done
 
 # Fuzz targets (spec/fuzz, built by `make fuzzers`): each runs FUZZ_SECONDS
 # (default 3) from its seed corpus, so a regression in a decoder shows here;
 # `make fuzz` is the longer run.  One passed or failed test per target.
-run fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-3}"
-summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
-if [ -n "$summary" ]; then
-    read -r p _ f _ <<<"${summary//,/}"
-    passed=$((passed + p)) failed=$((failed + f))
-else
-    echo "not ok fuzz ($why, no summary line)"
-    failed=$((failed + 1))
+if [ "${FUZZ_SECONDS:-3}" != 0 ]; then
+    run fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-3}"
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+    if [ -n "$summary" ]; then
+        read -r p _ f _ <<<"${summary//,/}"
+        passed=$((passed + p)) failed=$((failed + f))
+    else
+        echo "not ok fuzz ($why, no summary line)"
+        failed=$((failed + 1))
+    fi
 fi
 
+SPECS=${SPECS:-spec/unit spec/e2e}
+
 # One real Kafka broker for the Lua specs (started here, while the C tests
-# are done: its JVM start would slow them)
-if [ -z "${EDDY_TEST_KAFKA:-}" ]; then
+# are done: its JVM start would slow them), when a spec of SPECS asks for one
+# shellcheck disable=SC2086
+if [ -z "${EDDY_TEST_KAFKA:-}" ] && grep -rqs 'kafka_broker' $SPECS; then
     broker_dir=$(mktemp -d /tmp/eddy-kafka.XXXXXXXX)
     echo "=== kafka broker (scripts/kafka-broker.sh start $broker_dir)"
     if addr=$("$ROOT/scripts/kafka-broker.sh" start "$broker_dir" 2>"$broker_dir/start.err" | head -n 1) &&
@@ -116,8 +143,8 @@ fi
 # Lua specs: count TAP lines; "ok N - # SKIP" is a skip.  A run that fails
 # without reporting a failing test (a spec file that does not load, busted
 # itself broken) counts as one failure.
-for dir in spec/unit spec/e2e; do
-    compgen -G "$dir/*_spec.lua" >/dev/null || continue
+for dir in $SPECS; do
+    [ -f "$dir" ] || compgen -G "$dir/*_spec.lua" >/dev/null || continue
     run "$dir" busted --lua=luajit -o TAP "$dir"
     s=$(grep -cE '^ok [0-9]+ - # SKIP' "$log")
     p=$(grep -cE '^ok [0-9]+' "$log")
@@ -127,6 +154,7 @@ for dir in spec/unit spec/e2e; do
         echo "not ok $dir (busted: $why, no failing test reported)"
         failed=$((failed + 1))
     fi
+    reports "$(basename "$dir" .lua)"
 done
 
 line="$passed passed, $failed failed"

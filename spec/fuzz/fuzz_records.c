@@ -43,14 +43,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     si.max_bytes = (sel & 16) ? 64 : 1 << 20;
 
     char err[256];
-    source_reader *r = source_open(&si, 0, 0, err, sizeof err);
+    source_reader *r = source_file_open(&si, 0, 0, err, sizeof err);
     if (!r) abort();
     batch *b = batch_create(16);
     int eof = 0, rounds = 0;
     int64_t last_line = 0;
     while (!eof) {
         batch_clear(b);
-        int got = source_read(r, b, 16, &eof, err, sizeof err);
+        int got = source_file_read(r, b, 16, &eof, err, sizeof err);
         if (got < 0) abort();
         for (int i = 0; i < b->n; i++) {
             const eddy_rec *rec = &b->recs[i];
@@ -64,9 +64,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (++rounds > 1000000) abort();                /* no progress: a loop */
     }
-    if (source_position(r) != (int64_t)n) abort();      /* everything was consumed */
+    if (source_file_position(r) != (int64_t)n) abort();      /* everything was consumed */
     batch_destroy(b);
-    source_close(r);
+    source_file_close(r);
     close(fd);
     return 0;
 }

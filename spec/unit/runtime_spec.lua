@@ -1,4 +1,4 @@
--- lua/eddy/runtime.lua: plan() loads the user's pipeline script in a sandbox
+-- lua/eddy/runtime (plan.lua, values.lua): plan() loads the user's pipeline script in a sandbox
 -- and describes its graph as plain data; key_string() is the key that is
 -- hashed and that keyed operators see.
 

@@ -1,0 +1,519 @@
+#include "admin_api.h"
+#include "daemon_state.h"
+#include "clock.h"
+#include "kafka.h"
+#include "keygroup.h"
+#include "log.h"
+#include "metrics.h"
+#include "source.h"
+#include "state.h"
+#include "vm.h"
+#include "window.h"
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SAVEPOINT_TIMEOUT_MS 60000
+
+static int holding_input(const task *t);
+
+/* A keyed task's per-input marks, as its worker last stored them (relaxed
+ * atomics: the worker writes them as messages arrive, step_keyed). */
+static int64_t chan_wm(const task *t, int c) { return __atomic_load_n(&t->chan_wm[c], __ATOMIC_RELAXED); }
+static int chan_idle(const task *t, int c) { return __atomic_load_n(&t->chan_idle[c], __ATOMIC_RELAXED); }
+static int chan_ended(const task *t, int c) { return __atomic_load_n(&t->ended[c], __ATOMIC_RELAXED); }
+static json_t *wm_json(int64_t wm);
+static json_t *input_json(const daemon_state *d, const task *t, int c);
+
+/* ---- /state, /explain ------------------------------------------------------ */
+
+static json_t *error_json(int *http_status, int code, const char *msg) {
+    *http_status = code;
+    return json_pack("{s:s}", "error", msg);
+}
+
+/* GET /state/UID/KEY: the named states of one key; GET /state/UID?prefix=&limit=:
+ * keys and their states.  Read from committed batches only. */
+static json_t *h_state(daemon_state *d, const char *path, const char *query, int *http_status) {
+    const char *rest = path + 7;                       /* after "/state/" */
+    const char *slash = strchr(rest, '/');
+    char uidraw[512];
+    snprintf(uidraw, sizeof uidraw, "%.*s", (int)(slash ? (size_t)(slash - rest) : strlen(rest)), rest);
+    char *uid = evhttp_uridecode(uidraw, 0, NULL);
+    json_t *out = NULL;
+    const plan *p = d->plans[d->nplans - 1];
+    const node *op = NULL;
+    for (int i = 0; uid && i < p->nnodes; i++)
+        if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0 && p->nodes[i].kind != NODE_SINK &&
+            p->nodes[i].kind != NODE_SOURCE)
+            op = &p->nodes[i];                     /* (sources and sinks have uids of their own: their names) */
+    if (!uid || !*uid) { out = error_json(http_status, 400, "GET /state/UID/KEY or /state/UID?prefix=P&limit=N"); goto done; }
+    if (!op || (op->kind != NODE_PROCESS && op->kind != NODE_DEDUP && op->kind != NODE_JOIN &&
+                op->kind != NODE_GLOBAL_TABLE && op->kind != NODE_WINDOW) || !d->sh.state) {
+        out = error_json(http_status, 404, "no process, dedup, join, window or global table with that uid runs here");
+        goto done;
+    }
+    int window = op->kind == NODE_WINDOW;
+    const char *agg = window ? (node_opt(op, "agg") ? node_opt(op, "agg") : "count") : NULL;
+    struct evkeyvalq q;
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    if (query && evhttp_parse_query_str(query, &q) < 0) { out = error_json(http_status, 400, "a malformed query"); goto done; }
+    if (slash) {
+        /* windows: ?from=&to= (ms) bound them */
+        const char *fs = evhttp_find_header(&q, "from"), *ts = evhttp_find_header(&q, "to");
+        char *fe = NULL, *te = NULL;
+        long long from = fs ? strtoll(fs, &fe, 10) : INT64_MIN, to = ts ? strtoll(ts, &te, 10) : INT64_MAX;
+        int bad = (fs && (*fe || fe == fs)) || (ts && (*te || te == ts));
+        for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
+            if (!window || (strcmp(kv->key, "from") != 0 && strcmp(kv->key, "to") != 0)) bad = 1;
+        evhttp_clear_headers(&q);
+        if (bad) {
+            out = error_json(http_status, 400, window ? "from and to must be times in ms (and the only parameters)"
+                                                      : "GET /state/UID/KEY takes no parameters");
+            goto done;
+        }
+        size_t klen = 0;
+        char *key = evhttp_uridecode(slash + 1, 0, &klen);
+        if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
+        uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
+        out = window ? window_key_json(d->sh.state, uid, kg, key, klen, from, to, agg)
+                     : state_key_json(d->sh.state, uid, kg, key, klen);
+        free(key);
+        if (!out) out = error_json(http_status, 404, "that key has no state");
+        goto done;
+    }
+    const char *prefix = evhttp_find_header(&q, "prefix"), *lim = evhttp_find_header(&q, "limit");
+    char *end = NULL;
+    long limit = lim ? strtol(lim, &end, 10) : 100;
+    for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next)
+        if (strcmp(kv->key, "prefix") != 0 && strcmp(kv->key, "limit") != 0) limit = -1;
+    if ((lim && (*end || end == lim)) || limit < 1 || limit > 100000) {
+        evhttp_clear_headers(&q);
+        out = error_json(http_status, 400, "limit must be a number from 1 to 100000 (and prefix and limit the only parameters)");
+        goto done;
+    }
+    size_t plen = prefix ? strlen(prefix) : 0;
+    out = window ? window_scan_json(d->sh.state, uid, prefix ? prefix : "", plen, (int)limit, agg)
+                 : state_scan_json(d->sh.state, uid, prefix ? prefix : "", plen, (int)limit);
+    evhttp_clear_headers(&q);
+done:
+    free(uid);
+    return out;
+}
+
+/* GET /explain/UID: why the oldest open window of operator UID has not
+ * fired, per task that runs it. */
+static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    if (strncmp(path, "/state/", 7) == 0) return h_state(d, path, query, http_status);
+    if (strncmp(path, "/explain/", 9) != 0) { *http_status = 404; return NULL; }
+    char *uid = evhttp_uridecode(path + 9, 0, NULL);
+    json_t *tasks = json_array();
+    int found = 0;
+    for (int i = 0; uid && i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        pthread_mutex_lock(&t->swap_mu);
+        for (int k = 0; k < t->nwins; k++) {
+            if (strcmp(t->wins[k].uid, uid) != 0) continue;
+            found = 1;
+            int64_t end = window_next_end(t->wins[k].w);
+            json_t *jt = json_pack("{s:s, s:o, s:I}", "task", t->name, "watermark", wm_json(t->io.wm),
+                                   "open_windows", (json_int_t)window_open_count(t->wins[k].w));
+            if (end == INT64_MAX) {
+                json_object_set_new(jt, "oldest_window", json_null());
+                json_object_set_new(jt, "why", json_string("no window is waiting to fire"));
+            } else {
+                json_object_set_new(jt, "oldest_window", json_pack("{s:I}", "end", (json_int_t)end));
+                json_object_set_new(jt, "fires_at_watermark", json_integer(end - 1));
+                int h = holding_input(t);
+                char why[512];
+                if (h >= 0) {
+                    json_object_set_new(jt, "held_back_by", input_json(d, t, h));
+                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
+                             "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
+                             t->in[h]->producer->name, (long long)chan_wm(t, h));
+                } else {
+                    snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
+                             "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));
+                }
+                json_object_set_new(jt, "why", json_string(why));
+            }
+            json_array_append_new(tasks, jt);
+        }
+        pthread_mutex_unlock(&t->swap_mu);
+    }
+    if (!found) {
+        json_decref(tasks);
+        *http_status = 404;
+        json_t *e = json_pack("{s:s}", "error", "no window operator with that uid runs here");
+        free(uid);
+        return e;
+    }
+    json_t *out = json_pack("{s:s, s:o}", "uid", uid, "tasks", tasks);
+    free(uid);
+    return out;
+}
+
+static json_t *h_reload(void *ud, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    char msg[2048];
+    int force = query && strstr(query, "allow_dropped_state=1") != NULL;
+    int before = d->version;
+    *http_status = reload_request(d, "POST /reload", force, msg, sizeof msg);
+    if (*http_status == 200)
+        return json_pack("{s:i, s:s, s:b}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash, "unchanged",
+                         d->version == before);
+    return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
+}
+
+/* The savepoint is the final state: stopping is set before the tasks held
+ * at its barrier go on, so the sources end without reading further. */
+static void stop_after_savepoint(evutil_socket_t fd, short what, void *arg) {
+    (void)fd; (void)what;
+    daemon_state *d = arg;
+    daemon_stop_gracefully(d, "savepoint --stop");
+    ckpt_release(d->ckpt);
+}
+
+/* POST /savepoint[?stop=1]: a checkpoint copied into a folder of its own;
+ * the event loop waits for it (up to 60 s for the barriers). */
+static json_t *h_savepoint(void *ud, const char *query, int *http_status) {
+    daemon_state *d = ud;
+    char path[PATH_MAX], err[2048];
+    if (!d->ckpt || !d->workers_running || atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting)) {
+        *http_status = 503;
+        return json_pack("{s:s}", "error", d->ckpt ? "eddy is starting or stopping: no savepoint" : "no state to save");
+    }
+    if (reload_in_progress(d)) {
+        *http_status = 503;
+        return json_pack("{s:s}", "error", "a reload is rolling out; try again");
+    }
+    int stop = query && strstr(query, "stop=1") != NULL;
+    int rc = ckpt_savepoint(d->ckpt, d->cfg->state_dir, SAVEPOINT_TIMEOUT_MS, stop, path, sizeof path, err, sizeof err);
+    if (ckpt_running(d->ckpt)) {                  /* timed out: it completes as a checkpoint */
+        struct timeval pt = { 0, 2000 };
+        event_add(d->ckpt_poll_ev, &pt);
+    }
+    if (rc < 0) {
+        ckpt_release(d->ckpt);                        /* (held when only the copy failed) */
+        log_error("savepoint failed: %s", err);
+        *http_status = 500;
+        return json_pack("{s:s}", "error", err);
+    }
+    if (stop) {                                       /* once the answer is on its way */
+        struct timeval soon = { 0, 100 * 1000 };
+        event_base_once(d->base, -1, EV_TIMEOUT, stop_after_savepoint, d, &soon);
+    }
+    return json_pack("{s:s}", "path", path);
+}
+
+static int h_health(void *ud, char *reason, size_t len) {
+    daemon_state *d = ud;
+    if (d->waiting[0]) { snprintf(reason, len, "%s", d->waiting); return 0; }
+    if (d->group && kgroup_down(d->group, reason, len)) return 0;
+    for (int i = 0; i < d->ntasks; i++)
+        if (atomic_load(&d->tasks[i]->status) == TASK_FAILED) {
+            snprintf(reason, len, "task %s failed: %s", d->tasks[i]->name, d->tasks[i]->error);
+            return 0;
+        }
+    return 1;
+}
+
+/* The input of keyed task t that holds its watermark back (the lowest among
+ * inputs that are neither idle nor ended), or -1. */
+static int holding_input(const task *t) {
+    int at = -1;
+    int64_t at_wm = 0;
+    for (int c = 0; c < t->nin; c++) {
+        if (chan_ended(t, c) || chan_idle(t, c)) continue;
+        int64_t wm = chan_wm(t, c);
+        if (at < 0 || wm < at_wm) { at = c; at_wm = wm; }
+    }
+    return at;
+}
+
+static json_t *wm_json(int64_t wm) {
+    if (wm == TS_NONE) return json_null();
+    if (wm >= WM_END) return json_string("+inf");
+    return json_integer(wm);
+}
+
+/* Where an input comes from: the upstream task, and for a source task its
+ * source, partition and file. */
+static json_t *input_json(const daemon_state *d, const task *t, int c) {
+    const task *up = t->in[c]->producer;
+    json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(chan_wm(t, c)),
+                          "idle", chan_idle(t, c) != 0, "ended", chan_ended(t, c) != 0);
+    if (up->source >= 0) {
+        const source_info *si = &d->p->sources[up->source];
+        json_object_set_new(j, "source", json_string(si->name));
+        json_object_set_new(j, "partition", json_integer(up->index));
+        json_object_set_new(j, "file", json_string(si->files[up->index]));
+    }
+    return j;
+}
+
+static const char *status_name(int s) {
+    return s == TASK_DONE ? "done" : s == TASK_FAILED ? "failed" : "running";
+}
+
+static json_t *h_status(void *ud) {
+    daemon_state *d = ud;
+    json_t *tasks = json_array();
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        int version = task_version(t);
+        pthread_mutex_lock(&t->swap_mu);
+        size_t vm_bytes = vm_memory(t->cur.vm);
+        const char *stage = t->st->name;      /* t->st changes with the version (swap_version) */
+        pthread_mutex_unlock(&t->swap_mu);
+        json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "name", t->name, "stage", stage, "index", t->index,
+            "status", status_name(atomic_load(&t->status)),
+            "records_in", (json_int_t)t->records_in, "records_out", (json_int_t)t->records_out,
+            "errors", (json_int_t)t->io.errors, "skipped", (json_int_t)t->io.skipped,
+            "dead_letters", (json_int_t)t->io.dead_letters, "vm_memory", (json_int_t)vm_bytes);
+        json_object_set_new(jt, "version", json_integer(version));
+        json_object_set_new(jt, "last_reload_pause_ms", json_real((double)t->last_pause_us / 1000.0));
+        json_object_set_new(jt, "watermark", wm_json(t->io.wm));
+        if (t->source >= 0) {
+            const source_info *si = &d->p->sources[t->source];
+            json_object_set_new(jt, "source", json_string(si->name));
+            json_object_set_new(jt, "partition", json_integer(t->index));
+            if (t->src) source_status(t->src, jt);     /* its kind's fields: file, or topic and partition */
+            json_object_set_new(jt, "position", json_integer(t->position));
+        } else {
+            int depth = 0;
+            json_t *inputs = json_array();
+            for (int c = 0; c < t->nin; c++) {
+                depth += channel_depth(t->in[c]);
+                json_array_append_new(inputs, input_json(d, t, c));
+            }
+            json_object_set_new(jt, "queue", json_integer(depth));
+            json_object_set_new(jt, "inputs", inputs);
+            int h = holding_input(t);
+            if (h >= 0) json_object_set_new(jt, "held_back_by", json_string(t->in[h]->producer->name));
+        }
+        if (t->error[0]) json_object_set_new(jt, "error", json_string(t->error));
+        json_array_append_new(tasks, jt);
+    }
+    char hash[13];
+    const plan *cur = d->plans[d->nplans - 1];
+    snprintf(hash, sizeof hash, "%.12s", cur->hash);
+    json_t *err = d->last_reload_error[0] ? json_string(d->last_reload_error) : json_null();
+    json_t *j = json_pack("{s:s, s:{s:s, s:i, s:s, s:s, s:I, s:o, s:b}, s:s, s:I, s:o, s:o}",
+        "app", d->cfg->name,
+        "pipeline", "path", cur->script, "version", d->version, "hash", hash, "sha256", cur->hash,
+        "loaded_at", (json_int_t)d->loaded_at_ms, "last_reload_error", err, "reloading", reload_in_progress(d),
+        "state", atomic_load(&d->sh.stopping) ? "stopping" : d->waiting[0] ? "waiting" : "running",
+        "uptime_ms", (json_int_t)(clock_mono_ms() - d->started_ms),
+        "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
+    if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
+    if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
+    return j;
+}
+
+/* Per task: records, errors, dead letters, VM memory. */
+static void task_metrics(const daemon_state *d, struct evbuffer *out) {
+    struct { const char *name, *help; int which; } per_task[] = {
+        {"eddy_records_in_total", "Records a task took in.", 0},
+        {"eddy_records_out_total", "Records a task sent to keyed stages.", 1},
+        {"eddy_errors_total", "Records whose processing raised an error.", 2},
+        {"eddy_records_skipped_total", "Records skipped by on_error = \"skip\".", 3},
+        {"eddy_dead_letters_total", "Records written to the dead-letter file.", 4},
+        {"eddy_vm_memory_bytes", "Bytes held by a task's Lua VM.", 5},
+    };
+    for (size_t m = 0; m < sizeof per_task / sizeof per_task[0]; m++) {
+        metrics_family(out, per_task[m].name, per_task[m].which == 5 ? "gauge" : "counter", per_task[m].help);
+        for (int i = 0; i < d->ntasks; i++) {
+            task *t = d->tasks[i];
+            double v = 0;
+            switch (per_task[m].which) {
+            case 0: v = (double)t->records_in; break;
+            case 1: v = (double)t->records_out; break;
+            case 2: v = (double)t->io.errors; break;
+            case 3: v = (double)t->io.skipped; break;
+            case 4: v = (double)t->io.dead_letters; break;
+            default:
+                pthread_mutex_lock(&t->swap_mu);
+                v = (double)vm_memory(t->cur.vm);
+                pthread_mutex_unlock(&t->swap_mu);
+                break;
+            }
+            const char *labels[] = {"task", t->name, NULL};
+            metrics_sample(out, per_task[m].name, labels, v);
+        }
+        if (per_task[m].which == 4) kafka_metrics_dead_letters(d->sh.kafka, out);   /* {sink}: refused after retries */
+    }
+}
+
+/* Per operator and channel: records, queues, windows, watermark lag. */
+static void operator_metrics(const daemon_state *d, struct evbuffer *out) {
+    for (int dir = 0; dir < 2; dir++) {
+        const char *name = dir == 0 ? "eddy_operator_records_in_total" : "eddy_operator_records_out_total";
+        metrics_family(out, name, "counter", dir == 0 ? "Records into an operator, per task." : "Records out of an operator, per task.");
+        for (int i = 0; i < d->ntasks; i++) {
+            task *t = d->tasks[i];
+            pthread_mutex_lock(&t->swap_mu);          /* cur must not change under us */
+            const plan *tp = t->cur.p;
+            for (int k = 0; k < t->cur.st->nnodes; k++) {
+                const node *nd = &tp->nodes[t->cur.st->nodes[k] - 1];
+                const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
+                metrics_sample(out, name, labels, (double)(dir == 0 ? t->cur.node_in[nd->id] : t->cur.node_out[nd->id]));
+            }
+            pthread_mutex_unlock(&t->swap_mu);
+        }
+    }
+    metrics_family(out, "eddy_channel_queue_depth", "gauge", "Batches waiting in a channel between two tasks.");
+    for (int c = 0; c < d->nchans; c++) {
+        channel *ch = d->chans[c];
+        const char *labels[] = {"from", ch->producer->name, "to", ch->consumer->name, NULL};
+        metrics_sample(out, "eddy_channel_queue_depth", labels, channel_depth(ch));
+    }
+    metrics_family(out, "eddy_late_records_dropped_total", "counter",
+                   "Records too late for every window of an operator, with no side output to take them.");
+    for (int i = 0; i < d->ntasks; i++) {
+        pthread_mutex_lock(&d->tasks[i]->swap_mu);
+        for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;     /* a window's helper store */
+            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
+            metrics_sample(out, "eddy_late_records_dropped_total", labels, (double)window_late_dropped(d->tasks[i]->wins[k].w));
+        }
+        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
+    }
+    metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
+    for (int i = 0; i < d->ntasks; i++) {
+        pthread_mutex_lock(&d->tasks[i]->swap_mu);
+        for (int k = 0; k < d->tasks[i]->nwins; k++) {
+            if (strchr(d->tasks[i]->wins[k].uid, '#')) continue;
+            const char *labels[] = {"task", d->tasks[i]->name, "operator", d->tasks[i]->wins[k].uid, NULL};
+            metrics_sample(out, "eddy_open_windows", labels, (double)window_open_count(d->tasks[i]->wins[k].w));
+        }
+        pthread_mutex_unlock(&d->tasks[i]->swap_mu);
+    }
+    metrics_family(out, "eddy_watermark_lag_ms", "gauge",
+                   "Wall-clock time minus a task's event-time watermark (tasks that have one).");
+    int64_t now = clock_wall_ms();
+    for (int i = 0; i < d->ntasks; i++) {
+        int64_t wm = d->tasks[i]->io.wm;
+        if (wm == TS_NONE || wm >= ((int64_t)1 << 62)) continue;
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_watermark_lag_ms", labels, (double)(now - wm));
+    }
+}
+
+/* Kafka sinks: messages and transactions. */
+static void kafka_sink_metrics(const daemon_state *d, struct evbuffer *out) {
+    if (d->sh.kafka) {
+        metrics_family(out, "eddy_kafka_messages_total", "counter",
+                       "Messages a Kafka sink's producer delivered, or that Kafka finally refused.");
+        for (int i = 0; i < kafka_nsinks(d->sh.kafka); i++) {
+            kafka_sink *ks = kafka_sink_at(d->sh.kafka, i);
+            const char *sent[] = {"sink", kafka_sink_name(ks), "result", "delivered", NULL};
+            const char *failed[] = {"sink", kafka_sink_name(ks), "result", "failed", NULL};
+            metrics_sample(out, "eddy_kafka_messages_total", sent, (double)kafka_sink_sent(ks));
+            metrics_sample(out, "eddy_kafka_messages_total", failed, (double)kafka_sink_failed(ks));
+        }
+    }
+    if (kafka_txn_active(d->sh.kafka)) {
+        metrics_family(out, "eddy_kafka_transactions_total", "counter",
+                       "Kafka transactions of the sinks (exactly_once: one per checkpoint), committed or failed.");
+        const char *c_l[] = {"result", "committed", NULL}, *a_l[] = {"result", "aborted", NULL};
+        metrics_sample(out, "eddy_kafka_transactions_total", c_l, (double)kafka_txn_committed(d->sh.kafka));
+        metrics_sample(out, "eddy_kafka_transactions_total", a_l, (double)kafka_txn_aborted(d->sh.kafka));
+    }
+}
+
+/* Reloads and the version each task runs. */
+static void reload_metrics(const daemon_state *d, struct evbuffer *out) {
+    metrics_family(out, "eddy_reloads_total", "counter", "Reloads of the pipeline, by result.");
+    const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
+    metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
+    metrics_sample(out, "eddy_reloads_total", err_l, (double)d->reloads_failed);
+    metrics_family(out, "eddy_pipeline_version", "gauge", "The pipeline version each task runs.");
+    for (int i = 0; i < d->ntasks; i++) {
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_pipeline_version", labels, task_version(d->tasks[i]));
+    }
+    metrics_family(out, "eddy_reload_pause_seconds", "gauge",
+                   "Last reload: time between a task's last record on the old version and its first on the new.");
+    for (int i = 0; i < d->ntasks; i++) {
+        const char *labels[] = {"task", d->tasks[i]->name, NULL};
+        metrics_sample(out, "eddy_reload_pause_seconds", labels, (double)d->tasks[i]->last_pause_us / 1e6);
+    }
+}
+
+/* Kafka sinks: bytes delivered. */
+static void kafka_bytes_metrics(const daemon_state *d, struct evbuffer *out) {
+    if (d->sh.kafka) {
+        metrics_family(out, "eddy_kafka_bytes_out_total", "counter", "Key and value bytes Kafka sinks delivered.");
+        for (int i = 0; i < kafka_nsinks(d->sh.kafka); i++) {
+            kafka_sink *ks = kafka_sink_at(d->sh.kafka, i);
+            const char *l[] = {"sink", kafka_sink_name(ks), NULL};
+            metrics_sample(out, "eddy_kafka_bytes_out_total", l, (double)kafka_sink_bytes(ks));
+        }
+    }
+}
+
+/* Keyed state: RocksDB's keys, bytes and memory. */
+static void state_metrics(const daemon_state *d, struct evbuffer *out) {
+    if (d->sh.state) {
+        metrics_family(out, "eddy_state_keys", "gauge", "RocksDB's estimate of the keyed state entries (state, timers).");
+        metrics_sample(out, "eddy_state_keys", NULL, (double)state_estimate_keys(d->sh.state));
+        metrics_family(out, "eddy_state_bytes", "gauge", "Keyed state on disk and in memtables, in bytes.");
+        metrics_sample(out, "eddy_state_bytes", NULL, (double)state_disk_bytes(d->sh.state));
+        int64_t mem[STATE_MEMORY_PARTS];
+        state_memory(d->sh.state, mem);
+        metrics_family(out, "eddy_state_memory_bytes", "gauge",
+                       "RocksDB's memory: block cache (pinned: the part of it that cannot be evicted), memtables, "
+                       "table readers outside the cache.");
+        for (int i = 0; i < STATE_MEMORY_PARTS; i++) {
+            const char *labels[] = {"part", state_memory_parts[i], NULL};
+            if (mem[i] >= 0) metrics_sample(out, "eddy_state_memory_bytes", labels, (double)mem[i]);
+        }
+    }
+}
+
+/* Tasks by state. */
+static void task_state_metrics(const daemon_state *d, struct evbuffer *out) {
+    metrics_family(out, "eddy_tasks", "gauge", "Tasks by state.");
+    int counts[3] = {0, 0, 0};
+    for (int i = 0; i < d->ntasks; i++) counts[atomic_load(&d->tasks[i]->status)]++;
+    for (int s = 0; s < 3; s++) {
+        const char *labels[] = {"state", status_name(s), NULL};
+        metrics_sample(out, "eddy_tasks", labels, counts[s]);
+    }
+}
+
+/* GET /metrics: every family in Prometheus text, in this order. */
+static void h_metrics(void *ud, struct evbuffer *out) {
+    daemon_state *d = ud;
+    task_metrics(d, out);
+    operator_metrics(d, out);
+    kafka_sink_metrics(d, out);
+    if (d->ckpt) ckpt_metrics(d->ckpt, out);
+    reload_metrics(d, out);
+    kafka_bytes_metrics(d, out);
+    if (d->group) kgroup_metrics(d->group, out);
+    state_metrics(d, out);
+    task_state_metrics(d, out);
+}
+
+/* The admin HTTP server, when the config has one.  0, or -1 with err. */
+int admin_api_start(daemon_state *d, char *err, size_t errlen) {
+    if (!d->cfg->admin_enabled) return 0;
+    admin_handlers h = { .ud = d, .health = h_health, .status = h_status, .metrics = h_metrics,
+                         .reload = h_reload, .savepoint = h_savepoint, .get_prefixed = h_prefixed,
+                         .token = d->cfg->admin_token, .hosts = d->cfg->admin_hosts };
+    char addr_file[PATH_MAX];
+    snprintf(addr_file, sizeof addr_file, "%s/admin.addr", d->cfg->state_dir);
+    d->adm = admin_create(d->base, d->cfg->admin_listen, addr_file, &h, err, errlen);
+    return d->adm ? 0 : -1;
+}
