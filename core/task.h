@@ -19,6 +19,7 @@
 #include "codec.h"
 #include "config.h"
 #include "ffi_api.h"
+#include "lua_api.h"
 #include "pipeline.h"
 #include "sched.h"
 #include "state.h"
@@ -87,7 +88,7 @@ void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
  * batch boundary (sources) or once a barrier arrived on every input (keyed). */
 void task_offer(task *t, task_vm *tv);
 int task_version(const task *t);
-/* Forgets the window operators of uids that plan p has no window for (after
+/* task_windows.c: forgets the window operators of uids that plan p has no window for (after
  * a refused reload, or a swap that let state go); with drop, deletes their
  * stored windows too (only on the task's own thread).  Takes swap_mu. */
 void task_forget_windows(task *t, const plan *p, int drop);
@@ -100,6 +101,20 @@ int task_pollable(const task *t);
 int task_bootstrap_add(task_shared *sh, task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
 /* 1 when a channel to a downstream task is full (backpressure).  Any thread. */
 int task_outputs_full(task *t);
+
+/* ---- task_output.c: routing to keyed tasks ---- */
+/* The output (index in t->outs) of key_by node `node` of the running
+ * version, or -1 when it has none.  tp is a task. */
+int task_output_of(void *tp, int node);
+/* Appends a packed record (p[0..n), with key, event time ts and watermark
+ * wm) to the batch for the keyed task that owns key's key group, through the
+ * output of key_by node `node` (task_output_of >= 0); carry copies the
+ * headers of the input record being processed.  The batch goes downstream at
+ * task_flush_outputs.  0, or -1 out of memory. */
+int task_shuffle(void *tp, int node, const char *key, size_t klen, const char *p, size_t n, int64_t ts, int64_t wm,
+                 int carry);
+/* Moves every partly filled output batch into its channel.  0, or -1. */
+int task_flush_outputs(task *t);
 
 /* ---- what other units read of a task (task_status.c) ---------------------- */
 

@@ -1,15 +1,13 @@
 /* task_impl — the inside of a task, private to the task's own files
  * (task*.c).  Other units go through task.h's functions.  Exceptions, each
- * with its reason (to shrink, not to grow):
+ * with its reason (to shrink, not to grow; lua_api.c was one until its
+ * per-task state moved into lua_api_env):
  *   checkpoint.c — the coordinator snapshots and restores every task's
  *     positions, per-input watermarks and barrier state, and drives its
- *     checkpoint fields (ckpt_req, ckpt_passed); the source/sink interface
- *     (#13 item 4) is reshaping exactly that code in this same step, so it
- *     moves behind functions once that has landed.
- *   lua_api.c — the classic lua_CFunctions the runtime calls with the task
- *     as upvalue (sinks, state, timers, dead letters); #13 item 5 is moving
- *     them out (output routing to task.c, scalars through the FFI) in this
- *     same step.
+ *     checkpoint fields (ckpt_req, ckpt_passed); that code was reshaped by
+ *     the source/sink interface in the same step, and is the next to move
+ *     behind task functions (snapshot/restore a task's marks, prepare and
+ *     commit its sinks).
  *
  * Threads.  A task runs on one worker at a time (the scheduler's
  * guarantee), so most of it belongs to "the worker running the task" [W]
@@ -104,13 +102,11 @@ struct task {
     int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */
     batch *inbatch;             /* source tasks: the batch being read into */
-    buf packbuf;                /* reused to pack shuffled values */
     state_tx *stx;              /* keyed tasks with state: this batch's writes, committed after it */
+    timer_index *timers;        /* with stx: the index of its timers (timer.c) */
     uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */
-    state_key skey;             /* reused to build state keys */
-    buf statebuf;               /* reused to encode state values */
     /* The rest of the batch loop's working state: [W] */
-    struct timer_book *timer_books; int ntimer_books;   /* per operator and kind: where its timers are (lua_api.c) */
+    lua_api_env api;            /* what the native functions of its VMs read (lua_api.h) */
 
     atomic_int status;          /* TASK_*  [A: W writes] */
     char error[2048];           /* [W] written before status becomes TASK_FAILED; read after it */

@@ -29,6 +29,9 @@ M.cjson = cjson
 
 -- seconds one eddy command may run before timeout(1) kills it
 M.RUN_TIMEOUT = 60
+-- EDDY_TEST_SLOW: a factor for every timeout below (run, start, wait_for),
+-- for builds that run several times slower (make tsan sets 3)
+M.SLOW = tonumber(os.getenv("EDDY_TEST_SLOW") or "") or 1
 
 local tmpdirs, daemons = {}, {}
 
@@ -309,7 +312,7 @@ function M.run(args, opts)
   local env = ""
   for k, v in pairs(opts.env or {}) do env = env .. k .. "=" .. q(v) .. " " end
   local cmd = string.format("%s%stimeout -k 5 %d %s %s <%s >%s/stdout 2>%s/stderr; echo $? >%s/rc",
-    opts.cwd and ("cd " .. q(opts.cwd) .. " && ") or "", env, opts.timeout or M.RUN_TIMEOUT,
+    opts.cwd and ("cd " .. q(opts.cwd) .. " && ") or "", env, (opts.timeout or M.RUN_TIMEOUT) * M.SLOW,
     q(M.bin), cmdline(args), q(input), q(work), q(work), q(work))
   sh(cmd)
   local r = {
@@ -330,7 +333,7 @@ end
 -- wait_for(fn, timeout[, interval]): calls fn until it returns a truthy value
 -- or timeout seconds pass; returns fn's value (or nil, false on timeout)
 function M.wait_for(fn, timeout, interval)
-  local deadline = M.now() + (timeout or 10)
+  local deadline = M.now() + (timeout or 10) * M.SLOW
   repeat
     local v = fn()
     if v then return v end
@@ -355,7 +358,7 @@ function M.start(args, opts)
   assert(work:match("^/tmp/eddy%-run%."))
   local input = "/dev/null"
   if opts.stdin then input = M.write(work .. "/stdin", opts.stdin) end
-  local T = opts.timeout or M.RUN_TIMEOUT
+  local T = (opts.timeout or M.RUN_TIMEOUT) * M.SLOW
   -- stdin_open: standard input is a pipe that gives opts.stdin and then stays
   -- open (as `tail -f x | eddy` would) until eddy ends
   local writer = ""
