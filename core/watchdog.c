@@ -80,7 +80,12 @@ static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
 void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
-    if (!d->wd_marks && !(d->wd_marks = calloc(d->ntasks > 0 ? d->ntasks : 1, sizeof *d->wd_marks))) return;
+    if (d->nwd_marks < d->ntasks) {          /* the tasks are built after the loop first ran (waiting for Kafka) */
+        free(d->wd_marks);
+        d->wd_marks = calloc(d->ntasks, sizeof *d->wd_marks);
+        d->nwd_marks = d->wd_marks ? d->ntasks : 0;
+        if (!d->wd_marks) return;
+    }
     int64_t limit = d->cfg->limit_time_ms;
     int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
