@@ -486,6 +486,24 @@ static int open_state(daemon_state *d, int *code) {
     return 0;
 }
 
+/* SIGTERM, SIGINT and SIGHUP: held from the start of a run until the event
+ * loop answers them, so a stop while starting (reading the config, opening
+ * the state, recovering) is a graceful stop once started, not the default
+ * action's exit 143.  Threads started meanwhile (librdkafka's, RocksDB's)
+ * inherit the mask and never take them. */
+static void stop_signals(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
+static void block_stop_signals(void) {
+    sigset_t stops;
+    stop_signals(&stops);
+    pthread_sigmask(SIG_BLOCK, &stops, NULL);
+}
+
 /* The event loop and its timers and signals. */
 static int open_event_loop(daemon_state *d) {
     evthread_use_pthreads();
@@ -503,6 +521,11 @@ static int open_event_loop(daemon_state *d) {
         event_add(d->sig_ev[i], NULL);
     }
     signal(SIGPIPE, SIG_IGN);
+    /* a stop signal that came while starting was held (block_stop_signals):
+     * now on_signal answers it, once the loop runs */
+    sigset_t stops;
+    stop_signals(&stops);
+    pthread_sigmask(SIG_UNBLOCK, &stops, NULL);
     return 0;
 }
 
@@ -641,6 +664,7 @@ int daemon_run(const char *config_path, const run_opts *o) {
     d.started_ms = clock_mono_ms();
     int kafka_sinks = 0;
     int64_t restore = 0;
+    block_stop_signals();
     if (open_config(&d, config_path, &code) < 0 || recovery_prepare(&d, o, &code) < 0 ||
         open_kafka(&d, &kafka_sinks, &code) < 0 || recovery_choose(&d, o, kafka_sinks, &restore, &code) < 0 ||
         open_state(&d, &code) < 0)

@@ -1,8 +1,12 @@
 /* ffi_api — the C types and functions the Lua runtime reaches through the
- * LuaJIT FFI on the hot path (record fields, sink writes, counters).  This
- * header is the one list of FFI exports; lua/eddy/ffi.lua holds the matching
- * ffi.cdef, and spec/unit/ffi_spec.lua checks that the two agree.  Work that
- * shapes Lua tables (unpacking values, shuffling) is in lua_api.c instead. */
+ * LuaJIT FFI on the hot path: record fields, sink writes, windows, time, and
+ * keyed operators' per-record scalar calls (state marks, dedup, timers, key
+ * groups).  This header is the one list of FFI exports; lua/eddy/ffi.lua
+ * holds the matching ffi.cdef, and spec/unit/ffi_spec.lua checks that the
+ * two agree.  Each function is defined by the module that owns its data
+ * (task_output.c, task_windows.c, state.c, timer.c, keygroup.c; lua_api.c
+ * wraps window.c, clock and the parsers).  Work that reads or builds Lua
+ * values (unpacking, packing, shuffling) is lua_api.c's classic functions. */
 #ifndef EDDY_FFI_API_H
 #define EDDY_FFI_API_H
 
@@ -123,6 +127,22 @@ int eddy_dead_letter(void *task, const char *p, size_t n);
 /* Logs at a level (0 debug .. 3 error) with the task's prefix; rate-limited
  * for level < 3 when `limited` is 1. */
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
+/* Per-record calls of keyed operators, exported by the modules that own the
+ * data; lua/eddy/ffi.lua's bind_native puts them in the runtime's `native`
+ * table in place of the classic functions of the same names (lua_api.h),
+ * which stay for arguments of other types and raise the same errors.
+ * tx is the task's state_tx and ix its timer_index (never NULL here).
+ * state.c: a record's writes start (mark), or are dropped (undo: it failed). */
+void eddy_state_mark(void *tx);
+void eddy_state_undo(void *tx);
+/* state.c: 1 when key was not seen within ttl_ms before ts (ts becomes its
+ * time), 0 for a duplicate, -1 out of memory. */
+int32_t eddy_dedup(void *tx, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t ts, int64_t ttl_ms);
+/* timer.c: a timer of kind 'e' or 'p' at ts / deleting both kinds at ts.  0, or -1 out of memory. */
+int32_t eddy_timer_set(void *ix, const char *uid, uint32_t kg, const char *key, size_t klen, int32_t kind, int64_t ts);
+int32_t eddy_timer_del(void *ix, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t ts);
+/* keygroup.c: the key group of key. */
+uint32_t eddy_keygroup(const char *key, size_t len, int32_t max_parallelism);
 /* FFI-END */
 
 enum { EDDY_REC_MALFORMED = 1, EDDY_REC_PACKED = 2,

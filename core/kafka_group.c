@@ -577,3 +577,4 @@ void kgroup_metrics(kgroup *g, struct evbuffer *out) {
     }
 }
 
+rd_kafka_consumer_group_metadata_t *kgroup_metadata(kgroup *g) { return rd_kafka_consumer_group_metadata(g->rk); }

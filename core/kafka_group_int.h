@@ -16,6 +16,8 @@
 #define DOWN_LOG_MS 10000        /* "brokers down" is logged at most this often */
 
 enum { START_COMMITTED, START_EARLIEST, START_LATEST };
+/* A partition's state (its task sees it as source.h's SOURCE_*). */
+enum { KP_UNASSIGNED, KP_ASSIGNED, KP_REVOKING, KP_DRAINING };
 
 struct kpart {
     kgroup *g;

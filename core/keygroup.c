@@ -5,6 +5,7 @@
  * ranges with Flink's formula.  Callers pass max_parallelism >= 1 and
  * 1 <= parallelism; 64-bit products keep the formulas exact. */
 #include "keygroup.h"
+#include "ffi_api.h"
 
 #include <librdkafka/rdkafka.h>
 
@@ -12,6 +13,12 @@ uint32_t keygroup_of(const void *key, size_t len, int max_parallelism)
 {
     /* (murmur2(key) & 0x7fffffff) % n; the topic and opaques are unused. */
     return (uint32_t)rd_kafka_msg_partitioner_murmur2(NULL, key, len, max_parallelism, NULL, NULL);
+}
+
+/* The FFI export (ffi_api.h): the runtime's per-record keygroup(key). */
+uint32_t eddy_keygroup(const char *key, size_t len, int32_t max_parallelism)
+{
+    return keygroup_of(key, len, max_parallelism);
 }
 
 int keygroup_task(uint32_t kg, int max_parallelism, int parallelism)

@@ -1,7 +1,8 @@
 /* keygroup — a key's key group and the task that owns it.  key group =
  * murmur2(key) % max_parallelism (librdkafka's murmur2, the Java client's
  * default partitioner hash, so eddy and Kafka agree); key groups map to tasks
- * in contiguous ranges, as Flink does, so state moves in whole ranges. */
+ * in contiguous ranges, as Flink does, so state moves in whole ranges.
+ * Exports eddy_keygroup to the Lua runtime (ffi_api.h).  Calls librdkafka. */
 #ifndef EDDY_KEYGROUP_H
 #define EDDY_KEYGROUP_H
 

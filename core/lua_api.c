@@ -1,15 +1,10 @@
 #include "lua_api.h"
 #include "codec.h"
 #include "keygroup.h"
-#include "log.h"
-#include "sink.h"
-#include "task.h"
 #include "window.h"
 #include "clock.h"
 #include "config.h"
-#include "kafka.h"
-#include "state.h"
-#include <jansson.h>
+#include "batch.h"
 #include <lauxlib.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -17,137 +12,22 @@
 #include <string.h>
 #include <time.h>
 
-/* ---- FFI exports (ffi_api.h) ------------------------------------------- */
-
-int eddy_sink_write(void *tp, int32_t idx, const char *p, size_t n) {
-    task *t = tp;
-    if (idx < 0 || idx >= t->nsinks) return -1;
-    if (sink_write(t->sinks[idx], p, n) < 0) {
-        log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
-        return -1;
-    }
-    return 0;
-}
-
-/* The headers of the input record being processed, or NULL. */
-static const char *current_headers(const task *t, size_t *len) {
-    if (!t->io.recs || t->io.cur < 0 || t->io.cur >= t->io.n) return NULL;
-    const eddy_rec *r = &t->io.recs[t->io.cur];
-    *len = r->hdr_len;
-    return r->hdr_len ? t->io.data + r->hdr_off : NULL;
-}
-
-/* The input position of the record being processed, as the fields of a
- * dead letter ({"task", "source", "file" or "topic", "partition", "offset",
- * "line"}; only "task" for a window firing, which has none).  Owned text, or
- * NULL. */
-static char *origin_json(const task *t) {
-    json_t *j = json_pack("{s:s}", "task", t->name);
-    if (!j) return NULL;
-    const eddy_rec *r = t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n ? &t->io.recs[t->io.cur] : NULL;
-    const plan *p = t->cur.p;
-    const source_info *si = r && r->source < (uint32_t)p->nsources ? &p->sources[r->source] : NULL;
-    if (si) {
-        json_object_set_new(j, "source", json_string(si->name));
-        int part = r->partition;
-        if (si->kind == SRC_KAFKA && part >= 0 && part < si->nfiles) {
-            json_object_set_new(j, "topic", json_string(si->topics[si->ktopic[part]]));
-            json_object_set_new(j, "partition", json_integer(si->kpart[part]));
-        } else {
-            if (part >= 0 && part < si->nfiles) json_object_set_new(j, "file", json_string(si->files[part]));
-            json_object_set_new(j, "partition", json_integer(part));
-        }
-        json_object_set_new(j, "offset", json_integer(r->offset));
-        if (r->line > 0) json_object_set_new(j, "line", json_integer(r->line));
-    }
-    char *s = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    return s;
-}
-
-int eddy_sink_write_kv(void *tp, int32_t idx, const char *key, size_t klen, const char *p, size_t n, int64_t ts,
-                       int32_t carry) {
-    task *t = tp;
-    if (idx < 0 || idx >= t->nsinks) return -1;
-    size_t hlen = 0;
-    const char *hdrs = carry ? current_headers(t, &hlen) : NULL;
-    /* under dead_letter, a message Kafka refuses later is dead-lettered with where it came from */
-    char *origin = t->sh->cfg->on_error == ON_ERROR_DEAD_LETTER && sink_kafka(t->sinks[idx]) ? origin_json(t) : NULL;
-    int rc = sink_write_kv(t->sinks[idx], key, klen, p, n, ts, hdrs, hlen, origin);
-    free(origin);
-    if (rc == -1) log_task_error(t->name, "%s", sink_error(t->sinks[idx]));
-    return rc;
-}
-
-const char *eddy_sink_error(void *tp, int32_t idx) {
-    task *t = tp;
-    return idx >= 0 && idx < t->nsinks ? sink_error(t->sinks[idx]) : "";
-}
-
-int eddy_dead_letter(void *tp, const char *p, size_t n) {
-    task *t = tp;
-    task_shared *sh = t->sh;
-    int rc = 0;
-    if (sh->cfg->dead_letter_kafka && sh->kafka) {
-        char err[512];
-        if (kafka_dead_letter(sh->kafka, p, n, err, sizeof err) < 0) {
-            log_task_error(t->name, "%s", err);
-            return -1;
-        }
-        return 0;
-    }
-    pthread_mutex_lock(&sh->dead_letter_mu);
-    if (!sh->dead_letter) {
-        sh->dead_letter = fopen(sh->cfg->dead_letter_file, "a");
-        if (!sh->dead_letter) {
-            log_task_error(t->name, "cannot open the dead-letter file %s (dead_letter.file): %m",
-                           sh->cfg->dead_letter_file);
-            rc = -1;
-        }
-    }
-    if (sh->dead_letter) {
-        if (fwrite(p, 1, n, sh->dead_letter) != n || fputc('\n', sh->dead_letter) == EOF ||
-            fflush(sh->dead_letter) != 0) {
-            log_task_error(t->name, "write to the dead-letter file %s failed: %m", sh->cfg->dead_letter_file);
-            rc = -1;
-        }
-    }
-    pthread_mutex_unlock(&sh->dead_letter_mu);
-    return rc;
-}
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-void eddy_log(void *tp, int32_t level, int32_t limited, const char *msg) {
-    task *t = tp;
-    if (level < log_level_current) return;
-    if (limited && level < LOG_ERROR) {
-        if (!log_ratelimited(&t->log_window, &t->log_count, 5)) return;
-    }
-    (void)now_ms;
-    log_write(level, t->name, "%s", msg);
-}
-
 /* ---- classic functions ------------------------------------------------- */
 
 /* Record i (argument arg) of the current batch; raises when out of range. */
-static const eddy_rec *arg_rec(lua_State *L, const task *t, int arg) {
+static const eddy_rec *arg_rec(lua_State *L, const lua_api_env *e, int arg) {
     int i = (int)luaL_checkinteger(L, arg);
-    if (i < 0 || i >= t->io.n) luaL_error(L, "record %d out of range", i);
-    return &t->io.recs[i];
+    if (i < 0 || i >= e->io->n) luaL_error(L, "record %d out of range", i);
+    return &e->io->recs[i];
 }
 
 /* unpack(i) -> value of record i of the current batch.
  * Stack: i -> i value */
 static int l_unpack(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    const eddy_rec *r = arg_rec(L, t, 1);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    const eddy_rec *r = arg_rec(L, e, 1);
     char err[256];
-    if (codec_unpack(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
+    if (codec_unpack(L, e->io->data + r->val_off, r->val_len, err, sizeof err) < 0)
         return luaL_error(L, "cannot decode a record: %s", err);
     return 1;
 }
@@ -156,73 +36,42 @@ static int l_unpack(lua_State *L) {
  * table of name -> string (a header without a value: false); {} when none.
  * Stack: i -> i table */
 static int l_headers(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    const eddy_rec *r = arg_rec(L, t, 1);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    const eddy_rec *r = arg_rec(L, e, 1);
     if (r->hdr_len == 0) { lua_newtable(L); return 1; }
     char err[256];
-    if (codec_unpack(L, t->io.data + r->hdr_off, r->hdr_len, err, sizeof err) < 0)
+    if (codec_unpack(L, e->io->data + r->hdr_off, r->hdr_len, err, sizeof err) < 0)
         return luaL_error(L, "cannot decode the headers: %s", err);
     return 1;
 }
 
-/* shuffle(port, key, value, ts, wm, carry): packs value and appends it to the
- * batch for the keyed task that owns key's key group, with its event time,
- * the watermark after it and (carry true) the input record's headers.
+/* shuffle(port, key, value, ts, wm, carry): packs value and hands it to the
+ * task, which appends it to the batch for the keyed task that owns key's key
+ * group (task_shuffle), with its event time, the watermark after it and
+ * (carry true) the input record's headers.
  * Stack: port key value ts wm carry -> (none) */
 static int l_shuffle(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
     int port = (int)luaL_checkinteger(L, 1);
     size_t klen;
     const char *key = luaL_checklstring(L, 2, &klen);
-    if (port < 1 || port > t->cur.p->nnodes || t->cur.out_of_node[port] < 0)
-        return luaL_error(L, "no output for node %d", port);
-    out_port *op = &t->outs[t->cur.out_of_node[port]];
-    int maxp = t->sh->cfg->max_parallelism;
-    uint32_t kg = keygroup_of(key, klen, maxp);
-    int target = keygroup_task(kg, maxp, op->ntargets);
-    batch *b = op->pending[target];
-    if (!b) {
-        b = op->pending[target] = batch_create((int)t->sh->cfg->batch_size);
-        if (!b) return luaL_error(L, "out of memory");
-    }
-    buf *tmp = &t->packbuf;
+    if (e->output_of(e->task, port) < 0) return luaL_error(L, "no output for node %d", port);
+    buf *tmp = &e->packbuf;
     tmp->len = 0;
     char err[256];
     if (codec_pack(L, 3, tmp, err, sizeof err) < 0) return luaL_error(L, "%s", err);
-    eddy_rec *r = batch_add(b, key, klen, tmp->data, tmp->len);
-    if (!r) return luaL_error(L, "out of memory");
-    r->ts = (int64_t)luaL_optnumber(L, 4, (lua_Number)TS_NONE);
-    r->wm = (int64_t)luaL_optnumber(L, 5, (lua_Number)TS_NONE);
-    if (t->io.recs && t->io.cur >= 0 && t->io.cur < t->io.n) {   /* where the record came from */
-        const eddy_rec *in = &t->io.recs[t->io.cur];
-        r->offset = in->offset;
-        r->line = in->line;
-        r->partition = in->partition;
-        r->source = in->source;
-    } else {
-        r->source = UINT32_MAX;     /* a window's result at end of input: no input record */
-    }
-    r->port = (int16_t)port;
-    r->kg = kg;
-    r->flags = EDDY_REC_PACKED;
-    size_t hlen = 0;
-    const char *hdrs = lua_toboolean(L, 6) ? current_headers(t, &hlen) : NULL;
-    if (hdrs) {
-        int idx = b->n - 1;
-        long off = batch_reserve(b, hlen);
-        if (off < 0) return luaL_error(L, "out of memory");
-        memcpy(b->data + off, hdrs, hlen);
-        b->recs[idx].hdr_off = (uint64_t)off;
-        b->recs[idx].hdr_len = (uint32_t)hlen;
-    }
+    int64_t ts = (int64_t)luaL_optnumber(L, 4, (lua_Number)TS_NONE);
+    int64_t wm = (int64_t)luaL_optnumber(L, 5, (lua_Number)TS_NONE);
+    if (e->shuffle(e->task, port, key, klen, tmp->data, tmp->len, ts, wm, lua_toboolean(L, 6)) < 0)
+        return luaL_error(L, "out of memory");
     return 0;
 }
 
 /* json_encode(value) -> string: the value as JSON (codec_json's rules).
  * Stack: value -> value string */
 static int l_json_encode(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    buf *b = &t->packbuf;
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    buf *b = &e->packbuf;
     b->len = 0;
     char err[256];
     if (codec_json(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
@@ -235,13 +84,13 @@ static int l_json_encode(lua_State *L) {
  * string of the line is made).  An encoding error is raised.
  * Stack: sink value -> sink value boolean */
 static int l_json_write(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
     int idx = (int)luaL_checkinteger(L, 1);
-    buf *b = &t->packbuf;
+    buf *b = &e->packbuf;
     b->len = 0;
     char err[256];
     if (codec_json(L, 2, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
-    lua_pushboolean(L, eddy_sink_write(t, idx, b->data, b->len) == 0);
+    lua_pushboolean(L, eddy_sink_write(e->task, idx, b->data, b->len) == 0);
     return 1;
 }
 
@@ -259,10 +108,10 @@ static int l_json_decode(lua_State *L) {
  * as JSON where it lies (no Lua string of the line is made).
  * Stack: i -> i value */
 static int l_json_decode_rec(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    const eddy_rec *r = arg_rec(L, t, 1);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    const eddy_rec *r = arg_rec(L, e, 1);
     char err[256];
-    if (codec_json_decode(L, t->io.data + r->val_off, r->val_len, err, sizeof err) < 0)
+    if (codec_json_decode(L, e->io->data + r->val_off, r->val_len, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
     return 1;
 }
@@ -275,7 +124,7 @@ static int l_json_decode_rec(lua_State *L) {
  * large as limits.memory allows still gets its dead letter.
  * Stack: meta [i] -> meta [i] boolean */
 static int l_dead_letter(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
     luaL_checktype(L, 1, LUA_TTABLE);
     int i = lua_isnoneornil(L, 2) ? -1 : (int)luaL_checkinteger(L, 2);
     static const char *const text[] = { "error", "traceback" };
@@ -284,13 +133,13 @@ static int l_dead_letter(lua_State *L) {
         codec_utf8_scrub(L, -1);
         lua_setfield(L, 1, text[k]);                       /* meta [i] */
     }
-    buf *b = &t->packbuf;
+    buf *b = &e->packbuf;
     b->len = 0;
     char err[256];
     if (codec_json(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "dead letter: %s", err);
-    if (i >= 0 && i < t->io.n && b->len >= 2 && b->data[b->len - 1] == '}') {
-        const eddy_rec *r = &t->io.recs[i];
-        const char *p = t->io.data + r->val_off;
+    if (i >= 0 && i < e->io->n && b->len >= 2 && b->data[b->len - 1] == '}') {
+        const eddy_rec *r = &e->io->recs[i];
+        const char *p = e->io->data + r->val_off;
         size_t n = r->val_len;
         b->len--;                                          /* reopen the object */
         const char *sep = b->len > 1 ? "," : "";
@@ -304,7 +153,7 @@ static int l_dead_letter(lua_State *L) {
         }
         if (buf_append(b, "}", 1) < 0) goto oom;
     }
-    lua_pushboolean(L, eddy_dead_letter(t, b->data, b->len) == 0);
+    lua_pushboolean(L, eddy_dead_letter(e->task, b->data, b->len) == 0);
     return 1;
 oom:
     return luaL_error(L, "dead letter: out of memory");
@@ -312,8 +161,8 @@ oom:
 
 /* pack(value) -> MessagePack string.  Stack: value -> value string */
 static int l_pack(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    buf *b = &t->packbuf;
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    buf *b = &e->packbuf;
     b->len = 0;
     char err[256];
     if (codec_pack(L, 1, b, err, sizeof err) < 0) return luaL_error(L, "%s", err);
@@ -348,14 +197,14 @@ static int l_unpack_all(lua_State *L) {
 
 /* ---- keyed state (process, dedup) --------------------------------------- */
 
-static state_tx *tx_of(lua_State *L, task *t) {
-    if (!t->stx) luaL_error(L, "keyed state is not available here (no state store)");
-    return t->stx;
+static state_tx *tx_of(lua_State *L, lua_api_env *e) {
+    if (!e->stx) luaL_error(L, "keyed state is not available here (no state store)");
+    return e->stx;
 }
 
 /* Builds the state key from the arguments uid kg key kind name [sub] at
  * stack 1..6; sub (any scalar) is packed as MessagePack.  Stack unchanged. */
-static void key_from_args(lua_State *L, task *t, state_key *k) {
+static void key_from_args(lua_State *L, lua_api_env *e, state_key *k) {
     const char *uid = luaL_checkstring(L, 1);
     uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
     size_t klen, nlen;
@@ -365,7 +214,7 @@ static void key_from_args(lua_State *L, task *t, state_key *k) {
     const char *sub = NULL;
     size_t sublen = 0;
     if (!lua_isnoneornil(L, 6)) {
-        buf *b = &t->packbuf;
+        buf *b = &e->packbuf;
         b->len = 0;
         char err[256];
         if (codec_pack(L, 6, b, err, sizeof err) < 0) luaL_error(L, "a map key: %s", err);
@@ -379,10 +228,10 @@ static void key_from_args(lua_State *L, task *t, state_key *k) {
  * what is committed, past the task's cache (state other tasks write).
  * Stack: args -> args value */
 static int l_state_get(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
-    state_key *k = &t->skey;
-    key_from_args(L, t, k);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    state_key *k = &e->skey;
+    key_from_args(L, e, k);
     size_t vl, pl;
     const char *v = lua_toboolean(L, 7) ? state_tx_get_fresh(tx, k->p, k->len, &vl) : state_tx_get(tx, k->p, k->len, &vl);
     const char *p = v ? state_value_payload(v, vl, clock_now_ms(), &pl) : NULL;
@@ -394,13 +243,13 @@ static int l_state_get(lua_State *L) {
 
 /* state_put(uid, kg, key, kind, name, sub, value[, ttl_ms]): a nil value deletes.  Stack unchanged. */
 static int l_state_put(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
-    state_key *k = &t->skey;
-    key_from_args(L, t, k);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    state_key *k = &e->skey;
+    key_from_args(L, e, k);
     if (lua_isnoneornil(L, 7)) { state_tx_delete(tx, k->p, k->len); return 0; }
     int64_t ttl = (int64_t)luaL_optnumber(L, 8, 0);
-    buf *b = &t->statebuf;
+    buf *b = &e->statebuf;
     b->len = 0;
     char h[STATE_HDR_MAX];
     size_t hl = state_value_header(h, ttl > 0 ? clock_now_ms() + ttl : 0);
@@ -413,10 +262,10 @@ static int l_state_put(lua_State *L) {
 
 /* state_del(uid, kg, key, kind, name[, sub]).  Stack unchanged. */
 static int l_state_del(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
-    key_from_args(L, t, &t->skey);
-    state_tx_delete(tx, t->skey.p, t->skey.len);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    key_from_args(L, e, &e->skey);
+    state_tx_delete(tx, e->skey.p, e->skey.len);
     return 0;
 }
 
@@ -440,8 +289,8 @@ static int entry_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl
  * below it unread: the deleted entries there (tombstones until a
  * compaction) are not walked again.  Stack: args -> args table */
 static int l_state_entries(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
     lua_settop(L, 7);
     size_t klen, nlen;
     const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen), *kind = luaL_checkstring(L, 4);
@@ -458,14 +307,14 @@ static int l_state_entries(lua_State *L) {
         } else {
             lua_pushvalue(L, 6 + i);
             lua_replace(L, 6);                    /* key_from_args packs argument 6 */
-            key_from_args(L, t, k);
+            key_from_args(L, e, k);
         }
     }
     size_t prefix = strlen(uid) + 1 + 2 + 4 + klen + 1 + nlen + 1;
     lua_newtable(L);                           /* args t */
-    entries_ud e = { L, prefix, clock_now_ms(), 0 };
-    rc = state_tx_range(tx, lo.p, lo.len, hi.p, hi.len, entry_cb, &e);
-    bad = e.bad;
+    entries_ud en = { L, prefix, clock_now_ms(), 0 };
+    rc = state_tx_range(tx, lo.p, lo.len, hi.p, hi.len, entry_cb, &en);
+    bad = en.bad;
 done:
     state_key_free(&lo);
     state_key_free(&hi);
@@ -473,126 +322,41 @@ done:
     return 1;
 }
 
-/* Per operator uid and kind, what this task knows of its timers, by key
- * group (each array is [t->nkgs], in t->kgs's order): the earliest timer
- * (INT64_MIN: unknown, scan; INT64_MAX: none), and a floor below which
- * there are none (the due ones were deleted: deleted keys are not walked
- * again).  `first` is the earliest over every key group (INT64_MIN:
- * unknown).  So a watermark scans only the key groups it makes due, from
- * their floors: each timer costs a few seeks, however many there are. */
-typedef struct timer_book { char *uid; char kind; int64_t first, *next, *floor; } timer_book;
-
-static void book_forget(timer_book *b, int nkgs) {
-    b->first = INT64_MIN;
-    for (int i = 0; i < nkgs; i++) b->next[i] = b->floor[i] = INT64_MIN;
-}
-
-static timer_book *book_of(task *t, const char *uid, char kind) {
-    for (int i = 0; i < t->ntimer_books; i++)
-        if (t->timer_books[i].kind == kind && strcmp(t->timer_books[i].uid, uid) == 0) return &t->timer_books[i];
-    timer_book *nb = realloc(t->timer_books, sizeof *nb * (t->ntimer_books + 1));
-    if (!nb) return NULL;
-    t->timer_books = nb;
-    timer_book *b = &nb[t->ntimer_books];
-    size_t n = t->nkgs > 0 ? (size_t)t->nkgs : 1;
-    b->uid = strdup(uid);
-    b->next = malloc(n * sizeof *b->next);
-    b->floor = malloc(n * sizeof *b->floor);
-    if (!b->uid || !b->next || !b->floor) { free(b->uid); free(b->next); free(b->floor); return NULL; }
-    b->kind = kind;
-    book_forget(b, t->nkgs);
-    t->ntimer_books++;
-    return b;
-}
-
-/* The index of key group kg in t->kgs (an ascending range), or -1. */
-static int kg_index(const task *t, uint32_t kg) {
-    int lo = 0, hi = t->nkgs - 1;
-    if (t->nkgs > 0 && kg >= t->kgs[0] && kg - t->kgs[0] < (uint32_t)t->nkgs && t->kgs[kg - t->kgs[0]] == kg)
-        return (int)(kg - t->kgs[0]);
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (t->kgs[mid] == kg) return mid;
-        if (t->kgs[mid] < kg) lo = mid + 1; else hi = mid - 1;
-    }
-    return -1;
-}
-
-void lua_api_free_timer_books(task *t) {
-    for (int i = 0; i < t->ntimer_books; i++) {
-        free(t->timer_books[i].uid);
-        free(t->timer_books[i].next);
-        free(t->timer_books[i].floor);
-    }
-    free(t->timer_books);
-    t->timer_books = NULL;
-    t->ntimer_books = 0;
-}
-
 /* timer_set(uid, kg, key, kind, ts) / timer_del(uid, kg, key, ts): a timer
- * of the key; the same ts twice is one timer.  Stack unchanged. */
+ * of the key (timer.c); the same ts twice is one timer.  Stack unchanged. */
 static int l_timer_set(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    tx_of(L, e);
     size_t klen;
     const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen), *kind = luaL_checkstring(L, 4);
     int64_t ts = (int64_t)luaL_checknumber(L, 5);
-    if (state_key_timer(&t->skey, uid, (uint32_t)luaL_checkinteger(L, 2), kind[0], ts, key, klen) < 0)
+    if (timer_set(e->timers, uid, (uint32_t)luaL_checkinteger(L, 2), kind[0], ts, key, klen) < 0)
         return luaL_error(L, "out of memory");
-    state_tx_put(tx, t->skey.p, t->skey.len, "", 0);
-    timer_book *b = book_of(t, uid, kind[0]);
-    if (!b) return luaL_error(L, "out of memory");
-    int i = kg_index(t, (uint32_t)luaL_checkinteger(L, 2));
-    if (i < 0) { book_forget(b, t->nkgs); return 0; }     /* not this task's key group: scan afresh */
-    if (b->next[i] != INT64_MIN && ts < b->next[i]) b->next[i] = ts;
-    if (ts < b->floor[i]) b->floor[i] = ts;
-    if (b->first != INT64_MIN && ts < b->first) b->first = ts;
     return 0;
 }
 
 static int l_timer_del(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    tx_of(L, e);
     size_t klen;
     const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen);
     uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
     int64_t ts = (int64_t)luaL_checknumber(L, 4);
-    for (int i = 0; i < 2; i++) {
-        if (state_key_timer(&t->skey, uid, kg, i ? 'p' : 'e', ts, key, klen) < 0) return luaL_error(L, "out of memory");
-        state_tx_delete(tx, t->skey.p, t->skey.len);
-    }
+    if (timer_del(e->timers, uid, kg, ts, key, klen) < 0) return luaL_error(L, "out of memory");
     return 0;
 }
 
 /* timers_due(uid, kind, upto) -> ts array, key array: this task's timers of
- * that kind at or before upto, removed, in time order.  Stack: args -> args ts keys */
+ * that kind at or before upto, removed, in time order (timer_take_due).
+ * Stack: args -> args ts keys */
 static int l_timers_due(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    tx_of(L, e);
     const char *uid = luaL_checkstring(L, 1), *kind = luaL_checkstring(L, 2);
     int64_t upto = (int64_t)luaL_checknumber(L, 3);
-    timer_book *b = book_of(t, uid, kind[0]);
-    if (!b) return luaL_error(L, "out of memory");
-    if (b->first != INT64_MIN && upto < b->first) { lua_newtable(L); lua_newtable(L); return 2; }   /* nothing due: no scan */
-    /* the key groups with a timer due (or not known yet), from their floors */
-    uint32_t *kgs = malloc(sizeof *kgs * (size_t)(t->nkgs + 1));
-    int64_t *floors = malloc(sizeof *floors * (size_t)(t->nkgs + 1));
-    int *idx = malloc(sizeof *idx * (size_t)(t->nkgs + 1));
-    if (!kgs || !floors || !idx) { free(kgs); free(floors); free(idx); return luaL_error(L, "out of memory"); }
-    int m = 0;
-    for (int i = 0; i < t->nkgs; i++)
-        if (b->next[i] == INT64_MIN || b->next[i] <= upto) { kgs[m] = t->kgs[i]; floors[m] = b->floor[i]; idx[m++] = i; }
-    int n = 0;
-    state_timer *due = state_timers_due(tx, uid, kind[0], kgs, floors, m, upto, &n);
-    /* every timer up to upto is gone from those key groups: their next ones */
-    for (int j = 0; j < m; j++) {
-        int i = idx[j];
-        if (upto < INT64_MAX && upto + 1 > b->floor[i]) b->floor[i] = upto + 1;
-        b->next[i] = upto == INT64_MAX ? INT64_MAX : state_timers_next(tx, uid, kind[0], t->kgs[i], b->floor[i]);
-    }
-    free(kgs); free(floors); free(idx);
-    b->first = INT64_MAX;
-    for (int i = 0; i < t->nkgs; i++) if (b->next[i] < b->first) b->first = b->next[i];
+    state_timer *due;
+    int n;
+    if (timer_take_due(e->timers, uid, kind[0], upto, &due, &n) < 0) return luaL_error(L, "out of memory");
     lua_createtable(L, n, 0);
     lua_createtable(L, n, 0);
     for (int i = 0; i < n; i++) {
@@ -605,157 +369,93 @@ static int l_timers_due(lua_State *L) {
     return 2;
 }
 
-/* state_mark() / state_undo(): around one record (state_tx_mark).  Stack unchanged. */
+/* state_mark() / state_undo(): around one record (state_tx_mark); the undo
+ * also makes the timer index start afresh (timer.h).  Stack unchanged. */
 static int l_state_mark(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    if (t->stx) state_tx_mark(t->stx);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    if (e->stx) state_tx_mark(e->stx);
     return 0;
 }
 
 static int l_state_undo(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    if (t->stx) state_tx_undo(t->stx);
-    /* timers the record deleted or set are back or gone: scan afresh */
-    for (int i = 0; i < t->ntimer_books; i++) book_forget(&t->timer_books[i], t->nkgs);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    if (e->stx) state_tx_undo(e->stx);
     return 0;
 }
 
 /* keygroup(key) -> the key's key group.  Stack: key -> key kg */
 static int l_keygroup(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
     size_t n;
     const char *k = luaL_checklstring(L, 1, &n);
-    lua_pushinteger(L, keygroup_of(k, n, t->sh->cfg->max_parallelism));
+    lua_pushinteger(L, keygroup_of(k, n, e->max_parallelism));
     return 1;
 }
 
 /* dedup(uid, kg, key, ts, ttl_ms) -> true when the key was not seen within
- * ttl before ts (and ts becomes its time), false for a duplicate.  The time
- * is event time when the record has one (ts), else processing time.  The
- * entry is kept for ttl of processing time (then the compaction filter
- * drops it).  Stack: args -> args bool */
+ * ttl before ts (and ts becomes its time), false for a duplicate
+ * (eddy_dedup, state.c).  The time is event time when the record has one
+ * (ts), else processing time.  Stack: args -> args bool */
 static int l_dedup(lua_State *L) {
-    task *t = lua_touserdata(L, lua_upvalueindex(1));
-    state_tx *tx = tx_of(L, t);
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
     size_t klen;
     const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen);
     uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
-    int64_t ts = (int64_t)luaL_checknumber(L, 4), ttl = (int64_t)luaL_checknumber(L, 5), now = clock_now_ms();
-    if (state_key_state(&t->skey, uid, kg, key, klen, 'd', "", 0, NULL, 0) < 0) return luaL_error(L, "out of memory");
-    size_t vl, pl;
-    const char *v = state_tx_get(tx, t->skey.p, t->skey.len, &vl);
-    const char *p = v ? state_value_payload(v, vl, now, &pl) : NULL;
-    if (p && pl == 8) {
-        int64_t seen = 0;
-        for (int i = 0; i < 8; i++) seen = (int64_t)((uint64_t)seen << 8 | (unsigned char)p[i]);
-        if (ts - seen < ttl) { lua_pushboolean(L, 0); return 1; }
-    }
-    char rec[STATE_HDR_MAX + 8];
-    size_t hl = state_value_header(rec, now + ttl);
-    for (int i = 0; i < 8; i++) rec[hl + i] = (char)((uint64_t)ts >> (8 * (7 - i)));
-    state_tx_put(tx, t->skey.p, t->skey.len, rec, hl + 8);
-    lua_pushboolean(L, 1);
+    int64_t ts = (int64_t)luaL_checknumber(L, 4), ttl = (int64_t)luaL_checknumber(L, 5);
+    int rc = eddy_dedup(tx, uid, kg, key, klen, ts, ttl);
+    if (rc < 0) return luaL_error(L, "out of memory");
+    lua_pushboolean(L, rc);
     return 1;
 }
 
-void lua_api_push_native(lua_State *L, task *t) {
-    lua_createtable(L, 0, 6);                      /* native */
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_pack, 1);
-    lua_setfield(L, -2, "pack");
-    lua_pushcfunction(L, l_unpack_all);
-    lua_setfield(L, -2, "unpack_all");
-    lua_pushcfunction(L, l_json_decode);
-    lua_setfield(L, -2, "json_decode");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_json_decode_rec, 1);
-    lua_setfield(L, -2, "json_decode_rec");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_json_encode, 1);
-    lua_setfield(L, -2, "json_encode");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_json_write, 1);
-    lua_setfield(L, -2, "json_write");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_dead_letter, 1);
-    lua_setfield(L, -2, "dead_letter");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_shuffle, 1);
-    lua_setfield(L, -2, "shuffle");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_unpack, 1);
-    lua_setfield(L, -2, "unpack");
-    lua_pushlightuserdata(L, t);
-    lua_pushcclosure(L, l_headers, 1);
-    lua_setfield(L, -2, "headers");
-    static const struct { const char *name; lua_CFunction fn; } state_fns[] = {
+void lua_api_env_free(lua_api_env *e) {
+    buf_free(&e->packbuf);
+    buf_free(&e->statebuf);
+    state_key_free(&e->skey);
+}
+
+int lua_api_push_native(lua_State *L, lua_api_env *e, char *err, size_t errlen) {
+    static const struct { const char *name; lua_CFunction fn; } fns[] = {
+        {"pack", l_pack}, {"unpack_all", l_unpack_all}, {"json_decode", l_json_decode},
+        {"json_decode_rec", l_json_decode_rec}, {"json_encode", l_json_encode}, {"json_write", l_json_write},
+        {"dead_letter", l_dead_letter}, {"shuffle", l_shuffle}, {"unpack", l_unpack}, {"headers", l_headers},
         {"state_get", l_state_get}, {"state_put", l_state_put}, {"state_del", l_state_del},
         {"state_entries", l_state_entries}, {"timer_set", l_timer_set}, {"timer_del", l_timer_del},
         {"timers_due", l_timers_due}, {"keygroup", l_keygroup}, {"dedup", l_dedup},
         {"state_mark", l_state_mark}, {"state_undo", l_state_undo},
     };
-    for (size_t i = 0; i < sizeof state_fns / sizeof state_fns[0]; i++) {
-        lua_pushlightuserdata(L, t);
-        lua_pushcclosure(L, state_fns[i].fn, 1);
-        lua_setfield(L, -2, state_fns[i].name);
+    int n = (int)(sizeof fns / sizeof fns[0]), top = lua_gettop(L);
+    lua_getglobal(L, "require");                   /* require */
+    lua_pushstring(L, "eddy.ffi");
+    if (lua_pcall(L, 1, 1, 0) != 0) goto err;      /* eddyffi */
+    lua_getfield(L, -1, "bind_native");            /* eddyffi bind */
+    lua_createtable(L, 0, n + 3);                  /* eddyffi bind native */
+    for (int i = 0; i < n; i++) {
+        lua_pushlightuserdata(L, e);
+        lua_pushcclosure(L, fns[i].fn, 1);
+        lua_setfield(L, -2, fns[i].name);
     }
-}
-
-int lua_api_flush_outputs(task *t) {
-    for (int o = 0; o < t->nouts; o++) {
-        out_port *op = &t->outs[o];
-        for (int i = 0; i < op->ntargets; i++) {
-            batch *b = op->pending[i];
-            if (!b || b->n == 0) continue;
-            op->pending[i] = NULL;
-            t->records_out += b->n;
-            if (channel_push(op->ch[i], CH_BATCH, b, 0) < 0) return -1;
-        }
+    if (e->stx) {
+        lua_pushlightuserdata(L, e->stx);
+        lua_setfield(L, -2, "state_tx");
+        lua_pushlightuserdata(L, e->timers);
+        lua_setfield(L, -2, "timers");
     }
+    lua_pushinteger(L, e->max_parallelism);
+    lua_setfield(L, -2, "max_parallelism");
+    lua_pushvalue(L, -1);                          /* eddyffi bind native native */
+    lua_insert(L, -4);                             /* native eddyffi bind native */
+    if (lua_pcall(L, 1, 0, 0) != 0) goto err;      /* native eddyffi */
+    lua_pop(L, 1);                                 /* native */
     return 0;
+err:                                               /* ... msg */
+    snprintf(err, errlen, "cannot load eddy.ffi: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_settop(L, top);
+    return -1;
 }
 
 /* ---- windows, time ------------------------------------------------------ */
-
-/* The window state of operator `uid` in this task, created on first use.
- * NULL when the uid's state was made with another assigner (a reload refuses
- * that before it gets here) or on allocation failure. */
-static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t advance, int64_t offset,
-                                int64_t lateness);
-
-void *eddy_window_open(void *tp, const char *uid, int64_t size, int64_t advance, int64_t offset, int64_t lateness) {
-    task *t = tp;
-    pthread_mutex_lock(&t->swap_mu);
-    void *w = window_open_locked(t, uid, size, advance, offset, lateness);
-    pthread_mutex_unlock(&t->swap_mu);
-    return w;
-}
-
-static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t advance, int64_t offset,
-                                int64_t lateness) {
-    for (int i = 0; i < t->nwins; i++) {
-        task_window *tw = &t->wins[i];
-        if (strcmp(tw->uid, uid) != 0) continue;
-        if (tw->size != size || tw->advance != advance || tw->offset != offset || tw->lateness != lateness) return NULL;
-        return tw->w;
-    }
-    if (!t->stx) return NULL;               /* windows live in the state store */
-    task_window *wins = realloc(t->wins, sizeof *wins * (t->nwins + 1));
-    if (!wins) return NULL;
-    t->wins = wins;
-    task_window *tw = &t->wins[t->nwins];
-    tw->uid = strdup(uid);
-    int maxp = t->sh->cfg->max_parallelism;
-    tw->w = advance < 0 ? window_create_sessions(t->stx, uid, t->kgs, t->nkgs, maxp, size, lateness)
-                        : window_create(t->stx, uid, t->kgs, t->nkgs, maxp, size, advance, offset, lateness);
-    if (!tw->uid || !tw->w) { free(tw->uid); window_destroy(tw->w); return NULL; }
-    tw->size = size;
-    tw->advance = advance;
-    tw->offset = offset;
-    tw->lateness = lateness;
-    t->nwins++;
-    return tw->w;
-}
 
 int eddy_window_add(void *w, const char *key, size_t klen, int64_t ts, double x) {
     return window_add(w, key, klen, ts, x);
@@ -789,8 +489,6 @@ int32_t eddy_window_list(void *w, eddy_window_info *info, int32_t max) { return 
 void eddy_window_mark(void *w, const char *key, size_t klen, int64_t start, int64_t mark) {
     window_mark(w, key, klen, start, mark);
 }
-
-void eddy_task_wants_ticks(void *tp) { ((task *)tp)->wants_ticks = 1; }
 
 void eddy_window_keep_unfired(void *w) { window_keep_unfired(w, 1); }
 

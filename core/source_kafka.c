@@ -18,21 +18,26 @@
 
 /* ---- one partition -------------------------------------------------------- */
 
-int kpart_state(kpart *kp) { return atomic_load(&kp->state); }
-int kpart_elsewhere(kpart *kp) {
+static int kpart_state(kpart *kp) { return atomic_load(&kp->state); }
+/* 1 once the group has assigned partitions and this one is not among ours:
+ * it then holds no watermark back here (before the first assignment every
+ * partition may still become ours, and holds it). */
+static int kpart_elsewhere(kpart *kp) {
     return atomic_load(&kp->g->settled) && atomic_load(&kp->state) == KP_UNASSIGNED;
 }
-int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }
-int kpart_at_end(kpart *kp) { return atomic_load(&kp->at_end); }
+static int64_t kpart_position(kpart *kp) { return atomic_load(&kp->position); }   /* after the last one read */
+/* 1 when the last read reached the partition's end (nothing left to read
+ * now): only then may the partition count as idle. */
+static int kpart_at_end(kpart *kp) { return atomic_load(&kp->at_end); }
 
-int kpart_ended(kpart *kp) {
+/* 1 once a bounded partition was read up to its end offset as of its first
+ * assignment (or to its end, when that offset is unknown). */
+static int kpart_ended(kpart *kp) {
     if (!kp->bounded) return 0;
     int64_t end = atomic_load(&kp->end), pos = atomic_load(&kp->position);
     if (end < 0) return 0;                              /* not assigned yet */
     return (pos >= 0 && pos >= end) || atomic_load(&kp->at_end);
 }
-
-rd_kafka_consumer_group_metadata_t *kgroup_metadata(kgroup *g) { return rd_kafka_consumer_group_metadata(g->rk); }
 
 /* The offset a checkpoint keeps: the position, or while nothing was read
  * the offset it started at (-1: not known). */
@@ -41,7 +46,9 @@ static int64_t checkpoint_offset(kpart *kp) {
     return pos >= 0 ? pos : atomic_load(&kp->restore);
 }
 
-void kpart_acked(kpart *kp, uint64_t marker, int64_t position) {
+/* Every output caused by the records before `position` was acknowledged;
+ * `marker` (0: none) is the marker that showed it. */
+static void kpart_acked(kpart *kp, uint64_t marker, int64_t position) {
     long long a = atomic_load(&kp->acked);
     while (position > a && !atomic_compare_exchange_weak(&kp->acked, &a, (long long)position)) {}
     if (marker && marker == atomic_load(&kp->drain_marker)) atomic_store(&kp->drained, 1);

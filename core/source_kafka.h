@@ -26,9 +26,6 @@ struct kafka;
 typedef struct kgroup kgroup;
 typedef struct kpart kpart;
 
-/* A partition's state, as its task sees it. */
-enum { KP_UNASSIGNED, KP_ASSIGNED, KP_REVOKING, KP_DRAINING };
-
 typedef struct kgroup_hooks {
     void *ud;
     void (*wake)(void *ud, int task_id);          /* a partition's state changed */
@@ -66,28 +63,14 @@ json_t *kgroup_status(kgroup *g);              /* owned: the assignment, per par
 struct evbuffer;
 void kgroup_metrics(kgroup *g, struct evbuffer *out);
 
+/* The consumer's group metadata for send_offsets_to_transaction (owned). */
+struct rd_kafka_consumer_group_metadata_s;
+struct rd_kafka_consumer_group_metadata_s *kgroup_metadata(kgroup *g);
+
 /* ---- one partition: the source kind "kafka" (source.h) ---- */
 extern const source_ops source_kafka_ops;
 /* Registers s's partition (a source of kind "kafka" opened by its task
  * `task_id`, of plan p) with the group g, before kgroup_subscribe.  0 (also
  * for a source of another kind), or -1 with err (max_bytes malformed). */
 int source_kafka_attach(source *s, kgroup *g, const plan *p, int task_id, char *err, size_t errlen);
-/* Shared by the group's two files (kafka_group.c, source_kafka.c). */
-int kpart_state(kpart *kp);
-/* 1 once the group has assigned partitions and this one is not among ours:
- * it then holds no watermark back here (before the first assignment every
- * partition may still become ours, and holds it). */
-int kpart_elsewhere(kpart *kp);
-int64_t kpart_position(kpart *kp);             /* the offset after the last one read */
-/* 1 when the last read reached the partition's end (nothing left to read
- * now): only then may the partition count as idle. */
-int kpart_at_end(kpart *kp);
-int kpart_ended(kpart *kp);                     /* 1 once a bounded partition was read to its end */
-/* The consumer's group metadata for send_offsets_to_transaction (owned). */
-struct rd_kafka_consumer_group_metadata_s;
-struct rd_kafka_consumer_group_metadata_s *kgroup_metadata(kgroup *g);
-/* acks.c: every output caused by the records before `position` was
- * acknowledged; `marker` is the marker that showed it. */
-void kpart_acked(kpart *kp, uint64_t marker, int64_t position);
-
 #endif

@@ -1,4 +1,5 @@
 #include "state.h"
+#include "ffi_api.h"
 #include "clock.h"
 #include "log.h"
 #include <rocksdb/c.h>
@@ -35,6 +36,8 @@ struct state_tx {
     rocksdb_writebatch_wi_t *wb;
     int dirty;
     int marks;                    /* save points set in the batch (state_tx_mark) */
+    uint64_t undos;               /* state_tx_undo calls so far (timer.c's index follows them) */
+    state_key key;                /* reused to build keys (eddy_dedup) */
     char *last; size_t lastlen;   /* the value state_tx_get returned last (owned) */
     slot *cache;                  /* [CACHE_SLOTS]: committed values */
 };
@@ -278,6 +281,7 @@ void state_tx_destroy(state_tx *tx) {
     if (tx->cache) for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
     free(tx->cache);
     free(tx->last);
+    state_key_free(&tx->key);
     free(tx);
 }
 
@@ -370,6 +374,7 @@ void state_tx_mark(state_tx *tx) {
 }
 
 void state_tx_undo(state_tx *tx) {
+    tx->undos++;
     if (tx->marks == 0) return;
     char *e = NULL;
     rocksdb_writebatch_wi_rollback_to_save_point(tx->wb, &e);
@@ -377,6 +382,35 @@ void state_tx_undo(state_tx *tx) {
     if (e) { log_error("state: rolling back a failed record's writes: %s", e); rocksdb_free(e); }
     /* the cache followed those writes: forget it (failures are rare) */
     for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+}
+
+uint64_t state_tx_undos(const state_tx *tx) { return tx->undos; }
+
+/* ---- FFI exports (ffi_api.h): per-record calls of the Lua runtime -------- */
+
+void eddy_state_mark(void *tx) { state_tx_mark(tx); }
+void eddy_state_undo(void *tx) { state_tx_undo(tx); }
+
+/* A dedup entry: the header (expiry: ttl of processing time, then the
+ * compaction filter drops it) and the record time it was seen at, 8 bytes
+ * big-endian. */
+int32_t eddy_dedup(void *txp, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t ts, int64_t ttl_ms) {
+    state_tx *tx = txp;
+    int64_t now = clock_now_ms();
+    if (state_key_state(&tx->key, uid, kg, key, klen, 'd', "", 0, NULL, 0) < 0) return -1;
+    size_t vl, pl;
+    const char *v = state_tx_get(tx, tx->key.p, tx->key.len, &vl);
+    const char *p = v ? state_value_payload(v, vl, now, &pl) : NULL;
+    if (p && pl == 8) {
+        int64_t seen = 0;
+        for (int i = 0; i < 8; i++) seen = (int64_t)((uint64_t)seen << 8 | (unsigned char)p[i]);
+        if (ts - seen < ttl_ms) return 0;
+    }
+    char rec[STATE_HDR_MAX + 8];
+    size_t hl = state_value_header(rec, now + ttl_ms);
+    for (int i = 0; i < 8; i++) rec[hl + i] = (char)((uint64_t)ts >> (8 * (7 - i)));
+    state_tx_put(tx, tx->key.p, tx->key.len, rec, hl + 8);
+    return 1;
 }
 
 static int each(rocksdb_iterator_t *it, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn,

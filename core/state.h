@@ -13,7 +13,9 @@
  * and readers never return them.  Each task writes through a state_tx: a
  * RocksDB WriteBatchWithIndex for the batch being processed (committed
  * atomically at its end, so readers never see half a batch) in front of a
- * small per-task cache of values read.  Calls RocksDB, clock and log. */
+ * small per-task cache of values read.  Exports the runtime's per-record
+ * eddy_state_mark, eddy_state_undo and eddy_dedup (ffi_api.h); the timer
+ * index is timer.c's.  Calls RocksDB, clock and log. */
 #ifndef EDDY_STATE_H
 #define EDDY_STATE_H
 
@@ -84,6 +86,9 @@ int state_tx_count(const state_tx *tx);   /* how many */
  * failed and the error policy has it, so its writes must not count). */
 void state_tx_mark(state_tx *tx);
 void state_tx_undo(state_tx *tx);
+/* How many times state_tx_undo was called: what the undone writes did to
+ * timers is unknown, so timer.c's index starts afresh when this changes. */
+uint64_t state_tx_undos(const state_tx *tx);
 
 /* ---- timers ---- */
 typedef struct state_timer { int64_t ts; char *key; size_t klen; uint32_t kg; } state_timer;

@@ -1,6 +1,7 @@
 #include "task.h"
 #include "log.h"
 #include "lua_api.h"
+#include "timer.h"
 #include "sink.h"
 #include "source.h"
 #include "acks.h"
@@ -49,7 +50,6 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->cur.st = st;
     pthread_mutex_init(&t->swap_mu, NULL);
     snprintf(t->name, sizeof t->name, "%s-%d", st->name, index);
-    buf_init(&t->packbuf);
     t->sinks = calloc(p->nnodes + 1, sizeof *t->sinks);
     if (!t->sinks) { snprintf(err, errlen, "out of memory"); goto err; }
     /* sinks chained in this task: they belong to the task, not to a version */
@@ -75,8 +75,14 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         for (int kg = 0; kg < maxp; kg++)
             if (keygroup_task((uint32_t)kg, maxp, st->ntasks) == index) t->kgs[t->nkgs++] = (uint32_t)kg;
     }
-    if (sh->state && !(t->stx = state_tx_create(sh->state))) { snprintf(err, errlen, "out of memory"); goto err; }
-    buf_init(&t->statebuf);
+    if (sh->state && (!(t->stx = state_tx_create(sh->state)) || !(t->timers = timer_index_create(t->stx, t->kgs, t->nkgs)))) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    /* what the native functions of its VMs read; scratch buffers empty */
+    t->api = (lua_api_env){ .task = t, .io = &t->io, .stx = t->stx, .timers = t->timers,
+                            .max_parallelism = sh->cfg->max_parallelism, .output_of = task_output_of,
+                            .shuffle = task_shuffle };
     t->io.wm = TS_NONE;
     t->io.maxts = TS_NONE;
     t->sent_wm = TS_NONE;
@@ -249,7 +255,8 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
         lua_rawseti(L, -2, s + 1);
     }
     lua_setfield(L, -2, "sources");
-    lua_api_push_native(L, t);             lua_setfield(L, -2, "native");
+    if (lua_api_push_native(L, &t->api, err, errlen) < 0) goto err;
+    lua_setfield(L, -2, "native");
     if (vm_pcall_bounded(tv->vm, 1, 1, cfg->limit_time_ms) != 0) {   /* runtime fns | err */
         snprintf(err, errlen, "%s", vm_errstr(L, -1));
         goto err;
@@ -276,26 +283,6 @@ int task_start(task *t, char *err, size_t errlen) {
     t->cur = *tv;
     free(tv);
     return 0;
-}
-
-void task_forget_windows(task *t, const plan *p, int drop) {
-    pthread_mutex_lock(&t->swap_mu);
-    for (int i = 0; i < t->nwins;) {
-        int used = 0;
-        for (int k = 0; k < p->nnodes && !used; k++) {
-            const node *nd = &p->nodes[k];
-            if (nd->kind != NODE_WINDOW) continue;
-            size_t n = strlen(nd->uid);
-            /* the window's own state, and its helpers ("uid#records") */
-            if (strncmp(t->wins[i].uid, nd->uid, n) == 0 && (t->wins[i].uid[n] == 0 || t->wins[i].uid[n] == '#')) used = 1;
-        }
-        if (used) { i++; continue; }
-        free(t->wins[i].uid);
-        if (drop) window_drop(t->wins[i].w);
-        window_destroy(t->wins[i].w);
-        t->wins[i] = t->wins[--t->nwins];
-    }
-    pthread_mutex_unlock(&t->swap_mu);
 }
 
 void task_offer(task *t, task_vm *tv) {
@@ -389,7 +376,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_flush(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return -1; }
     }
-    if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return -1; }
+    if (task_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return -1; }
     return 0;
 }
 
@@ -424,7 +411,7 @@ static step_result finish(task *t) {
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
     }
-    if (lua_api_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
+    if (task_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
     push_all(t, CH_EOS, stopped ? EOS_STOP : INT64_MAX);
     atomic_store(&t->status, TASK_DONE);
     log_task_debug(t->name, "done: %ld records in, %ld out", (long)t->records_in, (long)t->records_out);
@@ -789,11 +776,9 @@ void task_destroy(task *t) {
     free(t->held);
     free(t->chan_wm);
     free(t->chan_idle);
-    buf_free(&t->packbuf);
-    buf_free(&t->statebuf);
-    state_key_free(&t->skey);
+    lua_api_env_free(&t->api);
+    timer_index_destroy(t->timers);
     state_tx_destroy(t->stx);
-    lua_api_free_timer_books(t);
     free(t->kgs);
     pthread_mutex_destroy(&t->swap_mu);
     free(t);

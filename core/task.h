@@ -1,8 +1,10 @@
 /* task — one task of a stage: its VM, its inputs (a file or stdin for a
  * source task, channels for a keyed task), its outputs (channels to keyed
  * stages, sinks chained in it).  task_step() runs at most one batch: read or
- * pop it, hand it to the task's Lua function once, and route what comes out.
- * Calls vm, channel, source, sink, sched and the Lua runtime. */
+ * pop it, hand it to the task's Lua function once, and route what comes out
+ * (task_output.c: shuffled records, sinks, dead letters).
+ * Calls vm, channel, source, sink, sched, state, timer, lua_api (the `native`
+ * table) and the Lua runtime. */
 #ifndef EDDY_TASK_H
 #define EDDY_TASK_H
 
@@ -14,6 +16,7 @@
 #include "codec.h"
 #include "config.h"
 #include "ffi_api.h"
+#include "lua_api.h"
 #include "pipeline.h"
 #include "sched.h"
 #include "state.h"
@@ -132,12 +135,10 @@ typedef struct task {
     int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */
     batch *inbatch;             /* source tasks: the batch being read into */
-    buf packbuf;                /* reused to pack shuffled values */
     state_tx *stx;              /* keyed tasks with state: this batch's writes, committed after it */
+    timer_index *timers;        /* with stx: the index of its timers (timer.c) */
     uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */
-    state_key skey;             /* reused to build state keys */
-    buf statebuf;               /* reused to encode state values */
-    struct timer_book *timer_books; int ntimer_books;   /* per operator and kind: where its timers are (lua_api.c) */
+    lua_api_env api;            /* what the native functions of its VMs read (lua_api.h) */
 
     atomic_int status;          /* TASK_* */
     char error[2048];
@@ -172,7 +173,7 @@ void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
  * batch boundary (sources) or once a barrier arrived on every input (keyed). */
 void task_offer(task *t, task_vm *tv);
 int task_version(const task *t);
-/* Forgets the window operators of uids that plan p has no window for (after
+/* task_windows.c: forgets the window operators of uids that plan p has no window for (after
  * a refused reload, or a swap that let state go); with drop, deletes their
  * stored windows too (only on the task's own thread).  Takes swap_mu. */
 void task_forget_windows(task *t, const plan *p, int drop);
@@ -185,5 +186,19 @@ int task_pollable(const task *t);
 int task_bootstrap_add(task_shared *sh, task *t);   /* a source that may have more input later (follow, stdin, Kafka) */
 /* 1 when a channel to a downstream task is full (backpressure).  Any thread. */
 int task_outputs_full(task *t);
+
+/* ---- task_output.c: routing to keyed tasks ---- */
+/* The output (index in t->outs) of key_by node `node` of the running
+ * version, or -1 when it has none.  tp is a task. */
+int task_output_of(void *tp, int node);
+/* Appends a packed record (p[0..n), with key, event time ts and watermark
+ * wm) to the batch for the keyed task that owns key's key group, through the
+ * output of key_by node `node` (task_output_of >= 0); carry copies the
+ * headers of the input record being processed.  The batch goes downstream at
+ * task_flush_outputs.  0, or -1 out of memory. */
+int task_shuffle(void *tp, int node, const char *key, size_t klen, const char *p, size_t n, int64_t ts, int64_t wm,
+                 int carry);
+/* Moves every partly filled output batch into its channel.  0, or -1. */
+int task_flush_outputs(task *t);
 
 #endif

@@ -86,6 +86,13 @@ int eddy_sink_write_kv(void *task, int32_t sink, const char *key, size_t klen, c
 const char *eddy_sink_error(void *task, int32_t sink);
 int eddy_dead_letter(void *task, const char *p, size_t n);
 void eddy_log(void *task, int32_t level, int32_t limited, const char *msg);
+
+void eddy_state_mark(void *tx);
+void eddy_state_undo(void *tx);
+int32_t eddy_dedup(void *tx, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t ts, int64_t ttl_ms);
+int32_t eddy_timer_set(void *ix, const char *uid, uint32_t kg, const char *key, size_t klen, int32_t kind, int64_t ts);
+int32_t eddy_timer_del(void *ix, const char *uid, uint32_t kg, const char *key, size_t klen, int64_t ts);
+uint32_t eddy_keygroup(const char *key, size_t len, int32_t max_parallelism);
 ]]
 
 -- once per VM: a second load (busted reloads modules) must not redefine the types
@@ -94,4 +101,61 @@ M.REC_MALFORMED = 1
 M.REC_PACKED = 2
 M.REC_KEY = 8
 M.REC_TOMBSTONE = 16
+
+-- Puts FFI calls in the `native` table core/lua_api.c built, in place of the
+-- classic functions for the runtime's per-record scalar calls (keygroup,
+-- state_mark, state_undo, dedup, timer_set, timer_del): a classic
+-- lua_CFunction ends the JIT's trace, an FFI call is compiled into it.  The
+-- C side is exported by the module that owns the data (ffi_api.h).  Each
+-- replacement takes the FFI path when its arguments have the types the
+-- runtime passes, and otherwise calls the classic function, which converts
+-- them or raises the same "bad argument" error as before.  An FFI call cannot
+-- raise: a -1 (out of memory) is raised here with the classic function's
+-- message.  native.state_tx and native.timers (lightuserdata: the task's
+-- state_tx and timer_index) are absent when there is no state store; then
+-- the state calls stay classic (they raise "keyed state is not available
+-- here").  Returns native.
+local C = ffi.C
+local byte, type, error = string.byte, type, error
+
+function M.bind_native(native)
+  local maxp = native.max_parallelism
+  local keygroup = native.keygroup
+  if type(maxp) == "number" and keygroup then
+    native.keygroup = function(key)
+      if type(key) ~= "string" then return keygroup(key) end
+      return C.eddy_keygroup(key, #key, maxp)
+    end
+  end
+  if native.state_tx == nil or native.timers == nil then return native end
+  local tx = ffi.cast("void *", native.state_tx)
+  local ix = ffi.cast("void *", native.timers)
+  native.state_mark = function() C.eddy_state_mark(tx) end
+  native.state_undo = function() C.eddy_state_undo(tx) end
+  local dedup, timer_set, timer_del = native.dedup, native.timer_set, native.timer_del
+  native.dedup = function(uid, kg, key, ts, ttl)
+    if type(uid) ~= "string" or type(kg) ~= "number" or type(key) ~= "string" or type(ts) ~= "number"
+      or type(ttl) ~= "number" then
+      return dedup(uid, kg, key, ts, ttl)
+    end
+    local rc = C.eddy_dedup(tx, uid, kg, key, #key, ts, ttl)
+    if rc < 0 then error("out of memory", 0) end
+    return rc == 1
+  end
+  native.timer_set = function(uid, kg, key, kind, ts)
+    if type(uid) ~= "string" or type(kg) ~= "number" or type(key) ~= "string" or type(kind) ~= "string"
+      or type(ts) ~= "number" then
+      return timer_set(uid, kg, key, kind, ts)
+    end
+    if C.eddy_timer_set(ix, uid, kg, key, #key, byte(kind) or 0, ts) < 0 then error("out of memory", 0) end
+  end
+  native.timer_del = function(uid, kg, key, ts)
+    if type(uid) ~= "string" or type(kg) ~= "number" or type(key) ~= "string" or type(ts) ~= "number" then
+      return timer_del(uid, kg, key, ts)
+    end
+    if C.eddy_timer_del(ix, uid, kg, key, #key, ts) < 0 then error("out of memory", 0) end
+  end
+  return native
+end
+
 return M

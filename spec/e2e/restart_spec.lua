@@ -103,3 +103,33 @@ describe("restart strategies", function()
     assert.falsy(r.stderr:find("restarting", 1, true))
   end)
 end)
+
+describe("a stop while starting", function()
+  local dir
+  before_each(function() dir = E.tmpdir() end)
+  after_each(E.cleanup)
+
+  it("SIGTERM while eddy builds its pipeline (a script that takes 0.6 s of CPU) is a graceful stop once it has started (exit 0, not the default action's 143)", function()
+    E.write(dir .. "/pipeline.lua", "local t0 = os.clock(); while os.clock() - t0 < 0.6 do end\n" .. pipeline())
+    E.write(dir .. "/in.jsonl", input(1, 1000))
+    E.write_config(dir, { name = "ss", guarantee = "exactly_once", parallelism = 2, checkpoint = { interval = "100ms" },
+                          limits = { time = "10s" } })
+    for i = 1, 2 do
+      local d = E.start({ "run", dir .. "/eddy.conf.lua" })
+      -- the harness's shell has become eddy (exec): the signal is eddy's to take
+      assert(E.wait_for(function()
+        local comm = E.read("/proc/" .. d.pid .. "/comm")
+        return comm and comm:match("^eddy") or not d:alive()
+      end, 10, 0.001), "eddy did not start")
+      E.sleep(0.15 * i)      -- inside the script's build
+      d:kill("TERM")
+      local code = d:wait(60)
+      assert(code == 0, "a SIGTERM while starting exited " .. tostring(code) .. ": " .. d:stderr())
+    end
+    -- a run that is left alone reads everything
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" })
+    assert(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 1000 end, 60), "the output did not reach 1000 lines")
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(60), d:stderr())
+  end)
+end)

@@ -87,7 +87,8 @@ describe("lua/eddy/ffi.lua cdef and core/ffi_api.h", function()
     local t = table.concat(tokens(region), " ")
     assert.truthy(t:find("typedef struct eddy_rec {", 1, true))
     assert.truthy(t:find("typedef struct eddy_io {", 1, true))
-    for _, fn in ipairs({ "eddy_sink_write", "eddy_dead_letter", "eddy_log" }) do
+    for _, fn in ipairs({ "eddy_sink_write", "eddy_dead_letter", "eddy_log", "eddy_state_mark", "eddy_state_undo",
+                          "eddy_dedup", "eddy_timer_set", "eddy_timer_del", "eddy_keygroup" }) do
       assert.truthy(t:find(fn .. " (", 1, true), fn)
     end
   end)
@@ -122,6 +123,56 @@ describe("lua/eddy/ffi.lua cdef and core/ffi_api.h", function()
     assert.truthy(ffi.typeof("eddy_io"))
     assert.equal(0, ffi.offsetof("eddy_rec", "ts"))
     assert.equal(0, ffi.offsetof("eddy_io", "recs"))
+  end)
+
+  describe("bind_native", function()
+    -- a native table as core/lua_api.c builds it, with classic functions that record their calls
+    local function fake(with_state)
+      local calls = {}
+      local n = { max_parallelism = 128 }
+      for _, name in ipairs({ "keygroup", "state_mark", "state_undo", "dedup", "timer_set", "timer_del",
+                              "state_get", "timers_due" }) do
+        n[name] = function(...) calls[#calls + 1] = { name, ... }; return "classic" end
+      end
+      if with_state then
+        n.state_tx, n.timers = ffi.cast("void *", 1), ffi.cast("void *", 2)
+      end
+      return n, calls
+    end
+
+    it("replaces the per-record scalar calls and leaves the calls that build Lua values classic", function()
+      local n = fake(true)
+      local before = {}
+      for k, v in pairs(n) do before[k] = v end
+      assert.equal(n, H.require_eddy_ffi().bind_native(n))
+      for _, name in ipairs({ "keygroup", "state_mark", "state_undo", "dedup", "timer_set", "timer_del" }) do
+        assert.are_not.equal(before[name], n[name], name)
+      end
+      assert.equal(before.state_get, n.state_get)
+      assert.equal(before.timers_due, n.timers_due)
+    end)
+
+    it("without a state store the state calls stay classic (they raise that there is none)", function()
+      local n = fake(false)
+      local before = {}
+      for k, v in pairs(n) do before[k] = v end
+      H.require_eddy_ffi().bind_native(n)
+      for _, name in ipairs({ "state_mark", "state_undo", "dedup", "timer_set", "timer_del" }) do
+        assert.equal(before[name], n[name], name)
+      end
+    end)
+
+    it("arguments of other types go to the classic function (its conversions and its errors)", function()
+      local n, calls = fake(true)
+      H.require_eddy_ffi().bind_native(n)
+      assert.equal("classic", n.keygroup(42))
+      assert.equal("classic", n.dedup("uid", 1, "k", "12", 5))
+      assert.equal("classic", n.timer_set("uid", 1, {}, "e", 5))
+      assert.equal("classic", n.timer_del("uid", "1", "k", 5))
+      assert.same({ { "keygroup", 42 }, { "dedup", "uid", 1, "k", "12", 5 } }, { calls[1], calls[2] })
+      assert.equal("timer_set", calls[3][1])
+      assert.same({ "timer_del", "uid", "1", "k", 5 }, calls[4])
+    end)
   end)
 
   describe("the comparison itself", function()
