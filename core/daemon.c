@@ -682,6 +682,10 @@ int daemon_run(const char *config_path, const run_opts *o) {
              d.cfg->threads, d.p->script, d.p->hash);
     for (int i = 0; i < d.ntasks; i++) sched_wake(d.tasks[i]);
     event_base_dispatch(d.base);
+    /* the loop answers no signal any more, and freeing its signal events
+     * would put back the default action: a stop signal now is held, and
+     * the run ends as it is ending (not with the default action's 143) */
+    block_stop_signals();
     code = finish_run(&d);
 out:;
     int rc = restart_run(&d, o, code);     /* restart.*: does not return unless the exec failed */
