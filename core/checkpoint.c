@@ -1,5 +1,5 @@
 #include "checkpoint.h"
-#include "task_impl.h"   /* an exception: see task_impl.h */
+#include "task.h"
 #include "clock.h"
 #include "files.h"
 #include "kafka.h"
@@ -275,8 +275,7 @@ ckpt *ckpt_create(task_shared *sh, task **tasks, int ntasks, const char *state_d
     c->ntasks = ntasks;
     c->retain = retain > 0 ? retain : 1;
     c->next_id = next_id(dir);
-    for (int i = 0; i < ntasks; i++)
-        for (int k = 0; k < tasks[i]->nsinks; k++) sink_set_checkpoint(tasks[i]->sinks[k], c->next_id);
+    for (int i = 0; i < ntasks; i++) task_ckpt_sinks_next(tasks[i], c->next_id);
     return c;
 }
 
@@ -290,40 +289,17 @@ int ckpt_running(const ckpt *c) { return c->running != 0; }
 int64_t ckpt_completed(const ckpt *c) { return c->completed; }
 int64_t ckpt_last(const ckpt *c) { return c->last_id; }
 
-/* A source task's place, as the manifest keeps it (its kind says how), or NULL. */
-static json_t *source_json(task *t) {
-    if (!t->src) return NULL;
-    int done = atomic_load(&t->status) == TASK_DONE;
-    source_mark m = { done ? t->wm_at_end : t->io.wm, t->io.maxts, t->input_ended };
-    return source_save(t->src, &m);
-}
-
 static json_t *manifest_json(ckpt *c, int64_t id) {
-    const plan *p = c->tasks[0]->cur.p;
+    const plan *p = task_plan(c->tasks[0]);
     json_t *sources = json_array(), *tasks = json_array(), *parts = json_array(), *uids = json_array();
     for (int i = 0; i < p->nnodes; i++)
         if (node_has_state(&p->nodes[i])) json_array_append_new(uids, json_string(p->nodes[i].uid));
     for (int i = 0; i < c->ntasks; i++) {
         task *t = c->tasks[i];
-        if (t->source >= 0) {
-            json_t *s = source_json(t);
-            if (s) json_array_append_new(sources, s);
-        } else if (atomic_load(&t->status) == TASK_RUNNING) {
-            json_t *wms = json_array(), *idle = json_array();
-            for (int k = 0; k < t->nin; k++) {
-                json_array_append_new(wms, json_integer((json_int_t)t->chan_wm[k]));
-                json_array_append_new(idle, json_boolean(t->chan_idle[k]));
-            }
-            json_t *kg = json_array();
-            if (t->nkgs > 0) {
-                json_array_append_new(kg, json_integer(t->kgs[0]));
-                json_array_append_new(kg, json_integer(t->kgs[t->nkgs - 1] + 1));
-            }
-            json_array_append_new(tasks, json_pack("{s:s, s:I, s:o, s:o, s:o}", "task", t->name, "watermark",
-                                                   (json_int_t)t->io.wm, "chan_wm", wms, "chan_idle", idle,
-                                                   "key_groups", kg));
-        }
-        for (int k = 0; k < t->nsinks; k++) sink_prepared(t->sinks[k], parts);
+        json_t *s = task_ckpt_source(t), *w = task_ckpt_watermarks(t);
+        if (s) json_array_append_new(sources, s);
+        if (w) json_array_append_new(tasks, w);
+        task_ckpt_sinks_prepared(t, parts);
     }
     return json_pack("{s:I, s:b, s:I, s:s, s:i, s:o, s:o, s:o, s:o}", "id", (json_int_t)id, "committed", 0,
                      "time", (json_int_t)clock_wall_ms(), "pipeline_sha256", p->hash, "max_parallelism",
@@ -393,7 +369,7 @@ int ckpt_begin(ckpt *c) {
     c->aligned_us = 0;
     for (int i = 0; i < c->ntasks; i++) {
         task *t = c->tasks[i];
-        if (t->source >= 0) atomic_store(&t->ckpt_req, c->running);
+        task_ckpt_request(t, c->running);
         sched_wake(t);
     }
     return 1;
@@ -410,13 +386,7 @@ static void release(ckpt *c, int64_t id) {
 static int complete(ckpt *c, int64_t id, int final) {
     char err[3 * PATH_MAX] = "";
     /* tasks that ended have no worker any more: their sinks are prepared here */
-    for (int i = 0; i < c->ntasks; i++) {
-        task *t = c->tasks[i];
-        if (atomic_load(&t->status) != TASK_DONE || atomic_load(&t->ckpt_passed) >= id) continue;
-        for (int k = 0; k < t->nsinks; k++)
-            if (sink_prepare(t->sinks[k], id) < 0) snprintf(err, sizeof err, "%s", sink_error(t->sinks[k]));
-        atomic_store(&t->ckpt_passed, id);
-    }
+    for (int i = 0; i < c->ntasks; i++) task_ckpt_prepare_ended(c->tasks[i], id, err, sizeof err);
     if (err[0]) goto fail;
     /* a Kafka transaction: everything sent in it is delivered (or it fails) */
     kafka *k = c->sh->kafka;
@@ -447,7 +417,7 @@ static int complete(ckpt *c, int64_t id, int final) {
         int noffs = 0;
         struct kgroup *g = NULL;
         for (int i = 0; offs && i < c->ntasks; i++)
-            if (c->tasks[i]->source >= 0 && c->tasks[i]->src && source_txn_offset(c->tasks[i]->src, &offs[noffs], &g) == 0)
+            if (task_src(c->tasks[i]) && source_txn_offset(task_src(c->tasks[i]), &offs[noffs], &g) == 0)
                 noffs++;
         int rc = offs ? kafka_txn_commit(k, id, offs, noffs, g, err, sizeof err) : -1;
         if (!offs) snprintf(err, sizeof err, "out of memory");
@@ -477,8 +447,7 @@ static int complete(ckpt *c, int64_t id, int final) {
     c->hold = 0;
     /* post-commit: idempotent, and redone by recovery */
     rename_parts(m, 1);
-    for (int i = 0; i < c->ntasks; i++)
-        for (int k = 0; k < c->tasks[i]->nsinks; k++) sink_committed(c->tasks[i]->sinks[k]);
+    for (int i = 0; i < c->ntasks; i++) task_ckpt_sinks_committed(c->tasks[i]);
     size_t i;
     json_t *e;
     json_array_foreach(json_object_get(m, "sources"), i, e) {
@@ -489,8 +458,8 @@ static int complete(ckpt *c, int64_t id, int final) {
         if (!label || c->sh->cfg->guarantee != GUARANTEE_EXACTLY_ONCE) continue;
         for (int k = 0; k < c->ntasks; k++) {
             task *t = c->tasks[k];
-            if (t->source >= 0 && t->src && strcmp(t->cur.p->sources[t->source].files[t->index], label) == 0)
-                source_committed(t->src, json_integer_value(json_object_get(e, "offset")), txn);
+            if (task_reads(t, NULL, label))
+                source_committed(task_src(t), json_integer_value(json_object_get(e, "offset")), txn);
         }
     }
     json_decref(m);
@@ -527,14 +496,14 @@ int ckpt_poll(ckpt *c) {
     int64_t id = c->running;
     for (int i = 0; i < c->ntasks; i++) {
         task *t = c->tasks[i];
-        int st = atomic_load(&t->status);
+        int st = task_status(t);
         if (st == TASK_FAILED) {               /* the daemon is stopping: nothing to commit */
             c->running = 0;
             c->failed++;
             release(c, id);
             return 1;
         }
-        if (st != TASK_DONE && atomic_load(&t->ckpt_passed) < id) return 0;
+        if (st != TASK_DONE && task_ckpt_passed(t) < id) return 0;
     }
     c->aligned_us = clock_mono_us();
     complete(c, id, 0);
@@ -579,13 +548,12 @@ int64_t ckpt_now(ckpt *c, int64_t timeout_ms, const char *what, void (*serve)(vo
  * hidden part files: prepared after the checkpoint restored, or written and
  * never prepared). */
 static void delete_hidden_parts(ckpt *c) {
-    for (int i = 0; i < c->ntasks; i++)
-        for (int k = 0; k < c->tasks[i]->nsinks; k++) sink_abort(c->tasks[i]->sinks[k]);
+    for (int i = 0; i < c->ntasks; i++) task_ckpt_sinks_abort(c->tasks[i]);
 }
 
 static task *task_named(ckpt *c, const char *name) {
     for (int i = 0; name && i < c->ntasks; i++)
-        if (strcmp(c->tasks[i]->name, name) == 0) return c->tasks[i];
+        if (strcmp(task_name(c->tasks[i]), name) == 0) return c->tasks[i];
     return NULL;
 }
 
@@ -593,15 +561,8 @@ int ckpt_seek_source(task **tasks, int ntasks, json_t *e, char *err, size_t errl
     const char *src = json_string_value(json_object_get(e, "source"));
     const char *label = source_entry_label(e);
     for (int k = 0; src && k < ntasks; k++) {
-        task *t = tasks[k];
-        if (t->source < 0 || !t->src) continue;
-        const source_info *si = &t->cur.p->sources[t->source];
-        if (strcmp(si->name, src) != 0 || strcmp(si->files[t->index], label ? label : "") != 0) continue;
-        if (source_restore(t->src, e, err, errlen) < 0) return -1;
-        if (source_position(t->src) >= 0) t->position = source_position(t->src);   /* (Kafka's: once read) */
-        t->io.wm = json_integer_value(json_object_get(e, "watermark"));
-        t->io.maxts = json_integer_value(json_object_get(e, "max_ts"));
-        return 1;
+        if (!task_reads(tasks[k], src, label)) continue;
+        return task_ckpt_restore_source(tasks[k], e, err, errlen) < 0 ? -1 : 1;
     }
     return 0;
 }
@@ -672,19 +633,7 @@ static int apply_manifest(ckpt *c, json_t *m, int64_t id, char *err, size_t errl
         if (restore_source(c, e, err, errlen) < 0) { rc = -1; goto out; }
     json_array_foreach(json_object_get(m, "tasks"), i, e) {
         task *t = task_named(c, json_string_value(json_object_get(e, "task")));
-        json_t *wms = json_object_get(e, "chan_wm");
-        if (!t || (int)json_array_size(wms) != t->nin) continue;
-        json_t *idle = json_object_get(e, "chan_idle");
-        for (int k = 0; k < t->nin; k++) {
-            t->chan_wm[k] = json_integer_value(json_array_get(wms, k));
-            t->chan_idle[k] = json_is_true(json_array_get(idle, k));
-        }
-        /* the task's own watermark (the minimum over inputs that were not idle) */
-        int64_t wm = json_integer_value(json_object_get(e, "watermark"));
-        if (json_object_get(e, "watermark") && wm > INT64_MIN && wm < WM_END) {
-            t->io.wm = wm;
-            for (int k = 0; k < t->nwins; k++) window_restore_watermark(t->wins[k].w, wm);
-        }
+        if (t) task_ckpt_restore_watermarks(t, e);
     }
 out:
     return rc;

@@ -173,4 +173,28 @@ int task_input_ended(const task *t);                  /* it read all of its inpu
  * the end made it +inf, and the highest event time it read. */
 void task_end_marks(const task *t, int64_t *wm, int64_t *maxts);
 
+/* ---- checkpoints (task_ckpt.c; called by checkpoint.c on the event loop,
+ * while the task's worker is held at the barrier, after it ended, or before
+ * the workers start) -------------------------------------------------------- */
+/* A source task's partition as a manifest keeps it (its kind says how), or NULL. */
+json_t *task_ckpt_source(task *t);
+/* A running keyed task's watermarks for a manifest's "tasks", or NULL. */
+json_t *task_ckpt_watermarks(task *t);
+void task_ckpt_sinks_prepared(task *t, json_t *parts);   /* appends what the commit finishes */
+void task_ckpt_sinks_committed(task *t);
+void task_ckpt_sinks_abort(task *t);          /* recovery: what no checkpoint committed goes */
+void task_ckpt_sinks_next(task *t, int64_t next);   /* the id the sinks' next checkpoint will have */
+void task_ckpt_request(task *t, int64_t id);  /* a source task starts barrier id (others: nothing) */
+int64_t task_ckpt_passed(const task *t);      /* the last barrier it passed; any thread */
+/* A task that ended has no worker: its sinks are prepared for id here.  0,
+ * or -1 with the sink's error in err. */
+int task_ckpt_prepare_ended(task *t, int64_t id, char *err, size_t errlen);
+/* 1 when t is the source task of partition `label` of source src (NULL: any source). */
+int task_reads(const task *t, const char *src, const char *label);
+/* Continues t's partition where manifest entry e says, with its watermark.  0 or -1. */
+int task_ckpt_restore_source(task *t, json_t *e, char *err, size_t errlen);
+/* A keyed task's input watermarks from a manifest's "tasks" entry e (ignored
+ * when the number of inputs changed). */
+void task_ckpt_restore_watermarks(task *t, json_t *e);
+
 #endif

@@ -1,13 +1,6 @@
 /* task_impl — the inside of a task, private to the task's own files
- * (task*.c).  Other units go through task.h's functions.  Exceptions, each
- * with its reason (to shrink, not to grow; lua_api.c was one until its
- * per-task state moved into lua_api_env):
- *   checkpoint.c — the coordinator snapshots and restores every task's
- *     positions, per-input watermarks and barrier state, and drives its
- *     checkpoint fields (ckpt_req, ckpt_passed); that code was reshaped by
- *     the source/sink interface in the same step, and is the next to move
- *     behind task functions (snapshot/restore a task's marks, prepare and
- *     commit its sinks).
+ * (task*.c).  Other units go through task.h's functions (the checkpoint
+ * coordinator through task_ckpt.c's; lua_api.c through lua_api_env).
  *
  * Threads.  A task runs on one worker at a time (the scheduler's
  * guarantee), so most of it belongs to "the worker running the task" [W]
@@ -68,7 +61,7 @@ struct task {
     task_window *wins; int nwins;   /* [W writes under swap_mu; L reads under swap_mu] */
     eddy_io io;                 /* [W]; the watchdog (L) reads in_call/seq/cur (relaxed), status reads wm, errors */
 
-    /* Inputs and barriers: [B] arrays, contents [W]; checkpoint.c restores
+    /* Inputs and barriers: [B] arrays, contents [W]; a restore (task_ckpt.c) sets
      * chan_wm/chan_idle before the workers run; /status reads them racily
      * (figures for a human, no decision taken on them). */
     channel **in; int nin;      /* keyed task inputs */
