@@ -38,3 +38,9 @@ int64_t clock_now_ms(void) {
 }
 
 void clock_set(int64_t (*fn)(void)) { clock_fn = fn; }
+
+int64_t clock_cpu_ms(int clock) {
+    struct timespec ts;
+    if (clock_gettime((clockid_t)clock, &ts) != 0) return clock_mono_ms();
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

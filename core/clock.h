@@ -19,5 +19,11 @@ void clock_set(int64_t (*fn)(void));
 int64_t clock_mono_ms(void);
 int64_t clock_mono_us(void);
 int64_t clock_wall_ms(void);
+/* The CPU time in ms of a thread's clock (clock_gettime's clockid_t:
+ * CLOCK_THREAD_CPUTIME_ID for the caller, pthread_getcpuclockid for another;
+ * an int here so callers need not include <time.h>), or the monotonic clock
+ * when it cannot be read.  Limits on user code count this time: a call on a
+ * loaded machine waits its turn without counting. */
+int64_t clock_cpu_ms(int clock);
 
 #endif

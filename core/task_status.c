@@ -60,10 +60,7 @@ int task_in_call(const task *t, int64_t *seq, int32_t *cur) {
 }
 
 int64_t task_call_cpu_ms(const task *t) {
-    clockid_t c = (clockid_t)__atomic_load_n(&t->wd_clock, __ATOMIC_RELAXED);
-    struct timespec ts;
-    if (clock_gettime(c, &ts) != 0) return clock_mono_ms();
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_cpu_ms(__atomic_load_n(&t->wd_clock, __ATOMIC_RELAXED));
 }
 
 uint64_t task_call_id(task *t) {

@@ -244,14 +244,9 @@ static __thread int64_t build_limit;
 static __thread int build_expired;
 static __thread char build_where[300];    /* " (at pipeline.lua:4)": where the time ran out */
 
-/* The calling thread's CPU time in ms: a build is bounded by the time it
- * computes, not by how busy the machine is (a runaway loop computes all the
- * time; a build on a loaded machine waits its turn without counting). */
-static int64_t thread_cpu_ms(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return clock_mono_ms();
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* A build is bounded by the CPU time it computes (clock_cpu_ms), not by
+ * how busy the machine is. */
+static int64_t thread_cpu_ms(void) { return clock_cpu_ms(CLOCK_THREAD_CPUTIME_ID); }
 
 static void build_hook(lua_State *L, lua_Debug *ar) {
     if (!build_expired && thread_cpu_ms() < build_deadline) return;
