@@ -42,6 +42,7 @@ static const char *const ON_ERRORS[] = { "fail", "skip", "dead_letter", NULL };
 static const char *const LEVELS[] = { "debug", "info", "warn", "error", NULL };
 static const char *const FORMATS[] = { "text", "json", NULL };
 static const char *const RESTARTS[] = { "none", "fixed", "exponential", NULL };
+static const char *const SHUFFLES[] = { "local", "kafka", NULL };
 
 /* Every key of the config file.  A section comes before its keys. */
 static const key SCHEMA[] = {
@@ -51,6 +52,8 @@ static const key SCHEMA[] = {
     INT("parallelism",               NULL,    parallelism, 1, 32768),      /* default: config_finish() */
     INT("max_parallelism",           "128",   max_parallelism, 1, 32768),
     ENUM("guarantee",                "at_least_once", guarantee, GUARANTEES),
+    ENUM("shuffle",                  "local", shuffle, SHUFFLES),
+    INT("standby",                   "0",     standby, 0, 16),
     SECTION("state"),
     PATH("state.dir",                         state_dir),                  /* default: config_finish() */
     SIZE("state.cache",              "64MB",  state_cache, 0),

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 enum { GUARANTEE_AT_LEAST_ONCE = 0, GUARANTEE_EXACTLY_ONCE = 1 };
+enum { SHUFFLE_LOCAL = 0, SHUFFLE_KAFKA = 1 };
 enum { RESTART_NONE = 0, RESTART_FIXED = 1, RESTART_EXPONENTIAL = 2 };
 enum { ON_ERROR_FAIL = 0, ON_ERROR_SKIP = 1, ON_ERROR_DEAD_LETTER = 2 };
 enum { LOGFMT_TEXT = 0, LOGFMT_JSON = 1 };
@@ -50,6 +51,8 @@ typedef struct config {
     int parallelism;         /* default: threads */
     int max_parallelism;     /* default 128, 1..32768 */
     int guarantee;           /* GUARANTEE_* ; default at_least_once */
+    int shuffle;             /* SHUFFLE_*: where a key_by sends records; default local (inside this process) */
+    int standby;             /* warm copies of each keyed task's state on other instances (shuffle = kafka); default 0 */
     char *state_dir;         /* absolute; default <dir>/state/<name> */
     int64_t state_cache;     /* bytes; default 64MB */
     opt_list state_rocksdb;  /* RocksDB options passed through (state.rocksdb) */

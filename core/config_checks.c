@@ -156,5 +156,15 @@ int config_finish(config *c, char *err, size_t n)
     if (c->kafka_embedded && opt_find(&c->kafka, "bootstrap.servers"))
         return fail(err, n, "kafka.embedded: remove kafka[\"bootstrap.servers\"]; the embedded "
                     "cluster provides it");
+    if (c->shuffle == SHUFFLE_KAFKA && c->kafka_embedded)
+        return fail(err, n, "shuffle: \"kafka\" needs a real Kafka broker: the embedded one (kafka.embedded) "
+                    "shows aborted transactions to read_committed readers and keeps only ~5 MB a partition, so "
+                    "it cannot carry state between instances; set kafka[\"bootstrap.servers\"] instead");
+    if (c->shuffle == SHUFFLE_KAFKA && !opt_find(&c->kafka, "bootstrap.servers"))
+        return fail(err, n, "shuffle: \"kafka\" sends every key_by through Kafka: set "
+                    "kafka[\"bootstrap.servers\"] (the brokers of the instances' group)");
+    if (c->standby > 0 && c->shuffle != SHUFFLE_KAFKA)
+        return fail(err, n, "standby: %d warm copies live on other instances: it needs shuffle = \"kafka\"",
+                    c->standby);
     return 0;
 }
