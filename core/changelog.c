@@ -160,6 +160,7 @@ struct changelog_restore {
     int *done;                 /* [n]: read to its end */
     int64_t *pos, *high;       /* [n] */
     int left;                  /* partitions not at their end yet */
+    int follow;                /* a standby: read on past the end */
     int64_t records, bytes;
 };
 
@@ -218,12 +219,13 @@ static int index_of(const changelog_restore *r, const char *topic) {
     return -1;
 }
 
-int changelog_restore_step(changelog_restore *r, state_tx *tx, int max, int *done, char *err, size_t errlen) {
+int changelog_restore_step(changelog_restore *r, state_tx *tx, int max, int wait_ms, int *done, char *err,
+                           size_t errlen) {
     *done = r->left == 0;
     int applied = 0;
     rd_kafka_message_t *msgs[512];
-    while (!*done && applied < max) {
-        ssize_t n = rd_kafka_consume_batch_queue(r->q, 100, msgs, 512);
+    while ((r->follow || !*done) && applied < max) {
+        ssize_t n = rd_kafka_consume_batch_queue(r->q, applied ? 0 : wait_ms, msgs, 512);
         if (n <= 0) break;
         for (ssize_t i = 0; i < n; i++) {
             rd_kafka_message_t *m = msgs[i];
@@ -267,6 +269,14 @@ void changelog_restore_progress(const changelog_restore *r, int64_t *records, in
 }
 
 int64_t changelog_restore_position(const changelog_restore *r, int i) { return r->pos[i]; }
+
+int64_t *changelog_restore_positions(const changelog_restore *r) {
+    int64_t *p = malloc(sizeof *p * (size_t)r->c->n);
+    if (p) memcpy(p, r->pos, sizeof *p * (size_t)r->c->n);
+    return p;
+}
+
+void changelog_restore_follow(changelog_restore *r) { r->follow = 1; }
 
 void changelog_restore_end(changelog_restore *r) {
     if (!r) return;
