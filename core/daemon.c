@@ -1,4 +1,5 @@
 #include "daemon.h"
+#include "shuffle.h"
 #include "daemon_state.h"
 #include "admin_api.h"
 #include "recovery.h"
@@ -293,6 +294,22 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 
 /* ---- building ---------------------------------------------------------- */
 
+/* shuffle = "kafka": every task of stage u writes to the repartition
+ * topic of keyed stage ds, whose tasks count it as one more input. */
+static int connect_remote(daemon_state *d, const int *first, int u, int ds, char *err, size_t errlen) {
+    const plan *p = d->p;
+    const stage *down = &p->stages[ds];
+    task *d0 = d->tasks[first[ds]];
+    for (int ui = 0; ui < p->stages[u].ntasks; ui++) {
+        task *up = d->tasks[first[u] + ui];
+        uint32_t input = (uint32_t)task_ninputs(d0);
+        for (int di = 0; di < down->ntasks; di++)
+            if (task_add_remote_input(d->tasks[first[ds] + di], NULL, up) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
+        if (task_add_remote_output(up, ds, down->ntasks, input, shuffle_stage_topic(p, down), err, errlen) < 0) return -1;
+    }
+    return 0;
+}
+
 static int build_tasks(daemon_state *d, char *err, size_t errlen) {
     const plan *p = d->p;
     d->tasks = calloc(p->ntasks, sizeof *d->tasks);
@@ -322,6 +339,10 @@ static int build_tasks(daemon_state *d, char *err, size_t errlen) {
             }
             if (!feeds) continue;
             int nt = p->stages[ds].ntasks;
+            if (p->stages[ds].source >= 0) {          /* shuffle = "kafka": through its repartition topic */
+                if (connect_remote(d, first, u, ds, err, errlen) < 0) goto err;
+                continue;
+            }
             for (int ui = 0; ui < p->stages[u].ntasks; ui++) {
                 task *up = d->tasks[first[u] + ui];
                 channel **targets = calloc(nt, sizeof *targets);
@@ -444,6 +465,9 @@ static int open_kafka(daemon_state *d, int *kafka_sinks_out, int *code) {
         if (!d->sh.kafka) { fprintf(stderr, "eddy: %s\n", err); return -1; }
         /* exactly_once: where each transaction's checkpoint id goes, chosen
          * from the plan once, for the commits and for recovery alike */
+        for (int s = d->p->nstages - 1; s >= 0; s--)     /* no Kafka sink: the first repartition topic */
+            if (shuffle_stage_topic(d->p, &d->p->stages[s]))
+                kafka_txn_set_topic(d->sh.kafka, shuffle_stage_topic(d->p, &d->p->stages[s]));
         for (int i = 0; i < d->p->nnodes; i++)
             if (d->p->nodes[i].kind == NODE_SINK && node_opt(&d->p->nodes[i], "kafka")) {
                 kafka_txn_set_topic(d->sh.kafka, node_opt(&d->p->nodes[i], "kafka"));

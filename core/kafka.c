@@ -1,4 +1,5 @@
 #include "kafka.h"
+#include "shuffle.h"
 #include "clock.h"
 #include "log.h"
 #include "source_kafka.h"
@@ -74,8 +75,12 @@ kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
     k->cfg = cfg;
     pthread_mutex_init(&k->mu, NULL);
     const opt *tid = opt_find(&cfg->kafka, "transactional.id");
+    char instance[17];
     if (tid) snprintf(k->txn_id, sizeof k->txn_id, "%s", tid->s);
-    else snprintf(k->txn_id, sizeof k->txn_id, "eddy-%s", cfg->name);
+    else if (cfg->shuffle != SHUFFLE_KAFKA) snprintf(k->txn_id, sizeof k->txn_id, "eddy-%s", cfg->name);
+    else if (shuffle_instance_id(cfg->state_dir, instance, err, errlen) == 0)
+        snprintf(k->txn_id, sizeof k->txn_id, "eddy-%s-%s", cfg->name, instance);   /* every instance its own */
+    else goto err;
     if (cfg->kafka_embedded) {
         char e[512];
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -364,6 +369,11 @@ static rd_kafka_headers_t *headers_of(const char *p, size_t n) {
 
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
                     const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen) {
+    return kafka_sink_send_to(s, RD_KAFKA_PARTITION_UA, key, klen, val, vlen, ts, hdrs, hlen, origin, err, errlen);
+}
+
+int kafka_sink_send_to(kafka_sink *s, int32_t partition, const char *key, size_t klen, const char *val, size_t vlen,
+                       int64_t ts, const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen) {
     int64_t seq = atomic_fetch_add(&s->next_seq, 1) + 1;     /* sequence numbers start at 1 */
     void *opaque = s->shared ? (void *)s : (void *)(intptr_t)seq;
     struct pending *pd = NULL;
@@ -380,7 +390,7 @@ int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val
     }
     for (int attempt = 0;; attempt++) {
         rd_kafka_headers_t *h = hdrs && hlen ? headers_of(hdrs, hlen) : NULL;
-        rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic),
+        rd_kafka_resp_err_t e = rd_kafka_producev(s->rk, RD_KAFKA_V_TOPIC(s->topic), RD_KAFKA_V_PARTITION(partition),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY((void *)key, key ? klen : 0),
             RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_TIMESTAMP(ts > 0 ? ts : 0),
             RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);

@@ -32,6 +32,10 @@ kafka_sink *kafka_sink_get(kafka *k, const char *name, const char *topic, const 
  * Kafka finally refuses is dead-lettered with it.  0, or -1 with err. */
 int kafka_sink_send(kafka_sink *s, const char *key, size_t klen, const char *val, size_t vlen, int64_t ts,
                     const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen);
+/* The same to a chosen partition (a repartition or changelog topic's, whose
+ * partition is a keyed task); val NULL: a tombstone. */
+int kafka_sink_send_to(kafka_sink *s, int32_t partition, const char *key, size_t klen, const char *val, size_t vlen,
+                       int64_t ts, const char *hdrs, size_t hlen, const char *origin, char *err, size_t errlen);
 /* Appends the samples of eddy_dead_letters_total{sink} (messages Kafka
  * refused after its retries, dead-lettered) to out, one per Kafka sink. */
 struct evbuffer;

@@ -219,6 +219,7 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
                              "partition", kp->source, kp->topic, kp->partition, rd_kafka_err2str(qe));
             atomic_store(&kp->end, qe ? INT64_MAX : high);
         }
+        atomic_fetch_add(&kp->generation, 1);
         atomic_store(&kp->state, KP_ASSIGNED);
         pthread_mutex_unlock(&kp->mu);
         g->hooks.wake(g->hooks.ud, kp->task_id);

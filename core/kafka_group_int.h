@@ -27,6 +27,7 @@ struct kpart {
     pthread_mutex_t mu;            /* q and state, between the event loop and the task */
     rd_kafka_queue_t *q;           /* the partition's own queue, while assigned */
     atomic_int state;              /* KP_* */
+    atomic_llong generation;       /* assignments so far (a keyed task restores its state at each) */
     atomic_llong position;         /* the offset after the last one read; -1 before the first */
     atomic_llong acked;            /* outputs before this offset were acknowledged; -1: none yet */
     atomic_ullong drain_marker;    /* the marker a revoked partition's task sent, 0 before */

@@ -2,6 +2,7 @@
 #include "config.h"
 #include "vm.h"
 #include "log.h"
+#include "shuffle.h"
 #include <glob.h>
 #include <lauxlib.h>
 #include <libgen.h>
@@ -527,6 +528,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     if (build_sources(p, err, errlen) < 0) goto err;
     if (check_sinks(p, err, errlen) < 0) goto err;
     if (build_stages(p, cfg, err, errlen) < 0) goto err;
+    if (shuffle_plan(p, cfg, err, errlen) < 0) goto err;
     return p;
 err:
     vm_destroy(v);
@@ -587,7 +589,10 @@ void plan_print(const plan *p, const config *cfg, FILE *out) {
             cfg->name, cfg->threads, cfg->parallelism, cfg->max_parallelism, p->nstages, p->ntasks);
     for (int s = 0; s < p->nstages; s++) {
         const stage *st = &p->stages[s];
-        if (st->keyed) {
+        if (st->keyed && st->source >= 0) {
+            fprintf(out, "stage %d %s: keyed, parallelism %d, through Kafka topic %s\n", st->id, st->name,
+                    st->ntasks, p->sources[st->source].topics[0]);
+        } else if (st->keyed) {
             fprintf(out, "stage %d %s: keyed, parallelism %d\n", st->id, st->name, st->ntasks);
         } else {
             const source_info *si = &p->sources[st->source];

@@ -45,12 +45,14 @@ typedef struct source_info {
     int bootstrap;          /* bootstrap = true: read to its end before any other source reads */
     int bounded;            /* bounded = true (Kafka): read to the end offsets as of the start, then end */
     int64_t max_bytes;      /* files and stdin: the longest record (max_bytes; SOURCE_FILE_MAX_BYTES) */
+    int repartition;        /* shuffle = "kafka": a keyed stage's repartition topic (shuffle.c), not a user's source */
 } source_info;
 
 typedef struct stage {
     int id;
     int keyed;
-    int source;             /* source stage: index into plan.sources, else -1 */
+    int source;             /* source stage: index into plan.sources; a keyed stage under shuffle = "kafka":
+                             * its repartition topic's (plan.sources[source].repartition); else -1 */
     int ntasks;
     char *name;             /* source name, or "keyed<N>" */
     int *roots; int nroots; /* source node, or the key_by nodes feeding it */

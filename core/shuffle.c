@@ -1,5 +1,6 @@
 /* See shuffle.h. */
 #include "shuffle.h"
+#include "pipeline.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,6 +14,57 @@ void shuffle_repartition_topic(const config *cfg, const char *uid, char *out, si
 
 void shuffle_changelog_topic(const config *cfg, const char *uid, char *out, size_t n) {
     snprintf(out, n, "%s-%s-changelog", cfg->name, uid);
+}
+
+/* Appends the source of keyed stage st's repartition topic to p.  0 or -1. */
+static int add_repartition(plan *p, stage *st, const config *cfg) {
+    source_info *ns = realloc(p->sources, sizeof *ns * (p->nsources + 1));
+    if (!ns) return -1;
+    p->sources = ns;
+    source_info *si = &p->sources[p->nsources];
+    memset(si, 0, sizeof *si);
+    char topic[512];
+    shuffle_repartition_topic(cfg, p->nodes[st->roots[0] - 1].uid, topic, sizeof topic);
+    si->node = st->roots[0];
+    si->kind = SRC_KAFKA;
+    si->repartition = 1;
+    si->name = strdup(topic);
+    si->format = strdup("frames");
+    si->start = strdup("earliest");
+    si->topics = calloc(1, sizeof *si->topics);
+    si->files = calloc(st->ntasks, sizeof *si->files);
+    si->ktopic = calloc(st->ntasks, sizeof *si->ktopic);
+    si->kpart = calloc(st->ntasks, sizeof *si->kpart);
+    p->nsources++;                               /* (plan_destroy frees what was made) */
+    if (!si->name || !si->format || !si->start || !si->topics || !si->files || !si->ktopic || !si->kpart) return -1;
+    if (!(si->topics[0] = strdup(topic))) return -1;
+    si->ntopics = 1;
+    si->max_bytes = INT64_MAX;
+    for (int i = 0; i < st->ntasks; i++) {
+        char label[600];
+        snprintf(label, sizeof label, "%s/%d", topic, i);
+        if (!(si->files[i] = strdup(label))) return -1;
+        si->kpart[i] = i;
+        si->nfiles++;
+    }
+    st->source = p->nsources - 1;
+    return 0;
+}
+
+int shuffle_plan(plan *p, const config *cfg, char *err, size_t errlen) {
+    if (cfg->shuffle != SHUFFLE_KAFKA) return 0;
+    int nstages = p->nstages;
+    for (int s = 0; s < nstages; s++) {
+        stage *st = &p->stages[s];
+        if (!st->keyed) continue;
+        if (add_repartition(p, st, cfg) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
+    }
+    return 0;
+}
+
+const char *shuffle_stage_topic(const plan *p, const stage *st) {
+    if (!st->keyed || st->source < 0) return NULL;
+    return p->sources[st->source].topics[0];
 }
 
 static int is_id(const char *s) {

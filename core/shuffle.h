@@ -3,7 +3,7 @@
  * operator's changelog topic, the frames a repartition topic carries
  * (records and the watermark, idle and end marks of the tasks that write
  * it), and this instance's id (state.dir/instance).  See contract.md,
- * "Scale-out with state".  Calls batch only. */
+ * "Scale-out with state".  Calls batch and pipeline (the plan). */
 #ifndef EDDY_SHUFFLE_H
 #define EDDY_SHUFFLE_H
 
@@ -15,6 +15,16 @@
 /* "<name>-<uid>-repartition" and "<name>-<uid>-changelog". */
 void shuffle_repartition_topic(const config *cfg, const char *uid, char *out, size_t n);
 void shuffle_changelog_topic(const config *cfg, const char *uid, char *out, size_t n);
+
+/* Under shuffle = "kafka": gives every keyed stage of p a Kafka source
+ * reading its repartition topic (source_info.repartition, one partition
+ * per keyed task, stage.source its index), named after the uid of the
+ * stage's first key_by.  0, or -1 with err. */
+struct plan;
+int shuffle_plan(struct plan *p, const config *cfg, char *err, size_t errlen);
+/* The repartition topic of keyed stage st (NULL when it has none). */
+struct stage;
+const char *shuffle_stage_topic(const struct plan *p, const struct stage *st);
 
 /* This instance's id: read from state.dir/instance, or made (16 hex digits
  * from /dev/urandom) and written there on the first run.  0, or -1 with err. */

@@ -71,6 +71,7 @@ int source_state(source *s) { return s->ops->state ? s->ops->state(s->impl) : SO
 int source_elsewhere(source *s) { return s->ops->elsewhere && s->ops->elsewhere(s->impl); }
 int source_at_end(source *s) { return !s->ops->at_end || s->ops->at_end(s->impl); }
 int source_ended(source *s) { return s->ops->ended && s->ops->ended(s->impl); }
+int64_t source_generation(source *s) { return s->ops->generation ? s->ops->generation(s->impl) : 0; }
 int64_t source_bound_left(source *s) { return s->ops->bound_left ? s->ops->bound_left(s->impl) : INT64_MAX; }
 void source_pause(source *s, int paused) { if (s->ops->pause) s->ops->pause(s->impl, paused); }
 int source_marks(const source *s) { return s->ops->acked != NULL; }

@@ -53,6 +53,7 @@ typedef struct source_ops {
     int (*elsewhere)(void *impl);             /* another instance reads it */
     int (*at_end)(void *impl);                /* the last read found nothing left (NULL: 1) */
     int (*ended)(void *impl);                 /* a bounded partition was read to its end */
+    int64_t (*generation)(void *impl);        /* bumped each time the group assigns it here */
     int64_t (*bound_left)(void *impl);        /* records left to that end (NULL: no bound) */
     void (*pause)(void *impl, int paused);    /* backpressure (event loop) */
     /* markers (NULL: the kind sends none): the task stopped reading a
@@ -90,6 +91,7 @@ int source_state(source *s);
 int source_elsewhere(source *s);
 int source_at_end(source *s);
 int source_ended(source *s);
+int64_t source_generation(source *s);          /* 0 for kinds no group assigns */
 int64_t source_bound_left(source *s);
 void source_pause(source *s, int paused);
 int source_marks(const source *s);             /* the kind sends markers */

@@ -175,7 +175,7 @@ int source_kafka_attach(source *s, kgroup *g, const plan *p, int task_id, char *
     const source_info *si = &p->sources[k->source];
     const node *nd = &p->nodes[si->node - 1];
     const opt *mb = opt_find(&nd->opts, "max_bytes");
-    int64_t max_bytes = 1 << 20;
+    int64_t max_bytes = si->repartition ? INT64_MAX : 1 << 20;     /* a repartition topic's frames: any size */
     if (mb && mb->type == OPT_NUMBER) max_bytes = (int64_t)mb->n;
     else if (mb && mb->type == OPT_STRING && config_parse_size(mb->s, &max_bytes) < 0) {
         snprintf(err, errlen, "source '%s' (%s): max_bytes: expected a size like \"1MB\", got \"%s\"", si->name,
@@ -234,6 +234,7 @@ static int kafka_state(void *impl) {
 static int kafka_elsewhere(void *impl) { return kpart_elsewhere(((ksrc *)impl)->kp); }
 static int kafka_at_end(void *impl) { return kpart_at_end(((ksrc *)impl)->kp); }
 static int kafka_ended(void *impl) { return kpart_ended(((ksrc *)impl)->kp); }
+static int64_t kafka_generation(void *impl) { return atomic_load(&((ksrc *)impl)->kp->generation); }
 
 static int kafka_caught_up(void *impl) {
     kpart *kp = ((ksrc *)impl)->kp;
@@ -306,7 +307,7 @@ const source_ops source_kafka_ops = {
     .kind = SRC_KAFKA, .name = "kafka", .options = kafka_options,
     .open = kafka_open, .read = kafka_read, .position = kafka_position, .save = kafka_save,
     .restore = kafka_restore, .status = kafka_status, .live = kafka_live, .caught_up = kafka_caught_up,
-    .state = kafka_state, .elsewhere = kafka_elsewhere, .at_end = kafka_at_end, .ended = kafka_ended,
+    .state = kafka_state, .elsewhere = kafka_elsewhere, .at_end = kafka_at_end, .ended = kafka_ended, .generation = kafka_generation,
     .bound_left = kafka_bound_left, .pause = kafka_pause, .drain = kafka_drain, .acked = kafka_acked,
     .committed = kafka_committed, .txn_offset = kafka_txn_offset, .close = free,
 };

@@ -89,6 +89,16 @@ void state_tx_undo(state_tx *tx);
 /* How many times state_tx_undo was called: what the undone writes did to
  * timers is unknown, so timer.c's index starts afresh when this changes. */
 uint64_t state_tx_undos(const state_tx *tx);
+/* shuffle = "kafka": fn sees every write of a batch as it commits (v NULL:
+ * a delete), to send it to the changelog; fn returning -1 fails the commit.
+ * NULL: none. */
+typedef int (*state_log_fn)(void *ud, const char *k, size_t kl, const char *v, size_t vl);
+void state_tx_set_log(state_tx *tx, state_log_fn fn, void *ud);
+/* The store changed under tx (a restore): forget the values it cached and
+ * make timer.c's index scan afresh. */
+void state_tx_forget(state_tx *tx);
+/* Deletes [from, to) from the database at once (past any tx).  0, or -1. */
+int state_delete_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, char *err, size_t errlen);
 
 /* ---- timers ---- */
 typedef struct state_timer { int64_t ts; char *key; size_t klen; uint32_t kg; } state_timer;
@@ -122,6 +132,7 @@ int64_t state_disk_bytes(state_db *db);
 enum { STATE_MEMORY_PARTS = 4 };
 extern const char *const state_memory_parts[STATE_MEMORY_PARTS];
 void state_memory(state_db *db, int64_t bytes[STATE_MEMORY_PARTS]);
+/* ---- JSON for the admin API (state_json.c) ---- */
 /* The named states of one key of operator uid as JSON (values, lists, and
  * maps as objects), expired ones left out: owned, or NULL when it has none. */
 json_t *state_key_json(state_db *db, const char *uid, uint32_t kg, const char *key, size_t klen);

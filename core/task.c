@@ -24,7 +24,7 @@ sched_entry *task_sched_entry(task *t) { return &t->se; }
  * (it reads the task's source, never t->cur, which the worker swaps). */
 int task_pollable(const task *t) {
     if (t->source < 0) return t->wants_ticks;
-    return (t->src && source_live(t->src)) ||
+    return (t->src && source_live(t->src)) || t->wants_ticks ||
            (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
@@ -45,7 +45,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->st = st;
     t->index = index;
     t->id = id;
-    t->source = st->keyed ? -1 : st->source;
+    t->source = st->source;     /* a keyed stage's under shuffle = "kafka": its repartition topic's */
     t->cur.p = p;
     t->cur.st = st;
     pthread_mutex_init(&t->swap_mu, NULL);
@@ -62,7 +62,7 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         if (!s) goto err;
         t->sinks[t->nsinks++] = s;
     }
-    if (!st->keyed) {
+    if (st->source >= 0) {
         t->src = source_open(&p->sources[st->source], st->source, index, err, errlen);
         if (!t->src) goto err;
         t->inbatch = batch_create((int)sh->cfg->batch_size);
@@ -87,16 +87,25 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
     t->io.maxts = TS_NONE;
     t->sent_wm = TS_NONE;
     t->last_record_ms = clock_now_ms();
+    if (st->keyed && st->source >= 0 && task_shuffle_open(t, err, errlen) < 0) goto err;
     return t;
 err:
     task_destroy(t);
     return NULL;
 }
 
-int task_add_input(task *t, channel *c) {
+int task_add_input(task *t, channel *c) { return task_add_remote_input(t, c, c ? c->producer : NULL); }
+
+int task_ninputs(const task *t) { return t->nin; }
+
+int task_add_remote_input(task *t, channel *c, task *up) {
     int n = t->nin + 1;
     channel **in = realloc(t->in, sizeof *in * n);
     if (in) t->in = in;
+    task **ups = realloc(t->in_up, sizeof *ups * n);
+    if (ups) t->in_up = ups;
+    if (!ups) return -1;
+    t->in_up[t->nin] = up;
     unsigned char *ended = realloc(t->ended, n), *held = realloc(t->held, n);
     if (ended) t->ended = ended;
     if (held) t->held = held;
@@ -284,7 +293,7 @@ void task_offer(task *t, task_vm *tv) {
 }
 
 /* Makes the offered version current (on the task's own worker). */
-static void swap_version(task *t) {
+void task_swap_version(task *t) {
     task_vm *tv = atomic_exchange(&t->next, NULL);
     if (!tv) return;
     /* closing a VM can take milliseconds: keep the old one until the first
@@ -304,7 +313,7 @@ static void swap_version(task *t) {
     log_task_debug(t->name, "now on version %d", t->cur.version);
 }
 
-static void task_fail(task *t, const char *fmt, const char *msg) {
+void task_fail(task *t, const char *fmt, const char *msg) {
     snprintf(t->error, sizeof t->error, fmt, msg);
     log_task_error(t->name, "%s", t->error);
     atomic_store(&t->status, TASK_FAILED);
@@ -326,7 +335,7 @@ static clockid_t worker_clock(void) {
     return clock;
 }
 
-static int call_lua(task *t, int ref, batch *b, int arg) {
+int task_call_lua(task *t, int ref, batch *b, int arg) {
     lua_State *L = vm_state(t->cur.vm);
     if (t->swapped_at_us && b) {
         /* first records on a new version: the pause is measured from the last
@@ -362,6 +371,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
         lua_settop(L, 0);
         return -1;
     }
+    if (t->rin && task_shuffle_save_marks(t) < 0) return -1;
     if (t->stx && state_tx_dirty(t->stx)) {        /* the batch's state changes, at once */
         char err[512];
         if (state_tx_commit(t->stx, err, sizeof err) < 0) { task_fail(t, "%s", err); return -1; }
@@ -375,7 +385,7 @@ static int call_lua(task *t, int ref, batch *b, int arg) {
 
 static int outputs_blocked(task *t) {
     for (int o = 0; o < t->nouts; o++)
-        for (int i = 0; i < t->outs[o].ntargets; i++)
+        for (int i = 0; i < t->outs[o].ntargets && !t->outs[o].remote; i++)
             if (channel_full(t->outs[o].ch[i])) return 1;
     return 0;
 }
@@ -384,8 +394,9 @@ int task_outputs_full(task *t) { return outputs_blocked(t); }
 
 /* Sends a mark to every task downstream.  A mark that cannot be sent (out of
  * memory) would leave a barrier or the end of input hanging: the task fails. */
-static void push_all(task *t, msg_kind kind, int64_t value) {
-    for (int o = 0; o < t->nouts; o++)
+void task_push_all(task *t, msg_kind kind, int64_t value) {
+    for (int o = 0; o < t->nouts; o++) {
+        if (t->outs[o].remote) { task_shuffle_mark(t, &t->outs[o], kind, value); continue; }
         for (int i = 0; i < t->outs[o].ntargets; i++)
             if (channel_push(t->outs[o].ch[i], kind, NULL, value) < 0) {
                 snprintf(t->error, sizeof t->error, "out of memory sending a mark downstream");
@@ -393,19 +404,20 @@ static void push_all(task *t, msg_kind kind, int64_t value) {
                 atomic_store(&t->status, TASK_FAILED);
                 return;
             }
+    }
 }
 
 /* End of this task's input: fire what is left, flush, close sinks, tell downstream. */
-static step_result finish(task *t) {
+step_result task_finish(task *t) {
     /* a stop (not the end of input) keeps event-time timers for the next run */
     int stopped = t->source >= 0 ? !t->input_ended : t->stop_eos;
     t->wm_at_end = t->io.wm;                        /* finish makes it +inf */
-    if (!atomic_load(&t->sh->aborting) && call_lua(t, t->cur.finish_ref, NULL, stopped) < 0) return STEP_FAILED;
+    if (!atomic_load(&t->sh->aborting) && task_call_lua(t, t->cur.finish_ref, NULL, stopped) < 0) return STEP_FAILED;
     for (int i = 0; i < t->nsinks; i++) {
         if (sink_close(t->sinks[i]) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return STEP_FAILED; }
     }
     if (task_flush_outputs(t) < 0) { task_fail(t, "%s", "out of memory"); return STEP_FAILED; }
-    push_all(t, CH_EOS, stopped ? EOS_STOP : INT64_MAX);
+    task_push_all(t, CH_EOS, stopped ? EOS_STOP : INT64_MAX);
     atomic_store(&t->status, TASK_DONE);
     log_task_debug(t->name, "done: %ld records in, %ld out", (long)t->records_in, (long)t->records_out);
     return STEP_DONE;
@@ -454,7 +466,8 @@ static int kafka_sinks_of(task *t, struct kafka_sink **ks, int max) {
  * write at the end of every batch); its Kafka sinks are waited for by acks. */
 static void report_mark(task *t, uint64_t id) {
     struct kafka_sink *ks[17];
-    int n = kafka_sinks_of(t, ks, 16);
+    int n = kafka_sinks_of(t, ks, 8);
+    n += task_shuffle_producers(t, ks + n, 16 - n);
     if (t->sh->kafka && kafka_dead_letter_sink(t->sh->kafka)) ks[n++] = kafka_dead_letter_sink(t->sh->kafka);
     acks_report(t->sh->acks, id, ks, n);
 }
@@ -471,7 +484,7 @@ static uint64_t send_mark(task *t, int draining) {
     if (draining) source_drain(t->src, id);
     t->marked_position = pos;
     t->last_mark_ms = clock_mono_us() / 1000;
-    push_all(t, CH_MARK, (int64_t)id);
+    task_push_all(t, CH_MARK, (int64_t)id);
     report_mark(t, id);
     return id;
 }
@@ -482,7 +495,7 @@ static int exactly_once(const task *t) { return t->sh->cfg->guarantee == GUARANT
  * partition may be assigned to another instance, or being given up).
  * Sets *n_read (-1 when the step is over without a read: return its result)
  * and *eof. */
-static step_result read_source(task *t, int *n_read, int *eof) {
+step_result task_read_source(task *t, int *n_read, int *eof) {
     task_shared *sh = t->sh;
     *n_read = -1;
     int st = source_state(t->src);
@@ -490,7 +503,7 @@ static step_result read_source(task *t, int *n_read, int *eof) {
         /* given up: stop reading, and let the group know when what was read is acknowledged */
         uint64_t id = send_mark(t, 1);
         if (!id) source_drain(t->src, 0);
-        if (!t->idle_sent && !exactly_once(t)) { t->idle_sent = 1; push_all(t, CH_WATERMARK, WM_IDLE); }
+        if (!t->idle_sent && !exactly_once(t) && !t->remote_outs) { t->idle_sent = 1; task_push_all(t, CH_WATERMARK, WM_IDLE); }
         return STEP_PROGRESS;
     }
     if (st != SOURCE_READING) {
@@ -500,9 +513,9 @@ static step_result read_source(task *t, int *n_read, int *eof) {
         /* another instance reads it: it holds no watermark back here (under
          * exactly_once it does: a restarted instance waits for the partitions
          * a dead one still holds, rather than fire windows without them) */
-        if (!t->idle_sent && t->nouts > 0 && source_elsewhere(t->src) && !exactly_once(t)) {
+        if (!t->idle_sent && t->nouts > 0 && source_elsewhere(t->src) && !exactly_once(t) && !t->remote_outs) {
             t->idle_sent = 1;
-            push_all(t, CH_WATERMARK, WM_IDLE);
+            task_push_all(t, CH_WATERMARK, WM_IDLE);
         }
         return STEP_IDLE;
     }
@@ -527,10 +540,10 @@ static step_result read_source(task *t, int *n_read, int *eof) {
 /* Checkpoint id's barrier passes this task: its state is committed (after
  * every batch), its sinks are prepared, the barrier goes downstream, and
  * the task waits until the checkpoint is released (checkpoint.h).  0 or -1. */
-static int pass_checkpoint(task *t, int64_t id) {
+int task_pass_checkpoint(task *t, int64_t id) {
     for (int i = 0; i < t->nsinks; i++)
         if (sink_prepare(t->sinks[i], id) < 0) { task_fail(t, "%s", sink_error(t->sinks[i])); return -1; }
-    push_all(t, CH_CHECKPOINT, id);
+    task_push_all(t, CH_CHECKPOINT, id);
     atomic_store(&t->ckpt_passed, id);
     return 0;
 }
@@ -550,7 +563,7 @@ static int bootstrapping(task *t) {
         task *b = sh->boot[i];
         if (!atomic_load(&b->boot_reached)) return 1;
         for (int o = 0; o < b->nouts; o++)
-            for (int k = 0; k < b->outs[o].ntargets; k++)
+            for (int k = 0; k < b->outs[o].ntargets && !b->outs[o].remote; k++)
                 if (channel_depth(b->outs[o].ch[k]) > 0) return 1;
     }
     if (!atomic_exchange(&sh->boot_open, 1)) log_info("the bootstrap sources were read to their end: the others start");
@@ -570,47 +583,47 @@ static step_result step_source(task *t) {
     if (atomic_load(&t->next)) {
         /* between two batches: every record before this point was processed by
          * the old version, every one after it will be by the new one */
-        swap_version(t);
-        push_all(t, CH_BARRIER, t->cur.version);
+        task_swap_version(t);
+        task_push_all(t, CH_BARRIER, t->cur.version);
     }
     int64_t req = atomic_load(&t->ckpt_req);
     if (req > atomic_load(&t->ckpt_passed))       /* between two batches too: the cut of this partition */
-        return pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
+        return task_pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
     if (outputs_blocked(t) && source_state(t->src) != SOURCE_REVOKING) return STEP_BLOCKED;
-    if (atomic_load(&sh->stopping)) return finish(t);
+    if (atomic_load(&sh->stopping)) return task_finish(t);
     const source_info *si = &t->cur.p->sources[t->source];
     if (!si->bootstrap && bootstrapping(t)) return STEP_IDLE;       /* (on_poll wakes it again) */
     /* bounded: a partition another instance reads ends here */
     if (si->bounded && source_state(t->src) != SOURCE_READING && source_elsewhere(t->src)) {
         t->input_ended = 1;
-        return finish(t);
+        return task_finish(t);
     }
     int eof = 0, n;
-    step_result r = read_source(t, &n, &eof);
+    step_result r = task_read_source(t, &n, &eof);
     if (n < 0) return r;                       /* not reading now (revoked, elsewhere, failed) */
     if (n > 0) {
         t->last_record_ms = clock_now_ms();
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
         if (sh->poison) mark_poison(t, t->inbatch);
-        if (call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
+        if (task_call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
         if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, 0)) atomic_store(&t->boot_reached, 1);
         /* records carry the watermark only to the tasks their keys go to:
          * tell every task downstream, behind the batch */
         if (t->nouts > 0 && t->io.wm > t->sent_wm && t->io.wm < WM_END) {
             t->sent_wm = t->io.wm;
-            push_all(t, CH_WATERMARK, t->io.wm);
+            task_push_all(t, CH_WATERMARK, t->io.wm);
         }
         return STEP_PROGRESS;
     }
     if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, eof)) atomic_store(&t->boot_reached, 1);
-    if (eof || source_ended(t->src)) { t->input_ended = 1; return finish(t); }
+    if (eof || source_ended(t->src)) { t->input_ended = 1; return task_finish(t); }
     int64_t idle = t->cur.p->sources[t->source].idle_ms;
     /* a Kafka partition is idle only at its end: a fetch still on its way
      * (or a slow one) is not the absence of records */
     if (idle > 0 && !t->idle_sent && clock_now_ms() - t->last_record_ms >= idle && source_at_end(t->src)) {
         log_task_debug(t->name, "idle: no record for %lld ms", (long long)idle);
         t->idle_sent = 1;
-        push_all(t, CH_WATERMARK, WM_IDLE);
+        task_push_all(t, CH_WATERMARK, WM_IDLE);
     }
     return STEP_IDLE;
 }
@@ -619,26 +632,26 @@ static step_result step_source(task *t) {
  * carry it too; this covers advances without records), then, when every
  * input of this task is idle, that it is idle (its watermark is then the
  * highest of the idle inputs', lua/eddy/runtime/task.lua's merge_watermark). */
-static void forward_watermark(task *t) {
+void task_forward_watermark(task *t) {
     if (t->io.wm > t->sent_wm && t->io.wm < WM_END) {
         t->sent_wm = t->io.wm;
         t->idle_sent = 0;
-        push_all(t, CH_WATERMARK, t->io.wm);
+        task_push_all(t, CH_WATERMARK, t->io.wm);
     }
     int active = 0;                    /* (an input stopped, not ended, still holds the watermark) */
     for (int c = 0; c < t->nin; c++) if (!t->chan_idle[c] && (!t->ended[c] || t->chan_wm[c] < WM_END)) active++;
     if (active == 0 && t->eos < t->nin && !t->idle_sent) {
         t->idle_sent = 1;
-        push_all(t, CH_WATERMARK, WM_IDLE);
+        task_push_all(t, CH_WATERMARK, WM_IDLE);
     }
 }
 
 /* Every input has delivered the barrier (or ended): swap, pass it on. */
 static void barrier_aligned(task *t, int64_t version) {
-    swap_version(t);
+    task_swap_version(t);
     memset(t->held, 0, t->nin);
     t->nheld = 0;
-    push_all(t, CH_BARRIER, version);
+    task_push_all(t, CH_BARRIER, version);
 }
 
 /* Every input has delivered the barrier (or ended): swap once the version
@@ -651,7 +664,7 @@ static int try_align(task *t) {
         memset(t->held, 0, t->nin);
         t->nheld = 0;
         t->held_checkpoint = 0;
-        pass_checkpoint(t, id);                 /* a failure shows in the task's status */
+        task_pass_checkpoint(t, id);                 /* a failure shows in the task's status */
         return 1;
     }
     task_vm *n = atomic_load(&t->next);
@@ -662,22 +675,22 @@ static int try_align(task *t) {
 
 /* Processing-time triggers: the Lua tick, due every TICK_MS of real time
  * whether or not input is waiting.  0, or -1 when the task failed. */
-static int maybe_tick(task *t) {
+int task_maybe_tick(task *t) {
     if (!t->wants_ticks || t->cur.tick_ref == LUA_NOREF) return 0;
     /* how often is a matter of CPU, not of meaning: the real clock paces
      * ticks (the processing time the triggers see is clock.h's) */
     int64_t now = clock_mono_us() / 1000;
     if (now - t->last_tick_ms < TICK_MS) return 0;
     t->last_tick_ms = now;
-    if (call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return -1;
-    if (t->nouts > 0) forward_watermark(t);
+    if (task_call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return -1;
+    if (t->nouts > 0) task_forward_watermark(t);
     return 0;
 }
 
 static step_result step_keyed(task *t) {
     if (outputs_blocked(t)) return STEP_BLOCKED;
     if (try_align(t)) return STEP_PROGRESS;
-    if (maybe_tick(t) < 0) return STEP_FAILED;
+    if (task_maybe_tick(t) < 0) return STEP_FAILED;
     msg *m = NULL;
     int idx = -1;
     for (int k = 0; k < t->nin && !m; k++) {
@@ -691,14 +704,14 @@ static step_result step_keyed(task *t) {
     if (m->kind == CH_BATCH) {
         t->io.channel = idx;
         __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);   /* records again: the input counts in the minimum */
-        if (call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
+        if (task_call_lua(t, t->cur.batch_ref, m->b, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_WATERMARK) {
         if (m->value == WM_IDLE) __atomic_store_n(&t->chan_idle[idx], 1, __ATOMIC_RELAXED);
         else {
             __atomic_store_n(&t->chan_idle[idx], 0, __ATOMIC_RELAXED);
             if (m->value > t->chan_wm[idx]) __atomic_store_n(&t->chan_wm[idx], m->value, __ATOMIC_RELAXED);
         }
-        if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
+        if (task_call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
     } else if (m->kind == CH_BARRIER) {
         t->held[idx] = 1;
         t->barrier_version = m->value;
@@ -708,7 +721,7 @@ static step_result step_keyed(task *t) {
         t->held_checkpoint = m->value;
         t->nheld++;                       /* aligned: passed at the top of a step */
     } else if (m->kind == CH_MARK) {
-        push_all(t, CH_MARK, m->value);   /* behind everything this task sent before it */
+        task_push_all(t, CH_MARK, m->value);   /* behind everything this task sent before it */
         report_mark(t, (uint64_t)m->value);
     } else if (m->kind == CH_EOS) {
         t->eos++;
@@ -718,11 +731,11 @@ static step_result step_keyed(task *t) {
          * it was: a stop never advances event time (the next run goes on) */
         if (m->value == EOS_STOP) t->stop_eos = 1;
         else __atomic_store_n(&t->chan_wm[idx], WM_END, __ATOMIC_RELAXED);
-        if (call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
-        else if (t->eos == t->nin) r = finish(t);
+        if (task_call_lua(t, t->cur.inputs_ref, NULL, -1) < 0) r = STEP_FAILED;
+        else if (t->eos == t->nin) r = task_finish(t);
     }
     msg_free(m);
-    if (r == STEP_PROGRESS && t->nouts > 0) forward_watermark(t);
+    if (r == STEP_PROGRESS && t->nouts > 0) task_forward_watermark(t);
     return r;
 }
 
@@ -733,7 +746,8 @@ step_result task_step(task *t) {
     if (atomic_load(&t->sh->aborting)) { atomic_store(&t->status, TASK_DONE); return STEP_DONE; }
     /* past a checkpoint's barrier: wait until it is committed (a wake comes then) */
     if (atomic_load(&t->ckpt_passed) > atomic_load(&t->sh->ckpt_released)) return STEP_IDLE;
-    return t->st->keyed ? step_keyed(t) : step_source(t);
+    if (t->st->keyed) return t->source >= 0 ? task_step_remote(t) : step_keyed(t);
+    return step_source(t);
 }
 
 int task_close_sinks(task *t) {
@@ -765,10 +779,12 @@ void task_destroy(task *t) {
     }
     free(t->outs);
     free(t->in);
+    free(t->in_up);
     free(t->ended);
     free(t->held);
     free(t->chan_wm);
     free(t->chan_idle);
+    task_shuffle_close(t);
     lua_api_env_free(&t->api);
     timer_index_destroy(t->timers);
     state_tx_destroy(t->stx);

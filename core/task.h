@@ -75,9 +75,18 @@ typedef struct task task;           /* opaque outside task*.c (task_impl.h) */
  * Returns an owned task, or NULL with err. */
 task *task_create(task_shared *sh, const stage *st, int index, int id, char *err, size_t errlen);
 void task_destroy(task *t);     /* NULL is a no-op */
+/* c NULL: an input that comes through Kafka (shuffle = "kafka"): its
+ * records and marks arrive in the task's repartition partition. */
 int task_add_input(task *t, channel *c);
+int task_add_remote_input(task *t, channel *c, task *up);   /* c NULL: through Kafka, from up */
+int task_ninputs(const task *t);
 /* Registers the channels to a downstream stage (takes ownership of the array, not the channels). */
 int task_add_output(task *t, int stage, channel **targets, int ntargets);
+/* shuffle = "kafka": the downstream stage's tasks are the ntargets
+ * partitions of its repartition topic; this task is their input `input`
+ * (task_shuffle.c).  0, or -1 with err. */
+int task_add_remote_output(task *t, int stage, int ntargets, uint32_t input, const char *topic, char *err,
+                           size_t errlen);
 /* Loads the VM and the operator chain of plan p (after channels are attached). */
 int task_start(task *t, char *err, size_t errlen);
 /* Builds the task's logic for plan p as version `version`, off the hot path

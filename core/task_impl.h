@@ -24,6 +24,11 @@ typedef struct out_port {
     int ntargets;
     channel **ch;
     batch **pending;            /* the batch being filled for each target */
+    /* shuffle = "kafka" (task_shuffle.c): the targets are the partitions of
+     * the stage's repartition topic (ch is NULL), written through remote */
+    struct kafka_sink *remote;
+    uint32_t input;             /* this task's input index at every target */
+    char *fbuf; size_t fcap;    /* a frame being encoded */
 } out_port;
 
 /* One version of a task's logic: its VM and what depends on the plan it was
@@ -64,7 +69,8 @@ struct task {
     /* Inputs and barriers: [B] arrays, contents [W]; a restore (task_ckpt.c) sets
      * chan_wm/chan_idle before the workers run; /status reads them racily
      * (figures for a human, no decision taken on them). */
-    channel **in; int nin;      /* keyed task inputs */
+    channel **in; int nin;      /* keyed task inputs (NULL: through Kafka, shuffle = "kafka") */
+    task **in_up;               /* [nin]: the upstream task of each input */
     int eos;                    /* inputs that have ended */
     unsigned char *ended;       /* [nin]: input c has ended */
     unsigned char *held;        /* [nin]: input c delivered a barrier and waits for the others */
@@ -86,6 +92,8 @@ struct task {
     int64_t last_tick_ms;
     int rr;                     /* round-robin start */
     out_port *outs; int nouts;
+    int remote_outs;            /* some outputs go through Kafka (shuffle = "kafka") */
+    struct shuffle_in *rin;     /* a keyed task reading its repartition partition (task_shuffle.c), else NULL */
     struct sink **sinks; int nsinks;
 
     /* The source: [B] pointers; the reader is [W]'s, and recovery (main
@@ -114,5 +122,26 @@ struct task {
     atomic_long last_pause_us;  /* last record on the old version -> first on the new  [A: W writes] */
     atomic_long reloads;        /* versions swapped in  [A: W adds] */
 };
+
+/* ---- task.c's steps, for task_shuffle.c ---- */
+int task_call_lua(task *t, int ref, batch *b, int arg);   /* 0, or -1 after failing the task */
+step_result task_finish(task *t);
+void task_fail(task *t, const char *fmt, const char *msg);
+void task_swap_version(task *t);
+void task_push_all(task *t, msg_kind kind, int64_t value);
+int task_pass_checkpoint(task *t, int64_t id);
+step_result task_read_source(task *t, int *n_read, int *eof);
+void task_forward_watermark(task *t);
+int task_maybe_tick(task *t);
+
+/* ---- task_shuffle.c: shuffle = "kafka" ---- */
+int task_shuffle_open(task *t, char *err, size_t errlen);     /* a keyed task reading a repartition topic */
+void task_shuffle_close(task *t);
+int task_shuffle_flush(task *t, out_port *op);                /* the pending batches as frames.  0 or -1 */
+void task_shuffle_mark(task *t, out_port *op, msg_kind kind, int64_t value);
+step_result task_step_remote(task *t);
+int task_shuffle_producers(task *t, struct kafka_sink **ks, int max);
+int task_shuffle_save_marks(task *t);
+void task_shuffle_status(task *t, json_t *out);                /* a keyed task's restore progress */                         /* its input watermarks, for the changelog.  0 or -1 */
 
 #endif

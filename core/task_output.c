@@ -73,6 +73,10 @@ int task_shuffle(void *tp, int node, const char *key, size_t klen, const char *p
 int task_flush_outputs(task *t) {
     for (int o = 0; o < t->nouts; o++) {
         out_port *op = &t->outs[o];
+        if (op->remote) {
+            if (task_shuffle_flush(t, op) < 0) return -1;
+            continue;
+        }
         for (int i = 0; i < op->ntargets; i++) {
             batch *b = op->pending[i];
             if (!b || b->n == 0) continue;

@@ -119,7 +119,7 @@ static json_t *wm_json(int64_t wm) {
 /* Where an input comes from: the upstream task, and for a source task its
  * source, partition and file. */
 static json_t *input_json(const task *t, int c) {
-    const task *up = t->in[c]->producer;
+    const task *up = t->in_up[c];
     json_t *j = json_pack("{s:s, s:o, s:b, s:b}", "from", up->name, "watermark", wm_json(chan_wm(t, c)),
                           "idle", chan_idle(t, c) != 0, "ended", chan_ended(t, c) != 0);
     if (up->source >= 0) {
@@ -152,17 +152,19 @@ json_t *task_status_json(task *t) {
         json_object_set_new(jt, "partition", json_integer(t->index));
         if (t->src) source_status(t->src, jt);     /* its kind's fields: file, or topic and partition */
         json_object_set_new(jt, "position", json_integer(t->position));
-    } else {
+        task_shuffle_status(t, jt);
+    }
+    if (t->st->keyed) {
         int depth = 0;
         json_t *inputs = json_array();
         for (int c = 0; c < t->nin; c++) {
-            depth += channel_depth(t->in[c]);
+            if (t->in[c]) depth += channel_depth(t->in[c]);
             json_array_append_new(inputs, input_json(t, c));
         }
         json_object_set_new(jt, "queue", json_integer(depth));
         json_object_set_new(jt, "inputs", inputs);
         int h = holding_input(t);
-        if (h >= 0) json_object_set_new(jt, "held_back_by", json_string(t->in[h]->producer->name));
+        if (h >= 0) json_object_set_new(jt, "held_back_by", json_string(t->in_up[h]->name));
     }
     if (t->error[0]) json_object_set_new(jt, "error", json_string(t->error));
     return jt;
@@ -189,7 +191,7 @@ int task_explain_json(task *t, const char *uid, json_t *tasks) {
                 json_object_set_new(jt, "held_back_by", input_json(t, h));
                 snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                          "input %s holds the watermark at %lld", (long long)end, (long long)(end - 1),
-                         t->in[h]->producer->name, (long long)chan_wm(t, h));
+                         t->in_up[h]->name, (long long)chan_wm(t, h));
             } else {
                 snprintf(why, sizeof why, "the window ending at %lld fires when the watermark reaches %lld; "
                          "every input is idle, and the highest of their watermarks is below that: it waits for records", (long long)end, (long long)(end - 1));

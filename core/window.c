@@ -127,6 +127,8 @@ void win_kg_range(window_op *w, uint32_t kg, int64_t end_from, state_key *from, 
     state_key_window(to, w->uid, kg + 1, INT64_MIN, NULL, 0, 0);
 }
 
+static void scan_store(window_op *w);
+
 static window_op *create(state_tx *tx, const char *uid, const uint32_t *kgs, int nkgs, int maxp) {
     window_op *w = calloc(1, sizeof *w);
     if (!w) return NULL;
@@ -142,15 +144,25 @@ static window_op *create(state_tx *tx, const char *uid, const uint32_t *kgs, int
     w->wm = INT64_MIN;
     w->c_end = INT64_MIN;
     atomic_store(&w->next_end, INT64_MAX);
-    /* what an earlier run left: counted, and where each key group's windows
-     * start (committed data only: this may run off the task's thread) */
+    for (int i = 0; i < nkgs; i++) {
+        w->kgs[i].kg = kgs[i];
+        if ((int)kgs[i] < maxp) w->kg_index[kgs[i]] = i;
+    }
+    scan_store(w);
+    return w;
+}
+
+/* What the store holds: counted, and where each key group's windows start
+ * (committed data only: this may run off the task's thread). */
+static void scan_store(window_op *w) {
+    state_tx *tx = w->tx;
     state_key from = {0}, to = {0};
     int64_t next = INT64_MAX, open = 0;
-    for (int i = 0; i < nkgs; i++) {
-        w->kgs[i] = (kgstate){ .kg = kgs[i], .next_fire = INT64_MAX, .first_end = INT64_MAX };
-        if ((int)kgs[i] < maxp) w->kg_index[kgs[i]] = i;
+    for (int i = 0; i < w->nkgs; i++) {
+        uint32_t kg = w->kgs[i].kg;
+        w->kgs[i] = (kgstate){ .kg = kg, .next_fire = INT64_MAX, .first_end = INT64_MAX };
         scan s = { .w = w, .g = &w->kgs[i] };
-        win_kg_range(w, kgs[i], INT64_MIN, &from, &to);
+        win_kg_range(w, kg, INT64_MIN, &from, &to);
         state_range(state_tx_db(tx), from.p, from.len, to.p, to.len, init_cb, &s);
         open += s.count;
         if (w->kgs[i].next_fire < next) next = w->kgs[i].next_fire;
@@ -159,7 +171,16 @@ static window_op *create(state_tx *tx, const char *uid, const uint32_t *kgs, int
     state_key_free(&to);
     atomic_store(&w->open, open);
     atomic_store(&w->next_end, next);
-    return w;
+}
+
+void window_rescan(window_op *w) {
+    w->pending = 0;
+    w->c_end = INT64_MIN;
+    w->c_kgi = 0;
+    w->c_after.len = 0;
+    w->c_kept = 0;
+    w->revisit = 0;
+    scan_store(w);
 }
 
 window_op *window_create(state_tx *tx, const char *uid, const uint32_t *kgs, int nkgs, int maxp, int64_t size,

@@ -38,6 +38,9 @@ typedef struct eddy_fired eddy_fired;
  * owned operator, or NULL on allocation failure. */
 window_op *window_create(struct state_tx *tx, const char *uid, const uint32_t *kgs, int nkgs, int maxp, int64_t size,
                          int64_t advance, int64_t offset, int64_t lateness);
+/* The store changed under the operator (a restore): forget what it knew
+ * of its key groups and read them again. */
+void window_rescan(window_op *w);
 void window_destroy(window_op *w);     /* NULL is a no-op; the stored windows stay */
 /* Deletes every stored window of the operator (its uid was dropped). */
 void window_drop(window_op *w);

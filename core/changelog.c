@@ -1,0 +1,282 @@
+/* See changelog.h. */
+#include "changelog.h"
+#include "clock.h"
+#include "kafka.h"
+#include "log.h"
+#include "shuffle.h"
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MARKS_SEP 0x03        /* uid 0x03 task(2): the task's input watermarks */
+
+typedef struct clog {
+    char *uid; size_t uidlen;
+    char *topic;
+    kafka_sink *sink;
+} clog;
+
+struct changelog {
+    clog *logs; int n;
+    int partition;            /* the task's index: its partition of every changelog */
+    const config *cfg;
+};
+
+/* Operators whose state a keyed stage keeps (a global table's belongs to
+ * every instance: it is read whole, not changelogged). */
+static int logged(const node *nd) { return node_has_state(nd) && nd->kind != NODE_GLOBAL_TABLE; }
+
+changelog *changelog_create(struct kafka *k, const config *cfg, const plan *p, const stage *st, int index, char *err,
+                            size_t errlen) {
+    err[0] = 0;
+    int n = 0;
+    for (int i = 0; i < st->nnodes; i++) n += logged(&p->nodes[st->nodes[i] - 1]);
+    if (n == 0) return NULL;
+    changelog *c = calloc(1, sizeof *c);
+    if (!c || !(c->logs = calloc(n, sizeof *c->logs))) { free(c); snprintf(err, errlen, "out of memory"); return NULL; }
+    c->partition = index;
+    c->cfg = cfg;
+    for (int i = 0; i < st->nnodes; i++) {
+        const node *nd = &p->nodes[st->nodes[i] - 1];
+        if (!logged(nd)) continue;
+        clog *l = &c->logs[c->n++];
+        char topic[512];
+        shuffle_changelog_topic(cfg, nd->uid, topic, sizeof topic);
+        l->uid = strdup(nd->uid);
+        l->uidlen = strlen(nd->uid);
+        l->topic = strdup(topic);
+        if (!l->uid || !l->topic) { snprintf(err, errlen, "out of memory"); goto err; }
+        if (!(l->sink = kafka_sink_get(k, topic, topic, NULL, err, errlen))) goto err;
+    }
+    return c;
+err:
+    changelog_destroy(c);
+    return NULL;
+}
+
+void changelog_destroy(changelog *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n; i++) { free(c->logs[i].uid); free(c->logs[i].topic); }
+    free(c->logs);
+    free(c);
+}
+
+int changelog_count(const changelog *c) { return c ? c->n : 0; }
+const char *changelog_topic(const changelog *c, int i) { return c->logs[i].topic; }
+
+int changelog_producers(const changelog *c, kafka_sink **ks, int max) {
+    int n = 0;
+    for (int i = 0; c && i < c->n && n < max; i++) {
+        int seen = 0;
+        for (int j = 0; j < n; j++) seen |= ks[j] == c->logs[i].sink;
+        if (!seen) ks[n++] = c->logs[i].sink;
+    }
+    return n;
+}
+
+/* The changelog of a store key: the operator whose uid the key starts with
+ * (exactly, or as "uid#helper"), or NULL. */
+static clog *log_of(const changelog *c, const char *k, size_t kl) {
+    size_t u = 0;
+    while (u < kl && (unsigned char)k[u] > MARKS_SEP) u++;
+    for (int i = 0; i < c->n; i++) {
+        clog *l = &c->logs[i];
+        if (u < l->uidlen || memcmp(k, l->uid, l->uidlen) != 0) continue;
+        if (u == l->uidlen || k[l->uidlen] == '#') return l;
+    }
+    return NULL;
+}
+
+int changelog_log(void *cp, const char *k, size_t kl, const char *v, size_t vl) {
+    changelog *c = cp;
+    clog *l = log_of(c, k, kl);
+    if (!l) return 0;
+    char err[512];
+    if (kafka_sink_send_to(l->sink, c->partition, k, kl, v, v ? vl : 0, -1, NULL, 0, NULL, err, sizeof err) < 0) {
+        log_error("changelog %s: %s", l->topic, err);
+        return -1;
+    }
+    return 0;
+}
+
+int changelog_marks_key(const changelog *c, state_key *k) {
+    k->len = 0;
+    size_t need = c->logs[0].uidlen + 3;
+    if (k->cap < need) {
+        char *np = realloc(k->p, need);
+        if (!np) return -1;
+        k->p = np;
+        k->cap = need;
+    }
+    memcpy(k->p, c->logs[0].uid, c->logs[0].uidlen);
+    k->p[c->logs[0].uidlen] = MARKS_SEP;
+    k->p[c->logs[0].uidlen + 1] = (char)(c->partition >> 8);
+    k->p[c->logs[0].uidlen + 2] = (char)c->partition;
+    k->len = need;
+    return 0;
+}
+
+/* [uid sep kg, uid sep kg+1): one key group's keys of one kind. */
+static int wipe_range(state_db *db, const char *uid, size_t ul, char sep, uint32_t kg, char *err, size_t errlen) {
+    char from[600], to[600];
+    if (ul + 3 > sizeof from) { snprintf(err, errlen, "uid too long"); return -1; }
+    memcpy(from, uid, ul);
+    memcpy(to, uid, ul);
+    from[ul] = to[ul] = sep;
+    from[ul + 1] = (char)(kg >> 8); from[ul + 2] = (char)kg;
+    to[ul + 1] = (char)((kg + 1) >> 8); to[ul + 2] = (char)(kg + 1);
+    return state_delete_range(db, from, ul + 3, to, ul + 3, err, errlen);
+}
+
+int changelog_wipe(const changelog *c, state_db *db, const uint32_t *kgs, int nkgs, char *err, size_t errlen) {
+    for (int i = 0; i < c->n; i++) {
+        char helper[600];
+        snprintf(helper, sizeof helper, "%s#records", c->logs[i].uid);
+        const char *uids[2] = { c->logs[i].uid, helper };
+        for (int u = 0; u < 2; u++)
+            for (int g = 0; g < nkgs; g++)
+                for (char sep = 0; sep < MARKS_SEP; sep++)
+                    if (wipe_range(db, uids[u], strlen(uids[u]), sep, kgs[g], err, errlen) < 0) return -1;
+    }
+    state_key k = {0};
+    int rc = -1;
+    if (changelog_marks_key(c, &k) == 0) {
+        char to[700];
+        memcpy(to, k.p, k.len);
+        to[k.len] = 0;
+        rc = state_delete_range(db, k.p, k.len, to, k.len + 1, err, errlen);
+    }
+    state_key_free(&k);
+    return rc;
+}
+
+/* ---- restore ------------------------------------------------------------- */
+
+struct changelog_restore {
+    const changelog *c;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *q;
+    int *done;                 /* [n]: read to its end */
+    int64_t *pos, *high;       /* [n] */
+    int left;                  /* partitions not at their end yet */
+    int64_t records, bytes;
+};
+
+changelog_restore *changelog_restore_begin(const changelog *c, struct kafka *k, const int64_t *from, char *err,
+                                           size_t errlen) {
+    changelog_restore *r = calloc(1, sizeof *r);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_topic_partition_list_t *l = NULL;
+    char e[512];
+    if (!r || !(r->done = calloc(c->n, sizeof *r->done)) || !(r->pos = calloc(c->n, sizeof *r->pos)) ||
+        !(r->high = calloc(c->n, sizeof *r->high))) {
+        snprintf(err, errlen, "out of memory");
+        goto err;
+    }
+    r->c = c;
+    if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) goto err;
+    char group[600];
+    snprintf(group, sizeof group, "%s-restore", c->cfg->name);     /* never joined: offsets are assigned */
+    struct { const char *k, *v; } props[] = {
+        {"group.id", group}, {"enable.auto.commit", "false"}, {"isolation.level", "read_committed"},
+        {"enable.partition.eof", "true"}, {"auto.offset.reset", "earliest"}, {"log_level", "3"},
+        {"fetch.max.bytes", "52428800"}, {"queued.max.messages.kbytes", "65536"},
+    };
+    for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
+        if (rd_kafka_conf_set(conf, props[i].k, props[i].v, e, sizeof e) != RD_KAFKA_CONF_OK) {
+            snprintf(err, errlen, "changelog restore: %s: %s", props[i].k, e);
+            goto err;
+        }
+    r->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
+    conf = NULL;
+    if (!r->rk) { snprintf(err, errlen, "changelog restore: %s", e); goto err; }
+    l = rd_kafka_topic_partition_list_new(c->n);
+    for (int i = 0; i < c->n; i++) {
+        int64_t low = 0, high = -1;
+        if (rd_kafka_query_watermark_offsets(r->rk, c->logs[i].topic, c->partition, &low, &high, 10000) != 0) high = -1;
+        r->high[i] = high;
+        r->pos[i] = from && from[i] >= 0 ? from[i] : -1;
+        rd_kafka_topic_partition_list_add(l, c->logs[i].topic, c->partition)->offset =
+            r->pos[i] >= 0 ? r->pos[i] : RD_KAFKA_OFFSET_BEGINNING;
+    }
+    rd_kafka_resp_err_t ae = rd_kafka_assign(r->rk, l);
+    if (ae) { snprintf(err, errlen, "changelog restore: cannot read the changelogs: %s", rd_kafka_err2str(ae)); goto err; }
+    rd_kafka_topic_partition_list_destroy(l);
+    r->q = rd_kafka_queue_get_consumer(r->rk);
+    r->left = c->n;
+    return r;
+err:
+    if (conf) rd_kafka_conf_destroy(conf);
+    if (l) rd_kafka_topic_partition_list_destroy(l);
+    changelog_restore_end(r);
+    return NULL;
+}
+
+static int index_of(const changelog_restore *r, const char *topic) {
+    for (int i = 0; i < r->c->n; i++) if (strcmp(r->c->logs[i].topic, topic) == 0) return i;
+    return -1;
+}
+
+int changelog_restore_step(changelog_restore *r, state_tx *tx, int max, int *done, char *err, size_t errlen) {
+    *done = r->left == 0;
+    int applied = 0;
+    rd_kafka_message_t *msgs[512];
+    while (!*done && applied < max) {
+        ssize_t n = rd_kafka_consume_batch_queue(r->q, 100, msgs, 512);
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n; i++) {
+            rd_kafka_message_t *m = msgs[i];
+            int t = index_of(r, rd_kafka_topic_name(m->rkt));
+            if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                if (t >= 0 && !r->done[t]) { r->done[t] = 1; r->left--; }
+            } else if (m->err) {
+                log_warn("changelog restore: %s", rd_kafka_message_errstr(m));
+            } else if (t >= 0 && m->key) {
+                int rc = m->payload ? state_tx_put(tx, m->key, m->key_len, m->payload, m->len)
+                                    : state_tx_delete(tx, m->key, m->key_len);
+                if (rc < 0) {
+                    snprintf(err, errlen, "changelog restore: cannot write to the state store");
+                    for (ssize_t j = i; j < n; j++) rd_kafka_message_destroy(msgs[j]);
+                    return -1;
+                }
+                r->pos[t] = m->offset + 1;
+                r->records++;
+                r->bytes += (int64_t)(m->len + m->key_len);
+                applied++;
+            }
+            rd_kafka_message_destroy(m);
+        }
+        *done = r->left == 0;
+    }
+    if (state_tx_commit(tx, err, errlen) < 0) return -1;
+    return applied;
+}
+
+void changelog_restore_progress(const changelog_restore *r, int64_t *records, int64_t *bytes, int64_t *left) {
+    *records = r->records;
+    *bytes = r->bytes;
+    int64_t l = 0;
+    for (int i = 0; i < r->c->n; i++) {
+        if (r->done[i]) continue;
+        if (r->high[i] < 0) { l = -1; break; }
+        int64_t at = r->pos[i] >= 0 ? r->pos[i] : 0;
+        if (r->high[i] > at) l += r->high[i] - at;
+    }
+    *left = l;
+}
+
+int64_t changelog_restore_position(const changelog_restore *r, int i) { return r->pos[i]; }
+
+void changelog_restore_end(changelog_restore *r) {
+    if (!r) return;
+    if (r->q) rd_kafka_queue_destroy(r->q);
+    if (r->rk) {
+        rd_kafka_consumer_close(r->rk);
+        rd_kafka_destroy(r->rk);
+    }
+    free(r->done);
+    free(r->pos);
+    free(r->high);
+    free(r);
+}
