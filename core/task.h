@@ -138,6 +138,7 @@ int task_flush_outputs(task *t);
 
 const char *task_name(const task *t);      /* any thread */
 int task_index(const task *t);             /* within its stage */
+int task_stage(const task *t);             /* its stage's id */
 int task_source(const task *t);            /* a source task's source index, or -1 */
 int task_status(const task *t);            /* TASK_*; any thread */
 const char *task_status_name(int status);  /* "running", "done", "failed" */
