@@ -39,6 +39,10 @@ int changelog_marks_key(const changelog *c, state_key *k);
 /* Deletes the task's key groups kgs[0..nkgs) of every operator with a
  * changelog, and its marks, from the store.  0, or -1 with err. */
 int changelog_wipe(const changelog *c, state_db *db, const uint32_t *kgs, int nkgs, char *err, size_t errlen);
+/* The same for operators uids[0..nuids) (uids[0] keeps the marks) of the
+ * task that is partition `partition`. */
+int changelog_wipe_ops(state_db *db, const char *const *uids, int nuids, int partition, const uint32_t *kgs,
+                       int nkgs, char *err, size_t errlen);
 
 /* ---- restore ---- */
 typedef struct changelog_restore changelog_restore;
