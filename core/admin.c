@@ -184,7 +184,9 @@ static void serve_prefixed(admin *a, struct evhttp_request *req, const char *pat
 {
     (void)rest;
     int code = 200;
-    json_t *body = a->h.get_prefixed ? a->h.get_prefixed(a->h.ud, path, query, &code) : NULL;
+    json_t *body = a->h.get_prefixed
+                   ? a->h.get_prefixed(a->h.ud, path, query, &code, evhttp_request_get_output_headers(req))
+                   : NULL;
     if (!body) {
         send_error(req, code >= 400 ? valid_status(code) : 404, "no such path: %s", path);
         return;
@@ -628,6 +630,11 @@ err:
 int admin_port(const admin *a)
 {
     return a->port;
+}
+
+const char *admin_addr(const admin *a)
+{
+    return a->addr;
 }
 
 void admin_destroy(admin *a)

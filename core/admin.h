@@ -11,6 +11,7 @@
 
 struct event_base;
 struct evbuffer;
+struct evkeyvalq;
 typedef struct admin admin;
 
 typedef struct admin_handlers {
@@ -32,8 +33,10 @@ typedef struct admin_handlers {
      * (split path on '/' first, then evhttp_uridecode each segment, so a KEY
      * may hold "%2F").  Sets *http_status (it starts at 200) and returns an
      * owned json_t (object or array); NULL with no error status set, or a
-     * NULL handler, answers 404. */
-    json_t *(*get_prefixed)(void *ud, const char *path, const char *query, int *http_status);
+     * NULL handler, answers 404.  headers: the reply's headers, to which the
+     * handler may add (Location with a 307, Retry-After with a 503). */
+    json_t *(*get_prefixed)(void *ud, const char *path, const char *query, int *http_status,
+                            struct evkeyvalq *headers);
     /* admin.token: POST requests need "Authorization: Bearer <token>" (401
      * otherwise); NULL lets them through.  Borrowed; must outlive the server. */
     const char *token;
@@ -59,8 +62,10 @@ typedef struct admin_handlers {
  * Returns an owned server, or NULL with err. */
 admin *admin_create(struct event_base *base, const char *listen, const char *addr_file,
                     const admin_handlers *h, char *err, size_t errlen);
-/* The bound port (useful after port 0). */
+/* The bound port (useful after port 0), and the bound address as written
+ * to addr_file ("127.0.0.1:9100", "[::1]:9100"; borrowed). */
 int admin_port(const admin *a);
+const char *admin_addr(const admin *a);
 void admin_destroy(admin *a);   /* NULL is a no-op */
 
 #endif

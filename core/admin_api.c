@@ -5,7 +5,9 @@
 #include "keygroup.h"
 #include "log.h"
 #include "metrics.h"
+#include "shuffle.h"
 #include "source.h"
+#include "source_kafka.h"
 #include "state.h"
 #include "vm.h"
 #include "window.h"
@@ -28,9 +30,151 @@ static json_t *error_json(int *http_status, int code, const char *msg) {
     return json_pack("{s:s}", "error", msg);
 }
 
+/* ---- shuffle = "kafka": who owns what ------------------------------------- */
+
+#define MEMBERS_TIMEOUT_MS 500   /* describing the group blocks the event loop this long at most */
+
+/* The keyed stage that runs operator op (of plan p), or -1. */
+static int keyed_stage_of(const plan *p, const node *op) {
+    for (int s = 0; s < p->nstages; s++)
+        if (p->stages[s].keyed && op->in_stage && op->in_stage[s]) return s;
+    return -1;
+}
+
+/* The member of the group description `group` (kgroup_members) that holds
+ * partition `part` of topic, or NULL.  Borrowed from group. */
+static json_t *holder_of(json_t *group, const char *topic, int part) {
+    json_t *ms = json_object_get(group, "members"), *m;
+    size_t i;
+    json_array_foreach(ms, i, m) {
+        json_t *ps = json_object_get(json_object_get(m, "partitions"), topic), *pv;
+        size_t j;
+        json_array_foreach(ps, j, pv) if (json_integer_value(pv) == part) return m;
+    }
+    return NULL;
+}
+
+/* Whether keyed task `index` of stage s reads its repartition partition
+ * here: 1 or 0; -1 when its task has no partition of its own to say so. */
+static int reads_here(const daemon_state *d, int s, int index) {
+    int first = 0;
+    for (int k = 0; k < s; k++) first += d->p->stages[k].ntasks;
+    if (first + index >= d->ntasks || task_index(d->tasks[first + index]) != index) return -1;
+    source *src = task_src(d->tasks[first + index]);
+    return src ? source_state(src) == SOURCE_READING : -1;
+}
+
+/* GET /state/UID/KEY under shuffle = "kafka": the key's keyed task may run
+ * on another instance.  NULL when this instance answers; else the reply (a
+ * 307 to the owner's admin address, or a 503 while no one owns it). */
+static json_t *route_key(daemon_state *d, const plan *p, const node *op, const char *key, size_t klen,
+                         const char *path, const char *query, int *http_status, struct evkeyvalq *headers) {
+    int s = keyed_stage_of(p, op);
+    if (s < 0 || !d->group) return NULL;
+    const stage *st = &p->stages[s];
+    uint32_t kg = keygroup_of(key, klen, d->cfg->max_parallelism);
+    int index = keygroup_task(kg, d->cfg->max_parallelism, st->ntasks);
+    char topic[512], why[1024], err[512];
+    shuffle_repartition_topic(d->cfg, p->nodes[st->roots[0] - 1].uid, topic, sizeof topic);
+    int here = d->workers_running ? reads_here(d, s, index) : 0;
+    if (here == 1) return NULL;
+    json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err), *out = NULL;
+    json_t *owner = group ? holder_of(group, topic, index) : NULL;
+    const char *inst = json_string_value(json_object_get(owner, "instance"));
+    const char *admin = json_string_value(json_object_get(owner, "admin"));
+    if (owner && inst && strcmp(inst, d->instance) == 0) {
+        if (here == -1 && d->workers_running) goto local;     /* (the group's word is all there is) */
+        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) is this instance's but does not "
+                 "read yet (starting, or restoring its state)", st->name, index, kg, topic, index);
+    } else if (owner && admin) {
+        char loc[2048];
+        snprintf(loc, sizeof loc, "http://%s%s%s%s", admin, path, query && *query ? "?" : "", query ? query : "");
+        evhttp_add_header(headers, "Location", loc);
+        *http_status = 307;
+        out = json_pack("{s:s, s:{s:O, s:s, s:O}, s:s, s:I}", "location", loc, "owner", "instance",
+                        json_object_get(owner, "instance"), "admin", admin, "host", json_object_get(owner, "host"),
+                        "task", st->name, "key_group", (json_int_t)kg);
+        char label[300];
+        snprintf(label, sizeof label, "%s/%d", st->name, index);
+        json_object_set_new(out, "task", json_string(label));
+        goto done;
+    } else if (owner) {
+        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) runs on member %s, which publishes no "
+                 "admin address (admin = false, or not eddy)", st->name, index, kg, topic, index,
+                 json_string_value(json_object_get(owner, "client_id")));
+        out = error_json(http_status, 502, why);
+        goto done;
+    } else if (!group) {
+        snprintf(why, sizeof why, "who owns keyed task %s/%d is not known: %s", st->name, index, err);
+    } else {
+        snprintf(why, sizeof why, "no instance owns keyed task %s/%d (key group %u, %s/%d) now: the group '%s' is %s",
+                 st->name, index, kg, topic, index, d->cfg->name,
+                 json_string_value(json_object_get(group, "state")) ? json_string_value(json_object_get(group, "state"))
+                                                                   : "rebalancing");
+    }
+    evhttp_add_header(headers, "Retry-After", "1");
+    out = error_json(http_status, 503, why);
+    goto done;
+local:
+    out = NULL;
+done:
+    json_decref(group);
+    return out;
+}
+
+/* /status "group" under shuffle = "kafka": the group's instances and what
+ * each owns (input partitions; keyed tasks "stage/index", from their
+ * repartition partitions).  Owned. */
+static json_t *group_status(daemon_state *d) {
+    char err[512];
+    json_t *out = json_pack("{s:s}", "instance", d->instance);
+    json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err);
+    if (!group) {
+        json_object_set_new(out, "error", json_string(err));
+        return out;
+    }
+    const plan *p = d->p;
+    json_object_set(out, "state", json_object_get(group, "state"));
+    json_t *insts = json_array(), *m;
+    size_t i;
+    json_array_foreach(json_object_get(group, "members"), i, m) {
+        const char *inst = json_string_value(json_object_get(m, "instance"));
+        json_t *o = json_pack("{s:O, s:O, s:O, s:b}", "instance", json_object_get(m, "instance"), "admin",
+                              json_object_get(m, "admin"), "host", json_object_get(m, "host"), "self",
+                              inst && strcmp(inst, d->instance) == 0);
+        if (!inst) json_object_set(o, "client_id", json_object_get(m, "client_id"));
+        json_t *inputs = json_array(), *keyed = json_array(), *ps;
+        const char *topic;
+        json_object_foreach(json_object_get(m, "partitions"), topic, ps) {
+            int s = -1;
+            for (int k = 0; k < p->nstages && s < 0; k++) {
+                if (!p->stages[k].keyed) continue;
+                char rt[512];
+                shuffle_repartition_topic(d->cfg, p->nodes[p->stages[k].roots[0] - 1].uid, rt, sizeof rt);
+                if (strcmp(rt, topic) == 0) s = k;
+            }
+            size_t j;
+            json_t *pv;
+            json_array_foreach(ps, j, pv) {
+                char label[600];
+                if (s >= 0) snprintf(label, sizeof label, "%s/%d", p->stages[s].name, (int)json_integer_value(pv));
+                else snprintf(label, sizeof label, "%s/%d", topic, (int)json_integer_value(pv));
+                json_array_append_new(s >= 0 ? keyed : inputs, json_string(label));
+            }
+        }
+        json_object_set_new(o, "inputs", inputs);
+        json_object_set_new(o, "keyed_tasks", keyed);
+        json_array_append_new(insts, o);
+    }
+    json_object_set_new(out, "instances", insts);
+    json_decref(group);
+    return out;
+}
+
 /* GET /state/UID/KEY: the named states of one key; GET /state/UID?prefix=&limit=:
  * keys and their states.  Read from committed batches only. */
-static json_t *h_state(daemon_state *d, const char *path, const char *query, int *http_status) {
+static json_t *h_state(daemon_state *d, const char *path, const char *query, int *http_status,
+                       struct evkeyvalq *headers) {
     const char *rest = path + 7;                       /* after "/state/" */
     const char *slash = strchr(rest, '/');
     char uidraw[512];
@@ -72,6 +216,11 @@ static json_t *h_state(daemon_state *d, const char *path, const char *query, int
         size_t klen = 0;
         char *key = evhttp_uridecode(slash + 1, 0, &klen);
         if (!key || klen == 0) { free(key); out = error_json(http_status, 400, "an empty key"); goto done; }
+        if (d->cfg->shuffle == SHUFFLE_KAFKA && op->kind != NODE_GLOBAL_TABLE &&
+            (out = route_key(d, p, op, key, klen, path, query, http_status, headers))) {
+            free(key);
+            goto done;
+        }
         uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
         out = window ? window_key_json(d->sh.state, uid, kg, key, klen, from, to, agg)
                      : state_key_json(d->sh.state, uid, kg, key, klen);
@@ -100,9 +249,10 @@ done:
 
 /* GET /explain/UID: why the oldest open window of operator UID has not
  * fired, per task that runs it. */
-static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status) {
+static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status,
+                          struct evkeyvalq *headers) {
     daemon_state *d = ud;
-    if (strncmp(path, "/state/", 7) == 0) return h_state(d, path, query, http_status);
+    if (strncmp(path, "/state/", 7) == 0) return h_state(d, path, query, http_status, headers);
     if (strncmp(path, "/explain/", 9) != 0) { *http_status = 404; return NULL; }
     char *uid = evhttp_uridecode(path + 9, 0, NULL);
     json_t *tasks = json_array();
@@ -202,6 +352,7 @@ static json_t *h_status(void *ud) {
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
+    if (d->group && d->cfg->shuffle == SHUFFLE_KAFKA) json_object_set_new(j, "group", group_status(d));
     return j;
 }
 
@@ -246,6 +397,17 @@ static void operator_metrics(const daemon_state *d, struct evbuffer *out) {
     for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_late_records_dropped_total", 0);
     metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
     for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_open_windows", 1);
+    struct { const char *name, *type, *help; } restore[] = {
+        {"eddy_restore_records_total", "counter", "Changelog records a keyed task's last restore applied (shuffle = \"kafka\")."},
+        {"eddy_restore_bytes_total", "counter", "Changelog bytes a keyed task's last restore applied."},
+        {"eddy_restore_remaining_records", "gauge", "Changelog records a restore in progress has left (estimate)."},
+        {"eddy_restore_records_per_second", "gauge", "The rate of a keyed task's last restore."},
+        {"eddy_standby_records_total", "counter", "Changelog records a standby copy of a keyed task applied."},
+    };
+    for (int m = 0; m < 5 && d->cfg->shuffle == SHUFFLE_KAFKA; m++) {
+        metrics_family(out, restore[m].name, restore[m].type, restore[m].help);
+        for (int i = 0; i < d->ntasks; i++) task_restore_samples(d->tasks[i], out, restore[m].name, m);
+    }
     metrics_family(out, "eddy_watermark_lag_ms", "gauge",
                    "Wall-clock time minus a task's event-time watermark (tasks that have one).");
     int64_t now = clock_wall_ms();

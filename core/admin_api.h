@@ -3,8 +3,10 @@
  * /savepoint.  admin.c is the server (routing, limits, the token); this is
  * the daemon's side of it, reading the tasks, channels, checkpoints and
  * Kafka client of the run (daemon_state.h) on the event loop thread.  Calls
- * admin, task, channel, window, state, checkpoint, kafka, source_kafka,
- * metrics, reload (POST /reload) and the daemon (savepoint --stop). */
+ * admin, task, channel, window, state, checkpoint, kafka, source_kafka
+ * (the group's members), shuffle and keygroup (shuffle = "kafka": a key's
+ * owner, for GET /state/UID/KEY on another instance: a 307 there), metrics,
+ * reload (POST /reload) and the daemon (savepoint --stop). */
 #ifndef EDDY_ADMIN_API_H
 #define EDDY_ADMIN_API_H
 

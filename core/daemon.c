@@ -24,6 +24,8 @@
 #include "acks.h"
 #include "state.h"
 #include "keygroup.h"
+#include "kafka_admin.h"
+#include "shuffle.h"
 #include <dirent.h>
 #include <errno.h>
 #include <event2/buffer.h>
@@ -95,6 +97,22 @@ int daemon_check(const char *path) {
     return 0;
 }
 
+/* standby = N: which keyed tasks owned elsewhere this instance keeps warm
+ * copies of, from the group's members (about once a second). */
+static void plan_standby(daemon_state *d) {
+    char err[512];
+    json_t *members = kgroup_members(d->group, 500, err, sizeof err);
+    if (!members) return;                        /* (asked again next time) */
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (!task_is_remote_keyed(t)) continue;
+        const stage *st = &d->p->stages[task_stage(t)];
+        task_set_standby(t, shuffle_standby_of(members, d->instance, shuffle_stage_topic(d->p, st), task_index(t),
+                                               d->cfg->standby));
+    }
+    json_decref(members);
+}
+
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
@@ -118,6 +136,10 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     }
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && task_status(d->tasks[i]) == TASK_RUNNING) sched_wake(d->tasks[i]);
+    if (d->cfg->standby > 0 && d->group && d->workers_running && ++d->standby_ticks * POLL_TICK_MS >= 1000) {
+        d->standby_ticks = 0;
+        plan_standby(d);
+    }
 }
 
 /* ---- lifecycle --------------------------------------------------------- */
@@ -502,13 +524,77 @@ static int open_state(daemon_state *d, int *code) {
     if (!d->plans) return -1;
     d->plans[d->nplans++] = d->p;
     vm_global_init();
-    if (plan_has_kafka_sources(d->p)) {
-        kgroup_hooks hooks = { .ud = d, .wake = on_group_wake, .serve = on_group_serve,
-                               .checkpoint = d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE ? on_group_checkpoint : NULL };
-        d->group = kgroup_create(d->sh.kafka, d->cfg, hooks, err, sizeof err);
-        if (!d->group) { fprintf(stderr, "eddy: %s\n", err); return -1; }
+    if (d->cfg->shuffle == SHUFFLE_KAFKA && shuffle_instance_id(d->cfg->state_dir, d->instance, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        return -1;
     }
     return 0;
+}
+
+/* The consumer of the Kafka sources, once the admin server listens: under
+ * shuffle = "kafka" its client.id tells the group's other members this
+ * instance's id and admin address ("eddy/<instance>/<host:port>"). */
+static int open_group(daemon_state *d, char *err, size_t errlen) {
+    kgroup_hooks hooks = { .ud = d, .wake = on_group_wake, .serve = on_group_serve,
+                           .checkpoint = d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE ? on_group_checkpoint : NULL };
+    char client_id[512];
+    if (d->cfg->shuffle == SHUFFLE_KAFKA) {
+        snprintf(client_id, sizeof client_id, "eddy/%s/%s", d->instance, d->adm ? admin_addr(d->adm) : "");
+        hooks.client_id = client_id;
+    }
+    d->group = kgroup_create(d->sh.kafka, d->cfg, hooks, err, errlen);
+    return d->group ? 0 : -1;
+}
+
+/* shuffle = "kafka": the topics Kafka carries the key_bys and the keyed
+ * state through, created when missing (kafka_admin.c): each keyed stage's
+ * repartition topic and each of its stateful operators' changelog, one
+ * partition per keyed task.  0, or -1 with err and *code. */
+static int create_shuffle_topics(daemon_state *d, char *err, size_t errlen, int *code) {
+    const plan *p = d->p;
+    int n = 0;
+    for (int s = 0; s < p->nstages; s++) if (p->stages[s].keyed) n += 1 + p->stages[s].nnodes;
+    kafka_topic_spec *specs = calloc(n ? (size_t)n : 1, sizeof *specs);
+    char (*names)[512] = calloc(n ? (size_t)n : 1, sizeof *names);
+    int *stage_of = calloc(n ? (size_t)n : 1, sizeof *stage_of);
+    int ns = 0, rc = -1, why, at;
+    *code = 1;
+    if (!specs || !names || !stage_of) { snprintf(err, errlen, "out of memory"); goto err; }
+    for (int s = 0; s < p->nstages; s++) {
+        const stage *st = &p->stages[s];
+        if (!st->keyed) continue;
+        shuffle_repartition_topic(d->cfg, p->nodes[st->roots[0] - 1].uid, names[ns], sizeof names[ns]);
+        specs[ns] = (kafka_topic_spec){ .name = names[ns], .partitions = st->ntasks };
+        stage_of[ns++] = s;
+        for (int k = 0; k < st->nnodes; k++) {
+            const node *nd = &p->nodes[st->nodes[k] - 1];
+            if (!node_has_state(nd) || nd->kind == NODE_GLOBAL_TABLE) continue;
+            shuffle_changelog_topic(d->cfg, nd->uid, names[ns], sizeof names[ns]);
+            specs[ns] = (kafka_topic_spec){ .name = names[ns], .partitions = st->ntasks, .compacted = 1 };
+            stage_of[ns++] = s;
+        }
+    }
+    if (kafka_admin_ensure_topics(d->sh.kafka, specs, ns, 10000, &why, &at, err, errlen) == 0) { rc = 0; goto err; }
+    if (why == KA_PARTITIONS) {
+        /* what to do: the stage's parallelism comes from the key_by's own
+         * option or from the config's */
+        const stage *st = &p->stages[stage_of[at]];
+        const node *root = &p->nodes[st->roots[0] - 1];
+        int have = specs[at].have, own = opt_find(&root->opts, "parallelism") != NULL;
+        char fix[512];
+        if (have > d->cfg->max_parallelism) snprintf(fix, sizeof fix, "delete the topic");
+        else if (own) snprintf(fix, sizeof fix, "delete the topic or set the key_by's parallelism = %d (%s)", have,
+                               root->where);
+        else snprintf(fix, sizeof fix, "delete the topic or set parallelism = %d", have);
+        snprintf(err, errlen, "topic %s exists with %d partitions; shuffle = \"kafka\" needs %d (one per keyed "
+                 "task of stage %s, its parallelism): %s", specs[at].name, have, specs[at].partitions, st->name, fix);
+    }
+    if (why != KA_UNREACHABLE) *code = 2;
+err:
+    free(specs);
+    free(names);
+    free(stage_of);
+    return rc;
 }
 
 /* SIGTERM, SIGINT and SIGHUP: held from the start of a run until the event
@@ -562,10 +648,15 @@ static int start_tasks(daemon_state *d, const run_opts *o, int *code) {
     /* the admin server listens (and writes admin.addr) once it can answer:
      * before waiting for Kafka (503 meanwhile), else once the tasks are built */
     if (kafka_sources && admin_api_start(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
+    if (kafka_sources && open_group(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
     if (kafka_sources) {
         int w = wait_for_kafka(d, err, sizeof err);
         if (w < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
         if (w > 0) { log_info("stopped before Kafka answered"); *code = 0; return -1; }
+    }
+    if (d->cfg->shuffle == SHUFFLE_KAFKA && create_shuffle_topics(d, err, sizeof err, code) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        return -1;
     }
     if (build_tasks(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
     if (!kafka_sources && admin_api_start(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }

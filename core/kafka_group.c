@@ -1,6 +1,7 @@
 /* The Kafka consumer group (see source_kafka.h; its state: kafka_group_int.h). */
 #include "kafka_group_int.h"
 #include "kafka.h"
+#include "kafka_admin.h"
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
@@ -334,6 +335,7 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     g->k = k;
     g->cfg = cfg;
     g->hooks = hooks;
+    g->hooks.client_id = NULL;         /* (not kept: the consumer has it) */
     pthread_mutex_init(&g->mu, NULL);
     struct { const char *k, *v; } defaults[] = {
         {"group.id", cfg->name}, {"partition.assignment.strategy", "cooperative-sticky"},
@@ -344,6 +346,11 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) goto err;
+    /* shuffle = "kafka": how the other instances learn this one's admin address */
+    if (hooks.client_id && rd_kafka_conf_set(conf, "client.id", hooks.client_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "kafka: client.id %s: %s", hooks.client_id, e);
+        goto err;
+    }
     /* eddy commits what its sinks acknowledged; nothing else may commit */
     rd_kafka_conf_set(conf, "enable.auto.commit", "false", e, sizeof e);
     rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", e, sizeof e);
@@ -384,6 +391,8 @@ void kgroup_destroy(kgroup *g) {
         free(kp);
     }
     free(g->parts);
+    json_decref(g->members);
+    if (g->admin_rk) rd_kafka_destroy(g->admin_rk);
     if (g->rk) rd_kafka_destroy(g->rk);
     pthread_mutex_destroy(&g->mu);
     free(g);
@@ -579,3 +588,118 @@ void kgroup_metrics(kgroup *g, struct evbuffer *out) {
 }
 
 rd_kafka_consumer_group_metadata_t *kgroup_metadata(kgroup *g) { return rd_kafka_consumer_group_metadata(g->rk); }
+
+/* ---- the group's members ------------------------------------------------- */
+
+/* Big-endian reads of the ConsumerProtocol assignment; each moves *p past
+ * what it read, or fails (0) when fewer than the bytes it needs are left. */
+static int be16(const unsigned char **p, const unsigned char *end, int *v) {
+    if (end - *p < 2) return 0;
+    *v = (int16_t)(((*p)[0] << 8) | (*p)[1]);
+    *p += 2;
+    return 1;
+}
+
+static int be32(const unsigned char **p, const unsigned char *end, int32_t *v) {
+    if (end - *p < 4) return 0;
+    *v = (int32_t)(((uint32_t)(*p)[0] << 24) | ((uint32_t)(*p)[1] << 16) | ((uint32_t)(*p)[2] << 8) | (*p)[3]);
+    *p += 4;
+    return 1;
+}
+
+/* A member's assignment (ConsumerProtocolAssignment: int16 version, int32
+ * topics, each an int16-length topic name, int32 partitions and an int32 per
+ * partition; then the user data, ignored) as {"topic": [p, ...]}.  Owned;
+ * NULL when malformed.  An empty assignment (none yet) is {}. */
+static json_t *assignment_json(const void *data, int n) {
+    const unsigned char *p = data, *end = p + (n > 0 ? n : 0);
+    json_t *out = json_object();
+    int version, len;
+    int32_t ntopics, nparts, part;
+    if (n <= 0) return out;
+    if (!be16(&p, end, &version) || !be32(&p, end, &ntopics) || ntopics < 0) goto bad;
+    for (int32_t t = 0; t < ntopics; t++) {
+        if (!be16(&p, end, &len) || len < 0 || end - p < len) goto bad;
+        char topic[256];
+        snprintf(topic, sizeof topic, "%.*s", len, (const char *)p);
+        p += len;
+        if (!be32(&p, end, &nparts) || nparts < 0) goto bad;
+        json_t *a = json_object_get(out, topic);
+        if (!a) json_object_set_new(out, topic, a = json_array());
+        for (int32_t i = 0; i < nparts; i++) {
+            if (!be32(&p, end, &part)) goto bad;
+            json_array_append_new(a, json_integer(part));
+        }
+    }
+    return out;
+bad:
+    json_decref(out);
+    return NULL;
+}
+
+/* One member: what its client.id "eddy/<instance>/<admin>" says, its host
+ * and its assignment. */
+static json_t *member_json(const struct rd_kafka_group_member_info *m) {
+    const char *cid = m->client_id ? m->client_id : "";
+    const char *host = m->client_host ? m->client_host : "";
+    if (*host == '/') host++;                         /* the broker writes "/127.0.0.1" */
+    json_t *j = json_pack("{s:s, s:s, s:s}", "member_id", m->member_id ? m->member_id : "", "client_id", cid,
+                          "host", host);
+    const char *inst = strncmp(cid, "eddy/", 5) == 0 ? cid + 5 : NULL;
+    const char *slash = inst ? strchr(inst, '/') : NULL;
+    json_object_set_new(j, "instance", slash ? json_stringn(inst, (size_t)(slash - inst)) : json_null());
+    const char *admin = slash && slash[1] ? slash + 1 : NULL;
+    if (admin) {
+        /* bound to every address: reach it at the address the broker sees */
+        char a[512];
+        if (strncmp(admin, "0.0.0.0:", 8) == 0 && *host) snprintf(a, sizeof a, "%s:%s", host, admin + 8);
+        else if (strncmp(admin, "[::]:", 5) == 0 && *host)
+            snprintf(a, sizeof a, strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, admin + 5);
+        else snprintf(a, sizeof a, "%s", admin);
+        json_object_set_new(j, "admin", json_string(a));
+    } else {
+        json_object_set_new(j, "admin", json_null());
+    }
+    json_t *parts = assignment_json(m->member_assignment, m->member_assignment_size);
+    json_object_set_new(j, "partitions", parts ? parts : json_object());
+    if (!parts) json_object_set_new(j, "assignment_error", json_string("the assignment could not be read"));
+    return j;
+}
+
+json_t *kgroup_members(kgroup *g, int timeout_ms, char *err, size_t errlen) {
+    int64_t now = clock_mono_ms();
+    if (!g->members_at || now - g->members_at >= KG_MEMBERS_CACHE_MS) {
+        const struct rd_kafka_group_list *gl = NULL;
+        json_decref(g->members);
+        g->members = NULL;
+        /* not through the consumer: the broker would answer only after the
+         * fetch waiting ahead on its connection (fetch.wait.max.ms) */
+        if (!g->admin_rk) g->admin_rk = kafka_admin_client(g->k, g->members_err, sizeof g->members_err);
+        rd_kafka_resp_err_t e = g->admin_rk ? rd_kafka_list_groups(g->admin_rk, g->cfg->name, &gl, timeout_ms)
+                                            : RD_KAFKA_RESP_ERR__FAIL;
+        if (!g->admin_rk) {
+            /* members_err says why */
+        } else if (e && e != RD_KAFKA_RESP_ERR__PARTIAL) {
+            snprintf(g->members_err, sizeof g->members_err, "cannot describe group '%s': %s", g->cfg->name,
+                     rd_kafka_err2str(e));
+        } else {
+            const struct rd_kafka_group_info *gi = NULL;
+            for (int i = 0; gl && i < gl->group_cnt; i++)
+                if (strcmp(gl->groups[i].group, g->cfg->name) == 0) gi = &gl->groups[i];
+            if (!gi) {
+                snprintf(g->members_err, sizeof g->members_err, "the brokers do not know group '%s' yet", g->cfg->name);
+            } else if (gi->err) {
+                snprintf(g->members_err, sizeof g->members_err, "cannot describe group '%s': %s", g->cfg->name,
+                         rd_kafka_err2str(gi->err));
+            } else {
+                json_t *ms = json_array();
+                for (int i = 0; i < gi->member_cnt; i++) json_array_append_new(ms, member_json(&gi->members[i]));
+                g->members = json_pack("{s:s, s:o}", "state", gi->state ? gi->state : "", "members", ms);
+            }
+        }
+        if (gl) rd_kafka_group_list_destroy(gl);
+        g->members_at = clock_mono_ms();
+    }
+    if (!g->members) { snprintf(err, errlen, "%s", g->members_err); return NULL; }
+    return json_incref(g->members);
+}

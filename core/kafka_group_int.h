@@ -59,6 +59,10 @@ struct kgroup {
     pthread_mutex_t mu;            /* down[] (read by the admin thread... and the event loop) */
     char down[512];
     int64_t last_down_log;
+    rd_kafka_t *admin_rk;          /* kgroup_members' client (kafka_admin_client), made on first use */
+    json_t *members;               /* kgroup_members' last answer (NULL: its error), and when (event loop) */
+    char members_err[512];
+    int64_t members_at;            /* 0: never asked */
 };
 
 #endif

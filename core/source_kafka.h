@@ -10,7 +10,8 @@
  * committed and the partition given up.  eddy commits offsets itself, never
  * librdkafka's auto-commit.  Two files: kafka_group.c (the group) and
  * source_kafka.c (a partition, as the source kind "kafka" of source.h).
- * Calls librdkafka, jansson, kafka (connection properties), batch and log. */
+ * Calls librdkafka, jansson, kafka (connection properties), kafka_admin (a
+ * client of its own for describing the group), batch and log. */
 #ifndef EDDY_SOURCE_KAFKA_H
 #define EDDY_SOURCE_KAFKA_H
 
@@ -33,6 +34,9 @@ typedef struct kgroup_hooks {
     /* exactly_once (NULL otherwise): a revocation commits a checkpoint of
      * what was read first, instead of draining.  0, or -1 when it failed. */
     int (*checkpoint)(void *ud);
+    /* Not a hook: the consumer's client.id, which the group's other members
+     * read (kgroup_members), or NULL for librdkafka's default.  Copied. */
+    const char *client_id;
 } kgroup_hooks;
 
 /* The group's consumer, with the config's kafka properties.  Owned, or NULL with err. */
@@ -59,6 +63,16 @@ void kgroup_close(kgroup *g, int commit);
 /* Why Kafka is unusable now ("all brokers down: ..."), or NULL. */
 const char *kgroup_down(kgroup *g, char *buf, size_t len);
 json_t *kgroup_status(kgroup *g);              /* owned: the assignment, per partition */
+/* The group's members as the brokers describe them (a blocking request of
+ * at most timeout_ms; the answer is kept for KG_MEMBERS_CACHE_MS, a failure
+ * too): {"state": "Stable", "members": [{"instance", "admin", "host",
+ * "client_id", "partitions": {"topic": [p, ...]}}]}, where instance and
+ * admin come from a client.id "eddy/<instance>/<admin host:port>" (null for
+ * a member with another client.id; an admin host 0.0.0.0 or :: becomes the
+ * member's host as the broker sees it) and partitions from its assignment.
+ * Owned, or NULL with err.  Event loop. */
+#define KG_MEMBERS_CACHE_MS 1000
+json_t *kgroup_members(kgroup *g, int timeout_ms, char *err, size_t errlen);
 /* Prometheus families: lag, offsets, rebalances. */
 struct evbuffer;
 void kgroup_metrics(kgroup *g, struct evbuffer *out);

@@ -58,13 +58,20 @@ static json_t *fake_reload(void *ud, const char *query, int *http_status)
     return json_pack("{s:s}", "error", "pipeline.lua:3: unexpected symbol near 'end'");
 }
 
-/* Echoes what it was given; /state/words/missing has no state. */
-static json_t *fake_prefixed(void *ud, const char *path, const char *query, int *http_status)
+/* Echoes what it was given; /state/words/missing has no state;
+ * /state/words/elsewhere is another instance's (a 307 naming it). */
+static json_t *fake_prefixed(void *ud, const char *path, const char *query, int *http_status,
+                             struct evkeyvalq *headers)
 {
     (void)ud;
     if (strcmp(path, "/state/words/missing") == 0) {
         *http_status = 404;
         return NULL;
+    }
+    if (strcmp(path, "/state/words/elsewhere") == 0) {
+        *http_status = 307;
+        evhttp_add_header(headers, "Location", "http://127.0.0.1:1/state/words/elsewhere");
+        return json_pack("{s:s}", "owner", "127.0.0.1:1");
     }
     return json_pack("{s:s,s:s}", "path", path, "query", query);
 }
@@ -84,6 +91,7 @@ struct reply {
     char body[4096];
     char ctype[128];
     char allow[128];
+    char location[256];
 };
 
 static void copy_header(struct evhttp_request *req, const char *name, char *dst, size_t len)
@@ -103,6 +111,7 @@ static void on_reply(struct evhttp_request *req, void *arg)
         r->body[n < 0 ? 0 : n] = '\0';
         copy_header(req, "Content-Type", r->ctype, sizeof r->ctype);
         copy_header(req, "Allow", r->allow, sizeof r->allow);
+        copy_header(req, "Location", r->location, sizeof r->location);
     }
     event_base_loopbreak(base);
 }
@@ -276,6 +285,17 @@ TEST(prefixed_gets_reach_get_prefixed_with_path_and_query)
     CHECK(r.code == 404);
     doc = json_loads(r.body, 0, NULL);
     CHECK(json_is_string(json_object_get(doc, "error")));
+    json_decref(doc);
+}
+
+TEST(prefixed_gets_may_redirect_with_a_location_header)
+{
+    struct reply r;
+    fetch(port, EVHTTP_REQ_GET, "/state/words/elsewhere", &r);
+    CHECK(r.code == 307);
+    CHECK_STR(r.location, "http://127.0.0.1:1/state/words/elsewhere");
+    json_t *doc = json_loads(r.body, 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(doc, "owner")), "127.0.0.1:1");
     json_decref(doc);
 }
 
@@ -501,6 +521,7 @@ int main(void)
     RUN(unknown_path_answers_404_json_error);
     RUN(wrong_method_on_a_known_path_answers_405_with_allow);
     RUN(prefixed_gets_reach_get_prefixed_with_path_and_query);
+    RUN(prefixed_gets_may_redirect_with_a_location_header);
     RUN(prefixed_gets_answer_404_without_a_handler);
     RUN(addr_file_holds_the_bound_address_and_nothing_is_left_beside_it);
     RUN(addr_file_in_a_missing_directory_is_an_error);

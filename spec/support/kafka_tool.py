@@ -7,6 +7,7 @@ transactional producer.  Through Debian's python3-confluent-kafka (librdkafka).
   kafka_tool.py alter BOOT TOPIC KEY=VALUE ...
   kafka_tool.py committed BOOT GROUP TOPIC    # "PARTITION OFFSET" lines (-1: none)
   kafka_tool.py fence BOOT TRANSACTIONAL_ID   # init_transactions with that id
+  kafka_tool.py describe BOOT TOPIC           # "partitions N" and "cleanup.policy P" lines
 
 Exit status 1 with the reason on stderr when the broker refuses.
 """
@@ -75,8 +76,20 @@ def fence(boot, txn_id):
     p.init_transactions(TIMEOUT)
 
 
+def describe(boot, topic):
+    admin = AdminClient({"bootstrap.servers": boot})
+    # every topic: asking for this one could create it (auto.create.topics.enable)
+    md = admin.list_topics(timeout=TIMEOUT).topics.get(topic)
+    if md is None or md.error is not None:
+        raise SystemExit("kafka_tool: no topic %s (%s)" % (topic, md.error if md else "not listed"))
+    print("partitions", len(md.partitions))
+    res = ConfigResource("topic", topic)
+    for f in admin.describe_configs([res], request_timeout=TIMEOUT).values():
+        print("cleanup.policy", f.result()["cleanup.policy"].value)
+
+
 def main(argv):
-    cmds = {"create": create, "alter": alter, "committed": committed, "fence": fence}
+    cmds = {"create": create, "alter": alter, "committed": committed, "fence": fence, "describe": describe}
     if len(argv) < 3 or argv[1] not in cmds:
         sys.exit(__doc__)
     try:
