@@ -632,6 +632,126 @@ kafka_table() {
     )
 }
 
+# scaleout: shuffle = "kafka" across instances (contract.md, "Scale-out with
+# state"), on one real broker (scripts/kafka-broker.sh, in
+# bench-out/scaleout/broker).  The first input file (BENCH_RECORDS records)
+# is loaded once into a 12-partition topic without keys (so a user's records
+# are spread over every partition); the job (scripts/bench/scaleout/) counts
+# per user in value state and writes one {user, n} per record, exactly_once
+# (a checkpoint every BENCH_KAFKA_INTERVAL_MS, default 2000), read_committed.
+# Rows: shuffle = "local" on one instance, then shuffle = "kafka" on 1, 2
+# and 3 instances (BENCH_SCALEOUT_INSTANCES), all started together, each
+# instance with threads = 2 and the keyed stage at parallelism 6.  Each row
+# reads the input from its start in a new group into a new output topic;
+# its time is until its output reached the input's count, then every
+# instance is stopped (SIGTERM) and the output counted again to the end.
+# All instances share this machine (2 cores) with the broker: records/s per
+# instance falls with more instances here; records per CPU second shows what
+# the shuffle costs.
+bench_scaleout() {
+    local sdir=$OUT/scaleout bdir=$OUT/scaleout/broker kb=$OUT/scaleout/kbench brokers
+    local interval=${BENCH_KAFKA_INTERVAL_MS:-2000} parts=12 nrec=$BENCH_RECORDS
+    local counts=${BENCH_SCALEOUT_INSTANCES:-"1 2 3"}
+    rm -rf "$sdir" && mkdir -p "$sdir"
+    command -v kcat >/dev/null || { notes+=("scaleout: FAILED: kcat is not installed (scripts/install-deps.sh)"); status=1; return; }
+    cc -O2 -o "$kb" scripts/bench/kafka/kbench.c -lrdkafka -ljansson
+    if ! brokers=$(scripts/kafka-broker.sh start "$bdir" | head -n 1) || [ -z "$brokers" ]; then
+        notes+=("scaleout: FAILED: the broker did not start (scripts/kafka-broker.sh start ${bdir#"$ROOT"/})")
+        status=1
+        return
+    fi
+    # shellcheck disable=SC2064  # the folder is known now
+    trap "scripts/kafka-broker.sh stop '$bdir' || true" EXIT
+    "$kb" topic "$brokers" scale-in "$parts"
+    local load_s=$SECONDS
+    if ! kcat -P -b "$brokers" -t scale-in -X linger.ms=50 -X batch.num.messages=10000 <"$INPUT/part-1.jsonl" \
+            >"$sdir/load.log" 2>&1; then
+        notes+=("scaleout: FAILED: kcat could not load the input (see ${sdir#"$ROOT"/}/load.log)")
+        status=1
+        scripts/kafka-broker.sh stop "$bdir" || true
+        trap - EXIT
+        return
+    fi
+    load_s=$((SECONDS - load_s))
+    local srows=() n
+    scaleout_run local 1
+    for n in $counts; do scaleout_run kafka "$n"; done
+    scripts/kafka-broker.sh stop "$bdir" || true
+    trap - EXIT
+    notes+=("" "scaleout: $nrec records over 100000 users, unkeyed in a $parts-partition topic (loaded in ${load_s} s); a running count per user, exactly_once, checkpoint every ${interval} ms; every instance threads = 2, parallelism 6, on this machine ($(nproc) cores) beside the broker")
+    notes+=("records/s = the last 90% of the records / the time from 10% to 100% of the output; per instance = records/s / instances; whole run = records / time from start until the output was complete; rec/CPU-s = records / CPU seconds of all instances; ratios against shuffle=local on one instance")
+    local line
+    while IFS= read -r line; do notes+=("$line"); done < <(
+        {
+            printf 'row\trecords/s\tper instance\twhole run\tCPU s\trec/CPU-s\tpeak RSS MB\tvs local rec/s\tvs local per inst.\tvs local rec/CPU-s\tnote\n'
+            printf '%s\n' "${srows[@]}" | awk -F '\t' '
+                NR == 1 { br = $2; bp = $3; bc = $6 }
+                function ratio(a, b) { return (a > 0 && b > 0 && a != "-" && b != "-") ? sprintf("%.2fx", a / b) : "-" }
+                { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", $1, $2, $3, $4, $5, $6, $7,
+                    ratio($2, br), ratio($3, bp), ratio($6, bc), $8 }'
+        } | awk -F '\t' '{ printf "%-20s %10s %12s %10s %7s %10s %12s %15s %18s %18s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }'
+    )
+}
+
+# scaleout_run SHUFFLE N: one row of bench_scaleout: N instances of the job
+# in their own folder, a new group and output topic; adds a line to srows:
+# name, records/s, per instance, whole run, CPU s, rec/CPU-s, peak RSS MB
+# (the largest instance), note.
+scaleout_run() {
+    local shuffle=$1 n=$2
+    local name="$shuffle x$n" dir=$sdir/$shuffle-$n out=scale-out-$shuffle-$n group=bench-scale-$shuffle-$n-$$
+    local want=$nrec
+    rm -rf "$dir" && mkdir -p "$dir"
+    sed -e "s/@IN@/scale-in/; s/@OUT@/$out/" scripts/bench/scaleout/pipeline.lua >"$dir/pipeline.lua"
+    "$kb" topic "$brokers" "$out" 4
+    echo "bench: scaleout: shuffle = \"$shuffle\", $n instance(s)"
+    local i tpids=()
+    for i in $(seq 1 "$n"); do
+        sed -e "s/@NAME@/$group/; s/@SHUFFLE@/$shuffle/; s/@BROKERS@/$brokers/; s|@STATE@|state-$i|" \
+            -e "s/@INTERVAL@/$((interval / 1000))s/" scripts/bench/scaleout/eddy.conf.lua >"$dir/i$i.conf.lua"
+        (cd "$dir" && exec /usr/bin/time -o "time-$i.txt" -f "%e %M %U %S" \
+            timeout -k 10 "$BENCH_TIMEOUT" "$EDDY_BIN" run "i$i.conf.lua" >"run-$i.log" 2>&1) &
+        tpids+=($!)
+    done
+    local crc=0
+    "$kb" count "$brokers" "$out" "$want" 120 >"$dir/count.txt" 2>&1 || crc=$?
+    local tp pid early=""
+    for tp in "${tpids[@]}"; do
+        # time(1) runs timeout(1), which runs eddy
+        pid=$(pgrep -P "$(pgrep -P "$tp" || echo 0)" || true)
+        if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; else early=1; fi
+    done
+    local note=""
+    for tp in "${tpids[@]}"; do
+        for i in $(seq 1 600); do kill -0 "$tp" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$tp" 2>/dev/null; then
+            note="an instance did not stop within 60 s of SIGTERM; "
+            pkill -KILL -P "$(pgrep -P "$tp" || echo 0)" 2>/dev/null || true
+        fi
+        wait "$tp" || true
+    done
+    local mark secs got total cpu rss
+    mark=$(awk '$1 == "mark" { print $2 }' "$dir/count.txt")
+    read -r got secs < <(awk '$1 == "count" { print $2, $3 }' "$dir/count.txt")
+    total=$("$kb" count "$brokers" "$out" 0 0 | awk '$1 == "count" { print $2 }')
+    read -r cpu rss < <(for i in $(seq 1 "$n"); do tail -n 1 "$dir/time-$i.txt"; done |
+        awk '{ c += $3 + $4; if ($2 > m) m = $2 } END { printf "%.1f %.0f\n", c, m / 1024 }')
+    if [ "$crc" -ne 0 ] || [ "${total:-0}" != "$want" ]; then
+        status=1
+        note+="FAILED: ${total:-no} output records, expected $want"
+        [ -n "$early" ] && note+="; an instance exited early"
+        note+=" (see ${dir#"$ROOT"/}/run-*.log)"
+        for i in $(seq 1 "$n"); do tail -n 20 "$dir/run-$i.log" | sed "s|^|  $name #$i: |" >&2; done
+        srows+=("$name	-	-	-	${cpu:--}	-	${rss:--}	$note")
+        return
+    fi
+    note+="complete after $secs s"
+    srows+=("$(awk -v nm="$name" -v r="$nrec" -v s="$secs" -v m10="${mark:-0}" -v c="$cpu" -v m="$rss" -v k="$n" -v note="$note" \
+        'BEGIN { if (s <= 0) s = 0.01; d = s - m10; if (d <= 0) d = 0.01; if (c <= 0) c = 0.01
+                 rs = 0.9 * r / d
+                 printf "%s\t%.0f\t%.0f\t%.0f\t%s\t%.0f\t%s\t%s", nm, rs, rs / k, r / s, c, r / c, m, note }')")
+}
+
 # ------------------------------------------------------------------------------
 
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
