@@ -130,6 +130,7 @@ int task_add_output(task *t, int stage, channel **targets, int ntargets) {
     if (!outs) return -1;
     t->outs = outs;
     out_port *op = &t->outs[t->nouts];
+    memset(op, 0, sizeof *op);          /* (realloc leaves the shuffle fields, fbuf too, uninitialised) */
     op->stage = stage;
     op->ntargets = ntargets;
     op->ch = targets;
