@@ -36,7 +36,8 @@ struct acks {
 
 /* A marker from one task of source stage s is forwarded by every task that
  * receives a copy to every task of each stage it feeds; each copy received
- * is one report.  R(s) = 1; R(d) = ntasks(d) * sum of R(u) over the stages u
+ * is one report (a stage reading a repartition topic, shuffle = "kafka",
+ * is a source stage of its own).  R(s) = 1; R(d) = ntasks(d) * sum of R(u) over the stages u
  * feeding d; a marker needs the sum of R. */
 static long count_reports(const plan *p, int s) {
     int n = p->nstages;
@@ -46,7 +47,9 @@ static long count_reports(const plan *p, int s) {
     for (int u = 0; u < n; u++)
         for (int k = 0; k < p->stages[u].nnodes; k++) {
             const node *nd = &p->nodes[p->stages[u].nodes[k] - 1];
-            if (nd->kind == NODE_KEY_BY && nd->stage_out >= 0 && nd->stage_out < n) feeds[u * n + nd->stage_out] = 1;
+            /* (a keyed stage read from Kafka, shuffle = "kafka", reports its own markers) */
+            if (nd->kind == NODE_KEY_BY && nd->stage_out >= 0 && nd->stage_out < n && p->stages[nd->stage_out].source < 0)
+                feeds[u * n + nd->stage_out] = 1;
         }
     r[s] = 1;
     for (int round = 0; round < n; round++)          /* the stage graph is acyclic: n rounds settle it */
@@ -69,7 +72,7 @@ acks *acks_create(const plan *p, acks_done_fn done, void *ud) {
     a->nstages = p->nstages;
     a->expected = calloc(p->nstages ? p->nstages : 1, sizeof *a->expected);
     if (!a->expected) { free(a); return NULL; }
-    for (int s = 0; s < p->nstages; s++) a->expected[s] = p->stages[s].keyed ? 0 : count_reports(p, s);
+    for (int s = 0; s < p->nstages; s++) a->expected[s] = p->stages[s].source < 0 ? 0 : count_reports(p, s);
     pthread_mutex_init(&a->mu, NULL);
     a->done = done;
     a->ud = ud;

@@ -397,6 +397,17 @@ static void operator_metrics(const daemon_state *d, struct evbuffer *out) {
     for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_late_records_dropped_total", 0);
     metrics_family(out, "eddy_open_windows", "gauge", "Windows holding state, per operator and task.");
     for (int i = 0; i < d->ntasks; i++) task_window_samples(d->tasks[i], out, "eddy_open_windows", 1);
+    struct { const char *name, *type, *help; } restore[] = {
+        {"eddy_restore_records_total", "counter", "Changelog records a keyed task's last restore applied (shuffle = \"kafka\")."},
+        {"eddy_restore_bytes_total", "counter", "Changelog bytes a keyed task's last restore applied."},
+        {"eddy_restore_remaining_records", "gauge", "Changelog records a restore in progress has left (estimate)."},
+        {"eddy_restore_records_per_second", "gauge", "The rate of a keyed task's last restore."},
+        {"eddy_standby_records_total", "counter", "Changelog records a standby copy of a keyed task applied."},
+    };
+    for (int m = 0; m < 5 && d->cfg->shuffle == SHUFFLE_KAFKA; m++) {
+        metrics_family(out, restore[m].name, restore[m].type, restore[m].help);
+        for (int i = 0; i < d->ntasks; i++) task_restore_samples(d->tasks[i], out, restore[m].name, m);
+    }
     metrics_family(out, "eddy_watermark_lag_ms", "gauge",
                    "Wall-clock time minus a task's event-time watermark (tasks that have one).");
     int64_t now = clock_wall_ms();

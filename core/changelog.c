@@ -129,25 +129,37 @@ static int wipe_range(state_db *db, const char *uid, size_t ul, char sep, uint32
     return state_delete_range(db, from, ul + 3, to, ul + 3, err, errlen);
 }
 
-int changelog_wipe(const changelog *c, state_db *db, const uint32_t *kgs, int nkgs, char *err, size_t errlen) {
-    for (int i = 0; i < c->n; i++) {
+int changelog_wipe_ops(state_db *db, const char *const *uids, int nuids, int partition, const uint32_t *kgs,
+                       int nkgs, char *err, size_t errlen) {
+    for (int i = 0; i < nuids; i++) {
         char helper[600];
-        snprintf(helper, sizeof helper, "%s#records", c->logs[i].uid);
-        const char *uids[2] = { c->logs[i].uid, helper };
+        snprintf(helper, sizeof helper, "%s#records", uids[i]);
+        const char *us[2] = { uids[i], helper };
         for (int u = 0; u < 2; u++)
             for (int g = 0; g < nkgs; g++)
                 for (char sep = 0; sep < MARKS_SEP; sep++)
-                    if (wipe_range(db, uids[u], strlen(uids[u]), sep, kgs[g], err, errlen) < 0) return -1;
+                    if (wipe_range(db, us[u], strlen(us[u]), sep, kgs[g], err, errlen) < 0) return -1;
     }
-    state_key k = {0};
-    int rc = -1;
-    if (changelog_marks_key(c, &k) == 0) {
-        char to[700];
-        memcpy(to, k.p, k.len);
-        to[k.len] = 0;
-        rc = state_delete_range(db, k.p, k.len, to, k.len + 1, err, errlen);
-    }
-    state_key_free(&k);
+    if (nuids == 0) return 0;
+    /* the marks: uid[0] 0x03 partition(2) */
+    size_t ul = strlen(uids[0]);
+    char from[600], to[600];
+    if (ul + 4 > sizeof from) { snprintf(err, errlen, "uid too long"); return -1; }
+    memcpy(from, uids[0], ul);
+    from[ul] = MARKS_SEP;
+    from[ul + 1] = (char)(partition >> 8);
+    from[ul + 2] = (char)partition;
+    memcpy(to, from, ul + 3);
+    to[ul + 3] = 0;
+    return state_delete_range(db, from, ul + 3, to, ul + 4, err, errlen);
+}
+
+int changelog_wipe(const changelog *c, state_db *db, const uint32_t *kgs, int nkgs, char *err, size_t errlen) {
+    const char **uids = calloc((size_t)c->n, sizeof *uids);
+    if (!uids) { snprintf(err, errlen, "out of memory"); return -1; }
+    for (int i = 0; i < c->n; i++) uids[i] = c->logs[i].uid;
+    int rc = changelog_wipe_ops(db, uids, c->n, c->partition, kgs, nkgs, err, errlen);
+    free(uids);
     return rc;
 }
 
@@ -160,6 +172,7 @@ struct changelog_restore {
     int *done;                 /* [n]: read to its end */
     int64_t *pos, *high;       /* [n] */
     int left;                  /* partitions not at their end yet */
+    int follow;                /* a standby: read on past the end */
     int64_t records, bytes;
 };
 
@@ -218,12 +231,13 @@ static int index_of(const changelog_restore *r, const char *topic) {
     return -1;
 }
 
-int changelog_restore_step(changelog_restore *r, state_tx *tx, int max, int *done, char *err, size_t errlen) {
+int changelog_restore_step(changelog_restore *r, state_tx *tx, int max, int wait_ms, int *done, char *err,
+                           size_t errlen) {
     *done = r->left == 0;
     int applied = 0;
     rd_kafka_message_t *msgs[512];
-    while (!*done && applied < max) {
-        ssize_t n = rd_kafka_consume_batch_queue(r->q, 100, msgs, 512);
+    while ((r->follow || !*done) && applied < max) {
+        ssize_t n = rd_kafka_consume_batch_queue(r->q, applied ? 0 : wait_ms, msgs, 512);
         if (n <= 0) break;
         for (ssize_t i = 0; i < n; i++) {
             rd_kafka_message_t *m = msgs[i];
@@ -267,6 +281,14 @@ void changelog_restore_progress(const changelog_restore *r, int64_t *records, in
 }
 
 int64_t changelog_restore_position(const changelog_restore *r, int i) { return r->pos[i]; }
+
+int64_t *changelog_restore_positions(const changelog_restore *r) {
+    int64_t *p = malloc(sizeof *p * (size_t)r->c->n);
+    if (p) memcpy(p, r->pos, sizeof *p * (size_t)r->c->n);
+    return p;
+}
+
+void changelog_restore_follow(changelog_restore *r) { r->follow = 1; }
 
 void changelog_restore_end(changelog_restore *r) {
     if (!r) return;

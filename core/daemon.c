@@ -97,6 +97,22 @@ int daemon_check(const char *path) {
     return 0;
 }
 
+/* standby = N: which keyed tasks owned elsewhere this instance keeps warm
+ * copies of, from the group's members (about once a second). */
+static void plan_standby(daemon_state *d) {
+    char err[512];
+    json_t *members = kgroup_members(d->group, 500, err, sizeof err);
+    if (!members) return;                        /* (asked again next time) */
+    for (int i = 0; i < d->ntasks; i++) {
+        task *t = d->tasks[i];
+        if (!task_is_remote_keyed(t)) continue;
+        const stage *st = &d->p->stages[task_stage(t)];
+        task_set_standby(t, shuffle_standby_of(members, d->instance, shuffle_stage_topic(d->p, st), task_index(t),
+                                               d->cfg->standby));
+    }
+    json_decref(members);
+}
+
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
@@ -120,6 +136,10 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     }
     for (int i = 0; i < d->ntasks; i++)
         if (task_pollable(d->tasks[i]) && task_status(d->tasks[i]) == TASK_RUNNING) sched_wake(d->tasks[i]);
+    if (d->cfg->standby > 0 && d->group && d->workers_running && ++d->standby_ticks * POLL_TICK_MS >= 1000) {
+        d->standby_ticks = 0;
+        plan_standby(d);
+    }
 }
 
 /* ---- lifecycle --------------------------------------------------------- */

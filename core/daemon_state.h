@@ -47,6 +47,7 @@ typedef struct daemon_state {
     int64_t started_ms;
     char poison_path[PATH_MAX];
     kgroup *group;                /* the consumer of Kafka sources, or NULL */
+    int standby_ticks;            /* polls since the standby copies were last planned (event loop) */
     char instance[17];            /* shuffle = "kafka": this instance's id (state.dir/instance), else "" */
     ckpt *ckpt;                   /* checkpoints (exactly_once), or NULL */
     struct event *ckpt_ev, *ckpt_poll_ev;   /* every checkpoint.interval; while one is running */

@@ -67,6 +67,37 @@ const char *shuffle_stage_topic(const plan *p, const stage *st) {
     return p->sources[st->source].topics[0];
 }
 
+static int by_string(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int shuffle_standby_of(json_t *members, const char *me, const char *topic, int partition, int n) {
+    json_t *ms = json_object_get(members, "members");
+    size_t count = json_array_size(ms);
+    if (count < 2 || n <= 0) return 0;
+    const char **ids = calloc(count, sizeof *ids);
+    if (!ids) return 0;
+    int nids = 0;
+    const char *owner = NULL;
+    for (size_t i = 0; i < count; i++) {
+        json_t *m = json_array_get(ms, i);
+        const char *id = json_string_value(json_object_get(m, "instance"));
+        if (!id) continue;
+        ids[nids++] = id;
+        json_t *ps = json_object_get(json_object_get(m, "partitions"), topic);
+        for (size_t k = 0; k < json_array_size(ps); k++)
+            if (json_integer_value(json_array_get(ps, k)) == partition) owner = id;
+    }
+    int yes = 0;
+    if (owner && strcmp(owner, me) != 0) {
+        qsort(ids, (size_t)nids, sizeof *ids, by_string);
+        int at = 0;
+        while (at < nids && strcmp(ids[at], owner) != 0) at++;
+        for (int k = 1; k <= n && k < nids; k++)
+            if (strcmp(ids[(at + k) % nids], me) == 0) yes = 1;
+    }
+    free(ids);
+    return yes;
+}
+
 static int is_id(const char *s) {
     if (strlen(s) != 16) return 0;
     for (int i = 0; i < 16; i++) if (!strchr("0123456789abcdef", s[i])) return 0;

@@ -26,6 +26,13 @@ int shuffle_plan(struct plan *p, const config *cfg, char *err, size_t errlen);
 struct stage;
 const char *shuffle_stage_topic(const struct plan *p, const struct stage *st);
 
+/* standby = n: whether instance `me` keeps a warm copy of the keyed task
+ * that is partition `partition` of `topic`, given the group's members (as
+ * kgroup_members describes them): the n instances after its owner, in the
+ * order of their ids, do.  0 when no one owns it, or me does. */
+#include <jansson.h>
+int shuffle_standby_of(json_t *members, const char *me, const char *topic, int partition, int n);
+
 /* This instance's id: read from state.dir/instance, or made (16 hex digits
  * from /dev/urandom) and written there on the first run.  0, or -1 with err. */
 int shuffle_instance_id(const char *state_dir, char out[17], char *err, size_t errlen);

@@ -130,7 +130,7 @@ int task_add_output(task *t, int stage, channel **targets, int ntargets) {
     if (!outs) return -1;
     t->outs = outs;
     out_port *op = &t->outs[t->nouts];
-    memset(op, 0, sizeof *op);          /* (realloc leaves the shuffle fields, fbuf too, uninitialised) */
+    memset(op, 0, sizeof *op);
     op->stage = stage;
     op->ntargets = ntargets;
     op->ch = targets;
@@ -777,6 +777,7 @@ void task_destroy(task *t) {
         for (int i = 0; i < t->outs[o].ntargets; i++) batch_destroy(t->outs[o].pending[i]);
         free(t->outs[o].pending);
         free(t->outs[o].ch);
+        free(t->outs[o].fbuf);
     }
     free(t->outs);
     free(t->in);

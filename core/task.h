@@ -80,6 +80,15 @@ void task_destroy(task *t);     /* NULL is a no-op */
 int task_add_input(task *t, channel *c);
 int task_add_remote_input(task *t, channel *c, task *up);   /* c NULL: through Kafka, from up */
 int task_ninputs(const task *t);
+/* standby = N (event loop): whether this instance keeps a warm copy of keyed
+ * task t's state while another owns it (task_shuffle.c). */
+void task_set_standby(task *t, int on);
+int task_is_remote_keyed(const task *t);
+/* A keyed task's restore (shuffle = "kafka") as metric samples: which 0
+ * records and 1 bytes restored, 2 records left, 3 records/s, 4 records its
+ * standby copy applied. */
+struct evbuffer;
+void task_restore_samples(task *t, struct evbuffer *out, const char *name, int which);        /* a keyed task reading a repartition partition */
 /* Registers the channels to a downstream stage (takes ownership of the array, not the channels). */
 int task_add_output(task *t, int stage, channel **targets, int ntargets);
 /* shuffle = "kafka": the downstream stage's tasks are the ntargets
@@ -129,6 +138,7 @@ int task_flush_outputs(task *t);
 
 const char *task_name(const task *t);      /* any thread */
 int task_index(const task *t);             /* within its stage */
+int task_stage(const task *t);             /* its stage's id */
 int task_source(const task *t);            /* a source task's source index, or -1 */
 int task_status(const task *t);            /* TASK_*; any thread */
 const char *task_status_name(int status);  /* "running", "done", "failed" */

@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 #include "shuffle.h"
 #include "source.h"
 #include "timer.h"
@@ -27,8 +28,13 @@ struct shuffle_in {
     int64_t restore_from_ms;
     state_key mk;               /* the key of the input watermarks */
     char *marks; size_t mlen, mcap;   /* them as last written */
-    _Atomic int64_t r_records, r_bytes, r_left;   /* the last restore's progress (for /status) */
+    _Atomic int64_t r_records, r_bytes, r_left, r_ms;   /* the last restore's progress (/status, /metrics) */
     atomic_int restoring;
+    atomic_int standby;         /* keep a warm copy while another instance owns the task (standby = N) */
+    atomic_int standby_on;      /* a warm copy is kept (for /status) */
+    _Atomic int64_t w_records;  /* records it applied */
+    changelog_restore *warm;    /* the copy being kept: the changelogs followed */
+    int64_t *warm_from;         /* where a takeover's restore goes on from (NULL: the beginning, after a wipe) */
     int64_t log_window; int log_count;
 };
 
@@ -110,6 +116,7 @@ void task_shuffle_close(task *t) {
     struct shuffle_in *in = t->rin;
     if (!in) return;
     changelog_restore_end(in->restore);
+    changelog_restore_end(in->warm);
     changelog_destroy(in->clog);
     batch_destroy(in->run);
     state_key_free(&in->mk);
@@ -190,23 +197,33 @@ static step_result restore_step(task *t, int64_t gen) {
         return STEP_PROGRESS;
     }
     if (!in->restore) {
-        if (changelog_wipe(in->clog, state_tx_db(t->stx), t->kgs, t->nkgs, err, sizeof err) < 0) {
+        int64_t *from = NULL;
+        if (in->warm) {                 /* a standby takes over: only the tail is left to read */
+            from = changelog_restore_positions(in->warm);
+            changelog_restore_end(in->warm);
+            in->warm = NULL;
+        }
+        if (!from && changelog_wipe(in->clog, state_tx_db(t->stx), t->kgs, t->nkgs, err, sizeof err) < 0) {
             task_fail(t, "%s", err);
             return STEP_FAILED;
         }
         state_tx_forget(t->stx);
-        if (!(in->restore = changelog_restore_begin(in->clog, t->sh->kafka, NULL, err, sizeof err))) {
+        in->restore = changelog_restore_begin(in->clog, t->sh->kafka, from, err, sizeof err);
+        free(from);
+        if (!in->restore) {
             task_fail(t, "%s", err);
             return STEP_FAILED;
         }
         in->restore_from_ms = clock_mono_ms();
+        atomic_store(&in->r_records, 0);
+        atomic_store(&in->r_bytes, 0);
         atomic_store(&in->restoring, 1);
         log_task_info(t->name, "restoring its state from %d changelog%s", changelog_count(in->clog),
                       changelog_count(in->clog) == 1 ? "" : "s");
     }
     int done = 0;
     state_tx_set_log(t->stx, NULL, NULL);              /* what is restored is in the changelog already */
-    int n = changelog_restore_step(in->restore, t->stx, RESTORE_CHUNK, &done, err, sizeof err);
+    int n = changelog_restore_step(in->restore, t->stx, RESTORE_CHUNK, 100, &done, err, sizeof err);
     state_tx_set_log(t->stx, changelog_log, in->clog);
     if (n < 0) { task_fail(t, "%s", err); return STEP_FAILED; }
     int64_t recs, bytes, left;
@@ -214,6 +231,7 @@ static step_result restore_step(task *t, int64_t gen) {
     atomic_store(&in->r_records, recs);
     atomic_store(&in->r_bytes, bytes);
     atomic_store(&in->r_left, done ? 0 : left);
+    atomic_store(&in->r_ms, clock_mono_ms() - in->restore_from_ms);
     if (!done) return STEP_PROGRESS;
     changelog_restore_end(in->restore);
     in->restore = NULL;
@@ -228,6 +246,47 @@ static step_result restore_step(task *t, int64_t gen) {
                   (long long)(clock_mono_ms() - in->restore_from_ms));
     return task_call_lua(t, t->cur.inputs_ref, NULL, -1) < 0 ? STEP_FAILED : STEP_PROGRESS;
 }
+
+/* standby = N: while another instance owns the task, follow its changelogs
+ * into the store here, so that a takeover reads only their tail. */
+static step_result standby_step(task *t) {
+    struct shuffle_in *in = t->rin;
+    char err[1024];
+    if (!in->warm) {
+        if (changelog_wipe(in->clog, state_tx_db(t->stx), t->kgs, t->nkgs, err, sizeof err) < 0) {
+            log_task_error(t->name, "standby: %s", err);
+            return STEP_IDLE;
+        }
+        state_tx_forget(t->stx);
+        in->restored = -1;            /* what the store holds of the task is the standby's now */
+        if (!(in->warm = changelog_restore_begin(in->clog, t->sh->kafka, NULL, err, sizeof err))) {
+            log_task_error(t->name, "standby: %s", err);
+            return STEP_IDLE;
+        }
+        changelog_restore_follow(in->warm);
+        atomic_store(&in->standby_on, 1);
+        log_task_info(t->name, "standby: keeping a warm copy of its state");
+    }
+    int done;
+    state_tx_set_log(t->stx, NULL, NULL);
+    int n = changelog_restore_step(in->warm, t->stx, RESTORE_CHUNK, 0, &done, err, sizeof err);
+    state_tx_set_log(t->stx, changelog_log, in->clog);
+    if (n < 0) {
+        log_task_error(t->name, "standby: %s (the copy is dropped)", err);
+        changelog_restore_end(in->warm);
+        in->warm = NULL;
+        atomic_store(&in->standby_on, 0);
+        return STEP_IDLE;
+    }
+    int64_t recs, bytes, left;
+    changelog_restore_progress(in->warm, &recs, &bytes, &left);
+    atomic_store(&in->w_records, recs);
+    return n > 0 ? STEP_PROGRESS : STEP_IDLE;
+}
+
+int task_is_remote_keyed(const task *t) { return t->rin != NULL; }
+
+void task_set_standby(task *t, int on) { if (t->rin) atomic_store(&t->rin->standby, on); }
 
 /* The records gathered for one input go to Lua as one batch.  0 or -1. */
 static int flush_run(task *t, int input) {
@@ -324,6 +383,14 @@ step_result task_step_remote(task *t) {
         in->restore = NULL;
         atomic_store(&in->restoring, 0);
     }
+    if (!reading && in->clog && atomic_load(&in->standby) && !atomic_load(&t->sh->stopping)) {
+        step_result sr = standby_step(t);
+        if (sr != STEP_IDLE) return sr;
+    } else if (!reading && in->warm) {        /* no longer a standby here */
+        changelog_restore_end(in->warm);
+        in->warm = NULL;
+        atomic_store(&in->standby_on, 0);
+    }
     if (reading) {
         int64_t gen = source_generation(t->src);
         if (in->restored != gen) return restore_step(t, gen);
@@ -337,7 +404,22 @@ step_result task_step_remote(task *t) {
     return r;
 }
 
-/* ---- /status ---- */
+/* ---- /status and /metrics ---- */
+
+static double restore_rate(struct shuffle_in *in) {
+    int64_t ms = atomic_load(&in->r_ms);
+    return ms > 0 ? (double)atomic_load(&in->r_records) * 1000.0 / (double)ms : 0;
+}
+
+void task_restore_samples(task *t, struct evbuffer *out, const char *name, int which) {
+    struct shuffle_in *in = t->rin;
+    if (!in || !in->clog) return;
+    double v = which == 0 ? (double)atomic_load(&in->r_records) : which == 1 ? (double)atomic_load(&in->r_bytes)
+             : which == 2 ? (double)atomic_load(&in->r_left) : which == 3 ? restore_rate(in)
+             : (double)atomic_load(&in->w_records);
+    const char *labels[] = {"task", t->name, NULL};
+    metrics_sample(out, name, labels, v);
+}
 
 void task_shuffle_status(task *t, json_t *out) {
     struct shuffle_in *in = t->rin;
@@ -347,5 +429,9 @@ void task_shuffle_status(task *t, json_t *out) {
     json_object_set_new(r, "records", json_integer(atomic_load(&in->r_records)));
     json_object_set_new(r, "bytes", json_integer(atomic_load(&in->r_bytes)));
     json_object_set_new(r, "remaining", json_integer(atomic_load(&in->r_left)));
+    json_object_set_new(r, "records_per_second", json_real(restore_rate(in)));
+    json_object_set_new(r, "ms", json_integer(atomic_load(&in->r_ms)));
     json_object_set_new(out, "restore", r);
+    if (atomic_load(&in->standby_on))
+        json_object_set_new(out, "standby", json_pack("{s:I}", "records", (json_int_t)atomic_load(&in->w_records)));
 }
