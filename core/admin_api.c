@@ -55,13 +55,18 @@ static json_t *holder_of(json_t *group, const char *topic, int part) {
 }
 
 /* Whether keyed task `index` of stage s reads its repartition partition
- * here: 1 or 0; -1 when its task has no partition of its own to say so. */
+ * here: HERE_READY (its state restored), HERE_RESTORING, HERE_NOT, or
+ * HERE_UNKNOWN when its task has no partition of its own to say so. */
+enum { HERE_UNKNOWN = -1, HERE_NOT = 0, HERE_READY = 1, HERE_RESTORING = 2 };
 static int reads_here(const daemon_state *d, int s, int index) {
     int first = 0;
     for (int k = 0; k < s; k++) first += d->p->stages[k].ntasks;
-    if (first + index >= d->ntasks || task_index(d->tasks[first + index]) != index) return -1;
-    source *src = task_src(d->tasks[first + index]);
-    return src ? source_state(src) == SOURCE_READING : -1;
+    if (first + index >= d->ntasks || task_index(d->tasks[first + index]) != index) return HERE_UNKNOWN;
+    task *t = d->tasks[first + index];
+    source *src = task_src(t);
+    if (!src) return HERE_UNKNOWN;
+    if (source_state(src) != SOURCE_READING) return HERE_NOT;
+    return task_shuffle_ready(t) ? HERE_READY : HERE_RESTORING;
 }
 
 /* GET /state/UID/KEY under shuffle = "kafka": the key's keyed task may run
@@ -76,16 +81,17 @@ static json_t *route_key(daemon_state *d, const plan *p, const node *op, const c
     int index = keygroup_task(kg, d->cfg->max_parallelism, st->ntasks);
     char topic[512], why[1024], err[512];
     shuffle_repartition_topic(d->cfg, p->nodes[st->roots[0] - 1].uid, topic, sizeof topic);
-    int here = d->workers_running ? reads_here(d, s, index) : 0;
-    if (here == 1) return NULL;
+    int here = d->workers_running ? reads_here(d, s, index) : HERE_NOT;
+    if (here == HERE_READY) return NULL;
     json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err), *out = NULL;
     json_t *owner = group ? holder_of(group, topic, index) : NULL;
     const char *inst = json_string_value(json_object_get(owner, "instance"));
     const char *admin = json_string_value(json_object_get(owner, "admin"));
-    if (owner && inst && strcmp(inst, d->instance) == 0) {
-        if (here == -1 && d->workers_running) goto local;     /* (the group's word is all there is) */
-        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) is this instance's but does not "
-                 "read yet (starting, or restoring its state)", st->name, index, kg, topic, index);
+    if (here == HERE_RESTORING || (owner && inst && strcmp(inst, d->instance) == 0)) {
+        if (here == HERE_UNKNOWN && d->workers_running) goto local;     /* (the group's word is all there is) */
+        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) is this instance's but %s",
+                 st->name, index, kg, topic, index, here == HERE_RESTORING ? "is restoring its state from the "
+                 "changelog" : "does not read yet (starting, or just assigned)");
     } else if (owner && admin) {
         char loc[2048];
         snprintf(loc, sizeof loc, "http://%s%s%s%s", admin, path, query && *query ? "?" : "", query ? query : "");
@@ -247,6 +253,27 @@ done:
     return out;
 }
 
+/* shuffle = "kafka": the instance that owns the input partition holding a
+ * window back (its "file" is "topic/partition"), from the group. */
+static void explain_owners(daemon_state *d, json_t *tasks) {
+    char err[512];
+    json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err), *t;
+    size_t i;
+    json_array_foreach(tasks, i, t) {
+        json_t *held = json_object_get(t, "held_back_by");
+        const char *label = json_string_value(json_object_get(held, "file"));
+        const char *slash = label ? strrchr(label, '/') : NULL;
+        if (!slash) continue;
+        char topic[512];
+        snprintf(topic, sizeof topic, "%.*s", (int)(slash - label), label);
+        json_t *m = group ? holder_of(group, topic, atoi(slash + 1)) : NULL;
+        json_object_set_new(held, "owner", m ? json_pack("{s:O, s:O}", "instance", json_object_get(m, "instance"),
+                                                         "admin", json_object_get(m, "admin"))
+                                             : json_null());
+    }
+    json_decref(group);
+}
+
 /* GET /explain/UID: why the oldest open window of operator UID has not
  * fired, per task that runs it. */
 static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status,
@@ -265,6 +292,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
         free(uid);
         return e;
     }
+    if (d->cfg->shuffle == SHUFFLE_KAFKA && d->group) explain_owners(d, tasks);
     json_t *out = json_pack("{s:s, s:o}", "uid", uid, "tasks", tasks);
     free(uid);
     return out;

@@ -88,6 +88,10 @@ int task_is_remote_keyed(const task *t);
  * records and 1 bytes restored, 2 records left, 3 records/s, 4 records its
  * standby copy applied. */
 struct evbuffer;
+/* 1 when t's keyed state is there for its partition's current assignment
+ * (restored from the changelogs; always for a task that reads no
+ * repartition partition), so GET /state may answer from it.  Event loop. */
+int task_shuffle_ready(task *t);
 void task_restore_samples(task *t, struct evbuffer *out, const char *name, int which);        /* a keyed task reading a repartition partition */
 /* Registers the channels to a downstream stage (takes ownership of the array, not the channels). */
 int task_add_output(task *t, int stage, channel **targets, int ntargets);

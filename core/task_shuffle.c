@@ -193,7 +193,7 @@ static step_result restore_step(task *t, int64_t gen) {
     struct shuffle_in *in = t->rin;
     char err[1024];
     if (!in->clog) {                 /* no state: only the watermarks start afresh */
-        in->restored = gen;
+        __atomic_store_n(&in->restored, gen, __ATOMIC_RELEASE);    /* (task_shuffle_ready reads it) */
         return STEP_PROGRESS;
     }
     if (!in->restore) {
@@ -240,7 +240,7 @@ static step_result restore_step(task *t, int64_t gen) {
     for (int i = 0; i < t->nwins; i++) window_rescan(t->wins[i].w);
     pthread_mutex_unlock(&t->swap_mu);
     load_marks(t);
-    in->restored = gen;
+    __atomic_store_n(&in->restored, gen, __ATOMIC_RELEASE);
     atomic_store(&in->restoring, 0);
     log_task_info(t->name, "restored %lld records (%lld bytes) in %lld ms", (long long)recs, (long long)bytes,
                   (long long)(clock_mono_ms() - in->restore_from_ms));
@@ -258,7 +258,7 @@ static step_result standby_step(task *t) {
             return STEP_IDLE;
         }
         state_tx_forget(t->stx);
-        in->restored = -1;            /* what the store holds of the task is the standby's now */
+        __atomic_store_n(&in->restored, -1, __ATOMIC_RELEASE);   /* the store holds the standby's copy now */
         if (!(in->warm = changelog_restore_begin(in->clog, t->sh->kafka, NULL, err, sizeof err))) {
             log_task_error(t->name, "standby: %s", err);
             return STEP_IDLE;
@@ -419,6 +419,13 @@ void task_restore_samples(task *t, struct evbuffer *out, const char *name, int w
              : (double)atomic_load(&in->w_records);
     const char *labels[] = {"task", t->name, NULL};
     metrics_sample(out, name, labels, v);
+}
+
+int task_shuffle_ready(task *t) {
+    struct shuffle_in *in = t->rin;
+    if (!in || !t->src) return 1;
+    return !atomic_load(&in->restoring) &&
+           __atomic_load_n(&in->restored, __ATOMIC_ACQUIRE) == source_generation(t->src);
 }
 
 void task_shuffle_status(task *t, json_t *out) {

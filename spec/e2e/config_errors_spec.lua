@@ -161,4 +161,32 @@ describe("a config error", function()
     assert.matches("name: expected ", r.stderr, 1, true)
     assert.is_false(E.exists(dir .. "/out"))
   end)
+
+  -- shuffle = "kafka" (scale-out with state) is refused before anything
+  -- starts where it cannot work
+  it("shuffle = \"kafka\" with the embedded broker exits 2 naming the cause and the fix", function()
+    local r = run_with('shuffle = "kafka", kafka = { embedded = { brokers = 1, topics = { t = 1 } } }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('shuffle: "kafka" needs a real Kafka broker: the embedded one (kafka.embedded)', r.stderr, 1, true)
+    assert.matches('set kafka["bootstrap.servers"] instead', r.stderr, 1, true)
+  end)
+
+  it("shuffle = \"kafka\" without kafka[\"bootstrap.servers\"] exits 2 asking for it", function()
+    local r = run_with('shuffle = "kafka"')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('shuffle: "kafka" sends every key_by through Kafka: set kafka["bootstrap.servers"]',
+      r.stderr, 1, true)
+  end)
+
+  it("standby without shuffle = \"kafka\" exits 2 naming both keys", function()
+    local r = run_with('standby = 1')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('standby: 1 warm copies live on other instances: it needs shuffle = "kafka"', r.stderr, 1, true)
+  end)
+
+  it("a shuffle other than \"local\" or \"kafka\" exits 2 naming the key", function()
+    local r = run_with('shuffle = "network"')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('shuffle: expected "local" or "kafka", got "network"', r.stderr, 1, true)
+  end)
 end)

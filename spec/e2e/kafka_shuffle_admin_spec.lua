@@ -60,9 +60,11 @@ return p
     o = o or {}
     local kafka = { ["bootstrap.servers"] = boot, ["session.timeout.ms"] = tostring(SESSION_MS),
                     ["heartbeat.interval.ms"] = "500" }
+    local admin = { listen = "127.0.0.1:0" }
+    if o.no_admin then admin = false end
     return E.write_config(dir, { name = name, pipeline = "app/pipeline.lua", shuffle = "kafka",
                                  parallelism = o.parallelism or PAR, state = { dir = dir .. "/state-" .. tag },
-                                 admin = { listen = "127.0.0.1:0" }, kafka = kafka }, tag .. ".conf.lua")
+                                 admin = admin, kafka = kafka }, tag .. ".conf.lua")
   end
 
   local daemons
@@ -91,7 +93,7 @@ return p
   local function stderr_of_all()
     local out = {}
     for tag, d in pairs(daemons or {}) do
-      out[#out + 1] = string.format("--- %s (alive %s)\n%s", tag, tostring(d:alive()), d:stderr():sub(-3000))
+      out[#out + 1] = string.format("--- %s (alive %s, exit %s)\n%s", tag, tostring(d:alive()), tostring(d:code()), d:stderr():sub(-3000))
     end
     return table.concat(out, "\n")
   end
@@ -231,9 +233,11 @@ return p
     assert.are.equal(g.instance, self_a.instance)
     assert.are.equal((E.read(dir .. "/state-a/instance"):gsub("%s+$", "")), g.instance)
     assert.are_not.equal(g.instance, gb.instance)
-    -- both hold something of each kind (cooperative-sticky spreads them)
-    assert.is_true(#self_a.inputs > 0 and #self_b.inputs > 0, cjson.encode(g))
-    assert.is_true(#self_a.keyed_tasks > 0 and #self_b.keyed_tasks > 0, cjson.encode(g))
+    -- both hold something (cooperative-sticky spreads the 7 partitions 4 and
+    -- 3, of either kind)
+    assert.is_true(#self_a.inputs + #self_a.keyed_tasks > 0 and #self_b.inputs + #self_b.keyed_tasks > 0,
+      cjson.encode(g))
+    -- the keyed tasks carry their stage's name: keyed1/0 .. keyed1/2
   end)
 
   it("GET /state/UID/KEY on the instance not owning the key answers 307 to the owner, and following it answers "
@@ -271,14 +275,55 @@ return p
             assert.are.same({ n = count[u] }, cjson.decode(b3))
             return true
           end
-          assert(code == 307 or code == 503 or code == 404, u .. " on " .. tag .. ": " .. code .. " " .. body
+          assert(code == 307 or code == 503 or code == 404, u .. " on " .. tag .. " (" .. admins[tag] .. "): " .. code .. " " .. body .. "\n" .. stderr_of_all()
             .. (loc or ""))
         end
       end, 60, 0.2)
       assert(ok, "no instance answered the state of " .. u .. " (" .. count[u] .. " records)\n" .. stderr_of_all())
       assert.is_not_nil(owner)
     end
-    -- both owned keys: each sent the other some queries
-    assert.is_true(redirected.a > 0 and redirected.b > 0, cjson.encode(redirected))
+    -- every key: answered by one instance, sent there by the other
+    assert.are.equal(USERS, redirected.a + redirected.b, cjson.encode(redirected))
+  end)
+
+  it("a key owned by an instance without an admin server is answered 502 naming that member", function()
+    pipeline()
+    start("a")
+    start("b", { no_admin = true })
+    -- a lists b, with no admin address
+    local g = E.wait_for(function()
+      local s = status("a")
+      if not (s and s.group and s.group.instances and #s.group.instances == 2) then return nil end
+      local n = 0
+      for _, i in ipairs(s.group.instances) do n = n + #i.keyed_tasks end
+      return n == PAR and s.group
+    end, 60, 0.3)
+    assert(g, "a did not list both instances\n" .. stderr_of_all())
+    local b_tasks = 0
+    for _, i in ipairs(g.instances) do
+      if not i.self then
+        assert.are.equal(cjson.null, i.admin)
+        b_tasks = #i.keyed_tasks
+      end
+    end
+    local count = produce(24)
+    local seen = { [200] = 0, [502] = 0 }
+    for i = 1, 24 do
+      local u = "u" .. i
+      assert(E.wait_for(function()
+        local code, body = get("http://" .. addr("a") .. "/state/count/" .. u)
+        if code == 200 and cjson.decode(body).n == count[u] then seen[200] = seen[200] + 1 return true end
+        if code == 502 then
+          assert.matches("keyed task keyed1/%d %(key group %d+, " .. name:gsub("%-", "%%-") .. "%-key_by%-2%-repartition/%d%) runs on "
+            .. "member eddy/%x+/, which publishes no admin address", cjson.decode(body).error)
+          seen[502] = seen[502] + 1
+          return true
+        end
+      end, 60, 0.2), u .. " was not answered\n" .. stderr_of_all())
+    end
+    -- which answer a key gets follows who holds its keyed task
+    if b_tasks == 0 then assert.are.equal(0, seen[502]) end
+    if b_tasks == PAR then assert.are.equal(0, seen[200]) end
+    assert.are.equal(24, seen[200] + seen[502])
   end)
 end)
