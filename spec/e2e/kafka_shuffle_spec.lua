@@ -527,9 +527,20 @@ describe("kafka shuffle: key_by across instances (real broker)", function()
     end
     assert(#bad == 0, #bad .. " probed users do not have the counts 2 and 3 once each (user:n,...): "
       .. table.concat(bad, " ", 1, math.min(#bad, 20)) .. "\n" .. describe_job(j))
-    print(string.format("\ntakeover: standby=%d, %d keys over %d keyed tasks, session.timeout.ms %d: the output "
-      .. "went on %.1f s after the owner of keyed task 0 was SIGKILLed (the load took %.1f s)", standby or 0,
-      TAKEOVER_KEYS, TAKEOVER_PARALLELISM, SESSION_MS, took, load_s))
+    -- what the survivor's /status says of the keyed task's restore (and its standby copy)
+    local restored = {}
+    for inst in pairs(j.daemons) do
+      local st = status(j, inst)
+      for _, t in ipairs(st and st.tasks or {}) do
+        if t.restore or t.standby then
+          restored[#restored + 1] = inst .. " " .. tostring(t.name) .. ": restore " .. cjson.encode(t.restore or "-")
+            .. ", standby " .. cjson.encode(t.standby or "-")
+        end
+      end
+    end
+    print(string.format("\ntakeover: standby=%d, %d keys in %d keyed task(s), session.timeout.ms %d: the output "
+      .. "went on %.1f s after the owner of keyed task 0 was SIGKILLed (the load took %.1f s); /status: %s",
+      standby or 0, TAKEOVER_KEYS, TAKEOVER_PARALLELISM, SESSION_MS, took, load_s, table.concat(restored, "; ")))
     stop_all(j)
   end
 
