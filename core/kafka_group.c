@@ -607,11 +607,8 @@ static int be32(const unsigned char **p, const unsigned char *end, int32_t *v) {
     return 1;
 }
 
-/* A member's assignment (ConsumerProtocolAssignment: int16 version, int32
- * topics, each an int16-length topic name, int32 partitions and an int32 per
- * partition; then the user data, ignored) as {"topic": [p, ...]}.  Owned;
- * NULL when malformed.  An empty assignment (none yet) is {}. */
-static json_t *assignment_json(const void *data, int n) {
+/* (see source_kafka.h) */
+json_t *kgroup_assignment_json(const void *data, int n) {
     const unsigned char *p = data, *end = p + (n > 0 ? n : 0);
     json_t *out = json_object();
     int version, len;
@@ -637,9 +634,7 @@ bad:
     return NULL;
 }
 
-/* One member: what its client.id "eddy/<instance>/<admin>" says, its host
- * and its assignment. */
-static json_t *member_json(const struct rd_kafka_group_member_info *m) {
+json_t *kgroup_member_json(const struct rd_kafka_group_member_info *m) {
     const char *cid = m->client_id ? m->client_id : "";
     const char *host = m->client_host ? m->client_host : "";
     if (*host == '/') host++;                         /* the broker writes "/127.0.0.1" */
@@ -660,7 +655,7 @@ static json_t *member_json(const struct rd_kafka_group_member_info *m) {
     } else {
         json_object_set_new(j, "admin", json_null());
     }
-    json_t *parts = assignment_json(m->member_assignment, m->member_assignment_size);
+    json_t *parts = kgroup_assignment_json(m->member_assignment, m->member_assignment_size);
     json_object_set_new(j, "partitions", parts ? parts : json_object());
     if (!parts) json_object_set_new(j, "assignment_error", json_string("the assignment could not be read"));
     return j;
@@ -693,7 +688,7 @@ json_t *kgroup_members(kgroup *g, int timeout_ms, char *err, size_t errlen) {
                          rd_kafka_err2str(gi->err));
             } else {
                 json_t *ms = json_array();
-                for (int i = 0; i < gi->member_cnt; i++) json_array_append_new(ms, member_json(&gi->members[i]));
+                for (int i = 0; i < gi->member_cnt; i++) json_array_append_new(ms, kgroup_member_json(&gi->members[i]));
                 g->members = json_pack("{s:s, s:o}", "state", gi->state ? gi->state : "", "members", ms);
             }
         }
