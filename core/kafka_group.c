@@ -609,11 +609,11 @@ static int be32(const unsigned char **p, const unsigned char *end, int32_t *v) {
 
 /* (see source_kafka.h) */
 json_t *kgroup_assignment_json(const void *data, int n) {
-    const unsigned char *p = data, *end = p + (n > 0 ? n : 0);
     json_t *out = json_object();
+    if (n <= 0 || !data) return out;
+    const unsigned char *p = data, *end = p + n;
     int version, len;
     int32_t ntopics, nparts, part;
-    if (n <= 0) return out;
     if (!be16(&p, end, &version) || !be32(&p, end, &ntopics) || ntopics < 0) goto bad;
     for (int32_t t = 0; t < ntopics; t++) {
         if (!be16(&p, end, &len) || len < 0 || end - p < len) goto bad;
