@@ -253,6 +253,27 @@ done:
     return out;
 }
 
+/* shuffle = "kafka": the instance that owns the input partition holding a
+ * window back (its "file" is "topic/partition"), from the group. */
+static void explain_owners(daemon_state *d, json_t *tasks) {
+    char err[512];
+    json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err), *t;
+    size_t i;
+    json_array_foreach(tasks, i, t) {
+        json_t *held = json_object_get(t, "held_back_by");
+        const char *label = json_string_value(json_object_get(held, "file"));
+        const char *slash = label ? strrchr(label, '/') : NULL;
+        if (!slash) continue;
+        char topic[512];
+        snprintf(topic, sizeof topic, "%.*s", (int)(slash - label), label);
+        json_t *m = group ? holder_of(group, topic, atoi(slash + 1)) : NULL;
+        json_object_set_new(held, "owner", m ? json_pack("{s:O, s:O}", "instance", json_object_get(m, "instance"),
+                                                         "admin", json_object_get(m, "admin"))
+                                             : json_null());
+    }
+    json_decref(group);
+}
+
 /* GET /explain/UID: why the oldest open window of operator UID has not
  * fired, per task that runs it. */
 static json_t *h_prefixed(void *ud, const char *path, const char *query, int *http_status,
@@ -271,6 +292,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
         free(uid);
         return e;
     }
+    if (d->cfg->shuffle == SHUFFLE_KAFKA && d->group) explain_owners(d, tasks);
     json_t *out = json_pack("{s:s, s:o}", "uid", uid, "tasks", tasks);
     free(uid);
     return out;

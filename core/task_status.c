@@ -179,6 +179,8 @@ int task_explain_json(task *t, const char *uid, json_t *tasks) {
         int64_t end = window_next_end(t->wins[k].w);
         json_t *jt = json_pack("{s:s, s:o, s:I}", "task", t->name, "watermark", wm_json(t->io.wm),
                                "open_windows", (json_int_t)window_open_count(t->wins[k].w));
+        if (t->rin)     /* shuffle = "kafka": only the owner's figures are current */
+            json_object_set_new(jt, "owned_here", json_boolean(source_state(t->src) == SOURCE_READING));
         if (end == INT64_MAX) {
             json_object_set_new(jt, "oldest_window", json_null());
             json_object_set_new(jt, "why", json_string("no window is waiting to fire"));
