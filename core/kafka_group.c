@@ -373,6 +373,9 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }
     rd_kafka_poll_set_consumer(g->rk);
     g->last_commit_ms = clock_mono_ms();
+    /* an instance that names itself to the group (shuffle = "kafka") will
+     * ask who the others are: kgroup_members' client connects meanwhile */
+    if (hooks.client_id && !(g->admin_rk = kafka_admin_client(k, err, errlen))) goto err;
     return g;
 err:
     if (conf) rd_kafka_conf_destroy(conf);
