@@ -17,10 +17,20 @@ typedef struct clog {
     kafka_sink *sink;
 } clog;
 
+/* A batch's writes, the last one per key, until its end. */
+typedef struct pend {
+    size_t koff, klen, voff, vlen;
+    int del;
+    clog *log;
+} pend;
+
 struct changelog {
     clog *logs; int n;
     int partition;            /* the task's index: its partition of every changelog */
     const config *cfg;
+    char *arena; size_t alen, acap;   /* the keys and values of pend */
+    pend *pends; int npend, cappend;
+    int32_t *slots; int nslots;       /* open addressing: index into pends + 1, 0 empty */
 };
 
 /* Operators whose state a keyed stage keeps (a global table's belongs to
@@ -59,6 +69,9 @@ void changelog_destroy(changelog *c) {
     if (!c) return;
     for (int i = 0; i < c->n; i++) { free(c->logs[i].uid); free(c->logs[i].topic); }
     free(c->logs);
+    free(c->arena);
+    free(c->pends);
+    free(c->slots);
     free(c);
 }
 
@@ -88,15 +101,91 @@ static clog *log_of(const changelog *c, const char *k, size_t kl) {
     return NULL;
 }
 
+static uint64_t hash_key(const char *k, size_t n) {      /* FNV-1a: a table slot, not security */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) { h ^= (unsigned char)k[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+/* Appends n bytes to the arena; their offset, or -1. */
+static long keep(changelog *c, const char *p, size_t n) {
+    if (c->alen + n > c->acap) {
+        size_t cap = (c->alen + n) * 2 + 4096;
+        char *a = realloc(c->arena, cap);
+        if (!a) return -1;
+        c->arena = a;
+        c->acap = cap;
+    }
+    if (n) memcpy(c->arena + c->alen, p, n);
+    c->alen += n;
+    return (long)(c->alen - n);
+}
+
+/* The slot of key k: its pend, or the empty slot where it goes. */
+static int32_t *slot_of(changelog *c, const char *k, size_t kl) {
+    uint64_t i = hash_key(k, kl) & (uint64_t)(c->nslots - 1);
+    for (;; i = (i + 1) & (uint64_t)(c->nslots - 1)) {
+        int32_t *s = &c->slots[i];
+        if (*s == 0) return s;
+        pend *p = &c->pends[*s - 1];
+        if (p->klen == kl && memcmp(c->arena + p->koff, k, kl) == 0) return s;
+    }
+}
+
+/* Room for one more pend (the table at most half full).  0 or -1. */
+static int grow(changelog *c) {
+    if (c->npend < c->cappend && (c->npend + 1) * 2 <= c->nslots) return 0;
+    int cap = c->cappend ? c->cappend * 2 : 1024;
+    pend *np = realloc(c->pends, sizeof *np * (size_t)cap);
+    if (!np) return -1;
+    c->pends = np;
+    c->cappend = cap;
+    free(c->slots);
+    c->nslots = cap * 2;
+    if (!(c->slots = calloc((size_t)c->nslots, sizeof *c->slots))) return -1;
+    for (int i = 0; i < c->npend; i++)
+        *slot_of(c, c->arena + c->pends[i].koff, c->pends[i].klen) = i + 1;
+    return 0;
+}
+
+/* The batch's end: each key's last write goes to its changelog. */
+static int send_pending(changelog *c) {
+    char err[512];
+    int rc = 0;
+    for (int i = 0; i < c->npend && rc == 0; i++) {
+        pend *p = &c->pends[i];
+        if (kafka_sink_send_to(p->log->sink, c->partition, c->arena + p->koff, p->klen,
+                               p->del ? NULL : c->arena + p->voff, p->del ? 0 : p->vlen, -1, NULL, 0, NULL, err,
+                               sizeof err) < 0) {
+            log_error("changelog %s: %s", p->log->topic, err);
+            rc = -1;
+        }
+    }
+    c->npend = 0;
+    c->alen = 0;
+    if (c->slots) memset(c->slots, 0, sizeof *c->slots * (size_t)c->nslots);
+    return rc;
+}
+
 int changelog_log(void *cp, const char *k, size_t kl, const char *v, size_t vl) {
     changelog *c = cp;
+    if (!k) return send_pending(c);
     clog *l = log_of(c, k, kl);
     if (!l) return 0;
-    char err[512];
-    if (kafka_sink_send_to(l->sink, c->partition, k, kl, v, v ? vl : 0, -1, NULL, 0, NULL, err, sizeof err) < 0) {
-        log_error("changelog %s: %s", l->topic, err);
-        return -1;
+    if (grow(c) < 0) return -1;
+    int32_t *s = slot_of(c, k, kl);
+    long vo = v ? keep(c, v, vl) : 0;
+    if (vo < 0) return -1;
+    if (*s == 0) {                   /* (keep may have moved the arena: offsets, not pointers) */
+        long ko = keep(c, k, kl);
+        if (ko < 0) return -1;
+        c->pends[c->npend] = (pend){ .koff = (size_t)ko, .klen = kl, .log = l };
+        *s = ++c->npend;
     }
+    pend *p = &c->pends[*s - 1];
+    p->del = v == NULL;
+    p->voff = (size_t)vo;
+    p->vlen = v ? vl : 0;
     return 0;
 }
 

@@ -492,10 +492,10 @@ static void log_delete(void *ud, const char *k, size_t kl) {
 int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
     if (!tx->dirty) return 0;
     if (tx->log) {
-        /* every write of the batch, in order (a key written twice twice:
-         * the changelog's compaction keeps the last) */
+        /* every write of the batch, in order, then the end (k NULL) */
         tx->log_failed = 0;
         rocksdb_writebatch_wi_iterate(tx->wb, tx, log_put, log_delete);
+        if (tx->log(tx->log_ud, NULL, 0, NULL, 0) < 0) tx->log_failed = 1;      /* the batch's end */
         if (tx->log_failed) {
             snprintf(err, errlen, "state: the changelog refused a write (see the log)");
             return -1;

@@ -89,9 +89,9 @@ void state_tx_undo(state_tx *tx);
 /* How many times state_tx_undo was called: what the undone writes did to
  * timers is unknown, so timer.c's index starts afresh when this changes. */
 uint64_t state_tx_undos(const state_tx *tx);
-/* shuffle = "kafka": fn sees every write of a batch as it commits (v NULL:
- * a delete), to send it to the changelog; fn returning -1 fails the commit.
- * NULL: none. */
+/* shuffle = "kafka": fn sees every write of a batch as it commits, in
+ * order (v NULL: a delete), then the batch's end (k NULL), to send them to
+ * the changelog; fn returning -1 fails the commit.  NULL: none. */
 typedef int (*state_log_fn)(void *ud, const char *k, size_t kl, const char *v, size_t vl);
 void state_tx_set_log(state_tx *tx, state_log_fn fn, void *ud);
 /* The store changed under tx (a restore): forget the values it cached and
