@@ -103,12 +103,15 @@ asan: deps
 # build-tsan/reports/ (log_path); scripts/test.sh counts each as a failure.
 # TSAN runs eddy several times slower: the specs' timeouts are tripled
 # (EDDY_TEST_SLOW, spec/support/eddy.lua).
+# shuffle = "kafka" (restores on another thread's watch, standby flags, the
+# group's members read by the admin server) by kafka_shuffle_admin_spec, on
+# the real broker (scripts/test.sh starts one).
 # Checkpoints are exercised by event_time_exact_spec (exactly_once stops and
 # restarts, a savepoint --stop) and reload_spec; checkpoint_spec's 20 kills
 # would add ~8 minutes here (add it to TSAN_SPECS for a longer run).
 TSAN_SPECS ?= spec/e2e/pipeline_spec.lua spec/e2e/backpressure_spec.lua \
               spec/e2e/event_time_exact_spec.lua spec/e2e/reload_spec.lua \
-              spec/e2e/kafka_mock_spec.lua
+              spec/e2e/kafka_mock_spec.lua spec/e2e/kafka_shuffle_admin_spec.lua
 
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan BIN=build-tsan/eddy CC=clang CXX=clang++ \

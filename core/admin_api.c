@@ -83,15 +83,18 @@ static json_t *route_key(daemon_state *d, const plan *p, const node *op, const c
     shuffle_repartition_topic(d->cfg, p->nodes[st->roots[0] - 1].uid, topic, sizeof topic);
     int here = d->workers_running ? reads_here(d, s, index) : HERE_NOT;
     if (here == HERE_READY) return NULL;
-    json_t *group = kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err), *out = NULL;
+    json_t *group = here == HERE_RESTORING ? NULL : kgroup_members(d->group, MEMBERS_TIMEOUT_MS, err, sizeof err);
+    json_t *out = NULL;
+    char label[300];
+    snprintf(label, sizeof label, "%s/%d", st->name, index);
     json_t *owner = group ? holder_of(group, topic, index) : NULL;
     const char *inst = json_string_value(json_object_get(owner, "instance"));
     const char *admin = json_string_value(json_object_get(owner, "admin"));
     if (here == HERE_RESTORING || (owner && inst && strcmp(inst, d->instance) == 0)) {
         if (here == HERE_UNKNOWN && d->workers_running) goto local;     /* (the group's word is all there is) */
-        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) is this instance's but %s",
-                 st->name, index, kg, topic, index, here == HERE_RESTORING ? "is restoring its state from the "
-                 "changelog" : "does not read yet (starting, or just assigned)");
+        snprintf(why, sizeof why, "keyed task %s (key group %u, %s/%d) is this instance's but %s", label, kg,
+                 topic, index, here == HERE_RESTORING ? "is restoring its state from the changelog"
+                                                      : "does not read yet (starting, or just assigned)");
     } else if (owner && admin) {
         char loc[2048];
         snprintf(loc, sizeof loc, "http://%s%s%s%s", admin, path, query && *query ? "?" : "", query ? query : "");
@@ -99,24 +102,20 @@ static json_t *route_key(daemon_state *d, const plan *p, const node *op, const c
         *http_status = 307;
         out = json_pack("{s:s, s:{s:O, s:s, s:O}, s:s, s:I}", "location", loc, "owner", "instance",
                         json_object_get(owner, "instance"), "admin", admin, "host", json_object_get(owner, "host"),
-                        "task", st->name, "key_group", (json_int_t)kg);
-        char label[300];
-        snprintf(label, sizeof label, "%s/%d", st->name, index);
-        json_object_set_new(out, "task", json_string(label));
+                        "task", label, "key_group", (json_int_t)kg);
         goto done;
     } else if (owner) {
-        snprintf(why, sizeof why, "keyed task %s/%d (key group %u, %s/%d) runs on member %s, which publishes no "
-                 "admin address (admin = false, or not eddy)", st->name, index, kg, topic, index,
+        snprintf(why, sizeof why, "keyed task %s (key group %u, %s/%d) runs on member %s, which publishes no "
+                 "admin address (admin = false, or not eddy)", label, kg, topic, index,
                  json_string_value(json_object_get(owner, "client_id")));
         out = error_json(http_status, 502, why);
         goto done;
     } else if (!group) {
-        snprintf(why, sizeof why, "who owns keyed task %s/%d is not known: %s", st->name, index, err);
+        snprintf(why, sizeof why, "who owns keyed task %s is not known: %s", label, err);
     } else {
-        snprintf(why, sizeof why, "no instance owns keyed task %s/%d (key group %u, %s/%d) now: the group '%s' is %s",
-                 st->name, index, kg, topic, index, d->cfg->name,
-                 json_string_value(json_object_get(group, "state")) ? json_string_value(json_object_get(group, "state"))
-                                                                   : "rebalancing");
+        const char *gs = json_string_value(json_object_get(group, "state"));
+        snprintf(why, sizeof why, "no instance holds keyed task %s (key group %u, %s/%d) now: the group '%s' is "
+                 "between owners (its state: %s)", label, kg, topic, index, d->cfg->name, gs && *gs ? gs : "unknown");
     }
     evhttp_add_header(headers, "Retry-After", "1");
     out = error_json(http_status, 503, why);

@@ -373,6 +373,9 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }
     rd_kafka_poll_set_consumer(g->rk);
     g->last_commit_ms = clock_mono_ms();
+    /* an instance that names itself to the group (shuffle = "kafka") will
+     * ask who the others are: kgroup_members' client connects meanwhile */
+    if (hooks.client_id && !(g->admin_rk = kafka_admin_client(k, err, errlen))) goto err;
     return g;
 err:
     if (conf) rd_kafka_conf_destroy(conf);
@@ -607,13 +610,10 @@ static int be32(const unsigned char **p, const unsigned char *end, int32_t *v) {
     return 1;
 }
 
-/* A member's assignment (ConsumerProtocolAssignment: int16 version, int32
- * topics, each an int16-length topic name, int32 partitions and an int32 per
- * partition; then the user data, ignored) as {"topic": [p, ...]}.  Owned;
- * NULL when malformed.  An empty assignment (none yet) is {}. */
-static json_t *assignment_json(const void *data, int n) {
+/* (see source_kafka.h) */
+json_t *kgroup_assignment_json(const void *data, int n) {
     json_t *out = json_object();
-    if (n <= 0 || !data) return out;              /* (no pointer arithmetic on NULL) */
+    if (n <= 0 || !data) return out;
     const unsigned char *p = data, *end = p + n;
     int version, len;
     int32_t ntopics, nparts, part;
@@ -637,9 +637,7 @@ bad:
     return NULL;
 }
 
-/* One member: what its client.id "eddy/<instance>/<admin>" says, its host
- * and its assignment. */
-static json_t *member_json(const struct rd_kafka_group_member_info *m) {
+json_t *kgroup_member_json(const struct rd_kafka_group_member_info *m) {
     const char *cid = m->client_id ? m->client_id : "";
     const char *host = m->client_host ? m->client_host : "";
     if (*host == '/') host++;                         /* the broker writes "/127.0.0.1" */
@@ -660,7 +658,7 @@ static json_t *member_json(const struct rd_kafka_group_member_info *m) {
     } else {
         json_object_set_new(j, "admin", json_null());
     }
-    json_t *parts = assignment_json(m->member_assignment, m->member_assignment_size);
+    json_t *parts = kgroup_assignment_json(m->member_assignment, m->member_assignment_size);
     json_object_set_new(j, "partitions", parts ? parts : json_object());
     if (!parts) json_object_set_new(j, "assignment_error", json_string("the assignment could not be read"));
     return j;
@@ -693,7 +691,7 @@ json_t *kgroup_members(kgroup *g, int timeout_ms, char *err, size_t errlen) {
                          rd_kafka_err2str(gi->err));
             } else {
                 json_t *ms = json_array();
-                for (int i = 0; i < gi->member_cnt; i++) json_array_append_new(ms, member_json(&gi->members[i]));
+                for (int i = 0; i < gi->member_cnt; i++) json_array_append_new(ms, kgroup_member_json(&gi->members[i]));
                 g->members = json_pack("{s:s, s:o}", "state", gi->state ? gi->state : "", "members", ms);
             }
         }

@@ -73,6 +73,14 @@ json_t *kgroup_status(kgroup *g);              /* owned: the assignment, per par
  * Owned, or NULL with err.  Event loop. */
 #define KG_MEMBERS_CACHE_MS 1000
 json_t *kgroup_members(kgroup *g, int timeout_ms, char *err, size_t errlen);
+/* Its parts (for tests): one member's object, from its description; and a
+ * member's assignment (ConsumerProtocolAssignment: int16 version, int32
+ * topics, each an int16-length name, an int32 count and an int32 per
+ * partition, big-endian; then user data, ignored) as {"topic": [p, ...]}
+ * ({} when n is 0: none yet).  Owned; the assignment's NULL when malformed. */
+struct rd_kafka_group_member_info;
+json_t *kgroup_member_json(const struct rd_kafka_group_member_info *m);
+json_t *kgroup_assignment_json(const void *data, int n);
 /* Prometheus families: lag, offsets, rebalances. */
 struct evbuffer;
 void kgroup_metrics(kgroup *g, struct evbuffer *out);

@@ -286,6 +286,53 @@ return p
     assert.are.equal(USERS, redirected.a + redirected.b, cjson.encode(redirected))
   end)
 
+  it("an instance taking keyed tasks over answers GET /state/UID/KEY 503 until their state is restored from the "
+    .. "changelog, never a partial state", function()
+    pipeline()
+    local USERS, R = 100, 300
+    start("a")
+    wait_group("a", { "a" })
+    -- R records for each of USERS users
+    local lines = {}
+    for r = 1, R do for i = 1, USERS do lines[#lines + 1] = string.format('{"user":"u%d"}', i) end end
+    E.write(dir .. "/produce.txt", table.concat(lines, "\n") .. "\n")
+    local rc, out = run(string.format("timeout 60 kcat -P -b %s -t %s < %s/produce.txt 2>&1", boot, topic_in, dir))
+    assert.are.equal(0, rc, "kcat could not produce: " .. out)
+    for _, u in ipairs({ "u1", "u" .. USERS }) do
+      assert(E.wait_for(function()
+        local code, body = get("http://" .. addr("a") .. "/state/count/" .. u)
+        return code == 200 and cjson.decode(body).n == R
+      end, 120, 0.2), "a did not count " .. u .. " to " .. R .. "\n" .. stderr_of_all())
+    end
+    daemons.a:kill("TERM")
+    assert.are.equal(0, daemons.a:wait(30), "a did not stop cleanly\n" .. stderr_of_all())
+    -- b starts with an empty state.dir: everything it answers comes from the changelog
+    start("b")
+    local b = addr("b")
+    local codes, why = {}, {}
+    local final = E.wait_for(function()
+      local code, body = get("http://" .. b .. "/state/count/u1")
+      codes[#codes + 1] = code
+      if code == 200 then return cjson.decode(body) end
+      assert(code == 503, "b answered " .. code .. " " .. body .. "\n" .. stderr_of_all())
+      why[cjson.decode(body).error:match("restoring") and "restoring" or "unowned"] = true
+    end, 120, 0.02)
+    assert.are.same({ n = R }, final, "b's answers: " .. cjson.encode(codes))
+    -- the other keyed tasks restore on their own: 503 until each has
+    for i = 2, USERS do
+      local code, body
+      E.wait_for(function()
+        code, body = get("http://" .. b .. "/state/count/u" .. i)
+        assert(code == 200 or code == 503, "b answered " .. code .. " " .. body)
+        return code == 200
+      end, 120, 0.02)
+      assert.are.equal(200, code, body)
+      assert.are.same({ n = R }, cjson.decode(body))
+    end
+    print(string.format("\n  b answered 503 %d times before the state of u1 (%s), then 200", #codes - 1,
+      cjson.encode(why)))
+  end)
+
   it("a key owned by an instance without an admin server is answered 502 naming that member", function()
     pipeline()
     start("a")
