@@ -8,7 +8,9 @@
 #   BENCH_RECORDS   records per input file (default 1000000; 2 files)
 #   BENCH_ONLY      space-separated benchmarks to run (default: all but kafka,
 #                   which takes 25 to 40 minutes on a shared 2-core machine:
-#                   BENCH_ONLY=kafka runs it, BENCH_ONLY=all runs everything)
+#                   BENCH_ONLY=kafka runs it, BENCH_ONLY=all runs everything;
+#                   scaleout, in the default set, takes about 5 minutes:
+#                   BENCH_ONLY=scaleout runs it alone)
 #   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
 #   BENCH_IPR_RECORDS  records of the small inputs behind the instructions-
 #                   per-record figures (default 10000; 0 skips them)
