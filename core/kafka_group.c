@@ -497,19 +497,6 @@ void kgroup_close(kgroup *g, int commit) {
         }
         commit_acked(g, NULL, 0);
     }
-    /* librdkafka before 2.4 hangs in rd_kafka_consumer_close when a
-     * cooperative assignment arrives while it closes (its issue 4527): leave
-     * the group first and serve the revoke until nothing is assigned (10 s
-     * at most), then close */
-    rd_kafka_unsubscribe(g->rk);
-    for (int64_t until = clock_mono_ms() + 10000; clock_mono_ms() < until;) {
-        rd_kafka_topic_partition_list_t *a = NULL;
-        int n = rd_kafka_assignment(g->rk, &a) == 0 && a ? a->cnt : 0;
-        if (a) rd_kafka_topic_partition_list_destroy(a);
-        if (n == 0) break;
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(g->rk, 100);
-        if (m) rd_kafka_message_destroy(m);
-    }
     rd_kafka_resp_err_t e = rd_kafka_consumer_close(g->rk);
     if (e) log_warn("kafka: leaving group '%s': %s", g->cfg->name, rd_kafka_err2str(e));
 }
