@@ -396,7 +396,10 @@ void kgroup_destroy(kgroup *g) {
     free(g->parts);
     json_decref(g->members);
     if (g->admin_rk) rd_kafka_destroy(g->admin_rk);
-    if (g->rk) rd_kafka_destroy(g->rk);
+    /* a consumer whose close never finished is stuck inside librdkafka,
+     * whose destroy would wait for it forever too: the process is ending
+     * (kgroup_destroy runs at exit), so its handle is left to the OS */
+    if (g->rk && !g->close_abandoned) rd_kafka_destroy(g->rk);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -497,8 +500,32 @@ void kgroup_close(kgroup *g, int commit) {
         }
         commit_acked(g, NULL, 0);
     }
-    rd_kafka_resp_err_t e = rd_kafka_consumer_close(g->rk);
-    if (e) log_warn("kafka: leaving group '%s': %s", g->cfg->name, rd_kafka_err2str(e));
+    /* asynchronously, and at most CLOSE_TIMEOUT_MS: librdkafka 2.0.2's
+     * close of a cooperative-sticky consumer can wait forever when it comes
+     * in the middle of a rebalance (seen when instances join and leave in
+     * quick succession); then the group drops this member after its session
+     * timeout instead (what was read is committed already) */
+    rd_kafka_queue_t *q = rd_kafka_queue_new(g->rk);
+    rd_kafka_error_t *ce = rd_kafka_consumer_close_queue(g->rk, q);
+    if (ce) {
+        log_warn("kafka: leaving group '%s': %s", g->cfg->name, rd_kafka_error_string(ce));
+        rd_kafka_error_destroy(ce);
+    } else {
+        int64_t until = clock_mono_ms() + CLOSE_TIMEOUT_MS;
+        while (!rd_kafka_consumer_closed(g->rk)) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 100);
+            if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+                on_rebalance(g->rk, rd_kafka_event_error(ev), rd_kafka_event_topic_partition_list(ev), g);
+            if (ev) rd_kafka_event_destroy(ev);
+            if (clock_mono_ms() >= until) {
+                log_warn("kafka: leaving group '%s' did not finish within %d s: the group drops this instance "
+                         "after its session timeout", g->cfg->name, CLOSE_TIMEOUT_MS / 1000);
+                g->close_abandoned = 1;
+                break;
+            }
+        }
+    }
+    rd_kafka_queue_destroy(q);
 }
 
 const char *kgroup_down(kgroup *g, char *buf, size_t len) {

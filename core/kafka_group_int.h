@@ -13,6 +13,7 @@
 
 #define DRAIN_TIMEOUT_MS 10000   /* a revoked partition's outputs get at most this long to be acknowledged
                                   * (and half the session timeout: the group must not drop us meanwhile) */
+#define CLOSE_TIMEOUT_MS 10000   /* leaving the group at a stop waits at most this long */
 #define DOWN_LOG_MS 10000        /* "brokers down" is logged at most this often */
 
 enum { START_COMMITTED, START_EARLIEST, START_LATEST };
@@ -52,6 +53,7 @@ struct kgroup {
     rd_kafka_t *rk;
     kpart **parts; int nparts;
     int closing;
+    int close_abandoned;           /* leaving the group timed out: destroy without closing again */
     atomic_int settled;            /* the group gave this instance its first assignment */
     int64_t commit_interval_ms, last_commit_ms;
     int64_t drain_timeout_ms;
