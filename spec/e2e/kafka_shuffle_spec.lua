@@ -21,6 +21,9 @@
 --     changelog, or from a standby's copy with standby = 1); the spec prints
 --     the seconds from the kill until the output went on ("takeover:" lines),
 --     a measurement, not a limit.
+-- The kills, batches and storm moves are random: a failure names its seed,
+-- which EDDY_SHUFFLE_SEED=N replays; EDDY_TAKEOVER_KEYS sets the takeover
+-- job's keys (default 1000000).
 local E = require("support.eddy")
 local cjson = require("cjson")
 local run = E.shell
