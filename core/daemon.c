@@ -757,6 +757,14 @@ static int finish_run(daemon_state *d) {
                 break;
             }
         code = 1;
+    } else if (sink_failed && atomic_load(&d->sh.stopping) && !atomic_load(&d->sh.aborting) &&
+               kafka_txn_rebalanced(d->sh.kafka)) {
+        /* a stop whose last checkpoint the group refused (it rebalanced as
+         * instances left): what that transaction held is read again by the
+         * partitions' next owners, from the last committed offsets */
+        log_warn("stopped: the last checkpoint was refused because the group rebalanced; its records are read "
+                 "again by the partitions' next owners");
+        code = 0;
     } else if (sink_failed || (atomic_load(&d->sh.aborting) && !atomic_load(&d->sh.stopping))) {
         code = 1;
     } else {

@@ -54,6 +54,7 @@ struct kafka {
     int txn_open;
     int64_t txn_base;               /* the sinks' messages queued when the open transaction began */
     int64_t txn_committed, txn_aborted;
+    int txn_rebalanced;             /* a transaction failed because the group rebalanced meanwhile */
     char txn_error[512];            /* under mu */
     int64_t refused_log_ms;         /* rate limit of the "Kafka refused a message" lines (under mu) */
     int refused_log_n;
@@ -488,6 +489,7 @@ int kafka_txn_active(const kafka *k) { return k && k->txn_rk != NULL; }
 const char *kafka_txn_id(const kafka *k) { return k->txn_id; }
 void kafka_txn_set_topic(kafka *k, const char *topic) { snprintf(k->txn_topic, sizeof k->txn_topic, "%s", topic); }
 int64_t kafka_txn_committed(const kafka *k) { return k->txn_committed; }
+int kafka_txn_rebalanced(const kafka *k) { return k && k->txn_rebalanced; }
 int64_t kafka_txn_aborted(const kafka *k) { return k->txn_aborted; }
 
 /* Messages the transactional producer's sinks were given so far. */
@@ -529,7 +531,13 @@ static int txn_error(kafka *k, rd_kafka_error_t *e, const char *what, char *err,
              rd_kafka_error_is_fatal(e) ? "; the producer cannot go on (fenced by another with the same "
                                           "transactional.id, or a fatal error)" : "");
     int abort = rd_kafka_error_txn_requires_abort(e);
+    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
     rd_kafka_error_destroy(e);
+    /* the group moved on while the offsets went in (a rebalance overlapped
+     * the checkpoint): not a failure of the job */
+    if (code == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION || code == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS ||
+        code == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID)
+        k->txn_rebalanced = 1;
     return txn_failed(k, what, why, abort, err, errlen);
 }
 

@@ -108,5 +108,9 @@ int kafka_txn_commit(kafka *k, int64_t checkpoint, const kafka_offset *offs, int
 int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen);
 int64_t kafka_txn_committed(const kafka *k);  /* transactions committed by this process */
 int64_t kafka_txn_aborted(const kafka *k);    /* failed: aborted, or left to the broker to abort */
+/* A transaction failed because the consumer group rebalanced while its
+ * offsets went in (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS,
+ * UNKNOWN_MEMBER_ID): the restart that follows is not the job's failure. */
+int kafka_txn_rebalanced(const kafka *k);
 
 #endif

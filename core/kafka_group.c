@@ -132,7 +132,8 @@ static void take(kgroup *g, rd_kafka_topic_partition_list_t *parts) {
     describe(parts, list, sizeof list);
     /* where each partition starts: the group's committed offset, else `start` */
     rd_kafka_topic_partition_list_t *c = rd_kafka_topic_partition_list_copy(parts);
-    rd_kafka_resp_err_t ce = rd_kafka_committed(g->rk, c, 10000);
+    /* (nothing to ask about an empty assignment: the call would only wait) */
+    rd_kafka_resp_err_t ce = parts->cnt ? rd_kafka_committed(g->rk, c, 10000) : RD_KAFKA_RESP_ERR_NO_ERROR;
     int txn = kafka_txn_active(g->k);
     if (ce) log_warn("kafka: cannot read the group's committed offsets (%s): partitions start by `start`",
                      rd_kafka_err2str(ce));
@@ -505,6 +506,16 @@ void kgroup_close(kgroup *g, int commit) {
      * in the middle of a rebalance (seen when instances join and leave in
      * quick succession); then the group drops this member after its session
      * timeout instead (what was read is committed already) */
+    if (!atomic_load(&g->settled)) {
+        /* no assignment yet: librdkafka 2.0.2 aborts the process closing (or
+         * destroying) a cooperative-sticky consumer before its first one
+         * (its issue 4312, fixed in 2.3.0); the group drops this member
+         * after its session timeout instead */
+        log_info("kafka: leaving group '%s' before its first assignment: the group drops this instance after "
+                 "its session timeout", g->cfg->name);
+        g->close_abandoned = 1;
+        return;
+    }
     rd_kafka_queue_t *q = rd_kafka_queue_new(g->rk);
     rd_kafka_error_t *ce = rd_kafka_consumer_close_queue(g->rk, q);
     if (ce) {

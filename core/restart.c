@@ -1,6 +1,7 @@
 #include "restart.h"
 #include "daemon_state.h"
 #include "log.h"
+#include "kafka.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,19 @@ int restart_run(daemon_state *d, const run_opts *o, int code) {
                       d->workers_ran && !atomic_load(&d->sh.stopping);
     const config *cfg = d->cfg;
     int attempt = getenv("EDDY_RESTART_ATTEMPT") ? atoi(getenv("EDDY_RESTART_ATTEMPT")) : 0;
+    /* a checkpoint refused because the group rebalanced meanwhile: rejoin
+     * from the last committed one, not counted in restart.attempts (instances
+     * joining and leaving would use them up) */
+    int rebalanced = restartable && kafka_txn_rebalanced(d->sh.kafka) && !atomic_load(&d->failed);
+    if (rebalanced && cfg->restart_strategy != RESTART_NONE && o->argv) {
+        log_warn("the group rebalanced while a checkpoint committed: restarting from the last committed "
+                 "checkpoint (not counted in restart.attempts)");
+        daemon_free(d);
+        fflush(stderr);
+        execv("/proc/self/exe", o->argv);
+        fprintf(stderr, "eddy: cannot restart: %s\n", strerror(errno));
+        return 1;
+    }
     if (restartable && cfg->restart_strategy != RESTART_NONE && attempt < cfg->restart_attempts && o->argv) {
         int64_t delay = cfg->restart_delay_ms;
         for (int i = 0; cfg->restart_strategy == RESTART_EXPONENTIAL && i < attempt && delay < cfg->restart_max_delay_ms; i++)
