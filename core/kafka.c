@@ -508,7 +508,11 @@ static int64_t txn_queued(kafka *k) {
 static int txn_failed(kafka *k, const char *what, const char *why, int abort, char *err, size_t errlen) {
     long n = (long)(txn_queued(k) - k->txn_base);
     rd_kafka_error_t *a = abort ? rd_kafka_abort_transaction(k->txn_rk, 30000) : NULL;
-    if (abort)
+    if (a && rd_kafka_error_is_fatal(a))      /* e.g. fenced while its messages were on their way */
+        snprintf(err, errlen, "kafka: %s: %s; the transaction could not be aborted: %s (%ld records in it): the "
+                 "producer cannot go on (fenced by another with the same transactional.id, or a fatal error)",
+                 what, why, rd_kafka_error_string(a), n);
+    else if (abort)
         snprintf(err, errlen, "kafka: %s: %s; the transaction %s (%ld records in it)", what, why,
                  a ? "could not be aborted" : "was aborted", n);
     else

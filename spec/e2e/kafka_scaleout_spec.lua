@@ -357,7 +357,7 @@ return p
     -- woken, A finds its partitions lost (or its transaction's offsets
     -- refused: its generation is gone), stops, aborting the transaction,
     -- and comes back (restart)
-    assert(E.wait_for(function() return daemons.a:stderr():find("restarting in", 1, true) end, 30),
+    assert(E.wait_for(function() return daemons.a:stderr():find("restarting", 1, true) end, 30),
       "A did not notice it was dropped\n" .. describe_daemons())
     wait_assigned({ a = 6, b = 6 }, 60)
     produce(table.unpack(batch(4)))
