@@ -189,8 +189,18 @@ int changelog_log(void *cp, const char *k, size_t kl, const char *v, size_t vl) 
     return 0;
 }
 
+/* uid 0x03 partition(2): the marks key of task `partition`, into out[cap].
+ * Its length, or 0 when it does not fit. */
+static size_t marks_key(const char *uid, size_t ul, int partition, char *out, size_t cap) {
+    if (ul + 3 > cap) return 0;
+    memcpy(out, uid, ul);
+    out[ul] = MARKS_SEP;
+    out[ul + 1] = (char)(partition >> 8);
+    out[ul + 2] = (char)partition;
+    return ul + 3;
+}
+
 int changelog_marks_key(const changelog *c, state_key *k) {
-    k->len = 0;
     size_t need = c->logs[0].uidlen + 3;
     if (k->cap < need) {
         char *np = realloc(k->p, need);
@@ -198,11 +208,7 @@ int changelog_marks_key(const changelog *c, state_key *k) {
         k->p = np;
         k->cap = need;
     }
-    memcpy(k->p, c->logs[0].uid, c->logs[0].uidlen);
-    k->p[c->logs[0].uidlen] = MARKS_SEP;
-    k->p[c->logs[0].uidlen + 1] = (char)(c->partition >> 8);
-    k->p[c->logs[0].uidlen + 2] = (char)c->partition;
-    k->len = need;
+    k->len = marks_key(c->logs[0].uid, c->logs[0].uidlen, c->partition, k->p, k->cap);
     return 0;
 }
 
@@ -230,17 +236,13 @@ int changelog_wipe_ops(state_db *db, const char *const *uids, int nuids, int par
                     if (wipe_range(db, us[u], strlen(us[u]), sep, kgs[g], err, errlen) < 0) return -1;
     }
     if (nuids == 0) return 0;
-    /* the marks: uid[0] 0x03 partition(2) */
-    size_t ul = strlen(uids[0]);
-    char from[600], to[600];
-    if (ul + 4 > sizeof from) { snprintf(err, errlen, "uid too long"); return -1; }
-    memcpy(from, uids[0], ul);
-    from[ul] = MARKS_SEP;
-    from[ul + 1] = (char)(partition >> 8);
-    from[ul + 2] = (char)partition;
-    memcpy(to, from, ul + 3);
-    to[ul + 3] = 0;
-    return state_delete_range(db, from, ul + 3, to, ul + 4, err, errlen);
+    /* the marks: [key, key 0x00) */
+    char from[600], to[601];
+    size_t n = marks_key(uids[0], strlen(uids[0]), partition, from, sizeof from);
+    if (!n) { snprintf(err, errlen, "uid too long"); return -1; }
+    memcpy(to, from, n);
+    to[n] = 0;
+    return state_delete_range(db, from, n, to, n + 1, err, errlen);
 }
 
 int changelog_wipe(const changelog *c, state_db *db, const uint32_t *kgs, int nkgs, char *err, size_t errlen) {
