@@ -19,25 +19,24 @@ int restart_run(daemon_state *d, const run_opts *o, int code) {
      * from the last committed one, not counted in restart.attempts (instances
      * joining and leaving would use them up) */
     int rebalanced = restartable && kafka_txn_rebalanced(d->sh.kafka) && !atomic_load(&d->failed);
-    if (rebalanced && cfg->restart_strategy != RESTART_NONE && o->argv) {
-        log_warn("the group rebalanced while a checkpoint committed: restarting from the last committed "
-                 "checkpoint (not counted in restart.attempts)");
-        daemon_free(d);
-        fflush(stderr);
-        execv("/proc/self/exe", o->argv);
-        fprintf(stderr, "eddy: cannot restart: %s\n", strerror(errno));
-        return 1;
-    }
-    if (restartable && cfg->restart_strategy != RESTART_NONE && attempt < cfg->restart_attempts && o->argv) {
+    if (restartable && cfg->restart_strategy != RESTART_NONE && (rebalanced || attempt < cfg->restart_attempts) &&
+        o->argv) {
         int64_t delay = cfg->restart_delay_ms;
         for (int i = 0; cfg->restart_strategy == RESTART_EXPONENTIAL && i < attempt && delay < cfg->restart_max_delay_ms; i++)
             delay *= 2;
         if (cfg->restart_strategy == RESTART_EXPONENTIAL && delay > cfg->restart_max_delay_ms) delay = cfg->restart_max_delay_ms;
-        log_warn("restarting in %.1f s from the last committed checkpoint (restart %d of %d, restart.strategy = %s)",
-                 delay / 1000.0, attempt + 1, cfg->restart_attempts,
-                 cfg->restart_strategy == RESTART_FIXED ? "fixed" : "exponential");
+        if (rebalanced) {
+            delay = 0;
+            log_warn("the group rebalanced while a checkpoint committed: restarting from the last committed "
+                     "checkpoint (not counted in restart.attempts)");
+        } else {
+            log_warn("restarting in %.1f s from the last committed checkpoint (restart %d of %d, restart.strategy = %s)",
+                     delay / 1000.0, attempt + 1, cfg->restart_attempts,
+                     cfg->restart_strategy == RESTART_FIXED ? "fixed" : "exponential");
+            attempt++;
+        }
         char n[16];
-        snprintf(n, sizeof n, "%d", attempt + 1);
+        snprintf(n, sizeof n, "%d", attempt);
         /* once this run committed a checkpoint, that is where the next
          * one starts: not the savepoint again */
         if (o->from_savepoint && ckpt_completed(d->ckpt) > 0) {
