@@ -1,8 +1,8 @@
 #include "versions.h"
+#include "files.h"
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <glob.h>
 #include <jansson.h>
 #include <libgen.h>
@@ -32,17 +32,6 @@ static void folder_of(const char *state_dir, int version, char *out, size_t n) {
     else fmt(out, n, "%s/versions", state_dir);
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)ftw;
-    return flag == FTW_DP ? rmdir(path) : unlink(path);
-}
-
-/* Removes path and everything under it; a missing path is no error. */
-static int rm_tree(const char *path) {
-    if (access(path, F_OK) != 0) return 0;
-    return nftw(path, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
 static int copy_file(const char *from, const char *to, char *err, size_t errlen) {
     FILE *in = fopen(from, "rb"), *out = NULL;
     char buf[65536];
@@ -69,25 +58,22 @@ static int make_folder(const char *state_dir, int version, char *dir, size_t n, 
         snprintf(err, errlen, "cannot create %s: %s", top, strerror(errno));
         return -1;
     }
-    rm_tree(dir);
+    files_rm_tree(dir);
     if (mkdir(dir, 0755) < 0) { snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno)); return -1; }
     return 0;
 }
 
 static int write_manifest(const char *dir, int version, const char *sha256, const char *script, int64_t loaded_at_ms,
                           char *err, size_t errlen) {
-    char path[PATH_MAX], tmp[PATH_MAX];
+    char path[PATH_MAX];
     fmt(path, sizeof path, "%s/" MANIFEST, dir);
-    fmt(tmp, sizeof tmp, "%s.tmp", path);
     json_t *j = json_pack("{s:i, s:s, s:I, s:s}", "version", version, "sha256", sha256, "loaded_at",
                           (json_int_t)loaded_at_ms, "script", script);
-    int rc = j ? json_dump_file(j, tmp, JSON_COMPACT) : -1;
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    if (rc < 0 || rename(tmp, path) < 0) {
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
+    int rc = text ? files_write_durably(path, text) : -1;
+    free(text);
+    if (rc < 0) { snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno)); return -1; }
     return 0;
 }
 
@@ -147,7 +133,7 @@ static void trim(const char *state_dir, int keep) {
     int n = versions_list(state_dir, &v, err, sizeof err);
     for (int i = 0; i < n - keep; i++) {
         folder_of(state_dir, v[i].version, dir, sizeof dir);
-        rm_tree(dir);
+        files_rm_tree(dir);
     }
     free(v);
 }
@@ -155,7 +141,7 @@ static void trim(const char *state_dir, int keep) {
 int versions_reset(const char *state_dir, char *err, size_t errlen) {
     char top[PATH_MAX];
     folder_of(state_dir, 0, top, sizeof top);
-    if (rm_tree(top) < 0) { snprintf(err, errlen, "cannot empty %s: %s", top, strerror(errno)); return -1; }
+    files_rm_tree(top);
     if (mkdir(top, 0755) < 0) { snprintf(err, errlen, "cannot create %s: %s", top, strerror(errno)); return -1; }
     return 0;
 }
@@ -190,7 +176,7 @@ int versions_keep(const char *state_dir, int version, const plan *p, int64_t loa
     return 0;
 err:
     if (globbed) globfree(&g);
-    rm_tree(dir);
+    files_rm_tree(dir);
     return -1;
 }
 
@@ -216,7 +202,7 @@ int versions_stage(const char *state_dir, const version_info *from, int version,
     }
     return 0;
 err:
-    rm_tree(dir);
+    files_rm_tree(dir);
     return -1;
 }
 
@@ -232,7 +218,7 @@ int versions_commit(const char *state_dir, int version, const char *sha256, cons
 void versions_drop(const char *state_dir, int version) {
     char dir[PATH_MAX];
     folder_of(state_dir, version, dir, sizeof dir);
-    rm_tree(dir);
+    files_rm_tree(dir);
 }
 
 int versions_pick(const version_info *v, int n, const char *spec, char *err, size_t errlen) {
