@@ -79,8 +79,15 @@ void reload_watch_destroy(reload_watch *w) {
     free(w);
 }
 
-plan *reload_prepare(const config *cfg, const char *lua_dir, const char *text, const plan *running, task **tasks,
-                     int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen) {
+plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running, task **tasks, int ntasks,
+                     int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen) {
+    return reload_prepare_text(cfg, lua_dir, NULL, running, tasks, ntasks, version, allow_dropped_state, tvs, err,
+                               errlen);
+}
+
+plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+                          task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
+                          size_t errlen) {
     plan *p = plan_create_text(cfg, lua_dir, text, err, errlen);
     if (!p) return NULL;
     if (plan_copy_kafka(p, running) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
@@ -195,8 +202,8 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
     }
     d->plans = plans;
     char err[2048];
-    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), to ? text : NULL, d->plans[d->nplans - 1], d->tasks,
-                             d->ntasks, version, allow_dropped_state, tvs, err, sizeof err);
+    plan *p = reload_prepare_text(d->cfg, daemon_lua_dir(), to ? text : NULL, d->plans[d->nplans - 1], d->tasks,
+                                  d->ntasks, version, allow_dropped_state, tvs, err, sizeof err);
     if (!p) {
         free(tvs);
         if (to) {

@@ -26,13 +26,17 @@ reload_watch *reload_watch_create(struct event_base *base, const char *dir, int 
                                   void (*cb)(void *ud, const char *file), void *ud, char *err, size_t errlen);
 void reload_watch_destroy(reload_watch *w);   /* NULL is a no-op */
 
-/* Plans the pipeline script again (its text read from `text` when not
- * NULL: a kept version's copy, planned in the pipeline's folder) and checks
- * it against `running`; then prepares a task_vm of version `version` for
- * each task into tvs[ntasks].  Returns the new plan (owned) or NULL with err
- * (file:line or what changed); on failure nothing is left in tvs. */
-plan *reload_prepare(const config *cfg, const char *lua_dir, const char *text, const plan *running, task **tasks,
-                     int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen);
+/* Plans the pipeline script again and checks it against `running`; then
+ * prepares a task_vm of version `version` for each task into tvs[ntasks].
+ * Returns the new plan (owned) or NULL with err (file:line or what changed);
+ * on failure nothing is left in tvs. */
+plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running, task **tasks, int ntasks,
+                     int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen);
+/* The same with the script's text read from `text` (a kept version's copy,
+ * planned in the pipeline's folder: reload --to); NULL: the script. */
+plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+                          task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
+                          size_t errlen);
 
 struct daemon_state;
 /* 1 while a running task has not reached the newest version. */
