@@ -398,10 +398,10 @@ describe("kept versions and reload --to", function()
     assert.are.equal(3, st.pipeline.version)
     wait_progress(addr, 100)
 
-    -- and with allow_dropped_state it goes back
-    code, doc = post(addr, "/reload?to=2&allow_dropped_state=1")
-    assert.are.equal(200, code, cjson.encode(doc))
-    assert.are.equal(4, doc.version)
+    -- and with --allow-dropped-state it goes back
+    r = reload(addr, "--to", "2", "--allow-dropped-state")
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(4, cjson.decode(r.stdout).version)
     wait_settled(addr, 4)
     wait_progress(addr, 100)
 
