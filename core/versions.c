@@ -39,6 +39,8 @@ static int copy_file(const char *from, const char *to, char *err, size_t errlen)
     int rc = -1;
     if (!in) { snprintf(err, errlen, "cannot read %s: %s", from, strerror(errno)); goto err; }
     if (!(out = fopen(to, "wb"))) { snprintf(err, errlen, "cannot write %s: %s", to, strerror(errno)); goto err; }
+    struct stat st;                       /* the same mode: a config beside the script may hold the admin token */
+    if (fstat(fileno(in), &st) == 0) fchmod(fileno(out), st.st_mode & 0777);
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         if (fwrite(buf, 1, n, out) != n) { snprintf(err, errlen, "cannot write %s: %s", to, strerror(errno)); goto err; }
     if (ferror(in)) { snprintf(err, errlen, "cannot read %s", from); goto err; }

@@ -122,6 +122,9 @@ TEST(keeps_the_script_and_modules_hashing_as_in_the_folder_and_trims_to_the_newe
     put(path, "return 1\n");
     snprintf(path, sizeof path, "%s/in.txt", dir);
     put(path, "data\n");
+    snprintf(path, sizeof path, "%s/eddy.conf.lua", dir);
+    put(path, "return { admin = { token = 'secret-secret-secret' } }\n");
+    chmod(path, 0600);
 
     CHECK(versions_reset(state, err, sizeof err) == 0);
     char shas[6][65];
@@ -148,6 +151,9 @@ TEST(keeps_the_script_and_modules_hashing_as_in_the_folder_and_trims_to_the_newe
     CHECK_STR(slurp(path), "return 'version 5'\n");
     snprintf(path, sizeof path, "%s/versions/5/helper.lua", state);
     CHECK_STR(slurp(path), "return 1\n");
+    struct stat st;
+    snprintf(path, sizeof path, "%s/versions/5/eddy.conf.lua", state);
+    CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);  /* a config beside the script keeps its mode */
     snprintf(path, sizeof path, "%s/versions/5/in.txt", state);
     CHECK(access(path, F_OK) != 0);                              /* data files are not part of a version */
 
