@@ -34,6 +34,7 @@ int mem_queue_push(mem_queue *q, const mem_record *r) {
 static void record_free(mem_record *r) { free(r->key); free(r->val); free(r->hdrs); }
 
 void mem_queue_drop_read(mem_queue *q) {
+    if (q->head == 0) return;           /* (nothing read; recs may be NULL) */
     for (size_t i = 0; i < q->head; i++) record_free(&q->recs[i]);
     memmove(q->recs, q->recs + q->head, sizeof *q->recs * (q->n - q->head));
     q->n -= q->head;
