@@ -481,6 +481,85 @@ err:
     config_destroy(c);
     return NULL;
 }
+/* Pushes onto L2 a copy of the value at idx of L (nil, booleans, numbers,
+ * strings and tables of them); with merge, a table is merged into the
+ * table on top of L2 (left in place; its reference is what is pushed).
+ * 0, or -1 with err. */
+static int copy_over(lua_State *L, int idx, lua_State *L2, int merge, int depth, char *err, size_t n)
+{
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: lua_pushnil(L2); return 0;
+    case LUA_TBOOLEAN: lua_pushboolean(L2, lua_toboolean(L, idx)); return 0;
+    case LUA_TNUMBER: lua_pushnumber(L2, lua_tonumber(L, idx)); return 0;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        lua_pushlstring(L2, s, len);
+        return 0;
+    }
+    case LUA_TTABLE: break;
+    default: return fail(err, n, "a config value cannot be a %s", luaL_typename(L, idx));
+    }
+    if (depth > 16) return fail(err, n, "the config's tables nest too deep");
+    if (!merge || !lua_istable(L2, -1)) lua_newtable(L2);
+    else lua_pushvalue(L2, -1);                       /* base base */
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {   /* L: ... k v */
+        if (copy_over(L, -2, L2, 0, depth + 1, err, n) < 0) return -1;     /* base t k */
+        lua_pushvalue(L2, -1);                        /* base t k k */
+        lua_rawget(L2, -3);                           /* base t k old */
+        if (copy_over(L, -1, L2, 1, depth + 1, err, n) < 0) return -1;     /* base t k old new */
+        lua_remove(L2, -2);                           /* base t k new */
+        lua_rawset(L2, -3);                           /* base t */
+    }
+    return 0;
+}
+
+config *config_load_over(const char *path, const char *pipeline, lua_State *L, int over, char *err, size_t errlen)
+{
+    lua_State *L2 = NULL;
+    config *c = config_new();
+    const char *file = path ? path : pipeline;
+    if (!c) {
+        fail(err, errlen, "out of memory");
+        goto err;
+    }
+    if (!(c->path = realpath(file, NULL))) {
+        fail(err, errlen, "%s: %s", file, strerror(errno));
+        goto err;
+    }
+    c->dir = strndup(c->path, (size_t)(strrchr(c->path, '/') - c->path));
+    if (c->dir && !*c->dir) {
+        free(c->dir);
+        c->dir = strdup("/");
+    }
+    if (!c->dir || !(L2 = luaL_newstate())) {
+        fail(err, errlen, "out of memory");
+        goto err;
+    }
+    if (path) {
+        if (config_eval_file(L2, path, err, errlen) < 0)     /* base */
+            goto err;
+    } else {
+        lua_newtable(L2);
+        lua_pushstring(L2, c->path);
+        lua_setfield(L2, -2, "pipeline");
+        free(c->path);                                /* a name from the script's, as for eddy check */
+        c->path = NULL;
+    }
+    if (copy_over(L, over, L2, 1, 0, err, errlen) < 0)      /* merged */
+        goto err;
+    if (load_table(L2, lua_gettop(L2), c, err, errlen) < 0)
+        goto err;
+    lua_close(L2);
+    return c;
+err:
+    if (L2)
+        lua_close(L2);
+    config_destroy(c);
+    return NULL;
+}
+
 void config_destroy(config *c)
 {
     if (!c)

@@ -85,6 +85,8 @@ typedef struct config {
     int sandbox_os;          /* sandbox.os: os.execute, io.popen, os.exit allowed; default 0 */
     int64_t batch_size;      /* tuning.batch: records per batch; default 1024 */
     int64_t channel_capacity;/* tuning.channel: batches per channel; default 8 */
+    int testing;             /* set by eddy test's driver, never by a file: sources are in memory
+                              * (the plan globs no file and asks Kafka nothing) */
 } config;
 
 /* Loads and validates the config file at `path`.  Returns an owned config, or
@@ -96,6 +98,14 @@ config *config_load(const char *path, char *err, size_t errlen);
  * pipeline = the given script, dir = its folder.  Returns an owned config. */
 config *config_default_for_pipeline(const char *pipeline_path, char *err, size_t errlen);
 
+/* eddy test's driver: the config file at `path` (or, when pipeline is
+ * set, every default for that pipeline script, path NULL) with the table
+ * at stack index `over` of L merged over it (tables key by key, anything
+ * else replaced), checked as config_load checks a file.  Returns an owned
+ * config, or NULL with err naming the key at fault. */
+struct lua_State;
+config *config_load_over(const char *path, const char *pipeline, struct lua_State *L, int over, char *err,
+                         size_t errlen);
 void config_destroy(config *c);   /* NULL is a no-op */
 
 /* Durations: a number of ms, or "250ms", "5s", "1m", "2h", "1d" (integer or

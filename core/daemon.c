@@ -8,6 +8,7 @@
 #include "admin.h"
 #include "config.h"
 #include "files.h"
+#include "graph.h"
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
@@ -67,7 +68,7 @@ const char *daemon_lua_dir(void) {
 /* ---- checking ---------------------------------------------------------- */
 
 /* A file is a pipeline script (not a config) when it requires "eddy". */
-static int looks_like_pipeline(const char *path) {
+int daemon_looks_like_pipeline(const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) return 0;
     char buf[65536];
@@ -84,7 +85,7 @@ static int looks_like_pipeline(const char *path) {
 
 int daemon_check(const char *path) {
     char err[2048];
-    config *cfg = looks_like_pipeline(path) ? config_default_for_pipeline(path, err, sizeof err)
+    config *cfg = daemon_looks_like_pipeline(path) ? config_default_for_pipeline(path, err, sizeof err)
                                             : config_load(path, err, sizeof err);
     if (!cfg) { fprintf(stderr, "eddy: %s\n", err); return 2; }
     log_setup(cfg->log_level, cfg->log_format == LOGFMT_JSON);
@@ -314,86 +315,6 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 
 /* ---- building ---------------------------------------------------------- */
 
-/* shuffle = "kafka": every task of stage u writes to the repartition
- * topic of keyed stage ds, whose tasks count it as one more input. */
-static int connect_remote(daemon_state *d, const int *first, int u, int ds, char *err, size_t errlen) {
-    const plan *p = d->p;
-    const stage *down = &p->stages[ds];
-    task *d0 = d->tasks[first[ds]];
-    for (int ui = 0; ui < p->stages[u].ntasks; ui++) {
-        task *up = d->tasks[first[u] + ui];
-        uint32_t input = (uint32_t)task_ninputs(d0);
-        for (int di = 0; di < down->ntasks; di++)
-            if (task_add_remote_input(d->tasks[first[ds] + di], NULL, up) < 0) { snprintf(err, errlen, "out of memory"); return -1; }
-        if (task_add_remote_output(up, ds, down->ntasks, input, shuffle_stage_topic(p, down), err, errlen) < 0) return -1;
-    }
-    return 0;
-}
-
-static int build_tasks(daemon_state *d, char *err, size_t errlen) {
-    const plan *p = d->p;
-    d->tasks = calloc(p->ntasks, sizeof *d->tasks);
-    int *first = calloc(p->nstages, sizeof *first);       /* first task id of each stage */
-    int rc = -1;
-    if (!d->tasks || !first) { snprintf(err, errlen, "out of memory"); goto err; }
-    for (int s = 0; s < p->nstages; s++) {
-        first[s] = d->ntasks;
-        for (int i = 0; i < p->stages[s].ntasks; i++) {
-            task *t = task_create(&d->sh, &p->stages[s], i, d->ntasks, err, errlen);
-            if (!t) goto err;
-            d->tasks[d->ntasks++] = t;
-            if (p->stages[s].source >= 0 && p->sources[p->stages[s].source].bootstrap &&
-                task_bootstrap_add(&d->sh, t) < 0) {
-                snprintf(err, errlen, "out of memory");
-                goto err;
-            }
-        }
-    }
-    /* channels: every task of a stage holding a key_by into stage D, to every task of D */
-    for (int u = 0; u < p->nstages; u++) {
-        for (int ds = 0; ds < p->nstages; ds++) {
-            int feeds = 0;
-            for (int k = 0; k < p->stages[u].nnodes; k++) {
-                const node *nd = &p->nodes[p->stages[u].nodes[k] - 1];
-                if (nd->kind == NODE_KEY_BY && nd->stage_out == ds) feeds = 1;
-            }
-            if (!feeds) continue;
-            int nt = p->stages[ds].ntasks;
-            if (p->stages[ds].source >= 0) {          /* shuffle = "kafka": through its repartition topic */
-                if (connect_remote(d, first, u, ds, err, errlen) < 0) goto err;
-                continue;
-            }
-            for (int ui = 0; ui < p->stages[u].ntasks; ui++) {
-                task *up = d->tasks[first[u] + ui];
-                channel **targets = calloc(nt, sizeof *targets);
-                if (!targets) { snprintf(err, errlen, "out of memory"); goto err; }
-                for (int di = 0; di < nt; di++) {
-                    task *down = d->tasks[first[ds] + di];
-                    channel *c = channel_create((int)d->cfg->channel_capacity, up, down);
-                    channel **cs = realloc(d->chans, sizeof *cs * (d->nchans + 1));
-                    if (!c || !cs) { channel_destroy(c); free(targets); snprintf(err, errlen, "out of memory"); goto err; }
-                    d->chans = cs;
-                    d->chans[d->nchans++] = c;
-                    targets[di] = c;
-                    if (task_add_input(down, c) < 0) { free(targets); snprintf(err, errlen, "out of memory"); goto err; }
-                }
-                if (task_add_output(up, ds, targets, nt) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
-            }
-        }
-    }
-    for (int i = 0; i < d->ntasks; i++) {
-        char terr[2048];
-        if (task_start(d->tasks[i], terr, sizeof terr) < 0) {
-            snprintf(err, errlen, "task %s: %s", task_name(d->tasks[i]), terr);
-            goto err;
-        }
-    }
-    rc = 0;
-err:
-    free(first);
-    return rc;
-}
-
 void daemon_free(daemon_state *d) {
     if (d->adm) admin_destroy(d->adm);
     reload_watch_destroy(d->watch);
@@ -434,7 +355,7 @@ void daemon_free(daemon_state *d) {
 /* The config, the plan, state.dir (created and locked), the dead-letter file. */
 static int open_config(daemon_state *d, const char *config_path, int *code) {
     char err[4096];
-    if (looks_like_pipeline(config_path)) {
+    if (daemon_looks_like_pipeline(config_path)) {
         fprintf(stderr, "eddy: %s is a pipeline script; eddy run takes a config file that names it "
                 "(return { pipeline = \"%s\" }); eddy check takes either\n", config_path, config_path);
         return -1;
@@ -658,7 +579,11 @@ static int start_tasks(daemon_state *d, const run_opts *o, int *code) {
         fprintf(stderr, "eddy: %s\n", err);
         return -1;
     }
-    if (build_tasks(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
+    if (graph_build(&d->sh, d->p, &d->tasks, &d->ntasks, &d->chans, &d->nchans, err, sizeof err) < 0) {
+        fprintf(stderr, "eddy: %s\n", err);
+        *code = 2;
+        return -1;
+    }
     if (!kafka_sources && admin_api_start(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
     if (!exactly_once && !o->from_savepoint) recovery_load_positions(d);   /* (d->sh.continuing said so to the sinks) */
     if (d->group) {

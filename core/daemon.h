@@ -18,5 +18,8 @@ int daemon_run(const char *config_path, const run_opts *o);
 int daemon_check(const char *path);
 /* The install's lua/ folder (EDDY_LUA_DIR, or ../lua beside the binary). */
 const char *daemon_lua_dir(void);
+/* 1 when the file at path requires "eddy" (a pipeline script), 0 for
+ * anything else (a config file). */
+int daemon_looks_like_pipeline(const char *path);
 
 #endif

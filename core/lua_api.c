@@ -123,6 +123,19 @@ static int l_json_decode_rec(lua_State *L) {
  * "record_base64"): built here, outside the VM's memory, so that a record as
  * large as limits.memory allows still gets its dead letter.
  * Stack: meta [i] -> meta [i] boolean */
+/* test_side(name, value): eddy test only -- value, packed, to what the
+ * driver's d:side(name) reads (testing.c).  Stack: name value -> name value */
+static int l_test_side(lua_State *L) {
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    const char *name = luaL_checkstring(L, 1);
+    buf *b = &e->packbuf;
+    b->len = 0;
+    char err[256];
+    if (codec_pack(L, 2, b, err, sizeof err) < 0) return luaL_error(L, "ctx.side(\"%s\"): %s", name, err);
+    if (eddy_test_side(e->task, name, b->data, b->len) < 0) return luaL_error(L, "out of memory");
+    return 0;
+}
+
 static int l_dead_letter(lua_State *L) {
     lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -419,7 +432,7 @@ int lua_api_push_native(lua_State *L, lua_api_env *e, char *err, size_t errlen) 
     static const struct { const char *name; lua_CFunction fn; } fns[] = {
         {"pack", l_pack}, {"unpack_all", l_unpack_all}, {"json_decode", l_json_decode},
         {"json_decode_rec", l_json_decode_rec}, {"json_encode", l_json_encode}, {"json_write", l_json_write},
-        {"dead_letter", l_dead_letter}, {"shuffle", l_shuffle}, {"unpack", l_unpack}, {"headers", l_headers},
+        {"dead_letter", l_dead_letter}, {"test_side", l_test_side}, {"shuffle", l_shuffle}, {"unpack", l_unpack}, {"headers", l_headers},
         {"state_get", l_state_get}, {"state_put", l_state_put}, {"state_del", l_state_del},
         {"state_entries", l_state_entries}, {"timer_set", l_timer_set}, {"timer_del", l_timer_del},
         {"timers_due", l_timers_due}, {"keygroup", l_keygroup}, {"dedup", l_dedup},

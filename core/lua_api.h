@@ -60,4 +60,8 @@ void lua_api_env_free(lua_api_env *e);
  * Stack: -> native.  0, or -1 with err (the stack then has nothing pushed). */
 int lua_api_push_native(lua_State *L, lua_api_env *e, char *err, size_t errlen);
 
+/* eddy test: a value (MessagePack) sent to side output `name`, for the
+ * driver's d:side(name) (test_side; implemented in task_output.c).  0, or -1 out of memory. */
+int eddy_test_side(void *task, const char *name, const char *p, size_t n);
+
 #endif

@@ -4,6 +4,7 @@
 #include "client.h"
 #include "daemon.h"
 #include "kafka_mock.h"
+#include "testing.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@ static void usage(FILE *out) {
         "usage:\n"
         "  eddy run CONFIG                 run the pipeline the config names\n"
         "  eddy check CONFIG|PIPELINE.lua  compile and plan; print the topology\n"
+        "  eddy test [PATH...]             run the pipeline tests (*_test.lua files, eddy.testing)\n"
+        "                                  under PATH (default: the current folder)\n"
         "  eddy kafka-mock [--brokers N] [--port P] [--topic NAME:PARTITIONS]... [--error REQUEST:ERR[,ERR]...]...\n"
         "                                  a Kafka-protocol broker on loopback (librdkafka's mock\n"
         "                                  cluster); prints its bootstrap servers first; with --port,\n"
@@ -61,6 +64,7 @@ int main(int argc, char **argv) {
         if (argc != 3) { fprintf(stderr, "eddy check: needs one CONFIG or PIPELINE.lua\n"); return 2; }
         return daemon_check(argv[2]);
     }
+    if (strcmp(cmd, "test") == 0) return testing_main(argc - 2, argv + 2);
     if (strcmp(cmd, "kafka-mock") == 0) return kafka_mock_main(argc - 2, argv + 2);
     if (strcmp(cmd, "reload") == 0) {
         const char *admin = "127.0.0.1:8600";

@@ -198,7 +198,7 @@ static char *resolve(const char *dir, const char *path) {
     return out;
 }
 
-static int build_sources(plan *p, char *err, size_t errlen) {
+static int build_sources(plan *p, const config *cfg, char *err, size_t errlen) {
     for (int i = 0; i < p->nnodes; i++) if (p->nodes[i].kind == NODE_SOURCE) p->nsources++;
     p->sources = calloc(p->nsources + 1, sizeof *p->sources);
     int s = 0;
@@ -248,6 +248,10 @@ static int build_sources(plan *p, char *err, size_t errlen) {
             }
             free(list);
             continue;           /* partitions: plan_resolve_kafka */
+        }
+        if (cfg->testing) {            /* eddy test: partitions in memory (plan_set_memory_partitions) */
+            si->kind = node_opt_bool(nd, "stdin") && !file ? SRC_STDIN : SRC_FILE;
+            continue;
         }
         if (node_opt_bool(nd, "stdin") && !file) {
             si->kind = SRC_STDIN;
@@ -525,7 +529,7 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     vm_destroy(v);
     v = NULL;
     if (apply_overrides(p, cfg, err, errlen) < 0) goto err;
-    if (build_sources(p, err, errlen) < 0) goto err;
+    if (build_sources(p, cfg, err, errlen) < 0) goto err;
     if (check_sinks(p, err, errlen) < 0) goto err;
     if (build_stages(p, cfg, err, errlen) < 0) goto err;
     if (shuffle_plan(p, cfg, err, errlen) < 0) goto err;
@@ -681,10 +685,32 @@ int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, s
     return 0;
 }
 
+int plan_set_memory_partitions(plan *p, int source, int n) {
+    source_info *si = &p->sources[source];
+    for (int j = si->nfiles; j < n; j++) {
+        if (si->kind == SRC_KAFKA) {
+            if (add_partition(si, 0, j) < 0) return -1;
+            continue;
+        }
+        char **f = realloc(si->files, sizeof *f * (si->nfiles + 1));
+        if (!f) return -1;
+        si->files = f;
+        if (asprintf(&si->files[si->nfiles], "%s/%d", si->name, j) < 0) return -1;
+        si->nfiles++;
+    }
+    recount_tasks(p);
+    return 0;
+}
+
 int plan_copy_kafka(plan *p, const plan *from) {
     for (int s = 0; s < p->nsources && s < from->nsources; s++) {
         source_info *si = &p->sources[s];
         const source_info *fi = &from->sources[s];
+        if (si->memory == NULL && fi->memory && si->kind == fi->kind && si->nfiles == 0) {
+            si->memory = fi->memory;          /* eddy test: the same in-memory partitions */
+            if (plan_set_memory_partitions(p, s, fi->nfiles) < 0) return -1;
+            continue;
+        }
         if (si->kind != SRC_KAFKA || fi->kind != SRC_KAFKA || si->nfiles > 0) continue;
         for (int j = 0; j < fi->nfiles; j++) {
             int ti = -1;

@@ -28,7 +28,8 @@ typedef struct node {
     unsigned char *in_stage;/* [nstages]: 1 when the node runs in that stage */
 } node;
 
-typedef enum { SRC_FILE, SRC_STDIN, SRC_KAFKA } source_kind;
+typedef enum { SRC_FILE, SRC_STDIN, SRC_KAFKA,
+               SRC_MEMORY /* eddy test's in-memory partitions (source_memory.h): a kind of source_ops, never a source_info's */ } source_kind;
 
 typedef struct source_info {
     int node;               /* node id */
@@ -46,6 +47,7 @@ typedef struct source_info {
     int bounded;            /* bounded = true (Kafka): read to the end offsets as of the start, then end */
     int64_t max_bytes;      /* files and stdin: the longest record (max_bytes; SOURCE_FILE_MAX_BYTES) */
     int repartition;        /* shuffle = "kafka": a keyed stage's repartition topic (shuffle.c), not a user's source */
+    void *memory;           /* eddy test: its partitions are the driver's (a mem_input, source_memory.h), whatever its kind */
 } source_info;
 
 typedef struct stage {
@@ -105,6 +107,10 @@ typedef int (*partition_count_fn)(void *ud, const char *topic, char *err, size_t
 int plan_resolve_kafka(plan *p, partition_count_fn count, void *ud, char *err, size_t errlen);
 /* The same partitions as a running plan (a reload keeps them).  0, or -1. */
 int plan_copy_kafka(plan *p, const plan *from);
+/* eddy test (config.testing): source `source` has n in-memory partitions
+ * (Kafka: partitions 0..n-1 of its first topic; a file or stdin source:
+ * labels "<name>/<j>").  0, or -1 out of memory. */
+int plan_set_memory_partitions(plan *p, int source, int n);
 int plan_has_kafka_sources(const plan *p);
 int plan_has_keyed_state(const plan *p);    /* stateful operators: the state store opens */
 int node_has_state(const node *n);          /* process, dedup, join, window, global table */

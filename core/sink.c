@@ -1,6 +1,7 @@
 /* The table of sink kinds, and the calls that reach a sink through its
  * kind's callbacks (see sink.h). */
 #include "sink.h"
+#include "source_memory.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ static const sink_ops *kind_of(const node *nd) {
 }
 
 sink *sink_open(const sink_args *a, char *err, size_t errlen) {
-    const sink_ops *ops = kind_of(a->nd);
+    const sink_ops *ops = a->memory ? &sink_memory_ops : kind_of(a->nd);
     if (!ops) { snprintf(err, errlen, "sink '%s': no such kind of sink", a->nd->name); return NULL; }
     sink *s = calloc(1, sizeof *s);
     if (!s || !(s->name = strdup(a->nd->name))) { free(s); snprintf(err, errlen, "out of memory"); return NULL; }

@@ -32,6 +32,7 @@ typedef struct sink_args {
     int append;                 /* this run continues an earlier one: append, never truncate */
     pthread_mutex_t *stdout_lock;   /* shared by every stdout sink */
     struct kafka *kafka;        /* the Kafka connection, or NULL */
+    struct mem_outputs *memory; /* eddy test: every sink is an in-memory one writing here (source_memory.h) */
 } sink_args;
 
 /* One record as the task's Lua function emitted it (value encoded). */

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "source_file.h"
 #include "source_kafka.h"
+#include "source_memory.h"
 
 /* Every source kind: adding one is one line here. */
 static const source_ops *const kinds[] = { &source_file_ops, &source_stdin_ops, &source_kafka_ops };
@@ -23,7 +24,7 @@ const source_ops *source_ops_of(source_kind kind) {
 }
 
 source *source_open(const source_info *si, int index, int partition, char *err, size_t errlen) {
-    const source_ops *ops = source_ops_of(si->kind);
+    const source_ops *ops = si->memory ? &source_memory_ops : source_ops_of(si->kind);
     if (!ops) { snprintf(err, errlen, "source '%s': no such kind of source", si->name); return NULL; }
     source *s = calloc(1, sizeof *s);
     if (!s) { snprintf(err, errlen, "out of memory"); return NULL; }

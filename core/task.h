@@ -56,6 +56,8 @@ typedef struct task_shared {
     int continuing;             /* this run goes on from an earlier one (positions, a savepoint): sinks append */
     struct task **boot; int nboot;   /* the tasks of bootstrap sources (task_bootstrap_add) */
     atomic_int boot_open;       /* every bootstrap source was read to its end and drained: the others read */
+    struct mem_outputs *memory; /* eddy test (testing.c): sinks and side outputs write here, and the driver
+                                 * steps the tasks and says when they tick; NULL in eddy run */
 } task_shared;
 
 /* A record an earlier run hung on (state.dir/poison.json). */
@@ -115,6 +117,13 @@ int task_version(const task *t);
  * stored windows too (only on the task's own thread).  Takes swap_mu. */
 void task_forget_windows(task *t, const plan *p, int drop);
 step_result task_step(task *t);
+/* eddy test's driver (testing.c), between steps: runs t's processing-time
+ * tick now (in eddy run the task paces its own ticks; under a driver only
+ * this runs them).  0, or -1 when the task failed. */
+int task_tick(task *t);
+/* eddy test: a source task's watermark moves to wm (never back), and the
+ * tasks downstream are told.  1 when it moved. */
+int task_advance_watermark(task *t, int64_t wm);
 /* Ends the task's sinks (flush, fsync, close); called once all workers stopped. */
 int task_close_sinks(task *t);
 sched_entry *task_sched_entry(task *t);

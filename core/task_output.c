@@ -8,6 +8,7 @@
 #include "keygroup.h"
 #include "log.h"
 #include "sink.h"
+#include "source_memory.h"
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,14 @@ int eddy_dead_letter(void *tp, const char *p, size_t n) {
     }
     pthread_mutex_unlock(&sh->dead_letter_mu);
     return rc;
+}
+
+int eddy_test_side(void *tp, const char *name, const char *p, size_t n) {
+    task *t = tp;
+    if (!t->sh->memory) return 0;
+    mem_output *o = mem_output_get(t->sh->memory, name, 1);
+    mem_record r = { .val = (char *)p, .vlen = n, .ts = TS_NONE };
+    return o && mem_queue_push(&o->q, &r) == 0 ? 0 : -1;
 }
 
 /* ---- the runtime's log (FFI export) -------------------------------------- */
