@@ -15,16 +15,19 @@
 #include "state.h"
 #include "task.h"
 #include "vm.h"
+#include "watchdog.h"
 #include "window.h"
 #include <errno.h>
 #include <ftw.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lualib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define DRIVER_MT "eddy.testing.driver"
 #define TICK_EVERY_MS 1000      /* advance_clock ticks at every whole second it passes */
@@ -43,14 +46,51 @@ typedef struct driver {
     int version;
     int closed;
     char failed[2048];              /* why the driver stopped: a task failed */
+    watchdog_mark *marks;           /* the watchdog's view of each task's call */
 } driver;
 
 /* The clock every task reads (clock.h) is the clock of the driver running. */
 static int64_t g_now;
 static int64_t virtual_clock(void) { return g_now; }
 
+/* The driver whose tasks run now, for the watchdog thread: a user call that
+ * runs away is interrupted at limits.time as in eddy run, and one that
+ * cannot be (a loop the JIT compiled) ends eddy test with exit 1 naming it,
+ * rather than hanging the test run. */
+static pthread_mutex_t g_wd_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct driver *g_running;
+
+static void *watch(void *arg) {
+    (void)arg;
+    for (;;) {
+        usleep(WATCHDOG_TICK_MS * 1000);
+        pthread_mutex_lock(&g_wd_mu);
+        struct driver *d = g_running;
+        for (int i = 0; d && d->marks && i < d->ntasks; i++) {
+            int64_t ran = watchdog_check(d->tasks[i], &d->marks[i], d->cfg->limit_time_ms);
+            if (ran <= 0) continue;
+            const node *nd = task_current_node(d->tasks[i]);
+            fprintf(stderr, "eddy test: operator %s (uid %s, %s) has run for %lld ms of CPU time and cannot be "
+                    "interrupted (a loop the JIT compiled runs no hooks; limits.time is %lld ms)\n",
+                    nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)ran,
+                    (long long)d->cfg->limit_time_ms);
+            fflush(stdout);
+            _exit(1);
+        }
+        pthread_mutex_unlock(&g_wd_mu);
+    }
+    return NULL;
+}
+
+static void set_running(struct driver *d) {
+    pthread_mutex_lock(&g_wd_mu);
+    g_running = d;
+    pthread_mutex_unlock(&g_wd_mu);
+}
+
 static void driver_free(driver *d) {
     if (!d) return;
+    free(d->marks);
     for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
     free(d->tasks);
     for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
@@ -76,7 +116,16 @@ static void driver_free(driver *d) {
 /* Steps every task in task order, each while it makes progress, until a
  * whole round makes none.  0, or -1 when a task failed (d->failed says
  * which and why). */
+static int run_steps(driver *d);
+
 static int run(driver *d) {
+    set_running(d);
+    int rc = run_steps(d);
+    set_running(NULL);
+    return rc;
+}
+
+static int run_steps(driver *d) {
     g_now = d->now;
     for (;;) {
         int progress = 0;
@@ -224,6 +273,8 @@ static int l_open(lua_State *L) {
     d->version = 1;
     if (graph_build(&d->sh, p, &d->tasks, &d->ntasks, &d->chans, &d->nchans, err, sizeof err) < 0)
         return luaL_error(L, "%s", err);
+    if (!(d->marks = calloc(d->ntasks ? d->ntasks : 1, sizeof *d->marks))) return luaL_error(L, "out of memory");
+    for (int i = 0; i < d->ntasks; i++) d->marks[i].seq = -1;
     if (raise_if_failed(L, d, run(d))) return 0;
     return 1;
 }
@@ -321,12 +372,16 @@ static int l_watermark(lua_State *L) {
  * pipeline runs.  0 or -1. */
 static int tick_all(driver *d) {
     g_now = d->now;
+    set_running(d);
     for (int i = 0; i < d->ntasks; i++)
         if (task_tick(d->tasks[i]) < 0) {
             snprintf(d->failed, sizeof d->failed, "task %s failed: %s", task_name(d->tasks[i]), task_error(d->tasks[i]));
+            set_running(NULL);
             return -1;
         }
-    return run(d);
+    int rc = run_steps(d);
+    set_running(NULL);
+    return rc;
 }
 
 /* advance_clock(d, ms) */
@@ -716,6 +771,8 @@ int testing_main(int argc, char **argv) {
     }
     log_setup(LOG_ERROR, 0);
     vm_global_init();
+    pthread_t wd;
+    if (pthread_create(&wd, NULL, watch, NULL) == 0) pthread_detach(wd);
     setvbuf(stdout, NULL, _IOLBF, 0);
     int passed = 0, failed = 0, index = 1, broken = 0;
     for (int i = 0; i < files.n; i++) {

@@ -42,14 +42,6 @@ void watchdog_free_poison(poison *ps) {
 
 /* ---- watchdog ---------------------------------------------------------- */
 
-/* What the watchdog knows of one task's call (d->wd_marks[task]; event loop). */
-struct watchdog_mark {
-    int64_t seq; int32_t cur;   /* the progress marks last seen (seq -1: not in a call) */
-    int64_t since_ms;           /* when they last moved */
-    int armed, interrupted;
-    uint64_t call;              /* the VM call being watched (vm_call) */
-};
-
 static void watchdog_fatal(daemon_state *d, task *t, int64_t elapsed) {
     const eddy_rec *r = task_current_record(t);
     const node *nd = task_current_node(t);
@@ -86,32 +78,34 @@ void watchdog_on_tick(evutil_socket_t fd, short what, void *arg) {
         d->nwd_marks = d->wd_marks ? d->ntasks : 0;
         if (!d->wd_marks) return;
     }
-    int64_t limit = d->cfg->limit_time_ms;
-    int64_t grace = limit > 1000 ? limit : 1000;
     for (int i = 0; i < d->ntasks; i++) {
-        task *t = d->tasks[i];
-        struct watchdog_mark *w = &d->wd_marks[i];
-        int64_t seq;
-        int32_t cur;
-        if (!task_in_call(t, &seq, &cur)) { w->seq = -1; continue; }
-        int64_t now = task_call_cpu_ms(t);
-        if (seq != w->seq || cur != w->cur) {
-            w->seq = seq; w->cur = cur; w->since_ms = now;
-            w->call = task_call_id(t);
-            w->armed = w->interrupted = 0;
-            continue;
-        }
-        int64_t elapsed = now - w->since_ms;
-        int arm = elapsed >= WATCHDOG_ARM_MS && !w->armed;
-        char reason[128];
-        const char *interrupt = NULL;
-        if (elapsed >= limit && !w->interrupted) {
-            snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
-            interrupt = reason;
-        }
-        if (arm) w->armed = 1;
-        if (interrupt) w->interrupted = 1;
-        if (arm || interrupt) task_call_overrun(t, w->call, arm, interrupt);
-        if (elapsed >= limit + grace) watchdog_fatal(d, t, elapsed);
+        int64_t elapsed = watchdog_check(d->tasks[i], &d->wd_marks[i], d->cfg->limit_time_ms);
+        if (elapsed > 0) watchdog_fatal(d, d->tasks[i], elapsed);
     }
+}
+
+int64_t watchdog_check(task *t, watchdog_mark *w, int64_t limit) {
+    int64_t grace = limit > 1000 ? limit : 1000;
+    int64_t seq;
+    int32_t cur;
+    if (!task_in_call(t, &seq, &cur)) { w->seq = -1; return 0; }
+    int64_t now = task_call_cpu_ms(t);
+    if (seq != w->seq || cur != w->cur) {
+        w->seq = seq; w->cur = cur; w->since_ms = now;
+        w->call = task_call_id(t);
+        w->armed = w->interrupted = 0;
+        return 0;
+    }
+    int64_t elapsed = now - w->since_ms;
+    int arm = elapsed >= WATCHDOG_ARM_MS && !w->armed;
+    char reason[128];
+    const char *interrupt = NULL;
+    if (elapsed >= limit && !w->interrupted) {
+        snprintf(reason, sizeof reason, "ran longer than %lld ms (limits.time)", (long long)limit);
+        interrupt = reason;
+    }
+    if (arm) w->armed = 1;
+    if (interrupt) w->interrupted = 1;
+    if (arm || interrupt) task_call_overrun(t, w->call, arm, interrupt);
+    return elapsed >= limit + grace ? elapsed : 0;
 }

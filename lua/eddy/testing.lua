@@ -138,6 +138,10 @@ end
 
 local DRIVER_ONLY = { partitions = true, clock = true }
 
+-- processing time when a driver starts, unless opts.clock says: 2024-01-01
+-- 00:00:00 UTC (a time, not 0: numbers below 10^11 are read as seconds)
+T.CLOCK_START = 1704067200000
+
 -- T.driver(path, opts): path a pipeline script or a config file (relative to
 -- the test file); opts: config keys over the config's, partitions, clock.
 function T.driver(path, opts)
@@ -148,7 +152,7 @@ function T.driver(path, opts)
   -- eddy test logs errors only, unless the test asks for more
   local log = type(opts.log) == "table" and opts.log or {}
   conf.log = { level = log.level or "error", format = log.format }
-  local clock = opts.clock ~= nil and to_ms(opts.clock, "T.driver: clock") or 0
+  local clock = opts.clock ~= nil and to_ms(opts.clock, "T.driver: clock") or T.CLOCK_START
   local h = call(N.open, resolve(path), conf, opts.partitions, clock)
   local d = setmetatable({ h = h }, Driver)
   live[#live + 1] = h

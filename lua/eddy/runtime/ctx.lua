@@ -3,9 +3,10 @@
 -- or the window or timer firing; ctx.state / timers / emit / side are the
 -- process operator's being called (rt.cur_proc).  Also current_key: the key
 -- being processed and its key group.
--- Calls: rt.native (headers, keygroup).
+-- Calls: rt.native (headers, keygroup); eddy.runtime.c (eddy_now_ms).
 local ffi = require("ffi")
 local values = require("eddy.runtime.values")
+local C = require("eddy.runtime.c")
 
 local NONE = values.NONE
 local ffi_string = ffi.string
@@ -51,6 +52,7 @@ local function getters_of(rt)
     headers = function() if rt.cur and rt.firing == nil then return native.headers(rt.cur) end return {} end,
     version = function() return args.version end,
     task = function() return args.name end,
+    now = function() return tonumber(C.eddy_now_ms()) end,     -- processing time (eddy test: the virtual clock)
     state = function() return rt.cur_proc and rt.cur_proc.state end,
     timers = function() return rt.cur_proc and rt.cur_proc.timers end,
     emit = function() return rt.cur_proc and rt.cur_proc.emit end,
