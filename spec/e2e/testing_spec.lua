@@ -2,7 +2,8 @@
 -- fire times of every window kind and trigger under a moved watermark and
 -- clock, timers, TTL, joins, reloads and refusals, the error policy,
 -- determinism) and the examples' tests all pass; the tests that fail on
--- purpose (spec/fixtures/testing-failing) fail as the contract says: exit 1
+-- purpose (spec/fixtures/testing-failing, named so that no folder search
+-- finds them: they are given by path) fail as the contract says: exit 1
 -- with the path of the difference and both values, exit 2 for a test file
 -- that does not load (file:line) and for a missing PATH.
 local E = require("support.eddy")
@@ -63,14 +64,14 @@ describe("eddy test", function()
   end)
 
   it("a failing T.eq exits 1, shows where the tables differ and both values; the other tests still run", function()
-    local rc, out, err = eddy("spec/fixtures/testing-failing/eq")
+    local rc, out, err = eddy("spec/fixtures/testing-failing/eq/eq_fails.lua")
     assert.are.equal(1, rc, out .. err)
-    local file = "spec/fixtures/testing-failing/eq/eq_test.lua"
+    local file = "spec/fixtures/testing-failing/eq/eq_fails.lua"
     assert.truthy(out:find("ok 1 - " .. file .. ": passes", 1, true), out)
     assert.truthy(out:find("not ok 2 - " .. file .. ": differs at [1].n", 1, true), out)
     -- the first difference's path (contract: "T.eq: at [1].n: ..."; the colon after T.eq optional)
-    assert.truthy(out:find("eq_test.lua:12: T.eq: at [1].n: expected 2, got 3", 1, true)
-      or out:find("eq_test.lua:12: T.eq at [1].n: expected 2, got 3", 1, true), out)
+    assert.truthy(out:find("eq_fails.lua:13: T.eq: at [1].n: expected 2, got 3", 1, true)
+      or out:find("eq_fails.lua:13: T.eq at [1].n: expected 2, got 3", 1, true), out)
     -- both values, pretty-printed with sorted keys: the expected n = 2, the actual n = 3
     local block = out:match("not ok 2 %- .-\nnot ok 3") or out
     -- (as Lua, n = 2, or as JSON, "n": 2)
@@ -90,9 +91,9 @@ describe("eddy test", function()
   end)
 
   it("a test file that does not load exits 2 naming file:line", function()
-    local rc, out, err = eddy("spec/fixtures/testing-failing/syntax")
+    local rc, out, err = eddy("spec/fixtures/testing-failing/syntax/broken.lua")
     assert.are.equal(2, rc, out .. err)
-    assert.truthy((out .. err):find("broken_test.lua:3:", 1, true), out .. err)
+    assert.truthy((out .. err):find("spec/fixtures/testing-failing/syntax/broken.lua:4:", 1, true), out .. err)
   end)
 
   it("a PATH that does not exist exits 2 naming it", function()
@@ -102,9 +103,8 @@ describe("eddy test", function()
   end)
 
   it("a folder without a test file exits 2", function()
-    local dir = E.tmpdir()
-    E.write(dir .. "/pipeline.lua", "return 1\n")
-    local rc, out, err = eddy(q(dir))
+    local rc, out, err = eddy("spec/fixtures/testing-failing")
     assert.are.equal(2, rc, out .. err)
+    assert.truthy((out .. err):find("spec/fixtures/testing-failing", 1, true), out .. err)
   end)
 end)
