@@ -51,6 +51,11 @@ static void csv_start(source_reader *r) {
 }
 
 source_reader *source_file_open(const source_info *si, int source_index, int partition, char *err, size_t errlen) {
+    return source_file_open_fd(si, source_index, partition, -1, err, errlen);
+}
+
+source_reader *source_file_open_fd(const source_info *si, int source_index, int partition, int fd, char *err,
+                                   size_t errlen) {
     source_reader *r = calloc(1, sizeof *r);
     if (!r) { snprintf(err, errlen, "out of memory"); return NULL; }
     r->source_index = source_index;
@@ -63,7 +68,11 @@ source_reader *source_file_open(const source_info *si, int source_index, int par
     r->cap = READ_CHUNK * 2;
     r->buf = malloc(r->cap);
     if (!r->buf) { snprintf(err, errlen, "out of memory"); free(r); return NULL; }
-    if (si->kind == SRC_STDIN) {
+    if (fd >= 0) {               /* eddy test's pipe: read as stdin is */
+        r->fd = fd;
+        r->is_stdin = 1;
+        r->follow = 0;
+    } else if (si->kind == SRC_STDIN) {
         r->fd = 0;
         r->is_stdin = 1;
     } else {
@@ -76,7 +85,7 @@ source_reader *source_file_open(const source_info *si, int source_index, int par
         }
     }
     struct stat sb;            /* a followed file bootstraps up to its size at the start */
-    r->size_at_open = stat(si->files[partition], &sb) == 0 ? (int64_t)sb.st_size : 0;
+    r->size_at_open = fd < 0 && stat(si->files[partition], &sb) == 0 ? (int64_t)sb.st_size : 0;
     r->delimiter = (unsigned char)si->delimiter;
     if (r->csv) csv_start(r);
     return r;

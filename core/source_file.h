@@ -21,6 +21,11 @@ source_reader *source_file_open(const source_info *si, int source_index, int par
 /* Appends up to max records to b.  Returns the number appended (0 when nothing
  * is available now), or -1 with err.  Sets *eof once the input has ended
  * (never for follow = true).  The last line of a file needs no newline. */
+/* The same over fd (eddy test's in-memory partitions: the read end of a
+ * pipe, not closed by the reader), read as stdin is: polled, never
+ * seekable; the input ends when the pipe's write end is closed. */
+source_reader *source_file_open_fd(const source_info *si, int source_index, int partition, int fd, char *err,
+                                   size_t errlen);
 int source_file_read(source_reader *r, batch *b, int max, int *eof, char *err, size_t errlen);
 int64_t source_file_position(const source_reader *r);   /* bytes consumed */
 int64_t source_file_line(const source_reader *r);       /* lines consumed */

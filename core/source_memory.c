@@ -1,6 +1,7 @@
 /* source_memory — see source_memory.h. */
 #include "source_memory.h"
 #include "batch.h"
+#include "source_file.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,7 @@ int mem_queue_push(mem_queue *q, const mem_record *r) {
 static void record_free(mem_record *r) { free(r->key); free(r->val); free(r->hdrs); }
 
 void mem_queue_drop_read(mem_queue *q) {
+    if (q->head == 0) return;           /* (nothing read; recs may be NULL) */
     for (size_t i = 0; i < q->head; i++) record_free(&q->recs[i]);
     memmove(q->recs, q->recs + q->head, sizeof *q->recs * (q->n - q->head));
     q->n -= q->head;
@@ -50,11 +52,12 @@ void mem_queue_free(mem_queue *q) {
 typedef struct mem_source {
     mem_partition *part;        /* borrowed from the driver's mem_input */
     int index;                  /* the partition's index in its source */
+    uint32_t source;            /* the source's index */
     int kafka;                  /* the source is a Kafka one: keys, timestamps, headers, offsets */
+    source_reader *reader;      /* a file or stdin source: the file reader over the pipe */
 } mem_source;
 
 static void *mem_open(const source_info *si, int index, int partition, char *err, size_t errlen) {
-    (void)index;
     mem_input *in = si->memory;
     if (partition < 0 || partition >= in->npart) {
         snprintf(err, errlen, "source '%s' has no partition %d", si->name, partition);
@@ -64,12 +67,18 @@ static void *mem_open(const source_info *si, int index, int partition, char *err
     if (!m) { snprintf(err, errlen, "out of memory"); return NULL; }
     m->part = &in->parts[partition];
     m->index = partition;
+    m->source = (uint32_t)index;
     m->kafka = si->kind == SRC_KAFKA;
+    if (!m->kafka && !(m->reader = source_file_open_fd(si, index, partition, m->part->rfd, err, errlen))) {
+        free(m);
+        return NULL;
+    }
     return m;
 }
 
 static int mem_read(void *impl, batch *b, int max, int *eof, char *err, size_t errlen) {
     mem_source *m = impl;
+    if (m->reader) return source_file_read(m->reader, b, max, eof, err, errlen);
     mem_queue *q = &m->part->q;
     int n = 0;
     while (n < max && q->head < q->n) {
@@ -84,6 +93,7 @@ static int mem_read(void *impl, batch *b, int max, int *eof, char *err, size_t e
         rec->offset = m->part->read;
         rec->line = m->kafka ? 0 : m->part->read + 1;     /* as a file's records: the n-th line */
         rec->partition = m->index;
+        rec->source = m->source;
         if (r->hdrs && m->kafka) {
             long off = batch_reserve(b, r->hlen);
             if (off < 0) { snprintf(err, errlen, "out of memory"); return -1; }
@@ -101,9 +111,18 @@ static int mem_read(void *impl, batch *b, int max, int *eof, char *err, size_t e
     return n;
 }
 
-static int64_t mem_position(void *impl) { return ((mem_source *)impl)->part->read; }
+static int64_t mem_position(void *impl) {
+    mem_source *m = impl;
+    return m->reader ? source_file_position(m->reader) : m->part->read;
+}
+
 static int mem_live(void *impl) { return !((mem_source *)impl)->part->ended; }
-static void mem_close(void *impl) { free(impl); }
+
+static void mem_close(void *impl) {
+    mem_source *m = impl;
+    if (m) source_file_close(m->reader);
+    free(m);
+}
 
 static const char *const mem_options[] = { NULL };
 

@@ -3,7 +3,9 @@
  * the pipeline writes to its sinks and side outputs.  A source_info whose
  * `memory` is set opens this kind instead of its own (file, stdin, Kafka),
  * and reads its records as its own kind would deliver them (a Kafka
- * source's key, timestamp and headers; a file's line numbers); a task whose
+ * source's key, timestamp and headers; a file source's bytes go through a
+ * pipe to the file reader itself: lines, JSON, CSV with its header, line
+ * numbers and byte offsets as from a file); a task whose
  * task_shared has `memory` opens every sink as an in-memory one.  Records
  * are copied in and out; nothing here is shared between threads (the driver
  * steps every task on its own thread).  Calls batch and sink only. */
@@ -40,9 +42,11 @@ void mem_queue_free(mem_queue *q);
 
 /* A source's partitions (owned by the driver; source_info.memory). */
 typedef struct mem_partition {
-    mem_queue q;
-    int64_t read;       /* records read so far: the next one's offset */
+    mem_queue q;        /* a Kafka source's messages */
+    int64_t read;       /* messages read so far: the next one's offset */
     int ended;          /* the test closed the input: read to here, then the end */
+    int rfd, wfd;       /* a file or stdin source's bytes: a pipe the file reader reads
+                         * (source_file.c: lines, JSON, CSV as from a file); -1: none */
 } mem_partition;
 typedef struct mem_input {
     int npart;

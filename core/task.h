@@ -179,6 +179,10 @@ int task_explain_json(task *t, const char *uid, json_t *tasks);
  * operator, records in (dir 0) or out (1); per window operator, records
  * dropped late (which 0) or open windows (1).  Event loop. */
 void task_operator_samples(task *t, struct evbuffer *out, const char *name, int dir);
+/* Calls fn for each operator of t's running version with its records in
+ * and out (this version's counts).  Any thread. */
+typedef void (*task_operator_fn)(void *ud, task *t, const node *nd, uint64_t in, uint64_t out);
+void task_operators(task *t, task_operator_fn fn, void *ud);
 void task_window_samples(task *t, struct evbuffer *out, const char *name, int which);
 
 /* The call in progress, for the watchdog (event loop) and the crash handler

@@ -208,15 +208,27 @@ int task_explain_json(task *t, const char *uid, json_t *tasks) {
 
 /* ---- metric samples -------------------------------------------------------------- */
 
-void task_operator_samples(task *t, struct evbuffer *out, const char *name, int dir) {
+void task_operators(task *t, task_operator_fn fn, void *ud) {
     pthread_mutex_lock(&t->swap_mu);          /* cur must not change under us */
     const plan *tp = t->cur.p;
     for (int k = 0; k < t->cur.st->nnodes; k++) {
         const node *nd = &tp->nodes[t->cur.st->nodes[k] - 1];
-        const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
-        metrics_sample(out, name, labels, (double)(dir == 0 ? t->cur.node_in[nd->id] : t->cur.node_out[nd->id]));
+        fn(ud, t, nd, t->cur.node_in[nd->id], t->cur.node_out[nd->id]);
     }
     pthread_mutex_unlock(&t->swap_mu);
+}
+
+typedef struct samples { struct evbuffer *out; const char *name; int dir; } samples;
+
+static void operator_sample(void *ud, task *t, const node *nd, uint64_t in, uint64_t out) {
+    samples *s = ud;
+    const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
+    metrics_sample(s->out, s->name, labels, (double)(s->dir == 0 ? in : out));
+}
+
+void task_operator_samples(task *t, struct evbuffer *out, const char *name, int dir) {
+    samples s = { out, name, dir };
+    task_operators(t, operator_sample, &s);
 }
 
 void task_window_samples(task *t, struct evbuffer *out, const char *name, int which) {

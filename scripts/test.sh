@@ -14,8 +14,9 @@
 #                 (log_path, as `make tsan` sets): each report found there
 #                 after a suite is shown and counts as one failure
 #
-# Runs the C unit tests, the fuzz targets briefly, then busted over spec/unit
-# and spec/e2e (or SPECS), shows each
+# Runs the C unit tests, the fuzz targets briefly, the examples' tests
+# (`eddy test examples`), then busted over spec/unit and spec/e2e (or
+# SPECS), shows each
 # suite's output, and ends with one line "N passed, N failed[, N skipped]".
 # Exit 1 when anything failed.  The specs that need a real Kafka broker
 # (exactly-once and consumer groups) get its address in EDDY_TEST_KAFKA; when
@@ -119,6 +120,25 @@ if [ "${FUZZ_SECONDS:-3}" != 0 ]; then
         failed=$((failed + 1))
     fi
 fi
+
+# The examples' tests (examples/*/*_test.lua, issue #18) through `eddy test`:
+# trust its summary line "N passed, N failed"; a run without one (a test
+# file that does not load, exit 2) or a non-zero exit with "0 failed"
+# counts as one failure.
+run "eddy test examples" "$EDDY_BIN" test examples
+summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+if [ -n "$summary" ]; then
+    read -r p _ f _ <<<"${summary//,/}"
+    passed=$((passed + p)) failed=$((failed + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "not ok eddy test examples ($why after all tests passed)"
+        failed=$((failed + 1))
+    fi
+else
+    echo "not ok eddy test examples ($why, no summary line)"
+    failed=$((failed + 1))
+fi
+reports "eddy-test-examples"
 
 SPECS=${SPECS:-spec/unit spec/e2e}
 

@@ -50,6 +50,13 @@ local function scalar(v)
   return tostring(v)
 end
 
+local KEYWORDS = {}
+for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true until while"):gmatch("%a+") do
+  KEYWORDS[w] = true
+end
+-- a key written as a name (k = ...) rather than as [k]
+local function is_name(k) return type(k) == "string" and k:match("^[%a_][%w_]*$") ~= nil and not KEYWORDS[k] end
+
 -- v as Lua-like text, keys sorted, at most `depth` levels deep
 local function show(v, indent, seen)
   if type(v) ~= "table" then return scalar(v) end
@@ -63,7 +70,7 @@ local function show(v, indent, seen)
     for i = 1, #v do parts[#parts + 1] = show(v[i], inner, seen) end
   else
     for _, k in ipairs(sorted_keys(v)) do
-      local ks = type(k) == "string" and k:match("^[%a_][%w_]*$") and k or "[" .. scalar(k) .. "]"
+      local ks = is_name(k) and k or "[" .. scalar(k) .. "]"
       parts[#parts + 1] = ks .. " = " .. show(v[k], inner, seen)
     end
   end
@@ -76,7 +83,7 @@ end
 T.show = show
 
 local function key_path(path, k)
-  if type(k) == "string" and k:match("^[%a_][%w_]*$") then return path .. "." .. k end
+  if is_name(k) then return path .. "." .. k end
   return path .. "[" .. scalar(k) .. "]"
 end
 
