@@ -36,7 +36,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg) {
         for (char *p = buf; p < buf + n;) {
             struct inotify_event *e = (struct inotify_event *)p;
             size_t len = e->len ? strlen(e->name) : 0;
-            if (len > 4 && strcmp(e->name + len - 4, ".lua") == 0) {
+            if (len > 4 && strcmp(e->name + len - 4, ".lua") == 0 && !plan_is_test_file(e->name)) {
                 snprintf(w->last, sizeof w->last, "%s", e->name);
                 struct timeval tv = { w->debounce_ms / 1000, (w->debounce_ms % 1000) * 1000 };
                 evtimer_add(w->timer, &tv);      /* re-arming pushes the deadline back */
