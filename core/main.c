@@ -1,6 +1,7 @@
 /* main — the command line: run, check, version, help (and the subcommands
  * later parts of eddy add).  Exit codes: 0 success, 1 runtime failure, 2
  * usage, configuration or pipeline-script error. */
+#include "canary.h"
 #include "client.h"
 #include "daemon.h"
 #include "kafka_mock.h"
@@ -67,6 +68,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "test") == 0) return testing_main(argc - 2, argv + 2);
     if (strcmp(cmd, "kafka-mock") == 0) return kafka_mock_main(argc - 2, argv + 2);
     if (strcmp(cmd, "reload") == 0) {
+        int canary_rc;
+        if (canary_cli(argc, argv, &canary_rc)) return canary_rc;   /* --canary*, --promote, --rollback */
         const char *admin = "127.0.0.1:8600";
         const char *path = "/reload";
         const char *token = getenv("EDDY_ADMIN_TOKEN");

@@ -103,11 +103,12 @@ err:
 
 /* ---- the policy: when a reload may start, and its roll-out ---------------- */
 
-/* A reload is in progress while a running task has not reached the newest version. */
+/* A reload is in progress while a running task has not reached the last
+ * roll-out (a reload, a canary, a promotion, a rollback) offered to it. */
 int reload_in_progress(daemon_state *d) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (task_status(t) == TASK_RUNNING && task_version(t) != d->version) return 1;
+        if (task_status(t) == TASK_RUNNING && task_rollout_pending(t)) return 1;
     }
     return 0;
 }
@@ -125,6 +126,12 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
         snprintf(msg, len, "eddy is stopping: no reload");
         return 503;
     }
+    if (d->canary) {                  /* canary.c */
+        snprintf(msg, len, "a canary of version %d is running (%s): promote it (eddy reload --promote) or roll it "
+                 "back (eddy reload --rollback) before a reload", d->canary->version, d->canary->how);
+        log_warn("%s: reload refused: %s", trigger, msg);
+        return 409;
+    }
     if (reload_in_progress(d)) {
         snprintf(msg, len, "version %d is still being rolled out to the tasks; try again", d->version);
         return 503;
@@ -141,7 +148,7 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
         snprintf(msg, len, "%d", d->version);
         return 200;
     }
-    int version = d->version + 1;
+    int version = reload_next_version(d);
     task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
     plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
     if (!tvs || !plans) { free(tvs); snprintf(msg, len, "out of memory"); return 503; }
@@ -158,7 +165,7 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
         return 422;
     }
     d->plans[d->nplans++] = p;
-    d->version = version;
+    d->version = d->last_version = version;
     d->loaded_at_ms = clock_wall_ms();
     d->last_reload_error[0] = 0;
     d->reloads_ok++;
