@@ -9,6 +9,7 @@
 #include "source.h"
 #include "source_kafka.h"
 #include "state.h"
+#include "versions.h"
 #include "vm.h"
 #include "window.h"
 #include <event2/buffer.h>
@@ -297,18 +298,42 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
     return out;
 }
 
+/* POST /reload[?allow_dropped_state=1][&to=VERSION] */
 static json_t *h_reload(void *ud, const char *query, int *http_status) {
     daemon_state *d = ud;
     json_t *canary_answer;
     if (canary_http(d, query, http_status, &canary_answer)) return canary_answer;   /* canary.c */
-    char msg[2048];
+    char msg[2048], trigger[300];
     int force = query && strstr(query, "allow_dropped_state=1") != NULL;
     int before = d->version;
-    *http_status = reload_request(d, "POST /reload", force, msg, sizeof msg);
+    struct evkeyvalq q;
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    if (query && evhttp_parse_query_str(query, &q) < 0) {
+        *http_status = 400;
+        return json_pack("{s:s, s:i}", "error", "a malformed query", "version", d->version);
+    }
+    const char *to = evhttp_find_header(&q, "to");
+    snprintf(trigger, sizeof trigger, "POST /reload%s%.200s", to ? " --to " : "", to ? to : "");
+    *http_status = reload_request_to(d, trigger, to, force, msg, sizeof msg);
+    evhttp_clear_headers(&q);
     if (*http_status == 200)
         return json_pack("{s:i, s:s, s:b}", "version", atoi(msg), "sha256", d->plans[d->nplans - 1]->hash, "unchanged",
                          d->version == before);
     return json_pack("{s:s, s:i}", "error", msg, "version", d->version);
+}
+
+/* /status pipeline.versions: the kept versions, oldest first.  Owned. */
+static json_t *versions_json(const daemon_state *d) {
+    version_info *v;
+    char err[512];
+    int n = versions_list(d->cfg->state_dir, &v, err, sizeof err);
+    json_t *out = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(out, json_pack("{s:i, s:s, s:I}", "version", v[i].version, "sha256", v[i].sha256,
+                                             "loaded_at", (json_int_t)v[i].loaded_at_ms));
+    free(v);
+    return out;
 }
 
 /* The savepoint is the final state: stopping is set before the tasks held
@@ -379,6 +404,7 @@ static json_t *h_status(void *ud) {
         "state", atomic_load(&d->sh.stopping) ? "stopping" : d->waiting[0] ? "waiting" : "running",
         "uptime_ms", (json_int_t)(clock_mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
+    json_object_set_new(json_object_get(j, "pipeline"), "versions", versions_json(d));
     json_object_set_new(json_object_get(j, "pipeline"), "canary", canary_status_json(d));
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));

@@ -78,6 +78,7 @@ static const key SCHEMA[] = {
     CUSTOM("admin.hosts",                     config_load_hosts),
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
+    INT("reload.keep_versions",      "5",     reload_keep_versions, 1, 1000),
     ENUM("on_error",                 "fail",  on_error, ON_ERRORS),
     SECTION("dead_letter"),
     PATH("dead_letter.file",                  dead_letter_file),           /* default: config_finish() */

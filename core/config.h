@@ -72,6 +72,7 @@ typedef struct config {
     char *admin_token;       /* bearer token POST /reload and /savepoint need; NULL = none */
     char *admin_hosts;       /* more names Host may carry, comma-separated; NULL = none */
     int reload_watch;        /* default 1 */
+    int reload_keep_versions;/* accepted versions kept in state.dir/versions; default 5 */
     int on_error;            /* ON_ERROR_* ; default fail */
     char *dead_letter_file;  /* absolute; default <state_dir>/dead-letter.jsonl (set even
                               * when dead_letter_kafka is, which then takes precedence) */

@@ -445,6 +445,7 @@ static int open_state(daemon_state *d, int *code) {
     d->plans = malloc(sizeof *d->plans);
     if (!d->plans) return -1;
     d->plans[d->nplans++] = d->p;
+    reload_keep_first(d);                 /* state.dir/versions: this run's versions, for reload --to */
     vm_global_init();
     if (d->cfg->shuffle == SHUFFLE_KAFKA && shuffle_instance_id(d->cfg->state_dir, d->instance, err, sizeof err) < 0) {
         fprintf(stderr, "eddy: %s\n", err);

@@ -26,8 +26,9 @@ static void usage(FILE *out) {
         "                                  cluster); prints its bootstrap servers first; with --port,\n"
         "                                  listens on 127.0.0.1:P (0: any free port) and forwards\n"
         "                                  to the first broker\n"
-        "  eddy reload [--admin HOST:PORT] [--allow-dropped-state] [--token T]\n"
-        "                                  ask a running daemon to reload its pipeline\n"
+        "  eddy reload [--admin HOST:PORT] [--allow-dropped-state] [--to VERSION] [--token T]\n"
+        "                                  ask a running daemon to reload its pipeline (--to: back\n"
+        "                                  to a kept version, by number or sha256 prefix)\n"
         "  eddy savepoint [--admin HOST:PORT] [--stop] [--token T]\n"
         "                                  ask a running daemon for a savepoint; prints its folder\n"
         "  eddy run CONFIG --from-savepoint DIR [--allow-non-restored-state]\n"
@@ -71,15 +72,24 @@ int main(int argc, char **argv) {
         int canary_rc;
         if (canary_cli(argc, argv, &canary_rc)) return canary_rc;   /* --canary*, --promote, --rollback */
         const char *admin = "127.0.0.1:8600";
-        const char *path = "/reload";
-        const char *token = getenv("EDDY_ADMIN_TOKEN");
+        const char *token = getenv("EDDY_ADMIN_TOKEN"), *to = NULL;
+        int force = 0;
         for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
             else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
-            else if (strcmp(argv[i], "--allow-dropped-state") == 0) path = "/reload?allow_dropped_state=1";
+            else if (strcmp(argv[i], "--allow-dropped-state") == 0) force = 1;
+            else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc) to = argv[++i];
+            else if (strncmp(argv[i], "--to=", 5) == 0) to = argv[i] + 5;
             else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) token = argv[++i];
             else { fprintf(stderr, "eddy reload: unknown argument '%s'\n", argv[i]); return 2; }
         }
+        if (to && (!*to || strspn(to, "0123456789abcdefABCDEF") != strlen(to) || strlen(to) > 64)) {
+            fprintf(stderr, "eddy reload: --to %s: VERSION is a kept version number or a sha256 prefix\n", to);
+            return 2;
+        }
+        char path[128];
+        snprintf(path, sizeof path, "/reload%s%s%s%s", force ? "?allow_dropped_state=1" : "", to ? (force ? "&" : "?") : "",
+                 to ? "to=" : "", to ? to : "");
         return client_post(admin, path, NULL, token);
     }
     if (strcmp(cmd, "savepoint") == 0) {

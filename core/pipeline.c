@@ -66,20 +66,35 @@ static void digest_file(EVP_MD_CTX *md, const char *path) {
 /* The version's content hash: the script, then every .lua file beside it
  * (the modules it may require) in name order, each preceded by its name. */
 int plan_hash(const char *path, char hex[65], char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { snprintf(err, errlen, "%s: cannot open the pipeline script", path); return -1; }
+    return plan_hash_files(path, path, NULL, hex, err, errlen);
+}
+
+int plan_hash_text(const char *text, const char *path, char hex[65], char *err, size_t errlen) {
+    return plan_hash_files(text, path, NULL, hex, err, errlen);
+}
+
+int plan_hash_files(const char *text, const char *path, const char *modules, char hex[65], char *err,
+                    size_t errlen) {
+    FILE *f = fopen(text, "rb");
+    if (!f) { snprintf(err, errlen, "%s: cannot open the pipeline script", text); return -1; }
     fclose(f);
+    char *tmp = strdup(path), sdir[PATH_MAX], pattern[PATH_MAX + 16], shown[2 * PATH_MAX + 16];
+    if (!tmp) { snprintf(err, errlen, "out of memory"); return -1; }
+    snprintf(sdir, sizeof sdir, "%s", dirname(tmp));
+    free(tmp);
+    const char *mdir = modules ? modules : sdir;
+    snprintf(pattern, sizeof pattern, "%s/*.lua", mdir);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    digest_file(md, path);
-    char *tmp = strdup(path), pattern[PATH_MAX];
-    snprintf(pattern, sizeof pattern, "%s/*.lua", dirname(tmp));
-    free(tmp);
+    digest_file(md, text);
     glob_t g;
     if (glob(pattern, 0, NULL, &g) == 0) {
         for (size_t i = 0; i < g.gl_pathc; i++) {
-            if (strcmp(g.gl_pathv[i], path) == 0) continue;
-            EVP_DigestUpdate(md, g.gl_pathv[i], strlen(g.gl_pathv[i]) + 1);
+            /* a module is named as it is (or was) beside the script */
+            if (modules) snprintf(shown, sizeof shown, "%s/%s", sdir, g.gl_pathv[i] + strlen(mdir) + 1);
+            else snprintf(shown, sizeof shown, "%s", g.gl_pathv[i]);
+            if (strcmp(shown, path) == 0) continue;
+            EVP_DigestUpdate(md, shown, strlen(shown) + 1);
             digest_file(md, g.gl_pathv[i]);
         }
         globfree(&g);
@@ -475,9 +490,10 @@ int plan_push_runtime(vm *v, const plan *p, const config *cfg, const char *fn, i
         return -1;
     }
     lua_getfield(L, -1, fn);                                   /* runtime fn */
-    lua_createtable(L, 0, 4 + nrec);                           /* runtime fn args */
+    lua_createtable(L, 0, 5 + nrec);                           /* runtime fn args */
     lua_pushstring(L, p->script_rel); lua_setfield(L, -2, "script");
     lua_pushstring(L, p->dir);        lua_setfield(L, -2, "dir");
+    if (p->text) { lua_pushstring(L, p->text); lua_setfield(L, -2, "text"); }
     lua_pushboolean(L, cfg->sandbox_ffi); lua_setfield(L, -2, "ffi");
     lua_pushboolean(L, cfg->sandbox_os);  lua_setfield(L, -2, "os");
     return 0;
@@ -499,6 +515,10 @@ void plan_describe_input(const plan *p, uint32_t source, int32_t partition, int6
 }
 
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen) {
+    return plan_create_text(cfg, lua_dir, NULL, err, errlen);
+}
+
+plan *plan_create_text(const config *cfg, const char *lua_dir, const char *text, char *err, size_t errlen) {
     plan *p = calloc(1, sizeof *p);
     vm *v = NULL;
     if (!p) { snprintf(err, errlen, "out of memory"); return NULL; }
@@ -509,7 +529,8 @@ plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errl
     tmp = strdup(cfg->pipeline);
     p->script_rel = strdup(basename(tmp));
     free(tmp);
-    if (plan_hash(p->script, p->hash, err, errlen) < 0) goto err;
+    if (text && !(p->text = strdup(text))) { snprintf(err, errlen, "out of memory"); goto err; }
+    if (plan_hash_text(text ? text : p->script, p->script, p->hash, err, errlen) < 0) goto err;
 
     vm_opts vo = { .memory_limit = cfg->limit_memory, .instructions = cfg->limit_instructions,
                    .lua_dir = lua_dir, .pipeline_dir = p->dir };
@@ -561,7 +582,7 @@ void plan_destroy(plan *p) {
         free(si->topics); free(si->ktopic); free(si->kpart); free(si->start);
     }
     free(p->sources);
-    free(p->script); free(p->script_rel); free(p->dir);
+    free(p->script); free(p->script_rel); free(p->dir); free(p->text);
     free(p);
 }
 

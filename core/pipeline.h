@@ -65,6 +65,8 @@ typedef struct plan {
     char *script;           /* absolute path */
     char *script_rel;       /* as the user knows it: relative to dir */
     char *dir;              /* the pipeline's folder */
+    char *text;             /* NULL, or where the script's text is read from instead of `script` (a kept
+                             * version, reload --to): every path in it still resolves against dir */
     char hash[65];          /* sha-256 of the script, hex */
     node *nodes; int nnodes;     /* nodes[id - 1] */
     stage *stages; int nstages;
@@ -75,6 +77,11 @@ typedef struct plan {
 /* Plans the pipeline the config names.  Returns an owned plan, or NULL with
  * err naming the file:line or config key at fault. */
 plan *plan_create(const config *cfg, const char *lua_dir, char *err, size_t errlen);
+/* The same, with the script's text read from the file `text` (a kept copy)
+ * instead of the config's pipeline: the plan is the config's pipeline in
+ * its folder (file = paths, require, io.open resolve there, error messages
+ * name the script as the user knows it); only the script's bytes differ. */
+plan *plan_create_text(const config *cfg, const char *lua_dir, const char *text, char *err, size_t errlen);
 /* Starts eddy.runtime in VM v and pushes its entry point `fn` ("plan",
  * "task") with an args table holding what every entry point takes from the
  * plan and config (script, dir, ffi, os), room made for nrec more fields
@@ -88,6 +95,12 @@ int plan_push_runtime(struct vm *v, const plan *p, const config *cfg, const char
 /* The content hash of a version (plan->hash): sha-256 of the script, then
  * of every .lua file beside it in name order, as hex.  0, or -1 with err. */
 int plan_hash(const char *script, char hex[65], char *err, size_t errlen);
+/* The same hash with the script's bytes read from `text` instead. */
+int plan_hash_text(const char *text, const char *script, char hex[65], char *err, size_t errlen);
+/* The same hash with the modules read from the folder `modules` (a kept
+ * copy), each named as if it were beside script; NULL: beside script. */
+int plan_hash_files(const char *text, const char *script, const char *modules, char hex[65], char *err,
+                    size_t errlen);
 void plan_destroy(plan *p);          /* NULL is a no-op */
 /* Where an input record came from, for messages: "SOURCE FILE:LINE (byte
  * N)" (no ":LINE" when line is 0), or "SOURCE topic T partition P offset N"

@@ -2,6 +2,8 @@
 #include "clock.h"
 #include "daemon_state.h"
 #include "log.h"
+#include "versions.h"
+#include <limits.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <stdlib.h>
@@ -79,10 +81,48 @@ void reload_watch_destroy(reload_watch *w) {
 
 plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running, task **tasks, int ntasks,
                      int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen) {
-    plan *p = plan_create(cfg, lua_dir, err, errlen);
+    return reload_prepare_text(cfg, lua_dir, NULL, running, tasks, ntasks, version, allow_dropped_state, tvs, err,
+                               errlen);
+}
+
+static int found_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    (void)k; (void)kl; (void)v; (void)vl;
+    *(int *)ud = 1;
+    return 1;
+}
+
+/* A process operator's state migration (lua/eddy/runtime/migrate.lua) has
+ * not converted every key yet: another version now would meet keys in
+ * either shape.  0, or -1 with err naming the uid. */
+static int migration_running(const plan *running, task **tasks, int ntasks, char *err, size_t errlen) {
+    state_db *db = ntasks > 0 ? task_state_db(tasks[0]) : NULL;
+    for (int i = 0; db && i < running->nnodes; i++) {
+        const node *nd = &running->nodes[i];
+        if (nd->kind != NODE_PROCESS || !nd->uid) continue;
+        char from[600], to[600];
+        int n = snprintf(from, sizeof from, "%s#migrating", nd->uid);
+        if (n < 0 || (size_t)n + 1 >= sizeof from) continue;
+        memcpy(to, from, (size_t)n);
+        from[n] = 0;
+        to[n] = 1;                                  /* [uid#migrating 0x00, uid#migrating 0x01) */
+        int found = 0;
+        if (state_range(db, from, (size_t)n + 1, to, (size_t)n + 1, found_cb, &found) == 0 && found) {
+            snprintf(err, errlen, "%s: the state of process uid '%s' is still being migrated to the running version "
+                     "(its migrate); reload once every key is done", nd->where, nd->uid);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+                          task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
+                          size_t errlen) {
+    plan *p = plan_create_text(cfg, lua_dir, text, err, errlen);
     if (!p) return NULL;
     if (plan_copy_kafka(p, running) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
     if (plan_compatible(running, p, allow_dropped_state, err, errlen) < 0) goto err;
+    if (migration_running(running, tasks, ntasks, err, errlen) < 0) goto err;
     for (int i = 0; i < ntasks; i++) tvs[i] = NULL;
     for (int i = 0; i < ntasks; i++) {
         char terr[1024];
@@ -113,10 +153,37 @@ int reload_in_progress(daemon_state *d) {
     return 0;
 }
 
-/* Validates the pipeline script as it is on disk now and, when it is good,
- * offers the new version to every task.  Returns an HTTP-like status (200,
- * 422 refused, 503 busy or stopping) with msg. */
-int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len) {
+/* reload --to: which kept version `to` names, copied to the folder the new
+ * version `version` is read from (into text).  0, or an HTTP-like status
+ * with msg (404 unknown, 400 malformed, 503 the copy failed). */
+static int stage_kept(daemon_state *d, const char *to, int version, char *text, size_t tlen, version_info *picked,
+                      char *msg, size_t len) {
+    version_info *v = NULL;
+    char err[1024];
+    int rc = 0;
+    int n = versions_list(d->cfg->state_dir, &v, err, sizeof err);
+    if (n < 0) { snprintf(msg, len, "%s", err); return 503; }
+    int i = versions_pick(v, n, to, err, sizeof err);
+    if (i < 0) {
+        snprintf(msg, len, "reload --to %s: %s", to, err);
+        rc = i == VERSIONS_MALFORMED ? 400 : 404;
+        goto done;
+    }
+    *picked = v[i];
+    if (versions_stage(d->cfg->state_dir, &v[i], version, text, tlen, err, sizeof err) < 0) {
+        snprintf(msg, len, "reload --to %s: %s", to, err);
+        rc = 503;
+    }
+done:
+    free(v);
+    return rc;
+}
+
+/* Validates the new version (the pipeline script on disk, or with `to` a
+ * kept version's script) and, when it is good, offers it to every task.
+ * Returns an HTTP-like status with msg. */
+int reload_request_to(daemon_state *d, const char *trigger, const char *to, int allow_dropped_state, char *msg,
+                      size_t len) {
     if (!d->workers_running) {
         snprintf(msg, len, "eddy is still starting (waiting for Kafka): reload once it runs");
         log_warn("%s: reload refused: %s", trigger, msg);
@@ -140,24 +207,51 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
         snprintf(msg, len, "a checkpoint is in progress; try again");
         return 503;
     }
-    /* the same content as the running version: nothing to roll out */
     const plan *cur = d->plans[d->nplans - 1];
+    int version = reload_next_version(d);       /* (canary.c: never one given before) */
+    char text[PATH_MAX] = "", label[128] = "";
+    version_info kept;
+    if (to) {
+        int rc = stage_kept(d, to, version, text, sizeof text, &kept, msg, len);
+        if (rc) {
+            log_error("reload (%s) refused, version %d keeps running: %s", trigger, d->version, msg);
+            return rc;
+        }
+        snprintf(label, sizeof label, " (kept version %d)", kept.version);
+    }
+    /* the same content as the running version: nothing to roll out */
     char hash[65];
-    if (!allow_dropped_state && plan_hash(cur->script, hash, msg, len) == 0 && strcmp(hash, cur->hash) == 0) {
-        log_info("reload (%s): nothing changed (sha256 %.12s): version %d keeps running", trigger, hash, d->version);
+    if (!allow_dropped_state && plan_hash_text(to ? text : cur->script, cur->script, hash, msg, len) == 0 &&
+        strcmp(hash, cur->hash) == 0) {
+        if (to) versions_drop(d->cfg->state_dir, version);
+        log_info("reload (%s)%s: nothing changed (sha256 %.12s): version %d keeps running", trigger, label, hash,
+                 d->version);
         snprintf(msg, len, "%d", d->version);
         return 200;
     }
-    int version = reload_next_version(d);
     task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
     plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
-    if (!tvs || !plans) { free(tvs); snprintf(msg, len, "out of memory"); return 503; }
+    if (!tvs || !plans) {
+        free(tvs);
+        if (plans) d->plans = plans;
+        if (to) versions_drop(d->cfg->state_dir, version);
+        snprintf(msg, len, "out of memory");
+        return 503;
+    }
     d->plans = plans;
     char err[2048];
-    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), d->plans[d->nplans - 1], d->tasks, d->ntasks, version,
-                             allow_dropped_state, tvs, err, sizeof err);
+    plan *p = reload_prepare_text(d->cfg, daemon_lua_dir(), to ? text : NULL, d->plans[d->nplans - 1], d->tasks,
+                                  d->ntasks, version, allow_dropped_state, tvs, err, sizeof err);
     if (!p) {
         free(tvs);
+        if (to) {
+            versions_drop(d->cfg->state_dir, version);
+            char why[2048];
+            snprintf(why, sizeof why, "kept version %d (sha256 %.12s) cannot run now (its script is planned in "
+                     "the pipeline's folder as it is now): %.1500s (its script and modules as they were are in "
+                     "%.200s/versions/%d)", kept.version, kept.sha256, err, d->cfg->state_dir, kept.version);
+            snprintf(err, sizeof err, "%s", why);
+        }
         d->reloads_failed++;
         snprintf(d->last_reload_error, sizeof d->last_reload_error, "%s", err);
         log_error("reload (%s) refused, version %d keeps running: %s", trigger, d->version, err);
@@ -178,9 +272,34 @@ int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state
     }
     free(tvs);
     for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
-    log_info("reload (%s): version %d (sha256 %.12s) is rolling out", trigger, version, p->hash);
+    if (to && strcmp(p->hash, kept.sha256) != 0)
+        log_warn("reload (%s): version %d runs kept version %d's script with the modules of %s as they are now, "
+                 "which differ from version %d's: its sha256 is %.12s, not %.12s (the copy of version %d's "
+                 "modules is in %s/versions/%d)", trigger, version, kept.version, p->dir, kept.version, p->hash,
+                 kept.sha256, kept.version, d->cfg->state_dir, kept.version);
+    log_info("reload (%s)%s: version %d (sha256 %.12s) is rolling out", trigger, label, version, p->hash);
+    int kr = to ? versions_commit(d->cfg->state_dir, version, p->hash, p->script_rel, d->loaded_at_ms,
+                                  d->cfg->reload_keep_versions, err, sizeof err)
+                : versions_keep(d->cfg->state_dir, version, p, d->loaded_at_ms, d->cfg->reload_keep_versions, err,
+                                sizeof err);
+    if (kr < 0) log_warn("version %d runs, but is not kept for reload --to: %s", version, err);
     snprintf(msg, len, "%d", version);
     return 200;
+}
+
+int reload_request(daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len) {
+    return reload_request_to(d, trigger, NULL, allow_dropped_state, msg, len);
+}
+
+int reload_keep_first(daemon_state *d) {
+    char err[1024];
+    if (versions_reset(d->cfg->state_dir, err, sizeof err) < 0 ||
+        versions_keep(d->cfg->state_dir, d->version, d->plans[d->nplans - 1], d->loaded_at_ms,
+                      d->cfg->reload_keep_versions, err, sizeof err) < 0) {
+        log_warn("version %d is not kept for reload --to: %s", d->version, err);
+        return -1;
+    }
+    return 0;
 }
 
 void reload_on_file_changed(void *ud, const char *file) {

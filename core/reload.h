@@ -32,6 +32,11 @@ void reload_watch_destroy(reload_watch *w);   /* NULL is a no-op */
  * on failure nothing is left in tvs. */
 plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running, task **tasks, int ntasks,
                      int version, int allow_dropped_state, task_vm **tvs, char *err, size_t errlen);
+/* The same with the script's text read from `text` (a kept version's copy,
+ * planned in the pipeline's folder: reload --to); NULL: the script. */
+plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+                          task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
+                          size_t errlen);
 
 struct daemon_state;
 /* 1 while a running task has not reached the newest version. */
@@ -41,6 +46,16 @@ int reload_in_progress(struct daemon_state *d);
  * ("SIGHUP", "POST /reload").  Returns an HTTP-like status (200 with the
  * version in msg, 422 refused, 503 busy or stopping, with why in msg). */
 int reload_request(struct daemon_state *d, const char *trigger, int allow_dropped_state, char *msg, size_t len);
+/* The same for `eddy reload --to VERSION` (to: a kept version's number or
+ * sha256 prefix; NULL: the files on disk): that version's script, planned
+ * in the pipeline's folder through the same checks, becomes the next
+ * version.  Also 404 (no such kept version) and 400 (malformed VERSION).
+ * Every accepted version is kept (versions.c). */
+int reload_request_to(struct daemon_state *d, const char *trigger, const char *to, int allow_dropped_state,
+                      char *msg, size_t len);
+/* At start: empties state.dir/versions and keeps the version eddy started
+ * with.  0, or -1 (logged; eddy runs on without it). */
+int reload_keep_first(struct daemon_state *d);
 /* A reload_watch callback (ud: the daemon_state): reloads as file changed. */
 void reload_on_file_changed(void *ud, const char *file);
 

@@ -168,11 +168,13 @@ function M.new(opts)
     return setfenv(f, env)
   end
 
-  -- load_user_file(rel[, trusted]): the chunk of the file rel in the
+  -- load_user_file(rel[, trusted[, text]]): the chunk of the file rel in the
   -- pipeline's folder.  Only the pipeline script itself (trusted: the
-  -- config names it) may be a symlink to a file elsewhere.
-  local function load_user_file(rel, trusted)
-    local path = dir .. "/" .. rel
+  -- config names it) may be a symlink to a file elsewhere; its bytes may
+  -- come from another file, text (a kept version's copy: reload --to),
+  -- while it keeps its name and its folder.
+  local function load_user_file(rel, trusted, text)
+    local path = trusted and text or dir .. "/" .. rel
     if not trusted then
       if not realpath(path) then return nil, "cannot open " .. rel, "missing" end
       local real, err = within(path, rel)

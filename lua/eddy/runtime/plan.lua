@@ -13,7 +13,7 @@ local P = {}
 local function load_pipeline(args)
   local env, load_user_file = sandbox.new({ dir = args.dir, ffi = args.ffi, os = args.os,
     log = args.log or function(msg) io.stderr:write(msg, "\n") end })
-  local f, err = load_user_file(args.script, true)
+  local f, err = load_user_file(args.script, true, args.text)
   if not f then error(err, 0) end
   local ok, p = xpcall(f, function(e) return tostring(e) end)
   if not ok then error(p, 0) end
