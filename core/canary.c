@@ -4,6 +4,7 @@
 #include "daemon_state.h"
 #include "log.h"
 #include "reload.h"
+#include "versions.h"
 #include <ctype.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -137,6 +138,26 @@ int canary_same_routing(const plan *old, const plan *p, char *err, size_t errlen
     return 0;
 }
 
+int canary_same_migrations(const plan *old, const plan *p, char *err, size_t errlen) {
+    for (int j = 0; j < p->nnodes; j++) {
+        const node *b = &p->nodes[j];
+        const char *code = b->kind == NODE_PROCESS ? node_opt(b, "migrate_code") : NULL;
+        if (!code) continue;
+        const char *was = NULL;
+        for (int i = 0; i < old->nnodes; i++)
+            if (old->nodes[i].kind == NODE_PROCESS && old->nodes[i].uid && b->uid && strcmp(old->nodes[i].uid, b->uid) == 0)
+                was = node_opt(&old->nodes[i], "migrate_code");
+        if (!was || strcmp(was, code) != 0) {
+            snprintf(err, errlen, "a canary cannot bring a new migrate: the process operator at %s (uid %s) would "
+                     "convert its keys' state on the canary tasks, and the running version (or a rollback) cannot "
+                     "read the new shape; reload it whole (eddy reload) instead", b->where ? b->where : "?",
+                     b->uid ? b->uid : "?");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ---- the daemon's side ------------------------------------------------------ */
 
 int reload_next_version(daemon_state *d) {
@@ -148,6 +169,8 @@ int reload_next_version(daemon_state *d) {
 
 void canary_free(daemon_state *d) {
     if (!d->canary) return;
+    for (int i = 0; d->canary->ready && i < d->ntasks; i++) task_vm_destroy(d->canary->ready[i]);
+    free(d->canary->ready);
     free(d->canary->on);
     free(d->canary);
     d->canary = NULL;
@@ -174,14 +197,24 @@ static int may_roll_out(daemon_state *d, char *msg, size_t len) {
     return 0;
 }
 
-/* Offers tvs[i] to the tasks that have one and a pass to the other running
- * tasks, downstream first (tasks are numbered sources first: a keyed task
- * has its offer or pass before the barriers reach it), then wakes them. */
-static void roll_out(daemon_state *d, task_vm **tvs) {
+/* What a roll-out does to the canary tasks (on[i]) beyond its offers. */
+enum { START, PROMOTE, ROLLBACK };
+
+/* Offers tvs[i] to the running tasks that have one (taken: tvs[i] is NULL
+ * after); the canary tasks, on a start, park the version they leave, on a
+ * promotion close it, on a rollback get it back; every other running task
+ * gets a pass.  Downstream first (tasks are numbered sources first: a keyed
+ * task has its offer or pass before the barriers reach it); then wakes them. */
+static void roll_out(daemon_state *d, task_vm **tvs, const unsigned char *on, int mode) {
     for (int i = d->ntasks - 1; i >= 0; i--) {
         task *t = d->tasks[i];
-        if (task_status(t) != TASK_RUNNING) { task_vm_destroy(tvs[i]); continue; }
-        if (tvs[i]) task_offer(t, tvs[i]);
+        task_vm *tv = tvs[i];
+        tvs[i] = NULL;
+        if (task_status(t) != TASK_RUNNING) { task_vm_destroy(tv); continue; }
+        if (tv && mode == START) task_offer_parking(t, tv);
+        else if (tv) task_offer(t, tv);
+        else if (on[i] && mode == PROMOTE) task_pass_dropping_parked(t);
+        else if (on[i] && mode == ROLLBACK && task_offer_parked(t) == 0) continue;
         else task_pass(t);
     }
     for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
@@ -232,7 +265,7 @@ int canary_request(daemon_state *d, const char *trigger, canary_kind kind, const
     }
     int version = reload_next_version(d);
     p = reload_prepare(d->cfg, daemon_lua_dir(), cur, d->tasks, n, version, 0, tvs, err, sizeof err);
-    if (p && canary_same_routing(cur, p, err, sizeof err) < 0) {
+    if (p && (canary_same_routing(cur, p, err, sizeof err) < 0 || canary_same_migrations(cur, p, err, sizeof err) < 0)) {
         for (int i = 0; i < n; i++) { task_vm_destroy(tvs[i]); tvs[i] = NULL; task_forget_windows(d->tasks[i], cur, 0); }
         plan_destroy(p);
         p = NULL;
@@ -245,12 +278,12 @@ int canary_request(daemon_state *d, const char *trigger, canary_kind kind, const
         rc = 422;
         goto out;
     }
-    /* the other tasks stay: their new VMs go (and the windows of the new
-     * version's uids they opened) */
-    for (int i = 0; i < n; i++)
-        if (!on[i]) { task_vm_destroy(tvs[i]); tvs[i] = NULL; task_forget_windows(d->tasks[i], cur, 0); }
+    /* the other tasks stay: their new VMs wait for a promotion */
     canary_run *c = calloc(1, sizeof *c);
-    if (!c) {
+    task_vm **ready = calloc(n, sizeof *ready);
+    if (!c || !ready) {
+        free(c);
+        free(ready);
         for (int i = 0; i < n; i++) task_vm_destroy(tvs[i]);
         plan_destroy(p);
         snprintf(msg, len, "out of memory");
@@ -267,6 +300,9 @@ int canary_request(daemon_state *d, const char *trigger, canary_kind kind, const
     c->from_p = cur;
     c->on = on;
     on = NULL;
+    c->ready = ready;
+    for (int i = 0; i < n; i++)
+        if (!c->on[i]) { ready[i] = tvs[i]; tvs[i] = NULL; }
     snprintf(c->how, sizeof c->how, "%s %.200s", kind == CANARY_COUNT ? "--canary" : kind == CANARY_PARTITIONS ?
              "--canary-partitions" : "--canary-tasks", arg);
     c->started_ms = clock_wall_ms();
@@ -274,11 +310,14 @@ int canary_request(daemon_state *d, const char *trigger, canary_kind kind, const
     d->last_version = version;
     d->last_reload_error[0] = 0;
     d->reloads_ok++;
-    roll_out(d, tvs);
+    roll_out(d, tvs, c->on, START);
     char list[1024];
     task_list(d, c->on, 1, list, sizeof list);
     log_info("canary (%s): version %d (sha256 %.12s) is rolling out to %s; the other tasks stay on version %d",
              trigger, version, p->hash, list, c->from);
+    if (versions_keep(d->cfg->state_dir, version, p, c->started_ms, d->cfg->reload_keep_versions, err,
+                      sizeof err) < 0)
+        log_warn("canary version %d runs, but is not kept for reload --to: %s", version, err);
     snprintf(msg, len, "%d", version);
     rc = 200;
 out:
@@ -290,27 +329,6 @@ out:
     return rc;
 }
 
-/* Prepares version `version` of plan p for the running tasks whose on[i]
- * is `want`; the others get a pass.  0, or 422 with msg. */
-static int offer_to(daemon_state *d, const plan *p, int version, int want, const char *what, char *msg, size_t len) {
-    task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
-    if (!tvs) { snprintf(msg, len, "out of memory"); return 503; }
-    for (int i = 0; i < d->ntasks; i++) {
-        if (d->canary->on[i] != want || task_status(d->tasks[i]) != TASK_RUNNING) continue;
-        char err[1024];
-        tvs[i] = task_prepare(d->tasks[i], p, version, err, sizeof err);
-        if (!tvs[i]) {
-            snprintf(msg, len, "%s: task %s: %s", what, task_name(d->tasks[i]), err);
-            for (int j = 0; j < i; j++) task_vm_destroy(tvs[j]);
-            free(tvs);
-            return 422;
-        }
-    }
-    roll_out(d, tvs);
-    free(tvs);
-    return 0;
-}
-
 int canary_promote(daemon_state *d, const char *trigger, char *msg, size_t len) {
     if (!d->canary) {
         snprintf(msg, len, "no canary is running: nothing to promote (start one with eddy reload --canary K)");
@@ -319,11 +337,7 @@ int canary_promote(daemon_state *d, const char *trigger, char *msg, size_t len) 
     int rc = may_roll_out(d, msg, len);
     if (rc) return rc;
     canary_run *c = d->canary;
-    rc = offer_to(d, c->p, c->version, 0, "promote", msg, len);
-    if (rc) {
-        log_error("promote (%s) refused: %s", trigger, msg);
-        return rc;
-    }
+    roll_out(d, c->ready, c->on, PROMOTE);      /* (takes the ready VMs) */
     log_info("promote (%s): version %d (sha256 %.12s) is rolling out to the tasks still on version %d", trigger,
              c->version, c->p->hash, c->from);
     d->version = c->version;
@@ -347,11 +361,17 @@ int canary_rollback(daemon_state *d, const char *trigger, char *msg, size_t len)
     int rc = may_roll_out(d, msg, len);
     if (rc) return rc;
     canary_run *c = d->canary;
-    rc = offer_to(d, c->from_p, c->from, 1, "rollback", msg, len);
-    if (rc) {
-        log_error("rollback (%s) refused: %s", trigger, msg);
-        return rc;
-    }
+    /* the promotion's VMs go, and the windows of the canary's uids they opened */
+    for (int i = 0; i < d->ntasks; i++)
+        if (c->ready[i]) {
+            task_vm_destroy(c->ready[i]);
+            c->ready[i] = NULL;
+            task_forget_windows(d->tasks[i], c->from_p, 0);
+        }
+    task_vm **none = calloc(d->ntasks, sizeof *none);
+    if (!none) { snprintf(msg, len, "out of memory"); return 503; }
+    roll_out(d, none, c->on, ROLLBACK);         /* the canaries get their parked version back */
+    free(none);
     /* (the canary's plan stays in the list: its VMs close as the tasks swap away) */
     log_info("rollback (%s): the canaries of version %d go back to version %d", trigger, c->version, c->from);
     canary_free(d);

@@ -36,11 +36,18 @@ int canary_pick(int ntasks, const int *stage_of, const int *index_of, const char
  * upvalues, plan.lua's key_code).  0, or -1 with err naming the key_by. */
 int canary_same_routing(const plan *old, const plan *p, char *err, size_t errlen);
 
+/* Whether plan p brings no new state migration: every process operator
+ * with a migrate has the same migrate (bytecode, scalar upvalues) in `old`.
+ * 0, or -1 with err naming the operator. */
+int canary_same_migrations(const plan *old, const plan *p, char *err, size_t errlen);
+
 /* A canary in progress (daemon_state.canary). */
 typedef struct canary_run {
     int version, from;            /* the canary's version, and the one the other tasks run */
     const plan *p, *from_p;       /* borrowed from daemon_state.plans */
     unsigned char *on;            /* [ntasks]: 1 for a canary task */
+    struct task_vm **ready;       /* [ntasks]: the other tasks' VMs of the canary's version, prepared with the
+                                   * canary's (the script as it was then): what --promote offers them */
     char how[256];                /* the selection as asked: "--canary 1" */
     int64_t started_ms;           /* wall clock */
 } canary_run;

@@ -306,6 +306,30 @@ void task_pass(task *t) {
     atomic_store(&t->pass_epoch, ++t->offered_epoch);
 }
 
+void task_offer_parking(task *t, task_vm *tv) {
+    if (tv) tv->park_old = 1;
+    task_offer(t, tv);
+}
+
+int task_offer_parked(task *t) {
+    task_vm *pv = atomic_exchange(&t->parked, NULL);
+    if (!pv) return -1;
+    pv->park_old = 0;
+    task_offer(t, pv);
+    return 0;
+}
+
+void task_pass_dropping_parked(task *t) {
+    atomic_store(&t->drop_parked, 1);
+    task_pass(t);
+}
+
+/* On the worker, as it passes a roll-out: closes a parked version no longer wanted. */
+static void passed(task *t, int64_t epoch) {
+    if (atomic_exchange(&t->drop_parked, 0)) task_vm_destroy(atomic_exchange(&t->parked, NULL));
+    atomic_store(&t->epoch_done, epoch);
+}
+
 int task_rollout_pending(const task *t) {
     return atomic_load(&((task *)t)->epoch_done) < t->offered_epoch;
 }
@@ -340,7 +364,7 @@ void task_rollout_at_boundary(task *t) {
     } else {
         int64_t pass = atomic_load(&t->pass_epoch);
         if (pass > atomic_load(&t->epoch_done)) {
-            atomic_store(&t->epoch_done, pass);
+            passed(t, pass);
             task_push_all(t, CH_BARRIER, pass);
         }
     }
@@ -351,13 +375,16 @@ void task_swap_version(task *t) {
     task_vm *tv = atomic_exchange(&t->next, NULL);
     if (!tv) return;
     /* closing a VM can take milliseconds: keep the old one until the first
-     * batch on the new version has gone through */
-    task_vm_destroy(t->retired);
+     * batch on the new version has gone through (or, for a canary, until
+     * it is promoted or rolled back: parked) */
+    if (!tv->park_old) task_vm_destroy(t->retired);
     pthread_mutex_lock(&t->swap_mu);
     close_version_counts(t);
-    t->retired = malloc(sizeof *t->retired);
-    if (t->retired) *t->retired = t->cur;
+    task_vm *old = malloc(sizeof *old);
+    if (old) *old = t->cur;
     else { vm_destroy(t->cur.vm); free(t->cur.sink_of_node); free(t->cur.out_of_node); free(t->cur.node_in); free(t->cur.node_out); }
+    if (!tv->park_old) t->retired = old;
+    else if (old) task_vm_destroy(atomic_exchange(&t->parked, old));
     t->cur = *tv;
     t->st = t->cur.st;
     pthread_mutex_unlock(&t->swap_mu);
@@ -701,7 +728,7 @@ void task_forward_watermark(task *t) {
  * roll-out passes this task), pass it on. */
 static void barrier_aligned(task *t, int64_t epoch, int swap) {
     if (swap) task_swap_version(t);
-    else atomic_store(&t->epoch_done, epoch);
+    else passed(t, epoch);
     memset(t->held, 0, t->nin);
     t->nheld = 0;
     task_push_all(t, CH_BARRIER, epoch);
@@ -843,6 +870,7 @@ void task_destroy(task *t) {
     free(t->cur.node_out);
     task_vm_destroy(atomic_load(&t->next));
     task_vm_destroy(t->retired);
+    task_vm_destroy(atomic_load(&t->parked));
     source_close(t->src);
     batch_destroy(t->inbatch);
     for (int o = 0; o < t->nouts; o++) {

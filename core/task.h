@@ -116,6 +116,14 @@ void task_offer(task *t, task_vm *tv);
  * next batch boundary, a keyed task passes it on once it arrived on every
  * input, without swapping.  Event loop. */
 void task_pass(task *t);
+/* The same, and the version tv replaces is kept (parked) when t swaps:
+ * task_offer_parked hands it back (a canary's rollback), task_drop_parked
+ * lets it go (its promotion).  Event loop. */
+void task_offer_parking(task *t, task_vm *tv);
+/* Offers t the version it parked again: 0, or -1 when it parked none. */
+int task_offer_parked(task *t);
+/* Offers t a pass (task_pass) through which it closes its parked version. */
+void task_pass_dropping_parked(task *t);
 /* 1 while t has not reached the last roll-out offered to it. */
 int task_rollout_pending(const task *t);
 int task_version(const task *t);

@@ -41,6 +41,7 @@ struct task_vm {
     const stage *st;            /* this task's stage in p */
     int version;
     int64_t epoch;              /* the roll-out that offered it (task_offer): its barriers carry it */
+    int park_old;               /* swapping to it parks the version it replaces (task_offer_parking) */
     int *sink_of_node;          /* sink node id -> sinks index, [p->nnodes + 1] */
     int *out_of_node;           /* key_by node id -> outs index, [p->nnodes + 1] */
     uint64_t *node_in, *node_out;   /* records per node, [p->nnodes + 1] */
@@ -84,6 +85,8 @@ struct task {
     int64_t offered_epoch;      /* roll-outs offered so far  [L] */
     _Atomic int64_t pass_epoch; /* a roll-out this task keeps its version through  [A: L sets, W reads] */
     _Atomic int64_t epoch_done; /* the last roll-out this task swapped or passed at  [A: W sets] */
+    _Atomic(task_vm *) parked;  /* a canary's task: the version it left, kept to return to  [A: W parks, L offers it back] */
+    atomic_int drop_parked;     /* the parked version is no longer wanted: closed at the next pass  [A: L sets, W clears] */
     /* Per-version counters (task_status.c): what the versions this task ran
      * before the current one counted, and the task's totals at its last swap. */
     struct version_counts { int version; long in, out, errors, skipped, dead; } vcounts[8];

@@ -127,6 +127,9 @@ function P.plan(args)
     end
     if n.key ~= nil then opts.key = type(n.key) == "function" and "<function>" or tostring(n.key) end
     if n.kind == "key_by" and type(n.key) == "function" then opts.key_code = key_code(n.key) end
+    if n.kind == "process" and n.fns and type(n.fns.migrate) == "function" then
+      opts.migrate_code = key_code(n.fns.migrate)      -- (a canary refuses a new migrate)
+    end
     if type(n.timestamp) == "function" then opts.timestamp = "<function>" end
     out[i] = { id = n.id, kind = n.kind, name = n.name, uid = n.uid, where = n.where,
                inputs = n.inputs, opts = opts }
