@@ -292,6 +292,17 @@ describe("canary reload", function()
       assert.are.same({ 1, 3 }, runs(by["keyed1-2/" .. f]), "keyed1-2, file " .. f)
       assert.are.same({ 1, 3 }, runs(by["keyed1-3/" .. f]), "keyed1-3, file " .. f)
     end
+    -- the barrier rule: a keyed task switches once the roll-out's barrier came from every source
+    -- task, so a record a source read before its barrier meets the keyed task's old version, one
+    -- read after it the new.  in-0 and keyed1-0 switch at the same roll-outs (canary, rollback,
+    -- promote), as do in-1, keyed1-1 and keyed1-3 (promote): their rows have s = k.
+    for _, row in ipairs(rows) do
+      local f = row.n % 2
+      if (f == 0 and row.task == "keyed1-0") or (f == 1 and (row.task == "keyed1-1" or row.task == "keyed1-3")) then
+        assert.are.equal(row.s, row.k, "line" .. row.n .. " (in-" .. f .. ", " .. row.task .. "): read by version "
+          .. row.s .. " but processed by version " .. row.k .. " at the keyed task")
+      end
+    end
     -- exactly the keys of keyed1-0 ran version 2, each of them
     local v2keys = {}
     for _, row in ipairs(rows) do if row.k == 2 then v2keys[row.key] = true end end
