@@ -238,6 +238,13 @@ int canary_request(daemon_state *d, const char *trigger, canary_kind kind, const
                  "back (eddy reload --rollback) first", d->canary->version, d->canary->how);
         return 409;
     }
+    if (d->cfg->shuffle == SHUFFLE_KAFKA) {
+        /* barriers stay inside an instance, and each instance holds only some
+         * keyed tasks: no instance could switch "the keys of task j" alone */
+        snprintf(msg, len, "a canary needs shuffle = \"local\": under shuffle = \"kafka\" the keyed tasks are spread "
+                 "over the instances and barriers do not cross them; reload every instance instead");
+        return 422;
+    }
     int rc = may_roll_out(d, msg, len);
     if (rc) return rc;
     int n = d->ntasks;
