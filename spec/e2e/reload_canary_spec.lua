@@ -32,13 +32,15 @@ local function script(tag, key)
   }, "\n") .. "\n"
 end
 
-local function config(dir, admin)
+local function config(dir, admin, extra)
   admin = admin or {}
   admin.listen = "127.0.0.1:0"
-  return E.write_config(dir, {
+  local c = {
     name = "canary", pipeline = "pipeline.lua", threads = 2,
     state = { dir = "state" }, admin = admin, reload = { watch = false },
-  })
+  }
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return E.write_config(dir, c)
 end
 
 local function start(dir)
@@ -368,6 +370,85 @@ describe("canary reload", function()
     st = status(addr)
     assert.are.equal(1, st.pipeline.version)
     for _, t in ipairs(st.tasks) do assert.are.equal(t.name == "keyed1-3" and 2 or 1, t.version, t.name) end
+  end)
+
+  it("counts errors per task and version: a canary that raises on some records shows them under its version only",
+    function()
+    E.write(dir .. "/in0.txt", "")
+    E.write(dir .. "/in1.txt", "")
+    E.write(dir .. "/pipeline.lua", script("A"))
+    config(dir, nil, { on_error = "skip" })
+    local _, addr = start(dir)
+    local lines = {}
+    for i = 1, 200 do lines[#lines + 1] = "line" .. i end
+    local function feed(from, to)
+      local t = { [0] = {}, [1] = {} }
+      for i = from, to do t[i % 2][#t[i % 2] + 1] = "line" .. i .. "\n" end
+      E.append(dir .. "/in0.txt", table.concat(t[0]))
+      E.append(dir .. "/in1.txt", table.concat(t[1]))
+    end
+    feed(1, 200)
+    assert(E.wait_for(function() return #output(dir) == 200 end, 10), "v1 did not process the first 200 lines")
+    -- v2 raises at its keyed map on every line whose number ends in 0
+    E.write(dir .. "/pipeline.lua", script("B"):gsub('%(function%(v, ctx%) return v %.%. " k"',
+      '(function(v, ctx) if v:match("^line%%d*0 ") then error("v2 rejects " .. v) end return v .. " k"'))
+    local r = reload(addr, "--canary-tasks", "keyed1-1")
+    assert.are.equal(0, r.code, r.stderr)
+    wait_versions(addr, { ["keyed1-1"] = 2, ["keyed1-0"] = 1 })
+    feed(201, 600)
+    local m
+    assert(E.wait_for(function()
+      m = metrics(addr)
+      local n = 0
+      for i = 0, 3 do n = n + (m['eddy_records_in_total{task="keyed1-' .. i .. '",version="' .. (i == 1 and 2 or 1) .. '"}'] or 0) end
+      return #output(dir) + (m['eddy_errors_total{task="keyed1-1",version="2"}'] or 0) >= 600
+    end, 10), "the last 400 lines were not all processed")
+    local rejected = 0
+    for _, row in ipairs(output(dir)) do
+      if row.n > 200 and row.task == "keyed1-1" then
+        assert.are.equal(2, row.k)
+        assert.is_falsy(tostring(row.n):match("0$"), "line" .. row.n .. " should have been rejected by v2")
+      end
+      if row.n > 200 and row.n % 10 == 0 then assert.are_not.equal("keyed1-1", row.task) end
+    end
+    for n = 201, 600 do
+      if n % 10 == 0 then rejected = rejected + 1 end
+    end
+    local v2_errors = m['eddy_errors_total{task="keyed1-1",version="2"}']
+    assert.is_true(v2_errors > 0 and v2_errors < rejected, "v2 errors: " .. tostring(v2_errors))
+    assert.are.equal(v2_errors, m['eddy_records_skipped_total{task="keyed1-1",version="2"}'])
+    assert.are.equal(0, m['eddy_errors_total{task="keyed1-1",version="1"}'])
+    for _, task in ipairs({ "keyed1-0", "keyed1-2", "keyed1-3" }) do
+      assert.are.equal(0, m['eddy_errors_total{task="' .. task .. '",version="1"}'])
+      assert.is_nil(m['eddy_errors_total{task="' .. task .. '",version="2"}'])
+    end
+  end)
+
+  it("refuses a canary whose version brings a new migrate", function()
+    E.write(dir .. "/in0.txt", "line0\n")
+    E.write(dir .. "/in1.txt", "line1\n")
+    local function proc(migrate)
+      return table.concat({
+        'local eddy = require("eddy")',
+        'local p = eddy.pipeline()',
+        'p:source("in", { file = "in*.txt", format = "lines", follow = true })',
+        '  :key_by(' .. KEY .. ', { parallelism = 4 })',
+        '  :process({ process = function(v, ctx) ctx.state.n = (ctx.state.n or 0) + 1; ctx.emit(v) end'
+          .. (migrate and ', migrate = function(old) return old end' or '') .. ' }):uid("count")',
+        '  :sink("out", { file = "out", format = "lines" })',
+        'return p',
+      }, "\n") .. "\n"
+    end
+    E.write(dir .. "/pipeline.lua", proc(false))
+    config(dir)
+    local _, addr = start(dir)
+    wait_versions(addr, { ["keyed1-0"] = 1 })
+    E.write(dir .. "/pipeline.lua", proc(true))
+    local r = reload(addr, "--canary", "1")
+    assert.are_not.equal(0, r.code, r.stdout)
+    assert.matches("answered 422: a canary cannot bring a new migrate: the process operator at pipeline.lua:5 "
+      .. "%(uid count%)", r.stderr)
+    assert.are.equal(cjson.null, status(addr).pipeline.canary)
   end)
 
   it("POST /reload?canary=K takes the admin token as POST /reload does", function()
