@@ -392,6 +392,7 @@ void task_swap_version(task *t) {
     task_forget_windows(t, t->cur.p, 1);   /* state a reload let go (allow_dropped_state) */
     t->swapped_at_us = clock_mono_us();
     if (t->cur.epoch > atomic_load(&t->epoch_done)) atomic_store(&t->epoch_done, t->cur.epoch);
+    t->last_tick_ms = 0;         /* the new version's first tick comes at the next step (a state migration starts there) */
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
 }
