@@ -214,8 +214,13 @@ static void roll_out(daemon_state *d, task_vm **tvs, const unsigned char *on, in
         if (tv && mode == START) task_offer_parking(t, tv);
         else if (tv) task_offer(t, tv);
         else if (on[i] && mode == PROMOTE) task_pass_dropping_parked(t);
-        else if (on[i] && mode == ROLLBACK && task_offer_parked(t) == 0) continue;
-        else task_pass(t);
+        else if (on[i] && mode == ROLLBACK) {
+            if (task_offer_parked(t) == 0) continue;
+            /* (it parked nothing: it never swapped to the canary, or ran out of memory doing so) */
+            log_warn("rollback: task %s has no version to return to: it stays on version %d", task_name(t),
+                     task_version(t));
+            task_pass(t);
+        } else task_pass(t);
     }
     for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
 }

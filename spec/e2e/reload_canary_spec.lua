@@ -333,6 +333,12 @@ describe("canary reload", function()
       assert.are_not.equal(0, r.code, table.concat({ ... }, " ") .. " was accepted: " .. r.stdout)
       assert.matches("answered " .. code .. ": .*" .. pattern, r.stderr)
     end
+    -- the command line takes one roll-out at a time, and no other reload option with it (exit 2)
+    for _, args in ipairs({ { "--canary", "1", "--promote" }, { "--canary", "1", "--to", "1" },
+                            { "--rollback", "--allow-dropped-state" }, { "--canary" } }) do
+      local r = reload(addr, unpack(args))
+      assert.are.equal(2, r.code, table.concat(args, " ") .. ": " .. r.stderr)
+    end
     refused(409, "no canary is running: nothing to promote", "--promote")
     refused(409, "no canary is running: nothing to roll back", "--rollback")
     E.write(dir .. "/pipeline.lua", script("B"))
