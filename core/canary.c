@@ -122,7 +122,8 @@ int canary_same_routing(const plan *old, const plan *p, char *err, size_t errlen
             if (fa && fb) snprintf(what, sizeof what, "its field changed from '%s' to '%s'", fa, fb);
             else if (fa || fb) snprintf(what, sizeof what, "it changed from %s to %s", fa ? "a field" : "a function",
                                         fb ? "a field" : "a function");
-            else snprintf(what, sizeof what, "its key function's code changed");
+            else snprintf(what, sizeof what, "its key function changed (its code, or a value it reads from an "
+                          "enclosing local)");
             snprintf(err, errlen, "a canary cannot change how records are keyed: the key_by at %s (version running: "
                      "%s) %s, so the two versions would send a key to different tasks; reload it whole (eddy "
                      "reload) instead", b->where ? b->where : "?", a->where ? a->where : "?", what);

@@ -351,7 +351,11 @@ describe("canary reload", function()
     -- a changed key function, and a key_by on a field instead of the function
     E.write(dir .. "/pipeline.lua", script("B", 'function(v) return "k" .. (math.floor(tonumber(v:match("%d+")) / 2) % 8) end'))
     refused(422, "a canary cannot change how records are keyed: the key_by at pipeline.lua:5 .* its key "
-      .. "function's code changed", "--canary", "1")
+      .. "function changed %(its code, or a value it reads from an enclosing local%)", "--canary", "1")
+    -- a key function that reads its modulus from an enclosing local
+    local moved = script("B", 'function(v) return "k" .. (math.floor(tonumber(v:match("%d+")) / 2) % MOD) end')
+    E.write(dir .. "/pipeline.lua", moved:gsub("local p = eddy.pipeline%(%)", "local p = eddy.pipeline() local MOD = 8"))
+    refused(422, "its key function changed", "--canary", "1")
     E.write(dir .. "/pipeline.lua", script("B", '"user"'))
     refused(422, "the key_by at pipeline.lua:5 .* it changed from a function to a field", "--canary", "1")
     -- a version that fails a reload's checks fails a canary's
@@ -368,10 +372,10 @@ describe("canary reload", function()
     -- one request, one kind of roll-out
     local code, body = E.curl("http://" .. addr .. "/reload?canary=1&promote=1", "POST")
     assert.are.equal(400, code, body)
-    -- the canary counts as a reload accepted; the three versions refused by their checks, as refused
+    -- the canary counts as a reload accepted; the four versions refused by their checks, as refused
     local m = metrics(addr)
     assert.are.equal(1, m['eddy_reloads_total{result="ok"}'])
-    assert.are.equal(3, m['eddy_reloads_total{result="error"}'])
+    assert.are.equal(4, m['eddy_reloads_total{result="error"}'])
     -- no refused request changed a task
     st = status(addr)
     assert.are.equal(1, st.pipeline.version)
