@@ -441,12 +441,20 @@ int canary_cli(int argc, char **argv, int *rc) {
     const char *admin = "127.0.0.1:8600", *token = getenv("EDDY_ADMIN_TOKEN");
     const char *what = NULL, *value = NULL;
     int n = 0;
+    static const char *const opts[] = {"--canary", "--canary-partitions", "--canary-tasks"};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--canary") == 0 || strcmp(a, "--canary-partitions") == 0 || strcmp(a, "--canary-tasks") == 0) {
-            if (i + 1 >= argc) { fprintf(stderr, "eddy reload: %s needs a value\n", a); *rc = 2; return 1; }
-            what = a;
-            value = argv[++i];
+        int o = -1;
+        size_t l = 0;
+        for (int k = 0; k < 3 && o < 0; k++) {
+            l = strlen(opts[k]);
+            if (strncmp(a, opts[k], l) == 0 && (a[l] == 0 || a[l] == '=')) o = k;
+        }
+        if (o >= 0) {
+            what = opts[o];
+            if (a[l] == '=') value = a + l + 1;               /* --canary=1 */
+            else if (i + 1 < argc) value = argv[++i];
+            else { fprintf(stderr, "eddy reload: %s needs a value\n", a); *rc = 2; return 1; }
             n++;
         } else if (strcmp(a, "--promote") == 0 || strcmp(a, "--rollback") == 0) {
             what = a;
@@ -459,7 +467,7 @@ int canary_cli(int argc, char **argv, int *rc) {
         if (strcmp(a, "--admin") == 0 && i + 1 < argc) admin = argv[++i];
         else if (strncmp(a, "--admin=", 8) == 0) admin = a + 8;
         else if (strcmp(a, "--token") == 0 && i + 1 < argc) token = argv[++i];
-        else if (strncmp(a, "--canary", 8) == 0) i++;
+        else if (strncmp(a, "--canary", 8) == 0) i += strchr(a, '=') ? 0 : 1;
         else if (strcmp(a, "--promote") != 0 && strcmp(a, "--rollback") != 0) {
             fprintf(stderr, "eddy reload: '%s' does not go with %s\n", a, what);
             *rc = 2;
