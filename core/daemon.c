@@ -316,6 +316,7 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 /* ---- building ---------------------------------------------------------- */
 
 void daemon_free(daemon_state *d) {
+    canary_free(d);
     if (d->adm) admin_destroy(d->adm);
     reload_watch_destroy(d->watch);
     for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);
