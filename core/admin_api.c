@@ -4,6 +4,7 @@
 #include "kafka.h"
 #include "keygroup.h"
 #include "log.h"
+#include "probation.h"
 #include "metrics.h"
 #include "shuffle.h"
 #include "source.h"
@@ -403,6 +404,8 @@ static json_t *h_status(void *ud) {
         "uptime_ms", (json_int_t)(clock_mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     json_object_set_new(json_object_get(j, "pipeline"), "versions", versions_json(d));
+    json_object_set_new(json_object_get(j, "pipeline"), "last_rollback", probation_last_json(d));
+    json_object_set_new(json_object_get(j, "pipeline"), "probation", probation_json(d));
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
     if (d->group && d->cfg->shuffle == SHUFFLE_KAFKA) json_object_set_new(j, "group", group_status(d));
@@ -502,6 +505,8 @@ static void reload_metrics(const daemon_state *d, struct evbuffer *out) {
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
     metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
     metrics_sample(out, "eddy_reloads_total", err_l, (double)d->reloads_failed);
+    const char *rb_l[] = {"result", "rolled_back", NULL};
+    metrics_sample(out, "eddy_reloads_total", rb_l, (double)probation_rollbacks(d));
     metrics_family(out, "eddy_pipeline_version", "gauge", "The pipeline version each task runs.");
     for (int i = 0; i < d->ntasks; i++) {
         const char *labels[] = {"task", task_name(d->tasks[i]), NULL};

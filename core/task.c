@@ -312,6 +312,8 @@ void task_swap_version(task *t) {
     free(tv);
     task_forget_windows(t, t->cur.p, 1);   /* state a reload let go (allow_dropped_state) */
     t->swapped_at_us = clock_mono_us();
+    t->ver_in0 = t->records_in;         /* the new version's own counts start here (probation.c) */
+    t->ver_err0 = (long)t->io.errors;
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
 }

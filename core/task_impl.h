@@ -121,6 +121,7 @@ struct task {
     int64_t swapped_at_us;      /* when the task swapped to a new version, 0 once measured */
     atomic_long last_pause_us;  /* last record on the old version -> first on the new  [A: W writes] */
     atomic_long reloads;        /* versions swapped in  [A: W adds] */
+    atomic_long ver_in0, ver_err0;   /* records_in and io.errors when the running version was swapped in  [A: W writes] */
 };
 
 /* ---- task.c's steps, for task_shuffle.c ---- */

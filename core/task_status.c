@@ -39,6 +39,11 @@ void task_get_counters(task *t, task_counters *c) {
     pthread_mutex_unlock(&t->swap_mu);
 }
 
+void task_version_counts(task *t, long *in, long *errors) {
+    *in = t->records_in - t->ver_in0;
+    *errors = (long)__atomic_load_n(&t->io.errors, __ATOMIC_RELAXED) - t->ver_err0;
+}
+
 /* ---- sources ------------------------------------------------------------------ */
 
 int task_id(const task *t) { return t->id; }
