@@ -13,7 +13,7 @@ local cjson = E.cjson
 
 -- script(tag, raise): a map that tags each line, raising on the lines
 -- `raise` (a Lua condition over n, the line's number) picks
-local function script(tag, raise)
+local function script(tag, raise, sink)
   return table.concat({
     'local eddy = require("eddy")',
     'local p = eddy.pipeline()',
@@ -23,7 +23,7 @@ local function script(tag, raise)
     raise and ('    if ' .. raise .. ' then error("version ' .. tag .. ' cannot take line " .. n) end') or '',
     '    return v .. " ' .. tag .. '"',
     '  end)',
-    '  :sink("out", { file = "out", format = "lines" })',
+    sink or '  :sink("out", { file = "out", format = "lines" })',
     'return p',
   }, "\n") .. "\n"
 end
@@ -396,5 +396,54 @@ describe("automatic rollback", function()
     stop_clean(d2)
     local by_n, count = output(dir)
     assert_a_alone(by_n, count, total)
+  end)
+  it("with hold_commits under exactly_once and a Kafka sink (a real broker), a rolled-back version's records "
+    .. "are never seen by a read_committed reader: it reads a run of version A alone", function()
+    local boot = E.kafka_broker()
+    local topic = "rb-" .. E.run_id()
+    E.create_topic(boot, topic, 1)
+    local sink = '  :sink("out", { kafka = "' .. topic .. '", format = "lines" })'
+    E.write(dir .. "/in.txt", "")
+    E.write(dir .. "/pipeline.lua", script("A", nil, sink))
+    config(dir, { name = "rbk-" .. E.run_id(), guarantee = "exactly_once", on_error = "dead_letter",
+                  checkpoint = { interval = "300ms" },
+                  kafka = { ["bootstrap.servers"] = boot },
+                  reload = { probation = "20s", max_error_rate = 0.01, hold_commits = true } })
+    local d, addr = start(dir)
+    assert(E.wait_for(function() local st = status(addr); return st and st.state == "running" end, 30),
+      "eddy did not start; stderr:\n" .. d:stderr())
+    local w = start_writer(dir, 20, 10000, 10000)
+    wait_progress(addr, 500)
+    local at = source_in(status(addr))
+    E.write(dir .. "/pipeline.lua", script("B", "n > " .. (at + 1500) .. " and n % 20 == 0", sink))
+    reload(addr)
+    local addr2 = new_addr(dir, addr)
+    assert(addr2, "eddy did not restart; stderr:\n" .. d:stderr())
+    local rb = status(addr2).pipeline.last_rollback
+    assert(rb ~= cjson.null)
+    assert.truthy(rb.reason:find("reload.max_error_rate", 1, true), rb.reason)
+    local total = stop_writer(w)
+    local function read(isolation)
+      local rc, out = E.shell(string.format("timeout 60 kcat -C -b %s -t %s -X isolation.level=%s -o beginning "
+        .. "-e -q -f '%%s\\n' 2>&1", boot, topic, isolation))
+      assert.are.equal(0, rc, "kcat could not read " .. topic .. ": " .. out)
+      return E.lines(out)
+    end
+    assert(E.wait_for(function() return #read("read_committed") >= total end, 60),
+      "the committed output did not reach " .. total .. " lines")
+    stop_clean(d)
+    local by_n, count = {}, 0
+    for _, l in ipairs(read("read_committed")) do
+      local n, tag = l:match("^line(%d+) (%u)$")
+      assert(n, "unexpected record: " .. l)
+      n = tonumber(n)
+      assert(not by_n[n], "line" .. n .. " was committed twice")
+      by_n[n], count = tag, count + 1
+    end
+    assert_a_alone(by_n, count, total)
+    -- version B did write to the topic: its aborted records are there for a read_uncommitted reader
+    local b = 0
+    for _, l in ipairs(read("read_uncommitted")) do if l:match(" B$") then b = b + 1 end end
+    assert(b > 0, "version B wrote nothing to the topic (the test proves nothing)")
   end)
 end)
