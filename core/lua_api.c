@@ -210,6 +210,13 @@ static int l_unpack_all(lua_State *L) {
 
 /* ---- keyed state (process, dedup) --------------------------------------- */
 
+static uint64_t get_be64_n(const char *p, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v = v << 8 | (unsigned char)p[i];
+    return v;
+}
+static uint64_t get_be64(const char *p) { return get_be64_n(p, 8); }
+
 static state_tx *tx_of(lua_State *L, lua_api_env *e) {
     if (!e->stx) luaL_error(L, "keyed state is not available here (no state store)");
     return e->stx;
@@ -335,6 +342,171 @@ done:
     return 1;
 }
 
+/* ---- a key's states as one (state migration: process.lua) --------------- */
+
+/* The bound of every state of one key: uid 0x00 kg klen key (then kind ...). */
+static int key_prefix(state_key *k, const char *uid, uint32_t kg, const char *key, size_t klen) {
+    if (state_key_state(k, uid, kg, key, klen, 0, "", 0, NULL, 0) < 0) return -1;
+    k->len--;                                      /* without the kind byte */
+    return 0;
+}
+
+typedef struct key_states_ud { lua_State *L; size_t prefix; int64_t now; int n, bad; } key_states_ud;
+
+/* One stored state of the key: {kind, name, sub or nil, value, expiry}. */
+static int key_state_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    key_states_ud *e = ud;
+    lua_State *L = e->L;
+    size_t pl;
+    const char *p = state_value_payload(v, vl, e->now, &pl);
+    if (!p || kl <= e->prefix) return 0;
+    const char *rest = k + e->prefix, *end = k + kl;
+    const char *z = memchr(rest + 1, 0, (size_t)(end - rest - 1));
+    char err[128];
+    lua_createtable(L, 5, 0);
+    lua_pushlstring(L, rest, 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushlstring(L, rest + 1, (size_t)((z ? z : end) - rest - 1));
+    lua_rawseti(L, -2, 2);
+    if (z) {
+        if (codec_unpack(L, z + 1, (size_t)(end - z - 1), err, sizeof err) < 0) { lua_pop(L, 1); e->bad = 1; return 1; }
+        lua_rawseti(L, -2, 3);
+    }
+    if (codec_unpack(L, p, pl, err, sizeof err) < 0) { lua_pop(L, 1); e->bad = 1; return 1; }
+    lua_rawseti(L, -2, 4);
+    lua_pushnumber(L, (v[0] & STATE_TTL) && vl >= 9 ? (lua_Number)(int64_t)get_be64(v + 1) : 0);
+    lua_rawseti(L, -2, 5);
+    lua_rawseti(L, -2, ++e->n);
+    return 0;
+}
+
+/* key_states(uid, kg, key) -> { {kind, name, sub|nil, value, expiry ms or 0}, ... }:
+ * every state of the key (value, list and map entries), through the
+ * uncommitted writes.  Stack: args -> args array */
+static int l_key_states(lua_State *L) {
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    size_t klen;
+    const char *uid = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 3, &klen);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    state_key lo = {0};
+    if (key_prefix(&lo, uid, kg, key, klen) < 0) return luaL_error(L, "out of memory");
+    size_t pl = lo.len;
+    char hi[1024];
+    if (pl + 1 > sizeof hi) { state_key_free(&lo); return luaL_error(L, "a key too long to migrate"); }
+    memcpy(hi, lo.p, pl);
+    hi[pl] = (char)0xff;
+    lua_newtable(L);
+    key_states_ud ud = { L, pl, clock_now_ms(), 0, 0 };
+    int rc = state_tx_range(tx, lo.p, pl, hi, pl + 1, key_state_cb, &ud);
+    state_key_free(&lo);
+    if (rc < 0 || ud.bad) return luaL_error(L, "stored state cannot be read");
+    return 1;
+}
+
+typedef struct keys_ud { buf *keys; size_t n; } keys_ud;
+
+/* Collects whole store keys (a 4-byte length, then the key) to delete. */
+static int collect_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    (void)v; (void)vl;
+    keys_ud *c = ud;
+    char len[4] = { (char)(kl >> 24), (char)(kl >> 16), (char)(kl >> 8), (char)kl };
+    if (buf_append(c->keys, len, 4) < 0 || buf_append(c->keys, k, kl) < 0) return 1;
+    c->n++;
+    return 0;
+}
+
+/* key_clear(uid, kg[, key]): deletes every state of the key (no key: of
+ * the whole key group) through the task's transaction.  Stack unchanged. */
+static int l_key_clear(lua_State *L) {
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    const char *uid = luaL_checkstring(L, 1);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    state_key lo = {0};
+    char hi[1024];
+    size_t pl;
+    if (lua_isnoneornil(L, 3)) {
+        if (key_prefix(&lo, uid, kg, "", 0) < 0) return luaL_error(L, "out of memory");
+        lo.len -= 4;                               /* uid 0x00 kg */
+        pl = lo.len;
+        memcpy(hi, lo.p, pl);
+        hi[pl - 2] = (char)((kg + 1) >> 8);
+        hi[pl - 1] = (char)(kg + 1);
+    } else {
+        size_t klen;
+        const char *key = luaL_checklstring(L, 3, &klen);
+        if (key_prefix(&lo, uid, kg, key, klen) < 0) return luaL_error(L, "out of memory");
+        pl = lo.len;
+        if (pl + 1 > sizeof hi) { state_key_free(&lo); return luaL_error(L, "a key too long"); }
+        memcpy(hi, lo.p, pl);
+        hi[pl++] = (char)0xff;
+    }
+    buf keys;
+    buf_init(&keys);
+    keys_ud c = { &keys, 0 };
+    int rc = state_tx_range(tx, lo.p, lo.len, hi, pl, collect_cb, &c);
+    for (size_t off = 0; rc == 0 && off + 4 <= keys.len;) {
+        size_t kl = (size_t)get_be64_n(keys.data + off, 4);
+        state_tx_delete(tx, keys.data + off + 4, kl);
+        off += 4 + kl;
+    }
+    buf_free(&keys);
+    state_key_free(&lo);
+    if (rc < 0) return luaL_error(L, "stored state cannot be read");
+    return 0;
+}
+
+typedef struct next_ud { lua_State *L; size_t prefix; int want, n; buf last; } next_ud;
+
+/* The next distinct keys after the cursor (uid 0x00 kg klen key ...). */
+static int next_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    (void)v; (void)vl;
+    next_ud *c = ud;
+    if (kl < c->prefix + 4) return 0;
+    size_t klen = (size_t)get_be64_n(k + c->prefix, 4);
+    if (kl < c->prefix + 4 + klen) return 0;
+    const char *key = k + c->prefix + 4;
+    if (c->n > 0 && c->last.len == klen && memcmp(c->last.data, key, klen) == 0) return 0;   /* the same key's next state */
+    if (c->n == c->want) return 1;
+    lua_pushlstring(c->L, key, klen);
+    lua_rawseti(c->L, -2, ++c->n);
+    c->last.len = 0;                               /* (a copy: the iterator's bytes move on) */
+    return buf_append(&c->last, key, klen) < 0;
+}
+
+/* state_keys(uid, kg, after, n) -> up to n keys with state in the key group,
+ * after key `after` (nil: from the first) in stored order (by length, then
+ * bytes).  Stack: args -> args array */
+static int l_state_keys(lua_State *L) {
+    lua_api_env *e = lua_touserdata(L, lua_upvalueindex(1));
+    state_tx *tx = tx_of(L, e);
+    const char *uid = luaL_checkstring(L, 1);
+    uint32_t kg = (uint32_t)luaL_checkinteger(L, 2);
+    int want = (int)luaL_checkinteger(L, 4);
+    size_t alen = 0;
+    const char *after = lua_isnoneornil(L, 3) ? NULL : luaL_checklstring(L, 3, &alen);
+    state_key lo = {0};
+    if (key_prefix(&lo, uid, kg, after ? after : "", alen) < 0) { state_key_free(&lo); return luaL_error(L, "out of memory"); }
+    size_t prefix = strlen(uid) + 1 + 2;       /* uid 0x00 kg */
+    char from[1024], hi[1024];
+    if (lo.len + 1 > sizeof from) { state_key_free(&lo); return luaL_error(L, "a key too long"); }
+    memcpy(from, lo.p, lo.len);
+    size_t fl = after ? lo.len : prefix;
+    if (after) from[fl++] = (char)0xff;       /* past every state of `after` */
+    memcpy(hi, lo.p, prefix);
+    hi[prefix - 2] = (char)((kg + 1) >> 8);
+    hi[prefix - 1] = (char)(kg + 1);
+    state_key_free(&lo);
+    lua_newtable(L);
+    next_ud c = { L, prefix, want, 0, { 0 } };
+    buf_init(&c.last);
+    int rc = state_tx_range(tx, from, fl, hi, prefix, next_cb, &c);
+    buf_free(&c.last);
+    if (rc < 0) return luaL_error(L, "stored state cannot be read");
+    return 1;
+}
+
 /* timer_set(uid, kg, key, kind, ts) / timer_del(uid, kg, key, ts): a timer
  * of the key (timer.c); the same ts twice is one timer.  Stack unchanged. */
 static int l_timer_set(lua_State *L) {
@@ -437,6 +609,7 @@ int lua_api_push_native(lua_State *L, lua_api_env *e, char *err, size_t errlen) 
         {"state_entries", l_state_entries}, {"timer_set", l_timer_set}, {"timer_del", l_timer_del},
         {"timers_due", l_timers_due}, {"keygroup", l_keygroup}, {"dedup", l_dedup},
         {"state_mark", l_state_mark}, {"state_undo", l_state_undo},
+        {"key_states", l_key_states}, {"key_clear", l_key_clear}, {"state_keys", l_state_keys},
     };
     int n = (int)(sizeof fns / sizeof fns[0]), top = lua_gettop(L);
     lua_getglobal(L, "require");                   /* require */

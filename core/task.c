@@ -230,6 +230,12 @@ task_vm *task_prepare(task *t, const plan *p, int version, char *err, size_t err
     lua_pushstring(L, on_error_name(cfg->on_error)); lua_setfield(L, -2, "on_error");
     lua_pushinteger(L, version);           lua_setfield(L, -2, "version");
     lua_pushboolean(L, sh->memory != NULL); lua_setfield(L, -2, "testing");   /* eddy test's driver runs it */
+    lua_createtable(L, t->nkgs, 0);                            /* ... args kgs: the key groups it owns */
+    for (int i = 0; i < t->nkgs; i++) {
+        lua_pushinteger(L, t->kgs[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "keygroups");
     push_int_array(L, tv->st->nodes, tv->st->nnodes); lua_setfield(L, -2, "stage_nodes");
     push_int_array(L, tv->st->roots, tv->st->nroots); lua_setfield(L, -2, "roots");
     lua_createtable(L, 0, t->nsinks);                          /* ... args sinks */

@@ -153,6 +153,7 @@ const char *task_name(const task *t);      /* any thread */
 int task_index(const task *t);             /* within its stage */
 int task_stage(const task *t);             /* its stage's id */
 int task_source(const task *t);            /* a source task's source index, or -1 */
+state_db *task_state_db(const task *t);    /* the keyed state store the tasks share, or NULL */
 int task_status(const task *t);            /* TASK_*; any thread */
 const char *task_status_name(int status);  /* "running", "done", "failed" */
 const char *task_error(const task *t);     /* why it failed: read once task_status() says TASK_FAILED */

@@ -247,3 +247,4 @@ void task_window_samples(task *t, struct evbuffer *out, const char *name, int wh
     pthread_mutex_unlock(&t->swap_mu);
 }
 int task_stage(const task *t) { return t->st->id; }
+state_db *task_state_db(const task *t) { return t->sh->state; }

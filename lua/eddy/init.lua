@@ -392,18 +392,19 @@ for _, agg in ipairs({ "count", "sum", "min", "max", "avg", "reduce", "aggregate
   end
 end
 
--- process{ open, process, on_timer }: a keyed operator with state and
+-- process{ open, process, on_timer, migrate }: a keyed operator with state and
 -- timers (ctx.state, ctx.timers, ctx.emit, ctx.side).
 function Stream:process(spec)
   if type(spec) ~= "table" then fail("process needs a table { process = fn[, open = fn][, on_timer = fn] }") end
   for k, v in pairs(spec) do
-    if k ~= "open" and k ~= "process" and k ~= "on_timer" then
-      fail("process: unknown field '" .. tostring(k) .. "' (open, process, on_timer)")
+    if k ~= "open" and k ~= "process" and k ~= "on_timer" and k ~= "migrate" then
+      fail("process: unknown field '" .. tostring(k) .. "' (open, process, on_timer, migrate)")
     end
     if type(v) ~= "function" then fail("process: " .. tostring(k) .. " must be a function, got " .. type(v)) end
   end
   if not spec.process then fail("process needs a process function") end
-  local s = add(self.p, "process", { self.node.id }, { fns = { open = spec.open, process = spec.process, on_timer = spec.on_timer } })
+  local s = add(self.p, "process", { self.node.id }, { fns = { open = spec.open, process = spec.process, on_timer = spec.on_timer,
+                                                                    migrate = spec.migrate } })
   return s
 end
 

@@ -671,7 +671,7 @@ describe("operators of later versions", function()
     local n = src(p):key_by("k"):process{ process = f, on_timer = f }.node
     assert.equal("process", n.kind)
     assert.equal(f, n.fns.process)
-    raises("process: unknown field 'bogus' (open, process, on_timer)", function() src(p, "b"):process{ process = f, bogus = f } end)
+    raises("process: unknown field 'bogus' (open, process, on_timer, migrate)", function() src(p, "b"):process{ process = f, bogus = f } end)
     raises("process: open must be a function, got number", function() src(p, "c"):process{ process = f, open = 1 } end)
     raises("process needs a process function", function() src(p, "d"):process{ on_timer = f } end)
     raises("process needs a table", function() src(p, "e"):process(f) end)

@@ -24,9 +24,10 @@ end
 local function position(rt, r)
   if not r then
     local firing = rt.firing
-    if firing then
+    if firing and firing.window then
       return "window [" .. firing.window.start .. ", " .. firing.window["end"] .. ") of key " .. firing.key
     end
+    if firing then return "key " .. tostring(firing.key) end      -- a timer's, a state migration's
     return "(end of input)"
   end
   local s = rt.args.sources[tonumber(r.source) + 1]
@@ -39,8 +40,9 @@ local function position(rt, r)
   return pos .. " (byte " .. tostring(tonumber(r.offset)) .. ")"
 end
 
--- writes the dead-letter entry of record i (r; nil for a firing) at operator id
-local function dead_letter(rt, id, i, r, msg)
+-- writes the dead-letter entry of record i (r; nil for a firing) at operator id;
+-- extra: fields that say more (a state migration's key and the state as record)
+local function dead_letter(rt, id, i, r, msg, extra)
   local native, nodes, firing = rt.native, rt.nodes, rt.firing
   local s = r and rt.args.sources[tonumber(r.source) + 1]
   local raw, rec_i
@@ -58,16 +60,18 @@ local function dead_letter(rt, id, i, r, msg)
                        and s.kafka[tonumber(r.partition) + 1].partition or tonumber(r.partition)),
     offset = r and tonumber(r.offset),
     line = r and r.line > 0 and tonumber(r.line) or nil,
-    window = firing and firing.window, key = firing and firing.key,
+    window = firing and firing.window, key = firing and firing.key or (extra and extra.key),
     operator = nodes[id] and nodes[id].uid, operator_kind = nodes[id] and nodes[id].kind,
     operator_where = nodes[id] and nodes[id].where,
-    error = msg, traceback = rt.last_tb, record = raw,
+    error = msg, traceback = rt.last_tb, record = raw or (extra and extra.record),
   }, rec_i)
   if not ok then error("cannot write the dead-letter file (see the log)", 0) end
 end
 
--- Sets rt.handler and rt.on_error(err, i) for the task's policy (rt.args.on_error);
--- i: index of the input record at fault, or nil (a window firing at the end).
+-- Sets rt.handler and rt.on_error(err, i[, extra]) for the task's policy
+-- (rt.args.on_error); i: index of the input record at fault, or nil (a
+-- window firing at the end); extra: { key, record } of what failed without
+-- an input record (a state migration).
 function E.install(rt)
   local policy, tio = rt.args.on_error, rt.tio
   rt.handler = function(e)
@@ -75,7 +79,7 @@ function E.install(rt)
     if type(e) == "string" and e ~= OOM then rt.last_tb = debug.traceback(e, 2) end
     return e
   end
-  rt.on_error = function(err, i)
+  rt.on_error = function(err, i, extra)
     if type(err) == "table" and err.fatal then error(err.fatal, 0) end
     -- LuaJIT has no emergency collection: free what the failed call left behind
     -- before this handler allocates anything
@@ -94,7 +98,7 @@ function E.install(rt)
       error("operator " .. node_desc(rt, id) .. " failed on input " .. position(rt, r) .. ": " .. msg, 0)
     end
     if policy == "dead_letter" then
-      dead_letter(rt, id, i, r, msg)
+      dead_letter(rt, id, i, r, msg, extra)
       tio.dead_letters = tio.dead_letters + 1
     else
       tio.skipped = tio.skipped + 1

@@ -7,6 +7,7 @@
 -- eddy.runtime.c (eddy_task_wants_ticks).
 local C = require("eddy.runtime.c")
 local values = require("eddy.runtime.values")
+local migration = require("eddy.runtime.migrate")
 
 local NONE, to_ms, duration_ms = values.NONE, values.to_ms, values.duration_ms
 local P = {}
@@ -128,10 +129,15 @@ function P.build(rt, id)
     rt.cur_proc = nil
     if not ok then error(where .. ": process open failed: " .. tostring(err), 0) end
   end
+  -- migrate: a key's states written before a reload pass through it first
+  local mig = migration.build(rt, id, uid, fns.migrate, where)
+  local before = mig and mig.before
+  if mig then rt.starting[#rt.starting + 1] = mig.start end
   -- on_timer for each due timer; as with process, a return value is emitted
   local function fire_due(kind, upto)
     P.fire_timers(rt, id, uid, kind, upto, function(k, g, ts)
       at.key, at.kg = k, g
+      if before then before(k, g) end
       rt.cur_ts = kind == "e" and ts or NONE
       rt.cur_proc = Pr
       local out = fns.on_timer(ts, ctx)
@@ -141,15 +147,19 @@ function P.build(rt, id)
   end
   local entry = { id = id }
   entry.advance = function() if fns.on_timer and rt.wm ~= NONE and not rt.stopping then fire_due("e", rt.wm) end end
-  if fns.on_timer then
-    C.eddy_task_wants_ticks(rt.task)
-    entry.tick = function(now) fire_due("p", now) end
+  if fns.on_timer or mig then
+    C.eddy_task_wants_ticks(rt.task)     -- (a migration starts at the task's first call: a tick at the latest)
+    entry.tick = function(now)
+      if fns.on_timer then fire_due("p", now) end
+      if mig then mig.tick() end
+    end
   end
   rt.windows[#rt.windows + 1] = entry
   local process, current_key = fns.process, rt.current_key
   return function(v)
     tio.cur_node = id; cin[id] = cin[id] + 1
     at.key, at.kg = current_key()
+    if before then before(at.key, at.kg) end
     rt.cur_proc = Pr
     local out = process(v, ctx)
     rt.cur_proc = nil

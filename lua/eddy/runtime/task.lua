@@ -46,7 +46,7 @@ local function new_rt(args)
   local rt = {
     args = args, task = args.task, tio = ffi.cast("eddy_io *", args.io), native = args.native,
     cur_ts = NONE, cur_kts = NONE, wm = NONE, maxts = NONE, out_wm = NONE, stopping = false,
-    windows = {}, shared = {}, cin = {}, cout = {}, inset = {}, children = {},
+    windows = {}, shared = {}, cin = {}, cout = {}, inset = {}, children = {}, starting = {},
   }
   rt.log = function(level, limited, msg) C.eddy_log(rt.task, level, limited and 1 or 0, msg) end
   args.log = function(msg) rt.log(1, false, msg) end
@@ -126,8 +126,17 @@ local function entry_points(rt, process)
   local function flush_counts()
     for id = 1, #nodes do node_in[id] = cin[id]; node_out[id] = cout[id] end
   end
+  -- what operators do on the task's thread before its first record
+  -- (rt.starting: a state migration's start), once
+  local function first()
+    local s = rt.starting
+    if not s then return end
+    rt.starting = nil
+    for i = 1, #s do s[i]() end
+  end
 
   local function batch()
+    if rt.starting then first() end
     local recs = tio.recs
     rt.recs, rt.data = recs, tio.data
     rt.wm, rt.maxts = tonumber(tio.wm), tonumber(tio.maxts)
@@ -171,6 +180,7 @@ local function entry_points(rt, process)
 
   -- an input ended, went idle, or sent a watermark without records
   local function inputs_changed()
+    if rt.starting then first() end
     rt.wm = tonumber(tio.wm)
     rt.out_wm = rt.wm
     local before = rt.wm
@@ -181,6 +191,7 @@ local function entry_points(rt, process)
   -- stopped: eddy stops (SIGTERM), the input did not end: event-time timers
   -- and open windows stay in the store for the next run
   local function finish(stopped)
+    if rt.starting then first() end
     rt.stopping = stopped == 1
     if rt.stopping then flush_counts(); return end
     local before = rt.wm
@@ -192,6 +203,7 @@ local function entry_points(rt, process)
 
   -- processing-time triggers (the task calls this every few ms when asked to)
   local function tick()
+    if rt.starting then first() end
     local now = tonumber(C.eddy_now_ms())
     local windows = rt.windows
     for k = 1, #windows do
