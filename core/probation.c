@@ -244,7 +244,7 @@ static void rollback(daemon_state *d, const char *why) {
         pr->rollbacks++;
         log_error("rollback: version %d goes back to version %d: %s; %s", pr->version, pr->prev, why,
                   d->cfg->reload_hold_commits ? "eddy restarts from the checkpoint committed at the reload's "
-                  "barrier (reload.hold_commits), so nothing version %d wrote is committed" :
+                  "barrier (reload.hold_commits), so nothing the rejected version wrote is committed" :
                   "its kept copy is gone from state.dir/versions, so eddy restarts on the copy in state.dir/probation");
         restart_on_prev(d);
         atomic_store(&d->sh.aborting, 1);
@@ -261,6 +261,18 @@ static void rollback(daemon_state *d, const char *why) {
     if (rc == 503 && !atomic_load(&d->sh.stopping) && !atomic_load(&d->sh.aborting)) {
         if (!pr->pending) log_warn("rollback of version %d: waits (%s)", pr->version, msg);
         pr->pending = 1;                 /* the next tick tries again */
+        return;
+    }
+    if (rc != 200 && d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE) {
+        /* refused live (e.g. the new version's state migration still runs):
+         * the restart from the last committed checkpoint goes back too */
+        pr->rollbacks++;
+        log_error("rollback: version %d goes back to version %d: %s; it cannot at a barrier (%s), so eddy restarts "
+                  "on version %d from the last committed checkpoint", pr->version, pr->prev, why, msg, pr->prev);
+        restart_on_prev(d);
+        atomic_store(&d->sh.aborting, 1);
+        for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+        event_base_loopbreak(d->base);
         return;
     }
     if (rc != 200) {
