@@ -232,6 +232,14 @@ static void restart_on_prev(daemon_state *d) {
     if (pr->tick) event_del(pr->tick);
 }
 
+/* Ends the running process's run now (as a failed task does): nothing since
+ * the last committed checkpoint is committed. */
+static void end_run(daemon_state *d) {
+    atomic_store(&d->sh.aborting, 1);
+    for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
+    event_base_loopbreak(d->base);
+}
+
 static void rollback(daemon_state *d, const char *why) {
     probation *pr = d->prob;
     if (!pr->pending) {
@@ -247,9 +255,7 @@ static void rollback(daemon_state *d, const char *why) {
                   "barrier (reload.hold_commits), so nothing the rejected version wrote is committed" :
                   "its kept copy is gone from state.dir/versions, so eddy restarts on the copy in state.dir/probation");
         restart_on_prev(d);
-        atomic_store(&d->sh.aborting, 1);
-        for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
-        event_base_loopbreak(d->base);
+        end_run(d);
         return;
     }
     char to[16], msg[2048], trigger[1200];
@@ -270,9 +276,7 @@ static void rollback(daemon_state *d, const char *why) {
         log_error("rollback: version %d goes back to version %d: %s; it cannot at a barrier (%s), so eddy restarts "
                   "on version %d from the last committed checkpoint", pr->version, pr->prev, why, msg, pr->prev);
         restart_on_prev(d);
-        atomic_store(&d->sh.aborting, 1);
-        for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
-        event_base_loopbreak(d->base);
+        end_run(d);
         return;
     }
     if (rc != 200) {
