@@ -1,6 +1,7 @@
 /* daemon_state — the state of one `eddy run`, private to the daemon's own
  * modules: daemon.c (the lifecycle), admin_api.c (the admin handlers),
- * watchdog.c, recovery.c, reload.c (the reload policy) and restart.c.
+ * watchdog.c, recovery.c, reload.c (the reload policy), probation.c (automatic
+ * rollback) and restart.c.
  * Nothing else includes this header; other units get what they need through
  * their own parameters (task_shared, the task and channel arrays, hooks).
  *

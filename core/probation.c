@@ -212,9 +212,10 @@ static void counts(daemon_state *d, int version, long *in, long *errors, int *ta
     }
 }
 
-/* Ends the run: it restarts on the previous version (restart.c asks
- * probation_wants_restart). */
-static void restart_on_prev(daemon_state *d) {
+/* state.dir/probation/rollback.json: a start (a restart, or the next one
+ * after a crash) plans the previous version's copy, not the folder's files,
+ * which still hold the rejected version.  Replaces probation.json. */
+static void write_rollback(daemon_state *d) {
     probation *pr = d->prob;
     char rb[PATH_MAX], pj[PATH_MAX];
     path_of(d, "rollback.json", rb, sizeof rb);
@@ -227,6 +228,13 @@ static void restart_on_prev(daemon_state *d) {
     json_object_set_new(j, "at", json_integer(clock_wall_ms()));
     json_object_set_new(j, "rollbacks", json_integer(pr->rollbacks));
     if (write_json(rb, j) == 0) unlink(pj);
+}
+
+/* Ends the run: it restarts on the previous version (restart.c asks
+ * probation_wants_restart). */
+static void restart_on_prev(daemon_state *d) {
+    probation *pr = d->prob;
+    write_rollback(d);
     pr->restart = 1;
     pr->active = 0;
     if (pr->tick) event_del(pr->tick);
@@ -292,7 +300,12 @@ static void rollback(daemon_state *d, const char *why) {
     log_error("rollback: version %d went back to version %d (it runs as version %d from the next barrier): %s; "
               "what version %d sent to the error policy stays there", pr->version, pr->prev, d->version, why,
               pr->version);
-    end_probation(d);
+    /* a restart from here on (a crash, a failure) must not plan the rejected
+     * files again: the copy stays, with rollback.json */
+    write_rollback(d);
+    pr->active = 0;
+    pr->pending = 0;
+    if (pr->tick) event_del(pr->tick);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -397,7 +410,7 @@ void probation_clean_end(daemon_state *d) {
     if (pr->active)
         log_warn("stopped during version %d's probation: it was not judged; the next run runs the pipeline's files",
                  pr->version);
-    else if (access(rb, F_OK) == 0 && d->version == 1)
+    else if (access(rb, F_OK) == 0)
         log_warn("stopped while running the version a rollback went back to: the next run runs the pipeline's "
                  "files, which still hold the version rolled back (version %d), unless they changed",
                  pr->last_from);

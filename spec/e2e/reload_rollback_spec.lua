@@ -265,6 +265,40 @@ describe("automatic rollback", function()
     assert(total - last_b >= 500, "too few lines after the rollback: " .. (total - last_b))
   end)
 
+  it("after a rollback at a barrier, a SIGKILL and a new start do not bring the rejected version back: the "
+    .. "start runs the previous version's kept copy, not the files", function()
+    E.write(dir .. "/in.txt", "")
+    E.write(dir .. "/pipeline.lua", A)
+    config(dir, { on_error = "dead_letter", reload = { probation = "30s", max_error_rate = 0.01 } })
+    local d, addr = start(dir)
+    local w = start_writer(dir, 20, 10000, 6000)
+    wait_progress(addr, 300)
+    E.write(dir .. "/pipeline.lua", script("B", "n % 20 == 0"))
+    reload(addr)
+    assert(E.wait_for(function()
+      local st = status(addr)
+      return st and st.pipeline.last_rollback ~= cjson.null
+    end, 30), "no rollback; stderr:\n" .. d:stderr())
+    d:kill("KILL")
+    d:wait(10)
+    local d2 = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 120 })
+    local addr2 = new_addr(dir, addr)
+    assert(addr2, "eddy did not start again; stderr:\n" .. d2:stderr())
+    local rb = status(addr2).pipeline.last_rollback
+    assert(rb ~= cjson.null, "the new start does not report the rollback")
+    assert.are.equal(2, rb.from)
+    assert.truthy(d2:stderr():find("not the pipeline's files", 1, true), d2:stderr())
+    local total = stop_writer(w)
+    wait_output(dir, total, 30)
+    stop_clean(d2)
+    -- at_least_once after a crash: the file is read again from its start and
+    -- the sink's output replaced, all of it by the previous version
+    local by_n, count = output(dir)
+    assert_a_alone(by_n, count, total)
+    assert.truthy(d2:stderr():find("the next run runs the pipeline's files, which still hold the version rolled "
+      .. "back", 1, true), d2:stderr())
+  end)
+
   it("keeps a version whose error rate (0.2%) stays within max_error_rate once the probation is over",
     function()
     E.write(dir .. "/in.txt", "")
