@@ -431,9 +431,10 @@ json_t *probation_json(const daemon_state *d) {
     int tasks;
     counts((daemon_state *)d, pr->version, &in, &errors, &tasks);
     int64_t left = (pr->deadline_us - clock_mono_us()) / 1000;
-    return json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:i}", "version", pr->version, "rolls_back_to", pr->prev,
+    return json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:i, s:b}", "version", pr->version, "rolls_back_to", pr->prev,
                      "started_at", (json_int_t)pr->started_ms, "ends_in_ms", (json_int_t)(left > 0 ? left : 0),
-                     "records_in", (json_int_t)in, "errors", (json_int_t)errors, "tasks", tasks);
+                     "records_in", (json_int_t)in, "errors", (json_int_t)errors, "tasks", tasks, "hold_commits",
+                     d->cfg->reload_hold_commits);
 }
 
 long probation_rollbacks(const daemon_state *d) { return d->prob ? d->prob->rollbacks : 0; }
