@@ -435,6 +435,44 @@ describe("automatic rollback", function()
     assert(next(dead(dir)), "version B's dead letters stay in the dead-letter file")
   end)
 
+  it("with hold_commits, nothing is committed during the probation, and a version that passes it has its "
+    .. "output committed after it: each line once", function()
+    E.write(dir .. "/in.txt", "")
+    E.write(dir .. "/pipeline.lua", A)
+    hold_config("3s")
+    local d, addr = start(dir)
+    local w = start_writer(dir, 20, 10000, 10000)
+    wait_progress(addr, 500)
+    E.write(dir .. "/pipeline.lua", script("B"))
+    reload(addr)
+    local st = status(addr)
+    assert(st.pipeline.probation ~= cjson.null, "no probation")
+    local _, held = output(dir)
+    local ckpt = st.last_checkpoint and st.last_checkpoint.id
+    E.sleep(1.5)                                         -- within the probation: 5 checkpoint intervals
+    st = status(addr)
+    assert(st.pipeline.probation ~= cjson.null, "the probation ended early")
+    local _, later = output(dir)
+    assert.are.equal(held, later, "output was committed during the probation")
+    assert.are.equal(ckpt, st.last_checkpoint and st.last_checkpoint.id, "a checkpoint ran during the probation")
+    assert(E.wait_for(function()
+      local s2 = status(addr)
+      return s2 and s2.pipeline.probation == cjson.null
+    end, 15), "the probation did not end")
+    local total = stop_writer(w)
+    wait_output(dir, total, 30)
+    stop_clean(d)
+    local by_n, count = output(dir)
+    assert.are.equal(total, count)
+    local nb = 0
+    for n = 1, total do
+      assert(by_n[n], "line" .. n .. " is missing")
+      if by_n[n] == "B" then nb = nb + 1 end
+    end
+    assert(nb > 0, "version B's output was never committed")
+    assert.truthy(d:stderr():find("version 2 passed its probation", 1, true), d:stderr())
+  end)
+
   it("with hold_commits, a SIGKILL during the probation: the next start runs the previous version from the "
     .. "checkpoint at the reload's barrier; the committed output equals a run of version A alone", function()
     E.write(dir .. "/in.txt", "")
