@@ -406,6 +406,13 @@ static json_t *h_status(void *ud) {
     json_object_set_new(json_object_get(j, "pipeline"), "versions", versions_json(d));
     json_object_set_new(json_object_get(j, "pipeline"), "last_rollback", probation_last_json(d));
     json_object_set_new(json_object_get(j, "pipeline"), "probation", probation_json(d));
+    json_t *mig = json_object();                   /* process uids still migrating: key groups left */
+    for (int i = 0; d->sh.state && i < cur->nnodes; i++) {
+        const node *nd = &cur->nodes[i];
+        int left = nd->kind == NODE_PROCESS && nd->uid ? reload_migrating(d->sh.state, nd->uid) : 0;
+        if (left > 0) json_object_set_new(mig, nd->uid, json_integer(left));
+    }
+    json_object_set_new(json_object_get(j, "pipeline"), "migrating", mig);
     if (d->waiting[0]) json_object_set_new(j, "waiting_for", json_string(d->waiting));
     if (d->group) json_object_set_new(j, "kafka", kgroup_status(d->group));
     if (d->group && d->cfg->shuffle == SHUFFLE_KAFKA) json_object_set_new(j, "group", group_status(d));

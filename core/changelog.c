@@ -226,11 +226,13 @@ static int wipe_range(state_db *db, const char *uid, size_t ul, char sep, uint32
 
 int changelog_wipe_ops(state_db *db, const char *const *uids, int nuids, int partition, const uint32_t *kgs,
                        int nkgs, char *err, size_t errlen) {
+    /* an operator's helper stores: a window's records, a process's state
+     * migration (lua/eddy/runtime/migrate.lua) */
+    static const char *const helpers[] = { "", "#records", "#migration", "#migrating", "#migrated" };
     for (int i = 0; i < nuids; i++) {
-        char helper[600];
-        snprintf(helper, sizeof helper, "%s#records", uids[i]);
-        const char *us[2] = { uids[i], helper };
-        for (int u = 0; u < 2; u++)
+        char us[5][600];
+        for (int u = 0; u < 5; u++) snprintf(us[u], sizeof us[u], "%s%s", uids[i], helpers[u]);
+        for (int u = 0; u < 5; u++)
             for (int g = 0; g < nkgs; g++)
                 for (char sep = 0; sep < MARKS_SEP; sep++)
                     if (wipe_range(db, us[u], strlen(us[u]), sep, kgs[g], err, errlen) < 0) return -1;

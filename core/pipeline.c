@@ -69,6 +69,11 @@ int plan_hash(const char *path, char hex[65], char *err, size_t errlen) {
     return plan_hash_files(path, path, NULL, hex, err, errlen);
 }
 
+int plan_is_test_file(const char *name) {
+    size_t n = strlen(name);
+    return n >= 9 && strcmp(name + n - 9, "_test.lua") == 0;
+}
+
 int plan_hash_text(const char *text, const char *path, char hex[65], char *err, size_t errlen) {
     return plan_hash_files(text, path, NULL, hex, err, errlen);
 }
@@ -93,7 +98,7 @@ int plan_hash_files(const char *text, const char *path, const char *modules, cha
             /* a module is named as it is (or was) beside the script */
             if (modules) snprintf(shown, sizeof shown, "%s/%s", sdir, g.gl_pathv[i] + strlen(mdir) + 1);
             else snprintf(shown, sizeof shown, "%s", g.gl_pathv[i]);
-            if (strcmp(shown, path) == 0) continue;
+            if (strcmp(shown, path) == 0 || plan_is_test_file(shown)) continue;
             EVP_DigestUpdate(md, shown, strlen(shown) + 1);
             digest_file(md, g.gl_pathv[i]);
         }

@@ -95,6 +95,9 @@ int plan_push_runtime(struct vm *v, const plan *p, const config *cfg, const char
 /* The content hash of a version (plan->hash): sha-256 of the script, then
  * of every .lua file beside it in name order, as hex.  0, or -1 with err. */
 int plan_hash(const char *script, char hex[65], char *err, size_t errlen);
+/* 1 for a file name eddy test runs (`*_test.lua`): it sits beside the
+ * pipeline but is no part of a version (not hashed, kept or watched). */
+int plan_is_test_file(const char *name);
 /* The same hash with the script's bytes read from `text` instead. */
 int plan_hash_text(const char *text, const char *script, char hex[65], char *err, size_t errlen);
 /* The same hash with the modules read from the folder `modules` (a kept

@@ -37,7 +37,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg) {
         for (char *p = buf; p < buf + n;) {
             struct inotify_event *e = (struct inotify_event *)p;
             size_t len = e->len ? strlen(e->name) : 0;
-            if (len > 4 && strcmp(e->name + len - 4, ".lua") == 0) {
+            if (len > 4 && strcmp(e->name + len - 4, ".lua") == 0 && !plan_is_test_file(e->name)) {
                 snprintf(w->last, sizeof w->last, "%s", e->name);
                 struct timeval tv = { w->debounce_ms / 1000, (w->debounce_ms % 1000) * 1000 };
                 evtimer_add(w->timer, &tv);      /* re-arming pushes the deadline back */
@@ -86,10 +86,22 @@ plan *reload_prepare(const config *cfg, const char *lua_dir, const plan *running
                                errlen);
 }
 
-static int found_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+static int count_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
     (void)k; (void)kl; (void)v; (void)vl;
-    *(int *)ud = 1;
-    return 1;
+    (*(int *)ud)++;
+    return 0;
+}
+
+int reload_migrating(state_db *db, const char *uid) {
+    char from[600], to[600];
+    int n = snprintf(from, sizeof from, "%s#migrating", uid);
+    if (!db || n < 0 || (size_t)n + 1 >= sizeof from) return 0;
+    memcpy(to, from, (size_t)n);
+    from[n] = 0;
+    to[n] = 1;                                      /* [uid#migrating 0x00, uid#migrating 0x01) */
+    int count = 0;
+    state_range(db, from, (size_t)n + 1, to, (size_t)n + 1, count_cb, &count);
+    return count;
 }
 
 /* A process operator's state migration (lua/eddy/runtime/migrate.lua) has
@@ -100,16 +112,11 @@ static int migration_running(const plan *running, task **tasks, int ntasks, char
     for (int i = 0; db && i < running->nnodes; i++) {
         const node *nd = &running->nodes[i];
         if (nd->kind != NODE_PROCESS || !nd->uid) continue;
-        char from[600], to[600];
-        int n = snprintf(from, sizeof from, "%s#migrating", nd->uid);
-        if (n < 0 || (size_t)n + 1 >= sizeof from) continue;
-        memcpy(to, from, (size_t)n);
-        from[n] = 0;
-        to[n] = 1;                                  /* [uid#migrating 0x00, uid#migrating 0x01) */
-        int found = 0;
-        if (state_range(db, from, (size_t)n + 1, to, (size_t)n + 1, found_cb, &found) == 0 && found) {
+        int left = reload_migrating(db, nd->uid);
+        if (left > 0) {
             snprintf(err, errlen, "%s: the state of process uid '%s' is still being migrated to the running version "
-                     "(its migrate); reload once every key is done", nd->where, nd->uid);
+                     "(its migrate; %d key group%s left, GET /status pipeline.migrating); reload once every key is done",
+                     nd->where, nd->uid, left, left == 1 ? "" : "s");
             return -1;
         }
     }

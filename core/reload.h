@@ -38,6 +38,11 @@ plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *te
                           task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
                           size_t errlen);
 
+/* How many key groups of process operator `uid` are still migrating their
+ * keys' state to the running version (lua/eddy/runtime/migrate.lua keeps a
+ * uid#migrating entry per key group meanwhile); committed data.  Any thread. */
+int reload_migrating(state_db *db, const char *uid);
+
 struct daemon_state;
 /* 1 while a running task has not reached the newest version. */
 int reload_in_progress(struct daemon_state *d);

@@ -320,6 +320,7 @@ void task_swap_version(task *t) {
     t->swapped_at_us = clock_mono_us();
     t->ver_in0 = t->records_in;         /* the new version's own counts start here (probation.c) */
     t->ver_err0 = (long)t->io.errors;
+    t->last_tick_ms = 0;         /* the new version's first tick comes at the next step (a state migration starts there) */
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
 }

@@ -159,7 +159,7 @@ int versions_keep(const char *state_dir, int version, const plan *p, int64_t loa
         globbed = 1;
         for (size_t i = 0; i < g.gl_pathc; i++) {
             const char *name = g.gl_pathv[i] + strlen(p->dir) + 1;
-            if (strcmp(g.gl_pathv[i], p->script) == 0) continue;
+            if (strcmp(g.gl_pathv[i], p->script) == 0 || plan_is_test_file(name)) continue;
             if (fmt(to, sizeof to, "%s/%s", dir, name) < 0) { snprintf(err, errlen, "%s: a name too long", name); goto err; }
             if (copy_file(g.gl_pathv[i], to, err, errlen) < 0) goto err;
         }
