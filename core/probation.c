@@ -130,13 +130,11 @@ plan *probation_plan_at_start(daemon_state *d, char *err, size_t errlen) {
         if (killed) {
             snprintf(reason, sizeof reason, "eddy stopped during version %d's probation without a clean stop (a "
                      "crash or a kill): it was not proven, so the run goes on with version %d", from, to);
-            json_object_set_new(j, "from", json_integer(from));
-            json_object_set_new(j, "to", json_integer(to));
-            json_object_set_new(j, "reason", json_string(reason));
+            /* (nothing is written here: state.dir is not locked yet, and
+             * probation.json says the same to every start until a reload or
+             * a clean stop removes it) */
             json_object_set_new(j, "at", json_integer(clock_wall_ms()));
             json_object_set_new(j, "rollbacks", json_integer(json_integer_value(json_object_get(j, "rollbacks")) + 1));
-            json_incref(j);
-            if (write_json(rb, j) == 0) unlink(pj);
         } else {
             snprintf(reason, sizeof reason, "%s", json_string_value(json_object_get(j, "reason")) ?
                      json_string_value(json_object_get(j, "reason")) : "?");
