@@ -91,8 +91,14 @@ local function stop_clean(d)
   assert.are.equal(0, d:wait(30), "eddy did not stop cleanly; stderr:\n" .. d:stderr())
 end
 
+-- reload(addr): `eddy reload`, again while eddy answers 503 because a
+-- checkpoint is in progress (every 300 ms in the exactly_once specs)
 local function reload(addr)
-  local r = E.run({ "reload", "--admin", addr }, { timeout = 60 })
+  local r
+  E.wait_for(function()
+    r = E.run({ "reload", "--admin", addr }, { timeout = 60 })
+    return r.code == 0 or not r.stderr:find("a checkpoint is in progress", 1, true)
+  end, 15, 0.05)
   assert.are.equal(0, r.code, "eddy reload: " .. r.stdout .. r.stderr)
   return r
 end
