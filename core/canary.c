@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "daemon_state.h"
 #include "log.h"
+#include "probation.h"
 #include "reload.h"
 #include "versions.h"
 #include <ctype.h>
@@ -349,12 +350,14 @@ int canary_promote(daemon_state *d, const char *trigger, char *msg, size_t len) 
     }
     int rc = may_roll_out(d, msg, len);
     if (rc) return rc;
+    if ((rc = probation_barrier_checkpoint(d, msg, len)) != 0) return rc;   /* hold_commits: the cut to go back to */
     canary_run *c = d->canary;
     roll_out(d, c->ready, c->on, PROMOTE);      /* (takes the ready VMs) */
     log_info("promote (%s): version %d (sha256 %.12s) is rolling out to the tasks still on version %d", trigger,
              c->version, c->p->hash, c->from);
     d->version = c->version;
     d->loaded_at_ms = clock_wall_ms();
+    probation_begin(d, c->version, c->from);   /* a promotion is on probation as a reload is */
     for (int i = 0; i < d->nplans; i++)       /* the last plan is the running version's */
         if (d->plans[i] == c->p) {
             d->plans[i] = d->plans[d->nplans - 1];

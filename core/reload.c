@@ -275,6 +275,7 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
         return 422;
     }
     d->plans[d->nplans++] = p;
+    int prev = d->version;                      /* (version - 1 only when no canary came in between) */
     d->version = d->last_version = version;
     d->loaded_at_ms = clock_wall_ms();
     d->last_reload_error[0] = 0;
@@ -294,7 +295,7 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
                  "modules is in %s/versions/%d)", trigger, version, kept.version, p->dir, kept.version, p->hash,
                  kept.sha256, kept.version, d->cfg->state_dir, kept.version);
     log_info("reload (%s)%s: version %d (sha256 %.12s) is rolling out", trigger, label, version, p->hash);
-    probation_begin(d, version, version - 1);   /* automatic rollback: before keeping may trim the previous copy */
+    probation_begin(d, version, prev);          /* automatic rollback: before keeping may trim the previous copy */
     int kr = to ? versions_commit(d->cfg->state_dir, version, p->hash, p->script_rel, d->loaded_at_ms,
                                   d->cfg->reload_keep_versions, err, sizeof err)
                 : versions_keep(d->cfg->state_dir, version, p, d->loaded_at_ms, d->cfg->reload_keep_versions, err,
