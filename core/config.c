@@ -79,6 +79,7 @@ static const key SCHEMA[] = {
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
     INT("reload.keep_versions",      "5",     reload_keep_versions, 1, 1000),
+    INT("reload.dry_run_records",    "1000",  reload_dry_run_records, 0, 1000000),
     ENUM("on_error",                 "fail",  on_error, ON_ERRORS),
     SECTION("dead_letter"),
     PATH("dead_letter.file",                  dead_letter_file),           /* default: config_finish() */

@@ -73,6 +73,7 @@ typedef struct config {
     char *admin_hosts;       /* more names Host may carry, comma-separated; NULL = none */
     int reload_watch;        /* default 1 */
     int reload_keep_versions;/* accepted versions kept in state.dir/versions; default 5 */
+    int reload_dry_run_records; /* records kept per source partition for dry runs (replay.c); 0: off; default 1000 */
     int on_error;            /* ON_ERROR_* ; default fail */
     char *dead_letter_file;  /* absolute; default <state_dir>/dead-letter.jsonl (set even
                               * when dead_letter_kafka is, which then takes precedence) */
