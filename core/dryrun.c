@@ -11,6 +11,7 @@
 #include "state.h"
 #include "versions.h"
 #include <errno.h>
+#include <glob.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <limits.h>
@@ -323,6 +324,8 @@ static void *run_job(void *arg) {
     driver_destroy(dnew);
     free(order);
     free(acc);
+    files_rm_tree(j->tmp);              /* the snapshot and the drivers' folders: only the result stays */
+    j->tmp[0] = 0;
     finish(j, 200, res);
     return NULL;
 oom:
@@ -334,6 +337,8 @@ refused:
     driver_destroy(dold);
     driver_destroy(dnew);
     log_warn("dry run %d: %s", j->id, err);
+    files_rm_tree(j->tmp);
+    j->tmp[0] = 0;
     finish(j, 422, json_pack("{s:s, s:i}", "error", err, "dry_run", j->id));
     return NULL;
 }
@@ -358,6 +363,16 @@ static char *running_text(daemon_state *d, char *msg, size_t len) {
         snprintf(msg, len, "the running version %d's script is not kept in %s/versions (see the log): a dry run "
                  "compares with it", d->version, d->cfg->state_dir);
     return out;
+}
+
+/* The folders of dry runs a killed eddy left in state.dir. */
+static void remove_stale(const char *state_dir) {
+    char pat[PATH_MAX];
+    snprintf(pat, sizeof pat, "%s/dry-run-*", state_dir);
+    glob_t g;
+    if (glob(pat, GLOB_NOSORT, NULL, &g) != 0) return;
+    for (size_t i = 0; i < g.gl_pathc; i++) files_rm_tree(g.gl_pathv[i]);
+    globfree(&g);
 }
 
 static json_t *refuse(int *http_status, int status, const char *msg) {
@@ -420,6 +435,7 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     }
     for (int s = 0; s < cur->nsources; s++) { j->parts[s] = 1; j->boot[s] = cur->sources[s].bootstrap; }
     if (!(j->old_text = running_text(d, msg, sizeof msg))) { job_free(j); return refuse(http_status, 503, msg); }
+    if (g_next_id == 1) remove_stale(d->cfg->state_dir);
     snprintf(j->tmp, sizeof j->tmp, "%s/dry-run-XXXXXX", d->cfg->state_dir);
     if (!mkdtemp(j->tmp)) {
         snprintf(msg, sizeof msg, "cannot make a folder in %s: %s", d->cfg->state_dir, strerror(errno));
