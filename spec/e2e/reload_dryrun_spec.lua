@@ -1,0 +1,283 @@
+-- Dry runs end to end (`eddy reload --dry-run`, POST /reload?dry_run=1): a
+-- real daemon follows a file; the script on disk is changed without a
+-- reload (reload.watch = false), and a dry run reports what the new version
+-- would have done with the last records of each source partition, beside
+-- what the running version does with them, from a snapshot of the state.
+-- Each spec checks the answer against an oracle computed from the input,
+-- and that the running version went on untouched.
+
+local E = require("support.eddy")
+local cjson = E.cjson
+
+local function config(dir, extra)
+  local c = {
+    name = "dry", pipeline = "pipeline.lua", threads = 2, parallelism = 2,
+    state = { dir = "state" }, admin = { listen = "127.0.0.1:0" }, reload = { watch = false },
+  }
+  for k, v in pairs(extra or {}) do c[k] = v end
+  return E.write_config(dir, c)
+end
+
+local function get(addr, path)
+  local code, body = E.curl("http://" .. addr .. path)
+  local ok, doc = pcall(cjson.decode, body)
+  return code, ok and doc or body
+end
+
+local function post(addr, path)
+  local code, body = E.curl("http://" .. addr .. path, "POST")
+  local ok, doc = pcall(cjson.decode, body)
+  return code, ok and doc or body
+end
+
+local function source_in(addr)
+  local _, st = get(addr, "/status")
+  local n = 0
+  for _, t in ipairs(st.tasks) do if t.source then n = n + t.records_in end end
+  return n, st
+end
+
+local function start(dir)
+  local d = E.start({ "run", dir .. "/eddy.conf.lua" }, { timeout = 90 })
+  local addr = E.admin_addr(dir .. "/state", 10)
+  assert(addr, "no admin.addr; stderr:\n" .. d:stderr())
+  return d, addr
+end
+
+-- dry_run(addr, query): POST, then GET the result until it is there
+local function dry_run(addr, query)
+  local code, doc = post(addr, "/reload?dry_run=1" .. (query or ""))
+  if code ~= 202 then return code, doc end
+  assert.are.equal("/reload/dry-run/" .. doc.dry_run, doc.location)
+  local rc, res
+  assert(E.wait_for(function()
+    rc, res = get(addr, doc.location)
+    return rc ~= 202
+  end, 30), "the dry run did not end")
+  return rc, res
+end
+
+local function append_lines(path, from, to)
+  local t = {}
+  for i = from, to do t[#t + 1] = "line" .. i end
+  E.append(path, table.concat(t, "\n") .. "\n")
+end
+
+local MAP = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("in", { file = "in.txt", format = "lines", follow = true })
+ :map(function(v) %s end)
+ :sink("out", { file = "out", format = "lines" })
+return p
+]]
+local V1 = MAP:format('return v .. " a"')
+-- v2 changes the output of every third line only
+local V2 = MAP:format('local k = tonumber(v:match("%d+")) if k % 3 == 0 then return v .. " b" end return v .. " a"')
+-- v3 raises on every fifth line
+local V3 = MAP:format('local k = tonumber(v:match("%d+")) if k % 5 == 0 then error("five") end return v .. " a"')
+
+describe("eddy reload --dry-run", function()
+  after_each(function() E.cleanup() end)
+
+  it("reports exactly the changed outputs of a changed map over a followed file, and the running output loses, repeats or changes no line", function()
+    local dir = E.tmpdir()
+    config(dir, { reload = { watch = false, dry_run_records = 200 } })
+    E.write(dir .. "/pipeline.lua", V1)
+    append_lines(dir .. "/in.txt", 1, 500)
+    local d, addr = start(dir)
+    assert(E.wait_for(function() return source_in(addr) >= 500 end, 20), "the source did not read 500 lines")
+    E.write(dir .. "/pipeline.lua", V2)                  -- not reloaded: the watcher is off
+    local total = 500
+    -- the input keeps coming while dry runs run
+    for round = 1, 3 do
+      append_lines(dir .. "/in.txt", total + 1, total + 100)
+      total = total + 100
+      local code, res = dry_run(addr, round == 3 and "&records=150" or nil)
+      assert.are.equal(200, code, cjson.encode(res))
+      local n = round == 3 and 150 or 200
+      assert.are.equal(n, res.records)
+      assert.are.equal(1, res.running_version)
+      assert.are.equal(0, res.errors)
+      local out = res.sinks.out
+      assert.are.equal(n, out.same + out.changed + out.added + out.removed)
+      assert.are.equal(0, out.added)
+      assert.are.equal(0, out.removed)
+      -- the oracle: n consecutive lines, the changed ones the multiples of 3 among them
+      assert.is_true(out.changed == math.floor(n / 3) or out.changed == math.ceil(n / 3), "changed " .. out.changed)
+      assert.are.equal(out.changed, #out.differences)
+      local prev
+      for _, diff in ipairs(out.differences) do
+        local k = tonumber(diff.input.value:match("^line(%d+)$"))
+        assert.are.equal(0, k % 3)
+        assert.are.equal(k, diff.input.line)
+        assert.are.equal("in", diff.input.source)
+        assert.are.equal("changed", diff.kind)
+        assert.are.same({ "line" .. k .. " a" }, diff.old)
+        assert.are.same({ "line" .. k .. " b" }, diff.new)
+        if prev then assert.are.equal(prev + 3, k) end
+        prev = k
+      end
+      -- the window is n lines that had been read
+      local first = tonumber(out.differences[1].input.value:match("%d+"))
+      assert.is_true(prev - first < n)
+      assert.is_true(prev <= total)
+    end
+    append_lines(dir .. "/in.txt", total + 1, total + 50)
+    total = total + 50
+    assert(E.wait_for(function() return source_in(addr) >= total end, 20), "the source did not read every line")
+    local _, st = get(addr, "/status")
+    assert.are.equal(1, st.pipeline.version)            -- the running version was not touched
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20))
+    local want = {}
+    for i = 1, total do want[#want + 1] = "line" .. i .. " a" end
+    table.sort(want)
+    assert.are.same(want, E.sink_lines(dir .. "/out"))  -- every line once, as version 1 made it
+    for _, f in ipairs(E.ls(dir .. "/state")) do assert.is_nil(f:match("^dry%-run"), f) end
+  end)
+
+  it("runs both versions from a snapshot of the keyed state: running totals continue from it in both and only the changed key differs", function()
+    local dir = E.tmpdir()
+    config(dir, { reload = { watch = false, dry_run_records = 30 } })
+    local KEYED = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("in", { file = "in.txt", format = "lines", follow = true })
+ :key_by(function(v) return v end)
+ :process{ process = function(v, ctx)
+   local total = ctx.state:value("total")
+   local t = (total:get() or 0) + 1
+   total:set(t)
+   return ctx.key .. " " .. %s
+ end }:uid("totals")
+ :sink("out", { file = "out", format = "lines" })
+return p
+]]
+    E.write(dir .. "/pipeline.lua", KEYED:format("t"))
+    local keys = { "a", "b", "c" }
+    local t = {}
+    for i = 1, 90 do t[i] = keys[(i - 1) % 3 + 1] end
+    E.write(dir .. "/in.txt", table.concat(t, "\n") .. "\n")
+    local d, addr = start(dir)
+    assert(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 90 end, 20), "the outputs did not come")
+    assert(E.wait_for(function()
+      local code, s = get(addr, "/state/totals/b")
+      return code == 200 and s.total == 30
+    end, 10), "the state of b is not 30")
+    E.write(dir .. "/pipeline.lua", KEYED:format('(ctx.key == "b" and t * 10 or t)'))
+    local code, res = dry_run(addr)
+    assert.are.equal(200, code, cjson.encode(res))
+    assert.are.equal(30, res.records)
+    local out = res.sinks.out
+    assert.are.equal(20, out.same)
+    assert.are.equal(10, out.changed)
+    -- the last 30 records hold 10 of each key; the totals go on from the snapshot's 30
+    for i, diff in ipairs(out.differences) do
+      assert.are.equal("b", diff.input.value)
+      assert.are.same({ "b " .. (30 + i) }, diff.old)
+      assert.are.same({ "b " .. ((30 + i) * 10) }, diff.new)
+    end
+    -- the daemon's state is the snapshot's, not the dry run's
+    local _, s = get(addr, "/state/totals/b")
+    assert.are.equal(30, s.total)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20))
+    assert.are.equal(90, #E.sink_lines(dir .. "/out"))
+  end)
+
+  it("counts the records the new version sends to the error policy, even under on_error = fail, and fails no task", function()
+    local dir = E.tmpdir()
+    config(dir, { on_error = "fail", reload = { watch = false, dry_run_records = 100 } })
+    E.write(dir .. "/pipeline.lua", V1)
+    append_lines(dir .. "/in.txt", 1, 100)
+    local d, addr = start(dir)
+    assert(E.wait_for(function() return source_in(addr) >= 100 end, 20))
+    E.write(dir .. "/pipeline.lua", V3)
+    local r = E.run({ "reload", "--admin", addr, "--dry-run" })
+    assert.are.equal(0, r.code, r.stderr)
+    local res = cjson.decode(r.stdout)
+    assert.are.equal(100, res.records)
+    assert.are.equal(20, res.errors)
+    assert.are.equal(0, res.running_errors)
+    assert.are.equal(20, #res.error_records)
+    for _, e in ipairs(res.error_records) do assert.are.equal(0, tonumber(e.value:match("%d+")) % 5) end
+    assert.are.equal(20, res.sinks.out.removed)
+    assert.are.equal(80, res.sinks.out.same)
+    for _, diff in ipairs(res.sinks.out.differences) do
+      assert.is_true(diff.error)
+      assert.are.same({}, diff.new)
+    end
+    assert.is_true(d:alive())
+    local _, st = get(addr, "/status")
+    for _, t in ipairs(st.tasks) do assert.are.equal("running", t.status) end
+    assert.are.same(cjson.null, st.pipeline.last_reload_error)
+    assert.is_nil(E.exists(dir .. "/state/dead-letter.jsonl") and "dead letters written" or nil)
+  end)
+
+  it("refuses what a reload refuses (422, exit 1) and leaves the running version as it was", function()
+    local dir = E.tmpdir()
+    config(dir)
+    E.write(dir .. "/pipeline.lua", V1)
+    append_lines(dir .. "/in.txt", 1, 10)
+    local d, addr = start(dir)
+    assert(E.wait_for(function() return source_in(addr) >= 10 end, 20))
+    -- a syntax error
+    E.write(dir .. "/pipeline.lua", V1:gsub("return p", "return p end"))
+    local code, res = dry_run(addr)
+    assert.are.equal(422, code)
+    assert.truthy(res.error:match("pipeline%.lua:%d+"), res.error)
+    local r = E.run({ "reload", "--admin", addr, "--dry-run", "--records", "5" })
+    assert.are.equal(1, r.code)
+    assert.truthy(r.stderr:match("422"), r.stderr)
+    assert.truthy(r.stderr:match("pipeline%.lua:%d+"), r.stderr)
+    -- a change a reload cannot make: another input file
+    E.write(dir .. "/pipeline.lua", (V1:gsub('file = "in.txt"', 'file = "other.txt"')))
+    code, res = dry_run(addr)
+    assert.are.equal(422, code)
+    assert.truthy(res.error:match("in%.txt") or res.error:match("other%.txt"), res.error)
+    -- records out of bounds
+    E.write(dir .. "/pipeline.lua", V1)
+    code, res = dry_run(addr, "&records=1001")
+    assert.are.equal(400, code)
+    assert.truthy(res.error:match("dry_run_records"), res.error)
+    local _, st = get(addr, "/status")
+    assert.are.equal(1, st.pipeline.version)
+    assert.are.same(cjson.null, st.pipeline.last_reload_error)   -- a dry run is no reload
+    assert.is_true(d:alive())
+  end)
+
+  it("is refused when reload.dry_run_records = 0 turns the ring off", function()
+    local dir = E.tmpdir()
+    config(dir, { reload = { watch = false, dry_run_records = 0 } })
+    E.write(dir .. "/pipeline.lua", V1)
+    append_lines(dir .. "/in.txt", 1, 10)
+    local _, addr = start(dir)
+    assert(E.wait_for(function() return source_in(addr) >= 10 end, 20))
+    E.write(dir .. "/pipeline.lua", V2)
+    local code, res = dry_run(addr)
+    assert.are.equal(422, code)
+    assert.truthy(res.error:match("reload%.dry_run_records is 0"), res.error)
+    local r = E.run({ "reload", "--admin", addr, "--dry-run" })
+    assert.are.equal(1, r.code)
+    assert.truthy(r.stderr:match("dry runs are off"), r.stderr)
+  end)
+
+  it("needs the admin token as POST /reload does", function()
+    local dir = E.tmpdir()
+    local token = "0123456789abcdef-dry"
+    config(dir, { admin = { listen = "127.0.0.1:0", token = token } })
+    E.write(dir .. "/pipeline.lua", V1)
+    append_lines(dir .. "/in.txt", 1, 10)
+    local _, addr = start(dir)
+    assert(E.wait_for(function() return source_in(addr) >= 10 end, 20))
+    E.write(dir .. "/pipeline.lua", V2)
+    local code = post(addr, "/reload?dry_run=1")
+    assert.are.equal(401, code)
+    local r = E.run({ "reload", "--admin", addr, "--dry-run", "--token", token })
+    assert.are.equal(0, r.code, r.stderr)
+    local res = cjson.decode(r.stdout)
+    assert.are.equal(10, res.records)
+    assert.are.equal(3, res.sinks.out.changed)
+  end)
+end)
