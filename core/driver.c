@@ -178,6 +178,7 @@ int driver_run(driver *d) {
 const char *driver_failed(const driver *d) { return d->failed; }
 mem_outputs *driver_outputs(driver *d) { return &d->outs; }
 const plan *driver_plan(const driver *d) { return d->p; }
+task **driver_tasks(driver *d, int *n) { *n = d->ntasks; return d->tasks; }
 
 long driver_errors(driver *d) {
     long n = 0;

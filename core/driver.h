@@ -59,5 +59,7 @@ mem_outputs *driver_outputs(driver *d);
 /* Records the tasks sent to the error policy so far (summed). */
 long driver_errors(driver *d);
 const plan *driver_plan(const driver *d);
+/* Its tasks (borrowed; n set), e.g. for a watchdog on another thread. */
+task **driver_tasks(driver *d, int *n);
 
 #endif

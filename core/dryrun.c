@@ -10,6 +10,8 @@
 #include "replay.h"
 #include "state.h"
 #include "versions.h"
+#include "watchdog.h"
+#include <unistd.h>
 #include <errno.h>
 #include <glob.h>
 #include <event2/http.h>
@@ -52,6 +54,7 @@ typedef struct dry_job {
     char *cfg_path, *pipeline;      /* the daemon's config (NULL: a pipeline run with defaults) */
     char *old_text;                 /* the running version's script (a kept copy) */
     int version;                    /* the running version */
+    int64_t limit_time_ms;          /* limits.time */
     char tmp[PATH_MAX];             /* the job's folder under state.dir: the state's snapshot */
     int has_snap;
     dry_input *in; int nin, cap;
@@ -61,6 +64,10 @@ typedef struct dry_job {
     atomic_int cancel;
     atomic_int done;
     pthread_t th;
+    pthread_t wd;                   /* the watchdog of its drivers' calls */
+    pthread_mutex_t wd_mu;          /* drivers[] while the watchdog looks at them */
+    driver *drivers[2];
+    int stuck;                      /* a call could not be interrupted [wd_mu] */
     int status;                     /* when done: 200, or 422 with result {"error"} */
     json_t *result;
 } dry_job;
@@ -80,6 +87,7 @@ static void job_free(dry_job *j) {
     free(j->old_text);
     if (j->tmp[0]) files_rm_tree(j->tmp);
     json_decref(j->result);
+    pthread_mutex_destroy(&j->wd_mu);
     free(j);
 }
 
@@ -205,6 +213,42 @@ static config *load_config(const dry_job *j, char *err, size_t errlen) {
     return c;
 }
 
+/* The dry run's watchdog: a user call in either driver that runs past
+ * limits.time of CPU is interrupted (its record goes to the error policy),
+ * as the daemon's watchdog does for its own tasks. */
+static void *watch_job(void *arg) {
+    dry_job *j = arg;
+    watchdog_mark marks[2][256];
+    for (int v = 0; v < 2; v++)
+        for (int i = 0; i < 256; i++) { memset(&marks[v][i], 0, sizeof marks[v][i]); marks[v][i].seq = -1; }
+    while (!atomic_load(&j->done)) {
+        usleep(WATCHDOG_TICK_MS * 1000);
+        pthread_mutex_lock(&j->wd_mu);
+        for (int v = 0; v < 2; v++) {
+            if (!j->drivers[v]) continue;
+            int n;
+            task **ts = driver_tasks(j->drivers[v], &n);
+            for (int i = 0; i < n && i < 256; i++) {
+                int64_t ran = watchdog_check(ts[i], &marks[v][i], j->limit_time_ms);
+                if (ran > 0 && !j->stuck) {
+                    j->stuck = 1;
+                    log_error("dry run %d: a call of the %s version has run for %lld ms of CPU time and cannot be "
+                              "interrupted (a loop the JIT compiled runs no hooks): the dry run waits for it to return, "
+                              "and the next dry run is refused until then", j->id, v ? "new" : "running", (long long)ran);
+                }
+            }
+        }
+        pthread_mutex_unlock(&j->wd_mu);
+    }
+    return NULL;
+}
+
+static void set_driver(dry_job *j, int v, driver *d) {
+    pthread_mutex_lock(&j->wd_mu);
+    j->drivers[v] = d;
+    pthread_mutex_unlock(&j->wd_mu);
+}
+
 static void *run_job(void *arg) {
     dry_job *j = arg;
     char err[4096];
@@ -239,8 +283,10 @@ static void *run_job(void *arg) {
         plan_destroy(pn);
         goto refused;
     }
+    set_driver(j, 0, dold);
     o.version = j->version + 1;
     if (!(dnew = driver_open(cn, pn, &o, err, sizeof err))) goto refused;
+    set_driver(j, 1, dnew);
     const plan *np = driver_plan(dnew), *op = driver_plan(dold);
     for (int i = 0; i < np->nnodes; i++) if (np->nodes[i].kind == NODE_SINK) nacc++;
     if (!(acc = calloc(nacc ? nacc : 1, sizeof *acc))) goto oom;
@@ -320,6 +366,8 @@ static void *run_job(void *arg) {
     if (failed) json_object_set_new(res, "failed", failed);
     log_info("dry run %d: %ld records through version %d and the script on disk (sha256 %.12s), %ld errors, in %lld ms",
              j->id, done, j->version, new_hash, errors, (long long)(clock_mono_ms() - t0));
+    set_driver(j, 0, NULL);
+    set_driver(j, 1, NULL);
     driver_destroy(dold);
     driver_destroy(dnew);
     free(order);
@@ -334,6 +382,8 @@ refused:
     for (int a = 0; acc && a < nacc; a++) json_decref(acc[a].diffs);
     free(acc);
     free(order);
+    set_driver(j, 0, NULL);
+    set_driver(j, 1, NULL);
     driver_destroy(dold);
     driver_destroy(dnew);
     log_warn("dry run %d: %s", j->id, err);
@@ -428,6 +478,8 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     j->parts = calloc(cur->nsources ? cur->nsources : 1, sizeof *j->parts);
     j->boot = calloc(cur->nsources ? cur->nsources : 1, sizeof *j->boot);
     j->version = d->version;
+    j->limit_time_ms = d->cfg->limit_time_ms;
+    pthread_mutex_init(&j->wd_mu, NULL);
     if (!j->parts || !j->boot || (d->cfg->path && !(j->cfg_path = strdup(d->cfg->path))) ||
         !(j->pipeline = strdup(d->cfg->pipeline))) {
         job_free(j);
@@ -465,7 +517,12 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     }
     j->id = g_next_id++;
     if (pthread_create(&j->th, NULL, run_job, j) != 0) { job_free(j); return refuse(http_status, 503, "cannot start a thread"); }
-    if (g_job) { pthread_join(g_job->th, NULL); job_free(g_job); }
+    if (pthread_create(&j->wd, NULL, watch_job, j) != 0) j->wd = 0;
+    if (g_job) {
+        pthread_join(g_job->th, NULL);
+        if (g_job->wd) pthread_join(g_job->wd, NULL);
+        job_free(g_job);
+    }
     pthread_mutex_lock(&g_mu);
     g_job = j;
     pthread_mutex_unlock(&g_mu);
@@ -505,7 +562,12 @@ void dryrun_shutdown(void) {
     dry_job *j = g_job;
     if (!j) return;
     atomic_store(&j->cancel, 1);
+    pthread_mutex_lock(&j->wd_mu);
+    int stuck = j->stuck;
+    pthread_mutex_unlock(&j->wd_mu);
+    if (stuck && !atomic_load(&j->done)) return;   /* (it cannot be stopped: it ends with the process) */
     pthread_join(j->th, NULL);
+    if (j->wd) pthread_join(j->wd, NULL);
     pthread_mutex_lock(&g_mu);
     g_job = NULL;
     pthread_mutex_unlock(&g_mu);
