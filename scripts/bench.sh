@@ -10,7 +10,10 @@
 #                   which takes 25 to 40 minutes on a shared 2-core machine:
 #                   BENCH_ONLY=kafka runs it, BENCH_ONLY=all runs everything;
 #                   scaleout, in the default set, takes about 5 minutes:
-#                   BENCH_ONLY=scaleout runs it alone)
+#                   BENCH_ONLY=scaleout runs it alone; migrate, not in the
+#                   default set either, takes 5 to 10 minutes: reloads of a
+#                   1M-key process state with and without a migrate,
+#                   BENCH_MIGRATE_KEYS narrows it)
 #   BENCH_TIMEOUT   seconds one run may take before it is killed (default 1800)
 #   BENCH_IPR_RECORDS  records of the small inputs behind the instructions-
 #                   per-record figures (default 10000; 0 skips them)
@@ -285,6 +288,20 @@ bench_reload() {
     else
         status=1
         out="$out"$'\n'"reload: FAILED (see bench-out/reload/run.log)"
+    fi
+    while IFS= read -r line; do notes+=("$line"); done <<< "$out"
+}
+
+# migrate: the reload pause with and without a state migration of every key
+# of a process operator (BENCH_MIGRATE_KEYS, default 1M), under load, and how
+# long the background conversion takes (scripts/reload-migrate.py).
+bench_migrate() {
+    local out
+    if out=$(python3 "$ROOT/scripts/reload-migrate.py" "$EDDY_BIN" "$OUT/migrate" "${BENCH_MIGRATE_KEYS:-1000000}" 2 2>&1); then
+        :
+    else
+        status=1
+        out="$out"$'\n'"migrate: FAILED (see bench-out/migrate/run.log)"
     fi
     while IFS= read -r line; do notes+=("$line"); done <<< "$out"
 }
@@ -759,7 +776,7 @@ scaleout_run() {
 [ -x "$EDDY_BIN" ] || { echo "bench: no eddy binary at $EDDY_BIN (run make first)" >&2; exit 1; }
 mkdir -p "$OUT"
 generate
-only=${BENCH_ONLY:-$(declare -F | sed -n 's/^declare -f bench_//p' | grep -vx kafka)}
+only=${BENCH_ONLY:-$(declare -F | sed -n 's/^declare -f bench_//p' | grep -vx -e kafka -e migrate)}
 [ "$only" = all ] && only=$(declare -F | sed -n 's/^declare -f bench_//p')
 for b in $only; do
     declare -F "bench_$b" >/dev/null || { echo "bench: unknown benchmark '$b'" >&2; exit 2; }

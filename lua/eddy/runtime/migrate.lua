@@ -17,7 +17,7 @@
 local C = require("eddy.runtime.c")
 
 local M = {}
-local BUDGET = 256             -- keys the background pass migrates per tick
+local BUDGET = 256             -- keys the background pass migrates per tick (every 10 ms)
 
 -- FNV-1a of s as 8 hex digits: which migrate function this is
 local function fnv(s)
@@ -44,6 +44,7 @@ function M.build(rt, id, uid, fn, where)
   local version = rt.args.version or 1
   local kgs = rt.args.keygroups or {}
   local pending = {}           -- kg -> its migration's meta while it runs
+  local fresh = false          -- started in this call: the background pass waits for the next tick
 
   local function fail(key, what)
     return where .. ": migrate of key '" .. key .. "' (uid " .. uid .. ") " .. what
@@ -132,6 +133,7 @@ function M.build(rt, id, uid, fn, where)
       if not meta.done then pending[kg] = meta end
     end
     if next(pending) then C.eddy_task_wants_ticks(rt.task) end
+    fresh = true
   end
 
   -- before the new version reads the key's state: migrate it if the
@@ -148,6 +150,7 @@ function M.build(rt, id, uid, fn, where)
 
   -- the background pass: up to BUDGET keys, key group by key group
   function m.tick()
+    if fresh then fresh = false; return end        -- (a swap's first call: no work in its pause)
     local left = BUDGET
     for _, kg in ipairs(kgs) do
       local meta = pending[kg]
