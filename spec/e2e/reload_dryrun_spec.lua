@@ -186,6 +186,62 @@ return p
     assert.are.equal(90, #E.sink_lines(dir .. "/out"))
   end)
 
+  it("replays the last records of every partition (two followed files) into keyed tasks at parallelism 2, each partition's in order", function()
+    local dir = E.tmpdir()
+    config(dir, { parallelism = 2, reload = { watch = false, dry_run_records = 15 } })
+    local KEYED = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("in", { file = "in-*.txt", format = "lines", follow = true })
+ :key_by(function(v) return v end)
+ :process{ process = function(v, ctx)
+   local total = ctx.state:value("total")
+   local t = (total:get() or 0) + 1
+   total:set(t)
+   return ctx.key .. " " .. %s
+ end }:uid("totals")
+ :sink("out", { file = "out", format = "lines" })
+return p
+]]
+    E.write(dir .. "/pipeline.lua", KEYED:format("t"))
+    local function lines(keys)
+      local t = {}
+      for i = 1, 60 do t[i] = keys[(i - 1) % 3 + 1] end
+      return table.concat(t, "\n") .. "\n"
+    end
+    E.write(dir .. "/in-0.txt", lines({ "a", "b", "c" }))
+    E.write(dir .. "/in-1.txt", lines({ "d", "e", "f" }))
+    local d, addr = start(dir)
+    assert(E.wait_for(function() return #E.sink_lines(dir .. "/out") >= 120 end, 20), "the outputs did not come")
+    assert(E.wait_for(function()
+      local c1, b = get(addr, "/state/totals/b")
+      local c2, e = get(addr, "/state/totals/e")
+      return c1 == 200 and c2 == 200 and b.total == 20 and e.total == 20
+    end, 10), "the totals are not 20")
+    E.write(dir .. "/pipeline.lua", KEYED:format('((ctx.key == "b" or ctx.key == "e") and t * 10 or t)'))
+    local code, res = dry_run(addr)
+    assert.are.equal(200, code, cjson.encode(res))
+    assert.are.equal(30, res.records)
+    local out = res.sinks.out
+    assert.are.equal(20, out.same)
+    assert.are.equal(10, out.changed)
+    local seen = { b = 0, e = 0 }
+    local parts = {}
+    for _, diff in ipairs(out.differences) do
+      local k = diff.input.value
+      assert.truthy(k == "b" or k == "e", k)
+      seen[k] = seen[k] + 1
+      parts[k] = parts[k] or diff.input.partition
+      assert.are.equal(parts[k], diff.input.partition)           -- a key comes from one file
+      assert.are.same({ k .. " " .. (20 + seen[k]) }, diff.old)   -- in that partition's order, from the snapshot's 20
+      assert.are.same({ k .. " " .. ((20 + seen[k]) * 10) }, diff.new)
+    end
+    assert.are.same({ b = 5, e = 5 }, seen)
+    assert.are_not.equal(parts.b, parts.e)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20))
+  end)
+
   it("counts the records the new version sends to the error policy, even under on_error = fail, and fails no task", function()
     local dir = E.tmpdir()
     config(dir, { on_error = "fail", reload = { watch = false, dry_run_records = 100 } })
