@@ -242,6 +242,65 @@ return p
     assert.are.equal(0, d:wait(20))
   end)
 
+  it("replays a Kafka source's messages with their keys, headers, partitions and offsets: the running version's replayed outputs are what it printed live", function()
+    local dir = E.tmpdir()
+    local mock = E.start({ "kafka-mock", "--topic", "in:2" }, { timeout = 90 })
+    local boot = E.wait_for(function() return mock:stdout():match("^(127%.0%.0%.1:%d+)\n") end, 10)
+    assert(boot, "the mock broker did not start: " .. mock:stderr())
+    local function produce(lines, partition)
+      E.write(dir .. "/produce.txt", table.concat(lines, "\n") .. "\n")
+      assert.are.equal(0, E.shell(string.format("timeout 20 kcat -P -b %s -t in -p %d -K '\t' -H origin=test < %s",
+        boot, partition, E.quote(dir .. "/produce.txt"))))
+    end
+    local KAFKA = [[
+local eddy = require("eddy")
+local p = eddy.pipeline()
+p:source("in", { kafka = "in", format = "json" })
+ :map(function(v, ctx)
+   local tag = %s
+   return string.format("%%s|%%s|%%d|%%d|%%s|%%s", v.w, tostring(ctx.key), ctx.partition, ctx.offset,
+                        tostring(ctx.headers.origin), tag)
+ end)
+ :sink("out", { stdout = true, format = "lines" })
+return p
+]]
+    E.write(dir .. "/pipeline.lua", KAFKA:format('"v1"'))
+    config(dir, { kafka = { ["bootstrap.servers"] = boot, ["session.timeout.ms"] = "6000",
+                            ["heartbeat.interval.ms"] = "500" },
+                  reload = { watch = false, dry_run_records = 10 } })
+    local p0, p1 = {}, {}
+    for i = 1, 12 do p0[i] = "k" .. i .. '\t{"w":"a' .. i .. '"}' end
+    for i = 1, 4 do p1[i] = "j" .. i .. '\t{"w":"b' .. i .. '"}' end
+    produce(p0, 0)
+    produce(p1, 1)
+    local d, addr = start(dir)
+    local live
+    assert(E.wait_for(function()
+      live = E.lines(d:stdout())
+      return #live >= 16
+    end, 30), "the daemon did not print 16 lines: " .. d:stderr())
+    local printed = {}
+    for _, l in ipairs(live) do printed[l] = true end
+    E.write(dir .. "/pipeline.lua", KAFKA:format('ctx.partition == 1 and "v2" or "v1"'))
+    local code, res = dry_run(addr)
+    assert.are.equal(200, code, cjson.encode(res))
+    assert.are.equal(14, res.records)                   -- the last 10 of partition 0, the 4 of partition 1
+    local out = res.sinks.out
+    assert.are.equal(4, out.changed)
+    assert.are.equal(10, out.same)
+    for i, diff in ipairs(out.differences) do
+      assert.are.equal(1, diff.input.partition)
+      assert.are.equal("j" .. i, diff.input.key)
+      assert.are.same({ w = "b" .. i }, diff.input.value)
+      local want = string.format("b%d|j%d|1|%d|test|v1", i, i, i - 1)
+      assert.are.same({ want }, diff.old)
+      assert.is_true(printed[want], want .. " was not printed live")
+      assert.are.same({ (want:gsub("v1$", "v2")) }, diff.new)
+    end
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(20))
+  end)
+
   it("counts the records the new version sends to the error policy, even under on_error = fail, and fails no task", function()
     local dir = E.tmpdir()
     config(dir, { on_error = "fail", reload = { watch = false, dry_run_records = 100 } })
