@@ -4,6 +4,9 @@
 #include "graph.h"
 #include "daemon.h"
 #include "state.h"
+#include "reload.h"
+#include <fcntl.h>
+#include <unistd.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -13,7 +16,8 @@
 
 struct driver {
     config *cfg;
-    plan *p;
+    plan **plans; int nplans;           /* every version, the running one last (tasks keep pointers into them) */
+    int version;
     task_shared sh;
     task **tasks; int ntasks;
     channel **chans; int nchans;
@@ -54,9 +58,15 @@ void driver_destroy(driver *d) {
     pthread_mutex_destroy(&d->sh.dead_letter_mu);
     pthread_mutex_destroy(&d->sh.stdout_mu);
     free(d->sh.boot);
-    plan_destroy(d->p);
+    for (int i = 0; i < d->nplans; i++) plan_destroy(d->plans[i]);
+    free(d->plans);
     for (int s = 0; s < d->ninputs; s++) {
-        for (int j = 0; j < d->inputs[s].npart; j++) mem_queue_free(&d->inputs[s].parts[j].q);
+        for (int j = 0; j < d->inputs[s].npart; j++) {
+            mem_partition *mp = &d->inputs[s].parts[j];
+            mem_queue_free(&mp->q);
+            if (mp->rfd >= 0) close(mp->rfd);
+            if (mp->wfd >= 0) close(mp->wfd);
+        }
         free(d->inputs[s].parts);
     }
     free(d->inputs);
@@ -81,7 +91,15 @@ driver *driver_open(config *cfg, plan *p, const driver_opts *o, char *err, size_
     driver *d = calloc(1, sizeof *d);
     if (!d) { config_destroy(cfg); plan_destroy(p); snprintf(err, errlen, "out of memory"); return NULL; }
     d->cfg = cfg;
-    d->p = p;
+    if (!(d->plans = malloc(sizeof *d->plans))) {
+        config_destroy(cfg);
+        plan_destroy(p);
+        free(d);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->plans[d->nplans++] = p;
+    d->version = o->version > 0 ? o->version : 1;
     pthread_mutex_init(&d->sh.dead_letter_mu, NULL);
     pthread_mutex_init(&d->sh.stdout_mu, NULL);
     const char *tmp = o->tmp ? o->tmp : getenv("TMPDIR");
@@ -99,9 +117,17 @@ driver *driver_open(config *cfg, plan *p, const driver_opts *o, char *err, size_
         if (n < 1) n = 1;
         if (!(d->inputs[s].parts = calloc(n, sizeof *d->inputs[s].parts))) goto oom;
         d->inputs[s].npart = n;
+        for (int j = 0; j < n; j++) d->inputs[s].parts[j].rfd = d->inputs[s].parts[j].wfd = -1;
         for (int j = 0; j < n; j++) {
-            d->inputs[s].parts[j].rfd = d->inputs[s].parts[j].wfd = -1;
-            d->inputs[s].parts[j].exact = 1;
+            mem_partition *mp = &d->inputs[s].parts[j];
+            if (!o->pipes) { mp->exact = 1; continue; }
+            if (p->sources[s].kind == SRC_KAFKA) continue;
+            int fds[2];
+            if (pipe2(fds, O_CLOEXEC) < 0) { snprintf(err, errlen, "cannot make a pipe: %s", strerror(errno)); goto err; }
+            mp->rfd = fds[0];
+            mp->wfd = fds[1];
+            fcntl(mp->wfd, F_SETFL, O_NONBLOCK);
+            fcntl(mp->wfd, F_SETPIPE_SZ, 1 << 20);      /* (a test's records seldom fill 64 KB; fine if refused) */
         }
         p->sources[s].memory = &d->inputs[s];
         if (plan_set_memory_partitions(p, s, n) < 0) goto oom;
@@ -120,10 +146,9 @@ driver *driver_open(config *cfg, plan *p, const driver_opts *o, char *err, size_
     d->sh.cfg = cfg;
     d->sh.p = p;
     d->sh.lua_dir = daemon_lua_dir();
-    d->sh.version = o->version > 0 ? o->version : 1;
+    d->sh.version = d->version;
     d->sh.memory = &d->outs;
     if (graph_build(&d->sh, p, &d->tasks, &d->ntasks, &d->chans, &d->nchans, err, errlen) < 0) goto err;
-    if (driver_run(d) < 0) { snprintf(err, errlen, "%s", d->failed); goto err; }
     return d;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -177,7 +202,53 @@ int driver_run(driver *d) {
 
 const char *driver_failed(const driver *d) { return d->failed; }
 mem_outputs *driver_outputs(driver *d) { return &d->outs; }
-const plan *driver_plan(const driver *d) { return d->p; }
+const plan *driver_plan(const driver *d) { return d->plans[d->nplans - 1]; }
+const config *driver_cfg(const driver *d) { return d->cfg; }
+state_db *driver_state(driver *d) { return d->sh.state; }
+int driver_version(const driver *d) { return d->version; }
+
+void driver_flush_dead_letters(driver *d) {
+    pthread_mutex_lock(&d->sh.dead_letter_mu);
+    if (d->sh.dead_letter) fflush(d->sh.dead_letter);
+    pthread_mutex_unlock(&d->sh.dead_letter_mu);
+}
+
+mem_partition *driver_partition(driver *d, int source, int partition) {
+    if (source < 0 || source >= d->ninputs || partition < 0 || partition >= d->inputs[source].npart) return NULL;
+    return &d->inputs[source].parts[partition];
+}
+
+int driver_npartitions(const driver *d, int source) {
+    return source >= 0 && source < d->ninputs ? d->inputs[source].npart : 0;
+}
+
+int driver_reload(driver *d, char *script, int allow, char *err, size_t errlen) {
+    plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
+    task_vm **tvs = calloc(d->ntasks ? d->ntasks : 1, sizeof *tvs);
+    if (plans) d->plans = plans;
+    if (!plans || !tvs) { free(tvs); free(script); snprintf(err, errlen, "out of memory"); return -1; }
+    char *before = d->cfg->pipeline;
+    d->cfg->pipeline = script;
+    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), driver_plan(d), d->tasks, d->ntasks, d->version + 1, allow, tvs,
+                             err, errlen);
+    if (!p) {
+        d->cfg->pipeline = before;
+        free(script);
+        free(tvs);
+        return -1;
+    }
+    free(before);
+    d->plans[d->nplans++] = p;
+    d->version++;
+    /* downstream first, as the daemon offers them (reload.c) */
+    for (int i = d->ntasks - 1; i >= 0; i--) {
+        if (task_status(d->tasks[i]) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
+        else task_vm_destroy(tvs[i]);
+    }
+    free(tvs);
+    driver_run(d);
+    return 0;
+}
 task **driver_tasks(driver *d, int *n) { *n = d->ntasks; return d->tasks; }
 
 long driver_errors(driver *d) {

@@ -26,21 +26,37 @@ typedef struct driver_opts {
     const char *state_from;     /* a RocksDB checkpoint the keyed state starts as (copied), or NULL: empty */
     int version;                /* ctx.version of the pipeline (>= 1) */
     const char *tmp;            /* where the driver's temporary folder goes (NULL: $TMPDIR or /tmp) */
+    int pipes;                  /* a file or stdin source's partitions are pipes the file reader reads (eddy
+                                 * test's d:input writes a record's bytes there); 0: every partition exact
+                                 * (records go in as a source read them: driver_push) */
 } driver_opts;
 
 /* Prepares cfg for a driver: state and dead letters in `dir`, no admin
  * server, file watching, Kafka, checkpoints or shuffle topics; config.testing
- * set (plan_create globs no file and asks Kafka nothing).  0, or -1 with err. */
+ * set (plan_create globs no file and asks Kafka nothing).  Call it before
+ * planning (with any folder: driver_open calls it again with its own).
+ * 0, or -1 with err. */
 int driver_config(config *cfg, const char *dir, char *err, size_t errlen);
 
 /* Builds a driver over plan p (planned with a config driver_config made,
  * sources' memory not set yet).  Takes ownership of cfg and p, even on
  * failure.  Makes its temporary folder, sets each source's in-memory
- * partitions, opens the state (a copy of opts->state_from), builds the
- * tasks and runs them until nothing more happens.  Returns an owned
- * driver, or NULL with err. */
+ * partitions, opens the state (a copy of opts->state_from) and builds the
+ * tasks; driver_run starts them.  Returns an owned driver, or NULL with err. */
 driver *driver_open(config *cfg, plan *p, const driver_opts *opts, char *err, size_t errlen);
 void driver_destroy(driver *d);             /* NULL is a no-op; removes its folder */
+
+/* Partition `partition` of source `source` (borrowed), or NULL. */
+mem_partition *driver_partition(driver *d, int source, int partition);
+int driver_npartitions(const driver *d, int source);
+
+/* Reloads as eddy reload does: plans `script` (owned by the driver from
+ * here, even when refused) and checks it against the running plan
+ * (reload_prepare), offers every task its new VM (downstream first) and
+ * runs.  0 (driver_failed says whether the run failed), or -1 with err when
+ * the version was refused (the running one stays). */
+int driver_reload(driver *d, char *script, int allow_dropped_state, char *err, size_t errlen);
+int driver_version(const driver *d);        /* 1, then 2 after the first accepted reload, ... */
 
 /* Queues a record into an exact partition (its bytes, key, ts, offset,
  * line and flags as a source read them) of source `source`.  0, or -1. */
@@ -58,7 +74,10 @@ const char *driver_failed(const driver *d);  /* "" while none failed */
 mem_outputs *driver_outputs(driver *d);
 /* Records the tasks sent to the error policy so far (summed). */
 long driver_errors(driver *d);
-const plan *driver_plan(const driver *d);
+const plan *driver_plan(const driver *d);    /* the running version's */
+const config *driver_cfg(const driver *d);
+state_db *driver_state(driver *d);          /* the keyed state, or NULL */
+void driver_flush_dead_letters(driver *d);  /* what was written reaches the file */
 /* Its tasks (borrowed; n set), e.g. for a watchdog on another thread. */
 task **driver_tasks(driver *d, int *n);
 

@@ -287,6 +287,8 @@ static void *run_job(void *arg) {
     o.version = j->version + 1;
     if (!(dnew = driver_open(cn, pn, &o, err, sizeof err))) goto refused;
     set_driver(j, 1, dnew);
+    if (driver_run(dold) < 0) { snprintf(err, sizeof err, "the running version %d: %.3000s", j->version, driver_failed(dold)); goto refused; }
+    if (driver_run(dnew) < 0) { snprintf(err, sizeof err, "%s", driver_failed(dnew)); goto refused; }
     const plan *np = driver_plan(dnew), *op = driver_plan(dold);
     for (int i = 0; i < np->nnodes; i++) if (np->nodes[i].kind == NODE_SINK) nacc++;
     if (!(acc = calloc(nacc ? nacc : 1, sizeof *acc))) goto oom;
