@@ -304,6 +304,8 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
 static json_t *h_reload(void *ud, const char *query, int *http_status) {
     daemon_state *d = ud;
     if (query && strstr(query, "dry_run=1")) return dryrun_request(d, query, http_status);   /* dryrun.c */
+    json_t *canary_answer;
+    if (canary_http(d, query, http_status, &canary_answer)) return canary_answer;   /* canary.c */
     char msg[2048], trigger[300];
     int force = query && strstr(query, "allow_dropped_state=1") != NULL;
     int before = d->version;
@@ -406,6 +408,7 @@ static json_t *h_status(void *ud) {
         "uptime_ms", (json_int_t)(clock_mono_ms() - d->started_ms),
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     json_object_set_new(json_object_get(j, "pipeline"), "versions", versions_json(d));
+    json_object_set_new(json_object_get(j, "pipeline"), "canary", canary_status_json(d));
     json_t *mig = json_object();                   /* process uids still migrating: key groups left */
     for (int i = 0; d->sh.state && i < cur->nnodes; i++) {
         const node *nd = &cur->nodes[i];
@@ -419,24 +422,40 @@ static json_t *h_status(void *ud) {
     return j;
 }
 
-/* Per task: records, errors, dead letters, VM memory. */
+/* Per task and version: records, errors, dead letters; per task: VM memory. */
+typedef struct version_sample { struct evbuffer *out; const char *name; int which; } version_sample;
+
+static void version_counter_sample(void *ud, task *t, int version, long in, long out, long errors, long skipped,
+                                   long dead_letters) {
+    version_sample *s = ud;
+    long which[] = {in, out, errors, skipped, dead_letters};
+    char v[16];
+    snprintf(v, sizeof v, "%d", version);
+    const char *labels[] = {"task", task_name(t), "version", v, NULL};
+    metrics_sample(s->out, s->name, labels, (double)which[s->which]);
+}
+
 static void task_metrics(const daemon_state *d, struct evbuffer *out) {
     struct { const char *name, *help; int which; } per_task[] = {
-        {"eddy_records_in_total", "Records a task took in.", 0},
-        {"eddy_records_out_total", "Records a task sent to keyed stages.", 1},
-        {"eddy_errors_total", "Records whose processing raised an error.", 2},
-        {"eddy_records_skipped_total", "Records skipped by on_error = \"skip\".", 3},
-        {"eddy_dead_letters_total", "Records written to the dead-letter file.", 4},
+        {"eddy_records_in_total", "Records a task took in, per version it ran.", 0},
+        {"eddy_records_out_total", "Records a task sent to keyed stages, per version it ran.", 1},
+        {"eddy_errors_total", "Records whose processing raised an error, per task and version.", 2},
+        {"eddy_records_skipped_total", "Records skipped by on_error = \"skip\", per task and version.", 3},
+        {"eddy_dead_letters_total", "Records written to the dead-letter file, per task and version.", 4},
         {"eddy_vm_memory_bytes", "Bytes held by a task's Lua VM.", 5},
     };
     for (size_t m = 0; m < sizeof per_task / sizeof per_task[0]; m++) {
         metrics_family(out, per_task[m].name, per_task[m].which == 5 ? "gauge" : "counter", per_task[m].help);
         for (int i = 0; i < d->ntasks; i++) {
+            if (per_task[m].which < 5) {
+                version_sample vs = { out, per_task[m].name, per_task[m].which };
+                task_version_counters(d->tasks[i], version_counter_sample, &vs);
+                continue;
+            }
             task_counters c;
             task_get_counters(d->tasks[i], &c);
-            long which[] = {c.records_in, c.records_out, c.errors, c.skipped, c.dead_letters, (long)c.vm_memory};
             const char *labels[] = {"task", task_name(d->tasks[i]), NULL};
-            metrics_sample(out, per_task[m].name, labels, (double)which[per_task[m].which]);
+            metrics_sample(out, per_task[m].name, labels, (double)c.vm_memory);
         }
         if (per_task[m].which == 4) kafka_metrics_dead_letters(d->sh.kafka, out);   /* {sink}: refused after retries */
     }

@@ -18,7 +18,7 @@ typedef enum { CH_BATCH, CH_WATERMARK, CH_BARRIER, CH_EOS, CH_MARK, CH_CHECKPOIN
 typedef struct msg {
     msg_kind kind;
     batch *b;            /* CH_BATCH: owned by the message */
-    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its version; CH_MARK: an acks marker;
+    int64_t value;       /* CH_WATERMARK: the watermark; CH_BARRIER: its roll-out (epoch); CH_MARK: an acks marker;
                             CH_CHECKPOINT: the checkpoint's id */
     struct msg *next;
 } msg;

@@ -317,6 +317,7 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 /* ---- building ---------------------------------------------------------- */
 
 void daemon_free(daemon_state *d) {
+    canary_free(d);
     if (d->adm) admin_destroy(d->adm);
     dryrun_shutdown();                             /* a dry run still running stops; its folder goes */
     reload_watch_destroy(d->watch);

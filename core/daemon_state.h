@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include "admin.h"
+#include "canary.h"
 #include "checkpoint.h"
 #include "config.h"
 #include "daemon.h"
@@ -38,7 +39,9 @@ typedef struct daemon_state {
     admin *adm;
     reload_watch *watch;
     plan **plans; int nplans;     /* every version's plan: tasks borrow them until exit */
-    int version;                  /* the newest version offered to the tasks */
+    int version;                  /* the version every task runs (during a canary: the tasks not on it) */
+    int last_version;             /* the highest version number given (canary.c: never given twice) */
+    canary_run *canary;           /* a canary in progress (canary.c), or NULL */
     int64_t loaded_at_ms;         /* wall clock of that version's load */
     char last_reload_error[2048];
     long reloads_ok, reloads_failed;

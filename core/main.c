@@ -1,6 +1,7 @@
 /* main — the command line: run, check, version, help (and the subcommands
  * later parts of eddy add).  Exit codes: 0 success, 1 runtime failure, 2
  * usage, configuration or pipeline-script error. */
+#include "canary.h"
 #include "client.h"
 #include "daemon.h"
 #include "kafka_mock.h"
@@ -31,6 +32,10 @@ static void usage(FILE *out) {
         "  eddy reload --dry-run [--records N] [--admin HOST:PORT] [--token T]\n"
         "                                  what the script on disk would do with the last N records\n"
         "                                  of each source partition, beside the running version\n"
+        "  eddy reload [--admin HOST:PORT] [--token T] --canary K | --canary-partitions P,... |\n"
+        "              --canary-tasks NAME,... | --promote | --rollback\n"
+        "                                  the new version on some tasks only (K lowest of each\n"
+        "                                  stage, those partitions, those tasks), then on all or none\n"
         "  eddy savepoint [--admin HOST:PORT] [--stop] [--token T]\n"
         "                                  ask a running daemon for a savepoint; prints its folder\n"
         "  eddy run CONFIG --from-savepoint DIR [--allow-non-restored-state]\n"
@@ -87,6 +92,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "test") == 0) return testing_main(argc - 2, argv + 2);
     if (strcmp(cmd, "kafka-mock") == 0) return kafka_mock_main(argc - 2, argv + 2);
     if (strcmp(cmd, "reload") == 0) {
+        int canary_rc;
+        if (canary_cli(argc, argv, &canary_rc)) return canary_rc;   /* --canary*, --promote, --rollback */
         const char *admin = "127.0.0.1:8600";
         const char *token = getenv("EDDY_ADMIN_TOKEN"), *to = NULL, *records = NULL;
         int force = 0, dry = 0;

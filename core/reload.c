@@ -150,11 +150,12 @@ err:
 
 /* ---- the policy: when a reload may start, and its roll-out ---------------- */
 
-/* A reload is in progress while a running task has not reached the newest version. */
+/* A reload is in progress while a running task has not reached the last
+ * roll-out (a reload, a canary, a promotion, a rollback) offered to it. */
 int reload_in_progress(daemon_state *d) {
     for (int i = 0; i < d->ntasks; i++) {
         task *t = d->tasks[i];
-        if (task_status(t) == TASK_RUNNING && task_version(t) != d->version) return 1;
+        if (task_status(t) == TASK_RUNNING && task_rollout_pending(t)) return 1;
     }
     return 0;
 }
@@ -199,6 +200,12 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
         snprintf(msg, len, "eddy is stopping: no reload");
         return 503;
     }
+    if (d->canary) {                  /* canary.c */
+        snprintf(msg, len, "a canary of version %d is running (%s): promote it (eddy reload --promote) or roll it "
+                 "back (eddy reload --rollback) before a reload", d->canary->version, d->canary->how);
+        log_warn("%s: reload refused: %s", trigger, msg);
+        return 409;
+    }
     if (reload_in_progress(d)) {
         snprintf(msg, len, "version %d is still being rolled out to the tasks; try again", d->version);
         return 503;
@@ -208,7 +215,7 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
         return 503;
     }
     const plan *cur = d->plans[d->nplans - 1];
-    int version = d->version + 1;
+    int version = reload_next_version(d);       /* (canary.c: never one given before) */
     char text[PATH_MAX] = "", label[128] = "";
     version_info kept;
     if (to) {
@@ -259,7 +266,7 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
         return 422;
     }
     d->plans[d->nplans++] = p;
-    d->version = version;
+    d->version = d->last_version = version;
     d->loaded_at_ms = clock_wall_ms();
     d->last_reload_error[0] = 0;
     d->reloads_ok++;

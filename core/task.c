@@ -303,8 +303,77 @@ int task_start(task *t, char *err, size_t errlen) {
 }
 
 void task_offer(task *t, task_vm *tv) {
+    if (tv) tv->epoch = ++t->offered_epoch;
     task_vm *old = atomic_exchange(&t->next, tv);
     task_vm_destroy(old);       /* a version offered earlier and never reached: superseded */
+}
+
+void task_pass(task *t) {
+    atomic_store(&t->pass_epoch, ++t->offered_epoch);
+}
+
+void task_offer_parking(task *t, task_vm *tv) {
+    if (tv) tv->park_old = 1;
+    task_offer(t, tv);
+}
+
+int task_offer_parked(task *t) {
+    task_vm *pv = atomic_exchange(&t->parked, NULL);
+    if (!pv) return -1;
+    pv->park_old = 0;
+    task_offer(t, pv);
+    return 0;
+}
+
+void task_pass_dropping_parked(task *t) {
+    atomic_store(&t->drop_parked, 1);
+    task_pass(t);
+}
+
+/* On the worker, as it passes a roll-out: closes a parked version no longer wanted. */
+static void passed(task *t, int64_t epoch) {
+    if (atomic_exchange(&t->drop_parked, 0)) task_vm_destroy(atomic_exchange(&t->parked, NULL));
+    atomic_store(&t->epoch_done, epoch);
+}
+
+int task_rollout_pending(const task *t) {
+    return atomic_load(&((task *)t)->epoch_done) < t->offered_epoch;
+}
+
+/* What the version swapped out counted (swap_mu held). */
+static void close_version_counts(task *t) {
+    long in = t->records_in, out = t->records_out;
+    long e = (long)t->io.errors, sk = (long)t->io.skipped, dl = (long)t->io.dead_letters;
+    struct version_counts *vc = NULL;
+    for (int i = 0; i < t->nvcounts; i++) if (t->vcounts[i].version == t->cur.version) vc = &t->vcounts[i];
+    if (!vc) {
+        int cap = (int)(sizeof t->vcounts / sizeof t->vcounts[0]);
+        if (t->nvcounts == cap) { memmove(t->vcounts, t->vcounts + 1, sizeof t->vcounts[0] * (cap - 1)); t->nvcounts--; }
+        vc = &t->vcounts[t->nvcounts++];
+        *vc = (struct version_counts){ .version = t->cur.version };
+    }
+    vc->in += in - t->base_in; vc->out += out - t->base_out; vc->errors += e - t->base_errors;
+    vc->skipped += sk - t->base_skipped; vc->dead += dl - t->base_dead;
+    t->base_in = in; t->base_out = out; t->base_errors = e; t->base_skipped = sk; t->base_dead = dl;
+}
+
+/* Between two batches, on a task that starts roll-outs (a source task, or a
+ * keyed task reading its repartition topic): swaps to an offered version,
+ * or keeps its version through a roll-out that passes it, and sends the
+ * roll-out's barrier on either way. */
+void task_rollout_at_boundary(task *t) {
+    if (atomic_load(&t->next)) {
+        /* every record before this point was processed by the old version,
+         * every one after it will be by the new one */
+        task_swap_version(t);
+        task_push_all(t, CH_BARRIER, t->cur.epoch);
+    } else {
+        int64_t pass = atomic_load(&t->pass_epoch);
+        if (pass > atomic_load(&t->epoch_done)) {
+            passed(t, pass);
+            task_push_all(t, CH_BARRIER, pass);
+        }
+    }
 }
 
 /* Makes the offered version current (on the task's own worker). */
@@ -312,18 +381,23 @@ void task_swap_version(task *t) {
     task_vm *tv = atomic_exchange(&t->next, NULL);
     if (!tv) return;
     /* closing a VM can take milliseconds: keep the old one until the first
-     * batch on the new version has gone through */
-    task_vm_destroy(t->retired);
+     * batch on the new version has gone through (or, for a canary, until
+     * it is promoted or rolled back: parked) */
+    if (!tv->park_old) task_vm_destroy(t->retired);
     pthread_mutex_lock(&t->swap_mu);
-    t->retired = malloc(sizeof *t->retired);
-    if (t->retired) *t->retired = t->cur;
+    close_version_counts(t);
+    task_vm *old = malloc(sizeof *old);
+    if (old) *old = t->cur;
     else { vm_destroy(t->cur.vm); free(t->cur.sink_of_node); free(t->cur.out_of_node); free(t->cur.node_in); free(t->cur.node_out); }
+    if (!tv->park_old) t->retired = old;
+    else if (old) task_vm_destroy(atomic_exchange(&t->parked, old));
     t->cur = *tv;
     t->st = t->cur.st;
     pthread_mutex_unlock(&t->swap_mu);
     free(tv);
     task_forget_windows(t, t->cur.p, 1);   /* state a reload let go (allow_dropped_state) */
     t->swapped_at_us = clock_mono_us();
+    if (t->cur.epoch > atomic_load(&t->epoch_done)) atomic_store(&t->epoch_done, t->cur.epoch);
     t->last_tick_ms = 0;         /* the new version's first tick comes at the next step (a state migration starts there) */
     t->reloads++;
     log_task_debug(t->name, "now on version %d", t->cur.version);
@@ -597,12 +671,7 @@ int task_bootstrap_add(task_shared *sh, task *t) {
 
 static step_result step_source(task *t) {
     task_shared *sh = t->sh;
-    if (atomic_load(&t->next)) {
-        /* between two batches: every record before this point was processed by
-         * the old version, every one after it will be by the new one */
-        task_swap_version(t);
-        task_push_all(t, CH_BARRIER, t->cur.version);
-    }
+    task_rollout_at_boundary(t);              /* between two batches */
     int64_t req = atomic_load(&t->ckpt_req);
     if (req > atomic_load(&t->ckpt_passed))       /* between two batches too: the cut of this partition */
         return task_pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;
@@ -664,12 +733,14 @@ void task_forward_watermark(task *t) {
     }
 }
 
-/* Every input has delivered the barrier (or ended): swap, pass it on. */
-static void barrier_aligned(task *t, int64_t version) {
-    task_swap_version(t);
+/* Every input has delivered the barrier (or ended): swap (unless the
+ * roll-out passes this task), pass it on. */
+static void barrier_aligned(task *t, int64_t epoch, int swap) {
+    if (swap) task_swap_version(t);
+    else passed(t, epoch);
     memset(t->held, 0, t->nin);
     t->nheld = 0;
-    task_push_all(t, CH_BARRIER, version);
+    task_push_all(t, CH_BARRIER, epoch);
 }
 
 /* Every input has delivered the barrier (or ended): swap once the version
@@ -685,9 +756,11 @@ static int try_align(task *t) {
         task_pass_checkpoint(t, id);                 /* a failure shows in the task's status */
         return 1;
     }
+    /* the offer (or pass) wakes the task */
     task_vm *n = atomic_load(&t->next);
-    if (!n || n->version < t->barrier_version) return 0;   /* the offer wakes the task */
-    barrier_aligned(t, t->barrier_version);
+    if (n && n->epoch >= t->barrier_version) barrier_aligned(t, t->barrier_version, 1);
+    else if (atomic_load(&t->pass_epoch) >= t->barrier_version) barrier_aligned(t, t->barrier_version, 0);
+    else return 0;
     return 1;
 }
 
@@ -806,6 +879,7 @@ void task_destroy(task *t) {
     free(t->cur.node_out);
     task_vm_destroy(atomic_load(&t->next));
     task_vm_destroy(t->retired);
+    task_vm_destroy(atomic_load(&t->parked));
     source_close(t->src);
     batch_destroy(t->inbatch);
     for (int o = 0; o < t->nouts; o++) {

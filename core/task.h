@@ -111,7 +111,27 @@ void task_vm_destroy(task_vm *tv);   /* NULL is a no-op */
 /* Hands t a prepared version (takes ownership); t swaps to it at its next
  * batch boundary (sources) or once a barrier arrived on every input (keyed). */
 void task_offer(task *t, task_vm *tv);
+/* A roll-out in which t keeps its version (a canary's, a promotion's or a
+ * rollback's other tasks): a source task sends the roll-out's barrier at its
+ * next batch boundary, a keyed task passes it on once it arrived on every
+ * input, without swapping.  Event loop. */
+void task_pass(task *t);
+/* The same, and the version tv replaces is kept (parked) when t swaps:
+ * task_offer_parked hands it back (a canary's rollback), task_drop_parked
+ * lets it go (its promotion).  Event loop. */
+void task_offer_parking(task *t, task_vm *tv);
+/* Offers t the version it parked again: 0, or -1 when it parked none. */
+int task_offer_parked(task *t);
+/* Offers t a pass (task_pass) through which it closes its parked version. */
+void task_pass_dropping_parked(task *t);
+/* 1 while t has not reached the last roll-out offered to it. */
+int task_rollout_pending(const task *t);
 int task_version(const task *t);
+/* Per-version counters of t (the versions it ran, current included; up to
+ * 8, oldest dropped): calls fn once per version.  Event loop. */
+typedef void (*task_version_fn)(void *ud, task *t, int version, long in, long out, long errors, long skipped,
+                                long dead_letters);
+void task_version_counters(task *t, task_version_fn fn, void *ud);
 /* task_windows.c: forgets the window operators of uids that plan p has no window for (after
  * a refused reload, or a swap that let state go); with drop, deletes their
  * stored windows too (only on the task's own thread).  Takes swap_mu. */

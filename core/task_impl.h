@@ -40,6 +40,8 @@ struct task_vm {
     const plan *p;              /* borrowed: the daemon keeps every plan until exit */
     const stage *st;            /* this task's stage in p */
     int version;
+    int64_t epoch;              /* the roll-out that offered it (task_offer): its barriers carry it */
+    int park_old;               /* swapping to it parks the version it replaces (task_offer_parking) */
     int *sink_of_node;          /* sink node id -> sinks index, [p->nnodes + 1] */
     int *out_of_node;           /* key_by node id -> outs index, [p->nnodes + 1] */
     uint64_t *node_in, *node_out;   /* records per node, [p->nnodes + 1] */
@@ -75,7 +77,21 @@ struct task {
     unsigned char *ended;       /* [nin]: input c has ended */
     unsigned char *held;        /* [nin]: input c delivered a barrier and waits for the others */
     int nheld;
-    int64_t barrier_version;    /* the version the held barrier announces */
+    int64_t barrier_version;    /* the roll-out (epoch) the held barrier announces */
+    /* Roll-outs (reloads, canaries, promotions, rollbacks): each offers every
+     * running task either a version (next) or a pass (pass_epoch: the task
+     * keeps its version but sends the roll-out's barrier on, so the keyed
+     * tasks that do switch can align on every input). */
+    int64_t offered_epoch;      /* roll-outs offered so far  [L] */
+    _Atomic int64_t pass_epoch; /* a roll-out this task keeps its version through  [A: L sets, W reads] */
+    _Atomic int64_t epoch_done; /* the last roll-out this task swapped or passed at  [A: W sets] */
+    _Atomic(task_vm *) parked;  /* a canary's task: the version it left, kept to return to  [A: W parks, L offers it back] */
+    atomic_int drop_parked;     /* the parked version is no longer wanted: closed at the next pass  [A: L sets, W clears] */
+    /* Per-version counters (task_status.c): what the versions this task ran
+     * before the current one counted, and the task's totals at its last swap. */
+    struct version_counts { int version; long in, out, errors, skipped, dead; } vcounts[8];
+    int nvcounts;               /* [W writes under swap_mu; L reads under swap_mu] */
+    long base_in, base_out, base_errors, base_skipped, base_dead;   /* [W writes under swap_mu] */
     int64_t held_checkpoint;    /* > 0: the held barriers are of this checkpoint (not a reload) */
     _Atomic int64_t ckpt_req;   /* sources: the checkpoint whose barrier to send at the next batch boundary  [A: L asks] */
     _Atomic int64_t ckpt_passed;    /* the last checkpoint barrier this task passed (then it waits for release)  [A: L reads] */
@@ -129,6 +145,7 @@ int task_call_lua(task *t, int ref, batch *b, int arg);   /* 0, or -1 after fail
 step_result task_finish(task *t);
 void task_fail(task *t, const char *fmt, const char *msg);
 void task_swap_version(task *t);
+void task_rollout_at_boundary(task *t);
 void task_push_all(task *t, msg_kind kind, int64_t value);
 int task_pass_checkpoint(task *t, int64_t id);
 step_result task_read_source(task *t, int *n_read, int *eof);

@@ -368,10 +368,7 @@ static step_result process_frames(task *t, batch *b) {
 
 step_result task_step_remote(task *t) {
     struct shuffle_in *in = t->rin;
-    if (atomic_load(&t->next)) {              /* between two batches, as a source */
-        task_swap_version(t);
-        task_push_all(t, CH_BARRIER, t->cur.version);
-    }
+    task_rollout_at_boundary(t);              /* between two batches, as a source */
     int64_t req = atomic_load(&t->ckpt_req);
     if (req > atomic_load(&t->ckpt_passed))
         return task_pass_checkpoint(t, req) < 0 ? STEP_FAILED : STEP_PROGRESS;

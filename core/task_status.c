@@ -40,6 +40,25 @@ void task_get_counters(task *t, task_counters *c) {
     pthread_mutex_unlock(&t->swap_mu);
 }
 
+void task_version_counters(task *t, task_version_fn fn, void *ud) {
+    pthread_mutex_lock(&t->swap_mu);
+    int cur = t->cur.version, seen = 0;
+    long in = t->records_in - t->base_in, out = t->records_out - t->base_out;
+    long e = (long)t->io.errors - t->base_errors, sk = (long)t->io.skipped - t->base_skipped;
+    long dl = (long)t->io.dead_letters - t->base_dead;
+    for (int i = 0; i < t->nvcounts; i++) {
+        const struct version_counts *vc = &t->vcounts[i];
+        if (vc->version == cur) {
+            seen = 1;
+            fn(ud, t, cur, vc->in + in, vc->out + out, vc->errors + e, vc->skipped + sk, vc->dead + dl);
+        } else {
+            fn(ud, t, vc->version, vc->in, vc->out, vc->errors, vc->skipped, vc->dead);
+        }
+    }
+    if (!seen) fn(ud, t, cur, in, out, e, sk, dl);
+    pthread_mutex_unlock(&t->swap_mu);
+}
+
 /* ---- sources ------------------------------------------------------------------ */
 
 int task_id(const task *t) { return t->id; }
@@ -223,7 +242,9 @@ typedef struct samples { struct evbuffer *out; const char *name; int dir; } samp
 
 static void operator_sample(void *ud, task *t, const node *nd, uint64_t in, uint64_t out) {
     samples *s = ud;
-    const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, NULL};
+    char version[16];
+    snprintf(version, sizeof version, "%d", t->cur.version);     /* (task_operators holds swap_mu) */
+    const char *labels[] = {"task", t->name, "operator", nd->uid, "kind", nd->kind_name, "version", version, NULL};
     metrics_sample(s->out, s->name, labels, (double)(s->dir == 0 ? in : out));
 }
 

@@ -206,8 +206,10 @@ function T.test(name, fn)
   tests[#tests + 1] = { name = name, fn = fn }
 end
 
-local function free_drivers()
-  for i = #live, 1, -1 do N.free(live[i]); live[i] = nil end
+-- frees the drivers made after the first `keep` (a test's; the file's own
+-- stay until its last test ended)
+local function free_drivers(keep)
+  for i = #live, (keep or 0) + 1, -1 do N.free(live[i]); live[i] = nil end
 end
 
 -- the error and the frames of the test's own code (not this file's, not C's)
@@ -234,13 +236,13 @@ function T.run_file(path, index)
   local chunk, err = loadfile(path)
   if not chunk then return nil, err end
   local ok, lerr = xpcall(chunk, handler)
-  free_drivers()
-  if not ok then return nil, lerr end
+  if not ok then free_drivers(); return nil, lerr end
+  local file_drivers = #live
   local passed, failed = 0, 0
   for _, t in ipairs(tests) do
     local t0 = os.clock()
     local tok, terr = xpcall(t.fn, handler)
-    free_drivers()
+    free_drivers(file_drivers)
     collectgarbage()
     local ms = (os.clock() - t0) * 1000
     if tok then
@@ -252,6 +254,7 @@ function T.run_file(path, index)
     end
     index = index + 1
   end
+  free_drivers()
   if #tests == 0 then io.write(string.format("# %s: no T.test in it\n", path)) end
   return passed, failed
 end

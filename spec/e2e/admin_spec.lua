@@ -42,7 +42,7 @@ describe("the admin server", function()
   local function wait_read(n)
     return E.wait_for(function()
       local _, body = get("/metrics")
-      return metrics(body)['eddy_records_in_total{task="in-0"}'] == n
+      return metrics(body)['eddy_records_in_total{task="in-0",version="1"}'] == n
     end, 10)
   end
 
@@ -124,20 +124,20 @@ describe("the admin server", function()
         or line:match("^eddy_[%w_]+ %-?[%d%.e+]+$"), "not a sample line: " .. line)
     end
     local m = metrics(body)
-    assert.are.equal(10, m['eddy_records_in_total{task="in-0"}'])
-    assert.are.equal(2, m['eddy_errors_total{task="in-0"}'])
-    assert.are.equal(2, m['eddy_records_skipped_total{task="in-0"}'])
-    assert.are.equal(0, m['eddy_dead_letters_total{task="in-0"}'])
-    assert.are.equal(10, m['eddy_operator_records_in_total{task="in-0",operator="checker",kind="map"}'])
-    assert.are.equal(8, m['eddy_operator_records_in_total{task="in-0",operator="by-n",kind="key_by"}'])
+    assert.are.equal(10, m['eddy_records_in_total{task="in-0",version="1"}'])
+    assert.are.equal(2, m['eddy_errors_total{task="in-0",version="1"}'])
+    assert.are.equal(2, m['eddy_records_skipped_total{task="in-0",version="1"}'])
+    assert.are.equal(0, m['eddy_dead_letters_total{task="in-0",version="1"}'])
+    assert.are.equal(10, m['eddy_operator_records_in_total{task="in-0",operator="checker",kind="map",version="1"}'])
+    assert.are.equal(8, m['eddy_operator_records_in_total{task="in-0",operator="by-n",kind="key_by",version="1"}'])
     assert.is_true(m['eddy_vm_memory_bytes{task="in-0"}'] > 0)
     assert.are.equal(3, m['eddy_tasks{state="running"}'])
     assert.is_number(m['eddy_channel_queue_depth{from="in-0",to="keyed1-0"}'])
     -- the sinks of both keyed tasks together took in the 8 good records
     assert.is_truthy(E.wait_for(function()
       local mm = metrics(select(2, get("/metrics")))
-      return (mm['eddy_operator_records_in_total{task="keyed1-0",operator="out",kind="sink"}'] or 0)
-        + (mm['eddy_operator_records_in_total{task="keyed1-1",operator="out",kind="sink"}'] or 0) == 8
+      return (mm['eddy_operator_records_in_total{task="keyed1-0",operator="out",kind="sink",version="1"}'] or 0)
+        + (mm['eddy_operator_records_in_total{task="keyed1-1",operator="out",kind="sink",version="1"}'] or 0) == 8
     end, 5))
   end)
 
@@ -167,8 +167,8 @@ describe("the admin server", function()
     assert.is_truthy(E.wait_for(function() return #E.sink_lines(dir .. "/out") == 2 end, 5))
     assert.are.same({ '{"n":1}', '{"n":42}' }, E.sink_lines(dir .. "/out"))
     local _, body = get("/metrics")
-    assert.are.equal(2, metrics(body)['eddy_records_in_total{task="in-0"}'])
-    assert.are.equal(0, metrics(body)['eddy_errors_total{task="in-0"}'])
+    assert.are.equal(2, metrics(body)['eddy_records_in_total{task="in-0",version="1"}'])
+    assert.are.equal(0, metrics(body)['eddy_errors_total{task="in-0",version="1"}'])
   end)
 
   for _, sig in ipairs({ "TERM", "INT" }) do

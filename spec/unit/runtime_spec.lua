@@ -164,6 +164,47 @@ return p
     assert.same(plan(script), plan(script))
   end)
 
+  -- key_code: what a canary compares to keep records routed alike (core/canary.c)
+  describe("a key_by function's key_code", function()
+    local function key_code(fn_text, before)
+      local nodes = plan((before or "") .. [[
+local p = require("eddy").pipeline()
+p:source("in", { file = "x" }):key_by(]] .. fn_text .. [[):sink("o", { stdout = true })
+return p
+]])
+      assert.equal("key_by", nodes[2].kind)
+      return nodes[2].opts.key_code
+    end
+    local F = 'function(v) return v:sub(1, N) end'
+
+    it("is the same for the same function, moved or reformatted", function()
+      local a = key_code(F, "local N = 3\n")
+      assert.is_string(a)
+      assert.matches("^%x+$", a)
+      assert.equal(a, key_code("\n\n  function(v)\n    return v:sub(1, N)\n  end", "-- moved\nlocal N = 3\n\n"))
+    end)
+
+    it("differs when the code changes, or a scalar it reads from an enclosing local", function()
+      local a = key_code(F, "local N = 3\n")
+      assert.are_not.equal(a, key_code('function(v) return v:sub(2, N) end', "local N = 3\n"))
+      assert.are_not.equal(a, key_code(F, "local N = 4\n"))
+      assert.are_not.equal(a, key_code(F, "local N = '3'\n"))
+    end)
+
+    it("is absent for a key_by on a field; a process's migrate has a migrate_code", function()
+      local nodes = plan([[
+local p = require("eddy").pipeline()
+p:source("in", { file = "x" }):key_by("user")
+ :process({ process = function(v, ctx) ctx.emit(v) end, migrate = function(old) return old end })
+ :sink("o", { stdout = true })
+return p
+]])
+      assert.is_nil(nodes[2].opts.key_code)
+      assert.equal("user", nodes[2].opts.field)
+      assert.matches("^%x+$", nodes[3].opts.migrate_code)
+    end)
+  end)
+
   describe("errors", function()
     it("refuses a script that does not return a pipeline", function()
       local e = plan_error([[

@@ -94,6 +94,26 @@ local function resolve_durations(n)
 end
 P.resolve_durations = resolve_durations
 
+-- What a key_by function computes, as far as eddy can tell without running
+-- it: its bytecode (no line numbers, so moving it keeps it) and its scalar
+-- upvalues, as hex.  A canary refuses a version whose key_code differs
+-- (core/canary.c): the two versions would route records differently.
+local function key_code(fn)
+  local ok, code = pcall(string.dump, fn, true)
+  local parts = { ok and code or "a C function" }
+  local i = 1
+  while true do
+    local name, v = debug.getupvalue(fn, i)
+    if name == nil then break end
+    local t = type(v)
+    if t == "string" or t == "number" or t == "boolean" or t == "nil" then
+      parts[#parts + 1] = name .. "=" .. t .. ":" .. tostring(v)
+    end
+    i = i + 1
+  end
+  return (table.concat(parts, "\0"):gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
 -- The graph as plain data: { {id, kind, name, uid, where, inputs = {..}, opts = {scalars}} }.
 function P.plan(args)
   local p = load_pipeline(args)
@@ -106,6 +126,10 @@ function P.plan(args)
       if t == "string" or t == "number" or t == "boolean" then opts[k] = v end
     end
     if n.key ~= nil then opts.key = type(n.key) == "function" and "<function>" or tostring(n.key) end
+    if n.kind == "key_by" and type(n.key) == "function" then opts.key_code = key_code(n.key) end
+    if n.kind == "process" and n.fns and type(n.fns.migrate) == "function" then
+      opts.migrate_code = key_code(n.fns.migrate)      -- (a canary refuses a new migrate)
+    end
     if type(n.timestamp) == "function" then opts.timestamp = "<function>" end
     out[i] = { id = n.id, kind = n.kind, name = n.name, uid = n.uid, where = n.where,
                inputs = n.inputs, opts = opts }
