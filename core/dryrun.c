@@ -54,6 +54,7 @@ typedef struct dry_job {
     char *cfg_path, *pipeline;      /* the daemon's config (NULL: a pipeline run with defaults) */
     char *old_text;                 /* the running version's script (a kept copy) */
     int version;                    /* the running version */
+    int next_version;               /* the number the new one would get (its ctx.version) */
     int64_t limit_time_ms;          /* limits.time */
     char tmp[PATH_MAX];             /* the job's folder under state.dir: the state's snapshot */
     int has_snap;
@@ -284,7 +285,7 @@ static void *run_job(void *arg) {
         goto refused;
     }
     set_driver(j, 0, dold);
-    o.version = j->version + 1;
+    o.version = j->next_version;
     if (!(dnew = driver_open(cn, pn, &o, err, sizeof err))) goto refused;
     set_driver(j, 1, dnew);
     if (driver_run(dold) < 0) { snprintf(err, sizeof err, "the running version %d: %.3000s", j->version, driver_failed(dold)); goto refused; }
@@ -440,6 +441,12 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     if (!d->workers_running) return refuse(http_status, 503, "eddy is still starting: dry run once it runs");
     if (atomic_load(&d->sh.stopping) || atomic_load(&d->sh.aborting))
         return refuse(http_status, 503, "eddy is stopping: no dry run");
+    if (d->canary) {
+        snprintf(msg, sizeof msg, "a canary of version %d is running: promote it (eddy reload --promote) or roll it "
+                 "back (eddy reload --rollback) first; a dry run compares the script on disk with the version every "
+                 "task runs", d->canary->version);
+        return refuse(http_status, 409, msg);
+    }
     if (g_job && !atomic_load(&g_job->done)) {
         snprintf(msg, sizeof msg, "dry run %d is still running (GET /reload/dry-run/%d); try again when it is done",
                  g_job->id, g_job->id);
@@ -467,8 +474,8 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     evhttp_clear_headers(&q);
     /* the checks of a reload: the script on disk planned and checked against the running plan */
     const plan *cur = d->plans[d->nplans - 1];
-    plan *p = reload_prepare_text(d->cfg, daemon_lua_dir(), NULL, cur, NULL, 0, d->version + 1, allow, NULL, msg,
-                                  sizeof msg);
+    plan *p = reload_prepare_text(d->cfg, daemon_lua_dir(), NULL, cur, NULL, 0, reload_next_version(d), allow, NULL,
+                                  msg, sizeof msg);
     if (!p) {
         log_warn("dry run refused: %s", msg);
         return refuse(http_status, 422, msg);
@@ -480,6 +487,7 @@ json_t *dryrun_request(daemon_state *d, const char *query, int *http_status) {
     j->parts = calloc(cur->nsources ? cur->nsources : 1, sizeof *j->parts);
     j->boot = calloc(cur->nsources ? cur->nsources : 1, sizeof *j->boot);
     j->version = d->version;
+    j->next_version = reload_next_version(d);
     j->limit_time_ms = d->cfg->limit_time_ms;
     pthread_mutex_init(&j->wd_mu, NULL);
     if (!j->parts || !j->boot || (d->cfg->path && !(j->cfg_path = strdup(d->cfg->path))) ||
