@@ -5,6 +5,7 @@
 #include "kafka.h"
 #include "keygroup.h"
 #include "log.h"
+#include "probation.h"
 #include "metrics.h"
 #include "shuffle.h"
 #include "source.h"
@@ -409,6 +410,8 @@ static json_t *h_status(void *ud) {
         "tasks", tasks, "last_checkpoint", d->ckpt ? ckpt_status_json(d->ckpt) : json_null());
     json_object_set_new(json_object_get(j, "pipeline"), "versions", versions_json(d));
     json_object_set_new(json_object_get(j, "pipeline"), "canary", canary_status_json(d));
+    json_object_set_new(json_object_get(j, "pipeline"), "last_rollback", probation_last_json(d));
+    json_object_set_new(json_object_get(j, "pipeline"), "probation", probation_json(d));
     json_t *mig = json_object();                   /* process uids still migrating: key groups left */
     for (int i = 0; d->sh.state && i < cur->nnodes; i++) {
         const node *nd = &cur->nodes[i];
@@ -531,6 +534,8 @@ static void reload_metrics(const daemon_state *d, struct evbuffer *out) {
     const char *ok_l[] = {"result", "ok", NULL}, *err_l[] = {"result", "error", NULL};
     metrics_sample(out, "eddy_reloads_total", ok_l, (double)d->reloads_ok);
     metrics_sample(out, "eddy_reloads_total", err_l, (double)d->reloads_failed);
+    const char *rb_l[] = {"result", "rolled_back", NULL};
+    metrics_sample(out, "eddy_reloads_total", rb_l, (double)probation_rollbacks(d));
     metrics_family(out, "eddy_pipeline_version", "gauge", "The pipeline version each task runs.");
     for (int i = 0; i < d->ntasks; i++) {
         const char *labels[] = {"task", task_name(d->tasks[i]), NULL};

@@ -76,6 +76,25 @@ int config_check_memory(config *c, const key *k, char *err, size_t n)
                 (long long)c->limit_memory);
 }
 
+/* reload.probation / max_error_rate / hold_commits (automatic rollback,
+ * probation.c): the rules that tie them together and to guarantee. */
+static int config_check_probation(config *c, char *err, size_t n)
+{
+    if (c->reload_error_rate_set && c->reload_probation_ms == 0)
+        return fail(err, n, "reload.max_error_rate: it is watched during reload.probation, which is 0 (off): set "
+                    "reload.probation = \"2m\" too");
+    if (c->reload_hold_commits && c->reload_probation_ms == 0)
+        return fail(err, n, "reload.hold_commits: commits are held during reload.probation, which is 0 (off): set "
+                    "reload.probation = \"2m\" too");
+    if (c->reload_hold_commits && c->guarantee != GUARANTEE_EXACTLY_ONCE)
+        return fail(err, n, "reload.hold_commits: only under guarantee = \"exactly_once\" are there commits to "
+                    "hold (at_least_once writes at once); set guarantee = \"exactly_once\" or remove it");
+    if (c->reload_hold_commits && c->reload_probation_ms > 3600 * 1000)
+        return fail(err, n, "reload.hold_commits: a probation of %.0f s holds every output that long; at most 1h",
+                    c->reload_probation_ms / 1000.0);
+    return 0;
+}
+
 /* ---- defaults that depend on other keys ----------------------------------------- */
 
 /* A default name from a file name: characters a topic name cannot hold
@@ -163,6 +182,8 @@ int config_finish(config *c, char *err, size_t n)
     if (c->shuffle == SHUFFLE_KAFKA && !opt_find(&c->kafka, "bootstrap.servers"))
         return fail(err, n, "shuffle: \"kafka\" sends every key_by through Kafka: set "
                     "kafka[\"bootstrap.servers\"] (the brokers of the instances' group)");
+    if (config_check_probation(c, err, n) < 0)
+        return -1;
     if (c->standby > 0 && c->shuffle != SHUFFLE_KAFKA)
         return fail(err, n, "standby: %d warm copies live on other instances: it needs shuffle = \"kafka\"",
                     c->standby);

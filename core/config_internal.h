@@ -88,6 +88,7 @@ int config_load_topics(lua_State *, int, const key *, config *, char *, size_t);
 int config_load_sources(lua_State *, int, const key *, config *, char *, size_t);
 int config_load_sinks(lua_State *, int, const key *, config *, char *, size_t);
 int config_load_admin(lua_State *, int, const key *, config *, char *, size_t);
+int config_load_error_rate(lua_State *, int, const key *, config *, char *, size_t);
 int config_load_hosts(lua_State *, int, const key *, config *, char *, size_t);
 /* Frees what a list or the groups own (the groups' array too). */
 void config_opt_list_free(opt_list *l);

@@ -345,3 +345,25 @@ const opt_group *config_sink(const config *c, const char *name)
 {
     return c ? group_find(c->sinks, c->nsinks, name) : NULL;
 }
+
+/* reload.max_error_rate = 0.01: a fraction from 0 to 1 (a number, or a
+ * string like "1%") */
+int config_load_error_rate(lua_State *L, int idx, const key *k, config *c, char *err, size_t n)
+{
+    char d[128];
+    double x = -1;
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        x = lua_tonumber(L, idx);
+    } else if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *s = lua_tostring(L, idx);
+        char *end = NULL;
+        double v = strtod(s, &end);
+        if (end && end != s && strcmp(end, "%") == 0) x = v / 100.0;
+    }
+    if (!(x >= 0 && x <= 1))
+        return fail(err, n, "%s: expected a fraction of the records from 0 to 1 (like 0.01, or \"1%%\"), got %s",
+                    k->path, config_describe(L, idx, LUA_TNUMBER, d, sizeof d));
+    c->reload_max_error_rate = x;
+    c->reload_error_rate_set = 1;
+    return 0;
+}

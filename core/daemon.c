@@ -2,6 +2,7 @@
 #include "shuffle.h"
 #include "daemon_state.h"
 #include "dryrun.h"
+#include "probation.h"
 #include "admin_api.h"
 #include "recovery.h"
 #include "restart.h"
@@ -161,7 +162,9 @@ static void on_checkpoint_poll(evutil_socket_t fd, short what, void *arg) {
 static void on_checkpoint(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
-    if (!d->workers_running || atomic_load(&d->sh.aborting) || reload_in_progress(d) || ckpt_running(d->ckpt)) return;
+    if (!d->workers_running || atomic_load(&d->sh.aborting) || reload_in_progress(d) || ckpt_running(d->ckpt) ||
+        probation_holds_checkpoints(d))
+        return;
     if (ckpt_begin(d->ckpt)) {
         struct timeval pt = { 0, 2000 };
         event_add(d->ckpt_poll_ev, &pt);
@@ -321,6 +324,7 @@ void daemon_free(daemon_state *d) {
     if (d->adm) admin_destroy(d->adm);
     dryrun_shutdown();                             /* a dry run still running stops; its folder goes */
     reload_watch_destroy(d->watch);
+    probation_free(d);
     for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);
     if (d->done_ev) event_free(d->done_ev);
     if (d->wd_ev) event_free(d->wd_ev);
@@ -366,7 +370,7 @@ static int open_config(daemon_state *d, const char *config_path, int *code) {
     d->cfg = config_load(config_path, err, sizeof err);
     if (!d->cfg) { fprintf(stderr, "eddy: %s\n", err); return -1; }
     log_setup(d->cfg->log_level, d->cfg->log_format == LOGFMT_JSON);
-    d->p = plan_create(d->cfg, daemon_lua_dir(), err, sizeof err);
+    d->p = probation_plan_at_start(d, err, sizeof err);   /* the files, or the version a rollback went back to */
     if (!d->p) { fprintf(stderr, "eddy: %s\n", err); return -1; }
     if (files_mkdirs(d->cfg->state_dir) < 0) {
         fprintf(stderr, "eddy: state.dir: cannot create %s: %s\n", d->cfg->state_dir, strerror(errno));

@@ -1,6 +1,7 @@
 /* daemon_state — the state of one `eddy run`, private to the daemon's own
  * modules: daemon.c (the lifecycle), admin_api.c (the admin handlers),
- * watchdog.c, recovery.c, reload.c (the reload policy) and restart.c.
+ * watchdog.c, recovery.c, reload.c (the reload policy), probation.c (automatic
+ * rollback) and restart.c.
  * Nothing else includes this header; other units get what they need through
  * their own parameters (task_shared, the task and channel arrays, hooks).
  *
@@ -57,7 +58,8 @@ typedef struct daemon_state {
     int workers_running;          /* the scheduler runs: tasks may be woken */
     int workers_ran;              /* it did run (a failure after that is a task's, not the config's) */
     char waiting[2600];           /* why the tasks have not started yet (health), or "" */
-    struct watchdog_mark *wd_marks; int nwd_marks;   /* the watchdog's view of each task's call (watchdog.c) */
+    struct watchdog_mark *wd_marks; int nwd_marks;
+    struct probation *prob;       /* automatic rollback (probation.c) */   /* the watchdog's view of each task's call (watchdog.c) */
 } daemon_state;
 
 /* Lifecycle services of daemon.c the other daemon modules call. */

@@ -3,6 +3,7 @@
 #include "files.h"
 #include "kafka.h"
 #include "log.h"
+#include "probation.h"
 #include "source.h"
 #include <dirent.h>
 #include <jansson.h>
@@ -262,5 +263,6 @@ void recovery_clean_end(daemon_state *d) {
     char running[PATH_MAX];
     snprintf(running, sizeof running, "%s/running", d->cfg->state_dir);
     save_positions(d);
+    probation_clean_end(d);
     unlink(running);
 }

@@ -2,6 +2,7 @@
 #include "clock.h"
 #include "daemon_state.h"
 #include "log.h"
+#include "probation.h"
 #include "versions.h"
 #include <limits.h>
 #include <errno.h>
@@ -236,6 +237,14 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
         snprintf(msg, len, "%d", d->version);
         return 200;
     }
+    /* reload.hold_commits: a committed checkpoint at the reload's barrier,
+     * for a rollback to go back to */
+    int hrc = probation_barrier_checkpoint(d, msg, len);
+    if (hrc) {
+        if (to) versions_drop(d->cfg->state_dir, version);
+        log_error("reload (%s) refused, version %d keeps running: %s", trigger, d->version, msg);
+        return hrc;
+    }
     task_vm **tvs = calloc(d->ntasks, sizeof *tvs);
     plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
     if (!tvs || !plans) {
@@ -285,6 +294,7 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
                  "modules is in %s/versions/%d)", trigger, version, kept.version, p->dir, kept.version, p->hash,
                  kept.sha256, kept.version, d->cfg->state_dir, kept.version);
     log_info("reload (%s)%s: version %d (sha256 %.12s) is rolling out", trigger, label, version, p->hash);
+    probation_begin(d, version, version - 1);   /* automatic rollback: before keeping may trim the previous copy */
     int kr = to ? versions_commit(d->cfg->state_dir, version, p->hash, p->script_rel, d->loaded_at_ms,
                                   d->cfg->reload_keep_versions, err, sizeof err)
                 : versions_keep(d->cfg->state_dir, version, p, d->loaded_at_ms, d->cfg->reload_keep_versions, err,

@@ -55,7 +55,9 @@ int reload_request(struct daemon_state *d, const char *trigger, int allow_droppe
  * sha256 prefix; NULL: the files on disk): that version's script, planned
  * in the pipeline's folder through the same checks, becomes the next
  * version.  Also 404 (no such kept version) and 400 (malformed VERSION).
- * Every accepted version is kept (versions.c). */
+ * Every accepted version is kept (versions.c).  With reload.probation an
+ * accepted version is put on probation (probation_begin), and with
+ * reload.hold_commits a checkpoint is committed first (probation.c). */
 int reload_request_to(struct daemon_state *d, const char *trigger, const char *to, int allow_dropped_state,
                       char *msg, size_t len);
 /* At start: empties state.dir/versions and keeps the version eddy started

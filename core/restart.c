@@ -1,6 +1,7 @@
 #include "restart.h"
 #include "daemon_state.h"
 #include "log.h"
+#include "probation.h"
 #include "kafka.h"
 #include <errno.h>
 #include <stdio.h>
@@ -11,21 +12,28 @@
 int restart_run(daemon_state *d, const run_opts *o, int code) {
     /* exactly_once: a failed task restarts eddy, which recovers from the
      * last committed checkpoint (restart.*) */
-    int restartable = code == 1 && d->ckpt && d->cfg && d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE &&
-                      d->workers_ran && !atomic_load(&d->sh.stopping);
+    /* a version on probation failed (or was rolled back under
+     * reload.hold_commits): restart on the previous one, under either
+     * guarantee, without counting in restart.attempts (probation.c) */
+    int rollback = d->cfg && d->workers_ran && probation_wants_restart(d, code);
+    int restartable = rollback || (code == 1 && d->ckpt && d->cfg && d->cfg->guarantee == GUARANTEE_EXACTLY_ONCE &&
+                                   d->workers_ran && !atomic_load(&d->sh.stopping));
     const config *cfg = d->cfg;
     int attempt = getenv("EDDY_RESTART_ATTEMPT") ? atoi(getenv("EDDY_RESTART_ATTEMPT")) : 0;
     /* a checkpoint refused because the group rebalanced meanwhile: rejoin
      * from the last committed one, not counted in restart.attempts (instances
      * joining and leaving would use them up) */
     int rebalanced = restartable && kafka_txn_rebalanced(d->sh.kafka) && !atomic_load(&d->failed);
-    if (restartable && cfg->restart_strategy != RESTART_NONE && (rebalanced || attempt < cfg->restart_attempts) &&
+    if (restartable && (rollback || (cfg->restart_strategy != RESTART_NONE && (rebalanced || attempt < cfg->restart_attempts))) &&
         o->argv) {
         int64_t delay = cfg->restart_delay_ms;
         for (int i = 0; cfg->restart_strategy == RESTART_EXPONENTIAL && i < attempt && delay < cfg->restart_max_delay_ms; i++)
             delay *= 2;
         if (cfg->restart_strategy == RESTART_EXPONENTIAL && delay > cfg->restart_max_delay_ms) delay = cfg->restart_max_delay_ms;
-        if (rebalanced) {
+        if (rollback) {
+            delay = 0;
+            log_warn("restarting on the version a rollback went back to (not counted in restart.attempts)");
+        } else if (rebalanced) {
             delay = 0;
             log_warn("the group rebalanced while a checkpoint committed: restarting from the last committed "
                      "checkpoint (not counted in restart.attempts)");
@@ -39,7 +47,7 @@ int restart_run(daemon_state *d, const run_opts *o, int code) {
         snprintf(n, sizeof n, "%d", attempt);
         /* once this run committed a checkpoint, that is where the next
          * one starts: not the savepoint again */
-        if (o->from_savepoint && ckpt_completed(d->ckpt) > 0) {
+        if (o->from_savepoint && d->ckpt && ckpt_completed(d->ckpt) > 0) {
             int k = 0;
             for (int i = 0; o->argv[i]; i++) {
                 if (strcmp(o->argv[i], "--from-savepoint") == 0 && o->argv[i + 1]) { i++; continue; }

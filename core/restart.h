@@ -4,6 +4,8 @@
  * restart.max_delay when exponential), at most restart.attempts times
  * (EDDY_RESTART_ATTEMPT counts them); the new process recovers from the last
  * committed checkpoint, or from the savepoint until this run committed one.
+ * A rollback (probation.c) re-execs too, under either guarantee, at once and
+ * not counted in the attempts.
  * Part of the daemon (daemon_state.h), on the main thread once the run
  * ended.  Calls checkpoint (ckpt_completed), the daemon (daemon_free) and
  * execv. */

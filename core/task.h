@@ -191,6 +191,9 @@ typedef struct task_counters {
     long last_pause_us;         /* the last reload's pause */
 } task_counters;
 void task_get_counters(task *t, task_counters *c);
+/* Records in and errors since t swapped to the version it runs (all of
+ * them when it never swapped); any thread (probation.c). */
+void task_version_counts(task *t, long *in, long *errors);
 /* GET /status: the task's object (counters, version, watermark, its source
  * partition or its inputs and which holds the watermark back).  Owned.
  * Event loop. */

@@ -59,6 +59,13 @@ void task_version_counters(task *t, task_version_fn fn, void *ud) {
     pthread_mutex_unlock(&t->swap_mu);
 }
 
+void task_version_counts(task *t, long *in, long *errors) {
+    pthread_mutex_lock(&t->swap_mu);            /* (the base moves at a swap, under it) */
+    *in = t->records_in - t->base_in;
+    *errors = (long)__atomic_load_n(&t->io.errors, __ATOMIC_RELAXED) - t->base_errors;
+    pthread_mutex_unlock(&t->swap_mu);
+}
+
 /* ---- sources ------------------------------------------------------------------ */
 
 int task_id(const task *t) { return t->id; }

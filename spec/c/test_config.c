@@ -251,6 +251,7 @@ TEST(minimal_config_gets_every_default)
     CHECK(c->admin_enabled == 1);
     CHECK_STR(c->admin_listen, "127.0.0.1:8600");
     CHECK(c->reload_watch == 1);
+    CHECK(c->reload_probation_ms == 0 && c->reload_error_rate_set == 0 && c->reload_hold_commits == 0);
     CHECK(c->on_error == ON_ERROR_FAIL);
     CHECK_STR(c->dead_letter_file, in_tmp("app/state/app/dead-letter.jsonl"));
     CHECK(c->dead_letter_kafka == NULL);
@@ -263,6 +264,34 @@ TEST(minimal_config_gets_every_default)
     CHECK(c->batch_size == 1024);
     CHECK(c->channel_capacity == 8);
     config_destroy(c);
+}
+
+TEST(reload_probation_keys)
+{
+    config *c = load("return { pipeline = 'p.lua', guarantee = 'exactly_once', reload = { probation = '2m', "
+                     "max_error_rate = 0.01, hold_commits = true } }");
+    CHECK(c != NULL);
+    if (!c) { printf("  %s\n", err); return; }
+    CHECK(c->reload_probation_ms == 120000);
+    CHECK(c->reload_error_rate_set == 1 && c->reload_max_error_rate == 0.01);
+    CHECK(c->reload_hold_commits == 1);
+    config_destroy(c);
+    c = load("return { pipeline = 'p.lua', reload = { probation = 500, max_error_rate = '2.5%' } }");
+    CHECK(c != NULL && c->reload_probation_ms == 500 && c->reload_max_error_rate == 0.025);
+    config_destroy(c);
+    c = load("return { pipeline = 'p.lua', reload = { probation = '1m', max_error_rate = 0 } }");
+    CHECK(c != NULL && c->reload_error_rate_set == 1 && c->reload_max_error_rate == 0);
+    config_destroy(c);
+    CHECK(load_fails_containing("return { pipeline = 'p.lua', reload = { probation = '1m', max_error_rate = 1.5 } }",
+                                "reload.max_error_rate: expected a fraction of the records from 0 to 1"));
+    CHECK(load_fails_containing("return { pipeline = 'p.lua', reload = { probation = '1m', max_error_rate = '5' } }",
+                                "reload.max_error_rate: expected a fraction"));
+    CHECK(load_fails_containing("return { pipeline = 'p.lua', reload = { max_error_rate = 0.1 } }",
+                                "reload.max_error_rate: it is watched during reload.probation, which is 0 (off)"));
+    CHECK(load_fails_containing("return { pipeline = 'p.lua', reload = { probation = '1m', hold_commits = true } }",
+                                "reload.hold_commits: only under guarantee = \"exactly_once\""));
+    CHECK(load_fails_containing("return { pipeline = 'p.lua', guarantee = 'exactly_once', reload = { "
+                                "probation = '2h', hold_commits = true } }", "at most 1h"));
 }
 
 TEST(default_name_is_file_name_up_to_first_dot)
@@ -658,6 +687,7 @@ int main(void)
     RUN(dead_letter_to_kafka);
     RUN(default_for_pipeline_uses_script_name_and_folder);
     RUN(destroy_null_is_a_noop);
+    RUN(reload_probation_keys);
     nftw(tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return TEST_END();
 }

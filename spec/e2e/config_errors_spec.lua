@@ -189,4 +189,54 @@ describe("a config error", function()
     assert.are.equal(2, r.code, r.stderr)
     assert.matches('shuffle: expected "local" or "kafka", got "network"', r.stderr, 1, true)
   end)
+  -- reload.probation / max_error_rate / hold_commits (automatic rollback)
+  it("reload.max_error_rate out of 0..1, or not a number, exits 2 naming the key", function()
+    for _, v in ipairs({ '2', '-0.5', '"lots"', '"150%"' }) do
+      local r = run_with('reload = { probation = "1m", max_error_rate = ' .. v .. ' }')
+      assert.are.equal(2, r.code, r.stderr)
+      assert.matches("reload.max_error_rate: expected a fraction of the records from 0 to 1", r.stderr, 1, true)
+    end
+  end)
+
+  it("reload.probation that is not a duration exits 2 naming the key", function()
+    local r = run_with('reload = { probation = "soon" }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('reload.probation: expected a duration like "10s", got "soon"', r.stderr, 1, true)
+  end)
+
+  it("reload.max_error_rate or hold_commits without reload.probation exits 2 asking for it", function()
+    local r = run_with('reload = { max_error_rate = 0.01 }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("reload.max_error_rate: it is watched during reload.probation, which is 0 (off)", r.stderr, 1, true)
+    r = run_with('guarantee = "exactly_once", reload = { hold_commits = true }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches("reload.hold_commits: commits are held during reload.probation, which is 0 (off)", r.stderr, 1, true)
+  end)
+
+  it("reload.hold_commits under at_least_once exits 2 naming guarantee", function()
+    local r = run_with('reload = { probation = "1m", hold_commits = true }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('reload.hold_commits: only under guarantee = "exactly_once" are there commits to hold', r.stderr,
+      1, true)
+  end)
+
+  it("reload.hold_commits with a Kafka sink whose transaction would time out during the probation exits 2 "
+    .. "naming transaction.timeout.ms", function()
+    E.write(dir .. "/pipeline.lua", PIPELINE:gsub('{ file = "out", format = "json" }', '{ kafka = "out" }'))
+    local r = run_with('guarantee = "exactly_once", kafka = { ["bootstrap.servers"] = "127.0.0.1:1" },\n'
+      .. 'reload = { probation = "2m", hold_commits = true }')
+    assert.are.equal(2, r.code, r.stderr)
+    assert.matches('reload.hold_commits: the pipeline writes to Kafka, whose transaction stays open through '
+      .. 'reload.probation (120.0 s)', r.stderr, 1, true)
+    assert.matches('must be shorter than kafka["transaction.timeout.ms"] (60000 ms, the default)', r.stderr, 1, true)
+    -- a probation that fits in a raised timeout is accepted: eddy goes on to
+    -- wait for the (absent) broker, and is stopped
+    E.write(dir .. "/eddy.conf.lua", 'return { name = "cfg", pipeline = "pipeline.lua", admin = false,\n'
+      .. 'guarantee = "exactly_once", kafka = { ["bootstrap.servers"] = "127.0.0.1:1", '
+      .. '["transaction.timeout.ms"] = 300000 },\nreload = { probation = "2m", hold_commits = true } }\n')
+    local d = E.start({ "run", dir .. "/eddy.conf.lua" })
+    assert(E.wait_for(function() return E.exists(dir .. "/state") end, 10), "eddy did not get past its config")
+    d:stop()
+    assert.is_nil(d:stderr():find("reload.hold_commits", 1, true), d:stderr())
+  end)
 end)
