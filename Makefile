@@ -107,11 +107,13 @@ asan: deps
 # group's members read by the admin server) by kafka_shuffle_admin_spec, on
 # the real broker (scripts/test.sh starts one).
 # Checkpoints are exercised by event_time_exact_spec (exactly_once stops and
-# restarts, a savepoint --stop) and reload_spec; checkpoint_spec's 20 kills
+# restarts, a savepoint --stop) and reload_spec; a dry run's thread beside the
+# workers and the event loop by reload_dryrun_spec; checkpoint_spec's 20 kills
 # would add ~8 minutes here (add it to TSAN_SPECS for a longer run).
 TSAN_SPECS ?= spec/e2e/pipeline_spec.lua spec/e2e/backpressure_spec.lua \
               spec/e2e/event_time_exact_spec.lua spec/e2e/reload_spec.lua \
-              spec/e2e/kafka_mock_spec.lua spec/e2e/kafka_shuffle_admin_spec.lua
+              spec/e2e/kafka_mock_spec.lua spec/e2e/kafka_shuffle_admin_spec.lua \
+              spec/e2e/reload_dryrun_spec.lua
 
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan BIN=build-tsan/eddy CC=clang CXX=clang++ \

@@ -209,6 +209,7 @@ static const struct route {
     { EVHTTP_REQ_POST, MATCH_EXACT,  "/savepoint", serve_savepoint },
     { EVHTTP_REQ_GET,  MATCH_PREFIX, "/explain/",  serve_prefixed },
     { EVHTTP_REQ_GET,  MATCH_PREFIX, "/state/",    serve_prefixed },
+    { EVHTTP_REQ_GET,  MATCH_PREFIX, "/reload/",   serve_prefixed },     /* /reload/dry-run/ID */
 };
 #define N_ROUTES (sizeof routes / sizeof routes[0])
 

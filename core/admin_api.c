@@ -1,5 +1,6 @@
 #include "admin_api.h"
 #include "daemon_state.h"
+#include "dryrun.h"
 #include "clock.h"
 #include "kafka.h"
 #include "keygroup.h"
@@ -281,6 +282,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
                           struct evkeyvalq *headers) {
     daemon_state *d = ud;
     if (strncmp(path, "/state/", 7) == 0) return h_state(d, path, query, http_status, headers);
+    if (strncmp(path, "/reload/dry-run/", 16) == 0) return dryrun_get(d, path, http_status);
     if (strncmp(path, "/explain/", 9) != 0) { *http_status = 404; return NULL; }
     char *uid = evhttp_uridecode(path + 9, 0, NULL);
     json_t *tasks = json_array();
@@ -302,6 +304,7 @@ static json_t *h_prefixed(void *ud, const char *path, const char *query, int *ht
 /* POST /reload[?allow_dropped_state=1][&to=VERSION] */
 static json_t *h_reload(void *ud, const char *query, int *http_status) {
     daemon_state *d = ud;
+    if (query && strstr(query, "dry_run=1")) return dryrun_request(d, query, http_status);   /* dryrun.c */
     json_t *canary_answer;
     if (canary_http(d, query, http_status, &canary_answer)) return canary_answer;   /* canary.c */
     char msg[2048], trigger[300];

@@ -10,4 +10,9 @@
 /* token (NULL: none) goes as "Authorization: Bearer <token>" (admin.token). */
 int client_post(const char *admin, const char *path, const char *field, const char *token);
 
+/* eddy reload --dry-run: POSTs path (/reload?dry_run=1...), then fetches the
+ * result where the 202 answer says until it is there, and prints it (JSON).
+ * 0 on a result, 1 refused or unreachable, 2 a bad address. */
+int client_dry_run(const char *admin, const char *path, const char *token);
+
 #endif

@@ -79,6 +79,7 @@ static const key SCHEMA[] = {
     SECTION("reload"),
     BOOL("reload.watch",             "true",  reload_watch),
     INT("reload.keep_versions",      "5",     reload_keep_versions, 1, 1000),
+    INT("reload.dry_run_records",    "1000",  reload_dry_run_records, 0, 1000000),
     DURATION("reload.probation",     "0",     reload_probation_ms, 0),
     CUSTOM("reload.max_error_rate",           config_load_error_rate),
     BOOL("reload.hold_commits",      "false", reload_hold_commits),

@@ -73,6 +73,7 @@ typedef struct config {
     char *admin_hosts;       /* more names Host may carry, comma-separated; NULL = none */
     int reload_watch;        /* default 1 */
     int reload_keep_versions;/* accepted versions kept in state.dir/versions; default 5 */
+    int reload_dry_run_records; /* records kept per source partition for dry runs (replay.c); 0: off; default 1000 */
     int64_t reload_probation_ms;     /* automatic rollback (probation.c): how long a new version is watched; 0 = off */
     double reload_max_error_rate;    /* errors / records in on the new version past which it is rolled back; set or not */
     int reload_error_rate_set;       /* reload.max_error_rate was given (else only a failed task rolls back) */

@@ -1,6 +1,7 @@
 #include "daemon.h"
 #include "shuffle.h"
 #include "daemon_state.h"
+#include "dryrun.h"
 #include "probation.h"
 #include "admin_api.h"
 #include "recovery.h"
@@ -321,6 +322,7 @@ static int attach_partitions(daemon_state *d, char *err, size_t errlen) {
 void daemon_free(daemon_state *d) {
     canary_free(d);
     if (d->adm) admin_destroy(d->adm);
+    dryrun_shutdown();                             /* a dry run still running stops; its folder goes */
     reload_watch_destroy(d->watch);
     probation_free(d);
     for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);

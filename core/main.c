@@ -29,6 +29,9 @@ static void usage(FILE *out) {
         "  eddy reload [--admin HOST:PORT] [--allow-dropped-state] [--to VERSION] [--token T]\n"
         "                                  ask a running daemon to reload its pipeline (--to: back\n"
         "                                  to a kept version, by number or sha256 prefix)\n"
+        "  eddy reload --dry-run [--records N] [--admin HOST:PORT] [--token T]\n"
+        "                                  what the script on disk would do with the last N records\n"
+        "                                  of each source partition, beside the running version\n"
         "  eddy reload [--admin HOST:PORT] [--token T] --canary K | --canary-partitions P,... |\n"
         "              --canary-tasks NAME,... | --promote | --rollback\n"
         "                                  the new version on some tasks only (K lowest of each\n"
@@ -42,6 +45,22 @@ static void usage(FILE *out) {
         "\n"
         "exit codes: 0 success, 1 runtime failure, 2 usage, config or pipeline error\n"
         "docs: docs/contract.md (what you type and see), docs/architecture.md\n");
+}
+
+/* eddy reload --dry-run [--records N] (dryrun.c answers). */
+static int reload_dry_run(const char *admin, int dry, const char *records, int force, const char *to,
+                          const char *token) {
+    if (!dry) { fprintf(stderr, "eddy reload: --records goes with --dry-run\n"); return 2; }
+    if (to) { fprintf(stderr, "eddy reload: --dry-run runs the script on disk, not --to a kept version\n"); return 2; }
+    if (records && (!*records || strspn(records, "0123456789") != strlen(records) || strlen(records) > 9 ||
+                    atoi(records) < 1)) {
+        fprintf(stderr, "eddy reload: --records %s: expected a number of records, 1 or more\n", records);
+        return 2;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "/reload?dry_run=1%s%s%s", records ? "&records=" : "", records ? records : "",
+             force ? "&allow_dropped_state=1" : "");
+    return client_dry_run(admin, path, token);
 }
 
 int main(int argc, char **argv) {
@@ -76,8 +95,8 @@ int main(int argc, char **argv) {
         int canary_rc;
         if (canary_cli(argc, argv, &canary_rc)) return canary_rc;   /* --canary*, --promote, --rollback */
         const char *admin = "127.0.0.1:8600";
-        const char *token = getenv("EDDY_ADMIN_TOKEN"), *to = NULL;
-        int force = 0;
+        const char *token = getenv("EDDY_ADMIN_TOKEN"), *to = NULL, *records = NULL;
+        int force = 0, dry = 0;
         for (int i = 2; i < argc; i++) {
             if (strcmp(argv[i], "--admin") == 0 && i + 1 < argc) admin = argv[++i];
             else if (strncmp(argv[i], "--admin=", 8) == 0) admin = argv[i] + 8;
@@ -85,8 +104,11 @@ int main(int argc, char **argv) {
             else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc) to = argv[++i];
             else if (strncmp(argv[i], "--to=", 5) == 0) to = argv[i] + 5;
             else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) token = argv[++i];
+            else if (strcmp(argv[i], "--dry-run") == 0) dry = 1;
+            else if (strcmp(argv[i], "--records") == 0 && i + 1 < argc) records = argv[++i];
             else { fprintf(stderr, "eddy reload: unknown argument '%s'\n", argv[i]); return 2; }
         }
+        if (dry || records) return reload_dry_run(admin, dry, records, force, to, token);
         if (to && (!*to || strspn(to, "0123456789abcdefABCDEF") != strlen(to) || strlen(to) > 64)) {
             fprintf(stderr, "eddy reload: --to %s: VERSION is a kept version number or a sha256 prefix\n", to);
             return 2;

@@ -69,7 +69,7 @@ static void *mem_open(const source_info *si, int index, int partition, char *err
     m->index = partition;
     m->source = (uint32_t)index;
     m->kafka = si->kind == SRC_KAFKA;
-    if (!m->kafka && !(m->reader = source_file_open_fd(si, index, partition, m->part->rfd, err, errlen))) {
+    if (!m->kafka && !m->part->exact && !(m->reader = source_file_open_fd(si, index, partition, m->part->rfd, err, errlen))) {
         free(m);
         return NULL;
     }
@@ -83,7 +83,8 @@ static int mem_read(void *impl, batch *b, int max, int *eof, char *err, size_t e
     int n = 0;
     while (n < max && q->head < q->n) {
         const mem_record *r = &q->recs[q->head];
-        eddy_rec *rec = batch_add(b, m->kafka ? r->key : NULL, m->kafka && r->key ? r->klen : 0, r->val ? r->val : "",
+        int whole = m->kafka || m->part->exact;
+        eddy_rec *rec = batch_add(b, whole ? r->key : NULL, whole && r->key ? r->klen : 0, r->val ? r->val : "",
                                   r->val ? r->vlen : 0);
         if (!rec) { snprintf(err, errlen, "out of memory"); return -1; }
         rec->flags = (int16_t)r->flags;
@@ -92,9 +93,10 @@ static int mem_read(void *impl, batch *b, int max, int *eof, char *err, size_t e
         rec->ts = m->kafka ? r->ts : TS_NONE;
         rec->offset = m->part->read;
         rec->line = m->kafka ? 0 : m->part->read + 1;     /* as a file's records: the n-th line */
+        if (m->part->exact) { rec->ts = r->ts; rec->offset = r->offset; rec->line = r->line; }
         rec->partition = m->index;
         rec->source = m->source;
-        if (r->hdrs && m->kafka) {
+        if (r->hdrs && whole) {
             long off = batch_reserve(b, r->hlen);
             if (off < 0) { snprintf(err, errlen, "out of memory"); return -1; }
             memcpy(b->data + off, r->hdrs, r->hlen);

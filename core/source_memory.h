@@ -26,6 +26,7 @@ typedef struct mem_record {
     char *hdrs; size_t hlen;
     int64_t ts;
     int flags;
+    int64_t offset, line;   /* an exact partition's (below): the position the record was read at */
 } mem_record;
 
 /* A queue of records: appended at the end, read from `head`. */
@@ -47,6 +48,8 @@ typedef struct mem_partition {
     int ended;          /* the test closed the input: read to here, then the end */
     int rfd, wfd;       /* a file or stdin source's bytes: a pipe the file reader reads
                          * (source_file.c: lines, JSON, CSV as from a file); -1: none */
+    int exact;          /* the queue holds records as a source of any kind read them (a dry run's
+                         * replay, dryrun.c): delivered as they are, key, ts, offset and line kept */
 } mem_partition;
 typedef struct mem_input {
     int npart;

@@ -8,6 +8,7 @@
 #include "vm.h"
 #include "window.h"
 #include "clock.h"
+#include "replay.h"
 #include "kafka.h"
 #include "keygroup.h"
 #include <lauxlib.h>
@@ -68,6 +69,11 @@ task *task_create(task_shared *sh, const stage *st, int index, int id, char *err
         if (!t->src) goto err;
         t->inbatch = batch_create((int)sh->cfg->batch_size);
         if (!t->inbatch) { snprintf(err, errlen, "out of memory"); goto err; }
+        if (!sh->memory && sh->cfg->reload_dry_run_records > 0 && !p->sources[st->source].repartition &&
+            !(t->ring = replay_ring_create(sh->cfg->reload_dry_run_records))) {
+            snprintf(err, errlen, "out of memory");
+            goto err;
+        }
     }
     if (st->keyed) {
         int maxp = sh->cfg->max_parallelism;
@@ -532,6 +538,7 @@ static void mark_poison(task *t, batch *b) {
             if (j == i) c->flags = EDDY_REC_MALFORMED;
         }
         batch_destroy(t->inbatch);
+    replay_ring_destroy(t->ring);
         t->inbatch = nb;
         atomic_store(&ps->hit, 1);
         return;
@@ -683,6 +690,7 @@ static step_result step_source(task *t) {
     if (n > 0) {
         t->last_record_ms = clock_now_ms();
         t->idle_sent = 0;                 /* the records themselves wake the inputs downstream */
+        if (t->ring) replay_ring_add(t->ring, t->inbatch);     /* (out of memory: the ring keeps fewer) */
         if (sh->poison) mark_poison(t, t->inbatch);
         if (task_call_lua(t, t->cur.batch_ref, t->inbatch, -1) < 0) return STEP_FAILED;
         if (si->bootstrap && !atomic_load(&t->boot_reached) && boot_reached_end(t, 0)) atomic_store(&t->boot_reached, 1);

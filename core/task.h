@@ -173,6 +173,9 @@ const char *task_name(const task *t);      /* any thread */
 int task_index(const task *t);             /* within its stage */
 int task_stage(const task *t);             /* its stage's id */
 int task_source(const task *t);            /* a source task's source index, or -1 */
+/* A source task's ring of the last records it read (replay.h; dry runs), or
+ * NULL (reload.dry_run_records = 0, eddy test, a repartition topic).  Borrowed. */
+struct replay_ring *task_replay_ring(const task *t);
 state_db *task_state_db(const task *t);    /* the keyed state store the tasks share, or NULL */
 int task_status(const task *t);            /* TASK_*; any thread */
 const char *task_status_name(int status);  /* "running", "done", "failed" */

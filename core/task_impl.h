@@ -119,6 +119,7 @@ struct task {
     int64_t marked_position;    /* the position that marker had */
     int source;                 /* source index, or -1 */
     batch *inbatch;             /* source tasks: the batch being read into */
+    struct replay_ring *ring;   /* source tasks in eddy run: the last records read, for dry runs (replay.h) [W adds; dry runs copy under its mutex] */
     state_tx *stx;              /* keyed tasks with state: this batch's writes, committed after it */
     timer_index *timers;        /* with stx: the index of its timers (timer.c) */
     uint32_t *kgs; int nkgs;    /* keyed tasks: the key groups this task owns */

@@ -18,6 +18,7 @@
 const char *task_name(const task *t) { return t->name; }
 int task_index(const task *t) { return t->index; }
 int task_source(const task *t) { return t->source; }
+struct replay_ring *task_replay_ring(const task *t) { return t->ring; }
 int task_status(const task *t) { return atomic_load(&((task *)t)->status); }
 const char *task_error(const task *t) { return t->error; }
 void task_set_sched(task *t, sched *s) { t->se.s = s; }

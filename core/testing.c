@@ -5,6 +5,7 @@
 #include "codec.h"
 #include "config.h"
 #include "daemon.h"
+#include "driver.h"
 #include "files.h"
 #include "graph.h"
 #include "keygroup.h"
@@ -35,22 +36,14 @@
 #define DRIVER_MT "eddy.testing.driver"
 #define TICK_EVERY_MS 1000      /* advance_clock ticks at every whole second it passes */
 
-typedef struct driver {
-    config *cfg;
-    plan **plans; int nplans;       /* every version, the running one last (tasks keep pointers into them) */
-    task_shared sh;
-    task **tasks; int ntasks;
-    channel **chans; int nchans;
-    mem_input *inputs; int ninputs; /* one per source of the plan */
-    mem_outputs outs;
-    char dir[PATH_MAX];             /* the temporary folder: state, dead letters */
+/* A T.driver: the pipeline run (driver.h) and what a test adds to it. */
+typedef struct tdriver {
+    driver *drv;                    /* NULL until it is built */
     int64_t now;                    /* the virtual clock */
     long dl_read;                   /* bytes of the dead-letter file read so far */
-    int version;
     int closed;
-    char failed[2048];              /* why the driver stopped: a task failed */
     watchdog_mark *marks;           /* the watchdog's view of each task's call */
-} driver;
+} tdriver;
 
 /* The clock every task reads (clock.h) is the clock of the driver running. */
 static int64_t g_now;
@@ -61,22 +54,25 @@ static int64_t virtual_clock(void) { return g_now; }
  * cannot be (a loop the JIT compiled) ends eddy test with exit 1 naming it,
  * rather than hanging the test run. */
 static pthread_mutex_t g_wd_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct driver *g_running;
+static struct tdriver *g_running;
 
 static void *watch(void *arg) {
     (void)arg;
     for (;;) {
         usleep(WATCHDOG_TICK_MS * 1000);
         pthread_mutex_lock(&g_wd_mu);
-        struct driver *d = g_running;
-        for (int i = 0; d && d->marks && i < d->ntasks; i++) {
-            int64_t ran = watchdog_check(d->tasks[i], &d->marks[i], d->cfg->limit_time_ms);
+        struct tdriver *d = g_running;
+        int ntasks = 0;
+        task **tasks = d && d->drv ? driver_tasks(d->drv, &ntasks) : NULL;
+        int64_t limit = d && d->drv ? driver_cfg(d->drv)->limit_time_ms : 0;
+        for (int i = 0; d && d->marks && i < ntasks; i++) {
+            int64_t ran = watchdog_check(tasks[i], &d->marks[i], limit);
             if (ran <= 0) continue;
-            const node *nd = task_current_node(d->tasks[i]);
+            const node *nd = task_current_node(tasks[i]);
             fprintf(stderr, "eddy test: operator %s (uid %s, %s) has run for %lld ms of CPU time and cannot be "
                     "interrupted (a loop the JIT compiled runs no hooks; limits.time is %lld ms)\n",
                     nd ? nd->kind_name : "?", nd ? nd->uid : "?", nd ? nd->where : "?", (long long)ran,
-                    (long long)d->cfg->limit_time_ms);
+                    (long long)limit);
             fflush(stdout);
             _exit(1);
         }
@@ -85,108 +81,53 @@ static void *watch(void *arg) {
     return NULL;
 }
 
-static void set_running(struct driver *d) {
+static void set_running(struct tdriver *d) {
     pthread_mutex_lock(&g_wd_mu);
     g_running = d;
     pthread_mutex_unlock(&g_wd_mu);
 }
 
-static void driver_free(driver *d) {
+static void driver_free(tdriver *d) {
     if (!d) return;
     free(d->marks);
-    for (int i = 0; i < d->ntasks; i++) task_destroy(d->tasks[i]);
-    free(d->tasks);
-    for (int c = 0; c < d->nchans; c++) channel_destroy(d->chans[c]);
-    free(d->chans);
-    state_close(d->sh.state);
-    if (d->sh.dead_letter) fclose(d->sh.dead_letter);
-    pthread_mutex_destroy(&d->sh.dead_letter_mu);
-    pthread_mutex_destroy(&d->sh.stdout_mu);
-    free(d->sh.boot);
-    for (int i = 0; i < d->nplans; i++) plan_destroy(d->plans[i]);
-    free(d->plans);
-    for (int s = 0; s < d->ninputs; s++) {
-        for (int j = 0; j < d->inputs[s].npart; j++) {
-            mem_partition *mp = &d->inputs[s].parts[j];
-            mem_queue_free(&mp->q);
-            if (mp->rfd >= 0) close(mp->rfd);
-            if (mp->wfd >= 0) close(mp->wfd);
-        }
-        free(d->inputs[s].parts);
-    }
-    free(d->inputs);
-    mem_outputs_free(&d->outs);
-    if (d->dir[0]) files_rm_tree(d->dir);
-    config_destroy(d->cfg);
+    driver_destroy(d->drv);
     free(d);
 }
 
-static int run_steps(driver *d);
-
-/* Runs the pipeline until nothing more happens, then lets every task that
- * ticks tick at the clock as it is (a daemon's tasks tick every 10 ms: a
- * processing-time timer or trigger due now fires now, and an every()
- * trigger's period starts when its window changed), and runs what that
- * sent.  0, or -1 when a task failed (d->failed says which and why). */
-static int run(driver *d) {
+/* Runs the pipeline until nothing more happens and ticks its tasks at the
+ * virtual clock (driver_run), under the watchdog.  0, or -1 when a task
+ * failed (driver_failed says which and why). */
+static int run(tdriver *d) {
+    g_now = d->now;
     set_running(d);
-    int rc = run_steps(d);
-    for (int i = 0; rc == 0 && i < d->ntasks; i++)
-        if (task_tick(d->tasks[i]) < 0) {
-            snprintf(d->failed, sizeof d->failed, "task %s failed: %s", task_name(d->tasks[i]), task_error(d->tasks[i]));
-            rc = -1;
-        }
-    if (rc == 0) rc = run_steps(d);
+    int rc = driver_run(d->drv);
     set_running(NULL);
     return rc;
 }
 
-/* Steps every task in task order, each while it makes progress, until a
- * whole round makes none.  0, or -1 when a task failed. */
-static int run_steps(driver *d) {
-    g_now = d->now;
-    for (;;) {
-        int progress = 0;
-        for (int i = 0; i < d->ntasks; i++) {
-            task *t = d->tasks[i];
-            for (;;) {
-                step_result r = task_step(t);
-                if (r == STEP_FAILED) {
-                    snprintf(d->failed, sizeof d->failed, "task %s failed: %s", task_name(t), task_error(t));
-                    return -1;
-                }
-                if (r != STEP_PROGRESS) break;
-                progress = 1;
-            }
-        }
-        if (!progress) return 0;
-    }
-}
-
 /* ---- the native functions (Lua: lua/eddy/testing.lua) ------------------- */
 
-static driver *check_driver(lua_State *L, int idx) {
-    driver **b = luaL_checkudata(L, idx, DRIVER_MT);
-    if (!*b) luaL_error(L, "this driver was freed (its test ended)");
+static tdriver *check_driver(lua_State *L, int idx) {
+    tdriver **b = luaL_checkudata(L, idx, DRIVER_MT);
+    if (!*b || !(*b)->drv) luaL_error(L, "this driver was freed (its test ended)");
     return *b;
 }
 
 /* A driver that stopped (a task failed) refuses everything after. */
-static driver *live_driver(lua_State *L, int idx) {
-    driver *d = check_driver(L, idx);
-    if (d->failed[0]) luaL_error(L, "%s", d->failed);
+static tdriver *live_driver(lua_State *L, int idx) {
+    tdriver *d = check_driver(L, idx);
+    if (driver_failed(d->drv)[0]) luaL_error(L, "%s", driver_failed(d->drv));
     return d;
 }
 
-static int raise_if_failed(lua_State *L, driver *d, int rc) {
-    if (rc < 0) return luaL_error(L, "%s", d->failed);
+static int raise_if_failed(lua_State *L, tdriver *d, int rc) {
+    if (rc < 0) return luaL_error(L, "%s", driver_failed(d->drv));
     return 0;
 }
 
-static const plan *running(const driver *d) { return d->plans[d->nplans - 1]; }
+static const plan *running(const tdriver *d) { return driver_plan(d->drv); }
 
-static int source_index(lua_State *L, driver *d, const char *name) {
-    const plan *p = running(d);
+static int source_index_of(lua_State *L, const plan *p, const char *name) {
     for (int s = 0; s < p->nsources; s++)
         if (!p->sources[s].repartition && strcmp(p->sources[s].name, name) == 0) return s;
     luaL_Buffer b;
@@ -199,6 +140,8 @@ static int source_index(lua_State *L, driver *d, const char *name) {
     return luaL_error(L, "the pipeline has no source '%s' (its sources: %s)", name, lua_tostring(L, -1));
 }
 
+static int source_index(lua_State *L, tdriver *d, const char *name) { return source_index_of(L, running(d), name); }
+
 /* open(path, opts, partitions, clock) -> driver.  path: a config file or a
  * pipeline script; opts: config keys merged over the config's; partitions:
  * a number (every source) or {[source] = n}. */
@@ -207,55 +150,34 @@ static int l_open(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     int64_t clock0 = (int64_t)luaL_optnumber(L, 4, 0);
     char err[4096];
-    driver **box = lua_newuserdata(L, sizeof *box);          /* ... box */
+    tdriver **box = lua_newuserdata(L, sizeof *box);         /* ... box */
     *box = NULL;
     luaL_getmetatable(L, DRIVER_MT);
     lua_setmetatable(L, -2);
-    driver *d = calloc(1, sizeof *d);
+    tdriver *d = calloc(1, sizeof *d);
     if (!d) return luaL_error(L, "out of memory");
     *box = d;
-    pthread_mutex_init(&d->sh.dead_letter_mu, NULL);
-    pthread_mutex_init(&d->sh.stdout_mu, NULL);
     d->now = clock0;
     g_now = d->now;
     clock_set(virtual_clock);
     struct stat st;
     if (stat(path, &st) != 0) return luaL_error(L, "%s: %s", path, strerror(errno));
     int is_pipeline = daemon_looks_like_pipeline(path);
-    d->cfg = config_load_over(is_pipeline ? NULL : path, is_pipeline ? path : NULL, L, 2, err, sizeof err);
-    if (!d->cfg) return luaL_error(L, "%s", err);
-    config *c = d->cfg;
-    const char *tmp = getenv("TMPDIR");
-    snprintf(d->dir, sizeof d->dir, "%s/eddy-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(d->dir)) {
-        d->dir[0] = 0;
-        return luaL_error(L, "cannot make a temporary folder: %s", strerror(errno));
-    }
+    config *c = config_load_over(is_pipeline ? NULL : path, is_pipeline ? path : NULL, L, 2, err, sizeof err);
+    if (!c) return luaL_error(L, "%s", err);
     /* what a test runs without: the store and the dead letters in the
-     * temporary folder; no admin server, file watching, Kafka or checkpoints */
-    free(c->state_dir);
-    free(c->dead_letter_file);
-    free(c->dead_letter_kafka);
-    c->dead_letter_kafka = NULL;
-    if (asprintf(&c->state_dir, "%s/state", d->dir) < 0 ||
-        asprintf(&c->dead_letter_file, "%s/dead-letter.jsonl", d->dir) < 0)
-        return luaL_error(L, "out of memory");
-    c->admin_enabled = 0;
-    c->reload_watch = 0;
-    c->guarantee = GUARANTEE_AT_LEAST_ONCE;
-    c->shuffle = SHUFFLE_LOCAL;
-    c->standby = 0;
-    c->kafka_embedded = 0;
-    c->testing = 1;
+     * driver's temporary folder; no admin server, file watching, Kafka or
+     * checkpoints (driver_config) */
+    const char *tmp = getenv("TMPDIR");
+    if (driver_config(c, tmp && *tmp ? tmp : "/tmp", err, sizeof err) < 0) {
+        config_destroy(c);
+        return luaL_error(L, "%s", err);
+    }
     log_setup(c->log_level, c->log_format == LOGFMT_JSON);
     plan *p = plan_create(c, daemon_lua_dir(), err, sizeof err);
-    if (!p) return luaL_error(L, "%s", err);
-    d->plans = malloc(sizeof *d->plans);
-    if (!d->plans) { plan_destroy(p); return luaL_error(L, "out of memory"); }
-    d->plans[d->nplans++] = p;
-    d->inputs = calloc(p->nsources ? p->nsources : 1, sizeof *d->inputs);
-    if (!d->inputs) return luaL_error(L, "out of memory");
-    d->ninputs = p->nsources;
+    if (!p) { config_destroy(c); return luaL_error(L, "%s", err); }
+    int *parts = calloc(p->nsources ? p->nsources : 1, sizeof *parts);
+    if (!parts) { plan_destroy(p); config_destroy(c); return luaL_error(L, "out of memory"); }
     for (int s = 0; s < p->nsources; s++) {
         int n = 1;
         if (lua_isnumber(L, 3)) n = (int)lua_tointeger(L, 3);
@@ -264,52 +186,46 @@ static int l_open(lua_State *L) {
             if (!lua_isnil(L, -1)) n = (int)lua_tointeger(L, -1);
             lua_pop(L, 1);
         }
-        if (n < 1 || n > 4096)
-            return luaL_error(L, "partitions of source '%s': expected 1 to 4096, got %d", p->sources[s].name, n);
-        d->inputs[s].parts = calloc(n, sizeof *d->inputs[s].parts);
-        if (!d->inputs[s].parts) return luaL_error(L, "out of memory");
-        d->inputs[s].npart = n;
-        for (int j = 0; j < n; j++) {
-            mem_partition *mp = &d->inputs[s].parts[j];
-            mp->rfd = mp->wfd = -1;
-            if (p->sources[s].kind == SRC_KAFKA) continue;
-            int fds[2];
-            if (pipe2(fds, O_CLOEXEC) < 0) return luaL_error(L, "cannot make a pipe: %s", strerror(errno));
-            mp->rfd = fds[0];
-            mp->wfd = fds[1];
-            fcntl(mp->wfd, F_SETFL, O_NONBLOCK);
-            fcntl(mp->wfd, F_SETPIPE_SZ, 1 << 20);      /* (a test's records seldom fill 64 KB; fine if refused) */
+        if (n < 1 || n > 4096) {
+            snprintf(err, sizeof err, "partitions of source '%s': expected 1 to 4096, got %d", p->sources[s].name, n);
+            free(parts);
+            plan_destroy(p);
+            config_destroy(c);
+            return luaL_error(L, "%s", err);
         }
-        p->sources[s].memory = &d->inputs[s];
-        if (plan_set_memory_partitions(p, s, n) < 0) return luaL_error(L, "out of memory");
+        parts[s] = n;
     }
     if (lua_istable(L, 3)) {                 /* a name that is no source is a mistake in the test */
-        for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1))
-            source_index(L, d, lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+        for (lua_pushnil(L); lua_next(L, 3); lua_pop(L, 1)) {
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            int found = 0;
+            for (int s = 0; s < p->nsources; s++)
+                if (!p->sources[s].repartition && strcmp(p->sources[s].name, k) == 0) found = 1;
+            if (found) continue;
+            int n = snprintf(err, sizeof err, "the pipeline has no source '%.200s' (its sources: ", k);
+            for (int s = 0; s < p->nsources && n < (int)sizeof err - 300; s++)
+                n += snprintf(err + n, sizeof err - n, "%s%.200s", s ? ", " : "", p->sources[s].name);
+            snprintf(err + n, sizeof err - n, ")");
+            free(parts);
+            plan_destroy(p);
+            config_destroy(c);
+            return luaL_error(L, "%s", err);
+        }
     }
-    if (plan_has_keyed_state(p)) {
-        char dbdir[PATH_MAX];
-        snprintf(dbdir, sizeof dbdir, "%s/db", c->state_dir);
-        if (files_mkdirs(c->state_dir) < 0) return luaL_error(L, "cannot make %s: %s", c->state_dir, strerror(errno));
-        d->sh.state = state_open(dbdir, c->state_cache, &c->state_rocksdb, err, sizeof err);
-        if (!d->sh.state) return luaL_error(L, "%s", err);
-    }
-    d->sh.cfg = c;
-    d->sh.p = p;
-    d->sh.lua_dir = daemon_lua_dir();
-    d->sh.version = 1;
-    d->sh.memory = &d->outs;
-    d->version = 1;
-    if (graph_build(&d->sh, p, &d->tasks, &d->ntasks, &d->chans, &d->nchans, err, sizeof err) < 0)
-        return luaL_error(L, "%s", err);
-    if (!(d->marks = calloc(d->ntasks ? d->ntasks : 1, sizeof *d->marks))) return luaL_error(L, "out of memory");
-    for (int i = 0; i < d->ntasks; i++) d->marks[i].seq = -1;
+    driver_opts o = { .partitions = parts, .version = 1, .pipes = 1 };
+    d->drv = driver_open(c, p, &o, err, sizeof err);
+    free(parts);
+    if (!d->drv) return luaL_error(L, "%s", err);
+    int ntasks;
+    driver_tasks(d->drv, &ntasks);
+    if (!(d->marks = calloc(ntasks ? ntasks : 1, sizeof *d->marks))) return luaL_error(L, "out of memory");
+    for (int i = 0; i < ntasks; i++) d->marks[i].seq = -1;
     if (raise_if_failed(L, d, run(d))) return 0;
     return 1;
 }
 
 static int l_free(lua_State *L) {
-    driver **b = luaL_checkudata(L, 1, DRIVER_MT);
+    tdriver **b = luaL_checkudata(L, 1, DRIVER_MT);
     driver_free(*b);
     *b = NULL;
     return 0;
@@ -334,8 +250,8 @@ static int csv_line(lua_State *L, int idx, char delimiter, buf *out) {
 
 /* Writes a file source's bytes into its partition's pipe; when the pipe is
  * full, the pipeline runs (reading some) first.  0, or -1 with errno
- * (EAGAIN: the pipeline read nothing of it; or d->failed set). */
-static int write_input(driver *d, mem_partition *mp, const char *p, size_t n) {
+ * (EAGAIN: the pipeline read nothing of it; or driver_failed set). */
+static int write_input(tdriver *d, mem_partition *mp, const char *p, size_t n) {
     size_t off = 0;
     while (off < n) {
         ssize_t w = write(mp->wfd, p + off, n - off);
@@ -354,15 +270,16 @@ static int write_input(driver *d, mem_partition *mp, const char *p, size_t n) {
 /* input(d, source, value, partition, key, ts, headers): one record into a
  * partition, then the pipeline runs until nothing more happens. */
 static int l_input(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     const char *name = luaL_checkstring(L, 2);
     int s = source_index(L, d, name);
     const source_info *si = &running(d)->sources[s];
     int part = (int)luaL_optinteger(L, 4, 0);
     if (d->closed) return luaL_error(L, "d:close() ended the input: nothing more can go in");
-    if (part < 0 || part >= d->inputs[s].npart)
+    int npart = driver_npartitions(d->drv, s);
+    if (part < 0 || part >= npart)
         return luaL_error(L, "source '%s' has %d partition%s (T.driver's partitions option): no partition %d", name,
-                          d->inputs[s].npart, d->inputs[s].npart == 1 ? "" : "s", part);
+                          npart, npart == 1 ? "" : "s", part);
     int kafka = si->kind == SRC_KAFKA;
     if (!kafka && (!lua_isnoneornil(L, 5) || !lua_isnoneornil(L, 7)))
         return luaL_error(L, "source '%s' reads %s: key and headers are Kafka's", name,
@@ -409,10 +326,10 @@ static int l_input(lua_State *L) {
     }
     int rc;
     if (kafka) {
-        rc = mem_queue_push(&d->inputs[s].parts[part].q, &r) < 0 ? luaL_error(L, "out of memory") : 0;
+        rc = mem_queue_push(&driver_partition(d->drv, s, part)->q, &r) < 0 ? luaL_error(L, "out of memory") : 0;
     } else {
-        rc = buf_append(&val, "\n", 1) < 0 ? -1 : write_input(d, &d->inputs[s].parts[part], val.data, val.len);
-        if (rc < 0 && !d->failed[0]) {
+        rc = buf_append(&val, "\n", 1) < 0 ? -1 : write_input(d, driver_partition(d->drv, s, part), val.data, val.len);
+        if (rc < 0 && !driver_failed(d->drv)[0]) {
             buf_free(&val);
             return luaL_error(L, "source '%s' partition %d reads nothing of what the test gives it: %s", name, part,
                               errno == EAGAIN ? "is it waiting for a bootstrap source?" : strerror(errno));
@@ -426,22 +343,25 @@ static int l_input(lua_State *L) {
 
 /* watermark(d, source, ts, partition or -1) */
 static int l_watermark(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     int s = source_index(L, d, luaL_checkstring(L, 2));
     int64_t ts = (int64_t)luaL_checknumber(L, 3);
     int part = (int)luaL_optinteger(L, 4, -1);
-    if (part >= d->inputs[s].npart) return luaL_error(L, "source '%s' has no partition %d", lua_tostring(L, 2), part);
+    if (part >= driver_npartitions(d->drv, s))
+        return luaL_error(L, "source '%s' has no partition %d", lua_tostring(L, 2), part);
     g_now = d->now;
-    for (int i = 0; i < d->ntasks; i++)
-        if (task_source(d->tasks[i]) == s && (part < 0 || task_index(d->tasks[i]) == part))
-            task_advance_watermark(d->tasks[i], ts);
+    int ntasks;
+    task **tasks = driver_tasks(d->drv, &ntasks);
+    for (int i = 0; i < ntasks; i++)
+        if (task_source(tasks[i]) == s && (part < 0 || task_index(tasks[i]) == part))
+            task_advance_watermark(tasks[i], ts);
     raise_if_failed(L, d, run(d));
     return 0;
 }
 
 /* advance_clock(d, ms) */
 static int l_advance_clock(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     int64_t ms = (int64_t)luaL_checknumber(L, 2);
     if (ms < 0) return luaL_error(L, "processing time only moves forward (got %lld ms)", (long long)ms);
     int64_t target = d->now + ms;
@@ -459,26 +379,28 @@ static int l_now(lua_State *L) {
 }
 
 static int l_version(lua_State *L) {
-    lua_pushinteger(L, check_driver(L, 1)->version);
+    lua_pushinteger(L, driver_version(check_driver(L, 1)->drv));
     return 1;
 }
 
 /* close(d): every source ends; what the end fires, fires. */
 static int l_close(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     if (d->closed) return 0;
     d->closed = 1;
-    for (int s = 0; s < d->ninputs; s++)
-        for (int j = 0; j < d->inputs[s].npart; j++) {
-            mem_partition *mp = &d->inputs[s].parts[j];
+    for (int s = 0; s < running(d)->nsources; s++)
+        for (int j = 0; j < driver_npartitions(d->drv, s); j++) {
+            mem_partition *mp = driver_partition(d->drv, s, j);
             mp->ended = 1;
             if (mp->wfd >= 0) close(mp->wfd);     /* the file reader reads to the end of the pipe */
             mp->wfd = -1;
         }
     if (raise_if_failed(L, d, run(d))) return 0;
-    for (int i = 0; i < d->ntasks; i++)
-        if (task_close_sinks(d->tasks[i]) < 0)
-            return luaL_error(L, "task %s: a sink failed at the end", task_name(d->tasks[i]));
+    int ntasks;
+    task **tasks = driver_tasks(d->drv, &ntasks);
+    for (int i = 0; i < ntasks; i++)
+        if (task_close_sinks(tasks[i]) < 0)
+            return luaL_error(L, "task %s: a sink failed at the end", task_name(tasks[i]));
     return 0;
 }
 
@@ -500,13 +422,13 @@ static void push_value(lua_State *L, const char *fmt, const char *p, size_t n) {
 /* output(d, sink, records) -> the values (records: {value, key, ts,
  * headers}) written since the last read. */
 static int l_output(lua_State *L) {
-    driver *d = check_driver(L, 1);
+    tdriver *d = check_driver(L, 1);
     const char *name = luaL_checkstring(L, 2);
     int records = lua_toboolean(L, 3);
     const node *nd = sink_node(running(d), name);
     if (!nd) return luaL_error(L, "the pipeline has no sink '%s'", name);
     const char *fmt = node_opt(nd, "format") ? node_opt(nd, "format") : "json";
-    mem_output *o = mem_output_get(&d->outs, name, 0);
+    mem_output *o = mem_output_get(driver_outputs(d->drv), name, 0);
     if (!o) return luaL_error(L, "out of memory");
     mem_queue *q = &o->q;
     lua_createtable(L, (int)(q->n - q->head), 0);
@@ -532,14 +454,14 @@ static int l_output(lua_State *L) {
 
 /* side(d, name) -> the values sent to p:side(name) since the last read. */
 static int l_side(lua_State *L) {
-    driver *d = check_driver(L, 1);
+    tdriver *d = check_driver(L, 1);
     const char *name = luaL_checkstring(L, 2);
     const plan *p = running(d);
     int found = 0;
     for (int i = 0; i < p->nnodes; i++)
         if (p->nodes[i].kind == NODE_SIDE && strcmp(p->nodes[i].name, name) == 0) found = 1;
     if (!found) return luaL_error(L, "the pipeline has no p:side(\"%s\")", name);
-    mem_output *o = mem_output_get(&d->outs, name, 1);
+    mem_output *o = mem_output_get(driver_outputs(d->drv), name, 1);
     if (!o) return luaL_error(L, "out of memory");
     mem_queue *q = &o->q;
     lua_createtable(L, (int)(q->n - q->head), 0);
@@ -563,7 +485,7 @@ static void push_json(lua_State *L, json_t *j) {
 
 /* state(d, uid, key) -> what GET /state/UID/KEY shows, or nil. */
 static int l_state(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     const char *uid = luaL_checkstring(L, 2);
     size_t klen;
     const char *key = luaL_checklstring(L, 3, &klen);
@@ -573,13 +495,14 @@ static int l_state(lua_State *L) {
         if (p->nodes[i].uid && strcmp(p->nodes[i].uid, uid) == 0 && p->nodes[i].kind != NODE_SINK &&
             p->nodes[i].kind != NODE_SOURCE)
             op = &p->nodes[i];
-    if (!op || !node_has_state(op) || !d->sh.state)
+    state_db *db = driver_state(d->drv);
+    if (!op || !node_has_state(op) || !db)
         return luaL_error(L, "no process, dedup, join, window or global table with uid '%s' in the pipeline", uid);
     g_now = d->now;                                   /* (TTL: what expired by the virtual clock is gone) */
-    uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, d->cfg->max_parallelism);
+    uint32_t kg = op->kind == NODE_GLOBAL_TABLE ? 0 : keygroup_of(key, klen, driver_cfg(d->drv)->max_parallelism);
     const char *agg = node_opt(op, "agg") ? node_opt(op, "agg") : "count";
-    json_t *j = op->kind == NODE_WINDOW ? window_key_json(d->sh.state, uid, kg, key, klen, INT64_MIN, INT64_MAX, agg)
-                                        : state_key_json(d->sh.state, uid, kg, key, klen);
+    json_t *j = op->kind == NODE_WINDOW ? window_key_json(db, uid, kg, key, klen, INT64_MIN, INT64_MAX, agg)
+                                        : state_key_json(db, uid, kg, key, klen);
     push_json(L, j);
     json_decref(j);
     return 1;
@@ -587,10 +510,10 @@ static int l_state(lua_State *L) {
 
 /* dead_letters(d) -> the dead-letter objects written since the last read. */
 static int l_dead_letters(lua_State *L) {
-    driver *d = check_driver(L, 1);
+    tdriver *d = check_driver(L, 1);
     lua_newtable(L);
-    if (d->sh.dead_letter) fflush(d->sh.dead_letter);
-    FILE *f = fopen(d->cfg->dead_letter_file, "r");
+    driver_flush_dead_letters(d->drv);
+    FILE *f = fopen(driver_cfg(d->drv)->dead_letter_file, "r");
     if (!f) return 1;
     fseek(f, d->dl_read, SEEK_SET);
     char *line = NULL;
@@ -640,14 +563,17 @@ static void add_operator(void *ud, task *t, const node *nd, uint64_t in, uint64_
  * errors, skipped, dead_letters, operators = { [uid] = { kind, in, out } },
  * tasks = { [name] = {...} }, sinks = { [name] = records written } } */
 static int l_metrics(lua_State *L) {
-    driver *d = check_driver(L, 1);
+    tdriver *d = check_driver(L, 1);
     long in = 0, out = 0, errors = 0, skipped = 0, dead = 0;
     lua_newtable(L);                                  /* m */
     lua_newtable(L);                                  /* m tasks */
-    for (int i = 0; i < d->ntasks; i++) {
+    int ntasks;
+    task **tasks = driver_tasks(d->drv, &ntasks);
+    mem_outputs *outs = driver_outputs(d->drv);
+    for (int i = 0; i < ntasks; i++) {
         task_counters c;
-        task_get_counters(d->tasks[i], &c);
-        if (task_source(d->tasks[i]) >= 0) in += c.records_in;
+        task_get_counters(tasks[i], &c);
+        if (task_source(tasks[i]) >= 0) in += c.records_in;
         out += c.records_out;
         errors += c.errors;
         skipped += c.skipped;
@@ -658,20 +584,20 @@ static int l_metrics(lua_State *L) {
         set_counter(L, "errors", c.errors);
         set_counter(L, "skipped", c.skipped);
         set_counter(L, "dead_letters", c.dead_letters);
-        lua_setfield(L, -2, task_name(d->tasks[i]));
+        lua_setfield(L, -2, task_name(tasks[i]));
     }
     lua_setfield(L, -2, "tasks");
     lua_newtable(L);
-    for (int i = 0; i < d->outs.n; i++) {
-        if (d->outs.outs[i].side) continue;
-        set_counter(L, d->outs.outs[i].name, d->outs.outs[i].total);
+    for (int i = 0; i < outs->n; i++) {
+        if (outs->outs[i].side) continue;
+        set_counter(L, outs->outs[i].name, outs->outs[i].total);
     }
     lua_setfield(L, -2, "sinks");
     lua_newtable(L);
-    for (int i = 0; i < d->ntasks; i++) task_operators(d->tasks[i], add_operator, L);
+    for (int i = 0; i < ntasks; i++) task_operators(tasks[i], add_operator, L);
     lua_setfield(L, -2, "operators");
     out = 0;
-    for (int i = 0; i < d->outs.n; i++) if (!d->outs.outs[i].side) out += d->outs.outs[i].total;
+    for (int i = 0; i < outs->n; i++) if (!outs->outs[i].side) out += outs->outs[i].total;
     set_counter(L, "records_in", in);
     set_counter(L, "records_out", out);
     set_counter(L, "errors", errors);
@@ -682,7 +608,7 @@ static int l_metrics(lua_State *L) {
 
 /* reload(d, path, allow_dropped_state) -> true, or nil and why it was refused */
 static int l_reload(lua_State *L) {
-    driver *d = live_driver(L, 1);
+    tdriver *d = live_driver(L, 1);
     const char *path = luaL_checkstring(L, 2);
     int allow = lua_toboolean(L, 3);
     char *script = realpath(path, NULL);
@@ -691,34 +617,17 @@ static int l_reload(lua_State *L) {
         lua_pushfstring(L, "%s: %s", path, strerror(errno));
         return 2;
     }
-    plan **plans = realloc(d->plans, sizeof *plans * (d->nplans + 1));
-    task_vm **tvs = calloc(d->ntasks ? d->ntasks : 1, sizeof *tvs);
-    if (plans) d->plans = plans;
-    if (!plans || !tvs) { free(tvs); free(script); return luaL_error(L, "out of memory"); }
-    char *before = d->cfg->pipeline;
-    d->cfg->pipeline = script;
     char err[4096];
     g_now = d->now;
-    plan *p = reload_prepare(d->cfg, daemon_lua_dir(), running(d), d->tasks, d->ntasks, d->version + 1, allow, tvs,
-                             err, sizeof err);
-    if (!p) {
-        d->cfg->pipeline = before;
-        free(script);
-        free(tvs);
+    set_running(d);
+    int rc = driver_reload(d->drv, script, allow, err, sizeof err);
+    set_running(NULL);
+    if (rc < 0) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
     }
-    free(before);
-    d->plans[d->nplans++] = p;
-    d->version++;
-    /* downstream first, as the daemon offers them (reload.c) */
-    for (int i = d->ntasks - 1; i >= 0; i--) {
-        if (task_status(d->tasks[i]) == TASK_RUNNING) task_offer(d->tasks[i], tvs[i]);
-        else task_vm_destroy(tvs[i]);
-    }
-    free(tvs);
-    raise_if_failed(L, d, run(d));
+    raise_if_failed(L, d, driver_failed(d->drv)[0] ? -1 : 0);
     lua_pushboolean(L, 1);
     return 1;
 }

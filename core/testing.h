@@ -7,7 +7,9 @@
  * thread in a fixed order until nothing more happens: no worker threads, no
  * event loop, no Kafka, and processing time is the driver's virtual clock
  * (clock_set).  So a test gives the same result on every run and machine.
- * Calls config, pipeline, graph, task, state, reload, codec and LuaJIT. */
+ * The run itself is driver.c's; this unit adds the virtual clock, the
+ * watchdog thread and the Lua natives.  Calls driver, config, pipeline,
+ * task, state, codec and LuaJIT. */
 #ifndef EDDY_TESTING_H
 #define EDDY_TESTING_H
 
