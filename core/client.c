@@ -28,10 +28,15 @@ static void on_done(struct evhttp_request *req, void *arg) {
     }
 }
 
-int client_post(const char *admin, const char *path, const char *field, const char *token) {
+/* One request to admin ("host:port"); sets *code (0: no answer) and *body
+ * (owned, or NULL).  0, or 2 for a bad address, 1 when it cannot be sent. */
+static int request(const char *admin, enum evhttp_cmd_type method, const char *path, const char *token, int *code,
+                   char **body) {
     char host[256];
     const char *colon = strrchr(admin, ':');
     int port = colon ? atoi(colon + 1) : 0;
+    *code = 0;
+    *body = NULL;
     if (!colon || port <= 0 || port > 65535 || (size_t)(colon - admin) >= sizeof host || colon == admin) {
         fprintf(stderr, "eddy: --admin: expected HOST:PORT, got '%s'\n", admin);
         return 2;
@@ -57,67 +62,6 @@ int client_post(const char *admin, const char *path, const char *field, const ch
         evhttp_add_header(evhttp_request_get_output_headers(req), "Authorization", auth);
     }
     /* an empty body, said so: without a length the server waits for the body until the connection closes */
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", "0");
-    if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, path) != 0) {
-        fprintf(stderr, "eddy: cannot send the request to %s\n", admin);
-        goto out;
-    }
-    event_base_dispatch(base);
-    if (a.code == 0) {
-        fprintf(stderr, "eddy: no answer from %s (is eddy running with admin.listen = \"%s\"?)\n", admin, admin);
-        goto out;
-    }
-    json_error_t je;
-    json_t *j = a.body ? json_loads(a.body, 0, &je) : NULL;
-    const char *err = j ? json_string_value(json_object_get(j, "error")) : NULL;
-    if (a.code >= 200 && a.code < 300) {
-        const char *f = field && j ? json_string_value(json_object_get(j, field)) : NULL;
-        printf("%s\n", f ? f : a.body ? a.body : "");
-        rc = 0;
-    } else {
-        fprintf(stderr, "eddy: %s answered %d: %s\n", admin, a.code, err ? err : (a.body ? a.body : ""));
-    }
-    json_decref(j);
-out:
-    free(a.body);
-    if (conn) evhttp_connection_free(conn);
-    if (base) event_base_free(base);
-    return rc;
-}
-
-/* One request to admin ("host:port"); sets *code (0: no answer) and *body
- * (owned, or NULL).  0, or 2 for a bad address, 1 when it cannot be sent. */
-static int request(const char *admin, enum evhttp_cmd_type method, const char *path, const char *token, int *code,
-                   char **body) {
-    char host[256];
-    const char *colon = strrchr(admin, ':');
-    int port = colon ? atoi(colon + 1) : 0;
-    *code = 0;
-    *body = NULL;
-    if (!colon || port <= 0 || port > 65535 || (size_t)(colon - admin) >= sizeof host || colon == admin) {
-        fprintf(stderr, "eddy: --admin: expected HOST:PORT, got '%s'\n", admin);
-        return 2;
-    }
-    memcpy(host, admin, colon - admin);
-    host[colon - admin] = 0;
-    if (host[0] == '[') {
-        memmove(host, host + 1, strlen(host));
-        host[strlen(host) - 1] = 0;
-    }
-    struct answer a = { 0, NULL, NULL };
-    struct event_base *base = event_base_new();
-    a.base = base;
-    struct evhttp_connection *conn = base ? evhttp_connection_base_new(base, NULL, host, (unsigned short)port) : NULL;
-    struct evhttp_request *req = conn ? evhttp_request_new(on_done, &a) : NULL;
-    int rc = 1;
-    if (!req) { fprintf(stderr, "eddy: cannot set up an HTTP request\n"); goto out; }
-    evhttp_connection_set_timeout(conn, 60);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host);
-    if (token && *token) {
-        char auth[600];
-        snprintf(auth, sizeof auth, "Bearer %s", token);
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Authorization", auth);
-    }
     if (method == EVHTTP_REQ_POST) evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", "0");
     if (evhttp_make_request(conn, req, method, path) != 0) {
         fprintf(stderr, "eddy: cannot send the request to %s\n", admin);
@@ -132,6 +76,31 @@ out:
     free(a.body);
     if (conn) evhttp_connection_free(conn);
     if (base) event_base_free(base);
+    return rc;
+}
+
+int client_post(const char *admin, const char *path, const char *field, const char *token) {
+    int code;
+    char *body;
+    int rc = request(admin, EVHTTP_REQ_POST, path, token, &code, &body);
+    if (rc) return rc;
+    if (code == 0) {
+        fprintf(stderr, "eddy: no answer from %s (is eddy running with admin.listen = \"%s\"?)\n", admin, admin);
+        return 1;
+    }
+    json_error_t je;
+    json_t *j = body ? json_loads(body, 0, &je) : NULL;
+    const char *err = j ? json_string_value(json_object_get(j, "error")) : NULL;
+    rc = 1;
+    if (code >= 200 && code < 300) {
+        const char *f = field && j ? json_string_value(json_object_get(j, field)) : NULL;
+        printf("%s\n", f ? f : body ? body : "");
+        rc = 0;
+    } else {
+        fprintf(stderr, "eddy: %s answered %d: %s\n", admin, code, err ? err : (body ? body : ""));
+    }
+    json_decref(j);
+    free(body);
     return rc;
 }
 
