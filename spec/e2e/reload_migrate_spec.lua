@@ -80,11 +80,7 @@ end
 
 local function count(t) local n = 0 for _ in pairs(t) do n = n + 1 end return n end
 
-local function status(addr)
-  local code, body = E.curl("http://" .. addr .. "/status")
-  if code ~= 200 then return nil end
-  return cjson.decode(body)
-end
+local status = E.status
 
 describe("state migration on a running daemon", function()
   local dir

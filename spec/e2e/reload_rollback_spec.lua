@@ -42,11 +42,7 @@ local function config(dir, extra)
   return E.write_config(dir, c)
 end
 
-local function status(addr)
-  local code, body = E.curl("http://" .. addr .. "/status")
-  if code ~= 200 then return nil end
-  return cjson.decode(body)
-end
+local status = E.status
 
 local function metric(addr, series)
   local code, body = E.curl("http://" .. addr .. "/metrics")

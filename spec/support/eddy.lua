@@ -451,6 +451,14 @@ function M.curl(url, method)
   return tonumber(code), body
 end
 
+-- status(addr): GET /status decoded, or nil (and the HTTP status and body)
+-- when it did not answer 200
+function M.status(addr)
+  local code, body = M.curl("http://" .. addr .. "/status")
+  if code ~= 200 then return nil, code, body end
+  return cjson.decode(body)
+end
+
 -- ---- a real Kafka broker ---------------------------------------------------
 
 -- kafka_broker(): the bootstrap address of the real Kafka broker the
