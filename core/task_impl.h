@@ -59,7 +59,7 @@ struct task {
     int id;                     /* 0..ntasks-1, global  [B] */
     char name[96];              /* [B] */
     task_shared *sh;            /* [B] (its fields: task_shared) */
-    const stage *st;            /* [B] */
+    const stage *st;            /* the running version's stage  [B; W writes under swap_mu at a swap; others read under swap_mu] */
     int index;                  /* within its stage  [B] */
     task_vm cur;                /* the version running  [W writes under swap_mu; others read under swap_mu] */
     pthread_mutex_t swap_mu;    /* held while cur and wins change; readers on other threads take it */

@@ -163,6 +163,7 @@ json_t *task_status_json(task *t) {
     pthread_mutex_lock(&t->swap_mu);
     size_t vm_bytes = vm_memory(t->cur.vm);
     const char *stage = t->st->name;      /* t->st changes with the version (swap_version) */
+    int keyed = t->st->keyed;
     pthread_mutex_unlock(&t->swap_mu);
     json_t *jt = json_pack("{s:s, s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I}",
         "name", t->name, "stage", stage, "index", t->index,
@@ -181,7 +182,7 @@ json_t *task_status_json(task *t) {
         json_object_set_new(jt, "position", json_integer(t->position));
         task_shuffle_status(t, jt);
     }
-    if (t->st->keyed) {
+    if (keyed) {
         int depth = 0;
         json_t *inputs = json_array();
         for (int c = 0; c < t->nin; c++) {
@@ -270,5 +271,10 @@ void task_window_samples(task *t, struct evbuffer *out, const char *name, int wh
     }
     pthread_mutex_unlock(&t->swap_mu);
 }
-int task_stage(const task *t) { return t->st->id; }
+int task_stage(const task *t) {
+    pthread_mutex_lock((pthread_mutex_t *)&t->swap_mu);       /* (t->st changes with the version) */
+    int id = t->st->id;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->swap_mu);
+    return id;
+}
 state_db *task_state_db(const task *t) { return t->sh->state; }
