@@ -538,7 +538,6 @@ static void mark_poison(task *t, batch *b) {
             if (j == i) c->flags = EDDY_REC_MALFORMED;
         }
         batch_destroy(t->inbatch);
-    replay_ring_destroy(t->ring);
         t->inbatch = nb;
         atomic_store(&ps->hit, 1);
         return;
@@ -882,6 +881,7 @@ void task_destroy(task *t) {
     task_vm_destroy(atomic_load(&t->parked));
     source_close(t->src);
     batch_destroy(t->inbatch);
+    replay_ring_destroy(t->ring);
     for (int o = 0; o < t->nouts; o++) {
         for (int i = 0; i < t->outs[o].ntargets; i++) batch_destroy(t->outs[o].pending[i]);
         free(t->outs[o].pending);

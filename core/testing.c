@@ -756,7 +756,7 @@ int testing_main(int argc, char **argv) {
                 fprintf(stderr, "eddy test: %s: %s\n", args[i], strerror(errno));
                 return 2;
             }
-            qsort(files.paths + first, files.n - first, sizeof *files.paths, by_name);
+            if (files.n > first) qsort(files.paths + first, files.n - first, sizeof *files.paths, by_name);
         } else if (add_path(&files, args[i]) < 0) {
             fprintf(stderr, "eddy test: out of memory\n");
             return 2;
