@@ -210,13 +210,6 @@ static int l_unpack_all(lua_State *L) {
 
 /* ---- keyed state (process, dedup) --------------------------------------- */
 
-static uint64_t get_be64_n(const char *p, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) v = v << 8 | (unsigned char)p[i];
-    return v;
-}
-static uint64_t get_be64(const char *p) { return get_be64_n(p, 8); }
-
 static state_tx *tx_of(lua_State *L, lua_api_env *e) {
     if (!e->stx) luaL_error(L, "keyed state is not available here (no state store)");
     return e->stx;
@@ -374,7 +367,7 @@ static int key_state_cb(void *ud, const char *k, size_t kl, const char *v, size_
     }
     if (codec_unpack(L, p, pl, err, sizeof err) < 0) { lua_pop(L, 1); e->bad = 1; return 1; }
     lua_rawseti(L, -2, 4);
-    lua_pushnumber(L, (v[0] & STATE_TTL) && vl >= 9 ? (lua_Number)(int64_t)get_be64(v + 1) : 0);
+    lua_pushnumber(L, (lua_Number)state_value_expiry(v, vl));
     lua_rawseti(L, -2, 5);
     lua_rawseti(L, -2, ++e->n);
     return 0;
@@ -447,7 +440,7 @@ static int l_key_clear(lua_State *L) {
     keys_ud c = { &keys, 0 };
     int rc = state_tx_range(tx, lo.p, lo.len, hi, pl, collect_cb, &c);
     for (size_t off = 0; rc == 0 && off + 4 <= keys.len;) {
-        size_t kl = (size_t)get_be64_n(keys.data + off, 4);
+        size_t kl = (size_t)state_get_be(keys.data + off, 4);
         state_tx_delete(tx, keys.data + off + 4, kl);
         off += 4 + kl;
     }
@@ -464,7 +457,7 @@ static int next_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl)
     (void)v; (void)vl;
     next_ud *c = ud;
     if (kl < c->prefix + 4) return 0;
-    size_t klen = (size_t)get_be64_n(k + c->prefix, 4);
+    size_t klen = (size_t)state_get_be(k + c->prefix, 4);
     if (kl < c->prefix + 4 + klen) return 0;
     const char *key = k + c->prefix + 4;
     if (c->n > 0 && c->last.len == klen && memcmp(c->last.data, key, klen) == 0) return 0;   /* the same key's next state */

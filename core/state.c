@@ -188,7 +188,7 @@ int state_key_timer(state_key *k, const char *uid, uint32_t kg, char kind, int64
            kput_be(k, (uint64_t)ts ^ (1ULL << 63), 8) || kput_be(k, klen, 4) || kput(k, key, klen) ? -1 : 0;
 }
 
-static uint64_t get_be(const char *p, int bytes) {
+uint64_t state_get_be(const char *p, int bytes) {
     uint64_t v = 0;
     for (int i = 0; i < bytes; i++) v = v << 8 | (unsigned char)p[i];
     return v;
@@ -209,21 +209,21 @@ int state_key_window_parse(const char *k, size_t kl, size_t uidlen, uint32_t *kg
                            size_t *klen, int64_t *start) {
     size_t at = uidlen + 1;
     if (kl < at + 2 + 8 + 4 + 8 || k[uidlen] != 2) return -1;
-    *kg = (uint32_t)get_be(k + at, 2);
-    *end = (int64_t)(get_be(k + at + 2, 8) ^ (1ULL << 63));
-    size_t n = (size_t)get_be(k + at + 10, 4);
+    *kg = (uint32_t)state_get_be(k + at, 2);
+    *end = (int64_t)(state_get_be(k + at + 2, 8) ^ (1ULL << 63));
+    size_t n = (size_t)state_get_be(k + at + 10, 4);
     if (kl != at + 14 + n + 8) return -1;
     *key = k + at + 14;
     *klen = n;
-    *start = (int64_t)(get_be(k + at + 14 + n, 8) ^ (1ULL << 63));
+    *start = (int64_t)(state_get_be(k + at + 14 + n, 8) ^ (1ULL << 63));
     return 0;
 }
 
 int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, const char **key, size_t *klen) {
     size_t at = uidlen + 1 + 2 + 1;
     if (kl < at + 12 || k[uidlen] != 1) return -1;
-    *ts = (int64_t)(get_be(k + at, 8) ^ (1ULL << 63));
-    size_t n = (size_t)get_be(k + at + 8, 4);
+    *ts = (int64_t)(state_get_be(k + at, 8) ^ (1ULL << 63));
+    size_t n = (size_t)state_get_be(k + at + 8, 4);
     if (kl != at + 12 + n) return -1;
     *key = k + at + 12;
     *klen = n;
@@ -239,11 +239,15 @@ size_t state_value_header(char *h, int64_t expiry_ms) {
     return 9;
 }
 
+int64_t state_value_expiry(const char *v, size_t vl) {
+    return vl >= 9 && (v[0] & STATE_TTL) ? (int64_t)state_get_be(v + 1, 8) : 0;
+}
+
 const char *state_value_payload(const char *v, size_t vl, int64_t now_ms, size_t *plen) {
     if (vl < 1) return NULL;
     if (v[0] & STATE_TTL) {
         if (vl < 9) return NULL;
-        int64_t expiry = (int64_t)get_be(v + 1, 8);
+        int64_t expiry = (int64_t)state_get_be(v + 1, 8);
         if (now_ms >= expiry) return NULL;
         *plen = vl - 9;
         return v + 9;

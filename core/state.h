@@ -59,6 +59,11 @@ int state_key_timer_parse(const char *k, size_t kl, size_t uidlen, int64_t *ts, 
 /* ---- values ---- */
 /* The payload of a stored value, or NULL when it expired at now_ms. */
 const char *state_value_payload(const char *v, size_t vl, int64_t now_ms, size_t *plen);
+/* The expiry (ms) a stored value's header holds, or 0 when it has none. */
+int64_t state_value_expiry(const char *v, size_t vl);
+/* The big-endian unsigned number in p[0..bytes) (the key layout's lengths,
+ * key groups and times). */
+uint64_t state_get_be(const char *p, int bytes);
 /* Writes the header for expiry (0: none) into h; returns its length. */
 size_t state_value_header(char *h, int64_t expiry_ms);
 

@@ -11,12 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t get_be(const char *p, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) v = (v << 8) | (unsigned char)p[i];
-    return v;
-}
-
 static json_t *mp_json(const msgpack_object *o) {
     switch (o->type) {
     case MSGPACK_OBJECT_NIL: return json_null();
@@ -157,7 +151,7 @@ static int scan_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl)
     scan_walk *w = ud;
     size_t at = w->uidlen + 1 + 2;
     if (kl < at + 4) return 0;
-    size_t klen = (size_t)get_be(k + at, 4);
+    size_t klen = (size_t)state_get_be(k + at, 4);
     if (kl < at + 4 + klen + 1) return 0;
     const char *key = k + at + 4;
     if (klen < w->plen || memcmp(key, w->prefix, w->plen) != 0) return 0;
