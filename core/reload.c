@@ -123,11 +123,23 @@ static int migration_running(const plan *running, task **tasks, int ntasks, char
     return 0;
 }
 
+/* The preparation runs on the event loop's thread, whose poll timer is what
+ * wakes a source task to read its followed files again (daemon.c's on_poll):
+ * while it builds, nothing would be read, and every task would stand still
+ * for the whole preparation, which then counted in the reload's pause (the
+ * plan and four VMs: ~20 ms of a 30 ms pause under load).  So it wakes them
+ * itself between two builds, as on_poll does. */
+static void wake_pollable(task **tasks, int ntasks) {
+    for (int i = 0; i < ntasks; i++)
+        if (task_pollable(tasks[i]) && task_status(tasks[i]) == TASK_RUNNING) sched_wake(tasks[i]);
+}
+
 plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
                           task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
                           size_t errlen) {
     plan *p = plan_create_text(cfg, lua_dir, text, err, errlen);
     if (!p) return NULL;
+    wake_pollable(tasks, ntasks);
     if (plan_copy_kafka(p, running) < 0) { snprintf(err, errlen, "out of memory"); goto err; }
     if (plan_compatible(running, p, allow_dropped_state, err, errlen) < 0) goto err;
     if (migration_running(running, tasks, ntasks, err, errlen) < 0) goto err;
@@ -135,6 +147,7 @@ plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *te
     for (int i = 0; i < ntasks; i++) {
         char terr[1024];
         tvs[i] = task_prepare(tasks[i], p, version, terr, sizeof terr);
+        wake_pollable(tasks, ntasks);
         if (!tvs[i]) {
             snprintf(err, errlen, "task %s: %s", task_name(tasks[i]), terr);
             for (int j = 0; j < i; j++) { task_vm_destroy(tvs[j]); tvs[j] = NULL; }
