@@ -170,6 +170,14 @@ void task_vm_destroy(task_vm *tv) {
     free(tv);
 }
 
+/* A version no longer used: its VM is closed on the reaper thread (vm.h). */
+static void task_vm_retire(task_vm *tv) {
+    if (!tv) return;
+    vm_destroy_later(tv->vm);
+    tv->vm = NULL;
+    task_vm_destroy(tv);
+}
+
 /* Maps plan p's sink and key_by nodes of this task's stage to the task's
  * sinks (by name) and outputs (by downstream stage). */
 static int map_nodes(task *t, task_vm *tv, char *err, size_t errlen) {
@@ -332,7 +340,7 @@ void task_pass_dropping_parked(task *t) {
 
 /* On the worker, as it passes a roll-out: closes a parked version no longer wanted. */
 static void passed(task *t, int64_t epoch) {
-    if (atomic_exchange(&t->drop_parked, 0)) task_vm_destroy(atomic_exchange(&t->parked, NULL));
+    if (atomic_exchange(&t->drop_parked, 0)) task_vm_retire(atomic_exchange(&t->parked, NULL));
     atomic_store(&t->epoch_done, epoch);
 }
 
@@ -381,9 +389,10 @@ void task_swap_version(task *t) {
     task_vm *tv = atomic_exchange(&t->next, NULL);
     if (!tv) return;
     /* closing a VM can take milliseconds: keep the old one until the first
-     * batch on the new version has gone through (or, for a canary, until
-     * it is promoted or rolled back: parked) */
-    if (!tv->park_old) task_vm_destroy(t->retired);
+     * batch on the new version has gone through, then close it on the
+     * reaper thread (or, for a canary, keep it until it is promoted or
+     * rolled back: parked) */
+    if (!tv->park_old) task_vm_retire(t->retired);
     pthread_mutex_lock(&t->swap_mu);
     close_version_counts(t);
     task_vm *old = malloc(sizeof *old);
@@ -455,7 +464,7 @@ int task_call_lua(task *t, int ref, batch *b, int arg) {
     t->io.data = NULL;
     t->io.n = 0;
     if (b) { t->records_in += b->n; t->batches++; t->last_call_end_us = clock_mono_us(); }
-    if (b && t->retired) { task_vm_destroy(t->retired); t->retired = NULL; }
+    if (b && t->retired) { task_vm_retire(t->retired); t->retired = NULL; }
     if (rc != 0) {
         task_fail(t, "%s", vm_errstr(L, -1));
         lua_settop(L, 0);
@@ -879,6 +888,7 @@ void task_destroy(task *t) {
     task_vm_destroy(atomic_load(&t->next));
     task_vm_destroy(t->retired);
     task_vm_destroy(atomic_load(&t->parked));
+    vm_reap_wait();                 /* the versions it swapped out are closed too */
     source_close(t->src);
     batch_destroy(t->inbatch);
     replay_ring_destroy(t->ring);

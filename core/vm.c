@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 struct vm {
     lua_State *L;
@@ -32,6 +35,7 @@ struct vm {
     uint64_t armed_seq;          /* their values when the hook was armed */
     int32_t armed_cur;
     void *owner;                 /* vm_set_owner */
+    struct vm *reap_next;        /* vm_destroy_later's queue */
 };
 
 static __thread vm *current_vm;  /* the VM running on this thread, for the signal handler */
@@ -121,6 +125,64 @@ void vm_destroy(vm *v) {
         lua_close(v->L);
     }
     free(v);
+}
+
+/* ---- closing VMs on a thread of their own -------------------------------- */
+
+/* Closing a VM (lua_close: every object, the arena, the JIT's machine code)
+ * takes 1-2 ms, more under load (munmap's TLB shootdowns).  On a worker it
+ * held up that worker's other tasks (a reload closes one VM per task at
+ * once); the reaper thread closes them instead, at the lowest priority. */
+static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reap_cv = PTHREAD_COND_INITIALIZER;   /* a VM queued, or the queue done */
+static vm *reap_head;
+static int reap_busy;            /* the reaper is closing one */
+static int reap_started;
+
+static void *reaper(void *arg) {
+    (void)arg;
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);   /* (this thread only; a failure only costs speed) */
+    pthread_mutex_lock(&reap_mu);
+    for (;;) {
+        while (!reap_head) pthread_cond_wait(&reap_cv, &reap_mu);
+        vm *v = reap_head;
+        reap_head = v->reap_next;
+        reap_busy = 1;
+        pthread_mutex_unlock(&reap_mu);
+        vm_destroy(v);
+        pthread_mutex_lock(&reap_mu);
+        reap_busy = 0;
+        pthread_cond_broadcast(&reap_cv);
+    }
+    return NULL;
+}
+
+void vm_destroy_later(vm *v) {
+    if (!v) return;
+    pthread_mutex_lock(&reap_mu);
+    if (!reap_started) {
+        pthread_attr_t a;
+        pthread_t th;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&th, &a, reaper, NULL) == 0) reap_started = 1;
+        pthread_attr_destroy(&a);
+    }
+    if (!reap_started) {                       /* no thread: closed here, as before */
+        pthread_mutex_unlock(&reap_mu);
+        vm_destroy(v);
+        return;
+    }
+    v->reap_next = reap_head;
+    reap_head = v;
+    pthread_cond_broadcast(&reap_cv);
+    pthread_mutex_unlock(&reap_mu);
+}
+
+void vm_reap_wait(void) {
+    pthread_mutex_lock(&reap_mu);
+    while (reap_head || reap_busy) pthread_cond_wait(&reap_cv, &reap_mu);
+    pthread_mutex_unlock(&reap_mu);
 }
 
 lua_State *vm_state(vm *v) { return v->L; }

@@ -25,6 +25,11 @@ typedef struct vm_opts {
  * or NULL with err. */
 vm *vm_create(const vm_opts *o, char *err, size_t errlen);
 void vm_destroy(vm *v);          /* NULL is a no-op */
+/* Any thread: hands v (no longer used by anyone) to a low-priority thread
+ * that closes it, so that closing it holds up no worker; NULL is a no-op.
+ * vm_reap_wait returns once every VM handed over so far is closed. */
+void vm_destroy_later(vm *v);
+void vm_reap_wait(void);
 lua_State *vm_state(vm *v);
 size_t vm_memory(const vm *v);   /* bytes the VM holds now */
 /* While 1, allocations ignore the limit (used while the runtime itself sets up). */
