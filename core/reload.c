@@ -9,7 +9,9 @@
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/inotify.h>
+#include <time.h>
 #include <unistd.h>
 
 struct reload_watch {
@@ -127,14 +129,70 @@ static int migration_running(const plan *running, task **tasks, int ntasks, char
  * wakes a source task to read its followed files again (daemon.c's on_poll):
  * while it builds, nothing would be read, and every task would stand still
  * for the whole preparation, which then counted in the reload's pause (the
- * plan and four VMs: ~20 ms of a 30 ms pause under load).  So it wakes them
- * itself between two builds, as on_poll does. */
+ * plan and four VMs: ~20 ms of a 30 ms pause under load, and a build takes
+ * several times longer when the machine is busy).  So while it builds, a
+ * thread of its own wakes them as on_poll does, every POLL_MS; and between
+ * two builds the preparation wakes them itself (all that is left when that
+ * thread cannot be started). */
+#define POLL_MS 10                 /* daemon.c's POLL_TICK_MS */
+
 static void wake_pollable(task **tasks, int ntasks) {
     for (int i = 0; i < ntasks; i++)
         if (task_pollable(tasks[i]) && task_status(tasks[i]) == TASK_RUNNING) sched_wake(tasks[i]);
 }
 
-plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+typedef struct build_poller {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;             /* done */
+    int done;
+    task **tasks;
+    int ntasks;
+    pthread_t th;
+} build_poller;
+
+static void *poll_during_build(void *arg) {
+    build_poller *bp = arg;
+    pthread_mutex_lock(&bp->mu);
+    while (!bp->done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += POLL_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        if (pthread_cond_timedwait(&bp->cv, &bp->mu, &ts) == ETIMEDOUT && !bp->done) wake_pollable(bp->tasks, bp->ntasks);
+    }
+    pthread_mutex_unlock(&bp->mu);
+    return NULL;
+}
+
+/* 0 when the thread runs (stop it with poller_stop), -1 when it could not start. */
+static int poller_start(build_poller *bp, task **tasks, int ntasks) {
+    if (ntasks == 0 || !task_sched_entry(tasks[0])->s) return -1;    /* (eddy test steps its tasks itself) */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&bp->mu, NULL);
+    pthread_cond_init(&bp->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    bp->done = 0;
+    bp->tasks = tasks;
+    bp->ntasks = ntasks;
+    if (pthread_create(&bp->th, NULL, poll_during_build, bp) == 0) return 0;
+    pthread_mutex_destroy(&bp->mu);
+    pthread_cond_destroy(&bp->cv);
+    return -1;
+}
+
+static void poller_stop(build_poller *bp) {
+    pthread_mutex_lock(&bp->mu);
+    bp->done = 1;
+    pthread_cond_signal(&bp->cv);
+    pthread_mutex_unlock(&bp->mu);
+    pthread_join(bp->th, NULL);
+    pthread_mutex_destroy(&bp->mu);
+    pthread_cond_destroy(&bp->cv);
+}
+
+static plan *prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
                           task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
                           size_t errlen) {
     plan *p = plan_create_text(cfg, lua_dir, text, err, errlen);
@@ -160,6 +218,16 @@ plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *te
 err:
     plan_destroy(p);
     return NULL;
+}
+
+plan *reload_prepare_text(const config *cfg, const char *lua_dir, const char *text, const plan *running,
+                          task **tasks, int ntasks, int version, int allow_dropped_state, task_vm **tvs, char *err,
+                          size_t errlen) {
+    build_poller bp;
+    int polling = poller_start(&bp, tasks, ntasks) == 0;
+    plan *p = prepare_text(cfg, lua_dir, text, running, tasks, ntasks, version, allow_dropped_state, tvs, err, errlen);
+    if (polling) poller_stop(&bp);
+    return p;
 }
 
 /* ---- the policy: when a reload may start, and its roll-out ---------------- */
@@ -308,11 +376,14 @@ int reload_request_to(daemon_state *d, const char *trigger, const char *to, int 
                  "modules is in %s/versions/%d)", trigger, version, kept.version, p->dir, kept.version, p->hash,
                  kept.sha256, kept.version, d->cfg->state_dir, kept.version);
     log_info("reload (%s)%s: version %d (sha256 %.12s) is rolling out", trigger, label, version, p->hash);
+    build_poller bp;                            /* (copying the version takes milliseconds too) */
+    int polling = poller_start(&bp, d->tasks, d->ntasks) == 0;
     probation_begin(d, version, prev);          /* automatic rollback: before keeping may trim the previous copy */
     int kr = to ? versions_commit(d->cfg->state_dir, version, p->hash, p->script_rel, d->loaded_at_ms,
                                   d->cfg->reload_keep_versions, err, sizeof err)
                 : versions_keep(d->cfg->state_dir, version, p, d->loaded_at_ms, d->cfg->reload_keep_versions, err,
                                 sizeof err);
+    if (polling) poller_stop(&bp);
     if (kr < 0) log_warn("version %d runs, but is not kept for reload --to: %s", version, err);
     snprintf(msg, len, "%d", version);
     return 200;

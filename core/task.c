@@ -24,8 +24,9 @@ sched_entry *task_sched_entry(task *t) { return &t->se; }
 /* On the event loop's thread: whether the poll timer should wake this task
  * (it reads the task's source, never t->cur, which the worker swaps). */
 int task_pollable(const task *t) {
-    if (t->source < 0) return t->wants_ticks;
-    return (t->src && source_live(t->src)) || t->wants_ticks ||
+    int ticks = __atomic_load_n(&t->wants_ticks, __ATOMIC_RELAXED);   /* (a build sets it, on another thread) */
+    if (t->source < 0) return ticks;
+    return (t->src && source_live(t->src)) || ticks ||
            (t->sh->nboot > 0 && !atomic_load(&t->sh->boot_open));     /* waiting for the bootstrap */
 }
 
@@ -775,7 +776,7 @@ static int try_align(task *t) {
 /* Processing-time triggers: the Lua tick, due every TICK_MS of real time
  * whether or not input is waiting.  0, or -1 when the task failed. */
 int task_maybe_tick(task *t) {
-    if (!t->wants_ticks || t->cur.tick_ref == LUA_NOREF || t->sh->memory) return 0;   /* eddy test: task_tick */
+    if (!__atomic_load_n(&t->wants_ticks, __ATOMIC_RELAXED) || t->cur.tick_ref == LUA_NOREF || t->sh->memory) return 0;   /* eddy test: task_tick */
     /* how often is a matter of CPU, not of meaning: the real clock paces
      * ticks (the processing time the triggers see is clock.h's) */
     int64_t now = clock_mono_us() / 1000;
@@ -787,7 +788,7 @@ int task_maybe_tick(task *t) {
 }
 
 int task_tick(task *t) {
-    if (!t->wants_ticks || t->cur.tick_ref == LUA_NOREF || task_status(t) != TASK_RUNNING) return 0;
+    if (!__atomic_load_n(&t->wants_ticks, __ATOMIC_RELAXED) || t->cur.tick_ref == LUA_NOREF || task_status(t) != TASK_RUNNING) return 0;
     if (task_call_lua(t, t->cur.tick_ref, NULL, -1) < 0) return -1;
     if (t->nouts > 0) task_forward_watermark(t);
     return 0;

@@ -104,7 +104,7 @@ struct task {
     atomic_int boot_reached;    /* a bootstrap source: read to its end (the others may start once it is drained)  [A] */
     int stop_eos;               /* keyed: an input ended because eddy stops (not at the end of input) */
     int64_t wm_at_end;          /* the watermark before finish made it +inf; read after the workers stopped */
-    int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called */
+    int wants_ticks;            /* keyed: processing-time triggers want the Lua tick function called  [A: relaxed; a build sets it] */
     int64_t last_tick_ms;
     int rr;                     /* round-robin start */
     out_port *outs; int nouts;

@@ -47,7 +47,9 @@ static void *window_open_locked(task *t, const char *uid, int64_t size, int64_t 
     return tw->w;
 }
 
-void eddy_task_wants_ticks(void *tp) { ((task *)tp)->wants_ticks = 1; }
+/* (called while a version is built, on the event loop's or a build's thread,
+ * while the task's worker and the reload's poller read it) */
+void eddy_task_wants_ticks(void *tp) { __atomic_store_n(&((task *)tp)->wants_ticks, 1, __ATOMIC_RELAXED); }
 
 void task_forget_windows(task *t, const plan *p, int drop) {
     pthread_mutex_lock(&t->swap_mu);
