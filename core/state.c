@@ -485,6 +485,12 @@ static int pend_sort(state_tx *tx) {
         hi = lo;
     }
     tx->nsorted = n;
+#ifdef STATE_DEBUG
+    for (uint32_t i = 1; i < n; i++) if (by_key(&a[i-1], &a[i], tx->ents) >= 0) { fprintf(stderr, "UNSORTED at %u of %u (old %u)\n", i, n, old); abort(); }
+    char *seen = calloc(n, 1);
+    for (uint32_t i = 0; i < n; i++) { if (a[i] >= n || seen[a[i]]) { fprintf(stderr, "NOT A PERMUTATION\n"); abort(); } seen[a[i]] = 1; }
+    free(seen);
+#endif
     return 0;
 }
 
@@ -698,7 +704,10 @@ int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, si
         if (c <= 0) {                          /* the batch's write wins */
             i++;
             if (p->st == P_PUT) stop = fn(ud, p->b, p->kl, p->b + p->kl, p->vl);
-            else if (p->st == P_NONE && c == 0) stop = fn(ud, dk, dkl, rocksdb_iter_value(it, &dvl), dvl);
+            else if (p->st == P_NONE && c == 0) {
+                const char *dv = rocksdb_iter_value(it, &dvl);
+                stop = fn(ud, dk, dkl, dv, dvl);
+            }
             if (c == 0) rocksdb_iter_next(it);
         } else {
             const char *dv = rocksdb_iter_value(it, &dvl);
@@ -728,7 +737,7 @@ static void write_error(char *err, size_t errlen, const char *what, const char *
 }
 
 int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
-    if (!tx->writes) return 0;
+    if (!tx->writes) { tx->nmarks = 0; return 0; }     /* the batch ends: its marks with it */
     if (tx->ranging) { snprintf(err, errlen, "state: a commit during a range read"); return -1; }
     if (pend_sort(tx) < 0) { snprintf(err, errlen, "state: out of memory committing a batch"); return -1; }
     rocksdb_writebatch_clear(tx->wb);
