@@ -121,8 +121,12 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
     daemon_state *d = arg;
     if (d->sh.kafka) kafka_poll(d->sh.kafka);      /* delivery reports */
     if (d->sh.kafka && kafka_failed(d->sh.kafka) && !atomic_load(&d->sh.aborting)) {
-        /* on_error = "fail" and Kafka refused a message: stop now (exit 1) */
-        log_error("%s: stopping", kafka_failed(d->sh.kafka));
+        /* on_error = "fail" and Kafka refused a message: stop now (exit 1);
+         * but a stop under way whose checkpoint the group refused as it
+         * rebalanced (instances leaving) ends as finish_run says: exit 0 */
+        d->stop_refused = atomic_load(&d->sh.stopping) && kafka_txn_rebalanced(d->sh.kafka);
+        if (d->stop_refused) log_warn("%s: the stop goes on without it", kafka_failed(d->sh.kafka));
+        else log_error("%s: stopping", kafka_failed(d->sh.kafka));
         atomic_store(&d->sh.aborting, 1);
         for (int i = 0; i < d->ntasks; i++) sched_wake(d->tasks[i]);
         event_base_loopbreak(d->base);
@@ -690,11 +694,12 @@ static int finish_run(daemon_state *d) {
                 break;
             }
         code = 1;
-    } else if (sink_failed && atomic_load(&d->sh.stopping) && !atomic_load(&d->sh.aborting) &&
-               kafka_txn_rebalanced(d->sh.kafka)) {
-        /* a stop whose last checkpoint the group refused (it rebalanced as
-         * instances left): what that transaction held is read again by the
-         * partitions' next owners, from the last committed offsets */
+    } else if (d->stop_refused || (sink_failed && atomic_load(&d->sh.stopping) && !atomic_load(&d->sh.aborting) &&
+                                   kafka_txn_rebalanced(d->sh.kafka))) {
+        /* a stop whose last (or a periodic) checkpoint the group refused (it
+         * rebalanced as instances left): what that transaction held is read
+         * again by the partitions' next owners, from the last committed
+         * offsets */
         log_warn("stopped: the last checkpoint was refused because the group rebalanced; its records are read "
                  "again by the partitions' next owners");
         code = 0;

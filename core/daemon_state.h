@@ -56,6 +56,7 @@ typedef struct daemon_state {
     ckpt *ckpt;                   /* checkpoints (exactly_once), or NULL */
     struct event *ckpt_ev, *ckpt_poll_ev;   /* every checkpoint.interval; while one is running */
     int workers_running;          /* the scheduler runs: tasks may be woken */
+    int stop_refused;             /* stopping, a checkpoint was refused as the group rebalanced */
     int workers_ran;              /* it did run (a failure after that is a task's, not the config's) */
     char waiting[2600];           /* why the tasks have not started yet (health), or "" */
     struct watchdog_mark *wd_marks; int nwd_marks;

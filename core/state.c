@@ -25,25 +25,6 @@ struct state_db {
     char *dir;
 };
 
-typedef struct slot {
-    char *k; size_t kl;
-    char *v; size_t vl;           /* v NULL with `absent` 1: known to be absent */
-    int used, absent;
-} slot;
-
-struct state_tx {
-    state_db *db;
-    rocksdb_writebatch_wi_t *wb;
-    int dirty;
-    int marks;                    /* save points set in the batch (state_tx_mark) */
-    uint64_t undos;               /* state_tx_undo calls so far (timer.c's index follows them) */
-    state_key key;                /* reused to build keys (eddy_dedup) */
-    char *last; size_t lastlen;   /* the value state_tx_get returned last (owned) */
-    slot *cache;                  /* [CACHE_SLOTS]: committed values */
-    state_log_fn log; void *log_ud;   /* shuffle = "kafka": each committed write, for the changelog */
-    int log_failed;
-};
-
 /* ---- the TTL compaction filter ------------------------------------------ */
 
 static unsigned char ttl_filter(void *st, int level, const char *key, size_t kl, const char *v, size_t vl,
@@ -258,10 +239,82 @@ const char *state_value_payload(const char *v, size_t vl, int64_t now_ms, size_t
 
 /* ---- transactions -------------------------------------------------------- */
 
-static uint64_t hash(const char *p, size_t n) {          /* FNV-1a: a cache slot, not security */
+/* A task's writes of the batch in progress stay in memory until the commit:
+ * one entry per key written (its last write), found through a hash table,
+ * and listed in key order by an index sorted lazily (the keys new since the
+ * last sort are sorted and merged in when a range read or the commit needs
+ * them).  The commit writes them in key order, which is also the cheapest
+ * order for the memtable's skip list.  (A RocksDB WriteBatchWithIndex did
+ * this before: its skip list compared keys on every write, and with the
+ * memtable inserts of its commits that was over half the instructions of a
+ * windowed job.)  Values read are kept in a small cache of the committed
+ * data, which the commit also fills. */
+
+typedef struct slot {            /* a committed value (or its absence), by hash of the key */
+    char *b;                     /* the key, then the value */
+    uint32_t kl, vl;
+    unsigned char used, absent;
+} slot;
+
+enum { P_PUT, P_DEL, P_NONE };   /* a pending entry: written, deleted, or undone (not written) */
+
+typedef struct pend {
+    uint64_t h;
+    char *b;                     /* the key, then the value (owned) */
+    uint32_t kl, vl;
+    uint32_t pos;                /* its place in the hash table */
+    unsigned char st;
+} pend;
+
+typedef struct undo_rec {        /* what a write replaced, for state_tx_undo */
+    uint32_t e;                  /* the entry */
+    char *b;                     /* its blob before (owned here), NULL: the entry was new */
+    uint32_t kl, vl;
+    unsigned char st;
+} undo_rec;
+
+struct state_tx {
+    state_db *db;
+    pend *ents; uint32_t n, cap;            /* the batch's keys, in order of first write */
+    uint32_t *tab; uint32_t tcap;           /* entry index + 1 (0: empty); tcap a power of 2 */
+    uint32_t *sorted, *tmp; uint32_t nsorted, scap, tmpcap;   /* ents [0, nsorted) in key order */
+    undo_rec *undo; uint32_t nundo, ucap;
+    uint32_t *marks; uint32_t nmarks, mcap; /* nundo at each state_tx_mark */
+    int writes;                   /* writes since the last commit */
+    int ranging;                  /* range reads in progress: replaced values are kept */
+    rocksdb_writebatch_t *wb;     /* the commit's, reused */
+    uint64_t undos;               /* state_tx_undo calls so far (timer.c's index follows them) */
+    state_key key;                /* reused to build keys (eddy_dedup) */
+    char *last; size_t lastlen;   /* the value state_tx_get returned last, when not cached (owned) */
+    slot *cache;                  /* [CACHE_SLOTS] */
+    state_log_fn log; void *log_ud;   /* shuffle = "kafka": each committed write, for the changelog */
+    int log_failed;
+};
+
+/* RocksDB counts key comparisons in a thread-local perf context by
+ * default: turned off once per thread, as eddy never reads it. */
+static __thread int perf_off;
+static void no_perf(void) {
+    if (!perf_off) { rocksdb_set_perf_level(rocksdb_disable); perf_off = 1; }
+}
+
+static uint64_t hash(const char *p, size_t n) {          /* FNV-1a: a table slot, not security */
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
     return h;
+}
+
+static int keycmp(const char *a, size_t al, const char *b, size_t bl) {
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al < bl ? -1 : al > bl);
+}
+
+static char *blob(const char *k, size_t kl, const char *v, size_t vl) {
+    char *b = malloc(kl + vl ? kl + vl : 1);
+    if (!b) return NULL;
+    memcpy(b, k, kl);
+    if (vl) memcpy(b + kl, v, vl);
+    return b;
 }
 
 state_db *state_tx_db(const state_tx *tx) { return tx->db; }
@@ -270,42 +323,181 @@ state_tx *state_tx_create(state_db *db) {
     state_tx *tx = calloc(1, sizeof *tx);
     if (!tx) return NULL;
     tx->db = db;
-    tx->wb = rocksdb_writebatch_wi_create(0, 1);
+    tx->tcap = 1024;
+    tx->tab = calloc(tx->tcap, sizeof *tx->tab);
+    tx->wb = rocksdb_writebatch_create();
     tx->cache = calloc(CACHE_SLOTS, sizeof *tx->cache);
-    if (!tx->wb || !tx->cache) { state_tx_destroy(tx); return NULL; }
+    if (!tx->tab || !tx->wb || !tx->cache) { state_tx_destroy(tx); return NULL; }
     return tx;
 }
 
 static void slot_clear(slot *s) {
-    free(s->k); free(s->v);
+    free(s->b);
     memset(s, 0, sizeof *s);
+}
+
+static void forget_cache(state_tx *tx) {
+    for (int i = 0; i < CACHE_SLOTS; i++) if (tx->cache[i].used) slot_clear(&tx->cache[i]);
+}
+
+/* Forgets the pending writes: after a commit (cached: 1, their values go
+ * to the cache) or on destroy (0). */
+static void pend_reset(state_tx *tx, int cached) {
+    for (uint32_t i = 0; i < tx->n; i++) {
+        pend *e = &tx->ents[i];
+        tx->tab[e->pos] = 0;
+        slot *s = &tx->cache[e->h % CACHE_SLOTS];
+        if (cached && e->st != P_NONE && e->vl <= CACHE_VALUE_MAX) {
+            slot_clear(s);
+            *s = (slot){ .b = e->b, .kl = e->kl, .vl = e->vl, .used = 1, .absent = e->st == P_DEL };
+        } else {
+            if (cached && e->st != P_NONE && s->used && s->kl == e->kl && memcmp(s->b, e->b, e->kl) == 0)
+                slot_clear(s);                  /* a value too large to keep: the cached one is stale */
+            free(e->b);
+        }
+    }
+    for (uint32_t i = 0; i < tx->nundo; i++) free(tx->undo[i].b);
+    tx->n = tx->nsorted = tx->nundo = tx->nmarks = 0;
+    tx->writes = 0;
 }
 
 void state_tx_destroy(state_tx *tx) {
     if (!tx) return;
-    if (tx->wb) rocksdb_writebatch_wi_destroy(tx->wb);
-    if (tx->cache) for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+    if (tx->tab) pend_reset(tx, 0);
+    if (tx->wb) rocksdb_writebatch_destroy(tx->wb);
+    if (tx->cache) forget_cache(tx);
     free(tx->cache);
+    free(tx->ents);
+    free(tx->tab);
+    free(tx->sorted);
+    free(tx->tmp);
+    free(tx->undo);
+    free(tx->marks);
     free(tx->last);
     state_key_free(&tx->key);
     free(tx);
 }
 
-static slot *slot_of(state_tx *tx, const char *k, size_t kl) { return &tx->cache[hash(k, kl) % CACHE_SLOTS]; }
+/* The table slot of key k: its entry's, or the empty one where it goes. */
+static uint32_t *tab_find(state_tx *tx, uint64_t h, const char *k, size_t kl) {
+    uint32_t mask = tx->tcap - 1;
+    for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+        uint32_t v = tx->tab[i];
+        if (!v) return &tx->tab[i];
+        const pend *e = &tx->ents[v - 1];
+        if (e->h == h && e->kl == kl && memcmp(e->b, k, kl) == 0) return &tx->tab[i];
+    }
+}
 
-/* Remembers a committed value (or its absence) in the cache. */
-static void remember(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {
-    if (v && vl > CACHE_VALUE_MAX) return;
-    slot *s = slot_of(tx, k, kl);
-    slot_clear(s);
-    s->k = malloc(kl ? kl : 1);
-    s->v = v ? malloc(vl ? vl : 1) : NULL;
-    if (!s->k || (v && !s->v)) { slot_clear(s); return; }
-    memcpy(s->k, k, kl);
-    s->kl = kl;
-    if (v) { memcpy(s->v, v, vl); s->vl = vl; }
-    s->absent = v == NULL;
-    s->used = 1;
+static int tab_grow(state_tx *tx) {
+    uint32_t nc = tx->tcap * 2;
+    uint32_t *nt = calloc(nc, sizeof *nt);
+    if (!nt) return -1;
+    for (uint32_t j = 0; j < tx->n; j++) {
+        uint32_t i = (uint32_t)tx->ents[j].h & (nc - 1);
+        while (nt[i]) i = (i + 1) & (nc - 1);
+        nt[i] = j + 1;
+        tx->ents[j].pos = i;
+    }
+    free(tx->tab);
+    tx->tab = nt;
+    tx->tcap = nc;
+    return 0;
+}
+
+static int grow_array(void **p, uint32_t *cap, uint32_t need, size_t size) {
+    if (need <= *cap) return 0;
+    uint32_t nc = *cap ? *cap : 64;
+    while (nc < need) nc *= 2;
+    void *np = realloc(*p, nc * size);
+    if (!np) return -1;
+    *p = np;
+    *cap = nc;
+    return 0;
+}
+
+static const pend *pend_find(state_tx *tx, uint64_t h, const char *k, size_t kl) {
+    if (!tx->n) return NULL;
+    uint32_t v = *tab_find(tx, h, k, kl);
+    return v && tx->ents[v - 1].st != P_NONE ? &tx->ents[v - 1] : NULL;
+}
+
+/* A write of the batch: v NULL deletes.  k and v may point into a value
+ * this tx returned (they are copied before anything is freed). */
+static int pend_write(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {
+    if (kl > UINT32_MAX / 2 || vl > UINT32_MAX / 2) return -1;
+    uint64_t h = hash(k, kl);
+    if ((tx->n + 1) * 2 > tx->tcap && tab_grow(tx) < 0) return -1;
+    if (grow_array((void **)&tx->undo, &tx->ucap, tx->nundo + 1, sizeof *tx->undo) < 0) return -1;
+    uint32_t *at = tab_find(tx, h, k, kl);
+    char *b = blob(k, kl, v, v ? vl : 0);
+    if (!b) return -1;
+    pend *e;
+    if (*at) {
+        e = &tx->ents[*at - 1];
+        if (tx->nmarks || tx->ranging)         /* an undo may want it back; a range read may hold it */
+            tx->undo[tx->nundo++] = (undo_rec){ .e = *at - 1, .b = e->b, .kl = e->kl, .vl = e->vl, .st = e->st };
+        else
+            free(e->b);
+    } else {
+        if (grow_array((void **)&tx->ents, &tx->cap, tx->n + 1, sizeof *tx->ents) < 0) { free(b); return -1; }
+        if (tx->nmarks) tx->undo[tx->nundo++] = (undo_rec){ .e = tx->n, .b = NULL };
+        e = &tx->ents[tx->n];
+        *e = (pend){ .h = h, .pos = (uint32_t)(at - tx->tab) };
+        *at = ++tx->n;
+    }
+    e->b = b;
+    e->kl = (uint32_t)kl;
+    e->vl = v ? (uint32_t)vl : 0;
+    e->st = v ? P_PUT : P_DEL;
+    tx->writes++;
+    return 0;
+}
+
+static int by_key(const void *a, const void *b, void *ud) {
+    const pend *ents = ud;
+    const pend *x = &ents[*(const uint32_t *)a], *y = &ents[*(const uint32_t *)b];
+    return keycmp(x->b, x->kl, y->b, y->kl);
+}
+
+/* Brings the sorted index up to date: the new keys sorted, then merged in. */
+static int pend_sort(state_tx *tx) {
+    uint32_t old = tx->nsorted, n = tx->n;
+    if (old == n) return 0;
+    if (grow_array((void **)&tx->sorted, &tx->scap, n, sizeof *tx->sorted) < 0 ||
+        grow_array((void **)&tx->tmp, &tx->tmpcap, n, sizeof *tx->tmp) < 0) return -1;
+    uint32_t *a = tx->sorted, *t = tx->tmp, m = n - old;
+    for (uint32_t i = 0; i < m; i++) t[i] = old + i;
+    qsort_r(t, m, sizeof *t, by_key, tx->ents);
+    /* merged in place from the end: each new key's place found by binary
+     * search (few new keys into many is the common case: a range read or
+     * a fired chunk between writes), each old one moved at most once */
+    uint32_t hi = old;
+    for (uint32_t k = m; k-- > 0;) {
+        uint32_t lo = 0, up = hi;
+        while (lo < up) {
+            uint32_t mid = lo + (up - lo) / 2;
+            if (by_key(&a[mid], &t[k], tx->ents) < 0) lo = mid + 1;
+            else up = mid;
+        }
+        memmove(&a[lo + k + 1], &a[lo], (hi - lo) * sizeof *a);
+        a[lo + k] = t[k];
+        hi = lo;
+    }
+    tx->nsorted = n;
+    return 0;
+}
+
+/* The first place in the sorted index whose key is >= k. */
+static uint32_t lower_bound(const state_tx *tx, const char *k, size_t kl) {
+    uint32_t lo = 0, hi = tx->nsorted;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const pend *e = &tx->ents[tx->sorted[mid]];
+        if (keycmp(e->b, e->kl, k, kl) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
 }
 
 static const char *keep_last(state_tx *tx, char *v, size_t vl, size_t *out) {
@@ -317,27 +509,44 @@ static const char *keep_last(state_tx *tx, char *v, size_t vl, size_t *out) {
 }
 
 const char *state_tx_get(state_tx *tx, const char *k, size_t kl, size_t *vl) {
-    slot *s = slot_of(tx, k, kl);
-    if (s->used && s->kl == kl && memcmp(s->k, k, kl) == 0) {   /* a hot key: no read at all */
+    uint64_t h = hash(k, kl);
+    const pend *p = pend_find(tx, h, k, kl);
+    if (p) {                                   /* a write of this batch wins over the database */
+        if (p->st == P_DEL) return NULL;
+        *vl = p->vl;
+        return p->b + p->kl;
+    }
+    slot *s = &tx->cache[h % CACHE_SLOTS];
+    if (s->used && s->kl == kl && memcmp(s->b, k, kl) == 0) {   /* a hot key: no read at all */
         if (s->absent) return NULL;
         *vl = s->vl;
-        return s->v;
+        return s->b + s->kl;
     }
+    no_perf();
     char *e = NULL;
-    size_t n = 0;
-    /* a write of this batch wins over the database (the batch is checked first) */
-    char *v = tx->dirty ? rocksdb_writebatch_wi_get_from_batch_and_db(tx->wb, tx->db->db, tx->db->ropts, k, kl, &n, &e)
-                        : rocksdb_get(tx->db->db, tx->db->ropts, k, kl, &n, &e);
+    rocksdb_pinnableslice_t *ps = rocksdb_get_pinned(tx->db->db, tx->db->ropts, k, kl, &e);
     if (e) { log_error("state: %s", e); rocksdb_free(e); return NULL; }
-    remember(tx, k, kl, v, n);
-    if (!v) return NULL;
-    char *c = malloc(n ? n : 1);
-    if (c) memcpy(c, v, n);
-    rocksdb_free(v);
-    return c ? keep_last(tx, c, n, vl) : NULL;
+    size_t n = 0;
+    const char *v = ps ? rocksdb_pinnableslice_value(ps, &n) : NULL;
+    const char *out = NULL;
+    if (!v || n <= CACHE_VALUE_MAX) {          /* the value, or its absence, into the cache */
+        char *b = blob(k, kl, v, v ? n : 0);
+        if (b) {
+            slot_clear(s);
+            *s = (slot){ .b = b, .kl = (uint32_t)kl, .vl = (uint32_t)n, .used = 1, .absent = v == NULL };
+            if (v) { *vl = n; out = b + kl; }
+        }
+    }
+    if (v && !out) {
+        char *c = malloc(n ? n : 1);
+        if (c) { memcpy(c, v, n); out = keep_last(tx, c, n, vl); }
+    }
+    rocksdb_pinnableslice_destroy(ps);
+    return out;
 }
 
 const char *state_tx_get_fresh(state_tx *tx, const char *k, size_t kl, size_t *vl) {
+    no_perf();
     char *e = NULL;
     size_t n = 0;
     char *v = rocksdb_get(tx->db->db, tx->db->ropts, k, kl, &n, &e);
@@ -349,45 +558,40 @@ const char *state_tx_get_fresh(state_tx *tx, const char *k, size_t kl, size_t *v
     return c ? keep_last(tx, c, n, vl) : NULL;
 }
 
-/* The cache follows every write, so it is right for the batch in progress
- * and, once committed, for the database. */
 int state_tx_put(state_tx *tx, const char *k, size_t kl, const char *v, size_t vl) {
-    rocksdb_writebatch_wi_put(tx->wb, k, kl, v, vl);
-    slot *s = slot_of(tx, k, kl);
-    if (vl <= CACHE_VALUE_MAX) remember(tx, k, kl, v, vl);
-    else if (s->used && s->kl == kl && memcmp(s->k, k, kl) == 0) slot_clear(s);
-    tx->dirty = 1;
-    return 0;
+    return pend_write(tx, k, kl, v ? v : "", vl);
 }
 
-int state_tx_delete(state_tx *tx, const char *k, size_t kl) {
-    rocksdb_writebatch_wi_delete(tx->wb, k, kl);
-    remember(tx, k, kl, NULL, 0);
-    tx->dirty = 1;
-    return 0;
-}
+int state_tx_delete(state_tx *tx, const char *k, size_t kl) { return pend_write(tx, k, kl, NULL, 0); }
 
-int state_tx_dirty(const state_tx *tx) { return tx->dirty; }
-int state_tx_count(const state_tx *tx) { return rocksdb_writebatch_wi_count(tx->wb); }
+int state_tx_dirty(const state_tx *tx) { return tx->writes > 0; }
+int state_tx_count(const state_tx *tx) { return tx->writes; }
 
 void state_tx_mark(state_tx *tx) {
-    if (!tx->dirty && tx->marks > 0) {          /* no writes yet: the earlier save points are of no use */
-        rocksdb_writebatch_wi_clear(tx->wb);
-        tx->marks = 0;
+    if (grow_array((void **)&tx->marks, &tx->mcap, tx->nmarks + 1, sizeof *tx->marks) < 0) {
+        log_error("state: out of memory marking a record's writes");
+        return;
     }
-    rocksdb_writebatch_wi_set_save_point(tx->wb);
-    tx->marks++;
+    tx->marks[tx->nmarks++] = tx->nundo;
 }
 
 void state_tx_undo(state_tx *tx) {
     tx->undos++;
-    if (tx->marks == 0) return;
-    char *e = NULL;
-    rocksdb_writebatch_wi_rollback_to_save_point(tx->wb, &e);
-    tx->marks--;
-    if (e) { log_error("state: rolling back a failed record's writes: %s", e); rocksdb_free(e); }
-    /* the cache followed those writes: forget it (failures are rare) */
-    for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+    if (tx->nmarks == 0) return;
+    uint32_t to = tx->marks[--tx->nmarks];
+    while (tx->nundo > to) {                   /* newest first: each entry as it was before */
+        undo_rec *u = &tx->undo[--tx->nundo];
+        pend *e = &tx->ents[u->e];
+        if (u->b) {
+            free(e->b);
+            e->b = u->b;
+            e->kl = u->kl;
+            e->vl = u->vl;
+            e->st = u->st;
+        } else {
+            e->st = P_NONE;                    /* keeps its key: the table still finds it */
+        }
+    }
 }
 
 uint64_t state_tx_undos(const state_tx *tx) { return tx->undos; }
@@ -396,7 +600,7 @@ void state_tx_set_log(state_tx *tx, state_log_fn fn, void *ud) { tx->log = fn; t
 
 void state_tx_forget(state_tx *tx) {
     tx->undos++;                  /* timer.c's index scans afresh */
-    for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&tx->cache[i]);
+    forget_cache(tx);
 }
 
 int state_delete_range(state_db *db, const char *from, size_t fl, const char *to, size_t tl, char *err, size_t errlen) {
@@ -459,17 +663,60 @@ static int each(rocksdb_iterator_t *it, const char *from, size_t fl, const char 
 }
 
 int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud) {
+    /* the batch's writes in [from, to): their places in the sorted index,
+     * copied (fn may write, which may sort the index again) */
+    uint32_t *mine = NULL, np = 0;
+    if (tx->n) {
+        if (pend_sort(tx) < 0) return -1;
+        uint32_t lo = lower_bound(tx, from, fl), hi = lower_bound(tx, to, tl);
+        if (hi > lo) {
+            mine = malloc((hi - lo) * sizeof *mine);
+            if (!mine) return -1;
+            memcpy(mine, tx->sorted + lo, (hi - lo) * sizeof *mine);
+            np = hi - lo;
+        }
+    }
     /* the stored part stops at `to`: without a bound, a seek into a range
      * with no live key walks every deleted key after it (the tombstones of
      * fired timers in the key groups that follow) until it finds one */
+    no_perf();
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    if (!ro) return -1;
+    if (!ro) { free(mine); return -1; }
     rocksdb_readoptions_set_iterate_upper_bound(ro, to, tl);
-    rocksdb_iterator_t *base = rocksdb_create_iterator(tx->db->db, ro);
-    rocksdb_iterator_t *it = rocksdb_writebatch_wi_create_iterator_with_base(tx->wb, base);   /* owns base */
-    int rc = each(it, from, fl, to, tl, fn, ud);
+    rocksdb_iterator_t *it = rocksdb_create_iterator(tx->db->db, ro);
+    rocksdb_iter_seek(it, from, fl);
+    tx->ranging++;                             /* what fn replaces stays until the commit */
+    uint32_t i = 0;
+    int stop = 0;
+    while (!stop) {
+        size_t dkl = 0, dvl = 0;
+        const char *dk = rocksdb_iter_valid(it) ? rocksdb_iter_key(it, &dkl) : NULL;
+        if (dk && keycmp(dk, dkl, to, tl) >= 0) dk = NULL;
+        if (!dk && i == np) break;
+        const pend *p = i < np ? &tx->ents[mine[i]] : NULL;
+        int c = !p ? 1 : !dk ? -1 : keycmp(p->b, p->kl, dk, dkl);
+        if (c <= 0) {                          /* the batch's write wins */
+            i++;
+            if (p->st == P_PUT) stop = fn(ud, p->b, p->kl, p->b + p->kl, p->vl);
+            else if (p->st == P_NONE && c == 0) {
+                const char *dv = rocksdb_iter_value(it, &dvl);
+                stop = fn(ud, dk, dkl, dv, dvl);
+            }
+            if (c == 0) rocksdb_iter_next(it);
+        } else {
+            const char *dv = rocksdb_iter_value(it, &dvl);
+            stop = fn(ud, dk, dkl, dv, dvl);
+            rocksdb_iter_next(it);
+        }
+    }
+    tx->ranging--;
+    int rc = 0;
+    char *e = NULL;
+    rocksdb_iter_get_error(it, &e);
+    if (e) { log_error("state: %s", e); rocksdb_free(e); rc = -1; }
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
+    free(mine);
     return rc;
 }
 
@@ -483,38 +730,34 @@ static void write_error(char *err, size_t errlen, const char *what, const char *
         snprintf(err, errlen, "state: %s %s failed: %s", what, dir, e);
 }
 
-static void log_put(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
-    state_tx *tx = ud;
-    if (!tx->log_failed && tx->log(tx->log_ud, k, kl, v, vl) < 0) tx->log_failed = 1;
-}
-
-static void log_delete(void *ud, const char *k, size_t kl) {
-    state_tx *tx = ud;
-    if (!tx->log_failed && tx->log(tx->log_ud, k, kl, NULL, 0) < 0) tx->log_failed = 1;
-}
-
 int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
-    if (!tx->dirty) return 0;
-    if (tx->log) {
-        /* every write of the batch, in order, then the end (k NULL) */
-        tx->log_failed = 0;
-        rocksdb_writebatch_wi_iterate(tx->wb, tx, log_put, log_delete);
-        if (tx->log(tx->log_ud, NULL, 0, NULL, 0) < 0) tx->log_failed = 1;      /* the batch's end */
-        if (tx->log_failed) {
-            snprintf(err, errlen, "state: the changelog refused a write (see the log)");
-            return -1;
-        }
+    if (!tx->writes) { tx->nmarks = 0; return 0; }     /* the batch ends: its marks with it */
+    if (tx->ranging) { snprintf(err, errlen, "state: a commit during a range read"); return -1; }
+    if (pend_sort(tx) < 0) { snprintf(err, errlen, "state: out of memory committing a batch"); return -1; }
+    rocksdb_writebatch_clear(tx->wb);
+    tx->log_failed = 0;
+    for (uint32_t i = 0; i < tx->n; i++) {    /* in key order; the changelog sees the same */
+        const pend *p = &tx->ents[tx->sorted[i]];
+        if (p->st == P_NONE) continue;
+        const char *v = p->st == P_PUT ? p->b + p->kl : NULL;
+        if (v) rocksdb_writebatch_put(tx->wb, p->b, p->kl, v, p->vl);
+        else rocksdb_writebatch_delete(tx->wb, p->b, p->kl);
+        if (tx->log && !tx->log_failed && tx->log(tx->log_ud, p->b, p->kl, v, p->vl) < 0) tx->log_failed = 1;
     }
+    if (tx->log && tx->log(tx->log_ud, NULL, 0, NULL, 0) < 0) tx->log_failed = 1;     /* the batch's end */
+    if (tx->log_failed) {
+        snprintf(err, errlen, "state: the changelog refused a write (see the log)");
+        return -1;
+    }
+    no_perf();
     char *e = NULL;
-    rocksdb_write_writebatch_wi(tx->db->db, tx->db->wopts, tx->wb, &e);
+    rocksdb_write(tx->db->db, tx->db->wopts, tx->wb, &e);
     if (e) {
         write_error(err, errlen, "writing to", tx->db->dir, e);
         rocksdb_free(e);
         return -1;
     }
-    rocksdb_writebatch_wi_clear(tx->wb);
-    tx->dirty = 0;
-    tx->marks = 0;
+    pend_reset(tx, 1);
     return 0;
 }
 

@@ -10,10 +10,11 @@
  * so a key group moves between tasks (and, later, instances) as a range.
  * Values start with a header: a flags byte and, with STATE_TTL, the expiry
  * (ms since the epoch, 8 bytes); a compaction filter drops expired values,
- * and readers never return them.  Each task writes through a state_tx: a
- * RocksDB WriteBatchWithIndex for the batch being processed (committed
- * atomically at its end, so readers never see half a batch) in front of a
- * small per-task cache of values read.  Exports the runtime's per-record
+ * and readers never return them.  Each task writes through a state_tx: the
+ * batch's writes in memory (a hash table, and an index sorted when a range
+ * read or the commit needs it), committed atomically at the batch's end in
+ * key order (so readers never see half a batch), in front of a small
+ * per-task cache of committed values.  Exports the runtime's per-record
  * eddy_state_mark, eddy_state_undo and eddy_dedup (ffi_api.h); the timer
  * index is timer.c's.  Calls RocksDB, clock and log. */
 #ifndef EDDY_STATE_H

@@ -93,6 +93,109 @@ TEST(ranges_merge_pending_writes_with_the_database_in_key_order) {
     state_close(db);
 }
 
+/* A model of a state_tx over NKEYS keys: the committed values and the
+ * batch's view, with a copy of the view at each mark. */
+#define NKEYS 64
+#define NMARKS 64
+typedef struct model { int db[NKEYS], view[NKEYS], marks[NMARKS][NKEYS], nmarks; } model;   /* 0: absent, else the value */
+
+static void mkey(state_key *k, int i) {
+    char name[8];
+    snprintf(name, sizeof name, "k%03d", i);
+    state_key_state(k, "op", (uint32_t)(i % 3), "u", 1, 'v', name, 4, NULL, 0);
+}
+
+typedef struct seen { int n, vals[NKEYS]; char last[64]; size_t lastlen; int ordered, wrote; state_tx *tx; } seen;
+static int seen_cb(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    seen *s = ud;
+    if (s->n && (kl < s->lastlen ? memcmp(k, s->last, kl) <= 0 : memcmp(k, s->last, s->lastlen) < 0)) s->ordered = 0;
+    if (kl <= sizeof s->last) { memcpy(s->last, k, kl); s->lastlen = kl; }
+    int val = 0;
+    if (vl == sizeof val) memcpy(&val, v, sizeof val);
+    if (s->n < NKEYS) s->vals[s->n] = val;
+    s->n++;
+    if (s->wrote) {                        /* a callback that writes (as window_drop's does) */
+        char copy[64];
+        memcpy(copy, k, kl);
+        state_tx_delete(s->tx, copy, kl);
+        state_tx_put(s->tx, k, kl, v, vl);     /* k, v point into what the delete replaced */
+    }
+    return 0;
+}
+
+TEST(random_writes_marks_undos_ranges_and_commits_agree_with_a_model) {
+    state_db *db = open_fresh();
+    if (!db) { CHECK(db); return; }
+    state_tx *tx = state_tx_create(db);
+    model m;
+    memset(&m, 0, sizeof m);
+    state_key k = {0}, from = {0}, to = {0};
+    const char *env = getenv("STATE_SEED");            /* another sequence: STATE_SEED=N */
+    unsigned seed = env ? (unsigned)atoi(env) : 12345;
+    int bad = 0;
+    char err[256];
+    for (int step = 0; step < 40000 && !bad; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int op = (int)((seed >> 16) % 100), i = (int)((seed >> 8) % NKEYS);
+        mkey(&k, i);
+        if (op < 35) {                                     /* put */
+            int val = step + 1;
+            state_tx_put(tx, k.p, k.len, (const char *)&val, sizeof val);
+            m.view[i] = val;
+        } else if (op < 50) {                              /* delete */
+            state_tx_delete(tx, k.p, k.len);
+            m.view[i] = 0;
+        } else if (op < 75) {                              /* get */
+            size_t n;
+            const char *v = state_tx_get(tx, k.p, k.len, &n);
+            int val = 0;
+            if (v && n == sizeof val) memcpy(&val, v, sizeof val);
+            if (val != m.view[i]) { printf("  step %d: get k%03d = %d, model %d\n", step, i, val, m.view[i]); bad = 1; }
+        } else if (op < 83) {                              /* a record starts */
+            if (m.nmarks < NMARKS) { state_tx_mark(tx); memcpy(m.marks[m.nmarks++], m.view, sizeof m.view); }
+        } else if (op < 88) {                              /* its processing failed */
+            state_tx_undo(tx);
+            if (m.nmarks) memcpy(m.view, m.marks[--m.nmarks], sizeof m.view);
+        } else if (op < 96) {                              /* a range over key group i % 3 */
+            state_key_state(&from, "op", (uint32_t)(i % 3), "", 0, 0, "", 0, NULL, 0);
+            state_key_state(&to, "op", (uint32_t)(i % 3) + 1, "", 0, 0, "", 0, NULL, 0);
+            from.len = to.len = 2 + 1 + 2;             /* uid 0x00 kg */
+            seen s = { .ordered = 1, .wrote = op >= 94, .tx = tx };
+            state_tx_range(tx, from.p, from.len, to.p, to.len, seen_cb, &s);
+            int want = 0, j = 0, same = s.ordered;
+            for (int x = i % 3; x < NKEYS; x += 3) if (m.view[x]) want++;
+            for (int x = 0; x < NKEYS; x++) if ((x % 3) == (i % 3) && m.view[x] && j < s.n) same &= s.vals[j++] == m.view[x];
+            if (s.n != want || !same) {
+                printf("  step %d: range saw %d (ordered %d), model %d:", step, s.n, s.ordered, want);
+                for (int x = 0; x < s.n && x < NKEYS; x++) printf(" %d", s.vals[x]);
+                printf(" / model");
+                for (int x = i % 3; x < NKEYS; x += 3) if (m.view[x]) printf(" %d", m.view[x]);
+                printf("\n");
+                bad = 1;
+            }
+        } else {                                           /* the batch ends */
+            if (state_tx_commit(tx, err, sizeof err) != 0) { printf("  %s\n", err); bad = 1; }
+            memcpy(m.db, m.view, sizeof m.view);
+            m.nmarks = 0;
+        }
+    }
+    CHECK(!bad);
+    state_tx_destroy(tx);                                  /* what was not committed is dropped */
+    tx = state_tx_create(db);
+    for (int i = 0; i < NKEYS; i++) {
+        mkey(&k, i);
+        size_t n;
+        const char *v = state_tx_get(tx, k.p, k.len, &n);
+        int val = 0;
+        if (v && n == sizeof val) memcpy(&val, v, sizeof val);
+        if (val != m.db[i]) { printf("  after reopening: k%03d = %d, committed %d\n", i, val, m.db[i]); bad = 1; }
+    }
+    CHECK(!bad);
+    state_tx_destroy(tx);
+    state_key_free(&k); state_key_free(&from); state_key_free(&to);
+    state_close(db);
+}
+
 TEST(timer_keys_sort_by_time_including_negative_times) {
     state_key a = {0}, b = {0}, c = {0};
     state_key_timer(&a, "op", 3, 'e', -5, "k", 1);
@@ -147,6 +250,7 @@ int main(void) {
     snprintf(dir, sizeof dir, "/tmp/eddy-test-state.%d", (int)getpid());
     RUN(a_batch_is_read_through_before_it_commits_and_readers_see_it_only_after);
     RUN(ranges_merge_pending_writes_with_the_database_in_key_order);
+    RUN(random_writes_marks_undos_ranges_and_commits_agree_with_a_model);
     RUN(timer_keys_sort_by_time_including_negative_times);
     RUN(expired_values_read_as_absent_and_compaction_removes_them);
     char cmd[128];
