@@ -7,7 +7,7 @@ that each input line came out exactly once.
 
 usage: reload-pause.py EDDY_BIN WORKDIR [RELOADS]
 """
-import json, os, shutil, signal, subprocess, sys, threading, time, urllib.request
+import json, os, shutil, signal, subprocess, sys, time, urllib.request
 
 eddy, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 reloads = int(sys.argv[3]) if len(sys.argv) > 3 else 50
@@ -42,24 +42,26 @@ def http(method, path):
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
 
-written = [0]
-stop = threading.Event()
-def writer():
-    # load: ~20k lines/s across both files, appended in small batches
-    hs = [open(f, "a") for f in files]
-    i = 0
-    while not stop.is_set():
-        for _ in range(100):
-            i += 1
-            hs[i % 2].write("line%d\n" % i)
-        for h in hs:
-            h.flush()
-        written[0] = i
-        time.sleep(0.005)
+# load: ~20k lines/s across both files, appended in small batches by a
+# process of its own (a thread here would share the GIL with the HTTP polling
+# below, and its stalls would count as eddy's pause: no line, no record)
+WRITER = r"""
+import os, sys, time
+stop, files = sys.argv[1], sys.argv[2:]
+hs = [open(f, "a") for f in files]
+i = 0
+while not os.path.exists(stop):
+    for _ in range(100):
+        i += 1
+        hs[i % 2].write("line%d\n" % i)
     for h in hs:
-        h.close()
-t = threading.Thread(target=writer)
-t.start()
+        h.flush()
+    time.sleep(0.005)
+for h in hs:
+    h.close()
+"""
+stop_file = os.path.join(work, "writer.stop")
+writer = subprocess.Popen([sys.executable, "-c", WRITER, stop_file] + files)
 time.sleep(0.5)
 
 pauses = []
@@ -82,9 +84,9 @@ for r in range(reloads):
     code, st = http("GET", "/status")
     pauses += [tk["last_reload_pause_ms"] for tk in st["tasks"]]
 
-stop.set()
-t.join()
-total = written[0]
+open(stop_file, "w").close()
+writer.wait(timeout=30)
+total = sum(1 for f in files for _ in open(f))
 deadline = time.time() + 60
 while time.time() < deadline:
     code, st = http("GET", "/status")
