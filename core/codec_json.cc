@@ -65,15 +65,14 @@ bool valid_utf8(const char *s, size_t n) {
 /* The SAX handler.  The members of an open container wait on the Lua stack
  * (object: k1 v1 k2 v2 ..., array: v1 v2 ...) until it ends; then its table
  * is made at its final size at once (no rehash as it grows) and takes them.
- * Stack: mt  [members of level 1]  [members of level 2] ...  */
+ * Stack: [members of level 1]  [members of level 2] ...  */
 struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
     lua_State *L;
-    int mt;                              /* stack index of CODEC_ARRAY_MT */
     int depth = 0;
     bool too_deep = false, bad_utf8 = false, too_big = false;
     int base[CODEC_JSON_MAX_DEPTH + 1];  /* stack top when each open container started */
 
-    ToLua(lua_State *L_, int mt_) : L(L_), mt(mt_) {}
+    explicit ToLua(lua_State *L_) : L(L_) {}
 
     int spare = 0;                       /* stack slots known free above the top */
     /* room for the next value (and the copies EndObject makes): asked of
@@ -140,7 +139,7 @@ struct ToLua : rapidjson::BaseReaderHandler<rapidjson::UTF8<>, ToLua> {
             lua_rawseti(L, -2, k);
         }
         if (n == 0) {                                        /* keep [] an array */
-            lua_pushvalue(L, mt);
+            luaL_newmetatable(L, CODEC_ARRAY_MT);            /* b: t mt (made once per VM) */
             lua_setmetatable(L, -2);
             return true;                                     /* b: t */
         }
@@ -317,8 +316,7 @@ struct Encoder {
 
 extern "C" int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen) {
     int top = lua_gettop(L);
-    luaL_newmetatable(L, CODEC_ARRAY_MT);                           /* mt (created once per VM) */
-    ToLua h(L, top + 1);
+    ToLua h(L);
     /* A NUL-terminated copy with 16 zero bytes after it: RapidJSON's SIMD
      * string scan reads whole aligned 16-byte blocks. */
     static thread_local std::vector<char> copy;
@@ -349,7 +347,6 @@ extern "C" int codec_json_decode(lua_State *L, const char *s, size_t n, char *er
         }
     }
     if (lua_type(L, -1) == LUA_TLIGHTUSERDATA) { lua_pop(L, 1); lua_pushnil(L); }   /* a top-level null: nil */
-    lua_replace(L, top + 1);                                        /* value */
     return 0;
 }
 
