@@ -76,6 +76,9 @@ int codec_json(lua_State *L, int idx, buf *out, char *err, size_t errlen);
  * comments, trailing commas, text after the value and nesting deeper than
  * CODEC_JSON_MAX_DEPTH.  Returns 0, or -1 (nothing pushed) with err. */
 int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+/* The same with RapidJSON's reader alone (what codec_json_decode falls back
+ * on, and has the last word on refusals): for tests that compare the two. */
+int codec_json_decode_reader(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
 
 /* Appends s[0..n) as a JSON string literal to out.  0, or -1 (out unchanged)
  * when s is not valid UTF-8. */

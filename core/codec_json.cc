@@ -1,6 +1,9 @@
 /* codec_json — JSON text <-> Lua values, the one JSON codec of the data path
- * (json sources and sinks, dead letters).  Decoding runs RapidJSON's SAX
- * reader straight into Lua tables (no document tree in between); encoding
+ * (json sources and sinks, dead letters).  Decoding parses a record with
+ * simdjson and builds the Lua value from its document; what simdjson
+ * refuses (and the few records it reads differently) goes to RapidJSON's
+ * SAX reader, straight into Lua tables, which has the last word on every
+ * refusal and its message; encoding
  * walks the Lua value into RapidJSON's writer, with numbers that are not
  * integers written by double-conversion's shortest round-trip formatter.
  * The rules are in codec.h and docs/contract.md ("JSON"). */
@@ -24,6 +27,7 @@
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <simdjson.h>
 
 extern "C" {
 #include "codec.h"
@@ -314,7 +318,108 @@ struct Encoder {
 
 }  // namespace
 
+/* ---- decoding with simdjson ---------------------------------------------- */
+
+/* The records simdjson would read differently from the reader, left to
+ * it: a number "-0" (not "-0.5", not "-0e1"), which simdjson reads as the
+ * integer 0 and loses its sign (the reader gives -0.0), and a number whose
+ * exponent is over 308 ("0e500", "0.001e310"), which the reader refuses as
+ * too big whatever its mantissa and simdjson reads when the value fits.
+ * Both are looked for anywhere, strings included: a false alarm only
+ * costs the slower reader. */
+bool needs_reader(const char *s, size_t n) {
+    const char *e = s + n;
+    for (const char *p = (const char *)memchr(s, '-', n); p && p + 1 < e;
+         p = (const char *)memchr(p + 1, '-', (size_t)(e - p - 1))) {
+        if (p[1] != '0') continue;
+        char c = p + 2 < e ? p[2] : ' ';
+        if (c != '.' && c != 'e' && c != 'E' && !(c >= '0' && c <= '9')) return true;
+    }
+    for (char x : { 'e', 'E' }) {
+        for (const char *p = (const char *)memchr(s, x, n); p; p = (const char *)memchr(p + 1, x, (size_t)(e - p - 1))) {
+            if (p == s || !(p[-1] >= '0' && p[-1] <= '9')) { if (p + 1 >= e) break; continue; }
+            const char *q = p + 1;
+            if (q < e && (*q == '+' || *q == '-')) q++;
+            long v = 0;
+            for (; q < e && *q >= '0' && *q <= '9'; q++) if ((v = v * 10 + (*q - '0')) > 308) return true;
+            if (p + 1 >= e) break;
+        }
+    }
+    return false;
+}
+
+/* Pushes element x (at nesting depth: containers around it) as the reader
+ * would.  false (the stack then to be reset by the caller): nested deeper
+ * than CODEC_JSON_MAX_DEPTH or no Lua stack, for the reader to refuse. */
+bool push_element(lua_State *L, simdjson::dom::element x, int depth) {
+    using T = simdjson::dom::element_type;
+    switch (x.type()) {
+    case T::OBJECT: {
+        if (depth >= CODEC_JSON_MAX_DEPTH || !lua_checkstack(L, 4)) return false;
+        simdjson::dom::object o = x.get_object().value_unsafe();
+        lua_createtable(L, 0, (int)o.size());
+        for (simdjson::dom::key_value_pair kv : o) {
+            lua_pushlstring(L, kv.key.data(), kv.key.size());
+            if (!push_element(L, kv.value, depth + 1)) return false;
+            lua_rawset(L, -3);                  /* a key seen twice: the last one wins, as in the reader */
+        }
+        return true;
+    }
+    case T::ARRAY: {
+        if (depth >= CODEC_JSON_MAX_DEPTH || !lua_checkstack(L, 4)) return false;
+        simdjson::dom::array a = x.get_array().value_unsafe();
+        lua_createtable(L, (int)a.size(), 0);
+        int i = 0;
+        for (simdjson::dom::element v : a) {
+            if (!push_element(L, v, depth + 1)) return false;
+            lua_rawseti(L, -2, ++i);
+        }
+        if (i == 0) {                           /* keep [] an array */
+            luaL_newmetatable(L, CODEC_ARRAY_MT);
+            lua_setmetatable(L, -2);
+        }
+        return true;
+    }
+    case T::INT64: lua_pushnumber(L, (lua_Number)x.get_int64().value_unsafe()); return true;
+    case T::UINT64: lua_pushnumber(L, (lua_Number)x.get_uint64().value_unsafe()); return true;
+    case T::DOUBLE: lua_pushnumber(L, x.get_double().value_unsafe()); return true;
+    case T::STRING: {
+        std::string_view v = x.get_string().value_unsafe();
+        lua_pushlstring(L, v.data(), v.size());
+        return true;
+    }
+    case T::BOOL: lua_pushboolean(L, x.get_bool().value_unsafe()); return true;
+    case T::NULL_VALUE:
+        if (depth > 0) lua_pushlightuserdata(L, nullptr);   /* cjson.null */
+        else lua_pushnil(L);
+        return true;
+    }
+    return false;
+}
+
+/* simdjson's parser keeps its buffers from record to record (one a
+ * thread); a record past this size goes to the reader instead, so that
+ * one huge record does not keep its buffers. */
+thread_local simdjson::dom::parser simd_parser;
+const size_t SIMD_MAX = 1 << 20;
+
+/* 1 when simdjson decoded s[0..n) (the value pushed), 0 when the reader
+ * must (nothing pushed). */
+int simd_decode(lua_State *L, const char *s, size_t n) {
+    if (n > SIMD_MAX || needs_reader(s, n)) return 0;
+    simdjson::dom::element root;
+    if (simd_parser.parse(s, n).get(root) != simdjson::SUCCESS) return 0;
+    int top = lua_gettop(L);
+    if (!push_element(L, root, 0)) { lua_settop(L, top); return 0; }
+    return 1;
+}
+
 extern "C" int codec_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen) {
+    if (simd_decode(L, s, n)) return 0;
+    return codec_json_decode_reader(L, s, n, err, errlen);
+}
+
+extern "C" int codec_json_decode_reader(lua_State *L, const char *s, size_t n, char *err, size_t errlen) {
     int top = lua_gettop(L);
     ToLua h(L);
     /* A NUL-terminated copy with 16 zero bytes after it: RapidJSON's SIMD

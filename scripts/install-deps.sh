@@ -7,7 +7,7 @@ set -eu
 PKGS="build-essential pkg-config clang libclang-rt-dev
       libluajit-5.1-dev luajit
       librdkafka-dev librocksdb-dev libevent-dev libmsgpack-dev libjansson-dev libcsv-dev uthash-dev libssl-dev
-      rapidjson-dev libdouble-conversion-dev
+      rapidjson-dev libdouble-conversion-dev libsimdjson-dev
       lua-busted lua-cjson
       kcat curl python3 python3-confluent-kafka procps time valgrind"
 

@@ -683,6 +683,109 @@ TEST(json_decodes_and_encodes_by_one_set_of_rules)
     lua_close(L);
 }
 
+/* Decodes text both ways: through codec_json_decode (simdjson, falling
+ * back on the reader) and through RapidJSON's reader alone.  1 when both
+ * refuse, or both give deep-equal values. */
+static int json_ways_agree(lua_State *L, const char *text, size_t n)
+{
+    char e1[256], e2[256];
+    int top = lua_gettop(L);
+    int a = codec_json_decode(L, text, n, e1, sizeof e1);
+    int b = codec_json_decode_reader(L, text, n, e2, sizeof e2);
+    int ok;
+    if (a < 0 || b < 0) {
+        ok = a < 0 && b < 0 && lua_gettop(L) == top && strcmp(e1, e2) == 0;
+    } else {
+        lua_getglobal(L, "deep_eq");
+        lua_pushvalue(L, -3);
+        lua_pushvalue(L, -3);
+        lua_call(L, 2, 1);
+        ok = lua_toboolean(L, -1) && lua_gettop(L) == top + 3;
+        if (ok) {                               /* -0 and 0 are equal to deep_eq: the signs too */
+            int na = lua_type(L, -3) == LUA_TNUMBER, nb = lua_type(L, -2) == LUA_TNUMBER;
+            if (na && nb) ok = signbit(lua_tonumber(L, -3)) == signbit(lua_tonumber(L, -2));
+        }
+    }
+    if (!ok) printf("  %.*s: %s / %s\n", (int)n, text, a < 0 ? e1 : "decoded", b < 0 ? e2 : "decoded");
+    lua_settop(L, top);
+    return ok;
+}
+
+static unsigned json_seed = 7;
+static unsigned json_rand(unsigned n) { json_seed = json_seed * 1103515245u + 12345u; return (json_seed >> 8) % n; }
+
+/* Appends a random JSON value (sometimes a slightly wrong one) to b. */
+static void random_json(buf *b, int depth)
+{
+    static const char *atoms[] = { "0", "-0", "-0.0", "1", "-1", "12", "9007199254740993", "18446744073709551615",
+        "18446744073709551616", "123456789012345678901234", "-9223372036854775808", "-9223372036854775809", "0.1",
+        "1.5e3", "1E-7", "-2.5e+10", "1e308", "1e309", "1e-400", "4.9e-324", "0e300", "01", "1.", "true", "false",
+        "null", "nul", "\"\"", "\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t\"", "\"\\u00e9\\u20ac\\ud83d\\ude00\"",
+        "\"\\ud800\"", "\"\\udc00x\"", "\"a\\u0000b\"", "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"", "\"\xff\"",
+        "\"\xc3\"", "\"\xed\xa0\x80\"", "\"x\ty\"", "\"2024-01-05\"", "\"a-0,b\"", "-", "[]", "{}" };
+    int k = depth > 6 ? 0 : (int)json_rand(10);
+    const char *ws = json_rand(4) == 0 ? " \n" : "";
+    buf_append(b, ws, strlen(ws));
+    if (k < 6) {
+        const char *a = atoms[json_rand(sizeof atoms / sizeof atoms[0])];
+        buf_append(b, a, strlen(a));
+    } else if (k < 8) {
+        int n = (int)json_rand(5);
+        buf_append(b, "[", 1);
+        for (int i = 0; i < n; i++) { if (i) buf_append(b, ",", 1); random_json(b, depth + 1); }
+        if (json_rand(40) == 0) buf_append(b, ",", 1);          /* a trailing comma: refused */
+        buf_append(b, "]", 1);
+    } else {
+        int n = (int)json_rand(5);
+        buf_append(b, "{", 1);
+        for (int i = 0; i < n; i++) {
+            char key[16];
+            snprintf(key, sizeof key, "\"k%u\":", json_rand(4));  /* keys repeat: the last one wins */
+            if (i) buf_append(b, ",", 1);
+            buf_append(b, key, strlen(key));
+            random_json(b, depth + 1);
+        }
+        buf_append(b, "}", 1);
+    }
+    buf_append(b, ws, strlen(ws));
+}
+
+TEST(json_simdjson_and_the_reader_agree)
+{
+    lua_State *L = new_state();
+    const char *env = getenv("JSON_SEED");               /* another sequence: JSON_SEED=N */
+    if (env) json_seed = (unsigned)atoi(env);
+    static const char *texts[] = { "-0", "[-0]", "{\"a\":-0}", "[-0,1]", "-0 ", "\"-0\"", "[\"a-0\",-0.5]", "0",
+        "{\"a\":1,\"a\":2}", "[[[[[[[[[[1]]]]]]]]]]", "{\"a\":[{},[],null]}", "null", " null ", "[null]",
+        "{\"a\":1}\n", "{\"a\":1}x", "{\"a\":1}\0", "\xef\xbb\xbf{}", "[1,2", "", "   ", "\"\\u0041\"", "1e400",
+        "-1e400", "[1e-400]", "18446744073709551616", "{\"\xff\":1}" };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) CHECK(json_ways_agree(L, texts[i], strlen(texts[i])));
+    CHECK(json_ways_agree(L, "{\"a\":1}\0", 8));               /* a NUL byte after the value */
+    /* nesting at the limit and past it */
+    buf d;
+    buf_init(&d);
+    for (int depth = CODEC_JSON_MAX_DEPTH - 1; depth <= CODEC_JSON_MAX_DEPTH + 1; depth++) {
+        d.len = 0;
+        for (int i = 0; i < depth; i++) buf_append(&d, "[", 1);
+        for (int i = 0; i < depth; i++) buf_append(&d, "]", 1);
+        CHECK(json_ways_agree(L, d.data, d.len));
+    }
+    /* random values, and the same with a byte changed */
+    int bad = 0;
+    for (int i = 0; i < 20000 && bad < 5; i++) {
+        d.len = 0;
+        random_json(&d, 0);
+        if (!json_ways_agree(L, d.data, d.len)) bad++;
+        if (d.len && json_rand(2)) {
+            d.data[json_rand((unsigned)d.len)] = (char)json_rand(256);
+            if (!json_ways_agree(L, d.data, d.len)) bad++;
+        }
+    }
+    CHECK(bad == 0);
+    buf_free(&d);
+    lua_close(L);
+}
+
 TEST(json_encode_refuses_what_json_cannot_hold)
 {
     lua_State *L = new_state();
@@ -737,6 +840,7 @@ int main(void)
     RUN(unpack_consumes_one_value_and_reports_its_length);
     RUN(unpack_refuses_lengths_that_claim_more_than_the_bytes_there_are);
     RUN(json_decodes_and_encodes_by_one_set_of_rules);
+    RUN(json_simdjson_and_the_reader_agree);
     RUN(json_encode_refuses_what_json_cannot_hold);
     RUN(repeated_pack_unpack_reuses_buffers_and_stays_balanced);
     RUN(codec_works_in_two_states_and_after_a_state_is_closed);
