@@ -1,4 +1,5 @@
 #include "daemon.h"
+#include "follow.h"
 #include "shuffle.h"
 #include "daemon_state.h"
 #include "dryrun.h"
@@ -116,6 +117,15 @@ static void plan_standby(daemon_state *d) {
     json_decref(members);
 }
 
+/* Wakes the tasks that read live input (followed files, Kafka, ticks): on
+ * every poll tick, and as soon as a followed file changes (follow.c). */
+static void wake_live(void *arg) {
+    daemon_state *d = arg;
+    if (!d->workers_running) return;
+    for (int i = 0; i < d->ntasks; i++)
+        if (task_pollable(d->tasks[i]) && task_status(d->tasks[i]) == TASK_RUNNING) sched_wake(d->tasks[i]);
+}
+
 static void on_poll(evutil_socket_t fd, short what, void *arg) {
     (void)fd; (void)what;
     daemon_state *d = arg;
@@ -141,8 +151,7 @@ static void on_poll(evutil_socket_t fd, short what, void *arg) {
         for (int i = 0; i < d->ntasks; i++)
             if (task_src(d->tasks[i])) source_pause(task_src(d->tasks[i]), task_outputs_full(d->tasks[i]));
     }
-    for (int i = 0; i < d->ntasks; i++)
-        if (task_pollable(d->tasks[i]) && task_status(d->tasks[i]) == TASK_RUNNING) sched_wake(d->tasks[i]);
+    wake_live(d);
     if (d->cfg->standby > 0 && d->group && d->workers_running && ++d->standby_ticks * POLL_TICK_MS >= 1000) {
         d->standby_ticks = 0;
         plan_standby(d);
@@ -328,6 +337,7 @@ void daemon_free(daemon_state *d) {
     if (d->adm) admin_destroy(d->adm);
     dryrun_shutdown();                             /* a dry run still running stops; its folder goes */
     reload_watch_destroy(d->watch);
+    follow_close(d->follow);
     probation_free(d);
     for (int i = 0; i < 3; i++) if (d->sig_ev[i]) event_free(d->sig_ev[i]);
     if (d->done_ev) event_free(d->done_ev);
@@ -648,6 +658,7 @@ static int start_workers(daemon_state *d) {
     if (!d->s || sched_start(d->s, err, sizeof err) < 0) { log_error("%s", err); return -1; }
     d->workers_running = 1;
     d->workers_ran = 1;
+    d->follow = follow_open(d->base, d->p, wake_live, d);
     if (d->group && kgroup_subscribe(d->group, err, sizeof err) < 0) {
         log_error("%s", err);
         atomic_store(&d->sh.aborting, 1);

@@ -39,6 +39,7 @@ typedef struct daemon_state {
     struct event *done_ev, *wd_ev, *poll_ev, *sig_ev[3];
     admin *adm;
     reload_watch *watch;
+    struct follow *follow;        /* inotify on the followed files' folders (follow.c), or NULL */
     plan **plans; int nplans;     /* every version's plan: tasks borrow them until exit */
     int version;                  /* the version every task runs (during a canary: the tasks not on it) */
     int last_version;             /* the highest version number given (canary.c: never given twice) */
