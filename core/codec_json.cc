@@ -410,7 +410,7 @@ int simd_decode(lua_State *L, const char *s, size_t n) {
     simdjson::dom::element root;
     if (simd_parser.parse(s, n).get(root) != simdjson::SUCCESS) return 0;
     int top = lua_gettop(L);
-    if (!push_element(L, root, 0)) { lua_settop(L, top); return 0; }
+    if (!lua_checkstack(L, 2) || !push_element(L, root, 0)) { lua_settop(L, top); return 0; }
     return 1;
 }
 
