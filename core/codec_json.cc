@@ -321,7 +321,8 @@ struct Encoder {
 /* ---- decoding with simdjson ---------------------------------------------- */
 
 /* The records simdjson would read differently from the reader, left to
- * it: a number "-0" (not "-0.5", not "-0e1"), which simdjson reads as the
+ * it: a UTF-8 byte-order mark first (the reader refuses it; simdjson 3.6
+ * and later skip it), a number "-0" (not "-0.5", not "-0e1"), which simdjson reads as the
  * integer 0 and loses its sign (the reader gives -0.0), and a number whose
  * exponent is over 308 ("0e500", "0.001e310"), which the reader refuses as
  * too big whatever its mantissa and simdjson reads when the value fits.
@@ -329,6 +330,7 @@ struct Encoder {
  * costs the slower reader. */
 bool needs_reader(const char *s, size_t n) {
     const char *e = s + n;
+    if (n >= 3 && memcmp(s, "\xef\xbb\xbf", 3) == 0) return true;   /* a byte-order mark: newer simdjson skips it */
     for (const char *p = (const char *)memchr(s, '-', n); p && p + 1 < e;
          p = (const char *)memchr(p + 1, '-', (size_t)(e - p - 1))) {
         if (p[1] != '0') continue;
@@ -398,10 +400,11 @@ bool push_element(lua_State *L, simdjson::dom::element x, int depth) {
 }
 
 /* simdjson's parser keeps its buffers from record to record (one a
- * thread); a record past this size goes to the reader instead, so that
- * one huge record does not keep its buffers. */
+ * thread, ~15 bytes for each byte of the largest record it read); a
+ * record past this size goes to the reader instead, so that one huge
+ * record does not keep megabytes. */
 thread_local simdjson::dom::parser simd_parser;
-const size_t SIMD_MAX = 1 << 20;
+const size_t SIMD_MAX = 64 << 10;
 
 /* 1 when simdjson decoded s[0..n) (the value pushed), 0 when the reader
  * must (nothing pushed). */

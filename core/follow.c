@@ -19,9 +19,14 @@ struct follow {
     watched *files; int nfiles;
 };
 
-/* 1 when event e is about a followed file, or a file new in a watched folder. */
+/* 1 when event e is about a followed file, a file new in a watched folder,
+ * or when events were lost. */
 static int concerns(const follow *f, const struct inotify_event *e) {
-    if (e->mask & (IN_CREATE | IN_MOVED_TO)) return 1;
+    if (e->mask & (IN_CREATE | IN_MOVED_TO | IN_Q_OVERFLOW)) return 1;     /* (events were lost: maybe ours) */
+    if (e->mask & IN_IGNORED) {
+        log_warn("follow: a followed folder went away: its files are read every 10 ms");
+        return 0;
+    }
     if (!e->len) return 0;
     for (int i = 0; i < f->nfiles; i++)
         if (f->files[i].wd == e->wd && strcmp(f->files[i].name, e->name) == 0) return 1;

@@ -13,6 +13,7 @@
 
 #define CACHE_SLOTS 16384         /* per task: values read, by hash of the key */
 #define CACHE_VALUE_MAX 4096      /* larger values are not cached */
+#define SHRINK_AT 65536           /* a transaction's arrays past this many entries are freed after a commit */
 
 struct state_db {
     rocksdb_t *db;
@@ -280,8 +281,11 @@ struct state_tx {
     uint32_t *sorted, *tmp; uint32_t nsorted, scap, tmpcap;   /* ents [0, nsorted) in key order */
     undo_rec *undo; uint32_t nundo, ucap;
     uint32_t *marks; uint32_t nmarks, mcap; /* nundo at each state_tx_mark */
+    uint32_t lost_marks;                    /* marks that could not be kept (out of memory) */
     int writes;                   /* writes since the last commit */
-    int ranging;                  /* range reads in progress: replaced values are kept */
+    int ranging;                  /* range reads in progress: replaced values are kept (until the
+                                   * commit, which no range read makes; a Lua error out of a callback
+                                   * may leave it set, which only keeps them until the commit) */
     rocksdb_writebatch_t *wb;     /* the commit's, reused */
     uint64_t undos;               /* state_tx_undo calls so far (timer.c's index follows them) */
     state_key key;                /* reused to build keys (eddy_dedup) */
@@ -357,8 +361,18 @@ static void pend_reset(state_tx *tx, int cached) {
         }
     }
     for (uint32_t i = 0; i < tx->nundo; i++) free(tx->undo[i].b);
-    tx->n = tx->nsorted = tx->nundo = tx->nmarks = 0;
+    tx->n = tx->nsorted = tx->nundo = tx->nmarks = tx->lost_marks = 0;
     tx->writes = 0;
+    tx->ranging = 0;
+    if (tx->cap > SHRINK_AT || tx->ucap > SHRINK_AT || tx->mcap > SHRINK_AT) {
+        /* a huge batch (a firing of millions of windows, a dropped operator)
+         * does not keep its arrays for the task's life */
+        free(tx->ents); free(tx->sorted); free(tx->tmp); free(tx->undo); free(tx->marks);
+        tx->ents = NULL; tx->sorted = tx->tmp = tx->marks = NULL; tx->undo = NULL;
+        tx->cap = tx->scap = tx->tmpcap = tx->ucap = tx->mcap = 0;
+        uint32_t *t = calloc(1024, sizeof *t);
+        if (t) { free(tx->tab); tx->tab = t; tx->tcap = 1024; }
+    }
 }
 
 void state_tx_destroy(state_tx *tx) {
@@ -569,7 +583,8 @@ int state_tx_count(const state_tx *tx) { return tx->writes; }
 
 void state_tx_mark(state_tx *tx) {
     if (grow_array((void **)&tx->marks, &tx->mcap, tx->nmarks + 1, sizeof *tx->marks) < 0) {
-        log_error("state: out of memory marking a record's writes");
+        log_error("state: out of memory marking a record's writes: should it fail, its writes stay");
+        tx->lost_marks++;                      /* its undo must not take the previous record's mark */
         return;
     }
     tx->marks[tx->nmarks++] = tx->nundo;
@@ -577,6 +592,7 @@ void state_tx_mark(state_tx *tx) {
 
 void state_tx_undo(state_tx *tx) {
     tx->undos++;
+    if (tx->lost_marks) { tx->lost_marks--; return; }
     if (tx->nmarks == 0) return;
     uint32_t to = tx->marks[--tx->nmarks];
     while (tx->nundo > to) {                   /* newest first: each entry as it was before */
@@ -732,7 +748,6 @@ static void write_error(char *err, size_t errlen, const char *what, const char *
 
 int state_tx_commit(state_tx *tx, char *err, size_t errlen) {
     if (!tx->writes) { tx->nmarks = 0; return 0; }     /* the batch ends: its marks with it */
-    if (tx->ranging) { snprintf(err, errlen, "state: a commit during a range read"); return -1; }
     if (pend_sort(tx) < 0) { snprintf(err, errlen, "state: out of memory committing a batch"); return -1; }
     rocksdb_writebatch_clear(tx->wb);
     tx->log_failed = 0;

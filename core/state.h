@@ -84,7 +84,9 @@ int state_tx_delete(state_tx *tx, const char *k, size_t kl);
  * writes; fn returns 0 to go on, 1 to stop.  0, or -1. */
 typedef int (*state_each_fn)(void *ud, const char *k, size_t kl, const char *v, size_t vl);
 int state_tx_range(state_tx *tx, const char *from, size_t fl, const char *to, size_t tl, state_each_fn fn, void *ud);
-/* Writes the batch atomically (end of a record batch).  0, or -1 with err. */
+/* Writes the batch atomically (end of a record batch; called at the end of
+ * every batch, with writes or not, so that its records' marks go with it).
+ * 0, or -1 with err. */
 int state_tx_commit(state_tx *tx, char *err, size_t errlen);
 int state_tx_dirty(const state_tx *tx);   /* uncommitted writes pending */
 int state_tx_count(const state_tx *tx);   /* how many */

@@ -472,7 +472,7 @@ int task_call_lua(task *t, int ref, batch *b, int arg) {
         return -1;
     }
     if (t->rin && task_shuffle_save_marks(t) < 0) return -1;
-    if (t->stx && state_tx_dirty(t->stx)) {        /* the batch's state changes, at once */
+    if (t->stx) {        /* the batch's state changes, at once (with none, its records' marks are dropped) */
         char err[512];
         if (state_tx_commit(t->stx, err, sizeof err) < 0) { task_fail(t, "%s", err); return -1; }
     }
