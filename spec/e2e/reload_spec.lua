@@ -485,7 +485,11 @@ describe("hot reload", function()
     .. "and answers 503 to another until the rollout is over", function()
     E.write(dir .. "/in.txt", "")
     E.write(dir .. "/pipeline.lua", script("A", { slow = 0.001 }))
-    config(dir, { reload = { watch = false }, tuning = { batch = 50, channel = 4 } })
+    -- a channel of 16 batches of 50: once full, the barrier waits behind
+    -- ~0.6 s of the slow stage's work, longer than any reply takes to
+    -- arrive even on a loaded machine (with 4 batches a fast roll-out
+    -- could end before the second request came)
+    config(dir, { reload = { watch = false }, tuning = { batch = 50, channel = 16 } })
     local d, addr = start(dir)
     local w = start_writer(dir, 100, 10000, 6000)   -- ~9000 lines/s; the slow stage takes ~2000/s
 
@@ -495,7 +499,7 @@ describe("hot reload", function()
       st = status(addr)
       local full = false
       for _, t in ipairs(st.tasks) do
-        if t.stage == "keyed1" and t.queue >= 3 then full = true end
+        if t.stage == "keyed1" and t.queue >= 12 then full = true end
       end
       return full and source_in(st) >= 500
     end, 10), "no backpressure: " .. cjson.encode(st and st.tasks or {}))
