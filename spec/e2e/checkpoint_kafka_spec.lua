@@ -41,7 +41,7 @@ local KILL_MIN, KILL_MAX = 0.2, 1.5              -- seconds after the assignment
 local RESTART_GAP = 0.2                          -- seconds between a kill and the restart
 local SESSION_MS = 3000                          -- how long the group waits for a SIGKILLed member
 
-local PARTITIONS, PER_PARTITION, USERS = 4, 60000, 200
+local PARTITIONS, PER_PARTITION, USERS = 4, 180000, 200
 local T0 = 1700000000000                         -- event times in ms
 local PUSH = 3600000                             -- the watermark pushers' lead
 local SINKS = { "totals", "windows" }             -- file sinks
