@@ -20,9 +20,12 @@
 -- spread over JOBS crash jobs run side by side (each its own consumer group,
 -- transactional.id, state and outputs), next to the run without crashes.
 --
--- Every part file is checked as soon as it is visible (after each run): a
--- row the input does not make (or makes fewer times) fails the spec there,
--- naming the run.  EDDY_SPEC_KEEP=DIR keeps the jobs' folders (outputs,
+-- Every part file is looked at as soon as it is visible (after each run):
+-- one that changes or goes fails the spec there; after the runs its rows
+-- are read, and a row the input does not make (or makes fewer times) fails
+-- it naming the run that made the file visible (reading them between the
+-- runs, in the loop that times the kills, delayed the kills by seconds on
+-- a loaded machine, and a job read everything before its last runs).  EDDY_SPEC_KEEP=DIR keeps the jobs' folders (outputs,
 -- state, each run's log) for a post-mortem; EDDY_SPEC_VERBOSE=1 prints the
 -- runs and the times.
 local E = require("support.eddy")
@@ -195,7 +198,8 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
                 ["queued.max.messages.kbytes"] = "1024", ["queued.min.messages"] = "10000" } })
     return { name = name, dir = jdir, conf = conf, state_dir = jdir .. "/state", plan = plan, runs = {}, ktopic = ktopic,
              phase = "wait", at = 0, kills = 0, points = 0,
-             audited = {}, got = { totals = multiset(), windows = multiset() } }
+             seen = {}, files = {}, rows = { totals = 0, windows = 0 },
+             got = { totals = multiset(), windows = multiset() } }
   end
 
   it("a job killed at random moments at least 20 times, and at each crash point, commits the same rows as a run without crashes", function()
@@ -266,54 +270,74 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
         .. "newest committed one was " .. run.after) end
     end
 
-    -- audit(jb, run): reads the part files that became visible since the
-    -- last audit (during run, or at the start of the one before it, which
-    -- redoes the renames of its checkpoint) into jb.got: each of their rows
-    -- must be one the input makes, and no more often than it makes it; a
-    -- visible part file never changes nor goes
-    local function audit(jb, run)
+    -- look(jb, run): after each run (and every 0.25 s of a last run), the
+    -- part files that became visible since the last look (during run, or at
+    -- the start of the one before it, which redoes the renames of its
+    -- checkpoint): their sizes and rows counted (jb.rows[sink]), each noted
+    -- with the run that made it visible; a visible part file never changes
+    -- nor goes.  Cheap (sizes and newlines), so that the runs' kills keep
+    -- their moments: the rows themselves are read by audit() after the runs
+    local function count_lines(path)
+      local f = assert(io.open(path, "rb"))
+      local text = f:read("*a")
+      f:close()
+      local _, n = text:gsub("\n", "")
+      return n
+    end
+    local function look(jb, run)
       for _, s in ipairs(SINKS) do
-        local want, got = inp.want[s].rows, jb.got[s]
         local present = {}
         for _, path in ipairs(E.part_files(jb.dir .. "/out/" .. s)) do
           present[path] = true
           local size = lfs.attributes(path, "size")
-          local seen = jb.audited[path]
-          if seen and seen ~= size then
+          local seen = jb.seen[path]
+          if seen and seen.size ~= size then
             fail(jb, run, string.format("the committed part file %s/%s changed (%d bytes, then %d)", s,
-              path:match("[^/]+$"), seen, size))
+              path:match("[^/]+$"), seen.size, size))
           end
           if not seen then
-            jb.audited[path] = size
-            local extra = {}
-            for l in io.lines(path) do
-              if l ~= "" then
-                local r = row(l)
-                add(got, r)
-                if got.rows[r] > (want[r] or 0) then extra[#extra + 1] = r end
-              end
-            end
-            if #extra > 0 then
-              fail(jb, run, string.format("the committed part file %s/%s holds %d rows the input does not make "
-                .. "(or makes fewer times), e.g.\n  %s", s, path:match("[^/]+$"), #extra,
-                table.concat(extra, "\n  ", 1, math.min(5, #extra))))
-            end
+            jb.seen[path] = { size = size, run = run, sink = s }
+            jb.files[#jb.files + 1] = path
+            jb.rows[s] = jb.rows[s] + count_lines(path)
           end
         end
-        for path in pairs(jb.audited) do
-          if path:find("/out/" .. s .. "/", 1, true) and not present[path] then
+        for path, seen in pairs(jb.seen) do
+          if seen.sink == s and not present[path] then
             fail(jb, run, "the committed part file " .. s .. "/" .. path:match("[^/]+$") .. " is gone")
           end
         end
       end
     end
 
-    -- a run is over: its log kept (for EDDY_SPEC_KEEP), its output audited
+    -- audit(jb): reads the part files look() found into jb.got: each of
+    -- their rows must be one the input makes, and no more often than it
+    -- makes it (a failure names the run that made the file visible)
+    local function audit(jb)
+      for _, path in ipairs(jb.files) do
+        local seen = jb.seen[path]
+        local want, got = inp.want[seen.sink].rows, jb.got[seen.sink]
+        local extra = {}
+        for l in io.lines(path) do
+          if l ~= "" then
+            local r = row(l)
+            add(got, r)
+            if got.rows[r] > (want[r] or 0) then extra[#extra + 1] = r end
+          end
+        end
+        if #extra > 0 then
+          fail(jb, seen.run, string.format("the committed part file %s/%s holds %d rows the input does not make "
+            .. "(or makes fewer times), e.g.\n  %s", seen.sink, path:match("[^/]+$"), #extra,
+            table.concat(extra, "\n  ", 1, math.min(5, #extra))))
+        end
+      end
+    end
+
+    -- a run is over: its log kept (for EDDY_SPEC_KEEP), its output looked at
     local function over(jb, run)
       E.write(string.format("%s/logs/run-%02d.log", jb.dir, run.n), run.d:stderr())
-      audit(jb, run)
+      look(jb, run)
       if run.kind == "kill" and run.delay then      -- totals rows committed a second of reading
-        jb.rate = math.max(jb.rate or 0, (jb.got.totals.n - run.before) / run.delay)
+        jb.rate = math.max(jb.rate or 0, (jb.rows.totals - run.before) / run.delay)
       end
     end
 
@@ -326,7 +350,7 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
         local n = #jb.runs + 1
         local kind = jb.plan[n] or "final"
         run = { n = n, kind = kind, after = last_committed(jb.state_dir), newest = C.newest(jb.state_dir),
-                started = now, before = jb.got.totals.n }
+                started = now, before = jb.rows.totals }
         jb.runs[n] = run
         run.d = E.start({ "run", jb.conf }, { timeout = kind == "final" and 400 or 120,
           env = kind:find(":", 1, true) and { EDDY_CRASH_AT = kind } or nil })
@@ -344,7 +368,7 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
             -- what is left, at the fastest rate a killed run has shown
             local span = KILL_MAX - KILL_MIN
             if jb.rate then
-              local cap = 0.5 * (inp.n - jb.got.totals.n) / ((#jb.plan - run.n + 1) * jb.rate)
+              local cap = 0.5 * (inp.n - jb.rows.totals) / ((#jb.plan - run.n + 1) * jb.rate)
               span = math.max(0, math.min(span, cap - KILL_MIN))
             end
             run.delay = KILL_MIN + span * rnd(1001) / 1000
@@ -391,10 +415,10 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
         if code ~= nil then fail(jb, run, "exited " .. code .. " by itself") end
         if now < (jb.next_audit or 0) then return end
         jb.next_audit = now + 0.25
-        audit(jb, run)
-        if jb.got.totals.n < inp.n then
+        look(jb, run)
+        if jb.rows.totals < inp.n then
           if now - run.started > 300 then
-            fail(jb, run, string.format("only %d of %d totals rows committed after 300 s", jb.got.totals.n, inp.n))
+            fail(jb, run, string.format("only %d of %d totals rows committed after 300 s", jb.rows.totals, inp.n))
           end
           return
         end
@@ -425,6 +449,7 @@ describe("checkpoints (exactly_once, Kafka source to files and to Kafka, real br
       E.sleep(0.05)
     end
     local t_runs = E.now() - t_begin
+    for _, jb in ipairs(jobs) do audit(jb) end
 
     -- what a reader of a job's output topic gets: read_committed, the
     -- committed output (into jb.got.kwindows); read_uncommitted, that and the
