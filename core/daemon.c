@@ -610,6 +610,7 @@ static int start_tasks(daemon_state *d, const run_opts *o, int *code) {
     if (!exactly_once && !o->from_savepoint) recovery_load_positions(d);   /* (d->sh.continuing said so to the sinks) */
     if (d->group) {
         if (attach_partitions(d, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
+        if (kgroup_fit_prefetch(d->group, err, sizeof err) < 0) { fprintf(stderr, "eddy: %s\n", err); *code = 2; return -1; }
         if (!exactly_once) {        /* exactly_once: checkpoints commit the offsets */
             d->sh.acks = acks_create(d->p, on_acked, d);
             if (!d->sh.acks) { log_error("out of memory"); return -1; }

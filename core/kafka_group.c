@@ -342,14 +342,9 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
         {"group.id", cfg->name}, {"partition.assignment.strategy", "cooperative-sticky"},
         {"auto.offset.reset", "earliest"}, {"statistics.interval.ms", "1000"}, {"log_level", "3"},
         {"allow.auto.create.topics", "false"},
-        /* prefetching, a partition: librdkafka 2.0 stops fetching a
-         * partition for a whole second once its queue reaches either bound
-         * (librdkafka #2879), so a partition is read at most about this
-         * much a second: at 1 MB (eddy's bound before) a 4-partition topic
-         * of ~100-byte records was read at ~60K records/s whatever the
-         * cores; 2 MB reads it ~1.7x faster and keeps memory bounded behind
-         * a slow sink (kafka_backpressure_spec: 16 partitions) */
-        {"queued.max.messages.kbytes", "2048"}, {"queued.min.messages", "100000"},
+        /* prefetching, a partition (kgroup_fit_prefetch sets it again
+         * once the partitions are known) */
+        {"queued.max.messages.kbytes", PREFETCH_FLOOR_KB_S}, {"queued.min.messages", "100000"},
         {"session.timeout.ms", "10000"}, {"heartbeat.interval.ms", "1000"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
@@ -377,6 +372,8 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
+    g->prefetch_kb = PREFETCH_FLOOR_KB;
+    if (!(g->conf = rd_kafka_conf_dup(conf))) { snprintf(err, errlen, "out of memory"); goto err; }
     g->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
     conf = NULL;
     if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }
@@ -409,6 +406,7 @@ void kgroup_destroy(kgroup *g) {
      * whose destroy would wait for it forever too: the process is ending
      * (kgroup_destroy runs at exit), so its handle is left to the OS */
     if (g->rk && !g->close_abandoned) rd_kafka_destroy(g->rk);
+    if (g->conf) rd_kafka_conf_destroy(g->conf);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -462,6 +460,41 @@ kpart *kgroup_add(kgroup *g, const char *source, const char *topic, int partitio
     pthread_mutex_init(&kp->mu, NULL);
     g->parts[g->nparts++] = kp;
     return kp;
+}
+
+/* Prefetching: librdkafka 2.0 stops fetching a partition for a whole
+ * second once its queue reaches queued.max.messages.kbytes (or
+ * queued.min.messages; librdkafka #2879, configurable only from 2.2), so a
+ * partition is read at most about that much a second: at 2 MB a partition
+ * a 4-partition topic of ~100-byte records was read at ~110K records/s
+ * whatever the cores.  So the bound is a budget for the whole consumer split
+ * over the partitions the group reads (all of them: which ones this
+ * instance gets is known only once it has joined, and the setting cannot
+ * change once the consumer exists): the consumer is made again with it,
+ * before it joins, unless kafka.queued.max.messages.kbytes says otherwise. */
+int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
+    if (g->nparts == 0 || opt_find(&g->cfg->kafka, "queued.max.messages.kbytes")) return 0;
+    int kb = PREFETCH_BUDGET_KB / g->nparts;
+    kb = kb < PREFETCH_FLOOR_KB ? PREFETCH_FLOOR_KB : kb > PREFETCH_CEILING_KB ? PREFETCH_CEILING_KB : kb;
+    if (kb == g->prefetch_kb) return 0;
+    char v[32], e[512];
+    snprintf(v, sizeof v, "%d", kb);
+    rd_kafka_conf_t *conf = rd_kafka_conf_dup(g->conf);
+    if (!conf) { snprintf(err, errlen, "out of memory"); return -1; }
+    rd_kafka_conf_set(conf, "queued.max.messages.kbytes", v, e, sizeof e);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka consumer: %s", e);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_destroy(g->rk);             /* it never joined: nothing to leave */
+    g->rk = rk;
+    g->prefetch_kb = kb;
+    log_info("kafka: prefetching up to %d KB a partition (%d MB over the %d partitions the group reads)", kb,
+             PREFETCH_BUDGET_KB / 1024, g->nparts);
+    return 0;
 }
 
 int kgroup_subscribe(kgroup *g, char *err, size_t errlen) {
@@ -564,6 +597,10 @@ json_t *kgroup_status(kgroup *g) {
     json_t *j = json_object();
     json_object_set_new(j, "group", json_string(g->cfg->name));
     json_object_set_new(j, "rebalances", json_integer(g->rebalances));
+    char v[32];                          /* what the consumer was made with */
+    size_t vl = sizeof v;
+    if (rd_kafka_conf_get(rd_kafka_conf(g->rk), "queued.max.messages.kbytes", v, &vl) == RD_KAFKA_CONF_OK)
+        json_object_set_new(j, "prefetch_kb", json_integer(atoll(v)));
     json_t *a = json_array();
     for (int i = 0; i < g->nparts; i++) {
         kpart *kp = g->parts[i];

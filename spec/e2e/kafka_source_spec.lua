@@ -344,6 +344,30 @@ p:source("in", { kafka = "in", timestamp = "t", watermark = eddy.watermark.bound
     assert.are.equal(0, d:wait(15), d:stderr())
   end)
 
+  it("splits a 32 MB prefetch budget over the partitions it reads, 2 to 16 MB each, unless the config sets it", function()
+    -- librdkafka 2.0 stops fetching a partition for a second whenever its
+    -- queue holds queued.max.messages.kbytes: the consumer's setting, as
+    -- /status shows it, is what bounds how fast a partition is read
+    pipeline([[p:source("in", { kafka = "in", format = "json" }):sink("out", { stdout = true })]])
+    local d = start("four")
+    assert.are.equal(8192, status("four").kafka.prefetch_kb)
+    assert.matches("kafka: prefetching up to 8192 KB a partition (32 MB over the 4 partitions the group reads)",
+      d:stderr(), 1, true)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+    pipeline([[p:source("in", { kafka = "one", format = "json" }):sink("out", { stdout = true })]])
+    d = start("single")
+    assert.are.equal(16384, status("single").kafka.prefetch_kb)
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+    -- the config's own setting wins (the consumer is made once, with it)
+    d = start("own", ", kafka = { ['bootstrap.servers'] = '" .. boot .. "', ['queued.max.messages.kbytes'] = '1024' }")
+    assert.are.equal(1024, status("own").kafka.prefetch_kb)
+    assert.is_nil(d:stderr():find("prefetching up to", 1, true), d:stderr())
+    d:kill("TERM")
+    assert.are.equal(0, d:wait(15), d:stderr())
+  end)
+
   it("refuses a topic the embedded broker was not told about, naming the source and topic", function()
     E.write(dir .. "/pipeline.lua", "local p = require('eddy').pipeline()\n"
       .. "p:source('in', { kafka = 'wrods' }):sink('out', { stdout = true })\nreturn p\n")
