@@ -344,7 +344,7 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
         {"allow.auto.create.topics", "false"},
         /* prefetching, a partition (kgroup_fit_prefetch sets it again
          * once the partitions are known) */
-        {"queued.max.messages.kbytes", PREFETCH_FLOOR_KB_S}, {"queued.min.messages", "100000"},
+        {"queued.max.messages.kbytes", PREFETCH_FLOOR_KB_S}, {"queued.min.messages", PREFETCH_FLOOR_MSGS_S},
         {"session.timeout.ms", "10000"}, {"heartbeat.interval.ms", "1000"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
@@ -478,10 +478,17 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
     kb = kb < PREFETCH_FLOOR_KB ? PREFETCH_FLOOR_KB : kb > PREFETCH_CEILING_KB ? PREFETCH_CEILING_KB : kb;
     if (kb == g->prefetch_kb) return 0;
     char v[32], e[512];
-    snprintf(v, sizeof v, "%d", kb);
     rd_kafka_conf_t *conf = rd_kafka_conf_dup(g->conf);
     if (!conf) { snprintf(err, errlen, "out of memory"); return -1; }
+    snprintf(v, sizeof v, "%d", kb);
     rd_kafka_conf_set(conf, "queued.max.messages.kbytes", v, e, sizeof e);
+    if (!opt_find(&g->cfg->kafka, "queued.min.messages")) {
+        /* and as many messages as that holds of 64 bytes: librdkafka keeps
+         * a few hundred bytes beside each queued message, so a count bound
+         * made for tiny messages keeps the budget too */
+        snprintf(v, sizeof v, "%d", kb * 16 < 100000 ? kb * 16 : 100000);
+        rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
+    }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
     if (!rk) {
         rd_kafka_conf_destroy(conf);

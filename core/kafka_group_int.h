@@ -18,6 +18,7 @@
 #define PREFETCH_BUDGET_KB 32768 /* prefetch, the consumer's: split over its partitions (kgroup_fit_prefetch) */
 #define PREFETCH_FLOOR_KB 2048   /* ... but at least this much a partition */
 #define PREFETCH_FLOOR_KB_S "2048"
+#define PREFETCH_FLOOR_MSGS_S "32768" /* (messages: as many of 64 bytes) */
 #define PREFETCH_CEILING_KB 16384 /* ... and at most this much */
 
 enum { START_COMMITTED, START_EARLIEST, START_LATEST };

@@ -52,8 +52,9 @@ int kgroup_partitions(kgroup *g, const char *topic, int timeout_ms, int *why, ch
 kpart *kgroup_add(kgroup *g, const char *source, const char *topic, int partition, int task_id, const char *start,
                   int64_t max_bytes);
 /* After the partitions are added, before kgroup_subscribe: the consumer's
- * prefetch budget (32 MB) split over them, 2 to 16 MB a partition, unless
- * the config sets kafka.queued.max.messages.kbytes; the consumer is made
+ * prefetch budget (32 MB) split over them, 2 to 16 MB a partition (and as
+ * many messages as that holds of 64 bytes), unless the config sets
+ * kafka.queued.max.messages.kbytes; the consumer is made
  * again when that changes its setting.  Logs the value.  0, or -1 with err. */
 int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen);
 /* Joins the group (subscribes to every registered topic).  0, or -1 with err. */
