@@ -87,7 +87,11 @@ kafka *kafka_create(const config *cfg, char *err, size_t errlen) {
         rd_kafka_conf_t *conf = rd_kafka_conf_new();
         rd_kafka_conf_set(conf, "log_level", "3", e, sizeof e);
         k->mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);
-        if (!k->mock_rk) { snprintf(err, errlen, "kafka.embedded: %s", e); goto err; }
+        if (!k->mock_rk) {
+            rd_kafka_conf_destroy(conf);
+            snprintf(err, errlen, "kafka.embedded: %s", e);
+            goto err;
+        }
         k->mock = rd_kafka_mock_cluster_new(k->mock_rk, cfg->kafka_embedded_brokers);
         if (!k->mock) { snprintf(err, errlen, "kafka.embedded: cannot start the embedded broker"); goto err; }
         for (int i = 0; i < cfg->kafka_embedded_topics.n; i++) {
@@ -300,8 +304,11 @@ static rd_kafka_t *producer(kafka *k, const char *extra_key, const char *extra_v
     }
     if (opaque) rd_kafka_conf_set_opaque(conf, opaque);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);   /* takes conf, or frees it */
-    if (!rk) snprintf(err, errlen, "%s: %s", what, e);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);   /* takes conf, or leaves it to us */
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "%s: %s", what, e);
+    }
     return rk;
 }
 
@@ -670,7 +677,11 @@ int kafka_txn_marker(kafka *k, int64_t *checkpoint, char *err, size_t errlen) {
         return -1;
     }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
-    if (!rk) { snprintf(err, errlen, "kafka: %s", e); return -1; }
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka: %s", e);
+        return -1;
+    }
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, topic, 0);
     rd_kafka_resp_err_t re = rd_kafka_committed(rk, l, 30000);

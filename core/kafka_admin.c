@@ -19,8 +19,11 @@ rd_kafka_t *kafka_admin_client(kafka *k, char *err, size_t errlen) {
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) { rd_kafka_conf_destroy(conf); return NULL; }
     /* a metadata request must never create a topic (auto.create.topics.enable) */
     rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", e, sizeof e);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);   /* takes conf, or frees it */
-    if (!rk) snprintf(err, errlen, "kafka: the admin client: %s", e);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);   /* takes conf, or leaves it to us */
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka: the admin client: %s", e);
+    }
     return rk;
 }
 

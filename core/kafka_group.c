@@ -328,6 +328,12 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_pa
 
 /* ---- the group ---------------------------------------------------------- */
 
+/* The prefetch's message count for kb of bytes: as many messages as that
+ * holds of 64 bytes (librdkafka keeps a few hundred bytes beside each
+ * queued message, so a count bound made for tiny messages keeps the
+ * budget too), at most librdkafka's default 100000. */
+static int prefetch_msgs(int kb) { return kb > 100000 / 16 ? 100000 : kb * 16; }
+
 kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, char *err, size_t errlen) {
     kgroup *g = calloc(1, sizeof *g);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -349,6 +355,12 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
+    const opt *own_kb = opt_find(&cfg->kafka, "queued.max.messages.kbytes");
+    if (own_kb && atoi(own_kb->s) > 0) {     /* the config's bytes: the message count follows them */
+        char v[32];
+        snprintf(v, sizeof v, "%d", prefetch_msgs(atoi(own_kb->s)));
+        rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
+    }
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) goto err;
     /* shuffle = "kafka": how the other instances learn this one's admin address */
     if (hooks.client_id && rd_kafka_conf_set(conf, "client.id", hooks.client_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
@@ -375,8 +387,8 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     g->prefetch_kb = PREFETCH_FLOOR_KB;
     if (!(g->conf = rd_kafka_conf_dup(conf))) { snprintf(err, errlen, "out of memory"); goto err; }
     g->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
+    if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }    /* conf is still ours */
     conf = NULL;
-    if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }
     rd_kafka_poll_set_consumer(g->rk);
     g->last_commit_ms = clock_mono_ms();
     /* an instance that names itself to the group (shuffle = "kafka") will
@@ -476,6 +488,8 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
     if (g->nparts == 0 || opt_find(&g->cfg->kafka, "queued.max.messages.kbytes")) return 0;
     int kb = PREFETCH_BUDGET_KB / g->nparts;
     kb = kb < PREFETCH_FLOOR_KB ? PREFETCH_FLOOR_KB : kb > PREFETCH_CEILING_KB ? PREFETCH_CEILING_KB : kb;
+    log_info("kafka: prefetching up to %d KB a partition (%d MB over the %d partitions the group reads, "
+             "at least %d KB each)", kb, PREFETCH_BUDGET_KB / 1024, g->nparts, PREFETCH_FLOOR_KB);
     if (kb == g->prefetch_kb) return 0;
     char v[32], e[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_dup(g->conf);
@@ -483,10 +497,7 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
     snprintf(v, sizeof v, "%d", kb);
     rd_kafka_conf_set(conf, "queued.max.messages.kbytes", v, e, sizeof e);
     if (!opt_find(&g->cfg->kafka, "queued.min.messages")) {
-        /* and as many messages as that holds of 64 bytes: librdkafka keeps
-         * a few hundred bytes beside each queued message, so a count bound
-         * made for tiny messages keeps the budget too */
-        snprintf(v, sizeof v, "%d", kb * 16 < 100000 ? kb * 16 : 100000);
+        snprintf(v, sizeof v, "%d", prefetch_msgs(kb));
         rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
     }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
@@ -496,11 +507,12 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
         return -1;
     }
     rd_kafka_poll_set_consumer(rk);
-    rd_kafka_destroy(g->rk);             /* it never joined: nothing to leave */
+    /* it never joined: nothing to leave; what it queued meanwhile (its
+     * statistics, "all brokers down" from before Kafka answered) is dropped
+     * unread rather than handed to the callbacks as if it were news */
+    rd_kafka_destroy_flags(g->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     g->rk = rk;
     g->prefetch_kb = kb;
-    log_info("kafka: prefetching up to %d KB a partition (%d MB over the %d partitions the group reads)", kb,
-             PREFETCH_BUDGET_KB / 1024, g->nparts);
     return 0;
 }
 
