@@ -126,10 +126,17 @@ log.cleaner.threads=1
 log.flush.interval.ms=9223372036854775807
 log.retention.ms=-1
 EOF
-    # a cluster id as Kafka writes one (16 random bytes, base64url); saves
-    # `StorageTool random-uuid` a JVM start
+    # a cluster id as Kafka writes one (16 random bytes, base64url, never
+    # starting with "-": StorageTool's argument parser would take it for an
+    # option, as Kafka's own Uuid.randomUuid knows — one start in 64 failed
+    # so); saves `StorageTool random-uuid` a JVM start
     local uuid
-    uuid=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')
+    uuid=$(python3 -c 'import base64, os
+while True:
+    u = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not u.startswith("-"):
+        break
+print(u)')
     java_args
     : >"$DIR/format.log"
     "${JAVA[@]}" kafka.tools.StorageTool format -t "$uuid" -c "$DIR/server.properties" >>"$DIR/format.log" 2>&1 ||
