@@ -328,11 +328,21 @@ static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_pa
 
 /* ---- the group ---------------------------------------------------------- */
 
-/* The prefetch's message count for kb of bytes: as many messages as that
- * holds of 64 bytes (librdkafka keeps a few hundred bytes beside each
- * queued message, so a count bound made for tiny messages keeps the
- * budget too), at most librdkafka's default 100000. */
-static int prefetch_msgs(int kb) { return kb > 100000 / 16 ? 100000 : kb * 16; }
+/* Sets conf's prefetch for kb a partition, as far as the config's kafka
+ * table leaves it to eddy: queued.max.messages.kbytes, and as many messages
+ * as the bytes hold of 64 bytes (librdkafka keeps a few hundred bytes
+ * beside each queued message, so a count bound made for tiny messages
+ * keeps the budget too), at most librdkafka's default 100000 — counted
+ * from the config's own bytes when it sets them. */
+static void set_prefetch(rd_kafka_conf_t *conf, const config *cfg, int kb) {
+    char v[32], e[512];
+    const opt *own = opt_find(&cfg->kafka, "queued.max.messages.kbytes");
+    if (own && atoi(own->s) > 0) kb = atoi(own->s);
+    snprintf(v, sizeof v, "%d", kb);
+    if (!own) rd_kafka_conf_set(conf, "queued.max.messages.kbytes", v, e, sizeof e);
+    snprintf(v, sizeof v, "%d", kb > 100000 / 16 ? 100000 : kb * 16);
+    if (!opt_find(&cfg->kafka, "queued.min.messages")) rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
+}
 
 kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, char *err, size_t errlen) {
     kgroup *g = calloc(1, sizeof *g);
@@ -348,19 +358,12 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
         {"group.id", cfg->name}, {"partition.assignment.strategy", "cooperative-sticky"},
         {"auto.offset.reset", "earliest"}, {"statistics.interval.ms", "1000"}, {"log_level", "3"},
         {"allow.auto.create.topics", "false"},
-        /* prefetching, a partition (kgroup_fit_prefetch sets it again
-         * once the partitions are known) */
-        {"queued.max.messages.kbytes", PREFETCH_FLOOR_KB_S}, {"queued.min.messages", PREFETCH_FLOOR_MSGS_S},
         {"session.timeout.ms", "10000"}, {"heartbeat.interval.ms", "1000"},
     };
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         rd_kafka_conf_set(conf, defaults[i].k, defaults[i].v, e, sizeof e);
-    const opt *own_kb = opt_find(&cfg->kafka, "queued.max.messages.kbytes");
-    if (own_kb && atoi(own_kb->s) > 0) {     /* the config's bytes: the message count follows them */
-        char v[32];
-        snprintf(v, sizeof v, "%d", prefetch_msgs(atoi(own_kb->s)));
-        rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
-    }
+    /* prefetching: the floor until kgroup_fit_prefetch knows the partitions */
+    set_prefetch(conf, cfg, PREFETCH_FLOOR_KB);
     if (kafka_conf_apply(k, conf, NULL, NULL, err, errlen) < 0) goto err;
     /* shuffle = "kafka": how the other instances learn this one's admin address */
     if (hooks.client_id && rd_kafka_conf_set(conf, "client.id", hooks.client_id, e, sizeof e) != RD_KAFKA_CONF_OK) {
@@ -384,7 +387,6 @@ kgroup *kgroup_create(struct kafka *k, const config *cfg, kgroup_hooks hooks, ch
     rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
-    g->prefetch_kb = PREFETCH_FLOOR_KB;
     if (!(g->conf = rd_kafka_conf_dup(conf))) { snprintf(err, errlen, "out of memory"); goto err; }
     g->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
     if (!g->rk) { snprintf(err, errlen, "kafka consumer: %s", e); goto err; }    /* conf is still ours */
@@ -490,16 +492,11 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
     kb = kb < PREFETCH_FLOOR_KB ? PREFETCH_FLOOR_KB : kb > PREFETCH_CEILING_KB ? PREFETCH_CEILING_KB : kb;
     log_info("kafka: prefetching up to %d KB a partition (%d MB over the %d partitions the group reads, "
              "at least %d KB each)", kb, PREFETCH_BUDGET_KB / 1024, g->nparts, PREFETCH_FLOOR_KB);
-    if (kb == g->prefetch_kb) return 0;
-    char v[32], e[512];
+    if (kb == PREFETCH_FLOOR_KB) return 0;                  /* what the consumer was made with */
+    char e[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_dup(g->conf);
     if (!conf) { snprintf(err, errlen, "out of memory"); return -1; }
-    snprintf(v, sizeof v, "%d", kb);
-    rd_kafka_conf_set(conf, "queued.max.messages.kbytes", v, e, sizeof e);
-    if (!opt_find(&g->cfg->kafka, "queued.min.messages")) {
-        snprintf(v, sizeof v, "%d", prefetch_msgs(kb));
-        rd_kafka_conf_set(conf, "queued.min.messages", v, e, sizeof e);
-    }
+    set_prefetch(conf, g->cfg, kb);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof e);
     if (!rk) {
         rd_kafka_conf_destroy(conf);
@@ -512,7 +509,6 @@ int kgroup_fit_prefetch(kgroup *g, char *err, size_t errlen) {
      * unread rather than handed to the callbacks as if it were news */
     rd_kafka_destroy_flags(g->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     g->rk = rk;
-    g->prefetch_kb = kb;
     return 0;
 }
 

@@ -17,8 +17,6 @@
 #define DOWN_LOG_MS 10000        /* "brokers down" is logged at most this often */
 #define PREFETCH_BUDGET_KB 32768 /* prefetch, the consumer's: split over its partitions (kgroup_fit_prefetch) */
 #define PREFETCH_FLOOR_KB 2048   /* ... but at least this much a partition */
-#define PREFETCH_FLOOR_KB_S "2048"
-#define PREFETCH_FLOOR_MSGS_S "32768" /* (messages: as many of 64 bytes) */
 #define PREFETCH_CEILING_KB 16384 /* ... and at most this much */
 
 enum { START_COMMITTED, START_EARLIEST, START_LATEST };
@@ -57,7 +55,6 @@ struct kgroup {
     kgroup_hooks hooks;
     rd_kafka_t *rk;
     rd_kafka_conf_t *conf;         /* rk's, kept to make it again (kgroup_fit_prefetch) */
-    int prefetch_kb;               /* queued.max.messages.kbytes as eddy set it */
     kpart **parts; int nparts;
     int closing;
     int close_abandoned;           /* leaving the group timed out: destroy without closing again */
